@@ -1,0 +1,99 @@
+//! Who may do what on the bus.
+//!
+//! Two kinds of bus identity: the control plane (everything) and agents. An agent's username
+//! is `agent/FLEET/SLOT`; it may publish only its own `events` and `heartbeat` topics and
+//! subscribe only to its own `cmd` topic and its fleet's `cmd` topic, never with wildcards.
+//! The embedded broker asks these functions on every subscribe and publish.
+
+use clawfleet_proto::topic::{self, Channel};
+
+use crate::names::{AgentRef, FleetName};
+
+/// An authenticated bus client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusIdentity {
+    Control,
+    Agent(AgentRef),
+}
+
+/// The bus username of an agent.
+pub fn agent_username(agent: &AgentRef) -> String {
+    format!("agent/{}/{}", agent.fleet, agent.slot)
+}
+
+/// The agent an agent username names, if it is one.
+pub fn parse_agent_username(username: &str) -> Option<AgentRef> {
+    let rest = username.strip_prefix("agent/")?;
+    let (fleet, slot) = rest.split_once('/')?;
+    let fleet: FleetName = fleet.parse().ok()?;
+    if slot.len() > 1 && slot.starts_with('0') || !slot.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(AgentRef { fleet, slot: slot.parse().ok()? })
+}
+
+/// May `who` publish to `topic`?
+pub fn may_publish(who: &BusIdentity, topic: &str) -> bool {
+    match who {
+        BusIdentity::Control => true,
+        BusIdentity::Agent(me) => {
+            let f = me.fleet.as_str();
+            topic == topic::agent(f, me.slot, Channel::Events) || topic == topic::agent(f, me.slot, Channel::Heartbeat)
+        }
+    }
+}
+
+/// May `who` subscribe to `filter`?
+pub fn may_subscribe(who: &BusIdentity, filter: &str) -> bool {
+    match who {
+        BusIdentity::Control => true,
+        BusIdentity::Agent(me) => {
+            let f = me.fleet.as_str();
+            filter == topic::agent(f, me.slot, Channel::Cmd) || filter == topic::fleet_cmd(f)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(s: &str) -> BusIdentity {
+        BusIdentity::Agent(s.parse().unwrap())
+    }
+
+    #[test]
+    fn usernames() {
+        let a: AgentRef = "squad/3".parse().unwrap();
+        assert_eq!(agent_username(&a), "agent/squad/3");
+        assert_eq!(parse_agent_username("agent/squad/3"), Some(a));
+        for bad in ["agent/squad/03", "agent/squad/x", "agent/Squad/1", "control", "agent/squad/1/2", "agent/squad/+1"] {
+            assert_eq!(parse_agent_username(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn agents_touch_only_their_own_topics() {
+        let me = agent("squad/3");
+        assert!(may_publish(&me, "clawfleet/v1/fleets/squad/agents/3/events"));
+        assert!(may_publish(&me, "clawfleet/v1/fleets/squad/agents/3/heartbeat"));
+        assert!(!may_publish(&me, "clawfleet/v1/fleets/squad/agents/4/events"));
+        assert!(!may_publish(&me, "clawfleet/v1/fleets/squad/agents/3/cmd"));
+        assert!(!may_publish(&me, "clawfleet/v1/fleets/squad/cmd"));
+        assert!(!may_publish(&me, "clawfleet/v1/fleets/other/agents/3/events"));
+
+        assert!(may_subscribe(&me, "clawfleet/v1/fleets/squad/agents/3/cmd"));
+        assert!(may_subscribe(&me, "clawfleet/v1/fleets/squad/cmd"));
+        for bad in [
+            "clawfleet/v1/fleets/squad/agents/4/cmd",
+            "clawfleet/v1/fleets/squad/agents/+/cmd",
+            "clawfleet/v1/fleets/squad/#",
+            "#",
+            "clawfleet/v1/fleets/other/cmd",
+            "clawfleet/v1/fleets/squad/agents/3/events",
+        ] {
+            assert!(!may_subscribe(&me, bad), "{bad}");
+        }
+        assert!(may_publish(&BusIdentity::Control, "anything") && may_subscribe(&BusIdentity::Control, "#"));
+    }
+}

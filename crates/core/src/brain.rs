@@ -1,0 +1,159 @@
+//! Brain specs: what an agent thinks with, written as one string.
+//!
+//! | spec | brain |
+//! |---|---|
+//! | `model` | the shared model service of the control plane (OpenAI-compatible) |
+//! | `openai:URL#MODEL` | any OpenAI-compatible endpoint (`/v1/chat/completions`, streaming) |
+//! | `ollama:URL#MODEL` | an Ollama server (`/api/chat`, NDJSON streaming) |
+//! | `codex[#MODEL]` | `codex exec --json` |
+//! | `claude[#MODEL]` | `claude -p --output-format stream-json` |
+//! | `cmd:COMMAND` | any shell command: the prompt on stdin and in `CLAWFLEET_PROMPT`, stdout lines are the answer |
+//! | `echo` | answers with the prompt at once; for tests and benchmarks |
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A parsed brain spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrainSpec {
+    Model,
+    OpenAi { url: String, model: String },
+    Ollama { url: String, model: String },
+    Codex { model: Option<String> },
+    Claude { model: Option<String> },
+    Cmd { command: String },
+    Echo,
+}
+
+/// Why a brain spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND or echo)")]
+pub struct BrainSpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl BrainSpec {
+    /// The kind, as shown in lists: `model`, `openai`, `ollama`, `codex`, `claude`, `cmd`, `echo`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BrainSpec::Model => "model",
+            BrainSpec::OpenAi { .. } => "openai",
+            BrainSpec::Ollama { .. } => "ollama",
+            BrainSpec::Codex { .. } => "codex",
+            BrainSpec::Claude { .. } => "claude",
+            BrainSpec::Cmd { .. } => "cmd",
+            BrainSpec::Echo => "echo",
+        }
+    }
+}
+
+fn url_and_model(spec: &str, rest: &str) -> Result<(String, String), BrainSpecError> {
+    let err = |reason: &str| BrainSpecError { spec: spec.to_owned(), reason: reason.to_owned() };
+    let (url, model) = rest.rsplit_once('#').ok_or_else(|| err("missing '#MODEL' after the URL"))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "http://".len() {
+        return Err(err("the URL must start with http:// or https://"));
+    }
+    if model.is_empty() {
+        return Err(err("the model name after '#' is empty"));
+    }
+    Ok((url.trim_end_matches('/').to_owned(), model.to_owned()))
+}
+
+fn optional_model(spec: &str, rest: &str) -> Result<Option<String>, BrainSpecError> {
+    match rest.strip_prefix('#') {
+        None if rest.is_empty() => Ok(None),
+        Some(m) if !m.is_empty() => Ok(Some(m.to_owned())),
+        _ => Err(BrainSpecError { spec: spec.to_owned(), reason: "expected nothing or '#MODEL' after the name".into() }),
+    }
+}
+
+impl FromStr for BrainSpec {
+    type Err = BrainSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, BrainSpecError> {
+        if spec == "model" {
+            return Ok(BrainSpec::Model);
+        }
+        if spec == "echo" {
+            return Ok(BrainSpec::Echo);
+        }
+        if let Some(rest) = spec.strip_prefix("openai:") {
+            let (url, model) = url_and_model(spec, rest)?;
+            return Ok(BrainSpec::OpenAi { url, model });
+        }
+        if let Some(rest) = spec.strip_prefix("ollama:") {
+            let (url, model) = url_and_model(spec, rest)?;
+            return Ok(BrainSpec::Ollama { url, model });
+        }
+        if let Some(rest) = spec.strip_prefix("codex") {
+            return Ok(BrainSpec::Codex { model: optional_model(spec, rest)? });
+        }
+        if let Some(rest) = spec.strip_prefix("claude") {
+            return Ok(BrainSpec::Claude { model: optional_model(spec, rest)? });
+        }
+        if let Some(command) = spec.strip_prefix("cmd:") {
+            if command.trim().is_empty() {
+                return Err(BrainSpecError { spec: spec.to_owned(), reason: "the command after 'cmd:' is empty".into() });
+            }
+            return Ok(BrainSpec::Cmd { command: command.to_owned() });
+        }
+        Err(BrainSpecError { spec: spec.to_owned(), reason: "unknown kind".into() })
+    }
+}
+
+impl fmt::Display for BrainSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrainSpec::Model => f.write_str("model"),
+            BrainSpec::Echo => f.write_str("echo"),
+            BrainSpec::OpenAi { url, model } => write!(f, "openai:{url}#{model}"),
+            BrainSpec::Ollama { url, model } => write!(f, "ollama:{url}#{model}"),
+            BrainSpec::Codex { model: None } => f.write_str("codex"),
+            BrainSpec::Codex { model: Some(m) } => write!(f, "codex#{m}"),
+            BrainSpec::Claude { model: None } => f.write_str("claude"),
+            BrainSpec::Claude { model: Some(m) } => write!(f, "claude#{m}"),
+            BrainSpec::Cmd { command } => write!(f, "cmd:{command}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip() {
+        for spec in [
+            "model",
+            "echo",
+            "openai:http://127.0.0.1:8080/v1#smollm2",
+            "ollama:http://localhost:11434#smollm2:135m",
+            "codex",
+            "codex#gpt-5-codex",
+            "claude",
+            "claude#sonnet",
+            "cmd:tr a-z A-Z",
+        ] {
+            let parsed: BrainSpec = spec.parse().unwrap();
+            assert_eq!(parsed.to_string(), spec);
+        }
+        assert_eq!(
+            "openai:https://api.example.com/v1/#gpt".parse::<BrainSpec>().unwrap(),
+            BrainSpec::OpenAi { url: "https://api.example.com/v1".into(), model: "gpt".into() }
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        let reason = |s: &str| s.parse::<BrainSpec>().unwrap_err().reason;
+        assert_eq!(reason("gpt"), "unknown kind");
+        assert_eq!(reason("openai:http://x"), "missing '#MODEL' after the URL");
+        assert_eq!(reason("openai:ftp://x#m"), "the URL must start with http:// or https://");
+        assert_eq!(reason("ollama:http://x#"), "the model name after '#' is empty");
+        assert_eq!(reason("cmd:  "), "the command after 'cmd:' is empty");
+        assert_eq!(reason("codexx"), "expected nothing or '#MODEL' after the name");
+        let msg = "nope".parse::<BrainSpec>().unwrap_err().to_string();
+        assert!(msg.starts_with("invalid brain spec 'nope': unknown kind (expected model,"), "{msg}");
+    }
+}

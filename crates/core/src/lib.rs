@@ -1,0 +1,18 @@
+//! clawfleet's domain, pure: validated names and specs, brain specs, the command vocabulary,
+//! agent liveness, the bus access rules and the reconcile plan.
+//!
+//! **Architecture invariant:** this crate does no IO and reads no clock; callers pass `now`.
+//! Everything here is a function of its arguments, so it is tested without processes or sockets.
+
+pub mod acl;
+pub mod brain;
+pub mod command;
+pub mod liveness;
+pub mod names;
+pub mod plan;
+pub mod spec;
+
+pub use brain::BrainSpec;
+pub use command::CommandName;
+pub use names::{AgentRef, FleetName, NameError};
+pub use spec::{BackendKind, FleetSpec, SpecError};

@@ -1,0 +1,188 @@
+//! A fleet's desired state, validated from what a user asked for.
+
+use std::fmt;
+use std::str::FromStr;
+
+use clawfleet_proto::MAX_PROMPT_BYTES;
+use clawfleet_proto::api::LaunchRequest;
+
+use crate::brain::{BrainSpec, BrainSpecError};
+use crate::names::{FleetName, NameError};
+
+/// Most agents one fleet may have.
+pub const MAX_REPLICAS: u32 = 10_000;
+/// Longest version label.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Where a fleet's agents run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Local,
+    Docker,
+    Slurm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Docker => "docker",
+            BackendKind::Slurm => "slurm",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "local" => Ok(BackendKind::Local),
+            "docker" => Ok(BackendKind::Docker),
+            "slurm" => Ok(BackendKind::Slurm),
+            other => Err(SpecError::UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fleet's desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSpec {
+    pub name: FleetName,
+    pub replicas: u32,
+    pub backend: BackendKind,
+    pub brain: BrainSpec,
+    /// The system prompt every agent starts its conversation with.
+    pub prompt: Option<String>,
+    /// A label the user gives a version of the fleet (agents report it back).
+    pub version: String,
+}
+
+/// Why a spec, a prompt or a target list was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Brain(#[from] BrainSpecError),
+    #[error("unknown backend '{0}' (expected local, docker or slurm)")]
+    UnknownBackend(String),
+    #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
+    Replicas(u32),
+    #[error("{what} is {len} bytes, over the {MAX_PROMPT_BYTES}-byte limit")]
+    PromptTooLarge { what: &'static str, len: usize },
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    #[error("version label must be 1-{MAX_VERSION_LEN} printable characters without spaces, got '{0}'")]
+    Version(String),
+    #[error("fleet '{fleet}' has no agent {slot} (its agents are {range})")]
+    UnknownAgent { fleet: String, slot: u32, range: String },
+    #[error("fleet '{0}' has no agents")]
+    NoAgents(String),
+}
+
+/// Checks a prompt's size: `what` names it in the error ("prompt", "system prompt").
+pub fn check_prompt(what: &'static str, prompt: &str) -> Result<(), SpecError> {
+    if prompt.len() > MAX_PROMPT_BYTES {
+        return Err(SpecError::PromptTooLarge { what, len: prompt.len() });
+    }
+    Ok(())
+}
+
+pub fn check_replicas(replicas: u32) -> Result<u32, SpecError> {
+    if replicas > MAX_REPLICAS {
+        return Err(SpecError::Replicas(replicas));
+    }
+    Ok(replicas)
+}
+
+impl FleetSpec {
+    /// Validates a launch request; `default_brain` applies when the request names none.
+    pub fn from_request(req: &LaunchRequest, default_brain: &BrainSpec) -> Result<FleetSpec, SpecError> {
+        let name: FleetName = req.name.parse()?;
+        let backend = req.backend.as_deref().map(str::parse).transpose()?.unwrap_or(BackendKind::Local);
+        let brain = req.brain.as_deref().map(str::parse).transpose()?.unwrap_or_else(|| default_brain.clone());
+        if let Some(p) = &req.prompt {
+            check_prompt("system prompt", p)?;
+        }
+        let version = req.version.clone().unwrap_or_else(|| "1".to_owned());
+        let printable = |c: char| c.is_ascii_graphic();
+        if version.is_empty() || version.len() > MAX_VERSION_LEN || !version.chars().all(printable) {
+            return Err(SpecError::Version(version));
+        }
+        Ok(FleetSpec {
+            name,
+            replicas: check_replicas(req.replicas)?,
+            backend,
+            brain,
+            prompt: req.prompt.clone().filter(|p| !p.is_empty()),
+            version,
+        })
+    }
+}
+
+/// The slots an injection or command goes to: every slot below `replicas` when `requested` is
+/// `None`, else exactly the requested ones (sorted, without repeats), each of which must exist.
+pub fn resolve_targets(fleet: &str, replicas: u32, requested: Option<&[u32]>) -> Result<Vec<u32>, SpecError> {
+    if replicas == 0 {
+        return Err(SpecError::NoAgents(fleet.to_owned()));
+    }
+    let Some(requested) = requested else { return Ok((0..replicas).collect()) };
+    let mut slots = requested.to_vec();
+    slots.sort_unstable();
+    slots.dedup();
+    if let Some(&slot) = slots.iter().find(|&&s| s >= replicas) {
+        let range = if replicas == 1 { "0".to_owned() } else { format!("0-{}", replicas - 1) };
+        return Err(SpecError::UnknownAgent { fleet: fleet.to_owned(), slot, range });
+    }
+    if slots.is_empty() {
+        return Err(SpecError::NoAgents(fleet.to_owned()));
+    }
+    Ok(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, replicas: u32) -> LaunchRequest {
+        LaunchRequest { name: name.into(), replicas, ..LaunchRequest::default() }
+    }
+
+    #[test]
+    fn defaults() {
+        let spec = FleetSpec::from_request(&req("squad", 8), &BrainSpec::Echo).unwrap();
+        assert_eq!(spec.backend, BackendKind::Local);
+        assert_eq!(spec.brain, BrainSpec::Echo);
+        assert_eq!(spec.version, "1");
+        assert_eq!(spec.prompt, None);
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let err = |r: LaunchRequest| FleetSpec::from_request(&r, &BrainSpec::Echo).unwrap_err().to_string();
+        assert_eq!(err(req("squad", 10_001)), "replicas must be between 0 and 10000, got 10001");
+        assert_eq!(err(LaunchRequest { backend: Some("k8s".into()), ..req("s", 1) }), "unknown backend 'k8s' (expected local, docker or slurm)");
+        assert_eq!(err(LaunchRequest { version: Some("v 2".into()), ..req("s", 1) }), "version label must be 1-64 printable characters without spaces, got 'v 2'");
+        assert_eq!(
+            err(LaunchRequest { prompt: Some("x".repeat(MAX_PROMPT_BYTES + 1)), ..req("s", 1) }),
+            format!("system prompt is {} bytes, over the 65536-byte limit", MAX_PROMPT_BYTES + 1)
+        );
+        assert!(err(req("Bad", 1)).starts_with("fleet name 'Bad' may only contain"));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(resolve_targets("s", 3, None).unwrap(), vec![0, 1, 2]);
+        assert_eq!(resolve_targets("s", 3, Some(&[2, 0, 2])).unwrap(), vec![0, 2]);
+        assert_eq!(resolve_targets("s", 3, Some(&[3])).unwrap_err().to_string(), "fleet 's' has no agent 3 (its agents are 0-2)");
+        assert_eq!(resolve_targets("s", 1, Some(&[1])).unwrap_err().to_string(), "fleet 's' has no agent 1 (its agents are 0)");
+        assert_eq!(resolve_targets("s", 0, None).unwrap_err().to_string(), "fleet 's' has no agents");
+    }
+}

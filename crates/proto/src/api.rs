@@ -1,0 +1,206 @@
+//! Bodies of the control plane's HTTP API (`/api/v1/...`).
+//!
+//! Every call carries `Authorization: Bearer <token>`. Errors are `{"error": "...", "code": "..."}`
+//! with an HTTP status that fits (400 bad input, 401 token, 404 unknown fleet or agent,
+//! 409 conflict, 413 too large, 500 internal).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bus::BrainStatus;
+use crate::event::Usage;
+
+/// `POST /api/v1/fleets`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    pub name: String,
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brain: Option<String>,
+    /// System prompt of every agent of the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// A fleet, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub name: String,
+    pub backend: String,
+    pub brain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    pub version: String,
+    /// Desired number of agents.
+    pub replicas: u32,
+    /// `active` or `terminating`.
+    pub state: String,
+    pub created_at: String,
+    /// Agents whose last heartbeat is fresh and who are idle or busy.
+    pub ready: u32,
+}
+
+/// `GET /api/v1/fleets`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetList {
+    pub fleets: Vec<Fleet>,
+}
+
+/// `GET /api/v1/fleets/{name}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub fleet: Fleet,
+    pub agents: Vec<AgentStatus>,
+}
+
+/// One agent, as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub slot: u32,
+    /// `fleet/slot`.
+    pub id: String,
+    /// `pending` (no heartbeat yet), `starting`, `idle`, `busy`, `stopping`, `stopped`, `lost`.
+    pub state: String,
+    /// The backend's handle on it (a pid for local agents), when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Times the backend restarted it.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brain: Option<BrainStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_injection: Option<String>,
+    pub queued: u32,
+}
+
+/// `POST /api/v1/fleets/{name}/scale`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// `POST /api/v1/fleets/{name}/inject`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRequest {
+    pub prompt: String,
+    /// Slots to send to; absent means every agent of the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<u32>>,
+}
+
+/// The answer to an inject: the injection is persisted and queued for every target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectResponse {
+    pub injection_id: String,
+    pub fleet: String,
+    pub targets: Vec<u32>,
+    /// Id of the first `inject_ack` event: `attach --since` one less sees the whole lifecycle.
+    pub first_event_id: u64,
+}
+
+/// `GET /api/v1/injections/{id}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectionStatus {
+    pub injection_id: String,
+    pub fleet: String,
+    pub prompt: String,
+    pub created_at: String,
+    pub agents: Vec<InjectionTarget>,
+}
+
+/// Where one agent is in an injection's lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectionTarget {
+    pub agent: u32,
+    /// `queued`, `delivered`, `running`, `complete`, `failed`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// `POST /api/v1/fleets/{name}/command`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<u32>>,
+    /// How long to wait for replies before answering with what came (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Replies gathered for a command. Agents that did not answer in time are `pending`:
+/// the command stays queued for them and their reply is recorded as an event later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    pub command_id: String,
+    pub command: String,
+    pub results: Vec<CommandResult>,
+    pub pending: Vec<u32>,
+}
+
+/// One agent's reply to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub agent: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub result: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/info`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    /// The bus URL agents are given.
+    pub bus: String,
+    /// Whether the bus is the control plane's embedded broker.
+    pub embedded_bus: bool,
+    pub data_dir: String,
+    pub backends: Vec<String>,
+    pub brains: Vec<String>,
+}
+
+/// Every API error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub code: String,
+}
+
+/// A plain acknowledgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub ok: bool,
+    pub message: String,
+}

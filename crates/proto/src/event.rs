@@ -1,0 +1,196 @@
+//! Events: everything that happens in a fleet, as stored by the control plane and streamed
+//! to `attach`, `logs`, the router and the dashboard.
+//!
+//! JSON shape (one object a line in streams):
+//! `{"id":42,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"…",
+//!   "event":"assistant_delta","data":{"content":"Hi"}}`.
+//! `id` is assigned by the control plane, strictly increasing: `--since ID` resumes after it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    /// RFC 3339 UTC timestamp, millisecond precision.
+    pub at: String,
+    pub fleet: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection_id: Option<String>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened. The injection lifecycle, in order: `inject_ack`, `inject_delivered`,
+/// `turn_started`, `assistant_delta`…, `assistant`, `turn_complete`, `usage`; a turn that
+/// fails ends with `agent_error` (after it started) or `inject_failed` (before).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The control plane persisted the injection for this agent.
+    InjectAck { prompt: String },
+    /// The agent received the injection and journaled it.
+    InjectDelivered {},
+    /// The agent's brain started working on it.
+    TurnStarted {},
+    /// A piece of the answer, as the brain streams it.
+    AssistantDelta { content: String },
+    /// The whole answer.
+    Assistant { content: String },
+    /// The turn ended normally.
+    TurnComplete {},
+    /// Tokens used by the turn, when the brain reports them.
+    Usage(Usage),
+    /// The turn, or the agent, failed after the turn started.
+    AgentError { message: String },
+    /// The injection could not start (timeout, agent removed, agent stopped).
+    InjectFailed { error: String },
+    /// A vocabulary command was queued for this agent.
+    CommandSent { command_id: String, command: String },
+    /// An agent's answer to a vocabulary command.
+    CommandReply {
+        command_id: String,
+        command: String,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        result: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The control plane saw an agent change state (online, lost, stopped…).
+    AgentState {
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
+    /// A fleet was created.
+    FleetLaunched { replicas: u32, backend: String, brain: String, version: String },
+    /// A fleet's replica count changed.
+    FleetScaled { replicas: u32, previous: u32 },
+    /// A fleet is being removed.
+    FleetTerminating {},
+    /// A fleet is gone: every agent stopped.
+    FleetTerminated {},
+}
+
+impl EventBody {
+    /// The `event` name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventBody::InjectAck { .. } => "inject_ack",
+            EventBody::InjectDelivered {} => "inject_delivered",
+            EventBody::TurnStarted {} => "turn_started",
+            EventBody::AssistantDelta { .. } => "assistant_delta",
+            EventBody::Assistant { .. } => "assistant",
+            EventBody::TurnComplete {} => "turn_complete",
+            EventBody::Usage(_) => "usage",
+            EventBody::AgentError { .. } => "agent_error",
+            EventBody::InjectFailed { .. } => "inject_failed",
+            EventBody::CommandSent { .. } => "command_sent",
+            EventBody::CommandReply { .. } => "command_reply",
+            EventBody::AgentState { .. } => "agent_state",
+            EventBody::FleetLaunched { .. } => "fleet_launched",
+            EventBody::FleetScaled { .. } => "fleet_scaled",
+            EventBody::FleetTerminating {} => "fleet_terminating",
+            EventBody::FleetTerminated {} => "fleet_terminated",
+        }
+    }
+
+    /// Whether an agent may report this event about itself. The rest are the control
+    /// plane's own, and an agent that sends one is refused.
+    pub fn is_agent_reportable(&self) -> bool {
+        matches!(
+            self,
+            EventBody::InjectDelivered {}
+                | EventBody::TurnStarted {}
+                | EventBody::AssistantDelta { .. }
+                | EventBody::Assistant { .. }
+                | EventBody::TurnComplete {}
+                | EventBody::Usage(_)
+                | EventBody::AgentError { .. }
+                | EventBody::InjectFailed { .. }
+                | EventBody::CommandReply { .. }
+        )
+    }
+
+    /// Whether this event ends an injection's life on one agent.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }
+        )
+    }
+}
+
+/// Token counts of one turn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    fn event(body: EventBody) -> Event {
+        Event {
+            id: 7,
+            at: "2026-11-22T17:00:00.123Z".into(),
+            fleet: "squad".into(),
+            agent: Some(3),
+            injection_id: Some("inj-1".into()),
+            body,
+        }
+    }
+
+    #[test]
+    fn wire_shape() {
+        let line = serde_json::to_string(&event(EventBody::AssistantDelta { content: "Hi".into() })).unwrap();
+        expect![[r#"{"id":7,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"inj-1","event":"assistant_delta","data":{"content":"Hi"}}"#]].assert_eq(&line);
+        let line = serde_json::to_string(&event(EventBody::TurnComplete {})).unwrap();
+        expect![[r#"{"id":7,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"inj-1","event":"turn_complete","data":{}}"#]].assert_eq(&line);
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let bodies = [
+            EventBody::InjectAck { prompt: "p".into() },
+            EventBody::InjectDelivered {},
+            EventBody::TurnStarted {},
+            EventBody::AssistantDelta { content: "a".into() },
+            EventBody::Assistant { content: "a".into() },
+            EventBody::TurnComplete {},
+            EventBody::Usage(Usage { input_tokens: 1, output_tokens: 2, ..Usage::default() }),
+            EventBody::AgentError { message: "m".into() },
+            EventBody::InjectFailed { error: "timeout".into() },
+            EventBody::CommandSent { command_id: "c".into(), command: "health-check".into() },
+            EventBody::CommandReply {
+                command_id: "c".into(),
+                command: "health-check".into(),
+                ok: true,
+                result: serde_json::json!({"healthy": true}),
+                error: None,
+            },
+            EventBody::AgentState { state: "online".into(), previous: Some("starting".into()) },
+            EventBody::FleetLaunched { replicas: 2, backend: "local".into(), brain: "echo".into(), version: "1".into() },
+            EventBody::FleetScaled { replicas: 3, previous: 2 },
+            EventBody::FleetTerminating {},
+            EventBody::FleetTerminated {},
+        ];
+        for body in bodies {
+            let e = event(body);
+            let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(serde_json::to_value(&e).unwrap()["event"], e.body.name());
+        }
+    }
+}
