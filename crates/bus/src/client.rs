@@ -1,0 +1,185 @@
+//! A reconnecting MQTT client for both ends of the bus.
+//!
+//! [`connect`] spawns a task that drives rumqttc's event loop: it reconnects with capped
+//! backoff, subscribes again after every CONNACK (a broker that restarted has forgotten the
+//! session), and reports [`BusEvent`]s on one channel. Everything is QoS 1. Dropping the
+//! receiver, or [`BusClient::disconnect`], ends the task and closes the socket.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+
+/// A message the broker publishes for a client when its connection drops.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `false` keeps the session (subscriptions and queued messages) across disconnects.
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    pub will: Option<Will>,
+    /// Filters subscribed (QoS 1) after every connect.
+    pub subscriptions: Vec<String>,
+    /// Unacknowledged QoS 1 publishes in flight at once.
+    pub inflight: u16,
+    /// Requests (publishes) that may wait for the event loop.
+    pub request_capacity: usize,
+    /// Events that may wait for the reader before the event loop pauses.
+    pub event_capacity: usize,
+}
+
+impl ClientConfig {
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            username: None,
+            password: None,
+            clean_session: false,
+            keep_alive: Duration::from_secs(10),
+            will: None,
+            subscriptions: Vec::new(),
+            inflight: 100,
+            request_capacity: 1024,
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// What the connection task reports.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// Connected (again); subscriptions were re-sent.
+    Connected { session_present: bool },
+    /// The connection dropped or could not be made; the task keeps retrying.
+    Disconnected { reason: String },
+    /// A message arrived on a subscribed topic.
+    Message { topic: String, payload: Bytes },
+}
+
+/// Why a publish was not queued.
+#[derive(Debug, thiserror::Error)]
+#[error("bus publish to {topic} failed: the connection task has stopped")]
+pub struct PublishError {
+    topic: String,
+}
+
+/// A handle for publishing; cheap to clone.
+#[derive(Clone)]
+pub struct BusClient {
+    inner: AsyncClient,
+}
+
+impl std::fmt::Debug for BusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusClient")
+    }
+}
+
+impl BusClient {
+    /// Queues a QoS 1 publish; waits only if the request queue is full.
+    pub async fn publish(&self, topic: impl Into<String>, payload: Vec<u8>, retain: bool) -> Result<(), PublishError> {
+        let topic = topic.into();
+        self.inner.publish(topic.clone(), QoS::AtLeastOnce, retain, payload).await.map_err(|_| PublishError { topic })
+    }
+
+    /// Sends DISCONNECT (no last will is published) and ends the connection task.
+    pub async fn disconnect(&self) {
+        let _ = self.inner.disconnect().await;
+    }
+}
+
+/// Starts connecting in the background.
+pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
+    let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    options.set_clean_session(config.clean_session);
+    options.set_keep_alive(config.keep_alive.max(Duration::from_secs(1)));
+    options.set_inflight(config.inflight.max(1));
+    let max_packet = clawfleet_proto::MAX_BUS_PAYLOAD_BYTES + 4096;
+    options.set_max_packet_size(max_packet, max_packet);
+    if let Some(user) = &config.username {
+        options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    if let Some(will) = &config.will {
+        options.set_last_will(LastWill::new(will.topic.clone(), will.payload.clone(), QoS::AtLeastOnce, will.retain));
+    }
+    let (client, eventloop) = AsyncClient::new(options, config.request_capacity.max(1));
+    let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
+    tokio::spawn(drive(eventloop, client.clone(), config.subscriptions, tx));
+    (BusClient { inner: client }, rx)
+}
+
+async fn drive(mut eventloop: EventLoop, client: AsyncClient, subscriptions: Vec<String>, tx: mpsc::Sender<BusEvent>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let mut backoff = MIN_BACKOFF;
+    let mut reported_down = false;
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            () = tx.closed() => return,
+        };
+        let report = match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = MIN_BACKOFF;
+                reported_down = false;
+                if !subscriptions.is_empty() {
+                    let filters = subscriptions.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if client.try_subscribe_many(filters).is_err() {
+                        tracing::warn!("Bus request queue full; subscriptions will be retried on reconnect");
+                    }
+                }
+                BusEvent::Connected { session_present: ack.session_present }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => BusEvent::Message { topic: p.topic, payload: p.payload },
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    tracing::error!(?subscriptions, "The broker refused a bus subscription");
+                }
+                continue;
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = tx.send(BusEvent::Disconnected { reason: "disconnected by this client".into() }).await;
+                return;
+            }
+            Ok(_) => continue,
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                let reason = describe(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if reported_down {
+                    continue;
+                }
+                reported_down = true;
+                BusEvent::Disconnected { reason }
+            }
+        };
+        if tx.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized) => {
+            "the broker refused the bus credentials".into()
+        }
+        other => other.to_string(),
+    }
+}

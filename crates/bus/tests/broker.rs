@@ -1,0 +1,203 @@
+//! The embedded broker with clawfleet's credentials and ACL, exercised through real clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
+use clawfleet_bus::BusSecret;
+use clawfleet_core::AgentRef;
+use clawfleet_core::acl::{self, BusIdentity};
+use clawfleet_proto::topic::{self, Channel};
+use tokio::sync::mpsc::Receiver;
+
+const UID: &str = "uid1";
+
+struct TestAuth(BusSecret);
+
+impl Authenticator for TestAuth {
+    fn authenticate(&self, _client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
+        if username == "control" && password == self.0.control_password().as_bytes() {
+            return Some(BusIdentity::Control);
+        }
+        let agent = acl::parse_agent_username(username)?;
+        (password == self.0.agent_password(&agent, UID).as_bytes()).then_some(BusIdentity::Agent(agent))
+    }
+}
+
+fn start() -> (EmbeddedBroker, BusSecret) {
+    let secret = BusSecret::generate();
+    let broker = EmbeddedBroker::start(
+        BrokerConfig::new("127.0.0.1:0".parse().unwrap()),
+        Arc::new(TestAuth(secret.clone())),
+    )
+    .unwrap();
+    (broker, secret)
+}
+
+fn control_config(broker: &EmbeddedBroker, secret: &BusSecret, subs: Vec<String>) -> ClientConfig {
+    let mut c = ClientConfig::new("127.0.0.1", broker.local_addr().port(), "control");
+    c.username = Some("control".into());
+    c.password = Some(secret.control_password());
+    c.subscriptions = subs;
+    c
+}
+
+fn agent_config(broker: &EmbeddedBroker, secret: &BusSecret, agent: &str, subs: Vec<String>) -> ClientConfig {
+    let a: AgentRef = agent.parse().unwrap();
+    let mut c = ClientConfig::new("127.0.0.1", broker.local_addr().port(), format!("agent-{}-{}", a.fleet, a.slot));
+    c.username = Some(acl::agent_username(&a));
+    c.password = Some(secret.agent_password(&a, UID));
+    c.subscriptions = subs;
+    c
+}
+
+async fn next(rx: &mut Receiver<BusEvent>) -> BusEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("bus event within 10 s").expect("channel open")
+}
+
+async fn connected(rx: &mut Receiver<BusEvent>) {
+    match next(rx).await {
+        BusEvent::Connected { .. } => {}
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+async fn message(rx: &mut Receiver<BusEvent>) -> (String, Vec<u8>) {
+    loop {
+        match next(rx).await {
+            BusEvent::Message { topic, payload } => return (topic, payload.to_vec()),
+            BusEvent::Connected { .. } => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused() {
+    let (broker, secret) = start();
+    let mut bad = agent_config(&broker, &secret, "squad/1", vec![]);
+    bad.password = Some("nope".into());
+    let (_c, mut rx) = client::connect(bad);
+    match next(&mut rx).await {
+        BusEvent::Disconnected { reason } => assert_eq!(reason, "the broker refused the bus credentials"),
+        other => panic!("{other:?}"),
+    }
+    // Anonymous too.
+    let anon = ClientConfig::new("127.0.0.1", broker.local_addr().port(), "anon");
+    let (_c, mut rx) = client::connect(anon);
+    assert!(matches!(next(&mut rx).await, BusEvent::Disconnected { .. }));
+    // One agent's password does not log in as another agent.
+    let mut other = agent_config(&broker, &secret, "squad/2", vec![]);
+    other.password = agent_config(&broker, &secret, "squad/1", vec![]).password;
+    let (_c, mut rx) = client::connect(other);
+    assert!(matches!(next(&mut rx).await, BusEvent::Disconnected { .. }));
+}
+
+#[tokio::test]
+async fn directives_reach_agents_and_events_reach_the_control_plane() {
+    let (broker, secret) = start();
+    let events = topic::all_agents(Channel::Events);
+    let (control, mut crx) = client::connect(control_config(&broker, &secret, vec![events]));
+    connected(&mut crx).await;
+    let subs = vec![topic::agent("squad", 1, Channel::Cmd), topic::fleet_cmd("squad")];
+    let (agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", subs));
+    connected(&mut arx).await;
+    settle().await;
+
+    control.publish(topic::fleet_cmd("squad"), b"to-all".to_vec(), false).await.unwrap();
+    assert_eq!(message(&mut arx).await, (topic::fleet_cmd("squad"), b"to-all".to_vec()));
+    control.publish(topic::agent("squad", 1, Channel::Cmd), b"to-one".to_vec(), false).await.unwrap();
+    assert_eq!(message(&mut arx).await.1, b"to-one");
+
+    agent.publish(topic::agent("squad", 1, Channel::Events), b"ev".to_vec(), false).await.unwrap();
+    assert_eq!(message(&mut crx).await, (topic::agent("squad", 1, Channel::Events), b"ev".to_vec()));
+}
+
+#[tokio::test]
+async fn agents_cannot_read_or_write_other_agents_topics() {
+    let (broker, secret) = start();
+    let (_control, mut crx) = client::connect(control_config(&broker, &secret, vec![topic::all_agents(Channel::Events)]));
+    connected(&mut crx).await;
+    // A nosy agent subscribing to another agent's commands and to a wildcard gets nothing.
+    let nosy_subs = vec![topic::agent("squad", 2, Channel::Cmd), "clawfleet/v1/#".into()];
+    let (nosy, mut nrx) = client::connect(agent_config(&broker, &secret, "squad/1", nosy_subs));
+    connected(&mut nrx).await;
+    settle().await;
+    let (control2, mut c2rx) = client::connect({
+        let mut c = control_config(&broker, &secret, vec![]);
+        c.client_id = "control2".into();
+        c
+    });
+    connected(&mut c2rx).await;
+    control2.publish(topic::agent("squad", 2, Channel::Cmd), b"secret".to_vec(), false).await.unwrap();
+
+    // Impersonating agent 2 on the events topic gets the publisher disconnected, and the
+    // control plane never sees the message.
+    nosy.publish(topic::agent("squad", 2, Channel::Events), b"forged".to_vec(), false).await.unwrap();
+    loop {
+        match next(&mut nrx).await {
+            BusEvent::Disconnected { .. } => break,
+            BusEvent::Message { topic, .. } => panic!("nosy agent read {topic}"),
+            BusEvent::Connected { .. } => {}
+        }
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(500), crx.recv()).await.is_err(), "forged event was delivered");
+}
+
+#[tokio::test]
+async fn retained_heartbeats_and_last_will() {
+    let (broker, secret) = start();
+    let hb = topic::agent("squad", 1, Channel::Heartbeat);
+    let mut cfg = agent_config(&broker, &secret, "squad/1", vec![]);
+    cfg.will = Some(Will { topic: hb.clone(), payload: b"gone".to_vec(), retain: true });
+    let (agent, mut arx) = client::connect(cfg);
+    connected(&mut arx).await;
+    agent.publish(hb.clone(), b"alive".to_vec(), true).await.unwrap();
+    settle().await;
+
+    // A control plane that subscribes later still gets the retained heartbeat.
+    let (_control, mut crx) = client::connect(control_config(&broker, &secret, vec![topic::all_agents(Channel::Heartbeat)]));
+    assert_eq!(message(&mut crx).await, (hb.clone(), b"alive".to_vec()));
+
+    // Dropping the agent's connection abruptly fires its will.
+    drop(agent);
+    drop(arx);
+    assert_eq!(message(&mut crx).await, (hb, b"gone".to_vec()));
+}
+
+#[tokio::test]
+async fn commands_queue_for_an_offline_agent() {
+    let (broker, secret) = start();
+    let cmd = topic::agent("squad", 1, Channel::Cmd);
+    let (agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", vec![cmd.clone()]));
+    connected(&mut arx).await;
+    settle().await;
+    agent.disconnect().await;
+    while !matches!(next(&mut arx).await, BusEvent::Disconnected { .. }) {}
+
+    let (control, mut crx) = client::connect(control_config(&broker, &secret, vec![]));
+    connected(&mut crx).await;
+    for i in 0..2000u32 {
+        control.publish(cmd.clone(), i.to_be_bytes().to_vec(), false).await.unwrap();
+    }
+    settle().await;
+
+    let (_agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", vec![cmd.clone()]));
+    for i in 0..2000u32 {
+        assert_eq!(message(&mut arx).await.1, i.to_be_bytes().to_vec(), "message {i}");
+    }
+}
+
+#[test]
+fn two_brokers_in_one_process_and_a_busy_port() {
+    let (a, _) = start();
+    let (b, _) = start();
+    assert_ne!(a.local_addr(), b.local_addr());
+    let err = EmbeddedBroker::start(BrokerConfig::new(a.local_addr()), Arc::new(TestAuth(BusSecret::generate()))).unwrap_err();
+    assert!(err.to_string().starts_with(&format!("could not listen for MQTT on {}", a.local_addr())), "{err}");
+}
