@@ -1,0 +1,568 @@
+//! Durable state of the control plane: one SQLite file (WAL, `synchronous=FULL`), readable
+//! with the `sqlite3` shell.
+//!
+//! What lives here: fleets (desired state), injections and commands, the **outbox** of
+//! directives not yet acknowledged by their agent, every **event** (with the agent's journal
+//! position, so a replayed event is stored once), each agent's journal cursor, the audit log
+//! and API tokens. Every write that must happen together happens in one transaction: an
+//! injection, its outbox rows and its `inject_ack` events commit at once or not at all.
+//!
+//! **API boundary:** plain rows in, plain rows out; the store knows no clock, no bus and no
+//! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
+
+mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use clawfleet_proto::event::{Event, EventBody};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a fleet named '{0}' already exists")]
+    FleetExists(String),
+    #[error("no fleet named '{0}'")]
+    NoFleet(String),
+    #[error("the database at {path} was written by a newer clawfleet (schema {found}, this one knows up to {known})")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A fleet's stored desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetRow {
+    pub name: String,
+    /// Changes each time a fleet of this name is launched.
+    pub uid: String,
+    pub backend: String,
+    pub brain: String,
+    pub prompt: Option<String>,
+    pub version: String,
+    pub replicas: u32,
+    /// `active` or `terminating`.
+    pub state: String,
+    pub created_at: String,
+}
+
+/// An event to store; the store assigns its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub at: String,
+    pub fleet: String,
+    pub agent: Option<u32>,
+    pub injection_id: Option<String>,
+    pub body: EventBody,
+}
+
+impl NewEvent {
+    fn stored(self, id: u64) -> Event {
+        Event { id, at: self.at, fleet: self.fleet, agent: self.agent, injection_id: self.injection_id, body: self.body }
+    }
+}
+
+/// An event reported by an agent, at a position in its journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentEvent {
+    pub epoch: String,
+    pub seq: u64,
+    pub event: NewEvent,
+}
+
+/// Where the control plane is in one agent's journal: every event up to `seq` is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// What happened to one agent event offered to [`Store::ingest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingested {
+    /// New: stored with this id.
+    Stored(Event),
+    /// Already stored (a redelivery or a replay).
+    Duplicate,
+    /// Events before it are missing; it was not stored. Ask the agent to replay after `after_seq`.
+    Gap { after_seq: u64 },
+}
+
+/// A directive waiting for its agent's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub fleet: String,
+    pub slot: u32,
+    /// `inject` or `command`.
+    pub kind: String,
+    /// The injection or command id.
+    pub ref_id: String,
+    /// The encoded directive for the agent's own topic.
+    pub payload: Vec<u8>,
+    pub attempts: u32,
+}
+
+/// A new injection: persisted with one outbox row and one `inject_ack` per target.
+#[derive(Debug, Clone)]
+pub struct NewInjection<'a> {
+    pub id: &'a str,
+    pub fleet: &'a str,
+    pub prompt: &'a str,
+    pub at: &'a str,
+    pub caller: &'a str,
+    /// (slot, directive for that slot's own topic)
+    pub targets: Vec<(u32, Vec<u8>)>,
+}
+
+/// A stored injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionRow {
+    pub id: String,
+    pub fleet: String,
+    pub prompt: String,
+    pub created_at: String,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub fleet: Option<String>,
+    pub agent: Option<u32>,
+    pub injection_id: Option<String>,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// The control plane's database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, Option<u32>, Option<String>, String, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+}
+
+fn decode_event(parts: (u64, String, String, Option<u32>, Option<String>, String, String)) -> Result<Event> {
+    let (id, at, fleet, agent, injection_id, name, data) = parts;
+    let data: serde_json::Value = serde_json::from_str(&data)
+        .map_err(|e| StoreError::Corrupt { what: "event", reason: format!("event {id}: {e}") })?;
+    let body: EventBody = serde_json::from_value(serde_json::json!({"event": name, "data": data}))
+        .map_err(|e| StoreError::Corrupt { what: "event", reason: format!("event {id}: {e}") })?;
+    Ok(Event { id, at, fleet, agent, injection_id, body })
+}
+
+fn insert_event(tx: &Transaction<'_>, e: &NewEvent, journal: Option<(&str, u64)>) -> Result<u64> {
+    let wire = serde_json::to_value(&e.body).expect("event bodies serialize");
+    let data = wire.get("data").cloned().unwrap_or(serde_json::Value::Object(Default::default()));
+    tx.execute(
+        "INSERT INTO events (at, fleet, agent, injection_id, event, data, epoch, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![e.at, e.fleet, e.agent, e.injection_id, e.body.name(), data.to_string(), journal.map(|j| j.0), journal.map(|j| j.1)],
+    )?;
+    Ok(tx.last_insert_rowid() as u64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        schema::prepare(&conn, path)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        schema::prepare(&conn, Path::new(":memory:"))?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    // ---- settings ----
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.with(|c| {
+            c.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])?;
+            Ok(())
+        })
+    }
+
+    // ---- fleets ----
+
+    /// Stores a new fleet and its `fleet_launched` event.
+    pub fn insert_fleet(&self, fleet: &FleetRow, event: NewEvent) -> Result<Event> {
+        self.tx(|tx| {
+            let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&fleet.name], |r| r.get(0))?;
+            if exists {
+                return Err(StoreError::FleetExists(fleet.name.clone()));
+            }
+            tx.execute(
+                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![fleet.name, fleet.uid, fleet.backend, fleet.brain, fleet.prompt, fleet.version, fleet.replicas, fleet.state, fleet.created_at],
+            )?;
+            let id = insert_event(tx, &event, None)?;
+            Ok(event.stored(id))
+        })
+    }
+
+    pub fn fleets(&self) -> Result<Vec<FleetRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], fleet_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn fleet(&self, name: &str) -> Result<Option<FleetRow>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets WHERE name = ?1",
+                [name],
+                fleet_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Changes a fleet's replica count. Outbox rows of removed slots are dropped, and for each
+    /// injection among them an `inject_failed` event is stored (returned with the scale event).
+    pub fn scale_fleet(&self, name: &str, replicas: u32, at: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let previous: Option<u32> =
+                tx.query_row("SELECT replicas FROM fleets WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            let previous = previous.ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
+            tx.execute("UPDATE fleets SET replicas = ?2 WHERE name = ?1", params![name, replicas])?;
+            let mut events = Vec::new();
+            let scaled = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetScaled { replicas, previous } };
+            let id = insert_event(tx, &scaled, None)?;
+            events.push(scaled.stored(id));
+            events.extend(fail_outbox(tx, name, replicas, at, "agent removed by a scale-down")?);
+            Ok(events)
+        })
+    }
+
+    /// Marks a fleet as terminating; pending directives fail with `inject_failed`.
+    pub fn mark_terminating(&self, name: &str, at: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let n = tx.execute("UPDATE fleets SET state = 'terminating' WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Err(StoreError::NoFleet(name.to_owned()));
+            }
+            let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminating {} };
+            let id = insert_event(tx, &ev, None)?;
+            let mut events = vec![ev.stored(id)];
+            events.extend(fail_outbox(tx, name, 0, at, "fleet terminated")?);
+            Ok(events)
+        })
+    }
+
+    /// Removes a terminated fleet (its events stay) and stores `fleet_terminated`.
+    pub fn delete_fleet(&self, name: &str, at: &str) -> Result<Event> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
+            tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
+            let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminated {} };
+            let id = insert_event(tx, &ev, None)?;
+            Ok(ev.stored(id))
+        })
+    }
+
+    // ---- injections and commands ----
+
+    /// Persists an injection, its outbox rows and one `inject_ack` per target, atomically.
+    pub fn create_injection(&self, inj: &NewInjection<'_>) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO injections (id, fleet, prompt, created_at, caller) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![inj.id, inj.fleet, inj.prompt, inj.at, inj.caller],
+            )?;
+            let mut events = Vec::with_capacity(inj.targets.len());
+            for (slot, payload) in &inj.targets {
+                tx.execute(
+                    "INSERT INTO outbox (fleet, slot, kind, ref_id, payload, created_at) VALUES (?1, ?2, 'inject', ?3, ?4, ?5)",
+                    params![inj.fleet, slot, inj.id, payload, inj.at],
+                )?;
+                let ev = NewEvent {
+                    at: inj.at.to_owned(),
+                    fleet: inj.fleet.to_owned(),
+                    agent: Some(*slot),
+                    injection_id: Some(inj.id.to_owned()),
+                    body: EventBody::InjectAck { prompt: inj.prompt.to_owned() },
+                };
+                let id = insert_event(tx, &ev, None)?;
+                events.push(ev.stored(id));
+            }
+            Ok(events)
+        })
+    }
+
+    /// Persists a command with its outbox rows and one `command_sent` per target.
+    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[(u32, Vec<u8>)]) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let mut events = Vec::with_capacity(targets.len());
+            for (slot, payload) in targets {
+                tx.execute(
+                    "INSERT INTO outbox (fleet, slot, kind, ref_id, label, payload, created_at) VALUES (?1, ?2, 'command', ?3, ?4, ?5, ?6)",
+                    params![fleet, slot, id, command, payload, at],
+                )?;
+                let ev = NewEvent {
+                    at: at.to_owned(),
+                    fleet: fleet.to_owned(),
+                    agent: Some(*slot),
+                    injection_id: None,
+                    body: EventBody::CommandSent { command_id: id.to_owned(), command: command.to_owned() },
+                };
+                let eid = insert_event(tx, &ev, None)?;
+                events.push(ev.stored(eid));
+            }
+            Ok(events)
+        })
+    }
+
+    pub fn injection(&self, id: &str) -> Result<Option<InjectionRow>> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT id, fleet, prompt, created_at FROM injections WHERE id = ?1", [id], |r| {
+                Ok(InjectionRow { id: r.get(0)?, fleet: r.get(1)?, prompt: r.get(2)?, created_at: r.get(3)? })
+            })
+            .optional()?)
+        })
+    }
+
+    // ---- outbox ----
+
+    /// Every directive still waiting for its agent, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, fleet, slot, kind, ref_id, payload, attempts FROM outbox ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(OutboxRow { id: r.get(0)?, fleet: r.get(1)?, slot: r.get(2)?, kind: r.get(3)?, ref_id: r.get(4)?, payload: r.get(5)?, attempts: r.get(6)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn outbox_attempted(&self, ids: &[i64]) -> Result<()> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+    }
+
+    // ---- events ----
+
+    /// Stores events the control plane itself produced.
+    pub fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            events
+                .into_iter()
+                .map(|e| {
+                    let id = insert_event(tx, &e, None)?;
+                    Ok(e.stored(id))
+                })
+                .collect()
+        })
+    }
+
+    /// Stores a batch of agent events in one transaction, in journal order per agent:
+    /// duplicates are skipped, a gap stops that agent's events (see [`Ingested::Gap`]), and
+    /// an event that ends a directive's wait removes its outbox row.
+    pub fn ingest(&self, batch: Vec<AgentEvent>) -> Result<Vec<Ingested>> {
+        self.tx(|tx| {
+            let mut out = Vec::with_capacity(batch.len());
+            for AgentEvent { epoch, seq, event } in batch {
+                let slot = event.agent.unwrap_or(0);
+                let cursor: Option<(String, u64)> = tx
+                    .query_row("SELECT epoch, seq FROM cursors WHERE fleet = ?1 AND slot = ?2", params![event.fleet, slot], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let expected = match &cursor {
+                    Some((e, s)) if *e == epoch => s + 1,
+                    // A new workspace (or the first event ever) starts at 1.
+                    _ => 1,
+                };
+                if seq < expected {
+                    out.push(Ingested::Duplicate);
+                    continue;
+                }
+                if seq > expected {
+                    out.push(Ingested::Gap { after_seq: expected - 1 });
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO cursors (fleet, slot, epoch, seq) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(fleet, slot) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+                    params![event.fleet, slot, epoch, seq],
+                )?;
+                acknowledge(tx, &event, slot)?;
+                let id = insert_event(tx, &event, Some((&epoch, seq)))?;
+                out.push(Ingested::Stored(event.stored(id)));
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn cursor(&self, fleet: &str, slot: u32) -> Result<Option<Cursor>> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT epoch, seq FROM cursors WHERE fleet = ?1 AND slot = ?2", params![fleet, slot], |r| {
+                Ok(Cursor { epoch: r.get(0)?, seq: r.get(1)? })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Up to `limit` events with ids above `after`, oldest first.
+    pub fn events_after(&self, filter: &EventFilter, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, fleet, agent, injection_id, event, data FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR fleet = ?2) AND (?3 IS NULL OR agent = ?3) AND (?4 IS NULL OR injection_id = ?4)
+                 ORDER BY id LIMIT ?5",
+            )?;
+            let rows = stmt
+                .query_map(params![after, filter.fleet, filter.agent, filter.injection_id, limit as i64], event_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(decode_event).collect()
+        })
+    }
+
+    /// Every event of one injection, oldest first.
+    pub fn injection_events(&self, injection_id: &str) -> Result<Vec<Event>> {
+        let filter = EventFilter { injection_id: Some(injection_id.to_owned()), ..EventFilter::default() };
+        self.events_after(&filter, 0, usize::MAX >> 1)
+    }
+
+    pub fn last_event_id(&self) -> Result<u64> {
+        self.with(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?))
+    }
+
+    // ---- audit ----
+
+    pub fn audit(&self, at: &str, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![at, actor, action, target, detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` audit lines, oldest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, actor, action, target, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok(AuditRow { id: r.get(0)?, at: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, detail: r.get(5)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+}
+
+fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
+    Ok(FleetRow {
+        name: r.get(0)?,
+        uid: r.get(1)?,
+        backend: r.get(2)?,
+        brain: r.get(3)?,
+        prompt: r.get(4)?,
+        version: r.get(5)?,
+        replicas: r.get(6)?,
+        state: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+/// An agent event that shows the agent has a directive ends that directive's outbox wait.
+fn acknowledge(tx: &Transaction<'_>, event: &NewEvent, slot: u32) -> Result<()> {
+    let (kind, ref_id) = match (&event.body, &event.injection_id) {
+        (EventBody::CommandReply { command_id, .. }, _) => ("command", command_id.as_str()),
+        (_, Some(injection_id)) => ("inject", injection_id.as_str()),
+        _ => return Ok(()),
+    };
+    tx.execute(
+        "DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 AND ref_id = ?4",
+        params![event.fleet, slot, kind, ref_id],
+    )?;
+    Ok(())
+}
+
+/// Drops the outbox rows of slots at or above `first_removed`; each injection among them gets
+/// an `inject_failed`, each command a failed `command_reply`.
+fn fail_outbox(tx: &Transaction<'_>, fleet: &str, first_removed: u32, at: &str, why: &str) -> Result<Vec<Event>> {
+    let rows: Vec<(u32, String, String, Option<String>)> = {
+        let mut stmt =
+            tx.prepare("SELECT slot, kind, ref_id, label FROM outbox WHERE fleet = ?1 AND slot >= ?2 ORDER BY id")?;
+        stmt.query_map(params![fleet, first_removed], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute("DELETE FROM outbox WHERE fleet = ?1 AND slot >= ?2", params![fleet, first_removed])?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (slot, kind, ref_id, command) in rows {
+        let (injection_id, body) = if kind == "inject" {
+            (Some(ref_id), EventBody::InjectFailed { error: why.to_owned() })
+        } else {
+            let body = EventBody::CommandReply {
+                command_id: ref_id,
+                command: command.unwrap_or_default(),
+                ok: false,
+                result: serde_json::Value::Null,
+                error: Some(why.to_owned()),
+            };
+            (None, body)
+        };
+        let ev = NewEvent { at: at.to_owned(), fleet: fleet.to_owned(), agent: Some(slot), injection_id, body };
+        let id = insert_event(tx, &ev, None)?;
+        events.push(ev.stored(id));
+    }
+    Ok(events)
+}

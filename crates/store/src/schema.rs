@@ -1,0 +1,94 @@
+//! The schema and its migrations, tracked with `PRAGMA user_version`.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+/// Migrations in order; migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE fleets (
+    name       TEXT PRIMARY KEY,
+    uid        TEXT NOT NULL,
+    backend    TEXT NOT NULL,
+    brain      TEXT NOT NULL,
+    prompt     TEXT,
+    version    TEXT NOT NULL,
+    replicas   INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE injections (
+    id         TEXT PRIMARY KEY,
+    fleet      TEXT NOT NULL,
+    prompt     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    caller     TEXT NOT NULL
+);
+-- Directives not yet acknowledged by their agent; resent until they are.
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY,
+    fleet      TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    ref_id     TEXT NOT NULL,
+    -- The command name, for commands.
+    label      TEXT,
+    payload    BLOB NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    UNIQUE (fleet, slot, kind, ref_id)
+);
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           TEXT NOT NULL,
+    fleet        TEXT NOT NULL,
+    agent        INTEGER,
+    injection_id TEXT,
+    event        TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    -- The agent's journal position, for events an agent reported.
+    epoch        TEXT,
+    seq          INTEGER,
+    UNIQUE (fleet, agent, epoch, seq)
+);
+CREATE INDEX events_by_fleet ON events (fleet, id);
+CREATE INDEX events_by_injection ON events (injection_id) WHERE injection_id IS NOT NULL;
+-- How far into each agent's journal every event is stored.
+CREATE TABLE cursors (
+    fleet TEXT NOT NULL,
+    slot  INTEGER NOT NULL,
+    epoch TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (fleet, slot)
+);
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY,
+    at     TEXT NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"#];
+
+pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew { path: path.display().to_string(), found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}

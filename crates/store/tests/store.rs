@@ -1,0 +1,186 @@
+//! The store's promises: atomic injections, exactly-once ingest, outbox acknowledgement,
+//! failed directives on scale-down, durability across reopen.
+
+use clawfleet_proto::event::EventBody;
+use clawfleet_store::{AgentEvent, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Store, StoreError};
+
+fn fleet(name: &str, replicas: u32) -> FleetRow {
+    FleetRow {
+        name: name.into(),
+        uid: "u1".into(),
+        backend: "local".into(),
+        brain: "echo".into(),
+        prompt: None,
+        version: "1".into(),
+        replicas,
+        state: "active".into(),
+        created_at: "t0".into(),
+    }
+}
+
+fn launched(name: &str) -> NewEvent {
+    NewEvent {
+        at: "t0".into(),
+        fleet: name.into(),
+        agent: None,
+        injection_id: None,
+        body: EventBody::FleetLaunched { replicas: 2, backend: "local".into(), brain: "echo".into(), version: "1".into() },
+    }
+}
+
+fn agent_event(slot: u32, epoch: &str, seq: u64, injection: &str, body: EventBody) -> AgentEvent {
+    AgentEvent {
+        epoch: epoch.into(),
+        seq,
+        event: NewEvent { at: "t".into(), fleet: "squad".into(), agent: Some(slot), injection_id: Some(injection.into()), body },
+    }
+}
+
+fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event::Event> {
+    store
+        .create_injection(&NewInjection {
+            id,
+            fleet: "squad",
+            prompt: "hi",
+            at: "t1",
+            caller: "test",
+            targets: slots.iter().map(|&s| (s, format!("directive-{s}").into_bytes())).collect(),
+        })
+        .unwrap()
+}
+
+#[test]
+fn fleets_are_unique_by_name() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    assert!(matches!(store.insert_fleet(&fleet("squad", 2), launched("squad")), Err(StoreError::FleetExists(n)) if n == "squad"));
+    assert_eq!(store.fleets().unwrap().len(), 1);
+    assert_eq!(store.fleet("squad").unwrap().unwrap().replicas, 2);
+    assert!(store.fleet("nope").unwrap().is_none());
+    assert!(matches!(store.scale_fleet("nope", 1, "t"), Err(StoreError::NoFleet(_))));
+}
+
+#[test]
+fn an_injection_is_persisted_with_its_outbox_and_acks() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    let acks = inject(&store, "i1", &[0, 1]);
+    assert_eq!(acks.len(), 2);
+    assert!(acks.iter().all(|e| e.body == EventBody::InjectAck { prompt: "hi".into() }));
+    assert!(acks[0].id < acks[1].id);
+    let outbox = store.outbox().unwrap();
+    assert_eq!(outbox.iter().map(|r| (r.slot, r.payload.clone())).collect::<Vec<_>>(), vec![(0, b"directive-0".to_vec()), (1, b"directive-1".to_vec())]);
+    // A duplicate injection id is refused as a whole: nothing half-written.
+    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: vec![(0, vec![])] }).is_err());
+    assert_eq!(store.outbox().unwrap().len(), 2);
+}
+
+#[test]
+fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    inject(&store, "i1", &[0, 1]);
+
+    let delivered = agent_event(0, "e1", 1, "i1", EventBody::InjectDelivered {});
+    let out = store.ingest(vec![delivered.clone()]).unwrap();
+    assert!(matches!(&out[0], Ingested::Stored(e) if e.body == EventBody::InjectDelivered {}));
+    assert_eq!(store.outbox().unwrap().iter().map(|r| r.slot).collect::<Vec<_>>(), vec![1], "slot 0 acknowledged");
+
+    // Redelivery and replay are stored once.
+    assert_eq!(store.ingest(vec![delivered]).unwrap(), vec![Ingested::Duplicate]);
+    // A gap is refused and says where to replay from.
+    let late = agent_event(0, "e1", 4, "i1", EventBody::TurnComplete {});
+    assert_eq!(store.ingest(vec![late]).unwrap(), vec![Ingested::Gap { after_seq: 1 }]);
+    let cursor = store.cursor("squad", 0).unwrap().unwrap();
+    assert_eq!((cursor.epoch.as_str(), cursor.seq), ("e1", 1));
+    // In order, the rest is stored.
+    let batch = vec![
+        agent_event(0, "e1", 2, "i1", EventBody::TurnStarted {}),
+        agent_event(0, "e1", 3, "i1", EventBody::Assistant { content: "hello".into() }),
+        agent_event(0, "e1", 4, "i1", EventBody::TurnComplete {}),
+    ];
+    assert!(store.ingest(batch).unwrap().iter().all(|i| matches!(i, Ingested::Stored(_))));
+    // A new workspace starts a new epoch at 1.
+    assert!(matches!(store.ingest(vec![agent_event(0, "e2", 1, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
+    assert_eq!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap(), vec![Ingested::Gap { after_seq: 0 }]);
+
+    let names: Vec<_> = store.injection_events("i1").unwrap().iter().map(|e| (e.agent, e.body.name())).collect();
+    assert_eq!(
+        names,
+        vec![
+            (Some(0), "inject_ack"),
+            (Some(1), "inject_ack"),
+            (Some(0), "inject_delivered"),
+            (Some(0), "turn_started"),
+            (Some(0), "assistant"),
+            (Some(0), "turn_complete")
+        ]
+    );
+}
+
+#[test]
+fn scaling_down_fails_what_the_removed_agents_had_pending() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 3), launched("squad")).unwrap();
+    inject(&store, "i1", &[0, 1, 2]);
+    store.create_command("c1", "squad", "health-check", "t", &[(2, b"cmd".to_vec())]).unwrap();
+    let events = store.scale_fleet("squad", 1, "t2").unwrap();
+    let summary: Vec<_> = events.iter().map(|e| (e.agent, e.body.clone())).collect();
+    assert_eq!(summary[0], (None, EventBody::FleetScaled { replicas: 1, previous: 3 }));
+    assert_eq!(summary[1], (Some(1), EventBody::InjectFailed { error: "agent removed by a scale-down".into() }));
+    assert_eq!(summary[2], (Some(2), EventBody::InjectFailed { error: "agent removed by a scale-down".into() }));
+    assert!(matches!(&summary[3], (Some(2), EventBody::CommandReply { command, ok: false, .. }) if command == "health-check"));
+    assert_eq!(store.outbox().unwrap().iter().map(|r| r.slot).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(store.fleet("squad").unwrap().unwrap().replicas, 1);
+}
+
+#[test]
+fn events_filter_and_page() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("other", 1), launched("other")).unwrap();
+    inject(&store, "i1", &[0, 1]);
+    let all = store.events_after(&EventFilter::default(), 0, 100).unwrap();
+    assert_eq!(all.len(), 4);
+    let squad = EventFilter { fleet: Some("squad".into()), ..Default::default() };
+    assert_eq!(store.events_after(&squad, 0, 100).unwrap().len(), 3);
+    let one = EventFilter { fleet: Some("squad".into()), agent: Some(1), ..Default::default() };
+    assert_eq!(store.events_after(&one, 0, 100).unwrap().len(), 1);
+    let page = store.events_after(&EventFilter::default(), all[1].id, 1).unwrap();
+    assert_eq!(page, vec![all[2].clone()]);
+    assert_eq!(store.last_event_id().unwrap(), all[3].id);
+}
+
+#[test]
+fn everything_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clawfleet.db");
+    {
+        let store = Store::open(&path).unwrap();
+        store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+        inject(&store, "i1", &[0, 1]);
+        store.set_meta("k", b"v").unwrap();
+        store.audit("t", "operator", "launch", "squad", "replicas=2").unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.fleets().unwrap().len(), 1);
+    assert_eq!(store.outbox().unwrap().len(), 2);
+    assert_eq!(store.injection("i1").unwrap().unwrap().prompt, "hi");
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.audit_log(10).unwrap()[0].action, "launch");
+    assert_eq!(store.last_event_id().unwrap(), 3);
+}
+
+#[test]
+fn terminate_then_delete() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 1), launched("squad")).unwrap();
+    inject(&store, "i1", &[0]);
+    let events = store.mark_terminating("squad", "t").unwrap();
+    assert_eq!(events.iter().map(|e| e.body.name()).collect::<Vec<_>>(), vec!["fleet_terminating", "inject_failed"]);
+    assert_eq!(store.fleet("squad").unwrap().unwrap().state, "terminating");
+    store.delete_fleet("squad", "t").unwrap();
+    assert!(store.fleet("squad").unwrap().is_none());
+    // The name can be launched again.
+    store.insert_fleet(&fleet("squad", 1), launched("squad")).unwrap();
+}
