@@ -5,11 +5,13 @@
 //! session), and reports [`BusEvent`]s on one channel. Everything is QoS 1. Dropping the
 //! receiver, or [`BusClient::disconnect`], ends the task and closes the socket.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// A message the broker publishes for a client when its connection drops.
 #[derive(Debug, Clone)]
@@ -73,7 +75,7 @@ pub enum BusEvent {
 
 /// Why a publish was not queued.
 #[derive(Debug, thiserror::Error)]
-#[error("bus publish to {topic} failed: the connection task has stopped")]
+#[error("bus publish to {topic} was not queued: the connection is down, slow or closed")]
 pub struct PublishError {
     topic: String,
 }
@@ -82,6 +84,18 @@ pub struct PublishError {
 #[derive(Clone)]
 pub struct BusClient {
     inner: AsyncClient,
+    shared: Arc<Shared>,
+}
+
+/// What the handles and the connection task share for a graceful close.
+#[derive(Default)]
+struct Shared {
+    /// Publishes queued by this client.
+    queued: AtomicU64,
+    /// PUBACKs received.
+    acked: AtomicU64,
+    closing: AtomicBool,
+    wake: Notify,
 }
 
 impl std::fmt::Debug for BusClient {
@@ -94,12 +108,27 @@ impl BusClient {
     /// Queues a QoS 1 publish; waits only if the request queue is full.
     pub async fn publish(&self, topic: impl Into<String>, payload: Vec<u8>, retain: bool) -> Result<(), PublishError> {
         let topic = topic.into();
-        self.inner.publish(topic.clone(), QoS::AtLeastOnce, retain, payload).await.map_err(|_| PublishError { topic })
+        self.inner.publish(topic.clone(), QoS::AtLeastOnce, retain, payload).await.map_err(|_| PublishError { topic })?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Sends DISCONNECT (no last will is published) and ends the connection task.
-    pub async fn disconnect(&self) {
-        let _ = self.inner.disconnect().await;
+    /// Queues a QoS 1 publish without waiting; fails if the request queue is full (the
+    /// connection is down or slow). For messages the caller can send again later.
+    pub fn try_publish(&self, topic: impl Into<String>, payload: Vec<u8>, retain: bool) -> Result<(), PublishError> {
+        let topic = topic.into();
+        self.inner.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload).map_err(|_| PublishError { topic })?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Closes gracefully: once the broker has acknowledged every publish queued so far, sends
+    /// DISCONNECT (so no last will is published) and ends the connection task, which then
+    /// reports `Disconnected`. (A broker may drop publishes that arrive right before a
+    /// DISCONNECT, so the wait matters.) Callers bound the wait with a timeout.
+    pub fn disconnect(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 }
 
@@ -119,23 +148,42 @@ pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
     }
     let (client, eventloop) = AsyncClient::new(options, config.request_capacity.max(1));
     let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
-    tokio::spawn(drive(eventloop, client.clone(), config.subscriptions, tx));
-    (BusClient { inner: client }, rx)
+    let shared = Arc::new(Shared::default());
+    tokio::spawn(drive(eventloop, client.clone(), shared.clone(), config.subscriptions, tx));
+    (BusClient { inner: client, shared }, rx)
 }
 
-async fn drive(mut eventloop: EventLoop, client: AsyncClient, subscriptions: Vec<String>, tx: mpsc::Sender<BusEvent>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    subscriptions: Vec<String>,
+    tx: mpsc::Sender<BusEvent>,
+) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     let mut reported_down = false;
+    let mut disconnect_sent = false;
     loop {
+        if !disconnect_sent
+            && shared.closing.load(Ordering::SeqCst)
+            && shared.acked.load(Ordering::SeqCst) >= shared.queued.load(Ordering::SeqCst)
+        {
+            disconnect_sent = client.try_disconnect().is_ok();
+        }
         let event = tokio::select! {
             event = eventloop.poll() => event,
             () = tx.closed() => return,
+            () = shared.wake.notified(), if !disconnect_sent => continue,
         };
         let report = match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = MIN_BACKOFF;
+                if !ack.session_present {
+                    // rumqttc drops unacknowledged publishes with the old session: stop waiting for them.
+                    shared.acked.store(shared.queued.load(Ordering::SeqCst), Ordering::SeqCst);
+                }
                 reported_down = false;
                 if !subscriptions.is_empty() {
                     let filters = subscriptions.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
@@ -150,6 +198,10 @@ async fn drive(mut eventloop: EventLoop, client: AsyncClient, subscriptions: Vec
                 if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                     tracing::error!(?subscriptions, "The broker refused a bus subscription");
                 }
+                continue;
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                shared.acked.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -177,7 +177,7 @@ async fn commands_queue_for_an_offline_agent() {
     let (agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", vec![cmd.clone()]));
     connected(&mut arx).await;
     settle().await;
-    agent.disconnect().await;
+    agent.disconnect();
     while !matches!(next(&mut arx).await, BusEvent::Disconnected { .. }) {}
 
     let (control, mut crx) = client::connect(control_config(&broker, &secret, vec![]));
@@ -200,4 +200,20 @@ fn two_brokers_in_one_process_and_a_busy_port() {
     assert_ne!(a.local_addr(), b.local_addr());
     let err = EmbeddedBroker::start(BrokerConfig::new(a.local_addr()), Arc::new(TestAuth(BusSecret::generate()))).unwrap_err();
     assert!(err.to_string().starts_with(&format!("could not listen for MQTT on {}", a.local_addr())), "{err}");
+}
+
+#[tokio::test]
+async fn publishes_right_before_disconnect_arrive() {
+    let (broker, secret) = start();
+    let (_control, mut crx) = client::connect(control_config(&broker, &secret, vec![topic::all_agents(Channel::Events)]));
+    connected(&mut crx).await;
+    let (agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", vec![]));
+    connected(&mut arx).await;
+    for i in 0..3u8 {
+        agent.publish(topic::agent("squad", 1, Channel::Events), vec![i], false).await.unwrap();
+    }
+    agent.disconnect();
+    for i in 0..3u8 {
+        assert_eq!(message(&mut crx).await.1, vec![i]);
+    }
 }

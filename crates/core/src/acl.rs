@@ -21,6 +21,12 @@ pub fn agent_username(agent: &AgentRef) -> String {
     format!("agent/{}/{}", agent.fleet, agent.slot)
 }
 
+/// The MQTT client id of an agent of one fleet incarnation: stable across the agent's
+/// restarts (so its persistent session and queued directives survive), new per incarnation.
+pub fn agent_client_id(agent: &AgentRef, fleet_uid: &str) -> String {
+    format!("clawfleet-{}-{}-{fleet_uid}", agent.fleet, agent.slot)
+}
+
 /// The agent an agent username names, if it is one.
 pub fn parse_agent_username(username: &str) -> Option<AgentRef> {
     let rest = username.strip_prefix("agent/")?;

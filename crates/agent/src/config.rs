@@ -1,0 +1,55 @@
+//! What an agent needs to know to run: who it is, where the bus is, what it thinks with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clawfleet_core::{AgentRef, BrainSpec};
+
+/// An agent's configuration, from its backend (environment) or from `agent --join`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub agent: AgentRef,
+    /// The fleet incarnation; part of the bus client id and credentials.
+    pub fleet_uid: String,
+    pub bus_host: String,
+    pub bus_port: u16,
+    pub bus_username: Option<String>,
+    pub bus_password: Option<String>,
+    pub workspace: PathBuf,
+    pub brain: BrainSpec,
+    /// Base URL of the shared model service (OpenAI-compatible), for the `model` brain.
+    pub model_url: Option<String>,
+    /// Model name to ask the shared model service for.
+    pub model_name: String,
+    pub system_prompt: Option<String>,
+    pub fleet_version: String,
+    pub heartbeat_interval: Duration,
+    /// A turn with no output for this long is stopped.
+    pub watchdog: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with clawfleet's defaults for everything but identity and bus.
+    pub fn new(agent: AgentRef, fleet_uid: impl Into<String>, bus_host: impl Into<String>, bus_port: u16, workspace: PathBuf) -> AgentConfig {
+        AgentConfig {
+            agent,
+            fleet_uid: fleet_uid.into(),
+            bus_host: bus_host.into(),
+            bus_port,
+            bus_username: None,
+            bus_password: None,
+            workspace,
+            brain: BrainSpec::Echo,
+            model_url: None,
+            model_name: "default".into(),
+            system_prompt: None,
+            fleet_version: "1".into(),
+            heartbeat_interval: Duration::from_secs(2),
+            watchdog: Duration::from_secs(300),
+        }
+    }
+
+    pub fn client_id(&self) -> String {
+        clawfleet_core::acl::agent_client_id(&self.agent, &self.fleet_uid)
+    }
+}

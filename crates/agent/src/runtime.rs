@@ -1,0 +1,532 @@
+//! The agent's event loop: one task, one closed set of inputs ([`Input`]), read in one place.
+//!
+//! Inputs: the bus (connection changes and directives), its own brain's progress and results,
+//! a heartbeat tick (which also runs the watchdog), and the shutdown signal. Turns run one at
+//! a time in a task of their own; every event is journaled before it is published; every
+//! accepted injection ends with `turn_complete`, `agent_error` or `inject_failed`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawfleet_bus::client::{self, BusClient, BusEvent, ClientConfig, Will};
+use clawfleet_core::{BrainSpec, CommandName};
+use clawfleet_proto::bus::{self as wire, AgentActivity, BrainStatus, Directive, Heartbeat};
+use clawfleet_proto::event::EventBody;
+use clawfleet_proto::topic::{self, Channel};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::brain::{self, Brain, BrainError, BrainHealth, Progress, TurnRequest, TurnResult};
+use crate::config::AgentConfig;
+use crate::workspace::{Accepted, Workspace};
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot open the workspace {path}: {source}")]
+    Workspace { path: String, source: std::io::Error },
+    #[error("the bus connection task stopped unexpectedly")]
+    BusGone,
+}
+
+/// Everything the loop reacts to.
+enum Input {
+    Bus(BusEvent),
+    /// Everything the agent's own tasks sent since the last look, in order.
+    Internal(Vec<Internal>),
+    Tick,
+    Shutdown,
+}
+
+/// Messages from the agent's own tasks.
+enum Internal {
+    Progress { turn: u64, progress: Progress },
+    Done { turn: u64, result: Result<TurnResult, BrainError> },
+    /// A health probe finished; `reply_to` is the health-check command that asked, if any.
+    Health { health: BrainHealth, reply_to: Option<String> },
+}
+
+struct Turn {
+    no: u64,
+    injection_id: String,
+    prompt: String,
+    last_output: Instant,
+    handle: JoinHandle<()>,
+}
+
+struct Agent {
+    config: AgentConfig,
+    ws: Workspace,
+    brain: Arc<dyn Brain>,
+    brain_spec: BrainSpec,
+    system_prompt: Option<String>,
+    health: BrainHealth,
+    http: reqwest::Client,
+    bus: BusClient,
+    events_topic: String,
+    heartbeat_topic: String,
+    activity: AgentActivity,
+    queue: VecDeque<(String, String)>,
+    current: Option<Turn>,
+    turns: u64,
+    turns_completed: u64,
+    turns_failed: u64,
+    started: Instant,
+    internal: mpsc::Sender<Internal>,
+}
+
+/// Runs one agent until `shutdown` resolves; then ends its turn, fails what is queued,
+/// publishes a final `stopped` heartbeat and disconnects.
+pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let (ws, recovery) = Workspace::open(&config.workspace)
+        .map_err(|source| AgentError::Workspace { path: config.workspace.display().to_string(), source })?;
+    let fleet = config.agent.fleet.as_str().to_owned();
+    let slot = config.agent.slot;
+    let heartbeat_topic = topic::agent(&fleet, slot, Channel::Heartbeat);
+
+    // Launch configuration, overridden by the workspace's config.json.
+    let (brain_spec, system_prompt, config_problem) = match resolve_config(&config, &ws) {
+        Ok((b, p)) => (b, p, None),
+        Err(e) => (config.brain.clone(), config.system_prompt.clone(), Some(e)),
+    };
+    let brain = brain::build(&brain_spec, config.model_url.as_deref(), &config.model_name, &http);
+
+    let mut bus_config = ClientConfig::new(config.bus_host.clone(), config.bus_port, config.client_id());
+    bus_config.username = config.bus_username.clone();
+    bus_config.password = config.bus_password.clone();
+    bus_config.clean_session = false;
+    bus_config.keep_alive = Duration::from_secs(5);
+    bus_config.subscriptions = vec![topic::agent(&fleet, slot, Channel::Cmd), topic::fleet_cmd(&fleet)];
+
+    let (internal, mut internal_rx) = mpsc::channel(1024);
+    let mut will = Heartbeat {
+        epoch: ws.epoch().to_owned(),
+        seq: 0,
+        at: crate::now_rfc3339(),
+        state: AgentActivity::Disconnected,
+        interval_ms: config.heartbeat_interval.as_millis() as u64,
+        version: crate::VERSION.into(),
+        fleet_version: config.fleet_version.clone(),
+        pid: std::process::id(),
+        hostname: crate::sysinfo::hostname(),
+        uptime_s: 0,
+        rss_bytes: 0,
+        load1: 0.0,
+        brain: BrainStatus { spec: brain_spec.to_string(), healthy: false, detail: Some("disconnected".into()) },
+        current_injection: None,
+        queued: 0,
+    };
+    will.seq = ws.last_seq();
+    bus_config.will = Some(Will { topic: heartbeat_topic.clone(), payload: wire::encode(&will), retain: true });
+    let (bus, mut bus_rx) = client::connect(bus_config);
+    let mut agent = Agent {
+        brain,
+        brain_spec,
+        system_prompt,
+        health: BrainHealth::failing("not checked yet"),
+        http,
+        bus,
+        events_topic: topic::agent(&fleet, slot, Channel::Events),
+        heartbeat_topic: heartbeat_topic.clone(),
+        activity: AgentActivity::Starting,
+        queue: VecDeque::new(),
+        current: None,
+        turns: 0,
+        turns_completed: 0,
+        turns_failed: 0,
+        started: Instant::now(),
+        internal,
+        ws,
+        config,
+    };
+    if let Some(e) = config_problem {
+        agent.emit(None, EventBody::AgentError { message: format!("ignored workspace config: {e}") });
+    }
+
+    for id in recovery.interrupted {
+        agent.turns_failed += 1;
+        agent.emit(Some(&id), EventBody::AgentError { message: "the agent restarted during this turn; it did not finish".into() });
+    }
+    agent.queue.extend(recovery.not_started);
+    agent.probe_health(None);
+
+    let mut ticks = tokio::time::interval(agent.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let mut batch = Vec::new();
+    loop {
+        let input = tokio::select! {
+            biased;
+            () = &mut shutdown => Input::Shutdown,
+            ev = bus_rx.recv() => match ev {
+                Some(ev) => Input::Bus(ev),
+                None => return Err(AgentError::BusGone),
+            },
+            _ = internal_rx.recv_many(&mut batch, 256) => Input::Internal(std::mem::take(&mut batch)),
+            _ = ticks.tick() => Input::Tick,
+        };
+        match input {
+            Input::Bus(ev) => agent.on_bus(ev),
+            Input::Internal(batch) => agent.on_internal_batch(batch),
+            Input::Tick => {
+                agent.check_watchdog();
+                agent.publish_heartbeat();
+            }
+            Input::Shutdown => break,
+        }
+        agent.start_next_turn();
+    }
+    agent.stop(&mut bus_rx).await;
+    Ok(())
+}
+
+impl Agent {
+    fn emit(&mut self, injection_id: Option<&str>, body: EventBody) {
+        let envelope = self.ws.record(injection_id, body);
+        if self.bus.try_publish(self.events_topic.clone(), wire::encode(&envelope), false).is_err() {
+            // Journaled: the control plane sees the gap in the next heartbeat and asks for a replay.
+            tracing::debug!(seq = envelope.seq, "Bus queue full; event left for replay");
+        }
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            epoch: self.ws.epoch().to_owned(),
+            seq: self.ws.last_seq(),
+            at: crate::now_rfc3339(),
+            state: self.activity,
+            interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            version: crate::VERSION.into(),
+            fleet_version: self.config.fleet_version.clone(),
+            pid: std::process::id(),
+            hostname: crate::sysinfo::hostname(),
+            uptime_s: self.started.elapsed().as_secs(),
+            rss_bytes: crate::sysinfo::rss_bytes(),
+            load1: crate::sysinfo::load1(),
+            brain: BrainStatus { spec: self.brain_spec.to_string(), healthy: self.health.healthy, detail: self.health.detail.clone() },
+            current_injection: self.current.as_ref().map(|t| t.injection_id.clone()),
+            queued: self.queue.len() as u32,
+        }
+    }
+
+    fn publish_heartbeat(&self) {
+        let hb = self.heartbeat();
+        let _ = self.bus.try_publish(self.heartbeat_topic.clone(), wire::encode(&hb), true);
+    }
+
+    fn set_activity(&mut self, activity: AgentActivity) {
+        if self.activity != activity {
+            self.activity = activity;
+            self.publish_heartbeat();
+        }
+    }
+
+    fn on_bus(&mut self, ev: BusEvent) {
+        match ev {
+            BusEvent::Connected { session_present } => {
+                tracing::info!(agent = %self.config.agent, session_present, "Connected to the bus");
+                if self.activity == AgentActivity::Starting {
+                    self.activity = AgentActivity::Idle;
+                }
+                self.publish_heartbeat();
+            }
+            BusEvent::Disconnected { reason } => {
+                tracing::warn!(agent = %self.config.agent, %reason, "Bus connection lost; reconnecting");
+            }
+            BusEvent::Message { topic, payload } => match wire::decode_directive(&payload) {
+                Ok(directive) if directive.is_for(self.config.agent.slot) => self.on_directive(directive),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "Refusing a directive");
+                    self.emit(None, EventBody::AgentError { message: format!("refused a directive on {topic}: {e}") });
+                }
+            },
+        }
+    }
+
+    fn on_directive(&mut self, directive: Directive) {
+        match directive {
+            Directive::Inject { injection_id, prompt, .. } => {
+                if self.ws.has_seen(&injection_id) {
+                    tracing::debug!(%injection_id, "Duplicate injection ignored");
+                    return;
+                }
+                if let Err(e) = self.ws.accept(Accepted::Inject { id: injection_id.clone(), prompt: prompt.clone() }) {
+                    // Not acknowledged: the control plane will send it again.
+                    tracing::error!(error = %e, "Could not record an injection; leaving it unacknowledged");
+                    return;
+                }
+                self.emit(Some(&injection_id), EventBody::InjectDelivered {});
+                self.queue.push_back((injection_id, prompt));
+                self.publish_heartbeat();
+            }
+            Directive::Command { command_id, command, .. } => {
+                if self.ws.has_seen(&command_id) {
+                    return;
+                }
+                if let Err(e) = self.ws.accept(Accepted::Command { id: command_id.clone(), command: command.clone() }) {
+                    tracing::error!(error = %e, "Could not record a command; leaving it unacknowledged");
+                    return;
+                }
+                self.on_command(command_id, command);
+            }
+            Directive::Replay { after_seq } => match self.ws.replay(after_seq) {
+                Ok(events) => {
+                    tracing::info!(after_seq, count = events.len(), "Replaying journaled events");
+                    for e in events {
+                        if self.bus.try_publish(self.events_topic.clone(), wire::encode(&e), false).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "Could not read the journal for a replay"),
+            },
+        }
+    }
+
+    fn reply(&mut self, command_id: String, command: &str, outcome: Result<Value, String>) {
+        let (ok, result, error) = match outcome {
+            Ok(v) => (true, v, None),
+            Err(e) => (false, Value::Null, Some(e)),
+        };
+        self.emit(None, EventBody::CommandReply { command_id, command: command.to_owned(), ok, result, error });
+    }
+
+    fn on_command(&mut self, command_id: String, command: String) {
+        let name = match command.parse::<CommandName>() {
+            Ok(n) => n,
+            Err(e) => return self.reply(command_id, &command, Err(e.to_string())),
+        };
+        let outcome = match name {
+            // Answered when the probe finishes.
+            CommandName::HealthCheck => return self.probe_health(Some(command_id)),
+            CommandName::VersionReport => Ok(json!({
+                "clawfleet": crate::VERSION,
+                "protocol": topic::ROOT,
+                "fleet_version": self.config.fleet_version,
+                "brain": self.brain_spec.to_string(),
+            })),
+            CommandName::StatusReport => Ok(json!({
+                "state": self.activity.as_str(),
+                "current_injection": self.current.as_ref().map(|t| t.injection_id.clone()),
+                "queued": self.queue.len(),
+                "turns_completed": self.turns_completed,
+                "turns_failed": self.turns_failed,
+                "uptime_s": self.started.elapsed().as_secs(),
+                "rss_bytes": crate::sysinfo::rss_bytes(),
+                "load1": crate::sysinfo::load1(),
+                "epoch": self.ws.epoch(),
+                "seq": self.ws.last_seq(),
+            })),
+            CommandName::ConfigReload => {
+                let before = (self.brain_spec.clone(), self.system_prompt.clone());
+                self.apply_workspace_config().map(|()| {
+                    let mut changed = Vec::new();
+                    if before.0 != self.brain_spec {
+                        changed.push("brain");
+                        self.rebuild_brain();
+                        self.probe_health(None);
+                    }
+                    if before.1 != self.system_prompt {
+                        changed.push("system_prompt");
+                    }
+                    json!({"reloaded": true, "changed": changed, "brain": self.brain_spec.to_string()})
+                })
+            }
+        };
+        self.reply(command_id, name.as_str(), outcome);
+    }
+
+    /// Applies `config.json` over the launch configuration.
+    fn apply_workspace_config(&mut self) -> Result<(), String> {
+        (self.brain_spec, self.system_prompt) = resolve_config(&self.config, &self.ws)?;
+        Ok(())
+    }
+
+    fn rebuild_brain(&mut self) {
+        self.brain = brain::build(&self.brain_spec, self.config.model_url.as_deref(), &self.config.model_name, &self.http);
+    }
+
+    fn probe_health(&self, reply_to: Option<String>) {
+        let brain = self.brain.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let health = brain.health().await;
+            let _ = tx.send(Internal::Health { health, reply_to }).await;
+        });
+    }
+
+    fn start_next_turn(&mut self) {
+        if self.current.is_some() || matches!(self.activity, AgentActivity::Stopping | AgentActivity::Stopped) {
+            return;
+        }
+        let Some((injection_id, prompt)) = self.queue.pop_front() else {
+            if self.activity == AgentActivity::Busy {
+                self.set_activity(AgentActivity::Idle);
+            }
+            return;
+        };
+        self.turns += 1;
+        let no = self.turns;
+        self.emit(Some(&injection_id), EventBody::TurnStarted {});
+        let request = TurnRequest {
+            injection_id: injection_id.clone(),
+            system_prompt: self.system_prompt.clone(),
+            history: self.ws.history().to_vec(),
+            prompt: prompt.clone(),
+            workspace: self.ws.dir().to_owned(),
+        };
+        let brain = self.brain.clone();
+        let tx = self.internal.clone();
+        let handle = tokio::spawn(async move {
+            let (ptx, mut prx) = mpsc::channel(64);
+            let forward = {
+                let tx = tx.clone();
+                async move {
+                    while let Some(progress) = prx.recv().await {
+                        if tx.send(Internal::Progress { turn: no, progress }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(brain.turn(request, ptx), forward);
+            let _ = tx.send(Internal::Done { turn: no, result }).await;
+        });
+        self.current = Some(Turn { no, injection_id, prompt, last_output: Instant::now(), handle });
+        self.set_activity(AgentActivity::Busy);
+    }
+
+    /// Handles a batch of internal messages, merging consecutive deltas of a turn into one event.
+    fn on_internal_batch(&mut self, batch: Vec<Internal>) {
+        let mut pending: Option<(u64, String)> = None;
+        for msg in batch {
+            match msg {
+                Internal::Progress { turn, progress: Progress::Delta(text) } => match &mut pending {
+                    Some((t, acc)) if *t == turn => acc.push_str(&text),
+                    _ => {
+                        if let Some((t, acc)) = pending.take() {
+                            self.on_internal(Internal::Progress { turn: t, progress: Progress::Delta(acc) });
+                        }
+                        pending = Some((turn, text));
+                    }
+                },
+                other => {
+                    if let Some((t, acc)) = pending.take() {
+                        self.on_internal(Internal::Progress { turn: t, progress: Progress::Delta(acc) });
+                    }
+                    self.on_internal(other);
+                }
+            }
+        }
+        if let Some((t, acc)) = pending {
+            self.on_internal(Internal::Progress { turn: t, progress: Progress::Delta(acc) });
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Progress { turn, progress } => {
+                let Some(current) = self.current.as_mut().filter(|t| t.no == turn) else { return };
+                current.last_output = Instant::now();
+                if let Progress::Delta(content) = progress {
+                    let id = current.injection_id.clone();
+                    self.emit(Some(&id), EventBody::AssistantDelta { content });
+                }
+            }
+            Internal::Done { turn, result } => {
+                let Some(current) = self.current.take_if(|t| t.no == turn) else { return };
+                let id = current.injection_id;
+                match result {
+                    Ok(result) => {
+                        self.turns_completed += 1;
+                        self.health = BrainHealth::ok();
+                        if let Err(e) = self.ws.remember(&current.prompt, &result.content) {
+                            tracing::error!(error = %e, "Could not save the conversation");
+                        }
+                        self.emit(Some(&id), EventBody::Assistant { content: result.content });
+                        self.emit(Some(&id), EventBody::TurnComplete {});
+                        if let Some(usage) = result.usage {
+                            self.emit(Some(&id), EventBody::Usage(usage));
+                        }
+                    }
+                    Err(e) => {
+                        self.turns_failed += 1;
+                        self.emit(Some(&id), EventBody::AgentError { message: e.0 });
+                    }
+                }
+            }
+            Internal::Health { health, reply_to } => {
+                let changed = health != self.health;
+                self.health = health;
+                if let Some(command_id) = reply_to {
+                    let result = json!({
+                        "healthy": self.health.healthy,
+                        "state": self.activity.as_str(),
+                        "brain": {"spec": self.brain_spec.to_string(), "healthy": self.health.healthy, "detail": self.health.detail},
+                    });
+                    self.reply(command_id, CommandName::HealthCheck.as_str(), Ok(result));
+                }
+                if changed {
+                    self.publish_heartbeat();
+                }
+            }
+        }
+    }
+
+    fn check_watchdog(&mut self) {
+        let limit = self.config.watchdog;
+        let Some(current) = self.current.take_if(|t| t.last_output.elapsed() > limit) else { return };
+        current.handle.abort();
+        self.turns_failed += 1;
+        let message = format!("no output for {} s; the watchdog stopped the turn", limit.as_secs());
+        tracing::warn!(injection_id = %current.injection_id, "{message}");
+        self.emit(Some(&current.injection_id), EventBody::AgentError { message });
+    }
+
+    async fn stop(mut self, bus_rx: &mut mpsc::Receiver<BusEvent>) {
+        tracing::info!(agent = %self.config.agent, "Stopping");
+        self.set_activity(AgentActivity::Stopping);
+        let mut last = Vec::new();
+        if let Some(current) = self.current.take() {
+            current.handle.abort();
+            let message = "the agent was stopped during this turn".to_owned();
+            last.push(self.ws.record(Some(&current.injection_id), EventBody::AgentError { message }));
+        }
+        while let Some((id, _)) = self.queue.pop_front() {
+            let error = "the agent was stopped before this turn started".to_owned();
+            last.push(self.ws.record(Some(&id), EventBody::InjectFailed { error }));
+        }
+        self.activity = AgentActivity::Stopped;
+        let hb = wire::encode(&self.heartbeat());
+        // The final words wait for room on the bus, briefly: they are journaled either way.
+        let flush = async {
+            for e in &last {
+                self.bus.publish(self.events_topic.clone(), wire::encode(e), false).await.ok();
+            }
+            self.bus.publish(self.heartbeat_topic.clone(), hb, true).await.ok();
+            self.bus.disconnect();
+            while let Some(ev) = bus_rx.recv().await {
+                if matches!(ev, BusEvent::Disconnected { .. }) {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
+            tracing::warn!("The bus did not take the final events in 5 s; they stay in the journal");
+        }
+    }
+}
+
+/// The brain and system prompt: the launch configuration, overridden by `config.json`.
+fn resolve_config(config: &AgentConfig, ws: &Workspace) -> Result<(BrainSpec, Option<String>), String> {
+    let cfg = ws.config()?;
+    let brain = match &cfg.brain {
+        Some(spec) => spec.parse::<BrainSpec>().map_err(|e| format!("config.json: {e}"))?,
+        None => config.brain.clone(),
+    };
+    Ok((brain, cfg.system_prompt.or_else(|| config.system_prompt.clone())))
+}
