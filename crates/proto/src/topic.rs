@@ -39,6 +39,11 @@ pub fn fleet_cmd(fleet: &str) -> String {
     format!("{ROOT}/fleets/{fleet}/cmd")
 }
 
+/// Filter matching one channel of every agent of one fleet.
+pub fn fleet_agents(fleet: &str, channel: Channel) -> String {
+    format!("{ROOT}/fleets/{fleet}/agents/+/{}", channel.as_str())
+}
+
 /// Filter matching one channel of every agent of every fleet (what the control plane reads).
 pub fn all_agents(channel: Channel) -> String {
     format!("{ROOT}/fleets/+/agents/+/{}", channel.as_str())

@@ -1,0 +1,190 @@
+//! The conformance suite every backend passes: launch, idempotent apply, scale up and down
+//! keeping the agents that stay, restart after a crash, remove. "Running" is checked twice:
+//! by the backend's own report and by each agent's heartbeat on the bus, so a backend that
+//! starts processes that cannot reach the bus fails.
+//!
+//! A backend's test calls [`run`] with a [`Harness`]: a deployment template whose endpoints
+//! point at a bus the test started, the control plane's bus login, and a way to crash an agent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clawfleet_bus::client::{self, BusEvent, ClientConfig};
+use clawfleet_proto::bus::{self as wire, AgentActivity, Heartbeat};
+use clawfleet_proto::topic::{self, Channel};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::{Backend, Deployment, Replica, ReplicaState};
+
+/// Crashes an agent the way a fault would.
+#[async_trait]
+pub trait Chaos: Send + Sync {
+    async fn kill(&self, replica: &Replica);
+}
+
+/// What the suite needs from a backend's test.
+pub struct Harness {
+    /// The fleet to launch (its `replicas` is ignored); agents should use the `echo` brain.
+    pub deployment: Deployment,
+    /// The control plane's bus login: host, port, username, password.
+    pub bus_login: (String, u16, Option<String>, Option<String>),
+    pub chaos: Arc<dyn Chaos>,
+    /// How long each step may take.
+    pub step_timeout: Duration,
+}
+
+struct Watcher {
+    rx: mpsc::Receiver<BusEvent>,
+    /// slot -> its latest heartbeat and when it arrived
+    latest: HashMap<u32, (Heartbeat, Instant)>,
+}
+
+impl Watcher {
+    fn drain(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            if let BusEvent::Message { topic, payload } = ev {
+                if let (Some(t), Ok(hb)) = (topic::parse_agent(&topic), wire::decode_heartbeat(&payload)) {
+                    self.latest.insert(t.slot, (hb, Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn idle(&self, slot: u32) -> bool {
+        self.latest.get(&slot).is_some_and(|(hb, _)| hb.state == AgentActivity::Idle)
+    }
+
+    /// An idle heartbeat from an agent runtime that started after `since`.
+    fn idle_since(&self, slot: u32, since: Instant) -> bool {
+        self.latest.get(&slot).is_some_and(|(hb, at)| {
+            hb.state == AgentActivity::Idle && *at > since && Duration::from_secs(hb.uptime_s) <= at.duration_since(since) + Duration::from_secs(1)
+        })
+    }
+}
+
+/// Runs the whole suite; the error names the step that failed and what was seen.
+pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), String> {
+    let (host, port, user, pass) = harness.bus_login.clone();
+    let mut cfg = ClientConfig::new(host, port, format!("conformance-{}", harness.deployment.uid));
+    cfg.username = user;
+    cfg.password = pass;
+    cfg.clean_session = true;
+    cfg.subscriptions = vec![topic::fleet_agents(harness.deployment.fleet.as_str(), Channel::Heartbeat)];
+    let (_bus, rx) = client::connect(cfg);
+    let mut watcher = Watcher { rx, latest: HashMap::new() };
+    let t = harness.step_timeout;
+    let fleet = harness.deployment.fleet.clone();
+    let with = |n: u32| Deployment { replicas: n, ..harness.deployment.clone() };
+
+    // 1. Launch three.
+    backend.apply(&with(3)).await.map_err(|e| format!("apply(3): {e}"))?;
+    let first = wait_running(&*backend, &mut watcher, &with(3), t, "launch 3").await?;
+
+    // 2. Applying the same state again changes nothing.
+    backend.apply(&with(3)).await.map_err(|e| format!("apply(3) again: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = instances(&backend.observe(&fleet).await.map_err(|e| e.to_string())?);
+    if again != first {
+        return Err(format!("re-applying the same deployment replaced agents: {first:?} became {again:?}"));
+    }
+
+    // 3. Scale up: the first three stay.
+    backend.apply(&with(5)).await.map_err(|e| format!("apply(5): {e}"))?;
+    let five = wait_running(&*backend, &mut watcher, &with(5), t, "scale to 5").await?;
+    for (slot, inst) in &first {
+        if five.get(slot) != Some(inst) {
+            return Err(format!("scaling up replaced agent {slot}: {inst:?} became {:?}", five.get(slot)));
+        }
+    }
+
+    // 4. Scale down: slots 0 and 1 stay, the rest go.
+    backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
+    let deadline = Instant::now() + t;
+    loop {
+        let now = instances(&backend.observe(&fleet).await.map_err(|e| e.to_string())?);
+        if now.keys().copied().collect::<Vec<_>>() == vec![0, 1] {
+            if now.get(&0) != first.get(&0) || now.get(&1) != first.get(&1) {
+                return Err(format!("scaling down replaced agents that stay: {first:?} became {now:?}"));
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("scale to 2: still observed slots {:?} after {t:?}", now.keys().collect::<Vec<_>>()));
+        }
+        backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 5. A crashed agent is started again, in the same slot.
+    let victim = backend.observe(&fleet).await.map_err(|e| e.to_string())?.into_iter().find(|r| r.slot == 1).ok_or("slot 1 vanished")?;
+    let killed_at = Instant::now();
+    harness.chaos.kill(&victim).await;
+    let deadline = Instant::now() + t;
+    loop {
+        backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
+        let replicas = backend.observe(&fleet).await.map_err(|e| e.to_string())?;
+        let one = replicas.iter().find(|r| r.slot == 1);
+        watcher.drain();
+        let restarted = one.is_some_and(|r| r.state == ReplicaState::Running && r.restarts > victim.restarts);
+        if restarted && watcher.idle_since(1, killed_at) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("a killed agent was not restarted in {t:?}: now {one:?}, before {victim:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 6. Remove: everything goes, and removing again is fine.
+    let deadline = Instant::now() + t;
+    while !backend.remove(&fleet).await.map_err(|e| format!("remove: {e}"))? {
+        if Instant::now() > deadline {
+            return Err(format!("remove did not finish in {t:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = backend.observe(&fleet).await.map_err(|e| e.to_string())?;
+    if !left.is_empty() {
+        return Err(format!("after remove, still observed {left:?}"));
+    }
+    if !backend.remove(&fleet).await.map_err(|e| format!("second remove: {e}"))? {
+        return Err("removing a removed fleet did not report it gone".into());
+    }
+    Ok(())
+}
+
+fn instances(replicas: &[Replica]) -> BTreeMap<u32, Option<String>> {
+    replicas.iter().filter(|r| r.state != ReplicaState::Stopping).map(|r| (r.slot, r.instance.clone())).collect()
+}
+
+/// Waits until slots `0..replicas` run by the backend's account and have sent an idle heartbeat.
+async fn wait_running(
+    backend: &dyn Backend,
+    watcher: &mut Watcher,
+    d: &Deployment,
+    t: Duration,
+    step: &str,
+) -> Result<BTreeMap<u32, Option<String>>, String> {
+    let deadline = Instant::now() + t;
+    loop {
+        let replicas = backend.observe(&d.fleet).await.map_err(|e| format!("{step}: observe: {e}"))?;
+        watcher.drain();
+        let running: Vec<u32> = replicas.iter().filter(|r| r.state == ReplicaState::Running).map(|r| r.slot).collect();
+        let reported = (0..d.replicas).all(|s| watcher.idle(s));
+        if running == (0..d.replicas).collect::<Vec<_>>() && reported {
+            return Ok(instances(&replicas));
+        }
+        if let Some(failed) = replicas.iter().find(|r| matches!(r.state, ReplicaState::Failed(_))) {
+            return Err(format!("{step}: agent {} failed: {:?}", failed.slot, failed.state));
+        }
+        if Instant::now() > deadline {
+            let beats: BTreeMap<u32, &str> = watcher.latest.iter().map(|(s, (hb, _))| (*s, hb.state.as_str())).collect();
+            return Err(format!("{step}: after {t:?} the backend runs slots {running:?}; heartbeats: {beats:?}"));
+        }
+        backend.apply(d).await.map_err(|e| format!("{step}: apply: {e}"))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,23 @@
+//! The environment a backend gives each agent runtime (`clawfleet agent` reads it).
+//! Secrets travel only here, never on the bus or in command lines.
+
+pub const FLEET: &str = "CLAWFLEET_FLEET";
+pub const SLOT: &str = "CLAWFLEET_SLOT";
+pub const FLEET_UID: &str = "CLAWFLEET_FLEET_UID";
+/// `mqtt://host:port` of the broker, as the agent reaches it.
+pub const BUS: &str = "CLAWFLEET_BUS";
+pub const BUS_USERNAME: &str = "CLAWFLEET_BUS_USERNAME";
+pub const BUS_PASSWORD: &str = "CLAWFLEET_BUS_PASSWORD";
+pub const WORKSPACE: &str = "CLAWFLEET_WORKSPACE";
+pub const BRAIN: &str = "CLAWFLEET_BRAIN";
+pub const MODEL_URL: &str = "CLAWFLEET_MODEL_URL";
+pub const MODEL_NAME: &str = "CLAWFLEET_MODEL_NAME";
+pub const SYSTEM_PROMPT: &str = "CLAWFLEET_SYSTEM_PROMPT";
+pub const FLEET_VERSION: &str = "CLAWFLEET_FLEET_VERSION";
+pub const HEARTBEAT_MS: &str = "CLAWFLEET_HEARTBEAT_MS";
+
+/// Variables of the control plane's own environment that an agent must not inherit
+/// (an agent holding the operator token could deploy or terminate itself).
+pub fn is_private(name: &str) -> bool {
+    name.starts_with("CLAWFLEET_")
+}

@@ -1,0 +1,163 @@
+//! Where agents run.
+//!
+//! A [`Backend`] makes a fleet's agents match a [`Deployment`] (level-triggered, idempotent:
+//! `apply` is called again and again with the desired state, never told why), reports what
+//! runs ([`Backend::observe`]) and removes fleets. The control plane's reconciler drives every
+//! backend the same way. [`local`] runs agents as supervised child processes; the Docker and
+//! Slurm backends implement the same trait, and [`conformance`] is the suite all of them pass.
+//!
+//! **API boundary:** backends start agent runtimes and hand them their configuration
+//! ([`env`]); they never read the bus. Whether an agent is *healthy* is the control plane's
+//! judgement, from heartbeats; a backend only knows whether its process, container or job runs.
+
+pub mod conformance;
+pub mod env;
+pub mod local;
+
+use async_trait::async_trait;
+use clawfleet_bus::BusSecret;
+use clawfleet_core::{AgentRef, BackendKind, BrainSpec, FleetName};
+
+/// Everything a backend needs to run a fleet's agents.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub fleet: FleetName,
+    /// The fleet incarnation (part of each agent's bus identity and workspace path).
+    pub uid: String,
+    pub replicas: u32,
+    pub brain: BrainSpec,
+    pub prompt: Option<String>,
+    pub version: String,
+    pub endpoints: Endpoints,
+}
+
+/// How agents reach the control plane's services.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub bus_host: String,
+    pub bus_port: u16,
+    pub credentials: Credentials,
+    /// The shared model service (OpenAI-compatible base URL), for the `model` brain.
+    pub model_url: Option<String>,
+    pub model_name: String,
+    pub heartbeat_ms: u64,
+}
+
+/// How agents log in to the bus.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Each agent gets its own password, derived from the control plane's secret.
+    PerAgent(BusSecret),
+    /// Every agent logs in with the same account (an external broker's).
+    Shared { username: String, password: String },
+    /// The broker takes anonymous clients.
+    Anonymous,
+}
+
+impl Deployment {
+    pub fn agent(&self, slot: u32) -> AgentRef {
+        AgentRef { fleet: self.fleet.clone(), slot }
+    }
+
+    /// The environment of one agent runtime (see [`env`]).
+    pub fn agent_env(&self, slot: u32) -> Vec<(&'static str, String)> {
+        let e = &self.endpoints;
+        let mut vars = vec![
+            (env::FLEET, self.fleet.to_string()),
+            (env::SLOT, slot.to_string()),
+            (env::FLEET_UID, self.uid.clone()),
+            (env::BUS, format!("mqtt://{}:{}", bracket(&e.bus_host), e.bus_port)),
+            (env::BRAIN, self.brain.to_string()),
+            (env::FLEET_VERSION, self.version.clone()),
+            (env::HEARTBEAT_MS, e.heartbeat_ms.to_string()),
+            (env::MODEL_NAME, e.model_name.clone()),
+        ];
+        match &e.credentials {
+            Credentials::PerAgent(secret) => {
+                let agent = self.agent(slot);
+                vars.push((env::BUS_USERNAME, clawfleet_core::acl::agent_username(&agent)));
+                vars.push((env::BUS_PASSWORD, secret.agent_password(&agent, &self.uid)));
+            }
+            Credentials::Shared { username, password } => {
+                vars.push((env::BUS_USERNAME, username.clone()));
+                vars.push((env::BUS_PASSWORD, password.clone()));
+            }
+            Credentials::Anonymous => {}
+        }
+        if let Some(url) = &e.model_url {
+            vars.push((env::MODEL_URL, url.clone()));
+        }
+        if let Some(prompt) = &self.prompt {
+            vars.push((env::SYSTEM_PROMPT, prompt.clone()));
+        }
+        vars
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// One agent as its backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub slot: u32,
+    /// The backend's handle on it: a pid, a container or task id, a job step.
+    pub instance: Option<String>,
+    pub state: ReplicaState,
+    /// Times the backend restarted it.
+    pub restarts: u32,
+}
+
+/// Whether a replica's process (container, job) runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaState {
+    Starting,
+    Running,
+    /// Exited and waiting to be started again.
+    Restarting { last_exit: String },
+    Stopping,
+    /// Could not be started; the reason is shown to the operator.
+    Failed(String),
+}
+
+impl ReplicaState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplicaState::Starting => "starting",
+            ReplicaState::Running => "running",
+            ReplicaState::Restarting { .. } => "restarting",
+            ReplicaState::Stopping => "stopping",
+            ReplicaState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("the {0} backend is not available here: {1}")]
+    Unavailable(BackendKind, String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A place where agents run.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+
+    /// Makes the fleet's agents match `deployment`: starts missing slots, stops extra ones.
+    /// Idempotent and quick: it starts work and returns; `observe` shows progress.
+    async fn apply(&self, deployment: &Deployment) -> Result<(), BackendError>;
+
+    /// The fleet's agents, as they are now, by slot.
+    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError>;
+
+    /// Stops every agent of the fleet (gracefully, then by force) and releases what it held.
+    /// Returns `true` once nothing of the fleet is left; called again until then.
+    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError>;
+
+    /// The control plane is stopping: stop what must not outlive it.
+    async fn shutdown(&self);
+}
