@@ -43,6 +43,9 @@ pub struct Fleet {
     pub created_at: String,
     /// Agents whose last heartbeat is fresh and who are idle or busy.
     pub ready: u32,
+    /// What the fleet's backend last complained about, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `GET /api/v1/fleets`
@@ -92,6 +95,9 @@ pub struct AgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_injection: Option<String>,
     pub queued: u32,
+    /// Why the backend cannot run it, or how it last exited, when that matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `POST /api/v1/fleets/{name}/scale`
@@ -109,6 +115,9 @@ pub struct InjectRequest {
     /// Slots to send to; absent means every agent of the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<Vec<u32>>,
+    /// The caller's correlation id, repeated in every `inject_ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The answer to an inject: the injection is persisted and queued for every target.
@@ -189,6 +198,45 @@ pub struct ServerInfo {
     pub data_dir: String,
     pub backends: Vec<String>,
     pub brains: Vec<String>,
+}
+
+/// `GET /api/v1/fleets/{name}/join?slots=A-B`: what agents started by hand (`clawfleet agent
+/// --join`) need to run as slots of a fleet. Operator only: it carries bus passwords.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub fleet: String,
+    pub fleet_uid: String,
+    /// `mqtt://host:port` as agents reach the bus.
+    pub bus: String,
+    pub brain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_url: Option<String>,
+    pub model_name: String,
+    pub heartbeat_ms: u64,
+    pub agents: Vec<JoinAgent>,
+}
+
+/// One slot's bus login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinAgent {
+    pub slot: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// One line of the audit log (`GET /api/v1/audit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
 }
 
 /// Every API error body.

@@ -30,8 +30,13 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum EventBody {
-    /// The control plane persisted the injection for this agent.
-    InjectAck { prompt: String },
+    /// The control plane persisted the injection for this agent. `request_id` is the
+    /// caller's own correlation id, when it gave one (the router does).
+    InjectAck {
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// The agent received the injection and journaled it.
     InjectDelivered {},
     /// The agent's brain started working on it.
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         let bodies = [
-            EventBody::InjectAck { prompt: "p".into() },
+            EventBody::InjectAck { prompt: "p".into(), request_id: Some("r1".into()) },
             EventBody::InjectDelivered {},
             EventBody::TurnStarted {},
             EventBody::AssistantDelta { content: "a".into() },

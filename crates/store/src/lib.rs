@@ -99,13 +99,15 @@ pub struct OutboxRow {
     pub id: i64,
     pub fleet: String,
     pub slot: u32,
-    /// `inject` or `command`.
-    pub kind: String,
-    /// The injection or command id.
-    pub ref_id: String,
-    /// The encoded directive for the agent's own topic.
-    pub payload: Vec<u8>,
+    pub directive: Pending,
     pub attempts: u32,
+}
+
+/// What an outbox row waits to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    Inject { injection_id: String, prompt: String },
+    Command { command_id: String, command: String },
 }
 
 /// A new injection: persisted with one outbox row and one `inject_ack` per target.
@@ -116,8 +118,9 @@ pub struct NewInjection<'a> {
     pub prompt: &'a str,
     pub at: &'a str,
     pub caller: &'a str,
-    /// (slot, directive for that slot's own topic)
-    pub targets: Vec<(u32, Vec<u8>)>,
+    pub targets: &'a [u32],
+    /// The caller's correlation id, put in every `inject_ack`.
+    pub request_id: Option<&'a str>,
 }
 
 /// A stored injection.
@@ -311,41 +314,47 @@ impl Store {
     // ---- injections and commands ----
 
     /// Persists an injection, its outbox rows and one `inject_ack` per target, atomically.
-    pub fn create_injection(&self, inj: &NewInjection<'_>) -> Result<Vec<Event>> {
+    /// Returns the outbox row ids and the events.
+    pub fn create_injection(&self, inj: &NewInjection<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
             tx.execute(
                 "INSERT INTO injections (id, fleet, prompt, created_at, caller) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![inj.id, inj.fleet, inj.prompt, inj.at, inj.caller],
             )?;
             let mut events = Vec::with_capacity(inj.targets.len());
-            for (slot, payload) in &inj.targets {
+            let mut rows = Vec::with_capacity(inj.targets.len());
+            for slot in inj.targets {
                 tx.execute(
-                    "INSERT INTO outbox (fleet, slot, kind, ref_id, payload, created_at) VALUES (?1, ?2, 'inject', ?3, ?4, ?5)",
-                    params![inj.fleet, slot, inj.id, payload, inj.at],
+                    "INSERT INTO outbox (fleet, slot, kind, ref_id, created_at) VALUES (?1, ?2, 'inject', ?3, ?4)",
+                    params![inj.fleet, slot, inj.id, inj.at],
                 )?;
+                rows.push(tx.last_insert_rowid());
                 let ev = NewEvent {
                     at: inj.at.to_owned(),
                     fleet: inj.fleet.to_owned(),
                     agent: Some(*slot),
                     injection_id: Some(inj.id.to_owned()),
-                    body: EventBody::InjectAck { prompt: inj.prompt.to_owned() },
+                    body: EventBody::InjectAck { prompt: inj.prompt.to_owned(), request_id: inj.request_id.map(str::to_owned) },
                 };
                 let id = insert_event(tx, &ev, None)?;
                 events.push(ev.stored(id));
             }
-            Ok(events)
+            Ok((rows, events))
         })
     }
 
     /// Persists a command with its outbox rows and one `command_sent` per target.
-    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[(u32, Vec<u8>)]) -> Result<Vec<Event>> {
+    /// Returns the outbox row ids and the events.
+    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[u32]) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
             let mut events = Vec::with_capacity(targets.len());
-            for (slot, payload) in targets {
+            let mut rows = Vec::with_capacity(targets.len());
+            for slot in targets {
                 tx.execute(
-                    "INSERT INTO outbox (fleet, slot, kind, ref_id, label, payload, created_at) VALUES (?1, ?2, 'command', ?3, ?4, ?5, ?6)",
-                    params![fleet, slot, id, command, payload, at],
+                    "INSERT INTO outbox (fleet, slot, kind, ref_id, label, created_at) VALUES (?1, ?2, 'command', ?3, ?4, ?5)",
+                    params![fleet, slot, id, command, at],
                 )?;
+                rows.push(tx.last_insert_rowid());
                 let ev = NewEvent {
                     at: at.to_owned(),
                     fleet: fleet.to_owned(),
@@ -356,7 +365,7 @@ impl Store {
                 let eid = insert_event(tx, &ev, None)?;
                 events.push(ev.stored(eid));
             }
-            Ok(events)
+            Ok((rows, events))
         })
     }
 
@@ -374,10 +383,20 @@ impl Store {
     /// Every directive still waiting for its agent, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, fleet, slot, kind, ref_id, payload, attempts FROM outbox ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT o.id, o.fleet, o.slot, o.kind, o.ref_id, o.label, i.prompt, o.attempts
+                 FROM outbox o LEFT JOIN injections i ON o.kind = 'inject' AND i.id = o.ref_id ORDER BY o.id",
+            )?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(OutboxRow { id: r.get(0)?, fleet: r.get(1)?, slot: r.get(2)?, kind: r.get(3)?, ref_id: r.get(4)?, payload: r.get(5)?, attempts: r.get(6)? })
+                    let kind: String = r.get(3)?;
+                    let ref_id: String = r.get(4)?;
+                    let directive = if kind == "inject" {
+                        Pending::Inject { injection_id: ref_id, prompt: r.get::<_, Option<String>>(6)?.unwrap_or_default() }
+                    } else {
+                        Pending::Command { command_id: ref_id, command: r.get::<_, Option<String>>(5)?.unwrap_or_default() }
+                    };
+                    Ok(OutboxRow { id: r.get(0)?, fleet: r.get(1)?, slot: r.get(2)?, directive, attempts: r.get(7)? })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
@@ -443,6 +462,19 @@ impl Store {
                 out.push(Ingested::Stored(event.stored(id)));
             }
             Ok(out)
+        })
+    }
+
+    /// Moves an agent's cursor past events it can no longer replay, recording their loss.
+    pub fn skip_to(&self, fleet: &str, slot: u32, epoch: &str, seq: u64, loss: NewEvent) -> Result<Event> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO cursors (fleet, slot, epoch, seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(fleet, slot) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+                params![fleet, slot, epoch, seq],
+            )?;
+            let id = insert_event(tx, &loss, None)?;
+            Ok(loss.stored(id))
         })
     }
 

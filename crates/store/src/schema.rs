@@ -37,9 +37,8 @@ CREATE TABLE outbox (
     slot       INTEGER NOT NULL,
     kind       TEXT NOT NULL,
     ref_id     TEXT NOT NULL,
-    -- The command name, for commands.
+    -- The command name, for commands (an injection's prompt is in `injections`).
     label      TEXT,
-    payload    BLOB NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
     UNIQUE (fleet, slot, kind, ref_id)

@@ -2,7 +2,7 @@
 //! failed directives on scale-down, durability across reopen.
 
 use clawfleet_proto::event::EventBody;
-use clawfleet_store::{AgentEvent, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Store, StoreError};
+use clawfleet_store::{AgentEvent, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Pending, Store, StoreError};
 
 fn fleet(name: &str, replicas: u32) -> FleetRow {
     FleetRow {
@@ -44,9 +44,11 @@ fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event:
             prompt: "hi",
             at: "t1",
             caller: "test",
-            targets: slots.iter().map(|&s| (s, format!("directive-{s}").into_bytes())).collect(),
+            targets: slots,
+            request_id: None,
         })
         .unwrap()
+        .1
 }
 
 #[test]
@@ -66,12 +68,13 @@ fn an_injection_is_persisted_with_its_outbox_and_acks() {
     store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
     let acks = inject(&store, "i1", &[0, 1]);
     assert_eq!(acks.len(), 2);
-    assert!(acks.iter().all(|e| e.body == EventBody::InjectAck { prompt: "hi".into() }));
+    assert!(acks.iter().all(|e| e.body == EventBody::InjectAck { prompt: "hi".into(), request_id: None }));
     assert!(acks[0].id < acks[1].id);
     let outbox = store.outbox().unwrap();
-    assert_eq!(outbox.iter().map(|r| (r.slot, r.payload.clone())).collect::<Vec<_>>(), vec![(0, b"directive-0".to_vec()), (1, b"directive-1".to_vec())]);
+    let pending = Pending::Inject { injection_id: "i1".into(), prompt: "hi".into() };
+    assert_eq!(outbox.iter().map(|r| (r.slot, r.directive.clone())).collect::<Vec<_>>(), vec![(0, pending.clone()), (1, pending)]);
     // A duplicate injection id is refused as a whole: nothing half-written.
-    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: vec![(0, vec![])] }).is_err());
+    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: &[0], request_id: None }).is_err());
     assert_eq!(store.outbox().unwrap().len(), 2);
 }
 
@@ -104,6 +107,11 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
     assert!(matches!(store.ingest(vec![agent_event(0, "e2", 1, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
     assert_eq!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap(), vec![Ingested::Gap { after_seq: 0 }]);
 
+    // An agent that cannot replay a range any more: the cursor moves past it, and the loss is recorded.
+    let loss = NewEvent { at: "t".into(), fleet: "squad".into(), agent: Some(0), injection_id: None, body: EventBody::AgentError { message: "lost".into() } };
+    store.skip_to("squad", 0, "e3", 4, loss).unwrap();
+    assert!(matches!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
+
     let names: Vec<_> = store.injection_events("i1").unwrap().iter().map(|e| (e.agent, e.body.name())).collect();
     assert_eq!(
         names,
@@ -123,7 +131,8 @@ fn scaling_down_fails_what_the_removed_agents_had_pending() {
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 3), launched("squad")).unwrap();
     inject(&store, "i1", &[0, 1, 2]);
-    store.create_command("c1", "squad", "health-check", "t", &[(2, b"cmd".to_vec())]).unwrap();
+    store.create_command("c1", "squad", "health-check", "t", &[2]).unwrap();
+    assert!(store.outbox().unwrap().iter().any(|r| r.directive == Pending::Command { command_id: "c1".into(), command: "health-check".into() }));
     let events = store.scale_fleet("squad", 1, "t2").unwrap();
     let summary: Vec<_> = events.iter().map(|e| (e.agent, e.body.clone())).collect();
     assert_eq!(summary[0], (None, EventBody::FleetScaled { replicas: 1, previous: 3 }));

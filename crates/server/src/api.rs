@@ -1,0 +1,567 @@
+//! The HTTP API (`/api/v1/...`), the dashboard page, `/healthz` and `/metrics`.
+//!
+//! Every `/api` call needs the operator token (`Authorization: Bearer …`); every control
+//! action is written to the audit log with who made it. Bodies and errors are the wire types
+//! of `clawfleet_proto::api`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use clawfleet_core::spec::{self, FleetSpec};
+use clawfleet_core::{BrainSpec, CommandName};
+use clawfleet_proto::api::{
+    Ack, AgentStatus, AuditEntry, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
+    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, ScaleRequest, ServerInfo,
+};
+use clawfleet_proto::event::{Event, EventBody};
+use clawfleet_store::{EventFilter, FleetRow, NewEvent, NewInjection, Pending};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::hub::StreamRequest;
+use crate::{clock, outbox};
+
+/// Largest request body.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/fleets", get(list).post(launch))
+        .route("/api/v1/fleets/{name}", get(status).delete(terminate))
+        .route("/api/v1/fleets/{name}/scale", post(scale))
+        .route("/api/v1/fleets/{name}/inject", post(inject))
+        .route("/api/v1/fleets/{name}/command", post(command))
+        .route("/api/v1/fleets/{name}/join", get(join))
+        .route("/api/v1/injections/{id}", get(injection))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .merge(api)
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /api/v1") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// Who made a request, for the audit log.
+#[derive(Debug, Clone)]
+struct Caller(String);
+
+async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
+
+async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if crate::auth::token_ok(&app.token, t) => {
+            let from = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+            let caller = Caller(match from {
+                Some(ip) => format!("operator@{ip}"),
+                None => "operator".into(),
+            });
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized("invalid token").into_response(),
+        None => ApiError::unauthorized(format!(
+            "missing token: send 'Authorization: Bearer <token>' (the token is in {})",
+            app.data_dir.join("token").display()
+        ))
+        .into_response(),
+    }
+}
+
+/// A JSON body whose rejections become [`ApiError`]s.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state).await.map(|Json(v)| JsonBody(v)).map_err(ApiError::from)
+    }
+}
+
+/// A query string whose rejections become [`ApiError`]s.
+struct Q<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(v)| Q(v)).map_err(ApiError::from)
+    }
+}
+
+async fn audit_log(app: &App, caller: &Caller, action: &str, target: &str, detail: String) {
+    let (actor, action, target) = (caller.0.clone(), action.to_owned(), target.to_owned());
+    if let Err(e) = app.db.run(move |s| s.audit(&clock::now_rfc3339(), &actor, &action, &target, &detail)).await {
+        tracing::error!(error = %e, "Could not write the audit log");
+    }
+}
+
+fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
+    let now = clock::mono_ms();
+    let ready = (0..row.replicas).filter(|&s| app.live.state(&row.name, s, now).is_ready()).count() as u32;
+    Fleet {
+        name: row.name.clone(),
+        backend: row.backend.clone(),
+        brain: row.brain.clone(),
+        prompt: row.prompt.clone(),
+        version: row.version.clone(),
+        replicas: row.replicas,
+        state: row.state.clone(),
+        created_at: row.created_at.clone(),
+        ready,
+        problem: app.problems.lock().expect("not poisoned").get(&row.name).cloned(),
+    }
+}
+
+async fn load(app: &App, name: &str) -> Result<FleetRow, ApiError> {
+    let n = name.to_owned();
+    app.db.run(move |s| s.fleet(&n)).await?.ok_or_else(|| ApiError::no_fleet(name))
+}
+
+async fn load_active(app: &App, name: &str) -> Result<FleetRow, ApiError> {
+    let row = load(app, name).await?;
+    if row.state != "active" {
+        return Err(ApiError::conflict(format!("fleet '{name}' is terminating")));
+    }
+    Ok(row)
+}
+
+// ---- handlers ----
+
+async fn healthz() -> Json<Ack> {
+    Json(Ack { ok: true, message: "clawfleet control plane is serving".into() })
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+async fn info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        bus: app.bus_url.clone(),
+        embedded_bus: app.embedded_bus,
+        data_dir: app.data_dir.display().to_string(),
+        backends: app.backend_names(),
+        brains: ["model", "openai:URL#MODEL", "ollama:URL#MODEL", "codex", "claude", "cmd:COMMAND", "echo"].map(String::from).to_vec(),
+    })
+}
+
+async fn list(State(app): State<Arc<App>>) -> Result<Json<FleetList>, ApiError> {
+    let rows = app.db.run(|s| s.fleets()).await?;
+    Ok(Json(FleetList { fleets: rows.iter().map(|r| fleet_view(&app, r)).collect() }))
+}
+
+async fn launch(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<LaunchRequest>,
+) -> Result<(StatusCode, Json<Fleet>), ApiError> {
+    let spec = FleetSpec::from_request(&req, &app.default_brain)?;
+    app.backend(spec.backend.as_str()).map_err(ApiError::bad_request)?;
+    if spec.brain == BrainSpec::Model && app.endpoints.model_url.is_none() {
+        return Err(ApiError::bad_request(
+            "brain 'model' needs the shared model service, and this control plane has none: \
+             start it with --model-url URL, or launch with --brain (e.g. echo, openai:URL#MODEL)",
+        ));
+    }
+    let uid = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let at = clock::now_rfc3339();
+    let row = FleetRow {
+        name: spec.name.to_string(),
+        uid,
+        backend: spec.backend.to_string(),
+        brain: spec.brain.to_string(),
+        prompt: spec.prompt.clone(),
+        version: spec.version.clone(),
+        replicas: spec.replicas,
+        state: "active".into(),
+        created_at: at.clone(),
+    };
+    let event = NewEvent {
+        at,
+        fleet: row.name.clone(),
+        agent: None,
+        injection_id: None,
+        body: EventBody::FleetLaunched { replicas: row.replicas, backend: row.backend.clone(), brain: row.brain.clone(), version: row.version.clone() },
+    };
+    let r = row.clone();
+    app.hub.write(move |s| Ok(((), vec![s.insert_fleet(&r, event)?]))).await?;
+    app.auth.allow_fleet(&row.name, &row.uid);
+    app.reconcile.notify_one();
+    let detail = format!("replicas={} backend={} brain={} version={}", row.replicas, row.backend, row.brain, row.version);
+    audit_log(&app, &caller, "launch", &row.name, detail).await;
+    Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
+}
+
+async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<FleetStatus>, ApiError> {
+    let row = load(&app, &name).await?;
+    let observed = match app.backend(&row.backend) {
+        Ok(backend) => match backend.observe(&row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?).await {
+            Ok(replicas) => replicas,
+            Err(e) => {
+                tracing::warn!(fleet = %name, error = %e, "Backend could not report");
+                Vec::new()
+            }
+        },
+        Err(_) => Vec::new(),
+    };
+    let observed: BTreeMap<u32, _> = observed.into_iter().map(|r| (r.slot, r)).collect();
+    let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).collect();
+    let now = clock::mono_ms();
+    let agents = slots
+        .into_iter()
+        .map(|slot| {
+            let live = app.live.get(&row.name, slot);
+            let replica = observed.get(&slot);
+            let mut state = live.as_ref().map_or("pending", |a| a.state(now).as_str()).to_owned();
+            let problem = match replica.map(|r| &r.state) {
+                Some(clawfleet_backend::ReplicaState::Failed(why)) => {
+                    state = "failed".into();
+                    Some(why.clone())
+                }
+                Some(clawfleet_backend::ReplicaState::Restarting { last_exit }) => Some(format!("restarting after it {last_exit}")),
+                _ => None,
+            };
+            let hb = live.as_ref().map(|a| &a.hb);
+            AgentStatus {
+                slot,
+                id: format!("{}/{slot}", row.name),
+                state,
+                instance: replica.and_then(|r| r.instance.clone()),
+                restarts: replica.map_or(0, |r| r.restarts),
+                last_heartbeat: hb.map(|h| h.at.clone()),
+                heartbeat_age_ms: live.as_ref().map(|a| now.saturating_sub(a.received_ms)),
+                version: hb.map(|h| h.version.clone()),
+                fleet_version: hb.map(|h| h.fleet_version.clone()),
+                hostname: hb.map(|h| h.hostname.clone()),
+                uptime_s: hb.map(|h| h.uptime_s),
+                rss_bytes: hb.map(|h| h.rss_bytes),
+                load1: hb.map(|h| h.load1),
+                brain: hb.map(|h| h.brain.clone()),
+                current_injection: hb.and_then(|h| h.current_injection.clone()),
+                queued: hb.map_or(0, |h| h.queued),
+                problem,
+            }
+        })
+        .collect();
+    Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), agents }))
+}
+
+async fn scale(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ScaleRequest>,
+) -> Result<Json<Fleet>, ApiError> {
+    let replicas = spec::check_replicas(req.replicas)?;
+    let row = load_active(&app, &name).await?;
+    let n = name.clone();
+    app.hub.write(move |s| Ok(((), s.scale_fleet(&n, replicas, &clock::now_rfc3339())?))).await?;
+    app.reconcile.notify_one();
+    audit_log(&app, &caller, "scale", &name, format!("replicas {} -> {replicas}", row.replicas)).await;
+    Ok(Json(fleet_view(&app, &FleetRow { replicas, ..row })))
+}
+
+async fn terminate(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    let row = load(&app, &name).await?;
+    if row.state == "active" {
+        let n = name.clone();
+        app.hub.write(move |s| Ok(((), s.mark_terminating(&n, &clock::now_rfc3339())?))).await?;
+        audit_log(&app, &caller, "terminate", &name, format!("replicas={}", row.replicas)).await;
+    }
+    app.reconcile.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message: format!("fleet '{name}' is terminating") })))
+}
+
+async fn inject(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<InjectRequest>,
+) -> Result<(StatusCode, Json<InjectResponse>), ApiError> {
+    if req.prompt.trim().is_empty() {
+        return Err(ApiError::bad_request("prompt is empty"));
+    }
+    spec::check_prompt("prompt", &req.prompt)?;
+    let row = load_active(&app, &name).await?;
+    let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let (iid, fleet, prompt, who, t, rid) = (id.clone(), name.clone(), req.prompt.clone(), caller.0.clone(), targets.clone(), req.request_id.clone());
+    let (rows, acks) = app
+        .hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            s.create_injection(&NewInjection { id: &iid, fleet: &fleet, prompt: &prompt, at: &at, caller: &who, targets: &t, request_id: rid.as_deref() })
+        })
+        .await?;
+    app.metrics.injections.fetch_add(1, Ordering::Relaxed);
+    let pending = Pending::Inject { injection_id: id.clone(), prompt: req.prompt.clone() };
+    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
+    audit_log(&app, &caller, "inject", &name, format!("injection={id} agents={}", targets.len())).await;
+    let first_event_id = acks.first().map_or(0, |e| e.id);
+    Ok((StatusCode::ACCEPTED, Json(InjectResponse { injection_id: id, fleet: name, targets, first_event_id })))
+}
+
+async fn command(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<CommandRequest>,
+) -> Result<Json<CommandResponse>, ApiError> {
+    let cmd: CommandName = req.command.parse().map_err(|e: clawfleet_core::command::UnknownCommand| {
+        ApiError::new(StatusCode::BAD_REQUEST, "unknown_command", e.to_string())
+    })?;
+    let row = load_active(&app, &name).await?;
+    let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
+    let wait = Duration::from_millis(req.timeout_ms.unwrap_or(10_000).min(120_000));
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut live = app.hub.subscribe();
+    let (cid, fleet, t) = (id.clone(), name.clone(), targets.clone());
+    let (rows, sent) = app.hub.write(move |s| s.create_command(&cid, &fleet, cmd.as_str(), &clock::now_rfc3339(), &t)).await?;
+    let pending = Pending::Command { command_id: id.clone(), command: cmd.as_str().into() };
+    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
+    audit_log(&app, &caller, "command", &name, format!("{cmd} command={id} agents={}", targets.len())).await;
+
+    // Wait for every reply or the deadline, watching the live stream.
+    let deadline = Instant::now() + wait;
+    let mut answered = BTreeSet::new();
+    while answered.len() < targets.len() {
+        match tokio::time::timeout_at(deadline.into(), live.recv()).await {
+            Ok(Ok(e)) => {
+                if let EventBody::CommandReply { command_id, .. } = &e.body {
+                    if *command_id == id && e.fleet == name {
+                        answered.extend(e.agent);
+                    }
+                }
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    // The store is the record: read the replies from it.
+    let after = sent.first().map_or(0, |e| e.id);
+    let filter = EventFilter { fleet: Some(name.clone()), ..EventFilter::default() };
+    let events = app.db.run(move |s| s.events_after(&filter, after, usize::MAX >> 1)).await?;
+    let mut results: BTreeMap<u32, CommandResult> = BTreeMap::new();
+    for e in events {
+        if let (EventBody::CommandReply { command_id, ok, result, error, .. }, Some(agent)) = (e.body, e.agent) {
+            if command_id == id {
+                results.entry(agent).or_insert(CommandResult { agent, ok, result, error });
+            }
+        }
+    }
+    let pending = targets.iter().copied().filter(|t| !results.contains_key(t)).collect();
+    Ok(Json(CommandResponse { command_id: id, command: cmd.as_str().into(), results: results.into_values().collect(), pending }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinQuery {
+    /// `A-B` or `N`; every slot of the fleet by default.
+    slots: Option<String>,
+}
+
+async fn join(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Q(q): Q<JoinQuery>,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let row = load_active(&app, &name).await?;
+    let slots: Vec<u32> = match q.slots.as_deref() {
+        None => (0..row.replicas).collect(),
+        Some(s) => {
+            let bad = || ApiError::bad_request(format!("slots must be N or A-B, got '{s}'"));
+            let (a, b) = match s.split_once('-') {
+                Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+                None => {
+                    let n: u32 = s.parse().map_err(|_| bad())?;
+                    (n, n)
+                }
+            };
+            if a > b {
+                return Err(bad());
+            }
+            (a..=b).collect()
+        }
+    };
+    let slots = spec::resolve_targets(&name, row.replicas, Some(&slots))?;
+    let deployment = app.deployment(&row).map_err(|e| ApiError::internal("stored fleet", e))?;
+    let agents = slots
+        .iter()
+        .map(|&slot| {
+            let env: BTreeMap<_, _> = deployment.agent_env(slot).into_iter().collect();
+            JoinAgent {
+                slot,
+                username: env.get(clawfleet_backend::env::BUS_USERNAME).cloned(),
+                password: env.get(clawfleet_backend::env::BUS_PASSWORD).cloned(),
+            }
+        })
+        .collect();
+    audit_log(&app, &caller, "join", &name, format!("slots={}", slots.len())).await;
+    let e = &app.endpoints;
+    Ok(Json(JoinResponse {
+        fleet: row.name.clone(),
+        fleet_uid: row.uid.clone(),
+        bus: format!("mqtt://{}:{}", e.bus_host, e.bus_port),
+        brain: row.brain.clone(),
+        prompt: row.prompt.clone(),
+        version: row.version.clone(),
+        model_url: e.model_url.clone(),
+        model_name: e.model_name.clone(),
+        heartbeat_ms: e.heartbeat_ms,
+        agents,
+    }))
+}
+
+async fn injection(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<InjectionStatus>, ApiError> {
+    let i = id.clone();
+    let (row, events) = app.db.run(move |s| Ok((s.injection(&i)?, s.injection_events(&i)?))).await?;
+    let row = row.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'")))?;
+    let mut agents: BTreeMap<u32, InjectionTarget> = BTreeMap::new();
+    for e in events {
+        let Some(agent) = e.agent else { continue };
+        let t = agents.entry(agent).or_insert(InjectionTarget { agent, state: "queued".into(), answer: None, error: None, usage: None });
+        match e.body {
+            EventBody::InjectDelivered {} if t.state == "queued" => t.state = "delivered".into(),
+            EventBody::TurnStarted {} => t.state = "running".into(),
+            EventBody::Assistant { content } => t.answer = Some(content),
+            EventBody::TurnComplete {} => t.state = "complete".into(),
+            EventBody::Usage(u) => t.usage = Some(u),
+            EventBody::AgentError { message } => {
+                t.state = "failed".into();
+                t.error = Some(message);
+            }
+            EventBody::InjectFailed { error } => {
+                t.state = "failed".into();
+                t.error = Some(error);
+            }
+            _ => {}
+        }
+    }
+    Ok(Json(InjectionStatus { injection_id: row.id, fleet: row.fleet, prompt: row.prompt, created_at: row.created_at, agents: agents.into_values().collect() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    fleet: Option<String>,
+    agent: Option<u32>,
+    injection: Option<String>,
+    /// Replay stored events after this id first (0: all history).
+    since: Option<u64>,
+    /// Keep the stream open for new events (default true).
+    follow: Option<bool>,
+}
+
+/// How often an idle event stream sends an empty line, so dead clients are noticed.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+async fn events(State(app): State<Arc<App>>, Q(q): Q<EventsQuery>) -> Result<Response, ApiError> {
+    if let Some(f) = &q.fleet {
+        f.parse::<clawfleet_core::FleetName>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let request = StreamRequest {
+        filter: EventFilter { fleet: q.fleet, agent: q.agent, injection_id: q.injection },
+        since: q.since,
+        follow: q.follow.unwrap_or(true),
+    };
+    let rx = app.hub.stream(request);
+    let lines = ReceiverStream::new(rx).map(|item| {
+        let line = match item {
+            Ok(e) => serde_json::to_string(&*e as &Event).expect("events serialize"),
+            Err(e) => {
+                tracing::error!(error = %e, "Event stream failed");
+                serde_json::json!({"error": "the event stream failed; see the control plane's log", "code": "internal"}).to_string()
+            }
+        };
+        Ok::<_, std::convert::Infallible>(Bytes::from(line + "\n"))
+    });
+    let keepalive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE))
+        .map(|_| Ok(Bytes::from_static(b"\n")));
+    let body = Body::from_stream(merge_until_first_ends(lines, keepalive));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+/// Interleaves `main` with `side` and ends when `main` ends.
+fn merge_until_first_ends<T: Send + 'static>(
+    main: impl futures_util::Stream<Item = T> + Send + 'static,
+    side: impl futures_util::Stream<Item = T> + Send + 'static,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    let main = main.map(Some).chain(futures_util::stream::once(async { None }));
+    futures_util::stream::select(main, side.map(Some)).take_while(|x| std::future::ready(x.is_some())).map(|x| x.expect("checked"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(State(app): State<Arc<App>>, Q(q): Q<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let rows = app.db.run(move |s| s.audit_log(limit)).await?;
+    Ok(Json(rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect()))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use std::fmt::Write;
+    let m = &app.metrics;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    };
+    counter("clawfleet_bus_messages_total", "Bus messages read by the control plane.", m.bus_messages.load(Ordering::Relaxed));
+    counter("clawfleet_bus_rejected_total", "Bus messages refused as malformed or forbidden.", m.bus_rejected.load(Ordering::Relaxed));
+    counter("clawfleet_events_ingested_total", "Agent events stored.", m.events_ingested.load(Ordering::Relaxed));
+    counter("clawfleet_duplicate_events_total", "Agent events received again and ignored.", m.duplicates.load(Ordering::Relaxed));
+    counter("clawfleet_replays_requested_total", "Replays asked of agents after a journal gap.", m.replays_requested.load(Ordering::Relaxed));
+    counter("clawfleet_directives_sent_total", "Directives published (first sends and resends).", m.directives_sent.load(Ordering::Relaxed));
+    counter("clawfleet_injections_total", "Injections accepted.", m.injections.load(Ordering::Relaxed));
+    counter("clawfleet_http_requests_total", "HTTP requests served.", m.http_requests.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP clawfleet_agents Agents by state.\n# TYPE clawfleet_agents gauge");
+    let mut counts: Vec<_> = app.live.counts(clock::mono_ms()).into_iter().collect();
+    counts.sort();
+    for (state, n) in counts {
+        let _ = writeln!(out, "clawfleet_agents{{state=\"{state}\"}} {n}");
+    }
+    let pending = app.sent.lock().expect("not poisoned").len();
+    let _ = writeln!(out, "# HELP clawfleet_outbox_in_flight Directives sent and not yet acknowledged.\n# TYPE clawfleet_outbox_in_flight gauge\nclawfleet_outbox_in_flight {pending}");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

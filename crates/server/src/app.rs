@@ -1,0 +1,85 @@
+//! The control plane's shared state, handed to every task and handler as `Arc<App>`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clawfleet_backend::{Backend, Deployment, Endpoints};
+use clawfleet_bus::BusClient;
+use clawfleet_core::{BackendKind, BrainSpec};
+use clawfleet_store::FleetRow;
+use tokio::sync::Notify;
+
+use crate::auth::BusAuth;
+use crate::db::Db;
+use crate::hub::Hub;
+use crate::live::Live;
+
+pub(crate) struct App {
+    pub db: Db,
+    pub hub: Hub,
+    pub live: Live,
+    /// The control plane's own bus connection.
+    pub bus: BusClient,
+    pub backends: HashMap<BackendKind, Arc<dyn Backend>>,
+    /// Which fleets exist (name -> uid); the embedded broker's authenticator reads it too.
+    pub auth: Arc<BusAuth>,
+    pub token: String,
+    /// How agents reach the bus and the model service.
+    pub endpoints: Endpoints,
+    pub default_brain: BrainSpec,
+    /// Wakes the reconciler early.
+    pub reconcile: Notify,
+    /// When each outbox row was last published.
+    pub sent: Mutex<HashMap<i64, Instant>>,
+    /// A backend's last complaint about a fleet, shown in `ls` and `status`.
+    pub problems: Mutex<HashMap<String, String>>,
+    pub data_dir: PathBuf,
+    pub bus_url: String,
+    pub embedded_bus: bool,
+    pub metrics: Metrics,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub bus_messages: AtomicU64,
+    pub bus_rejected: AtomicU64,
+    pub events_ingested: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub replays_requested: AtomicU64,
+    pub directives_sent: AtomicU64,
+    pub injections: AtomicU64,
+    pub http_requests: AtomicU64,
+}
+
+impl App {
+    /// What a backend needs to run a stored fleet.
+    pub(crate) fn deployment(&self, row: &FleetRow) -> Result<Deployment, String> {
+        Ok(Deployment {
+            fleet: row.name.parse().map_err(|e| format!("stored fleet name: {e}"))?,
+            uid: row.uid.clone(),
+            replicas: row.replicas,
+            brain: row.brain.parse().map_err(|e| format!("stored brain: {e}"))?,
+            prompt: row.prompt.clone(),
+            version: row.version.clone(),
+            endpoints: self.endpoints.clone(),
+        })
+    }
+
+    pub(crate) fn backend(&self, kind: &str) -> Result<&Arc<dyn Backend>, String> {
+        let kind: BackendKind = kind.parse().map_err(|e: clawfleet_core::SpecError| e.to_string())?;
+        self.backends.get(&kind).ok_or_else(|| {
+            format!("the {kind} backend is not enabled in this control plane (enabled: {})", self.backend_names().join(", "))
+        })
+    }
+
+    pub(crate) fn backend_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.backends.keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+}

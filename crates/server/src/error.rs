@@ -1,0 +1,95 @@
+//! One error type for every API handler: a status, a stable code and a message that names
+//! what is wrong, always as `{"error": "...", "code": "..."}`. Internal failures are logged
+//! in full and answered without internals.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use clawfleet_core::SpecError;
+use clawfleet_store::StoreError;
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "{context}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{context}; see the control plane's log"))
+    }
+
+    pub(crate) fn no_fleet(name: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_fleet", format!("no fleet named '{name}'"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = clawfleet_proto::api::ApiError { error: self.message, code: self.code.to_owned() };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::FleetExists(_) => ApiError::new(StatusCode::CONFLICT, "fleet_exists", e.to_string()),
+            StoreError::NoFleet(name) => ApiError::no_fleet(&name),
+            other => ApiError::internal("the database failed", other),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> ApiError {
+        match e {
+            SpecError::PromptTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+            SpecError::UnknownAgent { .. } => ApiError::new(StatusCode::NOT_FOUND, "unknown_agent", e.to_string()),
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid json: {}", e.body_text())),
+            JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid request body: {}", e.body_text())),
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", "the request body must be JSON (Content-Type: application/json)")
+            }
+            JsonRejection::BytesRejection(e) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body rejected: {}", e.body_text())),
+            other => ApiError::bad_request(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::bad_request(format!("invalid query string: {}", r.body_text()))
+    }
+}

@@ -1,0 +1,207 @@
+//! Reads the bus: heartbeats update the live view; agent events are validated and stored
+//! exactly once, in journal order, then broadcast. A gap in an agent's journal, seen in an
+//! event or in a heartbeat's `seq`, gets a `replay` directive; a gap the agent cannot fill
+//! (its journal rotated) is skipped after a while and recorded as lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clawfleet_bus::BusEvent;
+use clawfleet_proto::bus::{self as wire, Directive, Heartbeat};
+use clawfleet_proto::event::EventBody;
+use clawfleet_proto::topic::{self, Channel};
+use clawfleet_store::{AgentEvent, Cursor, Ingested, NewEvent};
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::clock;
+
+const BATCH: usize = 512;
+/// A heartbeat ahead of the stored events is normal while events are in flight.
+const QUIET_BEFORE_REPLAY: Duration = Duration::from_secs(2);
+const REPLAY_EVERY: Duration = Duration::from_secs(5);
+/// Replays requested before a gap is declared lost.
+const REPLAYS_BEFORE_SKIP: u32 = 3;
+
+#[derive(Default)]
+struct AgentTrack {
+    cursor: Option<Cursor>,
+    last_event: Option<Instant>,
+    last_replay: Option<Instant>,
+    replays: u32,
+}
+
+type Key = (String, u32);
+
+pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>) {
+    let mut tracks: HashMap<Key, AgentTrack> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut events: Vec<AgentEvent> = Vec::new();
+        let mut beats: Vec<(Key, Heartbeat)> = Vec::new();
+        for ev in batch.drain(..) {
+            match ev {
+                BusEvent::Connected { session_present } => tracing::info!(session_present, "Control plane connected to the bus"),
+                BusEvent::Disconnected { reason } => tracing::warn!(%reason, "Control plane lost the bus; reconnecting"),
+                BusEvent::Message { topic, payload } => {
+                    app.metrics.bus_messages.fetch_add(1, Ordering::Relaxed);
+                    match accept(&app, &mut tracks, &topic, &payload) {
+                        Some(Accepted::Event(e)) => events.push(e),
+                        Some(Accepted::Heartbeat(key, hb)) => beats.push((key, hb)),
+                        None => {}
+                    }
+                }
+            }
+        }
+        if !events.is_empty() {
+            store(&app, &mut tracks, events).await;
+        }
+        // After the events of the same batch are stored, so a heartbeat that only ran ahead
+        // of them does not look like a gap.
+        for (key, hb) in beats {
+            heartbeat(&app, &mut tracks, key, hb).await;
+        }
+    }
+}
+
+enum Accepted {
+    Event(AgentEvent),
+    Heartbeat(Key, Heartbeat),
+}
+
+async fn heartbeat(app: &App, tracks: &mut HashMap<Key, AgentTrack>, key: Key, hb: Heartbeat) {
+    let (epoch, seq) = (hb.epoch.clone(), hb.seq);
+    app.live.heartbeat(&key.0, key.1, hb, clock::mono_ms());
+    let track = tracks.entry(key.clone()).or_default();
+    if track.cursor.is_none() {
+        let (f, s) = key.clone();
+        track.cursor = app.db.run(move |st| st.cursor(&f, s)).await.ok().flatten();
+    }
+    let stored = match &track.cursor {
+        Some(c) if c.epoch == epoch => c.seq,
+        _ => 0,
+    };
+    if seq > stored && track.last_event.is_none_or(|at| at.elapsed() > QUIET_BEFORE_REPLAY) {
+        request_replay(app, track, &key, &epoch, stored, seq).await;
+    }
+}
+
+/// Validates one bus message.
+fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, topic: &str, payload: &[u8]) -> Option<Accepted> {
+    let Some(t) = topic::parse_agent(topic) else {
+        return reject(app, topic, "not an agent topic");
+    };
+    if !app.auth.knows(t.fleet) {
+        // A leftover agent of a fleet that no longer exists (or an empty retained message).
+        return None;
+    }
+    if payload.is_empty() {
+        return None;
+    }
+    let key = (t.fleet.to_owned(), t.slot);
+    match t.channel {
+        Channel::Heartbeat => match wire::decode_heartbeat(payload) {
+            Ok(hb) => Some(Accepted::Heartbeat(key, hb)),
+            Err(e) => reject(app, topic, &e.to_string()),
+        },
+        Channel::Events => {
+            let envelope = match wire::decode_envelope(payload) {
+                Ok(e) => e,
+                Err(e) => return reject(app, topic, &e.to_string()),
+            };
+            if !envelope.body.is_agent_reportable() {
+                return reject(app, topic, &format!("an agent may not report '{}' events", envelope.body.name()));
+            }
+            tracks.entry(key).or_default().last_event = Some(Instant::now());
+            Some(Accepted::Event(AgentEvent {
+                epoch: envelope.epoch,
+                seq: envelope.seq,
+                event: NewEvent {
+                    at: envelope.at,
+                    fleet: t.fleet.to_owned(),
+                    agent: Some(t.slot),
+                    injection_id: envelope.injection_id,
+                    body: envelope.body,
+                },
+            }))
+        }
+        Channel::Cmd => None,
+    }
+}
+
+fn reject<T>(app: &App, topic: &str, why: &str) -> Option<T> {
+    app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%topic, reason = why, "Refused a bus message");
+    None
+}
+
+/// Asks an agent to replay, or after enough tries declares the range lost.
+async fn request_replay(app: &App, track: &mut AgentTrack, key: &Key, epoch: &str, after: u64, upto: u64) {
+    if track.last_replay.is_some_and(|at| at.elapsed() < REPLAY_EVERY) {
+        return;
+    }
+    track.last_replay = Some(Instant::now());
+    if track.replays >= REPLAYS_BEFORE_SKIP {
+        let (fleet, slot) = key.clone();
+        let message = format!("events {}..{} of this agent were lost (it could not replay them)", after + 1, upto);
+        tracing::error!(%fleet, slot, %message, "Skipping a journal gap");
+        let loss = NewEvent { at: clock::now_rfc3339(), fleet: fleet.clone(), agent: Some(slot), injection_id: None, body: EventBody::AgentError { message } };
+        let epoch2 = epoch.to_owned();
+        let written = app.hub.write(move |s| Ok(((), vec![s.skip_to(&fleet, slot, &epoch2, upto, loss)?]))).await;
+        if written.is_ok() {
+            track.cursor = Some(Cursor { epoch: epoch.to_owned(), seq: upto });
+        }
+        track.replays = 0;
+        return;
+    }
+    track.replays += 1;
+    app.metrics.replays_requested.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(fleet = %key.0, slot = key.1, after, upto, "Asking an agent to replay its journal");
+    let directive = wire::encode(&Directive::Replay { after_seq: after });
+    let _ = app.bus.publish(topic::agent(&key.0, key.1, Channel::Cmd), directive, false).await;
+}
+
+async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<AgentEvent>) {
+    let positions: Vec<(Key, String, u64)> =
+        events.iter().map(|e| ((e.event.fleet.clone(), e.event.agent.unwrap_or(0)), e.epoch.clone(), e.seq)).collect();
+    let result = app
+        .hub
+        .write(move |s| {
+            let results = s.ingest(events)?;
+            let stored = results.iter().filter_map(|r| if let Ingested::Stored(e) = r { Some(e.clone()) } else { None }).collect();
+            Ok((results, stored))
+        })
+        .await;
+    let results = match result {
+        Ok((results, _)) => results,
+        Err(e) => {
+            // Not stored, so not acknowledged: the agent's journal and our replays recover them.
+            tracing::error!(error = %e, "Could not store agent events");
+            return;
+        }
+    };
+    let mut gaps: HashMap<Key, (String, u64, u64)> = HashMap::new();
+    for ((key, epoch, seq), r) in positions.into_iter().zip(results) {
+        let track = tracks.entry(key.clone()).or_default();
+        match r {
+            Ingested::Stored(_) => {
+                app.metrics.events_ingested.fetch_add(1, Ordering::Relaxed);
+                track.cursor = Some(Cursor { epoch, seq });
+                track.replays = 0;
+                gaps.remove(&key);
+            }
+            Ingested::Duplicate => {
+                app.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Ingested::Gap { after_seq } => {
+                gaps.entry(key).or_insert((epoch, after_seq, seq));
+            }
+        }
+    }
+    for (key, (epoch, after, upto)) in gaps {
+        let track = tracks.entry(key.clone()).or_default();
+        request_replay(app, track, &key, &epoch, after, upto).await;
+    }
+}

@@ -1,0 +1,292 @@
+//! The clawfleet control plane: `clawfleet up`.
+//!
+//! [`Server::start`] opens the data directory (database, operator token), starts the embedded
+//! MQTT broker (or connects to an external one), and runs four loops on one runtime:
+//!
+//! - **ingest** ([`ingest`]): bus → store, exactly once per agent event, then broadcast;
+//! - **outbox** ([`outbox`]): resends directives until their agent acknowledges them;
+//! - **reconcile** ([`reconcile`]): drives each fleet's backend toward its desired state and
+//!   reports agents' availability changes;
+//! - **HTTP** ([`api`]): the API, the dashboard, `/healthz`, `/metrics`.
+//!
+//! **Architecture invariant:** every event is persisted before anyone sees it, and is seen in
+//! id order ([`hub`]). The store is the record; memory holds only what heartbeats rebuild.
+
+mod api;
+mod app;
+mod auth;
+mod clock;
+mod db;
+mod error;
+mod hub;
+mod ingest;
+mod live;
+mod outbox;
+mod reconcile;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clawfleet_backend::local::{LocalBackend, LocalConfig};
+use clawfleet_backend::{Backend, Credentials, Endpoints};
+use clawfleet_bus::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+use clawfleet_bus::client::{self, BusEvent, ClientConfig};
+use clawfleet_bus::{BusSecret, BusUrl};
+use clawfleet_core::{BackendKind, BrainSpec};
+use clawfleet_proto::topic::{self, Channel};
+use clawfleet_store::{Store, StoreError};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::auth::{BusAuth, CONTROL_USER};
+use crate::db::Db;
+use crate::hub::Hub;
+use crate::live::Live;
+
+/// Which broker the control plane and its agents use.
+#[derive(Debug, Clone)]
+pub enum BusMode {
+    /// Start the embedded broker on this address.
+    Embedded { listen: SocketAddr },
+    /// Use an external broker.
+    External(BusUrl),
+}
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub bus: BusMode,
+    /// The host agents use to reach the bus (default: the broker's own address).
+    pub agent_bus_host: Option<String>,
+    /// The shared model service agents of the `model` brain use (OpenAI-compatible base URL).
+    pub model_url: Option<String>,
+    pub model_name: String,
+    /// How the local backend starts an agent runtime.
+    pub agent_program: PathBuf,
+    pub agent_args: Vec<String>,
+    pub heartbeat: Duration,
+    /// The brain of fleets launched without one.
+    pub default_brain: BrainSpec,
+}
+
+/// Why the control plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot reach the bus at {url}: {reason}")]
+    BusUnreachable { url: String, reason: String },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running control plane.
+pub struct Server {
+    app: Arc<App>,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    http_task: JoinHandle<()>,
+    loops: Vec<JoinHandle<()>>,
+    ingest_task: JoinHandle<()>,
+    broker: Option<EmbeddedBroker>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("http", &self.http_addr).field("bus", &self.app.bus_url).finish()
+    }
+}
+
+fn data_dir_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::DataDir { path: path.display().to_string(), source }
+}
+
+impl Server {
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(data_dir_error(&dir))?;
+        let store = Store::open(&dir.join("clawfleet.db"))?;
+        let token = auth::load_or_create_token(&dir).map_err(data_dir_error(&dir))?;
+        let secret = match store.meta("bus_secret")? {
+            Some(bytes) if bytes.len() == 32 => BusSecret::from_bytes(bytes.try_into().expect("checked length")),
+            _ => {
+                let s = BusSecret::generate();
+                store.set_meta("bus_secret", s.as_bytes())?;
+                s
+            }
+        };
+        let install_id = match store.meta("install_id")? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+                store.set_meta("install_id", id.as_bytes())?;
+                id
+            }
+        };
+        let auth = Arc::new(BusAuth::new(secret.clone()));
+        for f in store.fleets()? {
+            auth.allow_fleet(&f.name, &f.uid);
+        }
+
+        // The bus: where we connect, and how agents reach it and log in.
+        let (broker, connect_host, port, login, credentials, embedded) = match &config.bus {
+            BusMode::Embedded { listen } => {
+                let broker = EmbeddedBroker::start(BrokerConfig::new(*listen), auth.clone())?;
+                let addr = broker.local_addr();
+                let local = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
+                let login = (Some(CONTROL_USER.to_owned()), Some(secret.control_password()));
+                (Some(broker), local.to_string(), addr.port(), login, Credentials::PerAgent(secret.clone()), true)
+            }
+            BusMode::External(url) => {
+                let creds = match (&url.username, &url.password) {
+                    (Some(u), p) => Credentials::Shared { username: u.clone(), password: p.clone().unwrap_or_default() },
+                    _ => Credentials::Anonymous,
+                };
+                (None, url.host.clone(), url.port, (url.username.clone(), url.password.clone()), creds, false)
+            }
+        };
+        let agent_host = config.agent_bus_host.clone().unwrap_or_else(|| connect_host.clone());
+        let bus_url = format!("mqtt://{}:{}", bracket(&agent_host), port);
+
+        let mut bus_config = ClientConfig::new(connect_host.clone(), port, format!("clawfleet-control-{install_id}"));
+        (bus_config.username, bus_config.password) = login;
+        bus_config.clean_session = false;
+        bus_config.subscriptions = vec![topic::all_agents(Channel::Events), topic::all_agents(Channel::Heartbeat)];
+        bus_config.inflight = 1000;
+        bus_config.request_capacity = 16 * 1024;
+        bus_config.event_capacity = 16 * 1024;
+        let (bus, mut bus_rx) = client::connect(bus_config);
+        wait_connected(&mut bus_rx, &format!("mqtt://{}:{port}", bracket(&connect_host))).await?;
+
+        let local: Arc<dyn Backend> = Arc::new(LocalBackend::new(LocalConfig {
+            program: config.agent_program.clone(),
+            args: config.agent_args.clone(),
+            root: dir.join("agents"),
+            grace: Duration::from_secs(10),
+        }));
+        let db = Db::new(store);
+        let app = Arc::new(App {
+            hub: Hub::new(db.clone()),
+            db,
+            live: Live::default(),
+            bus,
+            backends: HashMap::from([(BackendKind::Local, local)]),
+            auth,
+            token,
+            endpoints: Endpoints {
+                bus_host: agent_host,
+                bus_port: port,
+                credentials,
+                model_url: config.model_url.clone(),
+                model_name: config.model_name.clone(),
+                heartbeat_ms: config.heartbeat.as_millis() as u64,
+            },
+            default_brain: config.default_brain.clone(),
+            reconcile: Notify::new(),
+            sent: Default::default(),
+            problems: Default::default(),
+            data_dir: dir.clone(),
+            bus_url,
+            embedded_bus: embedded,
+            metrics: Default::default(),
+        });
+
+        let listener = tokio::net::TcpListener::bind(config.http).await.map_err(|source| ServerError::Http { addr: config.http, source })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Http { addr: config.http, source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ingest_task = tokio::spawn(ingest::run(app.clone(), bus_rx));
+        let loops = vec![
+            tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
+        ];
+        let router = api::router(app.clone());
+        let mut stop_http = shutdown_rx.clone();
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_http.changed().await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let info = serde_json::json!({
+            "http": format!("http://{http_addr}"),
+            "bus": app.bus_url,
+            "pid": std::process::id(),
+        });
+        std::fs::write(dir.join("server.json"), info.to_string() + "\n").map_err(data_dir_error(&dir))?;
+        tracing::info!(http = %http_addr, bus = %app.bus_url, data = %dir.display(), "Control plane serving");
+        Ok(Server { app, http_addr, shutdown, http_task, loops, ingest_task, broker })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bus URL agents are given.
+    pub fn bus_url(&self) -> &str {
+        &self.app.bus_url
+    }
+
+    /// The embedded broker's address, if it runs one.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(EmbeddedBroker::local_addr)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.app.token
+    }
+
+    /// Stops in order: HTTP, the loops, the agents of backends that run them (which flush
+    /// their last events through the bus), then the bus.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        // Open event streams would hold a graceful HTTP shutdown forever.
+        if tokio::time::timeout(Duration::from_secs(3), self.http_task).await.is_err() {
+            tracing::info!("Closed the remaining HTTP streams");
+        }
+        for task in self.loops {
+            let _ = task.await;
+        }
+        for backend in self.app.backends.values() {
+            backend.shutdown().await;
+        }
+        // Let the agents' last events reach the store.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.app.bus.disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.ingest_task).await;
+        drop(self.broker);
+        let _ = std::fs::remove_file(self.app.data_dir.join("server.json"));
+        tracing::info!("Control plane stopped");
+    }
+}
+
+async fn wait_connected(rx: &mut tokio::sync::mpsc::Receiver<BusEvent>, url: &str) -> Result<(), ServerError> {
+    let mut last = "no answer".to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(BusEvent::Connected { .. })) => return Ok(()),
+            Ok(Some(BusEvent::Disconnected { reason })) => last = reason,
+            Ok(Some(BusEvent::Message { .. })) => {}
+            Ok(None) | Err(_) => return Err(ServerError::BusUnreachable { url: url.to_owned(), reason: format!("{last} (gave up after 10 s)") }),
+        }
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}

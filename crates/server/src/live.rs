@@ -1,0 +1,148 @@
+//! The live view of every agent, from its heartbeats: kept in memory (heartbeats are retained
+//! on the bus, so a restarted control plane has it back within one message per agent).
+//! A periodic scan turns changes of availability into `agent_state` events.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use clawfleet_core::liveness::{self, AgentState, LastBeat};
+use clawfleet_proto::bus::Heartbeat;
+
+#[derive(Debug, Clone)]
+pub(crate) struct LiveAgent {
+    pub hb: Heartbeat,
+    pub received_ms: u64,
+    /// The availability last reported as an `agent_state` event.
+    reported: Option<&'static str>,
+}
+
+impl LiveAgent {
+    pub(crate) fn state(&self, now_ms: u64) -> AgentState {
+        liveness::state(Some(LastBeat { activity: self.hb.state, received_ms: self.received_ms, interval_ms: self.hb.interval_ms }), now_ms)
+    }
+}
+
+/// What `agent_state` events report: availability, not every idle/busy flip.
+fn availability(state: AgentState) -> Option<&'static str> {
+    match state {
+        AgentState::Pending => None,
+        AgentState::Starting => Some("starting"),
+        AgentState::Idle | AgentState::Busy => Some("online"),
+        AgentState::Stopping => Some("stopping"),
+        AgentState::Stopped => Some("stopped"),
+        AgentState::Lost => Some("lost"),
+    }
+}
+
+/// A change of an agent's availability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub fleet: String,
+    pub slot: u32,
+    pub state: &'static str,
+    pub previous: Option<&'static str>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    agents: Mutex<HashMap<(String, u32), LiveAgent>>,
+}
+
+impl Live {
+    pub(crate) fn heartbeat(&self, fleet: &str, slot: u32, hb: Heartbeat, now_ms: u64) {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        match agents.get_mut(&(fleet.to_owned(), slot)) {
+            Some(a) => {
+                a.hb = hb;
+                a.received_ms = now_ms;
+            }
+            None => {
+                agents.insert((fleet.to_owned(), slot), LiveAgent { hb, received_ms: now_ms, reported: None });
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, fleet: &str, slot: u32) -> Option<LiveAgent> {
+        self.agents.lock().expect("not poisoned").get(&(fleet.to_owned(), slot)).cloned()
+    }
+
+    pub(crate) fn state(&self, fleet: &str, slot: u32, now_ms: u64) -> AgentState {
+        self.get(fleet, slot).map_or(AgentState::Pending, |a| a.state(now_ms))
+    }
+
+    /// Whether directives sent to the agent now would reach it.
+    pub(crate) fn reachable(&self, fleet: &str, slot: u32, now_ms: u64) -> bool {
+        matches!(self.state(fleet, slot, now_ms), AgentState::Starting | AgentState::Idle | AgentState::Busy)
+    }
+
+    /// Availability changes since the last scan.
+    pub(crate) fn scan(&self, now_ms: u64) -> Vec<Transition> {
+        let mut agents = self.agents.lock().expect("not poisoned");
+        let mut out = Vec::new();
+        for ((fleet, slot), a) in agents.iter_mut() {
+            let now = availability(a.state(now_ms));
+            if now.is_some() && now != a.reported {
+                out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now.expect("checked"), previous: a.reported });
+                a.reported = now;
+            }
+        }
+        out.sort_by(|a, b| (&a.fleet, a.slot).cmp(&(&b.fleet, b.slot)));
+        out
+    }
+
+    pub(crate) fn forget_fleet(&self, fleet: &str) {
+        self.agents.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
+    }
+
+    /// Counts of agents by state, for metrics.
+    pub(crate) fn counts(&self, now_ms: u64) -> HashMap<&'static str, u64> {
+        let agents = self.agents.lock().expect("not poisoned");
+        let mut counts = HashMap::new();
+        for a in agents.values() {
+            *counts.entry(a.state(now_ms).as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clawfleet_proto::bus::{AgentActivity, BrainStatus};
+
+    use super::*;
+
+    fn hb(state: AgentActivity) -> Heartbeat {
+        Heartbeat {
+            epoch: "e".into(),
+            seq: 0,
+            at: "t".into(),
+            state,
+            interval_ms: 1000,
+            version: "v".into(),
+            fleet_version: "1".into(),
+            pid: 1,
+            hostname: "h".into(),
+            uptime_s: 0,
+            rss_bytes: 0,
+            load1: 0.0,
+            brain: BrainStatus { spec: "echo".into(), healthy: true, detail: None },
+            current_injection: None,
+            queued: 0,
+        }
+    }
+
+    #[test]
+    fn transitions_are_reported_once() {
+        let live = Live::default();
+        live.heartbeat("s", 0, hb(AgentActivity::Idle), 0);
+        assert_eq!(live.scan(10), vec![Transition { fleet: "s".into(), slot: 0, state: "online", previous: None }]);
+        live.heartbeat("s", 0, hb(AgentActivity::Busy), 500);
+        assert_eq!(live.scan(600), vec![], "idle to busy is not an availability change");
+        assert_eq!(live.scan(3501), vec![Transition { fleet: "s".into(), slot: 0, state: "lost", previous: Some("online") }]);
+        assert!(!live.reachable("s", 0, 3501));
+        live.heartbeat("s", 0, hb(AgentActivity::Idle), 4000);
+        assert_eq!(live.scan(4000)[0].state, "online");
+        live.heartbeat("s", 0, hb(AgentActivity::Disconnected), 4100);
+        assert_eq!(live.scan(4100)[0].state, "lost");
+    }
+}

@@ -1,0 +1,104 @@
+//! The outbox: every directive an agent has not acknowledged yet is stored, and sent again
+//! (with backoff) whenever its agent is reachable, until the agent's journaled answer arrives
+//! and the store removes it. The broker's own queue is only the fast path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clawfleet_proto::bus::{self as wire, Directive};
+use clawfleet_proto::topic::{self, Channel};
+use clawfleet_store::Pending;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::clock;
+
+const TICK: Duration = Duration::from_millis(500);
+
+/// How long to wait for an acknowledgement before sending again.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(2).saturating_mul(1 << attempts.min(5)).min(Duration::from_secs(60))
+}
+
+/// The directive that delivers a pending row; `targets` when sent on a fleet topic.
+pub(crate) fn directive(pending: &Pending, targets: Option<Vec<u32>>) -> Directive {
+    match pending.clone() {
+        Pending::Inject { injection_id, prompt } => Directive::Inject { injection_id, prompt, targets },
+        Pending::Command { command_id, command } => Directive::Command { command_id, command, targets },
+    }
+}
+
+/// Publishes a new directive to its targets right away (one fleet broadcast when it goes to
+/// every agent, else one message per agent) and notes the rows as sent.
+pub(crate) async fn send_now(app: &App, fleet: &str, replicas: u32, targets: &[u32], pending: &Pending, rows: &[i64]) {
+    let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
+    if whole_fleet {
+        let payload = wire::encode(&directive(pending, Some(targets.to_vec())));
+        let _ = app.bus.publish(topic::fleet_cmd(fleet), payload, false).await;
+    } else {
+        let payload = wire::encode(&directive(pending, None));
+        for &slot in targets {
+            let _ = app.bus.publish(topic::agent(fleet, slot, Channel::Cmd), payload.clone(), false).await;
+        }
+    }
+    app.metrics.directives_sent.fetch_add(if whole_fleet { 1 } else { targets.len() as u64 }, Ordering::Relaxed);
+    let now = Instant::now();
+    let mut sent = app.sent.lock().expect("not poisoned");
+    for &id in rows {
+        sent.insert(id, now);
+    }
+}
+
+pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = resend(&app).await {
+            tracing::error!(error = %e, "Outbox pass failed");
+        }
+    }
+}
+
+async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
+    let rows = app.db.run(|s| s.outbox()).await?;
+    let now = clock::mono_ms();
+    let due: Vec<_> = {
+        let mut sent = app.sent.lock().expect("not poisoned");
+        let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        sent.retain(|id, _| live.contains(id));
+        rows.into_iter()
+            .filter(|r| app.live.reachable(&r.fleet, r.slot, now))
+            .filter(|r| sent.get(&r.id).is_none_or(|at| at.elapsed() >= backoff(r.attempts)))
+            .collect()
+    };
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(due.len());
+    for row in due {
+        let payload = wire::encode(&directive(&row.directive, None));
+        if app.bus.publish(topic::agent(&row.fleet, row.slot, Channel::Cmd), payload, false).await.is_ok() {
+            app.metrics.directives_sent.fetch_add(1, Ordering::Relaxed);
+            app.sent.lock().expect("not poisoned").insert(row.id, Instant::now());
+            ids.push(row.id);
+        }
+    }
+    tracing::debug!(count = ids.len(), "Resent unacknowledged directives");
+    app.db.run(move |s| s.outbox_attempted(&ids)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(2));
+        assert_eq!(backoff(1), Duration::from_secs(4));
+        assert_eq!(backoff(4), Duration::from_secs(32));
+        assert_eq!(backoff(9), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,105 @@
+//! The reconcile loop: level-triggered, every second or when woken. For each stored fleet it
+//! asks the fleet's backend to match the desired state (`apply`), or to remove a terminating
+//! fleet, which is deleted once the backend reports nothing left. It also turns changes of
+//! agents' availability into `agent_state` events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clawfleet_proto::event::EventBody;
+use clawfleet_proto::topic::{self, Channel};
+use clawfleet_store::{FleetRow, NewEvent};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::clock;
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = once(&app).await {
+            tracing::error!(error = %e, "Reconcile pass failed");
+        }
+        tokio::select! {
+            () = app.reconcile.notified() => {}
+            () = tokio::time::sleep(PERIOD) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
+    let fleets = app.db.run(|s| s.fleets()).await?;
+    for fleet in fleets {
+        let outcome = match fleet.state.as_str() {
+            "terminating" => remove(app, &fleet).await,
+            _ => apply(app, &fleet).await,
+        };
+        let mut problems = app.problems.lock().expect("not poisoned");
+        match outcome {
+            Ok(()) => {
+                problems.remove(&fleet.name);
+            }
+            Err(problem) => {
+                if problems.get(&fleet.name) != Some(&problem) {
+                    tracing::error!(fleet = %fleet.name, %problem, "Backend problem");
+                }
+                problems.insert(fleet.name.clone(), problem);
+            }
+        }
+    }
+    report_transitions(app).await;
+    Ok(())
+}
+
+async fn apply(app: &App, fleet: &FleetRow) -> Result<(), String> {
+    let backend = app.backend(&fleet.backend)?;
+    let deployment = app.deployment(fleet)?;
+    backend.apply(&deployment).await.map_err(|e| e.to_string())
+}
+
+async fn remove(app: &App, fleet: &FleetRow) -> Result<(), String> {
+    let backend = app.backend(&fleet.backend)?;
+    let name = fleet.name.parse().map_err(|e| format!("{e}"))?;
+    if !backend.remove(&name).await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let fname = fleet.name.clone();
+    app.hub.write(move |s| Ok(((), vec![s.delete_fleet(&fname, &clock::now_rfc3339())?]))).await.map_err(|e| e.to_string())?;
+    app.auth.forget_fleet(&fleet.name);
+    app.live.forget_fleet(&fleet.name);
+    // Retained heartbeats of the removed agents would greet a future fleet of the same name.
+    for slot in 0..fleet.replicas.max(1) {
+        let _ = app.bus.publish(topic::agent(&fleet.name, slot, Channel::Heartbeat), Vec::new(), true).await;
+    }
+    tracing::info!(fleet = %fleet.name, "Fleet terminated");
+    Ok(())
+}
+
+async fn report_transitions(app: &App) {
+    let transitions = app.live.scan(clock::mono_ms());
+    if transitions.is_empty() {
+        return;
+    }
+    let at = clock::now_rfc3339();
+    let events = transitions
+        .into_iter()
+        .filter(|t| app.auth.knows(&t.fleet))
+        .map(|t| {
+            if t.state == "lost" {
+                tracing::warn!(fleet = %t.fleet, slot = t.slot, "Agent lost");
+            }
+            NewEvent {
+                at: at.clone(),
+                fleet: t.fleet,
+                agent: Some(t.slot),
+                injection_id: None,
+                body: EventBody::AgentState { state: t.state.to_owned(), previous: t.previous.map(str::to_owned) },
+            }
+        })
+        .collect();
+    if let Err(e) = app.hub.append(events).await {
+        tracing::error!(error = %e, "Could not store agent state changes");
+    }
+}
