@@ -236,6 +236,7 @@ impl Agent {
             BusEvent::Disconnected { reason } => {
                 tracing::warn!(agent = %self.config.agent, %reason, "Bus connection lost; reconnecting");
             }
+            BusEvent::Closed => {}
             BusEvent::Message { topic, payload } => match wire::decode_directive(&payload) {
                 Ok(directive) if directive.is_for(self.config.agent.slot) => self.on_directive(directive),
                 Ok(_) => {}
@@ -510,7 +511,7 @@ impl Agent {
             self.bus.publish(self.heartbeat_topic.clone(), hb, true).await.ok();
             self.bus.disconnect();
             while let Some(ev) = bus_rx.recv().await {
-                if matches!(ev, BusEvent::Disconnected { .. }) {
+                if matches!(ev, BusEvent::Closed) {
                     break;
                 }
             }

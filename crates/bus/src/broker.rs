@@ -106,6 +106,7 @@ impl EmbeddedBroker {
             let listener = Builder::new()
                 .name("clawfleet")
                 .laddr(config.listen)
+                .reuseaddr(Some(true))
                 .allow_anonymous(false)
                 .max_connections(config.max_connections)
                 .max_handshaking_limit(config.max_connections)

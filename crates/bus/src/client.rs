@@ -71,6 +71,8 @@ pub enum BusEvent {
     Disconnected { reason: String },
     /// A message arrived on a subscribed topic.
     Message { topic: String, payload: Bytes },
+    /// [`BusClient::disconnect`] finished: the connection is closed for good.
+    Closed,
 }
 
 /// Why a publish was not queued.
@@ -124,7 +126,7 @@ impl BusClient {
 
     /// Closes gracefully: once the broker has acknowledged every publish queued so far, sends
     /// DISCONNECT (so no last will is published) and ends the connection task, which then
-    /// reports `Disconnected`. (A broker may drop publishes that arrive right before a
+    /// reports `Closed`. (A broker may drop publishes that arrive right before a
     /// DISCONNECT, so the wait matters.) Callers bound the wait with a timeout.
     pub fn disconnect(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
@@ -205,7 +207,7 @@ async fn drive(
                 continue;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                let _ = tx.send(BusEvent::Disconnected { reason: "disconnected by this client".into() }).await;
+                let _ = tx.send(BusEvent::Closed).await;
                 return;
             }
             Ok(_) => continue,

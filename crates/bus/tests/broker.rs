@@ -178,7 +178,7 @@ async fn commands_queue_for_an_offline_agent() {
     connected(&mut arx).await;
     settle().await;
     agent.disconnect();
-    while !matches!(next(&mut arx).await, BusEvent::Disconnected { .. }) {}
+    while !matches!(next(&mut arx).await, BusEvent::Closed) {}
 
     let (control, mut crx) = client::connect(control_config(&broker, &secret, vec![]));
     connected(&mut crx).await;

@@ -45,6 +45,7 @@ pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>) {
             match ev {
                 BusEvent::Connected { session_present } => tracing::info!(session_present, "Control plane connected to the bus"),
                 BusEvent::Disconnected { reason } => tracing::warn!(%reason, "Control plane lost the bus; reconnecting"),
+                BusEvent::Closed => tracing::info!("Control plane disconnected from the bus"),
                 BusEvent::Message { topic, payload } => {
                     app.metrics.bus_messages.fetch_add(1, Ordering::Relaxed);
                     match accept(&app, &mut tracks, &topic, &payload) {

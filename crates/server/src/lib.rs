@@ -281,7 +281,7 @@ async fn wait_connected(rx: &mut tokio::sync::mpsc::Receiver<BusEvent>, url: &st
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(BusEvent::Connected { .. })) => return Ok(()),
             Ok(Some(BusEvent::Disconnected { reason })) => last = reason,
-            Ok(Some(BusEvent::Message { .. })) => {}
+            Ok(Some(BusEvent::Message { .. } | BusEvent::Closed)) => {}
             Ok(None) | Err(_) => return Err(ServerError::BusUnreachable { url: url.to_owned(), reason: format!("{last} (gave up after 10 s)") }),
         }
     }

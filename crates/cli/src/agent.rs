@@ -1,0 +1,117 @@
+//! `clawfleet agent`: agent runtimes. Backends start one per process with its configuration
+//! in the environment; `--join FLEET` starts agents by hand for a fleet of the control plane
+//! (fetching their bus logins with the operator token); `--count N` runs N independent agents
+//! in one process, each with its own bus connection and identity.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clawfleet_agent::{AgentConfig, runtime};
+use clawfleet_bus::BusUrl;
+use clawfleet_core::{AgentRef, BrainSpec, FleetName};
+use clawfleet_proto::api::JoinResponse;
+use tokio::sync::watch;
+
+use crate::args::AgentArgs;
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let configs = match &args.join {
+        Some(fleet) => join(&args, fleet).await?,
+        None => from_env(&args)?,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for config in configs {
+        let mut stopped = stopped.clone();
+        let http = http.clone();
+        let agent = config.agent.clone();
+        tasks.spawn(async move {
+            let result = runtime::run(config, http, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+            (agent, result)
+        });
+    }
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let mut failed = false;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((agent, Err(e))) = done {
+            eprintln!("error: agent {agent}: {e}");
+            failed = true;
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn base(agent: AgentRef, uid: &str, bus: &BusUrl, workspace: PathBuf, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    let mut c = AgentConfig::new(agent, uid, bus.host.clone(), bus.port, workspace);
+    c.brain = args.brain.parse::<BrainSpec>()?;
+    c.model_url = args.model_url.clone();
+    c.model_name = args.model_name.clone();
+    c.system_prompt = args.system_prompt.clone().filter(|p| !p.is_empty());
+    c.fleet_version = args.fleet_version.clone();
+    c.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
+    c.watchdog = Duration::from_secs(args.watchdog.max(1));
+    Ok(c)
+}
+
+fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
+    let fleet: FleetName = args
+        .fleet
+        .as_deref()
+        .ok_or_else(|| anyhow!("no fleet: pass --join FLEET, or --fleet (CLAWFLEET_FLEET) with the bus settings a backend gives"))?
+        .parse()?;
+    let bus: BusUrl = args.bus.as_deref().ok_or_else(|| anyhow!("no bus: pass --bus mqtt://host:port (CLAWFLEET_BUS)"))?.parse()?;
+    let uid = args.fleet_uid.clone().unwrap_or_else(|| "manual".into());
+    let last = args.slot.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
+    (args.slot..=last)
+        .map(|slot| {
+            let workspace = match (&args.workspace, args.count) {
+                (Some(w), 1) => w.clone(),
+                (Some(w), _) => w.join(slot.to_string()),
+                (None, _) => std::env::current_dir()?.join(format!("{fleet}-{slot}")),
+            };
+            let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, workspace, args)?;
+            c.bus_username = args.bus_username.clone();
+            c.bus_password = args.bus_password.clone();
+            Ok(c)
+        })
+        .collect()
+}
+
+async fn join(args: &AgentArgs, fleet: &str) -> anyhow::Result<Vec<AgentConfig>> {
+    let client = args.client.client()?;
+    let last = args.slot.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
+    let join: JoinResponse = client.get(&format!("/api/v1/fleets/{fleet}/join?slots={}-{last}", args.slot)).await?;
+    let bus: BusUrl = join.bus.parse()?;
+    let name: FleetName = join.fleet.parse()?;
+    let root = args
+        .workspace
+        .clone()
+        .unwrap_or_else(|| args.client.data.clone().unwrap_or_else(crate::client::default_data_dir).join("joined").join(format!("{}-{}", join.fleet, join.fleet_uid)));
+    join.agents
+        .iter()
+        .map(|a| {
+            let mut c = base(AgentRef { fleet: name.clone(), slot: a.slot }, &join.fleet_uid, &bus, root.join(a.slot.to_string()), args)?;
+            c.brain = join.brain.parse()?;
+            c.system_prompt = join.prompt.clone();
+            c.fleet_version = join.version.clone();
+            c.model_url = join.model_url.clone();
+            c.model_name = join.model_name.clone();
+            c.heartbeat_interval = Duration::from_millis(join.heartbeat_ms.max(100));
+            c.bus_username = a.username.clone();
+            c.bus_password = a.password.clone();
+            Ok(c)
+        })
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! Command-line arguments, as parsed by clap. Checked further where they are used.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawfleet",
+    version,
+    about = "Run fleets of AI agents: launch them, talk to them, watch them, keep them healthy.",
+    after_help = "Exit status: 0 success, 1 failure (the reason is printed on stderr), 2 bad usage."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the control plane is and how to log in to it.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ClientArgs {
+    /// Control plane URL [default: the one `up` recorded in the data directory, else http://127.0.0.1:8080]
+    #[arg(long, env = "CLAWFLEET_SERVER")]
+    pub server: Option<String>,
+    /// API token [default: the token file `up` wrote in the data directory]
+    #[arg(long, env = "CLAWFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory of the control plane [default: $XDG_DATA_HOME/clawfleet or ~/.local/share/clawfleet]
+    #[arg(long, env = "CLAWFLEET_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the control plane: API, dashboard, embedded bus, reconciler (foreground).
+    Up(UpArgs),
+    /// Launch a fleet of agents.
+    Launch(LaunchArgs),
+    /// List fleets.
+    Ls(LsArgs),
+    /// Show every agent of a fleet.
+    Status(StatusArgs),
+    /// Send a prompt to a fleet's agents (all of them unless --agent is given).
+    Inject(InjectArgs),
+    /// Stream a fleet's events live.
+    Attach(AttachArgs),
+    /// Print a fleet's stored event history.
+    Logs(LogsArgs),
+    /// Send a command of the fixed vocabulary to a fleet's agents and print their replies.
+    Command(CommandArgs),
+    /// Change a fleet's number of agents.
+    Scale(ScaleArgs),
+    /// Stop and remove a fleet.
+    Terminate(TerminateArgs),
+    /// Show who did what: the control plane's audit log.
+    Audit(AuditArgs),
+    /// Speak the codeswarm router protocol (JSON lines) on stdio or TCP.
+    Router(RouterArgs),
+    /// Run an agent runtime (started by backends, or by hand with --join).
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Data directory (database, token, agent workspaces).
+    #[arg(long, env = "CLAWFLEET_DATA")]
+    pub data: Option<PathBuf>,
+    /// Address of the HTTP API and dashboard.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Address of the embedded MQTT broker.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Use an external broker instead of the embedded one: mqtt://[user:pass@]host:port
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// Host agents use to reach the bus [default: the broker's own address]
+    #[arg(long)]
+    pub agent_bus_host: Option<String>,
+    /// OpenAI-compatible base URL of the model service agents of the `model` brain use.
+    #[arg(long, env = "CLAWFLEET_MODEL_URL")]
+    pub model_url: Option<String>,
+    /// Model name to ask the model service for.
+    #[arg(long, default_value = "default")]
+    pub model_name: String,
+    /// The brain of fleets launched without --brain [default: model when a model service is set, else echo]
+    #[arg(long)]
+    pub default_brain: Option<String>,
+    /// Milliseconds between agent heartbeats.
+    #[arg(long, default_value_t = 2000)]
+    pub heartbeat_ms: u64,
+    /// Also launch a small local fleet named `demo` (3 agents) if it does not exist.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LaunchArgs {
+    pub name: String,
+    /// Number of agents.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub replicas: u32,
+    /// Where the agents run: local, docker, slurm.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// What they think with: model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, echo.
+    #[arg(long)]
+    pub brain: Option<String>,
+    /// System prompt of every agent.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// A version label for this fleet spec.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Wait until every agent reports ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds --wait waits before giving up.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InjectArgs {
+    pub name: String,
+    /// The prompt; `-` reads it from stdin.
+    pub prompt: String,
+    /// Send only to this agent (repeatable).
+    #[arg(long = "agent", short = 'a')]
+    pub agents: Vec<u32>,
+    /// Wait until every agent has answered, and print the answers.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds --wait waits before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AttachArgs {
+    pub name: String,
+    /// Only this agent's events.
+    #[arg(long = "agent", short = 'a')]
+    pub agent: Option<u32>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Replay stored events after this event id first (0: the whole history).
+    #[arg(long)]
+    pub since: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    pub name: String,
+    #[arg(long = "agent", short = 'a')]
+    pub agent: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+    /// Start after this event id.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep following new events after the history.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommandArgs {
+    pub name: String,
+    /// health-check, version-report, config-reload or status-report.
+    pub command: String,
+    #[arg(long = "agent", short = 'a')]
+    pub agents: Vec<u32>,
+    /// Seconds to wait for replies.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScaleArgs {
+    pub name: String,
+    pub replicas: u32,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TerminateArgs {
+    pub name: String,
+    /// Wait until every agent has stopped and the fleet is gone.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RouterArgs {
+    /// Read commands on stdin and write events on stdout (daemon mode for OpenClaw and scripts).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Listen for TCP clients [default: 127.0.0.1:8765, or CODESWARM_ROUTER_HOST/PORT; without --stdio only]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// Join a fleet of the control plane as agents run by hand (fetches their configuration and bus logins).
+    #[arg(long, conflicts_with = "fleet")]
+    pub join: Option<String>,
+    #[arg(long, env = clawfleet_backend::env::FLEET)]
+    pub fleet: Option<String>,
+    /// First slot.
+    #[arg(long, env = clawfleet_backend::env::SLOT, default_value_t = 0)]
+    pub slot: u32,
+    /// Run this many independent agents (slots slot..slot+count) in one process.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    #[arg(long, env = clawfleet_backend::env::FLEET_UID)]
+    pub fleet_uid: Option<String>,
+    /// mqtt://host:port
+    #[arg(long, env = clawfleet_backend::env::BUS)]
+    pub bus: Option<String>,
+    #[arg(long, env = clawfleet_backend::env::BUS_USERNAME)]
+    pub bus_username: Option<String>,
+    #[arg(long, env = clawfleet_backend::env::BUS_PASSWORD, hide_env_values = true)]
+    pub bus_password: Option<String>,
+    /// The agent's workspace (with --count or --join: the directory holding one workspace per slot).
+    #[arg(long, env = clawfleet_backend::env::WORKSPACE)]
+    pub workspace: Option<PathBuf>,
+    #[arg(long, env = clawfleet_backend::env::BRAIN, default_value = "echo")]
+    pub brain: String,
+    #[arg(long, env = clawfleet_backend::env::MODEL_URL)]
+    pub model_url: Option<String>,
+    #[arg(long, env = clawfleet_backend::env::MODEL_NAME, default_value = "default")]
+    pub model_name: String,
+    #[arg(long, env = clawfleet_backend::env::SYSTEM_PROMPT)]
+    pub system_prompt: Option<String>,
+    #[arg(long, env = clawfleet_backend::env::FLEET_VERSION, default_value = "1")]
+    pub fleet_version: String,
+    #[arg(long, env = clawfleet_backend::env::HEARTBEAT_MS, default_value_t = 2000)]
+    pub heartbeat_ms: u64,
+    /// Seconds without output after which a turn is stopped.
+    #[arg(long, env = "CLAWFLEET_WATCHDOG_SECS", default_value_t = 300)]
+    pub watchdog: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

@@ -1,0 +1,209 @@
+//! Fleet management commands: launch, ls, status, scale, terminate, audit.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clawfleet_proto::api::{Ack, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest};
+
+use crate::args::{AuditArgs, LaunchArgs, LsArgs, ScaleArgs, StatusArgs, TerminateArgs};
+use crate::client::Client;
+use crate::output::{Progress, table};
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("API types serialize"));
+}
+
+pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let req = LaunchRequest {
+        name: args.name.clone(),
+        replicas: args.replicas,
+        backend: args.backend.clone(),
+        brain: args.brain.clone(),
+        prompt: args.prompt.clone(),
+        version: args.version.clone(),
+    };
+    let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
+    if !args.json {
+        eprintln!("launched fleet '{}': {} agents ({}, brain {}, version {})", fleet.name, fleet.replicas, fleet.backend, fleet.brain, fleet.version);
+    }
+    if args.wait {
+        fleet = wait_ready(&client, &fleet.name, Duration::from_secs(args.timeout)).await?;
+    }
+    if args.json {
+        print_json(&fleet);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every agent of the fleet is ready, showing progress.
+async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> anyhow::Result<Fleet> {
+    let started = Instant::now();
+    let mut progress: Option<Progress> = None;
+    loop {
+        let status: FleetStatus = client.get(&format!("/api/v1/fleets/{name}")).await?;
+        let (ready, total) = (status.fleet.ready, status.fleet.replicas);
+        progress.get_or_insert_with(|| Progress::new(u64::from(total), "agents ready")).set(u64::from(ready));
+        if ready >= total {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            eprintln!("all {total} agents of '{name}' are ready ({:.1} s)", started.elapsed().as_secs_f64());
+            return Ok(status.fleet);
+        }
+        if started.elapsed() > timeout {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            let waiting: Vec<String> = status
+                .agents
+                .iter()
+                .filter(|a| !matches!(a.state.as_str(), "idle" | "busy"))
+                .take(10)
+                .map(|a| match &a.problem {
+                    Some(p) => format!("{} is {} ({p})", a.id, a.state),
+                    None => format!("{} is {}", a.id, a.state),
+                })
+                .collect();
+            bail!("only {ready} of {total} agents of '{name}' were ready after {} s: {}", timeout.as_secs(), waiting.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(crate) async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let list: FleetList = args.client.client()?.get("/api/v1/fleets").await?;
+    if args.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.fleets.is_empty() {
+        println!("no fleets (launch one: clawfleet launch NAME --replicas N)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .fleets
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                format!("{}/{}", f.ready, f.replicas),
+                f.state.clone(),
+                f.backend.clone(),
+                f.brain.clone(),
+                f.version.clone(),
+                f.created_at.get(..19).unwrap_or(&f.created_at).replace('T', " "),
+                f.problem.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "READY", "STATE", "BACKEND", "BRAIN", "VERSION", "CREATED", "PROBLEM"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1_048_576 => format!("{} KiB", b / 1024),
+        _ => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+    }
+}
+
+fn human_age(ms: u64) -> String {
+    if ms < 10_000 { format!("{:.1}s ago", ms as f64 / 1000.0) } else { format!("{}s ago", ms / 1000) }
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let s: FleetStatus = args.client.client()?.get(&format!("/api/v1/fleets/{}", args.name)).await?;
+    if args.json {
+        print_json(&s);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = &s.fleet;
+    println!(
+        "fleet {}: {}/{} ready, {}, backend {}, brain {}, version {}",
+        f.name, f.ready, f.replicas, f.state, f.backend, f.brain, f.version
+    );
+    if let Some(p) = &f.problem {
+        println!("problem: {p}");
+    }
+    let rows: Vec<Vec<String>> = s
+        .agents
+        .iter()
+        .map(|a| {
+            let dash = || "-".to_owned();
+            vec![
+                a.slot.to_string(),
+                a.id.clone(),
+                a.state.clone(),
+                a.heartbeat_age_ms.map_or_else(dash, human_age),
+                a.fleet_version.clone().unwrap_or_else(dash),
+                a.uptime_s.map_or_else(dash, |u| format!("{u}s")),
+                a.rss_bytes.map_or_else(dash, human_bytes),
+                a.load1.map_or_else(dash, |l| format!("{l:.2}")),
+                a.brain.as_ref().map_or_else(dash, |b| if b.healthy { "ok".into() } else { format!("unhealthy: {}", b.detail.clone().unwrap_or_default()) }),
+                a.queued.to_string(),
+                a.instance.clone().unwrap_or_else(dash),
+                a.restarts.to_string(),
+                a.problem.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["SLOT", "ID", "STATE", "HEARTBEAT", "VERSION", "UPTIME", "RSS", "LOAD", "BRAIN", "QUEUE", "INSTANCE", "RESTARTS", "PROBLEM"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let before: FleetStatus = client.get(&format!("/api/v1/fleets/{}", args.name)).await?;
+    let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/scale", args.name), &ScaleRequest { replicas: args.replicas }).await?;
+    if args.json {
+        print_json(&fleet);
+    } else {
+        println!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let ack: Ack = client.delete(&format!("/api/v1/fleets/{}", args.name)).await?;
+    if args.wait {
+        let started = Instant::now();
+        loop {
+            match client.get::<FleetStatus>(&format!("/api/v1/fleets/{}", args.name)).await {
+                Err(e) if e.to_string().starts_with("no fleet named") => break,
+                Err(e) => return Err(e),
+                Ok(s) if started.elapsed() > Duration::from_secs(args.timeout) => {
+                    bail!("fleet '{}' still has {} agents after {} s", args.name, s.agents.len(), args.timeout)
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    if args.json {
+        print_json(&ack);
+    } else if args.wait {
+        println!("fleet '{}' terminated", args.name);
+    } else {
+        println!("{}", ack.message);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let entries: Vec<AuditEntry> = args.client.client()?.get(&format!("/api/v1/audit?limit={}", args.limit)).await?;
+    if args.json {
+        print_json(&entries);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .into_iter()
+        .map(|e| vec![e.at.get(..19).unwrap_or(&e.at).replace('T', " "), e.actor, e.action, e.target, e.detail])
+        .collect();
+    print!("{}", table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,88 @@
+//! The `clawfleet` command.
+//!
+//! `main` parses arguments (clap, exit 2 on bad usage), picks a runtime (a single thread for
+//! agent runtimes, to keep them small; multi-threaded for the rest), runs the command, and
+//! maps its result to the exit status, printing the whole error chain on one line.
+
+mod agent;
+mod args;
+pub mod client;
+mod fleet;
+mod output;
+pub mod router;
+mod talk;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, ClientArgs};
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (filter, single_thread) = match &cli.command {
+        Command::Up(_) => ("info,rmqtt=warn,rmqtt_net=warn,rmqtt_codec=warn", false),
+        Command::Agent(_) => ("info", true),
+        Command::Router(_) => ("info", false),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+
+    let runtime = if single_thread {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(a) => up::up(a).await,
+        Command::Launch(a) => fleet::launch(a).await,
+        Command::Ls(a) => fleet::ls(a).await,
+        Command::Status(a) => fleet::status(a).await,
+        Command::Inject(a) => talk::inject(a).await,
+        Command::Attach(a) => talk::attach(a).await,
+        Command::Logs(a) => talk::logs(a).await,
+        Command::Command(a) => talk::command(a).await,
+        Command::Scale(a) => fleet::scale(a).await,
+        Command::Terminate(a) => fleet::terminate(a).await,
+        Command::Audit(a) => fleet::audit(a).await,
+        Command::Router(a) => router::run(a).await,
+        Command::Agent(a) => agent::run(a).await,
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+impl ClientArgs {
+    pub(crate) fn client(&self) -> anyhow::Result<client::Client> {
+        client::Client::locate(&client::Locator { server: self.server.clone(), token: self.token.clone(), data: self.data.clone() })
+    }
+}

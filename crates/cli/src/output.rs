@@ -1,0 +1,189 @@
+//! How results look: aligned tables, progress (a bar on a terminal, plain lines when piped),
+//! and a readable rendering of the event stream.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use clawfleet_proto::event::{Event, EventBody};
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Progress of a long operation: an indicatif bar on a terminal, else a plain line on stderr
+/// whenever the count changes (at most once a second).
+pub(crate) struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    what: String,
+    last: Option<(u64, Instant)>,
+    total: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(total: u64, what: &str) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(what.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress { bar, what: what.to_owned(), last: None, total }
+    }
+
+    pub(crate) fn set(&mut self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let due = self.last.is_none_or(|(n, at)| n != done && (at.elapsed() >= Duration::from_secs(1) || done == self.total));
+                if due {
+                    eprintln!("{}: {done}/{}", self.what, self.total);
+                    self.last = Some((done, Instant::now()));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn clock(at: &str) -> &str {
+    // "2026-11-22T17:00:00.123Z" -> "17:00:00"
+    at.get(11..19).unwrap_or(at)
+}
+
+fn short(text: &str, max: usize) -> String {
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    one_line.chars().take(max).collect::<String>() + "…"
+}
+
+/// Renders events for people: streamed answers as whole lines, per agent.
+#[derive(Default)]
+pub(crate) struct EventPrinter {
+    /// (fleet, agent, injection) -> text not yet printed (no newline yet)
+    partial: HashMap<(String, u32, String), String>,
+    streamed: HashMap<(String, u32, String), bool>,
+}
+
+impl EventPrinter {
+    pub(crate) fn print(&mut self, e: &Event, out: &mut impl Write) -> std::io::Result<()> {
+        let who = match e.agent {
+            Some(a) => format!("{}/{a}", e.fleet),
+            None => e.fleet.clone(),
+        };
+        let t = clock(&e.at);
+        let key = (e.fleet.clone(), e.agent.unwrap_or(0), e.injection_id.clone().unwrap_or_default());
+        let line = match &e.body {
+            EventBody::AssistantDelta { content } => {
+                self.streamed.insert(key.clone(), true);
+                let buf = self.partial.entry(key).or_default();
+                buf.push_str(content);
+                while let Some(i) = buf.find('\n') {
+                    let l: String = buf.drain(..=i).collect();
+                    writeln!(out, "{t} {who} │ {}", l.trim_end_matches('\n'))?;
+                }
+                return Ok(());
+            }
+            EventBody::Assistant { content } => {
+                let rest = self.partial.remove(&key).unwrap_or_default();
+                if self.streamed.remove(&key).unwrap_or(false) {
+                    if !rest.is_empty() {
+                        writeln!(out, "{t} {who} │ {rest}")?;
+                    }
+                } else {
+                    for l in content.lines() {
+                        writeln!(out, "{t} {who} │ {l}")?;
+                    }
+                }
+                return Ok(());
+            }
+            EventBody::InjectAck { prompt, .. } => format!("queued \"{}\"", short(prompt, 60)),
+            EventBody::InjectDelivered {} => "delivered".into(),
+            EventBody::TurnStarted {} => "thinking…".into(),
+            EventBody::TurnComplete {} => "done".into(),
+            EventBody::Usage(u) => format!("tokens: {} in, {} out", u.input_tokens, u.output_tokens),
+            EventBody::AgentError { message } => format!("error: {message}"),
+            EventBody::InjectFailed { error } => format!("failed: {error}"),
+            EventBody::CommandSent { command, .. } => format!("{command} sent"),
+            EventBody::CommandReply { command, ok: true, result, .. } => format!("{command}: {}", short(&result.to_string(), 100)),
+            EventBody::CommandReply { command, error, .. } => format!("{command} failed: {}", error.as_deref().unwrap_or("")),
+            EventBody::AgentState { state, .. } => format!("is {state}"),
+            EventBody::FleetLaunched { replicas, backend, brain, .. } => format!("launched: {replicas} agents ({backend}, brain {brain})"),
+            EventBody::FleetScaled { replicas, previous } => format!("scaled from {previous} to {replicas} agents"),
+            EventBody::FleetTerminating {} => "terminating".into(),
+            EventBody::FleetTerminated {} => "terminated".into(),
+        };
+        let inj = e.injection_id.as_deref().map(|i| format!("  [{}]", &i[i.len().saturating_sub(8)..])).unwrap_or_default();
+        writeln!(out, "{t} {who} {line}{inj}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(agent: u32, body: EventBody) -> Event {
+        Event { id: 1, at: "2026-11-22T17:00:01.000Z".into(), fleet: "squad".into(), agent: Some(agent), injection_id: Some("0193-abcdefgh".into()), body }
+    }
+
+    #[test]
+    fn streamed_answers_print_as_lines() {
+        let mut p = EventPrinter::default();
+        let mut out = Vec::new();
+        for e in [
+            ev(1, EventBody::TurnStarted {}),
+            ev(1, EventBody::AssistantDelta { content: "Hel".into() }),
+            ev(2, EventBody::AssistantDelta { content: "Other\n".into() }),
+            ev(1, EventBody::AssistantDelta { content: "lo\nwor".into() }),
+            ev(1, EventBody::Assistant { content: "Hello\nworld".into() }),
+            ev(1, EventBody::TurnComplete {}),
+        ] {
+            p.print(&e, &mut out).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "17:00:01 squad/1 thinking…  [abcdefgh]\n17:00:01 squad/2 │ Other\n17:00:01 squad/1 │ Hello\n17:00:01 squad/1 │ wor\n17:00:01 squad/1 done  [abcdefgh]\n"
+        );
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+}

@@ -1,0 +1,514 @@
+//! `clawfleet router`: the codeswarm router protocol (`codeswarm.router.v1`) over stdio and
+//! TCP, so tools built for codeswarm (OpenClaw's skill, scripts) drive clawfleet unchanged.
+//!
+//! The router is a client of the control plane. It follows the event stream and translates
+//! each event for its clients ([`translate`]); it turns each command line into API calls.
+//! Every output line goes to every connected client; clients match replies by `request_id`.
+//! Every bad line gets `command_rejected` with the reason, and the router keeps going.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clawfleet_core::BrainSpec;
+use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
+use clawfleet_proto::event::{Event, EventBody};
+use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef};
+use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::broadcast;
+
+use crate::args::RouterArgs;
+use crate::client::Client;
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// What the router remembers to correlate replies.
+#[derive(Debug, Default)]
+pub struct Correlation {
+    /// injection id -> the request id that created it
+    injections: HashMap<String, String>,
+    /// fleet -> the request id that asked to terminate it
+    terminations: HashMap<String, String>,
+}
+
+fn runtime_data(e: &Event) -> Map<String, Value> {
+    let mut d = Map::new();
+    d.insert("swarm_id".into(), json!(e.fleet));
+    d.insert("job_id".into(), json!(e.fleet));
+    if let Some(a) = e.agent {
+        d.insert("node_id".into(), json!(a));
+    }
+    if let Some(i) = &e.injection_id {
+        d.insert("injection_id".into(), json!(i));
+    }
+    d.insert("event_id".into(), json!(e.id));
+    d
+}
+
+/// Translates a control-plane event into the router event codeswarm clients expect.
+pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
+    let mut d = runtime_data(e);
+    let request_of = |c: &Correlation| e.injection_id.as_ref().and_then(|i| c.injections.get(i)).map_or(Value::Null, |r| json!(r));
+    let name = match &e.body {
+        EventBody::InjectAck { prompt, request_id } => {
+            if let (Some(r), Some(i)) = (request_id, &e.injection_id) {
+                c.injections.insert(i.clone(), r.clone());
+            }
+            d.insert("request_id".into(), request_id.clone().map_or(Value::Null, Value::String));
+            d.insert("prompt".into(), json!(prompt));
+            "inject_ack"
+        }
+        EventBody::InjectDelivered {} => {
+            d.insert("request_id".into(), request_of(c));
+            "inject_delivered"
+        }
+        EventBody::InjectFailed { error } => {
+            d.insert("request_id".into(), request_of(c));
+            d.insert("error".into(), json!(error));
+            "inject_failed"
+        }
+        EventBody::TurnStarted {} => "turn_started",
+        EventBody::AssistantDelta { content } => {
+            d.insert("content".into(), json!(content));
+            "assistant_delta"
+        }
+        EventBody::Assistant { content } => {
+            d.insert("content".into(), json!(content));
+            "assistant"
+        }
+        EventBody::TurnComplete {} => "turn_complete",
+        EventBody::Usage(u) => {
+            d.insert("input_tokens".into(), json!(u.input_tokens));
+            d.insert("output_tokens".into(), json!(u.output_tokens));
+            d.insert("total_tokens".into(), json!(u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens)));
+            if let Some(cached) = u.cached_input_tokens {
+                d.insert("cached_input_tokens".into(), json!(cached));
+            }
+            d.insert("usage_source".into(), json!("clawfleet"));
+            "usage"
+        }
+        EventBody::AgentError { message } => {
+            d.insert("message".into(), json!(message));
+            "agent_error"
+        }
+        EventBody::AgentState { state, previous } => {
+            d.insert("state".into(), json!(state));
+            d.insert("previous".into(), json!(previous));
+            "node_state"
+        }
+        EventBody::FleetTerminating {} => {
+            d.insert("request_id".into(), c.terminations.get(&e.fleet).map_or(Value::Null, |r| json!(r)));
+            d.insert("stage".into(), json!("terminating"));
+            d.insert("message".into(), json!("stopping every node"));
+            "swarm_terminate_progress"
+        }
+        EventBody::FleetTerminated {} => {
+            d.insert("request_id".into(), c.terminations.remove(&e.fleet).map_or(Value::Null, |r| json!(r)));
+            "swarm_terminated"
+        }
+        EventBody::FleetScaled { replicas, previous } => {
+            d.insert("node_count".into(), json!(replicas));
+            d.insert("previous_node_count".into(), json!(previous));
+            "swarm_scaled"
+        }
+        // Launches are answered from the launch call itself, with the request id.
+        EventBody::FleetLaunched { .. } | EventBody::CommandSent { .. } | EventBody::CommandReply { .. } => return None,
+    };
+    Some(RouterEvent::new(e.at.clone(), name, Value::Object(d)))
+}
+
+/// The router's shared state.
+struct Router {
+    client: Client,
+    out: broadcast::Sender<Arc<String>>,
+    correlation: Mutex<Correlation>,
+}
+
+impl Router {
+    fn emit(&self, event: RouterEvent) {
+        let _ = self.out.send(Arc::new(event.to_line()));
+    }
+
+    fn reject(&self, request_id: Option<String>, reason: impl Into<String>) {
+        self.emit(RouterEvent::rejected(now(), &Rejection { request_id, reason: reason.into() }));
+    }
+
+    fn reply(&self, request_id: &Option<String>, name: &str, mut data: Map<String, Value>) {
+        data.insert("request_id".into(), request_id.clone().map_or(Value::Null, Value::String));
+        self.emit(RouterEvent::new(now(), name, Value::Object(data)));
+    }
+
+    async fn handle_line(self: &Arc<Self>, line: &str) {
+        match proto::parse_line(line) {
+            Ok(req) => {
+                let rid = req.request_id.clone();
+                if let Err(e) = self.handle(req).await {
+                    self.reject(rid, format!("{e:#}"));
+                }
+            }
+            Err(rejection) => self.reject(rejection.request_id, rejection.reason),
+        }
+    }
+
+    async fn fleet_of(&self, swarm: &SwarmRef) -> anyhow::Result<String> {
+        // A local fleet's job id is its name.
+        let name = match swarm {
+            SwarmRef::Swarm(s) | SwarmRef::Job(s) => s.clone(),
+        };
+        match self.client.get::<FleetStatus>(&format!("/api/v1/fleets/{name}")).await {
+            Ok(_) => Ok(name),
+            Err(e) if e.to_string().starts_with("no fleet named") => anyhow::bail!("unknown swarm_id '{name}'"),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn inject(&self, rid: &Option<String>, fleet: &str, agents: Option<Vec<u32>>, content: String) -> anyhow::Result<InjectResponse> {
+        let req = InjectRequest { prompt: content, agents, request_id: rid.clone() };
+        let resp: InjectResponse = self.client.post(&format!("/api/v1/fleets/{fleet}/inject"), &req).await?;
+        if let Some(r) = rid {
+            self.correlation.lock().expect("not poisoned").injections.insert(resp.injection_id.clone(), r.clone());
+        }
+        Ok(resp)
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request) -> anyhow::Result<()> {
+        let rid = req.request_id;
+        match req.command {
+            Command::SwarmLaunch { nodes, system_prompt, provider, provider_params } => {
+                let backend = provider.unwrap_or_else(|| "local".into());
+                let name = match provider_params.get("name").and_then(Value::as_str) {
+                    Some(n) => n.to_owned(),
+                    None => format!("swarm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+                };
+                let param = |k: &str| provider_params.get(k).and_then(Value::as_str).map(str::to_owned);
+                let mut progress = Map::new();
+                progress.insert("provider".into(), json!(backend));
+                progress.insert("stage".into(), json!("submitting"));
+                progress.insert("message".into(), json!(format!("launching {nodes} nodes as fleet '{name}'")));
+                self.reply(&rid, "swarm_launch_progress", progress);
+                let launch = LaunchRequest {
+                    name: name.clone(),
+                    replicas: nodes,
+                    backend: Some(backend.clone()),
+                    brain: param("brain"),
+                    prompt: system_prompt,
+                    version: param("version"),
+                };
+                let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
+                let brain: Option<BrainSpec> = fleet.brain.parse().ok();
+                let model = match &brain {
+                    Some(BrainSpec::OpenAi { model, .. } | BrainSpec::Ollama { model, .. }) => json!(model),
+                    Some(BrainSpec::Codex { model } | BrainSpec::Claude { model }) => json!(model),
+                    _ => Value::Null,
+                };
+                let mut d = Map::new();
+                d.insert("swarm_id".into(), json!(fleet.name));
+                d.insert("job_id".into(), json!(fleet.name));
+                d.insert("node_count".into(), json!(fleet.replicas));
+                d.insert("provider".into(), json!(fleet.backend));
+                d.insert("provider_id".into(), json!(fleet.backend));
+                d.insert("agent_runtime".into(), json!(brain.as_ref().map_or("unknown", BrainSpec::kind)));
+                d.insert("agent_model".into(), model);
+                self.reply(&rid, "swarm_launched", d);
+            }
+            Command::Inject { swarm, nodes, content } => {
+                let fleet = self.fleet_of(&swarm).await?;
+                let agents = match nodes {
+                    Nodes::All => None,
+                    Nodes::List(list) => Some(list),
+                };
+                self.inject(&rid, &fleet, agents, content).await?;
+            }
+            Command::EnqueueInject { source_swarm_id, target_swarm_id, selector, content } => {
+                let fleet = self.fleet_of(&SwarmRef::Swarm(target_swarm_id.clone())).await?;
+                let agents = match selector {
+                    Selector::All => None,
+                    Selector::Nodes(list) => Some(list),
+                    Selector::Idle => {
+                        let status: FleetStatus = self.client.get(&format!("/api/v1/fleets/{fleet}")).await?;
+                        let pick = status
+                            .agents
+                            .iter()
+                            .filter(|a| matches!(a.state.as_str(), "idle" | "busy"))
+                            .min_by_key(|a| (a.state != "idle", a.queued, a.slot))
+                            .or_else(|| status.agents.first())
+                            .map(|a| a.slot)
+                            .ok_or_else(|| anyhow::anyhow!("swarm '{fleet}' has no nodes"))?;
+                        Some(vec![pick])
+                    }
+                };
+                let resp = self.inject(&rid, &fleet, agents, content).await?;
+                let mut d = Map::new();
+                d.insert("source_swarm_id".into(), json!(source_swarm_id));
+                d.insert("target_swarm_id".into(), json!(fleet));
+                d.insert("injection_id".into(), json!(resp.injection_id));
+                d.insert("nodes".into(), json!(resp.targets));
+                self.reply(&rid, "inter_swarm_dispatched", d);
+            }
+            Command::QueueList => {
+                // Enqueued prompts are dispatched at once: the control plane's agents queue them.
+                let mut d = Map::new();
+                d.insert("items".into(), json!([]));
+                self.reply(&rid, "queue_list", d);
+            }
+            Command::SwarmList => {
+                let list: FleetList = self.client.get("/api/v1/fleets").await?;
+                let swarms: Map<String, Value> = list
+                    .fleets
+                    .into_iter()
+                    .map(|f| {
+                        let status = if f.state == "active" { "running" } else { "terminating" };
+                        let v = json!({"job_id": f.name, "node_count": f.replicas, "system_prompt": f.prompt, "status": status, "provider": f.backend, "provider_id": f.backend});
+                        (f.name, v)
+                    })
+                    .collect();
+                let mut d = Map::new();
+                d.insert("swarms".into(), Value::Object(swarms));
+                self.reply(&rid, "swarm_list", d);
+            }
+            Command::SwarmStatus { swarm_id } => {
+                let fleet = self.fleet_of(&SwarmRef::Swarm(swarm_id)).await?;
+                let s: FleetStatus = self.client.get(&format!("/api/v1/fleets/{fleet}")).await?;
+                let nodes: Vec<Value> = s.agents.iter().map(|a| json!({"node_id": a.slot, "state": a.state, "queued": a.queued})).collect();
+                let mut d = Map::new();
+                d.insert("swarm_id".into(), json!(fleet));
+                d.insert("job_id".into(), json!(fleet));
+                d.insert("node_count".into(), json!(s.fleet.replicas));
+                d.insert("status".into(), json!(if s.fleet.state == "active" { "running" } else { "terminating" }));
+                d.insert("nodes".into(), Value::Array(nodes));
+                self.reply(&rid, "swarm_status", d);
+            }
+            Command::ApproveExecution { job_id, call_id } => {
+                anyhow::bail!("unknown execution approval ({job_id}, {call_id}): clawfleet agents do not wait for approvals")
+            }
+            Command::SwarmTerminate { swarm_id } => {
+                let fleet = self.fleet_of(&SwarmRef::Swarm(swarm_id)).await?;
+                if let Some(r) = &rid {
+                    self.correlation.lock().expect("not poisoned").terminations.insert(fleet.clone(), r.clone());
+                }
+                let _: Ack = self.client.delete(&format!("/api/v1/fleets/{fleet}")).await?;
+                let mut d = Map::new();
+                d.insert("swarm_id".into(), json!(fleet));
+                d.insert("status".into(), json!("terminating"));
+                self.reply(&rid, "swarm_status", d);
+            }
+            Command::ProvidersList => {
+                let info: ServerInfo = self.client.get("/api/v1/info").await?;
+                let providers: Vec<Value> = info
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "id": b, "label": format!("clawfleet {b} backend"), "backend": b, "defaults": {},
+                            "launch_fields": [
+                                {"key": "name", "label": "Fleet name", "type": "text"},
+                                {"key": "brain", "label": "Brain", "type": "text"},
+                                {"key": "version", "label": "Version label", "type": "text"}
+                            ]
+                        })
+                    })
+                    .collect();
+                let mut d = Map::new();
+                d.insert("providers".into(), Value::Array(providers));
+                self.reply(&rid, "providers_list", d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Follows the control plane's events and translates them, reconnecting after failures.
+async fn follow(router: Arc<Router>) {
+    let mut since: Option<u64> = None;
+    loop {
+        let mut query = vec![("follow", "true".to_owned())];
+        query.extend(since.map(|s| ("since", s.to_string())));
+        match router.client.events(&query).await {
+            Ok(stream) => {
+                let mut stream = Box::pin(stream);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(e) => {
+                            since = Some(e.id);
+                            let translated = translate(&e, &mut router.correlation.lock().expect("not poisoned"));
+                            if let Some(ev) = translated {
+                                router.emit(ev);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Event stream failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot follow the control plane's events; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads one line of at most `MAX_ROUTER_LINE_BYTES`; longer lines are consumed and reported.
+async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) -> std::io::Result<Option<Result<String, String>>> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() && !too_long { None } else { Some(finish(buf, too_long)) });
+        }
+        let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], Some(i)),
+            None => (available, None),
+        };
+        if !too_long {
+            buf.extend_from_slice(chunk);
+            if buf.len() > MAX_ROUTER_LINE_BYTES {
+                too_long = true;
+                buf.clear();
+            }
+        }
+        let used = found.map_or(chunk.len(), |i| i + 1);
+        reader.consume(used);
+        if found.is_some() {
+            return Ok(Some(finish(buf, too_long)));
+        }
+    }
+}
+
+fn finish(buf: &[u8], too_long: bool) -> Result<String, String> {
+    if too_long {
+        return Err(format!("line is over the {MAX_ROUTER_LINE_BYTES}-byte limit"));
+    }
+    let line = buf.strip_suffix(b"\r").unwrap_or(buf);
+    String::from_utf8(line.to_vec()).map_err(|_| "line is not UTF-8".to_owned())
+}
+
+/// Serves one client: its lines in, every router event out. Returns when its input ends.
+async fn serve(router: Arc<Router>, reader: impl AsyncBufRead + Unpin, mut writer: impl AsyncWrite + Unpin + Send + 'static) {
+    let mut rx = router.out.subscribe();
+    let writer_task = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => {
+                    if writer.write_all(line.as_bytes()).await.is_err() || writer.write_all(b"\n").await.is_err() || writer.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "A router client fell behind"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    loop {
+        match read_line(&mut reader, &mut buf).await {
+            Ok(None) | Err(_) => break,
+            Ok(Some(Err(reason))) => router.reject(None, reason),
+            Ok(Some(Ok(line))) if line.trim().is_empty() => {}
+            Ok(Some(Ok(line))) => {
+                let r = router.clone();
+                tokio::spawn(async move { r.handle_line(&line).await });
+            }
+        }
+    }
+    // Let replies to the last lines go out before the writer stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer_task.abort();
+}
+
+fn default_listen() -> anyhow::Result<SocketAddr> {
+    let host = std::env::var("CODESWARM_ROUTER_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("CODESWARM_ROUTER_PORT").unwrap_or_else(|_| "8765".into());
+    format!("{host}:{port}").parse().with_context(|| format!("CODESWARM_ROUTER_HOST/PORT give an invalid address {host}:{port}"))
+}
+
+pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let _: ServerInfo = client.get("/api/v1/info").await?;
+    let (out, _) = broadcast::channel(16 * 1024);
+    let router = Arc::new(Router { client, out, correlation: Mutex::default() });
+    tokio::spawn(follow(router.clone()));
+
+    let listen = match (args.listen, args.stdio) {
+        (Some(addr), _) => Some(addr),
+        (None, false) => Some(default_listen()?),
+        (None, true) => None,
+    };
+    if let Some(addr) = listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "Router listening");
+        let r = router.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((socket, peer)) => {
+                        tracing::info!(%peer, "Router client connected");
+                        let (read, write) = socket.into_split();
+                        tokio::spawn(serve(r.clone(), BufReader::new(read), write));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Accept failed"),
+                }
+            }
+        });
+    }
+    if args.stdio {
+        tokio::select! {
+            () = serve(router.clone(), BufReader::new(tokio::io::stdin()), tokio::io::stdout()) => {}
+            () = crate::shutdown_signal() => {}
+        }
+    } else {
+        crate::shutdown_signal().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clawfleet_proto::event::Usage;
+
+    use super::*;
+
+    fn ev(body: EventBody) -> Event {
+        Event { id: 9, at: "t".into(), fleet: "squad".into(), agent: Some(2), injection_id: Some("i1".into()), body }
+    }
+
+    #[test]
+    fn lifecycle_translation_carries_correlation() {
+        let mut c = Correlation::default();
+        let ack = translate(&ev(EventBody::InjectAck { prompt: "hi".into(), request_id: Some("r1".into()) }), &mut c).unwrap();
+        assert_eq!(
+            ack.to_line(),
+            r#"{"protocol":"codeswarm.router.v1","type":"event","timestamp":"t","event":"inject_ack","data":{"swarm_id":"squad","job_id":"squad","node_id":2,"injection_id":"i1","event_id":9,"request_id":"r1","prompt":"hi"}}"#
+        );
+        let delivered = translate(&ev(EventBody::InjectDelivered {}), &mut c).unwrap();
+        assert_eq!(delivered.data["request_id"], "r1");
+        let delta = translate(&ev(EventBody::AssistantDelta { content: "x".into() }), &mut c).unwrap();
+        assert_eq!((delta.event.as_str(), delta.data["content"].as_str()), ("assistant_delta", Some("x")));
+        let usage = translate(&ev(EventBody::Usage(Usage { input_tokens: 3, output_tokens: 4, ..Usage::default() })), &mut c).unwrap();
+        assert_eq!(usage.data["total_tokens"], 7);
+        assert!(translate(&ev(EventBody::CommandSent { command_id: "c".into(), command: "health-check".into() }), &mut c).is_none());
+    }
+
+    #[tokio::test]
+    async fn long_and_binary_lines_are_refused_and_reading_goes_on() {
+        let mut input = Vec::new();
+        input.extend(vec![b'x'; MAX_ROUTER_LINE_BYTES + 10]);
+        input.extend(b"\n\xff\xfe\nnext\n");
+        let mut reader = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Err(format!("line is over the {MAX_ROUTER_LINE_BYTES}-byte limit"))));
+        assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Err("line is not UTF-8".into())));
+        assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Ok("next".into())));
+        assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! `clawfleet up`: the control plane in the foreground, until Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clawfleet_core::BrainSpec;
+use clawfleet_proto::api::{Fleet, FleetList, LaunchRequest};
+use clawfleet_server::{BusMode, Server, ServerConfig};
+
+use crate::args::UpArgs;
+use crate::client::{self, Client};
+
+pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let data = args.data.clone().unwrap_or_else(client::default_data_dir);
+    let bus = match &args.bus {
+        Some(url) => BusMode::External(url.parse()?),
+        None => BusMode::Embedded { listen: args.mqtt_listen },
+    };
+    let default_brain: BrainSpec = match &args.default_brain {
+        Some(spec) => spec.parse()?,
+        None if args.model_url.is_some() => BrainSpec::Model,
+        None => BrainSpec::Echo,
+    };
+    let program = std::env::current_exe().context("finding the clawfleet binary to start agents with")?;
+    let server = Server::start(ServerConfig {
+        data_dir: data.clone(),
+        http: args.http,
+        bus,
+        agent_bus_host: args.agent_bus_host.clone(),
+        model_url: args.model_url.clone(),
+        model_name: args.model_name.clone(),
+        agent_program: program,
+        agent_args: vec!["agent".into()],
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
+        default_brain: default_brain.clone(),
+    })
+    .await?;
+
+    let http = format!("http://{}", server.http_addr());
+    println!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
+    println!("  dashboard  {http}/");
+    println!("  API token  {}", data.join("token").display());
+    match server.broker_addr() {
+        Some(addr) => println!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
+        None => println!("  bus        external broker; agents use {}", server.bus_url()),
+    }
+    println!("  data       {}", data.display());
+    println!("  brain      fleets launched without --brain use '{default_brain}'");
+
+    if args.demo {
+        if let Err(e) = demo(&http, server.token()).await {
+            eprintln!("warning: could not launch the demo fleet: {e:#}");
+        }
+    }
+    println!("Press Ctrl-C to stop (agents of local fleets stop with it; fleets come back on the next `up`).");
+
+    crate::shutdown_signal().await;
+    eprintln!("Stopping…");
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(http: &str, token: &str) -> anyhow::Result<()> {
+    let client = Client::new(http, token)?;
+    let fleets: FleetList = client.get("/api/v1/fleets").await?;
+    if !fleets.fleets.iter().any(|f| f.name == "demo") {
+        let req = LaunchRequest {
+            name: "demo".into(),
+            replicas: 3,
+            prompt: Some("You are one scout of a small demo fleet. Answer in one short sentence.".into()),
+            ..LaunchRequest::default()
+        };
+        let fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
+        println!("  demo       launched fleet 'demo' ({} local agents, brain {})", fleet.replicas, fleet.brain);
+    } else {
+        println!("  demo       fleet 'demo' already exists");
+    }
+    println!("Try:");
+    println!("  clawfleet status demo");
+    println!("  clawfleet inject demo \"Report your status in three words.\" --wait");
+    println!("  clawfleet attach demo");
+    Ok(())
+}
