@@ -3,7 +3,8 @@
 //! A [`Backend`] makes a fleet's agents match a [`Deployment`] (level-triggered, idempotent:
 //! `apply` is called again and again with the desired state, never told why), reports what
 //! runs ([`Backend::observe`]) and removes fleets. The control plane's reconciler drives every
-//! backend the same way. [`local`] runs agents as supervised child processes; the Docker and
+//! backend the same way. [`local`] runs agents as supervised child processes; [`external`]
+//! leaves starting them to the user (`clawfleet agent --join`); the Docker and
 //! Slurm backends implement the same trait, and [`conformance`] is the suite all of them pass.
 //!
 //! **API boundary:** backends start agent runtimes and hand them their configuration
@@ -12,6 +13,7 @@
 
 pub mod conformance;
 pub mod env;
+pub mod external;
 pub mod local;
 
 use async_trait::async_trait;

@@ -207,6 +207,13 @@ async fn drive(
                 continue;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: dropping a socket with unread
+                // data (late PUBACKs) makes the kernel send RST, and a broker that sees a reset
+                // before it reads the DISCONNECT publishes the last will.
+                let drain = async {
+                    while eventloop.poll().await.is_ok() {}
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
                 let _ = tx.send(BusEvent::Closed).await;
                 return;
             }

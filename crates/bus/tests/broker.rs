@@ -141,7 +141,7 @@ async fn agents_cannot_read_or_write_other_agents_topics() {
     nosy.publish(topic::agent("squad", 2, Channel::Events), b"forged".to_vec(), false).await.unwrap();
     loop {
         match next(&mut nrx).await {
-            BusEvent::Disconnected { .. } => break,
+            BusEvent::Disconnected { .. } | BusEvent::Closed => break,
             BusEvent::Message { topic, .. } => panic!("nosy agent read {topic}"),
             BusEvent::Connected { .. } => {}
         }
@@ -216,4 +216,25 @@ async fn publishes_right_before_disconnect_arrive() {
     for i in 0..3u8 {
         assert_eq!(message(&mut crx).await.1, vec![i]);
     }
+}
+
+#[tokio::test]
+async fn graceful_close_is_prompt() {
+    let (broker, secret) = start();
+    let (agent, mut arx) = client::connect(agent_config(&broker, &secret, "squad/1", vec![]));
+    connected(&mut arx).await;
+    for i in 0..10u8 {
+        agent.try_publish(topic::agent("squad", 1, Channel::Heartbeat), vec![i], true).unwrap();
+        agent.publish(topic::agent("squad", 1, Channel::Events), vec![i], false).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    agent.disconnect();
+    loop {
+        match next(&mut arx).await {
+            BusEvent::Closed => break,
+            other => eprintln!("{other:?}"),
+        }
+    }
+    eprintln!("closed after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2));
 }

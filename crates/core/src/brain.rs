@@ -7,7 +7,7 @@
 //! | `ollama:URL#MODEL` | an Ollama server (`/api/chat`, NDJSON streaming) |
 //! | `codex[#MODEL]` | `codex exec --json` |
 //! | `claude[#MODEL]` | `claude -p --output-format stream-json` |
-//! | `cmd:COMMAND` | any shell command: the prompt on stdin and in `CLAWFLEET_PROMPT`, stdout lines are the answer |
+//! | `cmd:COMMAND` | any shell command: the prompt on stdin (newline-terminated) and in `CLAWFLEET_PROMPT`, stdout lines are the answer |
 //! | `echo` | answers with the prompt at once; for tests and benchmarks |
 
 use std::fmt;

@@ -20,6 +20,8 @@ pub enum BackendKind {
     Local,
     Docker,
     Slurm,
+    /// Agents started by the user (`clawfleet agent --join`); clawfleet starts nothing.
+    External,
 }
 
 impl BackendKind {
@@ -28,6 +30,7 @@ impl BackendKind {
             BackendKind::Local => "local",
             BackendKind::Docker => "docker",
             BackendKind::Slurm => "slurm",
+            BackendKind::External => "external",
         }
     }
 }
@@ -40,6 +43,7 @@ impl FromStr for BackendKind {
             "local" => Ok(BackendKind::Local),
             "docker" => Ok(BackendKind::Docker),
             "slurm" => Ok(BackendKind::Slurm),
+            "external" => Ok(BackendKind::External),
             other => Err(SpecError::UnknownBackend(other.to_owned())),
         }
     }
@@ -71,7 +75,7 @@ pub enum SpecError {
     Name(#[from] NameError),
     #[error(transparent)]
     Brain(#[from] BrainSpecError),
-    #[error("unknown backend '{0}' (expected local, docker or slurm)")]
+    #[error("unknown backend '{0}' (expected local, docker, slurm or external)")]
     UnknownBackend(String),
     #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
     Replicas(u32),
@@ -168,7 +172,7 @@ mod tests {
     fn refusals_name_the_problem() {
         let err = |r: LaunchRequest| FleetSpec::from_request(&r, &BrainSpec::Echo).unwrap_err().to_string();
         assert_eq!(err(req("squad", 10_001)), "replicas must be between 0 and 10000, got 10001");
-        assert_eq!(err(LaunchRequest { backend: Some("k8s".into()), ..req("s", 1) }), "unknown backend 'k8s' (expected local, docker or slurm)");
+        assert_eq!(err(LaunchRequest { backend: Some("k8s".into()), ..req("s", 1) }), "unknown backend 'k8s' (expected local, docker, slurm or external)");
         assert_eq!(err(LaunchRequest { version: Some("v 2".into()), ..req("s", 1) }), "version label must be 1-64 printable characters without spaces, got 'v 2'");
         assert_eq!(
             err(LaunchRequest { prompt: Some("x".repeat(MAX_PROMPT_BYTES + 1)), ..req("s", 1) }),

@@ -77,8 +77,16 @@ impl From<SpecError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         match r {
-            JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid json: {}", e.body_text())),
-            JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid request body: {}", e.body_text())),
+            JsonRejection::JsonSyntaxError(e) => {
+                let text = e.body_text();
+                let detail = text.strip_prefix("Failed to parse the request body as JSON: ").unwrap_or(&text);
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid json: {detail}"))
+            }
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                let detail = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid request body: {detail}"))
+            }
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", "the request body must be JSON (Content-Type: application/json)")
             }

@@ -182,7 +182,10 @@ impl Server {
             db,
             live: Live::default(),
             bus,
-            backends: HashMap::from([(BackendKind::Local, local)]),
+            backends: HashMap::from([
+                (BackendKind::Local, local),
+                (BackendKind::External, Arc::new(clawfleet_backend::external::ExternalBackend) as Arc<dyn Backend>),
+            ]),
             auth,
             token,
             endpoints: Endpoints {

@@ -249,7 +249,12 @@ impl ProcessBrain {
                 if let Some(system) = &req.system_prompt {
                     cmd.env("CLAWFLEET_SYSTEM_PROMPT", system);
                 }
-                (cmd, Some(req.prompt.clone()), Box::new(CmdParser::default()))
+                // Line-oriented commands (`read`, `while read`) need the last line ended.
+                let mut stdin = req.prompt.clone();
+                if !stdin.ends_with('\n') {
+                    stdin.push('\n');
+                }
+                (cmd, Some(stdin), Box::new(CmdParser::default()))
             }
         }
     }

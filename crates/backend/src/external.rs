@@ -1,0 +1,33 @@
+//! The external backend: clawfleet starts nothing. The user runs the agents
+//! (`clawfleet agent --join FLEET`, on any machine that reaches the bus); the control plane
+//! knows them only by their heartbeats. Useful for machines no backend can drive, and for
+//! simulating large fleets with `agent --join --count N`.
+
+use async_trait::async_trait;
+use clawfleet_core::{BackendKind, FleetName};
+
+use crate::{Backend, BackendError, Deployment, Replica};
+
+#[derive(Debug, Default)]
+pub struct ExternalBackend;
+
+#[async_trait]
+impl Backend for ExternalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::External
+    }
+
+    async fn apply(&self, _: &Deployment) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn observe(&self, _: &FleetName) -> Result<Vec<Replica>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove(&self, _: &FleetName) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
+    async fn shutdown(&self) {}
+}

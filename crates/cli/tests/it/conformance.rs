@@ -1,0 +1,77 @@
+//! The local backend passes the backend conformance suite, with real agent processes on a real bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clawfleet_backend::conformance::{self, Chaos, Harness};
+use clawfleet_backend::local::{LocalBackend, LocalConfig};
+use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
+use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::BusSecret;
+use clawfleet_core::BrainSpec;
+use clawfleet_core::acl::{self, BusIdentity};
+
+struct Auth(BusSecret);
+
+impl Authenticator for Auth {
+    fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
+        if username == "control" {
+            return (password == self.0.control_password().as_bytes()).then_some(BusIdentity::Control);
+        }
+        let agent = acl::parse_agent_username(username)?;
+        let ok = password == self.0.agent_password(&agent, "u1").as_bytes() && client_id == acl::agent_client_id(&agent, "u1");
+        ok.then_some(BusIdentity::Agent(agent))
+    }
+}
+
+struct KillPid;
+
+#[async_trait]
+impl Chaos for KillPid {
+    async fn kill(&self, replica: &Replica) {
+        let pid: i32 = replica.instance.as_deref().and_then(|i| i.strip_prefix("pid ")).and_then(|p| p.parse().ok()).expect("a pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+}
+
+#[test]
+fn local_backend_passes_the_conformance_suite() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let secret = BusSecret::generate();
+        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(Auth(secret.clone()))).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let backend = Arc::new(LocalBackend::new(LocalConfig {
+            program: crate::support::BIN.into(),
+            args: vec!["agent".into()],
+            root: root.path().to_owned(),
+            grace: Duration::from_secs(5),
+        }));
+        let deployment = Deployment {
+            fleet: "conf".parse().unwrap(),
+            uid: "u1".into(),
+            replicas: 0,
+            brain: BrainSpec::Echo,
+            prompt: None,
+            version: "1".into(),
+            endpoints: Endpoints {
+                bus_host: "127.0.0.1".into(),
+                bus_port: broker.local_addr().port(),
+                credentials: Credentials::PerAgent(secret.clone()),
+                model_url: None,
+                model_name: "default".into(),
+                heartbeat_ms: 200,
+            },
+        };
+        let harness = Harness {
+            deployment,
+            bus_login: ("127.0.0.1".into(), broker.local_addr().port(), Some("control".into()), Some(secret.control_password())),
+            chaos: Arc::new(KillPid),
+            step_timeout: Duration::from_secs(30),
+        };
+        let result = conformance::run(backend.clone(), harness).await;
+        clawfleet_backend::Backend::shutdown(&*backend).await;
+        result.unwrap();
+    });
+}

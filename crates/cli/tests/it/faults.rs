@@ -1,0 +1,121 @@
+//! Faults: a frozen agent, a crashed agent, a killed control plane. Nothing accepted is lost,
+//! nothing runs twice, lost agents are seen as lost and as back.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{Plane, count, eventually, events};
+
+fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+fn states(plane: &Plane, fleet: &str, agent: u32) -> Vec<String> {
+    events(plane, fleet)
+        .iter()
+        .filter(|e| e["event"] == "agent_state" && e["agent"] == agent)
+        .map(|e| e["data"]["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_offline_agent_is_seen_lost_and_gets_what_was_queued_once() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "squad", "--replicas", "2", "--wait"]);
+    let pid = plane.agent_pid("squad", 1).unwrap();
+
+    // Freeze agent 1: it stops heartbeating (200 ms) and is seen lost within three beats.
+    signal(pid, Signal::SIGSTOP);
+    eventually(Duration::from_secs(10), "agent 1 to be seen lost", || {
+        (plane.json(&["status", "squad", "--json"])["agents"][1]["state"] == "lost").then_some(())
+    });
+    // Commands sent meanwhile are accepted and queued.
+    let id = plane.ok(&["inject", "squad", "--agent", "1", "while you were away"]).trim().to_owned();
+    let reply = plane.cli(&["command", "squad", "status-report", "--agent", "1", "--timeout", "1", "--json"]);
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
+    assert_eq!(reply["pending"], serde_json::json!([1]), "{reply}");
+
+    // Back: it gets both, once, and the control plane sees it online again.
+    signal(pid, Signal::SIGCONT);
+    eventually(Duration::from_secs(30), "the queued injection to complete", || {
+        (count(&events(&plane, "squad"), "turn_complete", 1, &id) == 1).then_some(())
+    });
+    eventually(Duration::from_secs(30), "the queued command's reply", || {
+        events(&plane, "squad").iter().any(|e| e["event"] == "command_reply" && e["data"]["command_id"] == reply["command_id"]).then_some(())
+    });
+    // Give any duplicate delivery time to show up, then check there is none.
+    std::thread::sleep(Duration::from_secs(3));
+    let evs = events(&plane, "squad");
+    assert_eq!(count(&evs, "inject_delivered", 1, &id), 1);
+    assert_eq!(count(&evs, "turn_started", 1, &id), 1);
+    assert_eq!(count(&evs, "turn_complete", 1, &id), 1);
+    let replies = evs.iter().filter(|e| e["event"] == "command_reply" && e["data"]["command_id"] == reply["command_id"]).count();
+    assert_eq!(replies, 1);
+    let s = states(&plane, "squad", 1);
+    let lost = s.iter().position(|x| x == "lost").expect("seen lost");
+    assert!(s[lost..].iter().any(|x| x == "online"), "seen back: {s:?}");
+}
+
+#[test]
+fn a_crashed_agent_is_restarted_in_its_slot_with_its_conversation() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "squad", "--replicas", "2", "--wait"]);
+    plane.ok(&["inject", "squad", "--agent", "0", "remember me", "--wait"]);
+    let pid = plane.agent_pid("squad", 0).unwrap();
+    signal(pid, Signal::SIGKILL);
+    eventually(Duration::from_secs(30), "agent 0 restarted", || {
+        let a = &plane.json(&["status", "squad", "--json"])["agents"][0];
+        (a["restarts"] == 1 && a["state"] == "idle" && a["instance"] != format!("pid {pid}")).then_some(())
+    });
+    // Its workspace (and so its conversation) is the same one.
+    let ws = std::fs::read_dir(plane.data().join("agents")).unwrap().next().unwrap().unwrap().path().join("0");
+    let conversation = std::fs::read_to_string(ws.join("conversation.jsonl")).unwrap();
+    assert!(conversation.contains("remember me"), "{conversation}");
+    plane.ok(&["inject", "squad", "--agent", "0", "still here", "--wait"]);
+}
+
+#[test]
+fn a_killed_control_plane_loses_no_injection_and_no_event() {
+    let mut plane = Plane::start();
+    plane.ok(&["launch", "slow", "--replicas", "2", "--brain", "cmd:sleep 2; echo slept", "--wait"]);
+    let id = plane.ok(&["inject", "slow", "take your time"]).trim().to_owned();
+    // Crash while the turns run; the agents keep running, the embedded broker dies with it.
+    plane.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    plane.spawn();
+    eventually(Duration::from_secs(30), "both turns to complete after the restart", || {
+        let evs = events(&plane, "slow");
+        (count(&evs, "turn_complete", 0, &id) == 1 && count(&evs, "turn_complete", 1, &id) == 1).then_some(())
+    });
+    let evs = events(&plane, "slow");
+    for agent in [0, 1] {
+        for kind in ["inject_ack", "inject_delivered", "turn_started", "assistant", "turn_complete", "usage"] {
+            let n = count(&evs, kind, agent, &id);
+            let expected = if kind == "usage" { 0 } else { 1 };
+            assert_eq!(n, expected, "{kind} of agent {agent}");
+        }
+        let answer = evs.iter().find(|e| e["event"] == "assistant" && e["agent"] == agent && e["injection_id"] == id.as_str()).unwrap();
+        assert_eq!(answer["data"]["content"], "slept");
+    }
+    // The same agent processes finished the turns: they were adopted, not restarted.
+    let status = plane.json(&["status", "slow", "--json"]);
+    assert!(status["agents"].as_array().unwrap().iter().all(|a| a["restarts"] == 0), "{status}");
+}
+
+#[test]
+fn a_stopped_control_plane_brings_its_fleets_back() {
+    let mut plane = Plane::start();
+    plane.ok(&["launch", "squad", "--replicas", "2", "--wait"]);
+    let before = plane.agent_pid("squad", 0).unwrap();
+    plane.stop();
+    // Ctrl-C stops the local agents with the control plane.
+    eventually(Duration::from_secs(10), "agents to stop", || {
+        (!std::path::Path::new(&format!("/proc/{before}")).exists()).then_some(())
+    });
+    plane.spawn();
+    eventually(Duration::from_secs(30), "the fleet back", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 2).then_some(()));
+    assert_ne!(plane.agent_pid("squad", 0), Some(before), "a new agent process");
+    plane.ok(&["inject", "squad", "hello again", "--wait"]);
+}

@@ -1,0 +1,12 @@
+#![allow(unreachable_pub)]
+//! End-to-end tests of clawfleet: the real binary, real processes, real brokers.
+//! Each test has its own data directory and ports.
+
+mod bad_input;
+mod brains;
+mod conformance;
+mod faults;
+mod join;
+mod lifecycle;
+mod router;
+mod support;

@@ -1,0 +1,155 @@
+//! The codeswarm router protocol, through `clawfleet router` on stdio and on TCP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{BIN, Plane, free_port};
+
+/// Lines from a reader, on a channel, so tests can wait with a deadline.
+fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("router wrote a non-JSON line ({e}): {line}"));
+            assert_eq!(v["protocol"], "codeswarm.router.v1", "{line}");
+            assert_eq!(v["type"], "event", "{line}");
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for an event matching `f`, collecting what came before.
+fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if f(&v) => return v,
+            Ok(v) => seen.push(v["event"].as_str().unwrap_or("?").to_owned()),
+            Err(_) => panic!("no {what} within 30 s; saw {seen:?}"),
+        }
+    }
+}
+
+fn command(name: &str, request_id: &str, payload: Value) -> String {
+    json!({"protocol": "codeswarm.router.v1", "type": "command", "command": name, "request_id": request_id, "payload": payload}).to_string() + "\n"
+}
+
+#[test]
+fn stdio_router_launches_injects_streams_refuses_and_terminates() {
+    let plane = Plane::start();
+    let mut router = Command::new(BIN)
+        .args(["router", "--stdio"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = router.stdin.take().unwrap();
+    let rx = lines(router.stdout.take().unwrap());
+
+    stdin.write_all(command("swarm_launch", "r1", json!({"nodes": 2, "system_prompt": "You are a scout.", "provider_params": {"name": "rs"}})).as_bytes()).unwrap();
+    let launched = wait_for(&rx, "swarm_launched", |v| v["event"] == "swarm_launched");
+    assert_eq!(launched["data"]["request_id"], "r1");
+    assert_eq!((launched["data"]["swarm_id"].as_str(), launched["data"]["node_count"].as_u64()), (Some("rs"), Some(2)));
+    let first = wait_for(&rx, "a node online", |v| v["event"] == "node_state" && v["data"]["state"] == "online");
+    let other = 1 - first["data"]["node_id"].as_u64().unwrap();
+    wait_for(&rx, "the other node online", |v| v["event"] == "node_state" && v["data"]["node_id"] == other);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Full envelope to all nodes, then the seed's short daemon form to one.
+    stdin.write_all(command("inject", "r2", json!({"swarm_id": "rs", "nodes": "all", "content": "hello"})).as_bytes()).unwrap();
+    let ack = wait_for(&rx, "inject_ack", |v| v["event"] == "inject_ack");
+    assert_eq!(ack["data"]["request_id"], "r2");
+    assert_eq!(ack["data"]["prompt"], "hello");
+    let injection = ack["data"]["injection_id"].as_str().unwrap().to_owned();
+    for kind in ["inject_delivered", "turn_started", "assistant_delta", "assistant", "turn_complete", "usage"] {
+        let e = wait_for(&rx, kind, |v| v["event"] == kind && v["data"]["injection_id"] == injection.as_str());
+        assert_eq!(e["data"]["swarm_id"], "rs");
+        assert!(e["data"]["node_id"].is_u64());
+    }
+    stdin.write_all(b"{\"action\":\"inject\",\"job_id\":\"rs\",\"node_id\":1,\"content\":\"short form\"}\n").unwrap();
+    let short = wait_for(&rx, "short-form assistant", |v| v["event"] == "assistant" && v["data"]["content"] == "short form");
+    assert_eq!(short["data"]["node_id"], 1);
+
+    // Bad lines are answered with a reason, and the router keeps going.
+    stdin.write_all(b"this is not json\n").unwrap();
+    let r = wait_for(&rx, "rejection", |v| v["event"] == "command_rejected");
+    assert!(r["data"]["reason"].as_str().unwrap().starts_with("invalid json"));
+    stdin.write_all(command("inject", "r3", json!({"swarm_id": "nope", "nodes": 0, "content": "x"})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection r3", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r3");
+    assert_eq!(r["data"]["reason"], "unknown swarm_id 'nope'");
+    stdin.write_all(command("inject", "r4", json!({"swarm_id": "rs", "nodes": [5], "content": "x"})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection r4", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r4");
+    assert_eq!(r["data"]["reason"], "fleet 'rs' has no agent 5 (its agents are 0-1)");
+    stdin.write_all(command("dance", "r5", json!({})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection r5", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r5");
+    assert!(r["data"]["reason"].as_str().unwrap().starts_with("unknown command 'dance'"));
+
+    // Listing, status, queue, providers.
+    stdin.write_all(command("swarm_list", "r6", json!({})).as_bytes()).unwrap();
+    let list = wait_for(&rx, "swarm_list", |v| v["event"] == "swarm_list");
+    assert_eq!(list["data"]["swarms"]["rs"]["node_count"], 2);
+    assert_eq!(list["data"]["swarms"]["rs"]["status"], "running");
+    stdin.write_all(command("swarm_status", "r7", json!({"swarm_id": "rs"})).as_bytes()).unwrap();
+    let status = wait_for(&rx, "swarm_status", |v| v["event"] == "swarm_status" && v["data"]["request_id"] == "r7");
+    assert_eq!(status["data"]["status"], "running");
+    stdin.write_all(command("enqueue_inject", "r8", json!({"target_swarm_id": "rs", "selector": "idle", "content": "any idle node"})).as_bytes()).unwrap();
+    let dispatched = wait_for(&rx, "inter_swarm_dispatched", |v| v["event"] == "inter_swarm_dispatched");
+    assert_eq!(dispatched["data"]["nodes"].as_array().unwrap().len(), 1);
+    stdin.write_all(command("providers_list", "r9", json!({})).as_bytes()).unwrap();
+    let providers = wait_for(&rx, "providers_list", |v| v["event"] == "providers_list");
+    assert!(providers["data"]["providers"].as_array().unwrap().iter().any(|p| p["id"] == "local"));
+
+    // Terminate.
+    stdin.write_all(command("swarm_terminate", "r10", json!({"swarm_id": "rs"})).as_bytes()).unwrap();
+    let done = wait_for(&rx, "swarm_terminated", |v| v["event"] == "swarm_terminated");
+    assert_eq!(done["data"]["request_id"], "r10");
+
+    // Closing stdin ends daemon mode.
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "router did not exit after stdin closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tcp_router_sends_every_event_to_every_client() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "squad", "--replicas", "1", "--wait"]);
+    let port = free_port();
+    let mut router = Command::new(BIN)
+        .args(["router"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .env("CODESWARM_ROUTER_PORT", port.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let connect = || {
+        crate::support::eventually(Duration::from_secs(10), "the router to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+    };
+    let mut a = connect();
+    let b = connect();
+    let rx_a = lines(a.try_clone().unwrap());
+    let rx_b = lines(b);
+    std::thread::sleep(Duration::from_millis(300));
+    a.write_all(command("inject", "t1", json!({"swarm_id": "squad", "nodes": 0, "content": "both of you see this"})).as_bytes()).unwrap();
+    for rx in [&rx_a, &rx_b] {
+        let e = wait_for(rx, "assistant", |v| v["event"] == "assistant");
+        assert_eq!(e["data"]["content"], "both of you see this");
+    }
+    router.kill().unwrap();
+    router.wait().unwrap();
+}

@@ -1,0 +1,275 @@
+//! Fixtures: a real control plane (`clawfleet up` as a child process with its own data
+//! directory and ports), a Mosquitto broker, and the CLI run as a user would run it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use clawfleet_cli::client::Client;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clawfleet");
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Mosquitto broker from Debian's package, on a private port.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let port = free_port();
+        let child = Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed for the external-broker tests (apt-get install mosquitto; .ci/run does)");
+        eventually(Duration::from_secs(10), "mosquitto to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a control plane.
+#[derive(Clone, Debug)]
+pub struct PlaneOptions {
+    pub bus: Option<String>,
+    pub extra_path: Option<PathBuf>,
+    pub heartbeat_ms: u64,
+    pub model_url: Option<String>,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None }
+    }
+}
+
+/// A running `clawfleet up`.
+pub struct Plane {
+    pub dir: tempfile::TempDir,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    pub options: PlaneOptions,
+    child: Option<Child>,
+}
+
+impl Plane {
+    pub fn start() -> Plane {
+        Plane::with(PlaneOptions::default())
+    }
+
+    pub fn with(options: PlaneOptions) -> Plane {
+        let mut plane = Plane { dir: tempfile::tempdir().unwrap(), http_port: free_port(), mqtt_port: free_port(), options, child: None };
+        plane.spawn();
+        plane
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Starts (again) the `up` process on the same data directory and ports.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("up")
+            .args(["--data", self.data().to_str().unwrap()])
+            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt_port)])
+            .args(["--heartbeat-ms", &self.options.heartbeat_ms.to_string()])
+            .env_remove("CLAWFLEET_TOKEN")
+            .env_remove("CLAWFLEET_SERVER")
+            .env("RUST_LOG", "info,rmqtt=warn,rmqtt_net=warn,rmqtt_codec=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.data().join("up.log")).unwrap());
+        if let Some(bus) = &self.options.bus {
+            cmd.args(["--bus", bus]);
+        }
+        if let Some(url) = &self.options.model_url {
+            cmd.args(["--model-url", url]);
+        }
+        if let Some(extra) = &self.options.extra_path {
+            let path = format!("{}:{}", extra.display(), std::env::var("PATH").unwrap_or_default());
+            cmd.env("PATH", path);
+        }
+        self.child = Some(cmd.spawn().expect("start clawfleet up"));
+        let url = self.url();
+        eventually(Duration::from_secs(30), "the control plane to serve", || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("clawfleet up exited with {status}; log:\n{}", self.log());
+            }
+            let ok = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() && self.data().join("server.json").exists();
+            ok.then_some(())
+        });
+        let _ = url;
+    }
+
+    /// Kills the control plane abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the control plane the way Ctrl-C does.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data().join("up.log")).unwrap_or_default()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data().join("token")).unwrap().trim().to_owned()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), &self.token()).unwrap()
+    }
+
+    /// Runs the CLI against this control plane (found through the data directory).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[])
+    }
+
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("CLAWFLEET_DATA", self.data()).env_remove("CLAWFLEET_TOKEN").env_remove("CLAWFLEET_SERVER").stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Runs the CLI and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "clawfleet {} failed ({}):\nstdout: {}\nstderr: {}\nserver log:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.tail_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI and insists on failure with exit status 1; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.status.code(), Some(1), "clawfleet {} should fail; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn tail_log(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A raw HTTP request, for testing the API's refusals.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.url()));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(b.to_owned());
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        })
+    }
+
+    /// Pids of this control plane's agent processes, by slot, from their pid files.
+    pub fn agent_pid(&self, fleet: &str, slot: u32) -> Option<u32> {
+        let agents = self.data().join("agents");
+        for entry in std::fs::read_dir(&agents).ok()? {
+            let entry = entry.ok()?;
+            if entry.file_name().to_string_lossy().starts_with(&format!("{fleet}-")) {
+                let text = std::fs::read_to_string(entry.path().join(slot.to_string()).join("agent.pid")).ok()?;
+                return text.split_whitespace().next()?.parse().ok();
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.stop();
+        // Agents a crashed control plane left behind.
+        if let Ok(dirs) = std::fs::read_dir(self.data().join("agents")) {
+            for fleet in dirs.flatten() {
+                for slot in std::fs::read_dir(fleet.path()).into_iter().flatten().flatten() {
+                    if let Ok(text) = std::fs::read_to_string(slot.path().join("agent.pid")) {
+                        if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every event of a fleet, from the API.
+pub fn events(plane: &Plane, fleet: &str) -> Vec<Value> {
+    plane.ok(&["logs", fleet, "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Events of one kind, for one agent, of one injection.
+pub fn count(events: &[Value], kind: &str, agent: u32, injection: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind && e["agent"] == agent && e["injection_id"] == injection).count()
+}
