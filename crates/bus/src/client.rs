@@ -210,8 +210,9 @@ async fn drive(
                 // Read until the broker closes the connection: dropping a socket with unread
                 // data (late PUBACKs) makes the kernel send RST, and a broker that sees a reset
                 // before it reads the DISCONNECT publishes the last will.
+                // Every PUBACK is in before DISCONNECT goes out, so a short quiet period suffices.
                 let drain = async {
-                    while eventloop.poll().await.is_ok() {}
+                    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {}
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
                 let _ = tx.send(BusEvent::Closed).await;
