@@ -483,6 +483,8 @@ struct EventsQuery {
     injection: Option<String>,
     /// Replay stored events after this id first (0: all history).
     since: Option<u64>,
+    /// Replay the last N matching events first (when `since` is not given).
+    tail: Option<usize>,
     /// Keep the stream open for new events (default true).
     follow: Option<bool>,
 }
@@ -494,11 +496,16 @@ async fn events(State(app): State<Arc<App>>, Q(q): Q<EventsQuery>) -> Result<Res
     if let Some(f) = &q.fleet {
         f.parse::<clawfleet_core::FleetName>().map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let request = StreamRequest {
-        filter: EventFilter { fleet: q.fleet, agent: q.agent, injection_id: q.injection },
-        since: q.since,
-        follow: q.follow.unwrap_or(true),
+    let filter = EventFilter { fleet: q.fleet, agent: q.agent, injection_id: q.injection };
+    let since = match (q.since, q.tail) {
+        (Some(since), _) => Some(since),
+        (None, Some(n)) => {
+            let f = filter.clone();
+            Some(app.db.run(move |s| s.tail_start(&f, n)).await?)
+        }
+        (None, None) => None,
     };
+    let request = StreamRequest { filter, since, follow: q.follow.unwrap_or(true) };
     let rx = app.hub.stream(request);
     let lines = ReceiverStream::new(rx).map(|item| {
         let line = match item {

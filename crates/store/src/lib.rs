@@ -508,6 +508,21 @@ impl Store {
         self.events_after(&filter, 0, usize::MAX >> 1)
     }
 
+    /// The id just before the last `n` events matching `filter` (0 if there are fewer).
+    pub fn tail_start(&self, filter: &EventFilter, n: usize) -> Result<u64> {
+        self.with(|c| {
+            let id: Option<u64> = c
+                .query_row(
+                    "SELECT id FROM events WHERE (?1 IS NULL OR fleet = ?1) AND (?2 IS NULL OR agent = ?2) AND (?3 IS NULL OR injection_id = ?3)
+                     ORDER BY id DESC LIMIT 1 OFFSET ?4",
+                    params![filter.fleet, filter.agent, filter.injection_id, n as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(id.unwrap_or(0))
+        })
+    }
+
     pub fn last_event_id(&self) -> Result<u64> {
         self.with(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?))
     }

@@ -158,6 +158,9 @@ fn events_filter_and_page() {
     let page = store.events_after(&EventFilter::default(), all[1].id, 1).unwrap();
     assert_eq!(page, vec![all[2].clone()]);
     assert_eq!(store.last_event_id().unwrap(), all[3].id);
+    // The last two of squad's three events start after its first.
+    assert_eq!(store.tail_start(&squad, 2).unwrap(), all[0].id);
+    assert_eq!(store.tail_start(&squad, 10).unwrap(), 0);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod bad_input;
 mod brains;
 mod conformance;
+mod dashboard;
 mod faults;
 mod join;
 mod lifecycle;
