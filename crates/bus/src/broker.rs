@@ -107,6 +107,7 @@ impl EmbeddedBroker {
                 .name("clawfleet")
                 .laddr(config.listen)
                 .reuseaddr(Some(true))
+                .nodelay(true)
                 .allow_anonymous(false)
                 .max_connections(config.max_connections)
                 .max_handshaking_limit(config.max_connections)

@@ -148,7 +148,11 @@ pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
     if let Some(will) = &config.will {
         options.set_last_will(LastWill::new(will.topic.clone(), will.payload.clone(), QoS::AtLeastOnce, will.retain));
     }
-    let (client, eventloop) = AsyncClient::new(options, config.request_capacity.max(1));
+    let (client, mut eventloop) = AsyncClient::new(options, config.request_capacity.max(1));
+    // Small messages, latency-sensitive: no Nagle delays.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
     let shared = Arc::new(Shared::default());
     tokio::spawn(drive(eventloop, client.clone(), shared.clone(), config.subscriptions, tx));

@@ -24,7 +24,7 @@ use clawfleet_proto::api::{
     InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, ScaleRequest, ServerInfo,
 };
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{EventFilter, FleetRow, NewEvent, NewInjection, Pending};
+use clawfleet_store::{Audit, EventFilter, FleetRow, NewEvent, NewInjection, Pending};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,7 +48,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/join", get(join))
         .route("/api/v1/injections/{id}", get(injection))
         .route("/api/v1/events", get(events))
-        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit", get(audit_log))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(api)
@@ -121,11 +121,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
-async fn audit_log(app: &App, caller: &Caller, action: &str, target: &str, detail: String) {
-    let (actor, action, target) = (caller.0.clone(), action.to_owned(), target.to_owned());
-    if let Err(e) = app.db.run(move |s| s.audit(&clock::now_rfc3339(), &actor, &action, &target, &detail)).await {
-        tracing::error!(error = %e, "Could not write the audit log");
-    }
+/// The audit line of an action, written in the action's own transaction.
+fn audit<'a>(at: &'a str, caller: &'a Caller, action: &'a str, target: &'a str, detail: String) -> Audit<'a> {
+    Audit { at, actor: &caller.0, action, target, detail }
 }
 
 fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
@@ -218,11 +216,14 @@ async fn launch(
         body: EventBody::FleetLaunched { replicas: row.replicas, backend: row.backend.clone(), brain: row.brain.clone(), version: row.version.clone() },
     };
     let r = row.clone();
-    app.hub.write(move |s| Ok(((), vec![s.insert_fleet(&r, event)?]))).await?;
+    app.hub
+        .write(move |s| {
+            let detail = format!("replicas={} backend={} brain={} version={}", r.replicas, r.backend, r.brain, r.version);
+            Ok(((), vec![s.insert_fleet(&r, event, &audit(&r.created_at, &caller, "launch", &r.name, detail))?]))
+        })
+        .await?;
     app.auth.allow_fleet(&row.name, &row.uid);
     app.reconcile.notify_one();
-    let detail = format!("replicas={} backend={} brain={} version={}", row.replicas, row.backend, row.brain, row.version);
-    audit_log(&app, &caller, "launch", &row.name, detail).await;
     Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
 }
 
@@ -289,9 +290,13 @@ async fn scale(
     let replicas = spec::check_replicas(req.replicas)?;
     let row = load_active(&app, &name).await?;
     let n = name.clone();
-    app.hub.write(move |s| Ok(((), s.scale_fleet(&n, replicas, &clock::now_rfc3339())?))).await?;
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            Ok(((), s.scale_fleet(&n, replicas, &at, &audit(&at, &caller, "scale", &n, String::new()))?))
+        })
+        .await?;
     app.reconcile.notify_one();
-    audit_log(&app, &caller, "scale", &name, format!("replicas {} -> {replicas}", row.replicas)).await;
     Ok(Json(fleet_view(&app, &FleetRow { replicas, ..row })))
 }
 
@@ -299,8 +304,12 @@ async fn terminate(State(app): State<Arc<App>>, Extension(caller): Extension<Cal
     let row = load(&app, &name).await?;
     if row.state == "active" {
         let n = name.clone();
-        app.hub.write(move |s| Ok(((), s.mark_terminating(&n, &clock::now_rfc3339())?))).await?;
-        audit_log(&app, &caller, "terminate", &name, format!("replicas={}", row.replicas)).await;
+        app.hub
+            .write(move |s| {
+                let at = clock::now_rfc3339();
+                Ok(((), s.mark_terminating(&n, &at, &audit(&at, &caller, "terminate", &n, format!("replicas={}", row.replicas)))?))
+            })
+            .await?;
     }
     app.reconcile.notify_one();
     Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message: format!("fleet '{name}' is terminating") })))
@@ -319,18 +328,19 @@ async fn inject(
     let row = load_active(&app, &name).await?;
     let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
     let id = uuid::Uuid::now_v7().to_string();
-    let (iid, fleet, prompt, who, t, rid) = (id.clone(), name.clone(), req.prompt.clone(), caller.0.clone(), targets.clone(), req.request_id.clone());
+    let (iid, fleet, prompt, t, rid) = (id.clone(), name.clone(), req.prompt.clone(), targets.clone(), req.request_id.clone());
     let (rows, acks) = app
         .hub
         .write(move |s| {
             let at = clock::now_rfc3339();
-            s.create_injection(&NewInjection { id: &iid, fleet: &fleet, prompt: &prompt, at: &at, caller: &who, targets: &t, request_id: rid.as_deref() })
+            let detail = format!("injection={iid} agents={}", t.len());
+            let inj = NewInjection { id: &iid, fleet: &fleet, prompt: &prompt, at: &at, caller: &caller.0, targets: &t, request_id: rid.as_deref() };
+            s.create_injection(&inj, &audit(&at, &caller, "inject", &fleet, detail))
         })
         .await?;
     app.metrics.injections.fetch_add(1, Ordering::Relaxed);
     let pending = Pending::Inject { injection_id: id.clone(), prompt: req.prompt.clone() };
     outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
-    audit_log(&app, &caller, "inject", &name, format!("injection={id} agents={}", targets.len())).await;
     let first_event_id = acks.first().map_or(0, |e| e.id);
     Ok((StatusCode::ACCEPTED, Json(InjectResponse { injection_id: id, fleet: name, targets, first_event_id })))
 }
@@ -350,10 +360,16 @@ async fn command(
     let id = uuid::Uuid::now_v7().to_string();
     let mut live = app.hub.subscribe();
     let (cid, fleet, t) = (id.clone(), name.clone(), targets.clone());
-    let (rows, sent) = app.hub.write(move |s| s.create_command(&cid, &fleet, cmd.as_str(), &clock::now_rfc3339(), &t)).await?;
+    let (rows, sent) = app
+        .hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let detail = format!("{cmd} command={cid} agents={}", t.len());
+            s.create_command(&cid, &fleet, cmd.as_str(), &at, &t, &audit(&at, &caller, "command", &fleet, detail))
+        })
+        .await?;
     let pending = Pending::Command { command_id: id.clone(), command: cmd.as_str().into() };
     outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
-    audit_log(&app, &caller, "command", &name, format!("{cmd} command={id} agents={}", targets.len())).await;
 
     // Wait for every reply or the deadline, watching the live stream.
     let deadline = Instant::now() + wait;
@@ -431,7 +447,8 @@ async fn join(
             }
         })
         .collect();
-    audit_log(&app, &caller, "join", &name, format!("slots={}", slots.len())).await;
+    let (n, count) = (name.clone(), slots.len());
+    app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &caller, "join", &n, format!("slots={count}")))).await?;
     let e = &app.endpoints;
     Ok(Json(JoinResponse {
         fleet: row.name.clone(),
@@ -541,7 +558,7 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(State(app): State<Arc<App>>, Q(q): Q<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+async fn audit_log(State(app): State<Arc<App>>, Q(q): Q<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(100).min(10_000);
     let rows = app.db.run(move |s| s.audit_log(limit)).await?;
     Ok(Json(rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect()))

@@ -153,7 +153,42 @@ pub struct AuditRow {
 
 /// The control plane's database.
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
+}
+
+struct Conn {
+    conn: Connection,
+    /// Whether `synchronous=FULL` is in force (else `NORMAL`).
+    full: bool,
+}
+
+/// How hard a transaction's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync at commit (`synchronous=FULL`): operator actions, which nothing else could redo.
+    Disk,
+    /// Written to the OS at commit, synced with the next durable commit or checkpoint
+    /// (`synchronous=NORMAL` under WAL): safe when the process dies, and used for events that
+    /// agents can replay from their journals.
+    Os,
+}
+
+/// Who made a control action; written in the same transaction as the action.
+#[derive(Debug, Clone)]
+pub struct Audit<'a> {
+    pub at: &'a str,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub detail: String,
+}
+
+fn write_audit(tx: &Transaction<'_>, a: &Audit<'_>) -> Result<()> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![a.at, a.actor, a.action, a.target, a.detail],
+    )?;
+    Ok(())
 }
 
 impl std::fmt::Debug for Store {
@@ -190,28 +225,37 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
         schema::prepare(&conn, path)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { conn: Mutex::new(Conn { conn, full: true }) })
     }
 
     /// An in-memory store, for tests.
     pub fn in_memory() -> Result<Store> {
         let conn = Connection::open_in_memory()?;
         schema::prepare(&conn, Path::new(":memory:"))?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { conn: Mutex::new(Conn { conn, full: true }) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn)
+        f(&mut conn.conn)
     }
 
+    fn tx_with<T>(&self, durability: Durability, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let full = durability == Durability::Disk;
+        if conn.full != full {
+            conn.conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            conn.full = full;
+        }
+        let tx = conn.conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A transaction whose commit is on disk before it returns.
     fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
+        self.tx_with(Durability::Disk, f)
     }
 
     // ---- settings ----
@@ -229,9 +273,10 @@ impl Store {
 
     // ---- fleets ----
 
-    /// Stores a new fleet and its `fleet_launched` event.
-    pub fn insert_fleet(&self, fleet: &FleetRow, event: NewEvent) -> Result<Event> {
+    /// Stores a new fleet, its `fleet_launched` event and the audit line.
+    pub fn insert_fleet(&self, fleet: &FleetRow, event: NewEvent, audit: &Audit<'_>) -> Result<Event> {
         self.tx(|tx| {
+            write_audit(tx, audit)?;
             let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&fleet.name], |r| r.get(0))?;
             if exists {
                 return Err(StoreError::FleetExists(fleet.name.clone()));
@@ -269,11 +314,12 @@ impl Store {
 
     /// Changes a fleet's replica count. Outbox rows of removed slots are dropped, and for each
     /// injection among them an `inject_failed` event is stored (returned with the scale event).
-    pub fn scale_fleet(&self, name: &str, replicas: u32, at: &str) -> Result<Vec<Event>> {
+    pub fn scale_fleet(&self, name: &str, replicas: u32, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
         self.tx(|tx| {
             let previous: Option<u32> =
                 tx.query_row("SELECT replicas FROM fleets WHERE name = ?1", [name], |r| r.get(0)).optional()?;
             let previous = previous.ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
+            write_audit(tx, &Audit { detail: format!("replicas {previous} -> {replicas}"), ..audit.clone() })?;
             tx.execute("UPDATE fleets SET replicas = ?2 WHERE name = ?1", params![name, replicas])?;
             let mut events = Vec::new();
             let scaled = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetScaled { replicas, previous } };
@@ -285,12 +331,13 @@ impl Store {
     }
 
     /// Marks a fleet as terminating; pending directives fail with `inject_failed`.
-    pub fn mark_terminating(&self, name: &str, at: &str) -> Result<Vec<Event>> {
+    pub fn mark_terminating(&self, name: &str, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
         self.tx(|tx| {
             let n = tx.execute("UPDATE fleets SET state = 'terminating' WHERE name = ?1", [name])?;
             if n == 0 {
                 return Err(StoreError::NoFleet(name.to_owned()));
             }
+            write_audit(tx, audit)?;
             let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminating {} };
             let id = insert_event(tx, &ev, None)?;
             let mut events = vec![ev.stored(id)];
@@ -315,8 +362,9 @@ impl Store {
 
     /// Persists an injection, its outbox rows and one `inject_ack` per target, atomically.
     /// Returns the outbox row ids and the events.
-    pub fn create_injection(&self, inj: &NewInjection<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
+    pub fn create_injection(&self, inj: &NewInjection<'_>, audit: &Audit<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
+            write_audit(tx, audit)?;
             tx.execute(
                 "INSERT INTO injections (id, fleet, prompt, created_at, caller) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![inj.id, inj.fleet, inj.prompt, inj.at, inj.caller],
@@ -345,8 +393,9 @@ impl Store {
 
     /// Persists a command with its outbox rows and one `command_sent` per target.
     /// Returns the outbox row ids and the events.
-    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[u32]) -> Result<(Vec<i64>, Vec<Event>)> {
+    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[u32], audit: &Audit<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
+            write_audit(tx, audit)?;
             let mut events = Vec::with_capacity(targets.len());
             let mut rows = Vec::with_capacity(targets.len());
             for slot in targets {
@@ -404,7 +453,7 @@ impl Store {
     }
 
     pub fn outbox_attempted(&self, ids: &[i64]) -> Result<()> {
-        self.tx(|tx| {
+        self.tx_with(Durability::Os, |tx| {
             let mut stmt = tx.prepare("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?;
             for id in ids {
                 stmt.execute([id])?;
@@ -415,9 +464,9 @@ impl Store {
 
     // ---- events ----
 
-    /// Stores events the control plane itself produced.
+    /// Stores events the control plane itself observed (agent state changes).
     pub fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
-        self.tx(|tx| {
+        self.tx_with(Durability::Os, |tx| {
             events
                 .into_iter()
                 .map(|e| {
@@ -432,7 +481,7 @@ impl Store {
     /// duplicates are skipped, a gap stops that agent's events (see [`Ingested::Gap`]), and
     /// an event that ends a directive's wait removes its outbox row.
     pub fn ingest(&self, batch: Vec<AgentEvent>) -> Result<Vec<Ingested>> {
-        self.tx(|tx| {
+        self.tx_with(Durability::Os, |tx| {
             let mut out = Vec::with_capacity(batch.len());
             for AgentEvent { epoch, seq, event } in batch {
                 let slot = event.agent.unwrap_or(0);
@@ -529,14 +578,9 @@ impl Store {
 
     // ---- audit ----
 
-    pub fn audit(&self, at: &str, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![at, actor, action, target, detail],
-            )?;
-            Ok(())
-        })
+    /// Records an action that changes nothing else in the store.
+    pub fn audit(&self, audit: &Audit<'_>) -> Result<()> {
+        self.tx(|tx| write_audit(tx, audit))
     }
 
     /// The newest `limit` audit lines, oldest first.

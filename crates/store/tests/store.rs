@@ -2,7 +2,11 @@
 //! failed directives on scale-down, durability across reopen.
 
 use clawfleet_proto::event::EventBody;
-use clawfleet_store::{AgentEvent, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Pending, Store, StoreError};
+use clawfleet_store::{AgentEvent, Audit, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Pending, Store, StoreError};
+
+fn audit(action: &'static str) -> Audit<'static> {
+    Audit { at: "t", actor: "operator", action, target: "squad", detail: String::new() }
+}
 
 fn fleet(name: &str, replicas: u32) -> FleetRow {
     FleetRow {
@@ -46,7 +50,7 @@ fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event:
             caller: "test",
             targets: slots,
             request_id: None,
-        })
+        }, &audit("inject"))
         .unwrap()
         .1
 }
@@ -54,18 +58,18 @@ fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event:
 #[test]
 fn fleets_are_unique_by_name() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
-    assert!(matches!(store.insert_fleet(&fleet("squad", 2), launched("squad")), Err(StoreError::FleetExists(n)) if n == "squad"));
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    assert!(matches!(store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")), Err(StoreError::FleetExists(n)) if n == "squad"));
     assert_eq!(store.fleets().unwrap().len(), 1);
     assert_eq!(store.fleet("squad").unwrap().unwrap().replicas, 2);
     assert!(store.fleet("nope").unwrap().is_none());
-    assert!(matches!(store.scale_fleet("nope", 1, "t"), Err(StoreError::NoFleet(_))));
+    assert!(matches!(store.scale_fleet("nope", 1, "t", &audit("scale")), Err(StoreError::NoFleet(_))));
 }
 
 #[test]
 fn an_injection_is_persisted_with_its_outbox_and_acks() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
     let acks = inject(&store, "i1", &[0, 1]);
     assert_eq!(acks.len(), 2);
     assert!(acks.iter().all(|e| e.body == EventBody::InjectAck { prompt: "hi".into(), request_id: None }));
@@ -74,14 +78,14 @@ fn an_injection_is_persisted_with_its_outbox_and_acks() {
     let pending = Pending::Inject { injection_id: "i1".into(), prompt: "hi".into() };
     assert_eq!(outbox.iter().map(|r| (r.slot, r.directive.clone())).collect::<Vec<_>>(), vec![(0, pending.clone()), (1, pending)]);
     // A duplicate injection id is refused as a whole: nothing half-written.
-    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: &[0], request_id: None }).is_err());
+    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: &[0], request_id: None }, &audit("inject")).is_err());
     assert_eq!(store.outbox().unwrap().len(), 2);
 }
 
 #[test]
 fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
     inject(&store, "i1", &[0, 1]);
 
     let delivered = agent_event(0, "e1", 1, "i1", EventBody::InjectDelivered {});
@@ -129,11 +133,11 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
 #[test]
 fn scaling_down_fails_what_the_removed_agents_had_pending() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 3), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("squad", 3), launched("squad"), &audit("launch")).unwrap();
     inject(&store, "i1", &[0, 1, 2]);
-    store.create_command("c1", "squad", "health-check", "t", &[2]).unwrap();
+    store.create_command("c1", "squad", "health-check", "t", &[2], &audit("command")).unwrap();
     assert!(store.outbox().unwrap().iter().any(|r| r.directive == Pending::Command { command_id: "c1".into(), command: "health-check".into() }));
-    let events = store.scale_fleet("squad", 1, "t2").unwrap();
+    let events = store.scale_fleet("squad", 1, "t2", &audit("scale")).unwrap();
     let summary: Vec<_> = events.iter().map(|e| (e.agent, e.body.clone())).collect();
     assert_eq!(summary[0], (None, EventBody::FleetScaled { replicas: 1, previous: 3 }));
     assert_eq!(summary[1], (Some(1), EventBody::InjectFailed { error: "agent removed by a scale-down".into() }));
@@ -146,8 +150,8 @@ fn scaling_down_fails_what_the_removed_agents_had_pending() {
 #[test]
 fn events_filter_and_page() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
-    store.insert_fleet(&fleet("other", 1), launched("other")).unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    store.insert_fleet(&fleet("other", 1), launched("other"), &audit("launch")).unwrap();
     inject(&store, "i1", &[0, 1]);
     let all = store.events_after(&EventFilter::default(), 0, 100).unwrap();
     assert_eq!(all.len(), 4);
@@ -169,30 +173,31 @@ fn everything_survives_reopening_the_file() {
     let path = dir.path().join("clawfleet.db");
     {
         let store = Store::open(&path).unwrap();
-        store.insert_fleet(&fleet("squad", 2), launched("squad")).unwrap();
+        store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
         inject(&store, "i1", &[0, 1]);
         store.set_meta("k", b"v").unwrap();
-        store.audit("t", "operator", "launch", "squad", "replicas=2").unwrap();
+        store.audit(&audit("join")).unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.fleets().unwrap().len(), 1);
     assert_eq!(store.outbox().unwrap().len(), 2);
     assert_eq!(store.injection("i1").unwrap().unwrap().prompt, "hi");
     assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v"[..]));
-    assert_eq!(store.audit_log(10).unwrap()[0].action, "launch");
+    let log: Vec<String> = store.audit_log(10).unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(log, ["launch", "inject", "join"], "each action audited in its own transaction");
     assert_eq!(store.last_event_id().unwrap(), 3);
 }
 
 #[test]
 fn terminate_then_delete() {
     let store = Store::in_memory().unwrap();
-    store.insert_fleet(&fleet("squad", 1), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
     inject(&store, "i1", &[0]);
-    let events = store.mark_terminating("squad", "t").unwrap();
+    let events = store.mark_terminating("squad", "t", &audit("terminate")).unwrap();
     assert_eq!(events.iter().map(|e| e.body.name()).collect::<Vec<_>>(), vec!["fleet_terminating", "inject_failed"]);
     assert_eq!(store.fleet("squad").unwrap().unwrap().state, "terminating");
     store.delete_fleet("squad", "t").unwrap();
     assert!(store.fleet("squad").unwrap().is_none());
     // The name can be launched again.
-    store.insert_fleet(&fleet("squad", 1), launched("squad")).unwrap();
+    store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
 }

@@ -113,10 +113,10 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     browser.click("#send");
     for agent in ["web/0", "web/1"] {
         eventually(Duration::from_secs(30), "the streamed answer", || {
-            browser.text(&format!(".msg[data-agent=\"{agent}\"] .text")).filter(|t| t == "hello from the browser")
+            browser.text(&format!(".msg[data-kind=\"answer\"][data-agent=\"{agent}\"] .text")).filter(|t| t == "hello from the browser")
         });
     }
-    assert_eq!(browser.text(".msg.prompt .text").as_deref(), Some("hello from the browser"));
+    assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
     // A bad token shows the login form instead of data.
     browser.session("POST", "/execute/sync", Some(json!({"script": "localStorage.setItem('clawfleet-token', 'wrong'); location.hash = ''; location.reload();", "args": []})));
