@@ -51,13 +51,17 @@ impl BrainSpec {
 fn url_and_model(spec: &str, rest: &str) -> Result<(String, String), BrainSpecError> {
     let err = |reason: &str| BrainSpecError { spec: spec.to_owned(), reason: reason.to_owned() };
     let (url, model) = rest.rsplit_once('#').ok_or_else(|| err("missing '#MODEL' after the URL"))?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "http://".len() {
+    let Some(after_scheme) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
         return Err(err("the URL must start with http:// or https://"));
+    };
+    if after_scheme.trim_end_matches('/').is_empty() || after_scheme.starts_with('/') {
+        return Err(err("the URL has no host"));
     }
+    let url = url.trim_end_matches('/');
     if model.is_empty() {
         return Err(err("the model name after '#' is empty"));
     }
-    Ok((url.trim_end_matches('/').to_owned(), model.to_owned()))
+    Ok((url.to_owned(), model.to_owned()))
 }
 
 fn optional_model(spec: &str, rest: &str) -> Result<Option<String>, BrainSpecError> {
@@ -151,6 +155,8 @@ mod tests {
         assert_eq!(reason("openai:http://x"), "missing '#MODEL' after the URL");
         assert_eq!(reason("openai:ftp://x#m"), "the URL must start with http:// or https://");
         assert_eq!(reason("ollama:http://x#"), "the model name after '#' is empty");
+        assert_eq!(reason("openai:http:///#m"), "the URL has no host");
+        assert_eq!(reason("openai:https://#m"), "the URL has no host");
         assert_eq!(reason("cmd:  "), "the command after 'cmd:' is empty");
         assert_eq!(reason("codexx"), "expected nothing or '#MODEL' after the name");
         let msg = "nope".parse::<BrainSpec>().unwrap_err().to_string();

@@ -1,0 +1,28 @@
+//! The HTTP API request bodies, and the string parsers that validate what they carry.
+#![no_main]
+
+use clawfleet_core::{BrainSpec, FleetName, FleetSpec};
+use clawfleet_proto::api::{CommandRequest, InjectRequest, LaunchRequest, ScaleRequest};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(req) = serde_json::from_slice::<LaunchRequest>(data) {
+        let _ = FleetSpec::from_request(&req, &BrainSpec::Echo);
+    }
+    let _ = serde_json::from_slice::<InjectRequest>(data);
+    let _ = serde_json::from_slice::<CommandRequest>(data);
+    let _ = serde_json::from_slice::<ScaleRequest>(data);
+
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Ok(brain) = s.parse::<BrainSpec>() {
+        let _ = brain.kind();
+        let _ = brain.to_string();
+    }
+    if let Ok(name) = s.parse::<FleetName>() {
+        let _ = name.to_string();
+    }
+    if let Ok(url) = s.parse::<clawfleet_bus::BusUrl>() {
+        let _ = url.to_string();
+        let _ = url.without_credentials();
+    }
+});
