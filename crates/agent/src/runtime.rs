@@ -76,7 +76,13 @@ struct Agent {
     turns_failed: u64,
     started: Instant,
     internal: mpsc::Sender<Internal>,
+    /// When the next heartbeat is due; state changes bring it forward.
+    next_beat: tokio::time::Instant,
+    last_beat: tokio::time::Instant,
 }
+
+/// The closest two heartbeats may be: state changes within it share one heartbeat.
+const MIN_BEAT_GAP: Duration = Duration::from_millis(200);
 
 /// Runs one agent until `shutdown` resolves; then ends its turn, fails what is queued,
 /// publishes a final `stopped` heartbeat and disconnects.
@@ -139,6 +145,8 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         turns_failed: 0,
         started: Instant::now(),
         internal,
+        next_beat: tokio::time::Instant::now(),
+        last_beat: tokio::time::Instant::now(),
         ws,
         config,
     };
@@ -153,8 +161,6 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     agent.queue.extend(recovery.not_started);
     agent.probe_health(None);
 
-    let mut ticks = tokio::time::interval(agent.config.heartbeat_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
     loop {
@@ -166,7 +172,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
                 None => return Err(AgentError::BusGone),
             },
             _ = internal_rx.recv_many(&mut batch, 256) => Input::Internal(std::mem::take(&mut batch)),
-            _ = ticks.tick() => Input::Tick,
+            () = tokio::time::sleep_until(agent.next_beat) => Input::Tick,
         };
         match input {
             Input::Bus(ev) => agent.on_bus(ev),
@@ -212,15 +218,25 @@ impl Agent {
         }
     }
 
-    fn publish_heartbeat(&self) {
+    /// Publishes a heartbeat now and schedules the next one a full interval later.
+    fn publish_heartbeat(&mut self) {
         let hb = self.heartbeat();
         let _ = self.bus.try_publish(self.heartbeat_topic.clone(), wire::encode(&hb), true);
+        let now = tokio::time::Instant::now();
+        self.last_beat = now;
+        self.next_beat = now + self.config.heartbeat_interval;
+    }
+
+    /// Something the heartbeat reports changed: beat soon, but not more often than
+    /// [`MIN_BEAT_GAP`], so a burst of changes (a turn that takes microseconds) is one beat.
+    fn heartbeat_soon(&mut self) {
+        self.next_beat = self.next_beat.min(self.last_beat + MIN_BEAT_GAP);
     }
 
     fn set_activity(&mut self, activity: AgentActivity) {
         if self.activity != activity {
             self.activity = activity;
-            self.publish_heartbeat();
+            self.heartbeat_soon();
         }
     }
 
@@ -262,7 +278,7 @@ impl Agent {
                 }
                 self.emit(Some(&injection_id), EventBody::InjectDelivered {});
                 self.queue.push_back((injection_id, prompt));
-                self.publish_heartbeat();
+                self.heartbeat_soon();
             }
             Directive::Command { command_id, command, .. } => {
                 if self.ws.has_seen(&command_id) {
@@ -472,7 +488,7 @@ impl Agent {
                     self.reply(command_id, CommandName::HealthCheck.as_str(), Ok(result));
                 }
                 if changed {
-                    self.publish_heartbeat();
+                    self.heartbeat_soon();
                 }
             }
         }
@@ -490,7 +506,8 @@ impl Agent {
 
     async fn stop(mut self, bus_rx: &mut mpsc::Receiver<BusEvent>) {
         tracing::info!(agent = %self.config.agent, "Stopping");
-        self.set_activity(AgentActivity::Stopping);
+        self.activity = AgentActivity::Stopping;
+        self.publish_heartbeat();
         let mut last = Vec::new();
         if let Some(current) = self.current.take() {
             current.handle.abort();

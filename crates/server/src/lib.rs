@@ -216,6 +216,10 @@ impl Server {
         ];
         let router = api::router(app.clone());
         let mut stop_http = shutdown_rx.clone();
+        // Event streams are many small writes: no Nagle delays.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let http_task = tokio::spawn(async move {
             let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {

@@ -12,6 +12,7 @@
 
 mod schema;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -213,10 +214,10 @@ fn decode_event(parts: (u64, String, String, Option<u32>, Option<String>, String
 fn insert_event(tx: &Transaction<'_>, e: &NewEvent, journal: Option<(&str, u64)>) -> Result<u64> {
     let wire = serde_json::to_value(&e.body).expect("event bodies serialize");
     let data = wire.get("data").cloned().unwrap_or(serde_json::Value::Object(Default::default()));
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (at, fleet, agent, injection_id, event, data, epoch, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![e.at, e.fleet, e.agent, e.injection_id, e.body.name(), data.to_string(), journal.map(|j| j.0), journal.map(|j| j.1)],
-    )?;
+    )?
+    .execute(params![e.at, e.fleet, e.agent, e.injection_id, e.body.name(), data.to_string(), journal.map(|j| j.0), journal.map(|j| j.1)])?;
     Ok(tx.last_insert_rowid() as u64)
 }
 
@@ -479,36 +480,49 @@ impl Store {
 
     /// Stores a batch of agent events in one transaction, in journal order per agent:
     /// duplicates are skipped, a gap stops that agent's events (see [`Ingested::Gap`]), and
-    /// an event that ends a directive's wait removes its outbox row.
+    /// an event that shows the agent has a directive ends that directive's outbox wait.
     pub fn ingest(&self, batch: Vec<AgentEvent>) -> Result<Vec<Ingested>> {
         self.tx_with(Durability::Os, |tx| {
+            // Each agent's cursor is read once and written once per batch.
+            let mut cursors: HashMap<(String, u32), Option<(String, u64)>> = HashMap::new();
             let mut out = Vec::with_capacity(batch.len());
-            for AgentEvent { epoch, seq, event } in batch {
-                let slot = event.agent.unwrap_or(0);
-                let cursor: Option<(String, u64)> = tx
-                    .query_row("SELECT epoch, seq FROM cursors WHERE fleet = ?1 AND slot = ?2", params![event.fleet, slot], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let expected = match &cursor {
-                    Some((e, s)) if *e == epoch => s + 1,
-                    // A new workspace (or the first event ever) starts at 1.
-                    _ => 1,
-                };
-                if seq < expected {
-                    out.push(Ingested::Duplicate);
-                    continue;
+            {
+                let mut read = tx.prepare_cached("SELECT epoch, seq FROM cursors WHERE fleet = ?1 AND slot = ?2")?;
+                for AgentEvent { epoch, seq, event } in batch {
+                    let slot = event.agent.unwrap_or(0);
+                    let key = (event.fleet.clone(), slot);
+                    if !cursors.contains_key(&key) {
+                        let c = read.query_row(params![key.0, slot], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                        cursors.insert(key.clone(), c);
+                    }
+                    let cursor = cursors.get_mut(&key).expect("inserted above");
+                    let expected = match cursor {
+                        Some((e, s)) if *e == epoch => *s + 1,
+                        // A new workspace (or the first event ever) starts at 1.
+                        _ => 1,
+                    };
+                    if seq < expected {
+                        out.push(Ingested::Duplicate);
+                        continue;
+                    }
+                    if seq > expected {
+                        out.push(Ingested::Gap { after_seq: expected - 1 });
+                        continue;
+                    }
+                    acknowledge(tx, &event, slot)?;
+                    let id = insert_event(tx, &event, Some((&epoch, seq)))?;
+                    *cursor = Some((epoch, seq));
+                    out.push(Ingested::Stored(event.stored(id)));
                 }
-                if seq > expected {
-                    out.push(Ingested::Gap { after_seq: expected - 1 });
-                    continue;
+            }
+            let mut write = tx.prepare_cached(
+                "INSERT INTO cursors (fleet, slot, epoch, seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(fleet, slot) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+            )?;
+            for ((fleet, slot), cursor) in cursors {
+                if let Some((epoch, seq)) = cursor {
+                    write.execute(params![fleet, slot, epoch, seq])?;
                 }
-                tx.execute(
-                    "INSERT INTO cursors (fleet, slot, epoch, seq) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(fleet, slot) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-                    params![event.fleet, slot, epoch, seq],
-                )?;
-                acknowledge(tx, &event, slot)?;
-                let id = insert_event(tx, &event, Some((&epoch, seq)))?;
-                out.push(Ingested::Stored(event.stored(id)));
             }
             Ok(out)
         })
@@ -614,16 +628,16 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
 }
 
 /// An agent event that shows the agent has a directive ends that directive's outbox wait.
+/// Journals have no gaps, so an agent's first event about an injection is its
+/// `inject_delivered` (or an error); later events need not look.
 fn acknowledge(tx: &Transaction<'_>, event: &NewEvent, slot: u32) -> Result<()> {
     let (kind, ref_id) = match (&event.body, &event.injection_id) {
         (EventBody::CommandReply { command_id, .. }, _) => ("command", command_id.as_str()),
-        (_, Some(injection_id)) => ("inject", injection_id.as_str()),
+        (EventBody::InjectDelivered {} | EventBody::InjectFailed { .. } | EventBody::AgentError { .. }, Some(id)) => ("inject", id.as_str()),
         _ => return Ok(()),
     };
-    tx.execute(
-        "DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 AND ref_id = ?4",
-        params![event.fleet, slot, kind, ref_id],
-    )?;
+    tx.prepare_cached("DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 AND ref_id = ?4")?
+        .execute(params![event.fleet, slot, kind, ref_id])?;
     Ok(())
 }
 
