@@ -155,6 +155,45 @@ pub struct AuditRow {
 /// The control plane's database.
 pub struct Store {
     conn: Mutex<Conn>,
+    /// Stops the checkpointer thread when the store is dropped.
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints the WAL from a connection of its own, so that the fsyncs of a checkpoint never
+/// happen inside a writer's commit (SQLite's automatic checkpoint, off here, would).
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("clawfleet-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(std::time::Duration::from_secs(1)) {
+                    // PASSIVE: copies what it can without blocking writers.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        eprintln!("clawfleet: WAL checkpoint failed: {e}");
+                    }
+                }
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| StoreError::Corrupt { what: "checkpoint thread", reason: e.to_string() })?;
+        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Conn {
@@ -226,14 +265,16 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
         schema::prepare(&conn, path)?;
-        Ok(Store { conn: Mutex::new(Conn { conn, full: true }) })
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(path)?;
+        Ok(Store { conn: Mutex::new(Conn { conn, full: true }), _checkpointer: Some(checkpointer) })
     }
 
     /// An in-memory store, for tests.
     pub fn in_memory() -> Result<Store> {
         let conn = Connection::open_in_memory()?;
         schema::prepare(&conn, Path::new(":memory:"))?;
-        Ok(Store { conn: Mutex::new(Conn { conn, full: true }) })
+        Ok(Store { conn: Mutex::new(Conn { conn, full: true }), _checkpointer: None })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
