@@ -30,7 +30,13 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// A configuration with clawfleet's defaults for everything but identity and bus.
-    pub fn new(agent: AgentRef, fleet_uid: impl Into<String>, bus_host: impl Into<String>, bus_port: u16, workspace: PathBuf) -> AgentConfig {
+    pub fn new(
+        agent: AgentRef,
+        fleet_uid: impl Into<String>,
+        bus_host: impl Into<String>,
+        bus_port: u16,
+        workspace: PathBuf,
+    ) -> AgentConfig {
         AgentConfig {
             agent,
             fleet_uid: fleet_uid.into(),

@@ -43,10 +43,19 @@ enum Input {
 
 /// Messages from the agent's own tasks.
 enum Internal {
-    Progress { turn: u64, progress: Progress },
-    Done { turn: u64, result: Result<TurnResult, BrainError> },
+    Progress {
+        turn: u64,
+        progress: Progress,
+    },
+    Done {
+        turn: u64,
+        result: Result<TurnResult, BrainError>,
+    },
     /// A health probe finished; `reply_to` is the health-check command that asked, if any.
-    Health { health: BrainHealth, reply_to: Option<String> },
+    Health {
+        health: BrainHealth,
+        reply_to: Option<String>,
+    },
 }
 
 struct Turn {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clawfleet_agent::AgentConfig;
 use clawfleet_agent::runtime;
+use clawfleet_bus::BusSecret;
 use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusClient, BusEvent, ClientConfig};
-use clawfleet_bus::BusSecret;
 use clawfleet_core::acl::{self, BusIdentity};
 use clawfleet_core::{AgentRef, BrainSpec};
 use clawfleet_proto::bus::{self as wire, AgentActivity, AgentEnvelope, Directive, Heartbeat};
@@ -65,7 +65,11 @@ impl Harness {
     fn spawn(&self, config: AgentConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            runtime::run(config, reqwest::Client::new(), async { rx.await.ok(); }).await.unwrap();
+            runtime::run(config, reqwest::Client::new(), async {
+                rx.await.ok();
+            })
+            .await
+            .unwrap();
         });
         (tx, handle)
     }
@@ -93,10 +97,10 @@ impl Harness {
     async fn event(&mut self) -> AgentEnvelope {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let BusEvent::Message { topic, payload } = self.next(deadline, "an event").await {
-                if topic.ends_with("/events") {
-                    return wire::decode_envelope(&payload).unwrap();
-                }
+            if let BusEvent::Message { topic, payload } = self.next(deadline, "an event").await
+                && topic.ends_with("/events")
+            {
+                return wire::decode_envelope(&payload).unwrap();
             }
         }
     }
@@ -104,12 +108,12 @@ impl Harness {
     async fn heartbeat_where(&mut self, f: impl Fn(&Heartbeat) -> bool) -> Heartbeat {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let BusEvent::Message { topic, payload } = self.next(deadline, "a heartbeat").await {
-                if topic.ends_with("/heartbeat") {
-                    let hb = wire::decode_heartbeat(&payload).unwrap();
-                    if f(&hb) {
-                        return hb;
-                    }
+            if let BusEvent::Message { topic, payload } = self.next(deadline, "a heartbeat").await
+                && topic.ends_with("/heartbeat")
+            {
+                let hb = wire::decode_heartbeat(&payload).unwrap();
+                if f(&hb) {
+                    return hb;
                 }
             }
         }
@@ -140,7 +144,10 @@ async fn an_injection_runs_its_whole_lifecycle_once() {
     let mut h = Harness::new().await;
     let (_stop, _task) = h.spawn_ready(h.config(0, "echo")).await;
     h.send(0, &inject("i1", "hello there")).await;
-    assert_eq!(h.names_until_terminal().await, vec!["inject_delivered", "turn_started", "assistant_delta", "assistant", "turn_complete", "usage"]);
+    assert_eq!(
+        h.names_until_terminal().await,
+        vec!["inject_delivered", "turn_started", "assistant_delta", "assistant", "turn_complete", "usage"]
+    );
     // The same injection again (a redelivery) is ignored; the next one runs.
     h.send(0, &inject("i1", "hello there")).await;
     h.send(0, &inject("i2", "second")).await;
@@ -277,4 +284,3 @@ async fn a_restarted_agent_finishes_what_it_had_accepted() {
     let names = h.names_until_terminal().await;
     assert_eq!(names, vec!["turn_started", "assistant_delta", "assistant", "turn_complete", "usage"]);
 }
-

@@ -45,10 +45,10 @@ struct Watcher {
 impl Watcher {
     fn drain(&mut self) {
         while let Ok(ev) = self.rx.try_recv() {
-            if let BusEvent::Message { topic, payload } = ev {
-                if let (Some(t), Ok(hb)) = (topic::parse_agent(&topic), wire::decode_heartbeat(&payload)) {
-                    self.latest.insert(t.slot, (hb, Instant::now()));
-                }
+            if let BusEvent::Message { topic, payload } = ev
+                && let (Some(t), Ok(hb)) = (topic::parse_agent(&topic), wire::decode_heartbeat(&payload))
+            {
+                self.latest.insert(t.slot, (hb, Instant::now()));
             }
         }
     }
@@ -60,7 +60,9 @@ impl Watcher {
     /// An idle heartbeat from an agent runtime that started after `since`.
     fn idle_since(&self, slot: u32, since: Instant) -> bool {
         self.latest.get(&slot).is_some_and(|(hb, at)| {
-            hb.state == AgentActivity::Idle && *at > since && Duration::from_secs(hb.uptime_s) <= at.duration_since(since) + Duration::from_secs(1)
+            hb.state == AgentActivity::Idle
+                && *at > since
+                && Duration::from_secs(hb.uptime_s) <= at.duration_since(since) + Duration::from_secs(1)
         })
     }
 }

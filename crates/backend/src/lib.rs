@@ -117,7 +117,9 @@ pub enum ReplicaState {
     Starting,
     Running,
     /// Exited and waiting to be started again.
-    Restarting { last_exit: String },
+    Restarting {
+        last_exit: String,
+    },
     Stopping,
     /// Could not be started; the reason is shown to the operator.
     Failed(String),

@@ -305,12 +305,7 @@ impl Supervisor {
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .current_dir(&self.workspace)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0);
+        cmd.args(&self.args).current_dir(&self.workspace).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
         for (k, _) in std::env::vars_os() {
             if k.to_str().is_some_and(env::is_private) {
                 cmd.env_remove(&k);

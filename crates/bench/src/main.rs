@@ -98,7 +98,13 @@ impl Plane {
     }
 
     async fn launch(&self, name: &str, replicas: u32, backend: &str) -> anyhow::Result<()> {
-        let req = LaunchRequest { name: name.into(), replicas, backend: Some(backend.into()), brain: Some("echo".into()), ..LaunchRequest::default() };
+        let req = LaunchRequest {
+            name: name.into(),
+            replicas,
+            backend: Some(backend.into()),
+            brain: Some("echo".into()),
+            ..LaunchRequest::default()
+        };
         let _: serde_json::Value = self.client.post("/api/v1/fleets", &req).await?;
         Ok(())
     }
@@ -143,12 +149,20 @@ impl Plane {
     }
 
     async fn inject(&self, fleet: &str, prompt: &str, agents: Option<Vec<u32>>) -> anyhow::Result<InjectResponse> {
-        self.client.post(&format!("/api/v1/fleets/{fleet}/inject"), &InjectRequest { prompt: prompt.into(), agents, request_id: None }).await
+        self.client
+            .post(&format!("/api/v1/fleets/{fleet}/inject"), &InjectRequest { prompt: prompt.into(), agents, request_id: None })
+            .await
     }
 }
 
 /// Waits until `count` events of `kind` for `injection` arrived; returns their arrival times.
-async fn collect(rx: &mut mpsc::UnboundedReceiver<(Instant, Event)>, injection: &str, kind: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Instant>> {
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<(Instant, Event)>,
+    injection: &str,
+    kind: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Instant>> {
     let mut times = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + timeout;
     while times.len() < count {
@@ -163,7 +177,12 @@ async fn collect(rx: &mut mpsc::UnboundedReceiver<(Instant, Event)>, injection: 
 }
 
 /// For each agent of an injection: when its `inject_ack` and its `inject_delivered` reached us.
-async fn ack_to_delivered(rx: &mut mpsc::UnboundedReceiver<(Instant, Event)>, injection: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<(Instant, Instant)>> {
+async fn ack_to_delivered(
+    rx: &mut mpsc::UnboundedReceiver<(Instant, Event)>,
+    injection: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(Instant, Instant)>> {
     let mut acks: HashMap<u32, Instant> = HashMap::new();
     let mut pairs = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -217,7 +236,9 @@ fn agent_pids(data: &Path, fleet: &str) -> Vec<u32> {
             continue;
         }
         for slot in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            if let Some(pid) = std::fs::read_to_string(slot.path().join("agent.pid")).ok().and_then(|t| t.split_whitespace().next()?.parse().ok()) {
+            if let Some(pid) =
+                std::fs::read_to_string(slot.path().join("agent.pid")).ok().and_then(|t| t.split_whitespace().next()?.parse().ok())
+            {
                 pids.push(pid);
             }
         }
@@ -340,7 +361,10 @@ async fn thousand_agents(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         name: "broadcast to 1,000 simulated agents until every agent delivered",
         result: format!("{:.3} s", median(times.clone())),
         goal: "< 1 s",
-        notes: format!("median of {rounds}: {}; agents from `agent --join --count 1000` in one process (all ready {join_s:.1} s after start)", times.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ")),
+        notes: format!(
+            "median of {rounds}: {}; agents from `agent --join --count 1000` in one process (all ready {join_s:.1} s after start)",
+            times.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ")
+        ),
     });
     drop(events);
 
@@ -373,7 +397,9 @@ async fn thousand_agents(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 
 fn mosquitto() -> anyhow::Result<(Child, u16)> {
     let port = free_port();
-    let bin = ["mosquitto", "/usr/sbin/mosquitto"].into_iter().find(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
+    let bin = ["mosquitto", "/usr/sbin/mosquitto"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
     let bin = bin.context("mosquitto is not installed (apt-get install mosquitto)")?;
     // Mosquitto leaves Nagle's algorithm on unless told otherwise; clawfleet's sockets turn it off.
     let conf = std::env::temp_dir().join(format!("clawfleet-bench-mosquitto-{port}.conf"));
@@ -426,7 +452,10 @@ async fn brokers(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         name: "injection round trip (inject to turn_complete), Mosquitto 2.0",
         result: format!("p50 {m50:.1} ms, p99 {m99:.1} ms"),
         goal: "side by side",
-        notes: format!("same, with `up --bus mqtt://…` to Debian's Mosquitto (`set_tcp_nodelay true`); ratio of p50s, embedded/Mosquitto: {:.2}", e50 / m50),
+        notes: format!(
+            "same, with `up --bus mqtt://…` to Debian's Mosquitto (`set_tcp_nodelay true`); ratio of p50s, embedded/Mosquitto: {:.2}",
+            e50 / m50
+        ),
     });
     Ok(())
 }

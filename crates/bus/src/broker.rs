@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clawfleet_core::acl::{self, BusIdentity};
+use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::server::MqttServer;
 use rmqtt::types::{AuthResult, PublishAclResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
-use rmqtt::codec::v5::SubscribeAckReason;
 
 /// Decides who a connecting client is.
 pub trait Authenticator: Send + Sync + 'static {
@@ -167,9 +167,7 @@ impl Handler for AclHook {
                 let password = info.password().map(|p| p.as_ref()).unwrap_or(b"");
                 let result = match self.auth.authenticate(&id.client_id, username, password) {
                     Some(BusIdentity::Control) => AuthResult::Allow(true, None),
-                    Some(BusIdentity::Agent(agent)) if acl::agent_username(&agent) == username => {
-                        AuthResult::Allow(false, None)
-                    }
+                    Some(BusIdentity::Agent(agent)) if acl::agent_username(&agent) == username => AuthResult::Allow(false, None),
                     _ => {
                         tracing::warn!(client_id = %id.client_id, username, remote = ?id.remote_addr, "Bus login refused");
                         AuthResult::BadUsernameOrPassword
@@ -178,8 +176,8 @@ impl Handler for AclHook {
                 (false, Some(HookResult::AuthResult(result)))
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                let allowed = session_identity(session.id.username.as_deref())
-                    .is_some_and(|who| acl::may_subscribe(&who, &subscribe.topic_filter));
+                let allowed =
+                    session_identity(session.id.username.as_deref()).is_some_and(|who| acl::may_subscribe(&who, &subscribe.topic_filter));
                 let result = if allowed {
                     SubscribeAclResult::new_success(subscribe.opts.qos(), None)
                 } else {
@@ -189,8 +187,7 @@ impl Handler for AclHook {
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let allowed = session_identity(session.id.username.as_deref())
-                    .is_some_and(|who| acl::may_publish(&who, &publish.topic));
+                let allowed = session_identity(session.id.username.as_deref()).is_some_and(|who| acl::may_publish(&who, &publish.topic));
                 let result = if allowed {
                     PublishAclResult::allow()
                 } else {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter,
+};
 use tokio::sync::{Notify, mpsc};
 
 /// A message the broker publishes for a client when its connection drops.
@@ -159,13 +161,7 @@ pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
     (BusClient { inner: client, shared }, rx)
 }
 
-async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    shared: Arc<Shared>,
-    subscriptions: Vec<String>,
-    tx: mpsc::Sender<BusEvent>,
-) {
+async fn drive(mut eventloop: EventLoop, client: AsyncClient, shared: Arc<Shared>, subscriptions: Vec<String>, tx: mpsc::Sender<BusEvent>) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
@@ -215,9 +211,7 @@ async fn drive(
                 // data (late PUBACKs) makes the kernel send RST, and a broker that sees a reset
                 // before it reads the DISCONNECT publishes the last will.
                 // Every PUBACK is in before DISCONNECT goes out, so a short quiet period suffices.
-                let drain = async {
-                    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {}
-                };
+                let drain = async { while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {} };
                 let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
                 let _ = tx.send(BusEvent::Closed).await;
                 return;

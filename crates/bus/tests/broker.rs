@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clawfleet_bus::BusSecret;
 use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
-use clawfleet_bus::BusSecret;
 use clawfleet_core::AgentRef;
 use clawfleet_core::acl::{self, BusIdentity};
 use clawfleet_proto::topic::{self, Channel};
@@ -27,11 +27,7 @@ impl Authenticator for TestAuth {
 
 fn start() -> (EmbeddedBroker, BusSecret) {
     let secret = BusSecret::generate();
-    let broker = EmbeddedBroker::start(
-        BrokerConfig::new("127.0.0.1:0".parse().unwrap()),
-        Arc::new(TestAuth(secret.clone())),
-    )
-    .unwrap();
+    let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(TestAuth(secret.clone()))).unwrap();
     (broker, secret)
 }
 

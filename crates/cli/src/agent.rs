@@ -95,10 +95,14 @@ async fn join(args: &AgentArgs, fleet: &str) -> anyhow::Result<Vec<AgentConfig>>
     let join: JoinResponse = client.get(&format!("/api/v1/fleets/{fleet}/join?slots={}-{last}", args.slot)).await?;
     let bus: BusUrl = join.bus.parse()?;
     let name: FleetName = join.fleet.parse()?;
-    let root = args
-        .workspace
-        .clone()
-        .unwrap_or_else(|| args.client.data.clone().unwrap_or_else(crate::client::default_data_dir).join("joined").join(format!("{}-{}", join.fleet, join.fleet_uid)));
+    let root = args.workspace.clone().unwrap_or_else(|| {
+        args.client
+            .data
+            .clone()
+            .unwrap_or_else(crate::client::default_data_dir)
+            .join("joined")
+            .join(format!("{}-{}", join.fleet, join.fleet_uid))
+    });
     join.agents
         .iter()
         .map(|a| {

@@ -32,6 +32,7 @@ pub(crate) struct ClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::enum_variant_names)] // `command` is the name of the subcommand users type.
 pub(crate) enum Command {
     /// Run the control plane: API, dashboard, embedded bus, reconciler (foreground).
     Up(UpArgs),
@@ -53,6 +54,8 @@ pub(crate) enum Command {
     Scale(ScaleArgs),
     /// Stop and remove a fleet.
     Terminate(TerminateArgs),
+    /// Check every agent's health (health-check), in the hatchery fleet monitor's format with --json.
+    Monitor(MonitorArgs),
     /// Show who did what: the control plane's audit log.
     Audit(AuditArgs),
     /// Speak the codeswarm router protocol (JSON lines) on stdio or TCP.
@@ -229,6 +232,19 @@ pub(crate) struct TerminateArgs {
     #[arg(long)]
     pub wait: bool,
     #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MonitorArgs {
+    /// Only this fleet (default: every active fleet).
+    pub name: Option<String>,
+    /// Seconds to wait for each fleet's replies.
+    #[arg(long, default_value_t = 5)]
     pub timeout: u64,
     #[arg(long)]
     pub json: bool,

@@ -53,9 +53,9 @@ impl Client {
             Some(t) => t.clone(),
             None => {
                 let path = data.join("token");
-                std::fs::read_to_string(&path)
-                    .map(|t| t.trim().to_owned())
-                    .map_err(|e| anyhow!("no API token: pass --token, set CLAWFLEET_TOKEN, or run where `clawfleet up` wrote {} ({e})", path.display()))?
+                std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).map_err(|e| {
+                    anyhow!("no API token: pass --token, set CLAWFLEET_TOKEN, or run where `clawfleet up` wrote {} ({e})", path.display())
+                })?
             }
         };
         Client::new(&base, &token)
@@ -66,7 +66,8 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("the server URL must start with http:// or https://, got '{base}'");
         }
-        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build().context("building the HTTP client")?;
+        let http =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build().context("building the HTTP client")?;
         Ok(Client { http, base, token: token.to_owned() })
     }
 

@@ -26,7 +26,10 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
     if !args.json {
-        eprintln!("launched fleet '{}': {} agents ({}, brain {}, version {})", fleet.name, fleet.replicas, fleet.backend, fleet.brain, fleet.version);
+        eprintln!(
+            "launched fleet '{}': {} agents ({}, brain {}, version {})",
+            fleet.name, fleet.replicas, fleet.backend, fleet.brain, fleet.version
+        );
     }
     if args.wait {
         fleet = wait_ready(&client, &fleet.name, Duration::from_secs(args.timeout)).await?;
@@ -141,7 +144,9 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 a.uptime_s.map_or_else(dash, |u| format!("{u}s")),
                 a.rss_bytes.map_or_else(dash, human_bytes),
                 a.load1.map_or_else(dash, |l| format!("{l:.2}")),
-                a.brain.as_ref().map_or_else(dash, |b| if b.healthy { "ok".into() } else { format!("unhealthy: {}", b.detail.clone().unwrap_or_default()) }),
+                a.brain.as_ref().map_or_else(dash, |b| {
+                    if b.healthy { "ok".into() } else { format!("unhealthy: {}", b.detail.clone().unwrap_or_default()) }
+                }),
                 a.queued.to_string(),
                 a.instance.clone().unwrap_or_else(dash),
                 a.restarts.to_string(),
@@ -151,7 +156,10 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .collect();
     print!(
         "{}",
-        table(&["SLOT", "ID", "STATE", "HEARTBEAT", "VERSION", "UPTIME", "RSS", "LOAD", "BRAIN", "QUEUE", "INSTANCE", "RESTARTS", "PROBLEM"], &rows)
+        table(
+            &["SLOT", "ID", "STATE", "HEARTBEAT", "VERSION", "UPTIME", "RSS", "LOAD", "BRAIN", "QUEUE", "INSTANCE", "RESTARTS", "PROBLEM"],
+            &rows
+        )
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, ClientArgs};
+use crate::args::{Cli, ClientArgs, Command};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Command(a) => talk::command(a).await,
         Command::Scale(a) => fleet::scale(a).await,
         Command::Terminate(a) => fleet::terminate(a).await,
+        Command::Monitor(a) => talk::monitor(a).await,
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
         Command::Agent(a) => agent::run(a).await,

@@ -157,7 +157,14 @@ mod tests {
     use super::*;
 
     fn ev(agent: u32, body: EventBody) -> Event {
-        Event { id: 1, at: "2026-11-22T17:00:01.000Z".into(), fleet: "squad".into(), agent: Some(agent), injection_id: Some("0193-abcdefgh".into()), body }
+        Event {
+            id: 1,
+            at: "2026-11-22T17:00:01.000Z".into(),
+            fleet: "squad".into(),
+            agent: Some(agent),
+            injection_id: Some("0193-abcdefgh".into()),
+            body,
+        }
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clawfleet_core::BrainSpec;
+use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef};
-use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -399,7 +399,10 @@ async fn serve(router: Arc<Router>, reader: impl AsyncBufRead + Unpin, mut write
         loop {
             match rx.recv().await {
                 Ok(line) => {
-                    if writer.write_all(line.as_bytes()).await.is_err() || writer.write_all(b"\n").await.is_err() || writer.flush().await.is_err() {
+                    if writer.write_all(line.as_bytes()).await.is_err()
+                        || writer.write_all(b"\n").await.is_err()
+                        || writer.flush().await.is_err()
+                    {
                         return;
                     }
                 }
@@ -506,7 +509,10 @@ mod tests {
         input.extend(b"\n\xff\xfe\nnext\n");
         let mut reader = BufReader::new(&input[..]);
         let mut buf = Vec::new();
-        assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Err(format!("line is over the {MAX_ROUTER_LINE_BYTES}-byte limit"))));
+        assert_eq!(
+            read_line(&mut reader, &mut buf).await.unwrap(),
+            Some(Err(format!("line is over the {MAX_ROUTER_LINE_BYTES}-byte limit")))
+        );
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Err("line is not UTF-8".into())));
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Ok("next".into())));
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), None);

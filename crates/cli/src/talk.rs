@@ -10,7 +10,7 @@ use clawfleet_proto::api::{CommandRequest, CommandResponse, InjectRequest, Injec
 use clawfleet_proto::event::Event;
 use futures_util::StreamExt;
 
-use crate::args::{AttachArgs, CommandArgs, InjectArgs, LogsArgs};
+use crate::args::{AttachArgs, CommandArgs, InjectArgs, LogsArgs, MonitorArgs};
 use crate::output::{EventPrinter, Progress, table};
 
 pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
@@ -56,7 +56,8 @@ pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
             Ok(None) => bail!("the event stream ended before every agent answered"),
             Err(_) => {
                 progress.finish();
-                let waiting: Vec<String> = resp.targets.iter().filter(|t| !done.contains(t)).map(|t| format!("{}/{t}", resp.fleet)).collect();
+                let waiting: Vec<String> =
+                    resp.targets.iter().filter(|t| !done.contains(t)).map(|t| format!("{}/{t}", resp.fleet)).collect();
                 bail!("timed out after {} s waiting for {}", args.timeout, waiting.join(", "));
             }
         }
@@ -138,8 +139,77 @@ pub(crate) async fn command(args: CommandArgs) -> anyhow::Result<ExitCode> {
                 vec![format!("{}/{}", args.name, r.agent), if r.ok { "ok".into() } else { "error".into() }, detail]
             })
             .collect();
-        rows.extend(resp.pending.iter().map(|p| vec![format!("{}/{p}", args.name), "pending".into(), "no reply yet; it stays queued for the agent".into()]));
+        rows.extend(
+            resp.pending
+                .iter()
+                .map(|p| vec![format!("{}/{p}", args.name), "pending".into(), "no reply yet; it stays queued for the agent".into()]),
+        );
         print!("{}", table(&["AGENT", "STATUS", "REPLY"], &rows));
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `monitor`: a health-check of every agent, reported the way the hatchery fleet monitor
+/// reports it (`{"status":"healthy"|"unhealthy","results":[{"name","healthy","http_status"}]}`),
+/// so the scripts and alerts built on it keep working. Exit status 1 when anything is unhealthy.
+pub(crate) async fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let outcome = async {
+        let client = args.client.client()?;
+        let fleets: Vec<String> = match &args.name {
+            Some(name) => vec![name.clone()],
+            None => {
+                let list: clawfleet_proto::api::FleetList = client.get("/api/v1/fleets").await?;
+                list.fleets.into_iter().filter(|f| f.state == "active" && f.replicas > 0).map(|f| f.name).collect()
+            }
+        };
+        let mut results = Vec::new();
+        for fleet in fleets {
+            let req = CommandRequest { command: "health-check".into(), agents: None, timeout_ms: Some(args.timeout * 1000) };
+            let resp: CommandResponse = client.post(&format!("/api/v1/fleets/{fleet}/command"), &req).await?;
+            for r in resp.results {
+                let healthy = r.ok && r.result["healthy"] == true;
+                results.push((
+                    format!("{fleet}/{}", r.agent),
+                    healthy,
+                    r.error.or_else(|| r.result["brain"]["detail"].as_str().map(str::to_owned)),
+                ));
+            }
+            results.extend(resp.pending.into_iter().map(|p| (format!("{fleet}/{p}"), false, Some("no reply".to_owned()))));
+        }
+        anyhow::Ok(results)
+    }
+    .await;
+    let results = match outcome {
+        Ok(r) => r,
+        Err(e) if args.json => {
+            println!("{}", serde_json::json!({"status": "error", "message": format!("{e:#}")}));
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e),
+    };
+    let all_healthy = results.iter().all(|r| r.1);
+    if args.json {
+        let body = if results.is_empty() {
+            serde_json::json!({"status": "ok", "message": "no running instances", "results": []})
+        } else {
+            let rows: Vec<_> = results
+                .iter()
+                .map(|(name, healthy, _)| serde_json::json!({"name": name, "healthy": healthy, "http_status": if *healthy { 200 } else { 503 }}))
+                .collect();
+            serde_json::json!({"status": if all_healthy { "healthy" } else { "unhealthy" }, "results": rows})
+        };
+        println!("{body}");
+    } else if results.is_empty() {
+        println!("No running instances to monitor.");
+    } else {
+        for (name, healthy, why) in &results {
+            if !healthy {
+                println!("{name} UNHEALTHY ({})", why.as_deref().unwrap_or("unhealthy"));
+            }
+        }
+        if all_healthy {
+            println!("All {} agents healthy", results.len());
+        }
+    }
+    Ok(if all_healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

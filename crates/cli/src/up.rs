@@ -48,10 +48,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  data       {}", data.display());
     println!("  brain      fleets launched without --brain use '{default_brain}'");
 
-    if args.demo {
-        if let Err(e) = demo(&http, server.token()).await {
-            eprintln!("warning: could not launch the demo fleet: {e:#}");
-        }
+    if args.demo
+        && let Err(e) = demo(&http, server.token()).await
+    {
+        eprintln!("warning: could not launch the demo fleet: {e:#}");
     }
     println!("Press Ctrl-C to stop (agents of local fleets stop with it; fleets come back on the next `up`).");
 

@@ -19,10 +19,7 @@ impl Plan {
 /// Plans for `replicas` desired agents given the slots that run (or are being started).
 pub fn plan(replicas: u32, running: impl IntoIterator<Item = u32>) -> Plan {
     let running: BTreeSet<u32> = running.into_iter().collect();
-    Plan {
-        start: (0..replicas).filter(|s| !running.contains(s)).collect(),
-        stop: running.into_iter().filter(|&s| s >= replicas).collect(),
-    }
+    Plan { start: (0..replicas).filter(|s| !running.contains(s)).collect(), stop: running.into_iter().filter(|&s| s >= replicas).collect() }
 }
 
 #[cfg(test)]

@@ -172,8 +172,14 @@ mod tests {
     fn refusals_name_the_problem() {
         let err = |r: LaunchRequest| FleetSpec::from_request(&r, &BrainSpec::Echo).unwrap_err().to_string();
         assert_eq!(err(req("squad", 10_001)), "replicas must be between 0 and 10000, got 10001");
-        assert_eq!(err(LaunchRequest { backend: Some("k8s".into()), ..req("s", 1) }), "unknown backend 'k8s' (expected local, docker, slurm or external)");
-        assert_eq!(err(LaunchRequest { version: Some("v 2".into()), ..req("s", 1) }), "version label must be 1-64 printable characters without spaces, got 'v 2'");
+        assert_eq!(
+            err(LaunchRequest { backend: Some("k8s".into()), ..req("s", 1) }),
+            "unknown backend 'k8s' (expected local, docker, slurm or external)"
+        );
+        assert_eq!(
+            err(LaunchRequest { version: Some("v 2".into()), ..req("s", 1) }),
+            "version label must be 1-64 printable characters without spaces, got 'v 2'"
+        );
         assert_eq!(
             err(LaunchRequest { prompt: Some("x".repeat(MAX_PROMPT_BYTES + 1)), ..req("s", 1) }),
             format!("system prompt is {} bytes, over the 65536-byte limit", MAX_PROMPT_BYTES + 1)

@@ -7,8 +7,8 @@
 //!
 //! Decoding is total: any byte string gives a value or a [`DecodeError`] naming the problem.
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::MAX_BUS_PAYLOAD_BYTES;
 use crate::event::EventBody;
@@ -41,9 +41,7 @@ impl Directive {
     /// Whether a directive read from a fleet topic is meant for `slot`.
     pub fn is_for(&self, slot: u32) -> bool {
         match self {
-            Directive::Inject { targets, .. } | Directive::Command { targets, .. } => {
-                targets.as_ref().is_none_or(|t| t.contains(&slot))
-            }
+            Directive::Inject { targets, .. } | Directive::Command { targets, .. } => targets.as_ref().is_none_or(|t| t.contains(&slot)),
             Directive::Replay { .. } => true,
         }
     }

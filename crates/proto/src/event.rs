@@ -123,10 +123,7 @@ impl EventBody {
 
     /// Whether this event ends an injection's life on one agent.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }
-        )
+        matches!(self, EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. })
     }
 }
 
@@ -162,7 +159,10 @@ mod tests {
         let line = serde_json::to_string(&event(EventBody::AssistantDelta { content: "Hi".into() })).unwrap();
         expect![[r#"{"id":7,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"inj-1","event":"assistant_delta","data":{"content":"Hi"}}"#]].assert_eq(&line);
         let line = serde_json::to_string(&event(EventBody::TurnComplete {})).unwrap();
-        expect![[r#"{"id":7,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"inj-1","event":"turn_complete","data":{}}"#]].assert_eq(&line);
+        expect![[
+            r#"{"id":7,"at":"2026-11-22T17:00:00.123Z","fleet":"squad","agent":3,"injection_id":"inj-1","event":"turn_complete","data":{}}"#
+        ]]
+        .assert_eq(&line);
     }
 
     #[test]

@@ -56,13 +56,29 @@ pub enum Command {
         /// `name`, `brain`, `version` are read from here; the rest is ignored.
         provider_params: Map<String, Value>,
     },
-    Inject { swarm: SwarmRef, nodes: Nodes, content: String },
-    EnqueueInject { source_swarm_id: Option<String>, target_swarm_id: String, selector: Selector, content: String },
+    Inject {
+        swarm: SwarmRef,
+        nodes: Nodes,
+        content: String,
+    },
+    EnqueueInject {
+        source_swarm_id: Option<String>,
+        target_swarm_id: String,
+        selector: Selector,
+        content: String,
+    },
     QueueList,
     SwarmList,
-    SwarmStatus { swarm_id: String },
-    ApproveExecution { job_id: String, call_id: String },
-    SwarmTerminate { swarm_id: String },
+    SwarmStatus {
+        swarm_id: String,
+    },
+    ApproveExecution {
+        job_id: String,
+        call_id: String,
+    },
+    SwarmTerminate {
+        swarm_id: String,
+    },
     ProvidersList,
 }
 
@@ -160,15 +176,15 @@ pub fn parse_line(line: &str) -> Result<Request, Rejection> {
         return Ok(Request { request_id, command: Command::Inject { swarm: SwarmRef::Job(job), nodes, content } });
     }
 
-    if let Some(protocol) = obj.get("protocol") {
-        if protocol.as_str() != Some(PROTOCOL) {
-            return Err(Rejection::new(rid, format!("unsupported protocol {protocol}: this router speaks {PROTOCOL}")));
-        }
+    if let Some(protocol) = obj.get("protocol")
+        && protocol.as_str() != Some(PROTOCOL)
+    {
+        return Err(Rejection::new(rid, format!("unsupported protocol {protocol}: this router speaks {PROTOCOL}")));
     }
-    if let Some(kind) = obj.get("type") {
-        if kind.as_str() != Some("command") {
-            return Err(Rejection::new(rid, format!("unsupported message type {kind}: expected \"command\"")));
-        }
+    if let Some(kind) = obj.get("type")
+        && kind.as_str() != Some("command")
+    {
+        return Err(Rejection::new(rid, format!("unsupported message type {kind}: expected \"command\"")));
     }
     let Some(command) = obj.get("command") else {
         return Err(Rejection::new(rid, "missing field 'command'"));
@@ -244,10 +260,9 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
         "queue_list" => Command::QueueList,
         "swarm_list" => Command::SwarmList,
         "swarm_status" => Command::SwarmStatus { swarm_id: string_field(p, "swarm_id", rid)? },
-        "approve_execution" => Command::ApproveExecution {
-            job_id: string_field(p, "job_id", rid)?,
-            call_id: string_field(p, "call_id", rid)?,
-        },
+        "approve_execution" => {
+            Command::ApproveExecution { job_id: string_field(p, "job_id", rid)?, call_id: string_field(p, "call_id", rid)? }
+        }
         "swarm_terminate" => Command::SwarmTerminate { swarm_id: string_field(p, "swarm_id", rid)? },
         "providers_list" => Command::ProvidersList,
         other => return Err(Rejection::new(rid, format!("unknown command '{other}' (known: {COMMANDS})"))),
@@ -299,15 +314,23 @@ mod tests {
 
     #[test]
     fn envelope_inject() {
-        let r = ok(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"inject","request_id":"r1","payload":{"swarm_id":"squad","nodes":[0,2],"content":"hi"}}"#);
+        let r = ok(
+            r#"{"protocol":"codeswarm.router.v1","type":"command","command":"inject","request_id":"r1","payload":{"swarm_id":"squad","nodes":[0,2],"content":"hi"}}"#,
+        );
         assert_eq!(r.request_id.as_deref(), Some("r1"));
-        assert_eq!(r.command, Command::Inject { swarm: SwarmRef::Swarm("squad".into()), nodes: Nodes::List(vec![0, 2]), content: "hi".into() });
+        assert_eq!(
+            r.command,
+            Command::Inject { swarm: SwarmRef::Swarm("squad".into()), nodes: Nodes::List(vec![0, 2]), content: "hi".into() }
+        );
     }
 
     #[test]
     fn short_forms() {
         let r = ok(r#"{"action":"inject","job_id":"272900","node_id":0,"content":"Hello"}"#);
-        assert_eq!(r.command, Command::Inject { swarm: SwarmRef::Job("272900".into()), nodes: Nodes::List(vec![0]), content: "Hello".into() });
+        assert_eq!(
+            r.command,
+            Command::Inject { swarm: SwarmRef::Job("272900".into()), nodes: Nodes::List(vec![0]), content: "Hello".into() }
+        );
         let r = ok(r#"{"command":"inject","swarm_id":"squad","nodes":"all","content":"Hello"}"#);
         assert_eq!(r.command, Command::Inject { swarm: SwarmRef::Swarm("squad".into()), nodes: Nodes::All, content: "Hello".into() });
         let r = ok(r#"{"action":"inject","job_id":272900,"content":"Hello"}"#);
@@ -326,7 +349,8 @@ mod tests {
             ("swarm_terminate", r#"{"swarm_id":"s","terminate_params":{}}"#),
             ("providers_list", "{}"),
         ] {
-            let line = format!(r#"{{"protocol":"codeswarm.router.v1","type":"command","command":"{cmd}","request_id":"x","payload":{payload}}}"#);
+            let line =
+                format!(r#"{{"protocol":"codeswarm.router.v1","type":"command","command":"{cmd}","request_id":"x","payload":{payload}}}"#);
             assert_eq!(ok(&line).command.name(), cmd);
         }
     }
@@ -338,11 +362,20 @@ mod tests {
         assert_eq!(reason(r#"{"request_id":"r"}"#), "missing field 'command'");
         assert!(reason(r#"{"command":"reboot"}"#).starts_with("unknown command 'reboot' (known: swarm_launch"));
         assert_eq!(reason(r#"{"command":"inject","nodes":0,"content":"x"}"#), "payload.swarm_id is required");
-        assert_eq!(reason(r#"{"command":"inject","swarm_id":"s","nodes":-1,"content":"x"}"#), "payload.nodes must be a non-negative integer, got -1");
-        assert_eq!(reason(r#"{"command":"inject","swarm_id":"s","nodes":[],"content":"x"}"#), "payload.nodes must be \"all\", a node number or a non-empty list of node numbers, got []");
+        assert_eq!(
+            reason(r#"{"command":"inject","swarm_id":"s","nodes":-1,"content":"x"}"#),
+            "payload.nodes must be a non-negative integer, got -1"
+        );
+        assert_eq!(
+            reason(r#"{"command":"inject","swarm_id":"s","nodes":[],"content":"x"}"#),
+            "payload.nodes must be \"all\", a node number or a non-empty list of node numbers, got []"
+        );
         assert_eq!(reason(r#"{"command":"inject","swarm_id":"s"}"#), "payload.content is required");
         assert!(reason(r#"{"protocol":"codeswarm.router.v2","command":"swarm_list"}"#).starts_with("unsupported protocol"));
-        assert_eq!(reason(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"swarm_status","request_id":"r9","payload":{}}"#), "swarm_id is required");
+        assert_eq!(
+            reason(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"swarm_status","request_id":"r9","payload":{}}"#),
+            "swarm_id is required"
+        );
         assert_eq!(parse_line(r#"{"command":"swarm_status","request_id":"r9"}"#).unwrap_err().request_id.as_deref(), Some("r9"));
         assert!(reason(r#"{"action":"terminate"}"#).starts_with("unknown action 'terminate'"));
     }

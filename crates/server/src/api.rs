@@ -74,12 +74,8 @@ async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -
 }
 
 async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     match presented {
         Some(t) if crate::auth::token_ok(&app.token, t) => {
             let from = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
@@ -213,7 +209,12 @@ async fn launch(
         fleet: row.name.clone(),
         agent: None,
         injection_id: None,
-        body: EventBody::FleetLaunched { replicas: row.replicas, backend: row.backend.clone(), brain: row.brain.clone(), version: row.version.clone() },
+        body: EventBody::FleetLaunched {
+            replicas: row.replicas,
+            backend: row.backend.clone(),
+            brain: row.brain.clone(),
+            version: row.version.clone(),
+        },
     };
     let r = row.clone();
     app.hub
@@ -300,7 +301,11 @@ async fn scale(
     Ok(Json(fleet_view(&app, &FleetRow { replicas, ..row })))
 }
 
-async fn terminate(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<(StatusCode, Json<Ack>), ApiError> {
+async fn terminate(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let row = load(&app, &name).await?;
     if row.state == "active" {
         let n = name.clone();
@@ -334,7 +339,15 @@ async fn inject(
         .write(move |s| {
             let at = clock::now_rfc3339();
             let detail = format!("injection={iid} agents={}", t.len());
-            let inj = NewInjection { id: &iid, fleet: &fleet, prompt: &prompt, at: &at, caller: &caller.0, targets: &t, request_id: rid.as_deref() };
+            let inj = NewInjection {
+                id: &iid,
+                fleet: &fleet,
+                prompt: &prompt,
+                at: &at,
+                caller: &caller.0,
+                targets: &t,
+                request_id: rid.as_deref(),
+            };
             s.create_injection(&inj, &audit(&at, &caller, "inject", &fleet, detail))
         })
         .await?;
@@ -351,9 +364,10 @@ async fn command(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<CommandRequest>,
 ) -> Result<Json<CommandResponse>, ApiError> {
-    let cmd: CommandName = req.command.parse().map_err(|e: clawfleet_core::command::UnknownCommand| {
-        ApiError::new(StatusCode::BAD_REQUEST, "unknown_command", e.to_string())
-    })?;
+    let cmd: CommandName = req
+        .command
+        .parse()
+        .map_err(|e: clawfleet_core::command::UnknownCommand| ApiError::new(StatusCode::BAD_REQUEST, "unknown_command", e.to_string()))?;
     let row = load_active(&app, &name).await?;
     let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(10_000).min(120_000));
@@ -377,10 +391,11 @@ async fn command(
     while answered.len() < targets.len() {
         match tokio::time::timeout_at(deadline.into(), live.recv()).await {
             Ok(Ok(e)) => {
-                if let EventBody::CommandReply { command_id, .. } = &e.body {
-                    if *command_id == id && e.fleet == name {
-                        answered.extend(e.agent);
-                    }
+                if let EventBody::CommandReply { command_id, .. } = &e.body
+                    && *command_id == id
+                    && e.fleet == name
+                {
+                    answered.extend(e.agent);
                 }
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
@@ -393,10 +408,10 @@ async fn command(
     let events = app.db.run(move |s| s.events_after(&filter, after, usize::MAX >> 1)).await?;
     let mut results: BTreeMap<u32, CommandResult> = BTreeMap::new();
     for e in events {
-        if let (EventBody::CommandReply { command_id, ok, result, error, .. }, Some(agent)) = (e.body, e.agent) {
-            if command_id == id {
-                results.entry(agent).or_insert(CommandResult { agent, ok, result, error });
-            }
+        if let (EventBody::CommandReply { command_id, ok, result, error, .. }, Some(agent)) = (e.body, e.agent)
+            && command_id == id
+        {
+            results.entry(agent).or_insert(CommandResult { agent, ok, result, error });
         }
     }
     let pending = targets.iter().copied().filter(|t| !results.contains_key(t)).collect();
@@ -489,7 +504,13 @@ async fn injection(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resul
             _ => {}
         }
     }
-    Ok(Json(InjectionStatus { injection_id: row.id, fleet: row.fleet, prompt: row.prompt, created_at: row.created_at, agents: agents.into_values().collect() }))
+    Ok(Json(InjectionStatus {
+        injection_id: row.id,
+        fleet: row.fleet,
+        prompt: row.prompt,
+        created_at: row.created_at,
+        agents: agents.into_values().collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,8 +555,9 @@ async fn events(State(app): State<Arc<App>>, Q(q): Q<EventsQuery>) -> Result<Res
         };
         Ok::<_, std::convert::Infallible>(Bytes::from(line + "\n"))
     });
-    let keepalive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE))
-        .map(|_| Ok(Bytes::from_static(b"\n")));
+    let keepalive =
+        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE))
+            .map(|_| Ok(Bytes::from_static(b"\n")));
     let body = Body::from_stream(merge_until_first_ends(lines, keepalive));
     let mut resp = Response::new(body);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -561,7 +583,9 @@ struct AuditQuery {
 async fn audit_log(State(app): State<Arc<App>>, Q(q): Q<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(100).min(10_000);
     let rows = app.db.run(move |s| s.audit_log(limit)).await?;
-    Ok(Json(rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect()))
+    Ok(Json(
+        rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect(),
+    ))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -575,8 +599,16 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     counter("clawfleet_bus_rejected_total", "Bus messages refused as malformed or forbidden.", m.bus_rejected.load(Ordering::Relaxed));
     counter("clawfleet_events_ingested_total", "Agent events stored.", m.events_ingested.load(Ordering::Relaxed));
     counter("clawfleet_duplicate_events_total", "Agent events received again and ignored.", m.duplicates.load(Ordering::Relaxed));
-    counter("clawfleet_replays_requested_total", "Replays asked of agents after a journal gap.", m.replays_requested.load(Ordering::Relaxed));
-    counter("clawfleet_directives_sent_total", "Directives published (first sends and resends).", m.directives_sent.load(Ordering::Relaxed));
+    counter(
+        "clawfleet_replays_requested_total",
+        "Replays asked of agents after a journal gap.",
+        m.replays_requested.load(Ordering::Relaxed),
+    );
+    counter(
+        "clawfleet_directives_sent_total",
+        "Directives published (first sends and resends).",
+        m.directives_sent.load(Ordering::Relaxed),
+    );
     counter("clawfleet_injections_total", "Injections accepted.", m.injections.load(Ordering::Relaxed));
     counter("clawfleet_http_requests_total", "HTTP requests served.", m.http_requests.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP clawfleet_agents Agents by state.\n# TYPE clawfleet_agents gauge");
@@ -586,6 +618,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         let _ = writeln!(out, "clawfleet_agents{{state=\"{state}\"}} {n}");
     }
     let pending = app.sent.lock().expect("not poisoned").len();
-    let _ = writeln!(out, "# HELP clawfleet_outbox_in_flight Directives sent and not yet acknowledged.\n# TYPE clawfleet_outbox_in_flight gauge\nclawfleet_outbox_in_flight {pending}");
+    let _ = writeln!(
+        out,
+        "# HELP clawfleet_outbox_in_flight Directives sent and not yet acknowledged.\n# TYPE clawfleet_outbox_in_flight gauge\nclawfleet_outbox_in_flight {pending}"
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clawfleet_backend::{Backend, Deployment, Endpoints};

@@ -87,10 +87,14 @@ impl From<JsonRejection> for ApiError {
                 let detail = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("invalid request body: {detail}"))
             }
-            JsonRejection::MissingJsonContentType(_) => {
-                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", "the request body must be JSON (Content-Type: application/json)")
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content_type",
+                "the request body must be JSON (Content-Type: application/json)",
+            ),
+            JsonRejection::BytesRejection(e) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body rejected: {}", e.body_text()))
             }
-            JsonRejection::BytesRejection(e) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body rejected: {}", e.body_text())),
             other => ApiError::bad_request(other.body_text()),
         }
     }

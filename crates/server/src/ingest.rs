@@ -148,7 +148,13 @@ async fn request_replay(app: &App, track: &mut AgentTrack, key: &Key, epoch: &st
         let (fleet, slot) = key.clone();
         let message = format!("events {}..{} of this agent were lost (it could not replay them)", after + 1, upto);
         tracing::error!(%fleet, slot, %message, "Skipping a journal gap");
-        let loss = NewEvent { at: clock::now_rfc3339(), fleet: fleet.clone(), agent: Some(slot), injection_id: None, body: EventBody::AgentError { message } };
+        let loss = NewEvent {
+            at: clock::now_rfc3339(),
+            fleet: fleet.clone(),
+            agent: Some(slot),
+            injection_id: None,
+            body: EventBody::AgentError { message },
+        };
         let epoch2 = epoch.to_owned();
         let written = app.hub.write(move |s| Ok(((), vec![s.skip_to(&fleet, slot, &epoch2, upto, loss)?]))).await;
         if written.is_ok() {
@@ -171,7 +177,7 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
         .hub
         .write(move |s| {
             let results = s.ingest(events)?;
-            let stored = results.iter().filter_map(|r| if let Ingested::Stored(e) = r { Some(e.clone()) } else { None }).collect();
+            let stored = results.iter().filter_map(|r| if let Ingested::Stored(e) = r { Some((**e).clone()) } else { None }).collect();
             Ok((results, stored))
         })
         .await;

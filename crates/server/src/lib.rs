@@ -206,7 +206,8 @@ impl Server {
             metrics: Default::default(),
         });
 
-        let listener = tokio::net::TcpListener::bind(config.http).await.map_err(|source| ServerError::Http { addr: config.http, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(config.http).await.map_err(|source| ServerError::Http { addr: config.http, source })?;
         let http_addr = listener.local_addr().map_err(|source| ServerError::Http { addr: config.http, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ingest_task = tokio::spawn(ingest::run(app.clone(), bus_rx));
@@ -221,8 +222,8 @@ impl Server {
             let _ = tcp.set_nodelay(true);
         });
         let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
+            let serve =
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
                     let _ = stop_http.changed().await;
                 });
             if let Err(e) = serve.await {
@@ -289,7 +290,9 @@ async fn wait_connected(rx: &mut tokio::sync::mpsc::Receiver<BusEvent>, url: &st
             Ok(Some(BusEvent::Connected { .. })) => return Ok(()),
             Ok(Some(BusEvent::Disconnected { reason })) => last = reason,
             Ok(Some(BusEvent::Message { .. } | BusEvent::Closed)) => {}
-            Ok(None) | Err(_) => return Err(ServerError::BusUnreachable { url: url.to_owned(), reason: format!("{last} (gave up after 10 s)") }),
+            Ok(None) | Err(_) => {
+                return Err(ServerError::BusUnreachable { url: url.to_owned(), reason: format!("{last} (gave up after 10 s)") });
+            }
         }
     }
 }

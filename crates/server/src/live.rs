@@ -80,10 +80,10 @@ impl Live {
         let mut agents = self.agents.lock().expect("not poisoned");
         let mut out = Vec::new();
         for ((fleet, slot), a) in agents.iter_mut() {
-            let now = availability(a.state(now_ms));
-            if now.is_some() && now != a.reported {
-                out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now.expect("checked"), previous: a.reported });
-                a.reported = now;
+            let Some(now) = availability(a.state(now_ms)) else { continue };
+            if Some(now) != a.reported {
+                out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now, previous: a.reported });
+                a.reported = Some(now);
             }
         }
         out.sort_by(|a, b| (&a.fleet, a.slot).cmp(&(&b.fleet, b.slot)));

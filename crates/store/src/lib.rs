@@ -87,7 +87,7 @@ pub struct Cursor {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ingested {
     /// New: stored with this id.
-    Stored(Event),
+    Stored(Box<Event>),
     /// Already stored (a redelivery or a replay).
     Duplicate,
     /// Events before it are missing; it was not stored. Ask the agent to replay after `after_seq`.
@@ -237,14 +237,33 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, Option<u32>, Option<String>, String, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+/// An `events` row as stored: the event with its name and data still as text.
+struct EventRow {
+    id: u64,
+    at: String,
+    fleet: String,
+    agent: Option<u32>,
+    injection_id: Option<String>,
+    name: String,
+    data: String,
 }
 
-fn decode_event(parts: (u64, String, String, Option<u32>, Option<String>, String, String)) -> Result<Event> {
-    let (id, at, fleet, agent, injection_id, name, data) = parts;
-    let data: serde_json::Value = serde_json::from_str(&data)
-        .map_err(|e| StoreError::Corrupt { what: "event", reason: format!("event {id}: {e}") })?;
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: row.get(0)?,
+        at: row.get(1)?,
+        fleet: row.get(2)?,
+        agent: row.get(3)?,
+        injection_id: row.get(4)?,
+        name: row.get(5)?,
+        data: row.get(6)?,
+    })
+}
+
+fn decode_event(row: EventRow) -> Result<Event> {
+    let EventRow { id, at, fleet, agent, injection_id, name, data } = row;
+    let data: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| StoreError::Corrupt { what: "event", reason: format!("event {id}: {e}") })?;
     let body: EventBody = serde_json::from_value(serde_json::json!({"event": name, "data": data}))
         .map_err(|e| StoreError::Corrupt { what: "event", reason: format!("event {id}: {e}") })?;
     Ok(Event { id, at, fleet, agent, injection_id, body })
@@ -256,7 +275,16 @@ fn insert_event(tx: &Transaction<'_>, e: &NewEvent, journal: Option<(&str, u64)>
     tx.prepare_cached(
         "INSERT INTO events (at, fleet, agent, injection_id, event, data, epoch, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![e.at, e.fleet, e.agent, e.injection_id, e.body.name(), data.to_string(), journal.map(|j| j.0), journal.map(|j| j.1)])?;
+    .execute(params![
+        e.at,
+        e.fleet,
+        e.agent,
+        e.injection_id,
+        e.body.name(),
+        data.to_string(),
+        journal.map(|j| j.0),
+        journal.map(|j| j.1)
+    ])?;
     Ok(tx.last_insert_rowid() as u64)
 }
 
@@ -308,7 +336,10 @@ impl Store {
 
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         self.with(|c| {
-            c.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])?;
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
             Ok(())
         })
     }
@@ -326,7 +357,17 @@ impl Store {
             tx.execute(
                 "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![fleet.name, fleet.uid, fleet.backend, fleet.brain, fleet.prompt, fleet.version, fleet.replicas, fleet.state, fleet.created_at],
+                params![
+                    fleet.name,
+                    fleet.uid,
+                    fleet.backend,
+                    fleet.brain,
+                    fleet.prompt,
+                    fleet.version,
+                    fleet.replicas,
+                    fleet.state,
+                    fleet.created_at
+                ],
             )?;
             let id = insert_event(tx, &event, None)?;
             Ok(event.stored(id))
@@ -335,9 +376,8 @@ impl Store {
 
     pub fn fleets(&self) -> Result<Vec<FleetRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets ORDER BY name",
-            )?;
+            let mut stmt =
+                c.prepare("SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets ORDER BY name")?;
             let rows = stmt.query_map([], fleet_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -358,13 +398,18 @@ impl Store {
     /// injection among them an `inject_failed` event is stored (returned with the scale event).
     pub fn scale_fleet(&self, name: &str, replicas: u32, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
         self.tx(|tx| {
-            let previous: Option<u32> =
-                tx.query_row("SELECT replicas FROM fleets WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            let previous: Option<u32> = tx.query_row("SELECT replicas FROM fleets WHERE name = ?1", [name], |r| r.get(0)).optional()?;
             let previous = previous.ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
             write_audit(tx, &Audit { detail: format!("replicas {previous} -> {replicas}"), ..audit.clone() })?;
             tx.execute("UPDATE fleets SET replicas = ?2 WHERE name = ?1", params![name, replicas])?;
             let mut events = Vec::new();
-            let scaled = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetScaled { replicas, previous } };
+            let scaled = NewEvent {
+                at: at.to_owned(),
+                fleet: name.to_owned(),
+                agent: None,
+                injection_id: None,
+                body: EventBody::FleetScaled { replicas, previous },
+            };
             let id = insert_event(tx, &scaled, None)?;
             events.push(scaled.stored(id));
             events.extend(fail_outbox(tx, name, replicas, at, "agent removed by a scale-down")?);
@@ -380,7 +425,13 @@ impl Store {
                 return Err(StoreError::NoFleet(name.to_owned()));
             }
             write_audit(tx, audit)?;
-            let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminating {} };
+            let ev = NewEvent {
+                at: at.to_owned(),
+                fleet: name.to_owned(),
+                agent: None,
+                injection_id: None,
+                body: EventBody::FleetTerminating {},
+            };
             let id = insert_event(tx, &ev, None)?;
             let mut events = vec![ev.stored(id)];
             events.extend(fail_outbox(tx, name, 0, at, "fleet terminated")?);
@@ -394,7 +445,13 @@ impl Store {
             tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
             tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
-            let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminated {} };
+            let ev = NewEvent {
+                at: at.to_owned(),
+                fleet: name.to_owned(),
+                agent: None,
+                injection_id: None,
+                body: EventBody::FleetTerminated {},
+            };
             let id = insert_event(tx, &ev, None)?;
             Ok(ev.stored(id))
         })
@@ -435,7 +492,15 @@ impl Store {
 
     /// Persists a command with its outbox rows and one `command_sent` per target.
     /// Returns the outbox row ids and the events.
-    pub fn create_command(&self, id: &str, fleet: &str, command: &str, at: &str, targets: &[u32], audit: &Audit<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
+    pub fn create_command(
+        &self,
+        id: &str,
+        fleet: &str,
+        command: &str,
+        at: &str,
+        targets: &[u32],
+        audit: &Audit<'_>,
+    ) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
             write_audit(tx, audit)?;
             let mut events = Vec::with_capacity(targets.len());
@@ -553,7 +618,7 @@ impl Store {
                     acknowledge(tx, &event, slot)?;
                     let id = insert_event(tx, &event, Some((&epoch, seq)))?;
                     *cursor = Some((epoch, seq));
-                    out.push(Ingested::Stored(event.stored(id)));
+                    out.push(Ingested::Stored(Box::new(event.stored(id))));
                 }
             }
             let mut write = tx.prepare_cached(
@@ -641,9 +706,8 @@ impl Store {
     /// The newest `limit` audit lines, oldest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, at, actor, action, target, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
-            )?;
+            let mut stmt =
+                c.prepare("SELECT id, at, actor, action, target, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")?;
             let rows = stmt
                 .query_map([limit as i64], |r| {
                     Ok(AuditRow { id: r.get(0)?, at: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, detail: r.get(5)? })
@@ -674,11 +738,17 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
 fn acknowledge(tx: &Transaction<'_>, event: &NewEvent, slot: u32) -> Result<()> {
     let (kind, ref_id) = match (&event.body, &event.injection_id) {
         (EventBody::CommandReply { command_id, .. }, _) => ("command", command_id.as_str()),
-        (EventBody::InjectDelivered {} | EventBody::InjectFailed { .. } | EventBody::AgentError { .. }, Some(id)) => ("inject", id.as_str()),
+        (EventBody::InjectDelivered {} | EventBody::InjectFailed { .. } | EventBody::AgentError { .. }, Some(id)) => {
+            ("inject", id.as_str())
+        }
         _ => return Ok(()),
     };
-    tx.prepare_cached("DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 AND ref_id = ?4")?
-        .execute(params![event.fleet, slot, kind, ref_id])?;
+    tx.prepare_cached("DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 AND ref_id = ?4")?.execute(params![
+        event.fleet,
+        slot,
+        kind,
+        ref_id
+    ])?;
     Ok(())
 }
 
@@ -686,8 +756,7 @@ fn acknowledge(tx: &Transaction<'_>, event: &NewEvent, slot: u32) -> Result<()> 
 /// an `inject_failed`, each command a failed `command_reply`.
 fn fail_outbox(tx: &Transaction<'_>, fleet: &str, first_removed: u32, at: &str, why: &str) -> Result<Vec<Event>> {
     let rows: Vec<(u32, String, String, Option<String>)> = {
-        let mut stmt =
-            tx.prepare("SELECT slot, kind, ref_id, label FROM outbox WHERE fleet = ?1 AND slot >= ?2 ORDER BY id")?;
+        let mut stmt = tx.prepare("SELECT slot, kind, ref_id, label FROM outbox WHERE fleet = ?1 AND slot >= ?2 ORDER BY id")?;
         stmt.query_map(params![fleet, first_removed], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?
     };

@@ -42,15 +42,10 @@ fn agent_event(slot: u32, epoch: &str, seq: u64, injection: &str, body: EventBod
 
 fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event::Event> {
     store
-        .create_injection(&NewInjection {
-            id,
-            fleet: "squad",
-            prompt: "hi",
-            at: "t1",
-            caller: "test",
-            targets: slots,
-            request_id: None,
-        }, &audit("inject"))
+        .create_injection(
+            &NewInjection { id, fleet: "squad", prompt: "hi", at: "t1", caller: "test", targets: slots, request_id: None },
+            &audit("inject"),
+        )
         .unwrap()
         .1
 }
@@ -59,7 +54,9 @@ fn inject(store: &Store, id: &str, slots: &[u32]) -> Vec<clawfleet_proto::event:
 fn fleets_are_unique_by_name() {
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
-    assert!(matches!(store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")), Err(StoreError::FleetExists(n)) if n == "squad"));
+    assert!(
+        matches!(store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")), Err(StoreError::FleetExists(n)) if n == "squad")
+    );
     assert_eq!(store.fleets().unwrap().len(), 1);
     assert_eq!(store.fleet("squad").unwrap().unwrap().replicas, 2);
     assert!(store.fleet("nope").unwrap().is_none());
@@ -78,7 +75,14 @@ fn an_injection_is_persisted_with_its_outbox_and_acks() {
     let pending = Pending::Inject { injection_id: "i1".into(), prompt: "hi".into() };
     assert_eq!(outbox.iter().map(|r| (r.slot, r.directive.clone())).collect::<Vec<_>>(), vec![(0, pending.clone()), (1, pending)]);
     // A duplicate injection id is refused as a whole: nothing half-written.
-    assert!(store.create_injection(&NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: &[0], request_id: None }, &audit("inject")).is_err());
+    assert!(
+        store
+            .create_injection(
+                &NewInjection { id: "i1", fleet: "squad", prompt: "x", at: "t", caller: "c", targets: &[0], request_id: None },
+                &audit("inject")
+            )
+            .is_err()
+    );
     assert_eq!(store.outbox().unwrap().len(), 2);
 }
 
@@ -112,7 +116,13 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
     assert_eq!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap(), vec![Ingested::Gap { after_seq: 0 }]);
 
     // An agent that cannot replay a range any more: the cursor moves past it, and the loss is recorded.
-    let loss = NewEvent { at: "t".into(), fleet: "squad".into(), agent: Some(0), injection_id: None, body: EventBody::AgentError { message: "lost".into() } };
+    let loss = NewEvent {
+        at: "t".into(),
+        fleet: "squad".into(),
+        agent: Some(0),
+        injection_id: None,
+        body: EventBody::AgentError { message: "lost".into() },
+    };
     store.skip_to("squad", 0, "e3", 4, loss).unwrap();
     assert!(matches!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
 
@@ -136,7 +146,9 @@ fn scaling_down_fails_what_the_removed_agents_had_pending() {
     store.insert_fleet(&fleet("squad", 3), launched("squad"), &audit("launch")).unwrap();
     inject(&store, "i1", &[0, 1, 2]);
     store.create_command("c1", "squad", "health-check", "t", &[2], &audit("command")).unwrap();
-    assert!(store.outbox().unwrap().iter().any(|r| r.directive == Pending::Command { command_id: "c1".into(), command: "health-check".into() }));
+    assert!(
+        store.outbox().unwrap().iter().any(|r| r.directive == Pending::Command { command_id: "c1".into(), command: "health-check".into() })
+    );
     let events = store.scale_fleet("squad", 1, "t2", &audit("scale")).unwrap();
     let summary: Vec<_> = events.iter().map(|e| (e.agent, e.body.clone())).collect();
     assert_eq!(summary[0], (None, EventBody::FleetScaled { replicas: 1, previous: 3 }));

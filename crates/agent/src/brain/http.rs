@@ -151,10 +151,10 @@ pub(crate) fn parse_sse_data(data: &str) -> Result<Vec<ChunkEvent>, String> {
         return Ok(vec![ChunkEvent::Error(error_message(&json!({"error": e}).to_string()))]);
     }
     let mut out = Vec::new();
-    if let Some(text) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-        if !text.is_empty() {
-            out.push(ChunkEvent::Delta(text.to_owned()));
-        }
+    if let Some(text) = v.pointer("/choices/0/delta/content").and_then(Value::as_str)
+        && !text.is_empty()
+    {
+        out.push(ChunkEvent::Delta(text.to_owned()));
     }
     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
         let get = |k: &str| u.get(k).and_then(Value::as_u64);
@@ -324,7 +324,10 @@ mod tests {
 
     #[test]
     fn ollama_lines() {
-        assert_eq!(parse_ollama_line(r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#).unwrap(), (Some("Hi".into()), None, false));
+        assert_eq!(
+            parse_ollama_line(r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#).unwrap(),
+            (Some("Hi".into()), None, false)
+        );
         let (_, usage, done) = parse_ollama_line(r#"{"message":{"content":""},"done":true,"prompt_eval_count":9,"eval_count":3}"#).unwrap();
         assert!(done);
         assert_eq!(usage.unwrap().output_tokens, 3);

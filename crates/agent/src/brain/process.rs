@@ -403,7 +403,10 @@ mod tests {
                 r#"{"type":"result","subtype":"success","is_error":false,"result":"Hi there","usage":{"input_tokens":7,"output_tokens":2}}"#,
             ],
         );
-        assert_eq!(progress, vec![Progress::Activity, Progress::Delta("Hi ".into()), Progress::Activity, Progress::Delta("\n\nthere".into())]);
+        assert_eq!(
+            progress,
+            vec![Progress::Activity, Progress::Delta("Hi ".into()), Progress::Activity, Progress::Delta("\n\nthere".into())]
+        );
         let r = p.finish(ExitStatus::from_raw(OK), "").unwrap();
         assert_eq!(r.content, "Hi there");
         assert_eq!(r.usage.unwrap().output_tokens, 2);

@@ -11,26 +11,116 @@ fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
     let t = Some(token.as_str());
     plane.ok(&["launch", "squad", "--replicas", "2", "--wait"]);
 
-    let cases: Vec<(&str, &str, Option<&str>, Option<String>, u16, &str, &str)> = vec![
+    // (method, path, token, body, status, code, start of the message)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<String>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET", "/api/v1/fleets", None, None, 401, "unauthorized", "missing token: send 'Authorization: Bearer <token>'"),
         ("GET", "/api/v1/fleets", Some("wrong"), None, 401, "unauthorized", "invalid token"),
         ("GET", "/api/v1/fleets/nope", t, None, 404, "unknown_fleet", "no fleet named 'nope'"),
         ("POST", "/api/v1/fleets", t, Some("{not json".into()), 400, "invalid_json", "invalid json:"),
         ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x"}"#.into()), 400, "invalid_body", "invalid request body:"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x","replicas":1,"colour":"red"}"#.into()), 400, "invalid_body", "invalid request body: colour: unknown field `colour`, expected one of `name`"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"Bad Name","replicas":1}"#.into()), 400, "bad_request", "fleet name 'Bad Name' may only contain"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x","replicas":1,"backend":"k8s"}"#.into()), 400, "bad_request", "unknown backend 'k8s'"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x","replicas":1,"brain":"gpt"}"#.into()), 400, "bad_request", "invalid brain spec 'gpt'"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x","replicas":1,"brain":"model"}"#.into()), 400, "bad_request", "brain 'model' needs the shared model service"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"x","replicas":20000}"#.into()), 400, "bad_request", "replicas must be between 0 and 10000"),
-        ("POST", "/api/v1/fleets", t, Some(r#"{"name":"squad","replicas":1}"#.into()), 409, "fleet_exists", "a fleet named 'squad' already exists"),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"x","replicas":1,"colour":"red"}"#.into()),
+            400,
+            "invalid_body",
+            "invalid request body: colour: unknown field `colour`, expected one of `name`",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"Bad Name","replicas":1}"#.into()),
+            400,
+            "bad_request",
+            "fleet name 'Bad Name' may only contain",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"x","replicas":1,"backend":"k8s"}"#.into()),
+            400,
+            "bad_request",
+            "unknown backend 'k8s'",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"x","replicas":1,"brain":"gpt"}"#.into()),
+            400,
+            "bad_request",
+            "invalid brain spec 'gpt'",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"x","replicas":1,"brain":"model"}"#.into()),
+            400,
+            "bad_request",
+            "brain 'model' needs the shared model service",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"x","replicas":20000}"#.into()),
+            400,
+            "bad_request",
+            "replicas must be between 0 and 10000",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets",
+            t,
+            Some(r#"{"name":"squad","replicas":1}"#.into()),
+            409,
+            "fleet_exists",
+            "a fleet named 'squad' already exists",
+        ),
         ("POST", "/api/v1/fleets/squad/inject", t, Some(r#"{"prompt":""}"#.into()), 400, "bad_request", "prompt is empty"),
-        ("POST", "/api/v1/fleets/squad/inject", t, Some(json!({"prompt": "x".repeat(70_000)}).to_string()), 413, "too_large", "prompt is 70000 bytes, over the 65536-byte limit"),
-        ("POST", "/api/v1/fleets/squad/inject", t, Some(r#"{"prompt":"hi","agents":[7]}"#.into()), 404, "unknown_agent", "fleet 'squad' has no agent 7 (its agents are 0-1)"),
+        (
+            "POST",
+            "/api/v1/fleets/squad/inject",
+            t,
+            Some(json!({"prompt": "x".repeat(70_000)}).to_string()),
+            413,
+            "too_large",
+            "prompt is 70000 bytes, over the 65536-byte limit",
+        ),
+        (
+            "POST",
+            "/api/v1/fleets/squad/inject",
+            t,
+            Some(r#"{"prompt":"hi","agents":[7]}"#.into()),
+            404,
+            "unknown_agent",
+            "fleet 'squad' has no agent 7 (its agents are 0-1)",
+        ),
         ("POST", "/api/v1/fleets/nope/inject", t, Some(r#"{"prompt":"hi"}"#.into()), 404, "unknown_fleet", "no fleet named 'nope'"),
-        ("POST", "/api/v1/fleets/squad/command", t, Some(r#"{"command":"reboot"}"#.into()), 400, "unknown_command", "unknown command 'reboot': the vocabulary is"),
+        (
+            "POST",
+            "/api/v1/fleets/squad/command",
+            t,
+            Some(r#"{"command":"reboot"}"#.into()),
+            400,
+            "unknown_command",
+            "unknown command 'reboot': the vocabulary is",
+        ),
         ("POST", "/api/v1/fleets/squad/scale", t, Some(r#"{"replicas":-1}"#.into()), 400, "invalid_body", "invalid request body:"),
-        ("POST", "/api/v1/fleets/squad/inject", t, Some(json!({"prompt": "x".repeat(3_000_000)}).to_string()), 413, "too_large", "request body rejected"),
+        (
+            "POST",
+            "/api/v1/fleets/squad/inject",
+            t,
+            Some(json!({"prompt": "x".repeat(3_000_000)}).to_string()),
+            413,
+            "too_large",
+            "request body rejected",
+        ),
         ("GET", "/api/v1/events?since=abc", t, None, 400, "bad_request", "invalid query string"),
         ("GET", "/api/v1/injections/nope", t, None, 404, "unknown_injection", "no injection with id 'nope'"),
         ("PUT", "/api/v1/fleets", t, None, 405, "method_not_allowed", "this endpoint does not take that method"),
@@ -64,9 +154,15 @@ fn the_cli_says_what_is_wrong_in_one_line() {
     let out = plane.cli_with(&["ls"], &[("CLAWFLEET_TOKEN", "wrong")]);
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: invalid token");
     let out = plane.cli_with(&["ls"], &[("CLAWFLEET_SERVER", "http://127.0.0.1:9")]);
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: cannot reach the control plane at http://127.0.0.1:9: is `clawfleet up` running?");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: cannot reach the control plane at http://127.0.0.1:9: is `clawfleet up` running?"
+    );
     let out = plane.cli_with(&["ls"], &[("CLAWFLEET_DATA", "/nonexistent")]);
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: no API token: pass --token, set CLAWFLEET_TOKEN, or run where `clawfleet up` wrote /nonexistent/token"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: no API token: pass --token, set CLAWFLEET_TOKEN, or run where `clawfleet up` wrote /nonexistent/token")
+    );
     // Usage errors exit 2.
     assert_eq!(plane.cli(&["launch"]).status.code(), Some(2));
     assert_eq!(plane.cli(&["frobnicate"]).status.code(), Some(2));
@@ -79,7 +175,8 @@ fn malformed_bus_messages_are_refused_and_counted() {
     plane.ok(&["launch", "squad", "--replicas", "1", "--wait"]);
     // An agent's own credentials, from the join endpoint.
     let join = plane.json_get("/api/v1/fleets/squad/join?slots=0");
-    let (user, pass) = (join["agents"][0]["username"].as_str().unwrap().to_owned(), join["agents"][0]["password"].as_str().unwrap().to_owned());
+    let (user, pass) =
+        (join["agents"][0]["username"].as_str().unwrap().to_owned(), join["agents"][0]["password"].as_str().unwrap().to_owned());
     let uid = join["fleet_uid"].as_str().unwrap().to_owned();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -100,7 +197,8 @@ fn malformed_bus_messages_are_refused_and_counted() {
     });
     let metrics = plane.http("GET", "/metrics", None, None).1;
     let metrics = metrics.as_str().unwrap();
-    let rejected: u64 = metrics.lines().find(|l| l.starts_with("clawfleet_bus_rejected_total")).unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let rejected: u64 =
+        metrics.lines().find(|l| l.starts_with("clawfleet_bus_rejected_total")).unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     assert!(rejected >= 4, "{metrics}");
     // The forged fleet_terminated was not stored, and the fleet still works.
     assert!(crate::support::events(&plane, "squad").iter().all(|e| e["event"] != "fleet_terminated"));

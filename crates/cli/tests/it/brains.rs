@@ -105,7 +105,11 @@ fn last_user(body: &Value) -> String {
 async fn openai_chat(State(seen): State<Seen>, axum::Json(body): axum::Json<Value>) -> axum::response::Response {
     seen.lock().unwrap().push(body.clone());
     if body["model"] != "small" {
-        return (axum::http::StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": format!("model '{}' not found", body["model"])}}))).into_response();
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"message": format!("model '{}' not found", body["model"])}})),
+        )
+            .into_response();
     }
     let text = format!("openai heard {}", last_user(&body));
     let (a, b) = text.split_at(6);
@@ -151,7 +155,8 @@ fn openai_and_ollama_endpoints_stream_answers_with_the_agents_own_context() {
     plane.ok(&["inject", "oa", "--agent", "1", "second", "--wait"]);
     // Agent 1's second turn carried its system prompt and its own earlier exchange, and nothing of agent 0's.
     let last = seen.lock().unwrap().last().cloned().unwrap();
-    let roles: Vec<(&str, &str)> = last["messages"].as_array().unwrap().iter().map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
+    let roles: Vec<(&str, &str)> =
+        last["messages"].as_array().unwrap().iter().map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
     assert_eq!(roles, [("system", "You are a scout."), ("user", "first"), ("assistant", "openai heard first"), ("user", "second")]);
     assert_eq!(last["stream"], true);
     let evs = crate::support::events(&plane, "oa");

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use clawfleet_backend::conformance::{self, Chaos, Harness};
 use clawfleet_backend::local::{LocalBackend, LocalConfig};
 use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
-use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::BusSecret;
+use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 use clawfleet_core::BrainSpec;
 use clawfleet_core::acl::{self, BusIdentity};
 

@@ -68,7 +68,12 @@ impl Driver {
 
     fn element(&self, css: &str) -> String {
         let v = self.session("POST", "/element", Some(json!({"using": "css selector", "value": css})));
-        v["value"].as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap_or_else(|| panic!("no element {css}: {v}")).to_owned()
+        v["value"]
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -100,9 +105,13 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     browser.go(&format!("{}/#token={}", plane.url(), plane.token()));
 
     // Fleets, and a tile per agent with its live state.
-    eventually(Duration::from_secs(30), "the fleet in the list", || browser.text(".fleet[data-fleet=\"web\"]").filter(|t| t.contains("2/2")));
+    eventually(Duration::from_secs(30), "the fleet in the list", || {
+        browser.text(".fleet[data-fleet=\"web\"]").filter(|t| t.contains("2/2"))
+    });
     for agent in ["web/0", "web/1"] {
-        eventually(Duration::from_secs(30), "an idle tile", || browser.text(&format!(".tile[data-agent=\"{agent}\"][data-state=\"idle\"]")));
+        eventually(Duration::from_secs(30), "an idle tile", || {
+            browser.text(&format!(".tile[data-agent=\"{agent}\"][data-state=\"idle\"]"))
+        });
     }
     // The token left the address bar once read.
     let url = browser.session("GET", "/url", None);
@@ -119,9 +128,17 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
     // A bad token shows the login form instead of data.
-    browser.session("POST", "/execute/sync", Some(json!({"script": "localStorage.setItem('clawfleet-token', 'wrong'); location.hash = ''; location.reload();", "args": []})));
+    browser.session(
+        "POST",
+        "/execute/sync",
+        Some(json!({"script": "localStorage.setItem('clawfleet-token', 'wrong'); location.hash = ''; location.reload();", "args": []})),
+    );
     eventually(Duration::from_secs(20), "the login form", || {
-        let v = browser.session("POST", "/execute/sync", Some(json!({"script": "return !document.getElementById('login').classList.contains('hidden');", "args": []})));
+        let v = browser.session(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": "return !document.getElementById('login').classList.contains('hidden');", "args": []})),
+        );
         (v["value"] == true).then_some(())
     });
 }

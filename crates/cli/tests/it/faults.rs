@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::{Plane, count, eventually, events};
+use crate::support::{Plane, count, events, eventually};
 
 fn signal(pid: u32, sig: Signal) {
     kill(Pid::from_raw(pid as i32), sig).unwrap();
@@ -43,7 +43,10 @@ fn an_offline_agent_is_seen_lost_and_gets_what_was_queued_once() {
         (count(&events(&plane, "squad"), "turn_complete", 1, &id) == 1).then_some(())
     });
     eventually(Duration::from_secs(30), "the queued command's reply", || {
-        events(&plane, "squad").iter().any(|e| e["event"] == "command_reply" && e["data"]["command_id"] == reply["command_id"]).then_some(())
+        events(&plane, "squad")
+            .iter()
+            .any(|e| e["event"] == "command_reply" && e["data"]["command_id"] == reply["command_id"])
+            .then_some(())
     });
     // Give any duplicate delivery time to show up, then check there is none.
     std::thread::sleep(Duration::from_secs(3));
@@ -111,9 +114,7 @@ fn a_stopped_control_plane_brings_its_fleets_back() {
     let before = plane.agent_pid("squad", 0).unwrap();
     plane.stop();
     // Ctrl-C stops the local agents with the control plane.
-    eventually(Duration::from_secs(10), "agents to stop", || {
-        (!std::path::Path::new(&format!("/proc/{before}")).exists()).then_some(())
-    });
+    eventually(Duration::from_secs(10), "agents to stop", || (!std::path::Path::new(&format!("/proc/{before}")).exists()).then_some(()));
     plane.spawn();
     eventually(Duration::from_secs(30), "the fleet back", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 2).then_some(()));
     assert_ne!(plane.agent_pid("squad", 0), Some(before), "a new agent process");

@@ -17,12 +17,15 @@ fn many_agents_in_one_process_join_an_external_fleet() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    eventually(Duration::from_secs(30), "20 joined agents ready", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 20).then_some(()));
+    eventually(Duration::from_secs(30), "20 joined agents ready", || {
+        (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 20).then_some(())
+    });
     let answers = plane.ok(&["inject", "sim", "all of you", "--wait"]);
     assert_eq!(answers.lines().count(), 20);
     // Each has its own identity: one pid, twenty distinct bus clients and workspaces.
     let status = plane.json(&["status", "sim", "--json"]);
-    let epochs: std::collections::HashSet<_> = status["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect();
+    let epochs: std::collections::HashSet<_> =
+        status["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(epochs.len(), 20);
 
     // A joined slot that does not exist is refused.

@@ -138,3 +138,26 @@ fn up_demo_launches_a_small_fleet() {
     assert!(text.contains("API token"), "{text}");
     assert!(text.contains("launched fleet 'demo' (3 local agents"), "{text}");
 }
+
+#[test]
+fn monitor_speaks_the_hatchery_monitor_format() {
+    let plane = Plane::start();
+    let empty = plane.json(&["monitor", "--json"]);
+    assert_eq!(empty, serde_json::json!({"status": "ok", "message": "no running instances", "results": []}));
+    plane.ok(&["launch", "good", "--replicas", "2", "--wait"]);
+    plane.ok(&["launch", "bad", "--brain", "openai:http://127.0.0.1:9/v1#x", "--wait"]);
+    let out = plane.cli(&["monitor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "unhealthy agents fail the monitor");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "unhealthy");
+    let results = v["results"].as_array().unwrap();
+    assert!(results.contains(&serde_json::json!({"name": "bad/0", "healthy": false, "http_status": 503})), "{v}");
+    assert!(results.contains(&serde_json::json!({"name": "good/1", "healthy": true, "http_status": 200})), "{v}");
+    assert_eq!(plane.json(&["monitor", "good", "--json"])["status"], "healthy");
+    let human = plane.cli(&["monitor"]);
+    assert!(String::from_utf8_lossy(&human.stdout).starts_with("bad/0 UNHEALTHY (http://127.0.0.1:9/v1/models: could not connect"));
+    let out = plane.cli_with(&["monitor", "--json"], &[("CLAWFLEET_SERVER", "http://127.0.0.1:9")]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "error");
+    assert!(v["message"].as_str().unwrap().starts_with("cannot reach the control plane"));
+}

@@ -41,7 +41,8 @@ fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) 
 }
 
 fn command(name: &str, request_id: &str, payload: Value) -> String {
-    json!({"protocol": "codeswarm.router.v1", "type": "command", "command": name, "request_id": request_id, "payload": payload}).to_string() + "\n"
+    json!({"protocol": "codeswarm.router.v1", "type": "command", "command": name, "request_id": request_id, "payload": payload}).to_string()
+        + "\n"
 }
 
 #[test]
@@ -58,7 +59,12 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     let mut stdin = router.stdin.take().unwrap();
     let rx = lines(router.stdout.take().unwrap());
 
-    stdin.write_all(command("swarm_launch", "r1", json!({"nodes": 2, "system_prompt": "You are a scout.", "provider_params": {"name": "rs"}})).as_bytes()).unwrap();
+    stdin
+        .write_all(
+            command("swarm_launch", "r1", json!({"nodes": 2, "system_prompt": "You are a scout.", "provider_params": {"name": "rs"}}))
+                .as_bytes(),
+        )
+        .unwrap();
     let launched = wait_for(&rx, "swarm_launched", |v| v["event"] == "swarm_launched");
     assert_eq!(launched["data"]["request_id"], "r1");
     assert_eq!((launched["data"]["swarm_id"].as_str(), launched["data"]["node_count"].as_u64()), (Some("rs"), Some(2)));
@@ -104,7 +110,11 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     stdin.write_all(command("swarm_status", "r7", json!({"swarm_id": "rs"})).as_bytes()).unwrap();
     let status = wait_for(&rx, "swarm_status", |v| v["event"] == "swarm_status" && v["data"]["request_id"] == "r7");
     assert_eq!(status["data"]["status"], "running");
-    stdin.write_all(command("enqueue_inject", "r8", json!({"target_swarm_id": "rs", "selector": "idle", "content": "any idle node"})).as_bytes()).unwrap();
+    stdin
+        .write_all(
+            command("enqueue_inject", "r8", json!({"target_swarm_id": "rs", "selector": "idle", "content": "any idle node"})).as_bytes(),
+        )
+        .unwrap();
     let dispatched = wait_for(&rx, "inter_swarm_dispatched", |v| v["event"] == "inter_swarm_dispatched");
     assert_eq!(dispatched["data"]["nodes"].as_array().unwrap().len(), 1);
     stdin.write_all(command("providers_list", "r9", json!({})).as_bytes()).unwrap();
@@ -138,7 +148,9 @@ fn tcp_router_sends_every_event_to_every_client() {
         .spawn()
         .unwrap();
     let connect = || {
-        crate::support::eventually(Duration::from_secs(10), "the router to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        crate::support::eventually(Duration::from_secs(10), "the router to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
     };
     let mut a = connect();
     let b = connect();

@@ -199,7 +199,13 @@ impl Plane {
     /// Runs the CLI and insists on failure with exit status 1; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert_eq!(out.status.code(), Some(1), "clawfleet {} should fail; stdout: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "clawfleet {} should fail; stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -253,10 +259,10 @@ impl Drop for Plane {
         if let Ok(dirs) = std::fs::read_dir(self.data().join("agents")) {
             for fleet in dirs.flatten() {
                 for slot in std::fs::read_dir(fleet.path()).into_iter().flatten().flatten() {
-                    if let Ok(text) = std::fs::read_to_string(slot.path().join("agent.pid")) {
-                        if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                        }
+                    if let Ok(text) = std::fs::read_to_string(slot.path().join("agent.pid"))
+                        && let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                     }
                 }
             }
