@@ -5,28 +5,15 @@ use std::time::Duration;
 
 use clawfleet_agent::AgentConfig;
 use clawfleet_agent::runtime;
-use clawfleet_bus::BusSecret;
-use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusClient, BusEvent, ClientConfig};
-use clawfleet_core::acl::{self, BusIdentity};
+use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
+use clawfleet_core::acl;
 use clawfleet_core::{AgentRef, BrainSpec};
 use clawfleet_proto::bus::{self as wire, AgentActivity, AgentEnvelope, Directive, Heartbeat};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use tokio::sync::{mpsc, oneshot};
-
-struct Auth(BusSecret);
-
-impl Authenticator for Auth {
-    fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
-        if username == "control" {
-            return (password == self.0.control_password().as_bytes()).then_some(BusIdentity::Control);
-        }
-        let agent = acl::parse_agent_username(username)?;
-        let ok = password == self.0.agent_password(&agent, "u1").as_bytes() && client_id == acl::agent_client_id(&agent, "u1");
-        ok.then_some(BusIdentity::Agent(agent))
-    }
-}
 
 struct Harness {
     _broker: EmbeddedBroker,
@@ -40,10 +27,12 @@ struct Harness {
 impl Harness {
     async fn new() -> Harness {
         let secret = BusSecret::generate();
-        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(Auth(secret.clone()))).unwrap();
+        let auth = FleetAuth::new(secret.clone());
+        auth.allow_fleet("squad", "u1");
+        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(auth)).unwrap();
         let port = broker.local_addr().port();
         let mut c = ClientConfig::new("127.0.0.1", port, "control");
-        c.username = Some("control".into());
+        c.username = Some(CONTROL_USER.into());
         c.password = Some(secret.control_password());
         c.subscriptions = vec![topic::all_agents(Channel::Events), topic::all_agents(Channel::Heartbeat)];
         let (control, mut rx) = client::connect(c);

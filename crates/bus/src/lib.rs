@@ -5,13 +5,16 @@
 //! - [`client`]: a reconnecting MQTT client (rumqttc) that re-subscribes after every connect and
 //!   reports connection changes and messages on one channel.
 //! - [`credentials`]: per-agent bus passwords derived from one secret, so no table of them exists.
+//! - [`auth`]: the control plane's [`Authenticator`]: its own login and its fleets' agents.
 //! - [`url`]: `mqtt://user:pass@host:port` URLs of external brokers.
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod credentials;
 pub mod url;
 
+pub use auth::{CONTROL_USER, FleetAuth};
 pub use broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 pub use client::{BusClient, BusEvent, ClientConfig, Will};
 pub use credentials::BusSecret;

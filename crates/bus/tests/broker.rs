@@ -3,37 +3,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clawfleet_bus::BusSecret;
-use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
+use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
 use clawfleet_core::AgentRef;
-use clawfleet_core::acl::{self, BusIdentity};
+use clawfleet_core::acl;
 use clawfleet_proto::topic::{self, Channel};
 use tokio::sync::mpsc::Receiver;
 
 const UID: &str = "uid1";
 
-struct TestAuth(BusSecret);
-
-impl Authenticator for TestAuth {
-    fn authenticate(&self, _client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
-        if username == "control" && password == self.0.control_password().as_bytes() {
-            return Some(BusIdentity::Control);
-        }
-        let agent = acl::parse_agent_username(username)?;
-        (password == self.0.agent_password(&agent, UID).as_bytes()).then_some(BusIdentity::Agent(agent))
-    }
+fn auth(secret: &BusSecret) -> Arc<FleetAuth> {
+    let auth = FleetAuth::new(secret.clone());
+    auth.allow_fleet("squad", UID);
+    Arc::new(auth)
 }
 
 fn start() -> (EmbeddedBroker, BusSecret) {
     let secret = BusSecret::generate();
-    let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(TestAuth(secret.clone()))).unwrap();
+    let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), auth(&secret)).unwrap();
     (broker, secret)
 }
 
 fn control_config(broker: &EmbeddedBroker, secret: &BusSecret, subs: Vec<String>) -> ClientConfig {
     let mut c = ClientConfig::new("127.0.0.1", broker.local_addr().port(), "control");
-    c.username = Some("control".into());
+    c.username = Some(CONTROL_USER.into());
     c.password = Some(secret.control_password());
     c.subscriptions = subs;
     c
@@ -41,7 +35,7 @@ fn control_config(broker: &EmbeddedBroker, secret: &BusSecret, subs: Vec<String>
 
 fn agent_config(broker: &EmbeddedBroker, secret: &BusSecret, agent: &str, subs: Vec<String>) -> ClientConfig {
     let a: AgentRef = agent.parse().unwrap();
-    let mut c = ClientConfig::new("127.0.0.1", broker.local_addr().port(), format!("agent-{}-{}", a.fleet, a.slot));
+    let mut c = ClientConfig::new("127.0.0.1", broker.local_addr().port(), acl::agent_client_id(&a, UID));
     c.username = Some(acl::agent_username(&a));
     c.password = Some(secret.agent_password(&a, UID));
     c.subscriptions = subs;
@@ -194,7 +188,7 @@ fn two_brokers_in_one_process_and_a_busy_port() {
     let (a, _) = start();
     let (b, _) = start();
     assert_ne!(a.local_addr(), b.local_addr());
-    let err = EmbeddedBroker::start(BrokerConfig::new(a.local_addr()), Arc::new(TestAuth(BusSecret::generate()))).unwrap_err();
+    let err = EmbeddedBroker::start(BrokerConfig::new(a.local_addr()), auth(&BusSecret::generate())).unwrap_err();
     assert!(err.to_string().starts_with(&format!("could not listen for MQTT on {}", a.local_addr())), "{err}");
 }
 

@@ -13,10 +13,10 @@ use clawfleet_core::{BackendKind, BrainSpec};
 use clawfleet_store::FleetRow;
 use tokio::sync::Notify;
 
-use crate::auth::BusAuth;
 use crate::db::Db;
 use crate::hub::Hub;
 use crate::live::Live;
+use clawfleet_bus::FleetAuth;
 
 pub(crate) struct App {
     pub db: Db,
@@ -26,7 +26,7 @@ pub(crate) struct App {
     pub bus: BusClient,
     pub backends: HashMap<BackendKind, Arc<dyn Backend>>,
     /// Which fleets exist (name -> uid); the embedded broker's authenticator reads it too.
-    pub auth: Arc<BusAuth>,
+    pub auth: Arc<FleetAuth>,
     pub token: String,
     /// How agents reach the bus and the model service.
     pub endpoints: Endpoints,

@@ -1,19 +1,11 @@
-//! Who may talk to the control plane: the operator token for the HTTP API, and the bus
-//! authenticator that checks each agent's derived credentials against the fleets that exist.
+//! The operator token of the HTTP API. (Bus logins are `clawfleet_bus::FleetAuth`'s.)
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::RwLock;
 
 use clawfleet_bus::credentials::constant_time_eq;
-use clawfleet_bus::{Authenticator, BusSecret};
-use clawfleet_core::acl::{self, BusIdentity};
 use rand::RngCore;
-
-/// The control plane's own bus username.
-pub(crate) const CONTROL_USER: &str = "clawfleet-control";
 
 /// Reads the operator token from `<data>/token`, creating it (mode 0600) on first start.
 pub(crate) fn load_or_create_token(data_dir: &Path) -> io::Result<String> {
@@ -44,66 +36,9 @@ pub(crate) fn token_ok(expected: &str, presented: &str) -> bool {
     constant_time_eq(expected.as_bytes(), presented.as_bytes())
 }
 
-/// The embedded broker's view of who may connect.
-#[derive(Debug)]
-pub(crate) struct BusAuth {
-    secret: BusSecret,
-    /// fleet name -> fleet uid, for every fleet that exists.
-    fleets: RwLock<HashMap<String, String>>,
-}
-
-impl BusAuth {
-    pub(crate) fn new(secret: BusSecret) -> BusAuth {
-        BusAuth { secret, fleets: RwLock::new(HashMap::new()) }
-    }
-
-    pub(crate) fn allow_fleet(&self, name: &str, uid: &str) {
-        self.fleets.write().expect("not poisoned").insert(name.to_owned(), uid.to_owned());
-    }
-
-    pub(crate) fn knows(&self, name: &str) -> bool {
-        self.fleets.read().expect("not poisoned").contains_key(name)
-    }
-
-    pub(crate) fn forget_fleet(&self, name: &str) {
-        self.fleets.write().expect("not poisoned").remove(name);
-    }
-}
-
-impl Authenticator for BusAuth {
-    fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
-        if username == CONTROL_USER {
-            return constant_time_eq(password, self.secret.control_password().as_bytes()).then_some(BusIdentity::Control);
-        }
-        let agent = acl::parse_agent_username(username)?;
-        let fleets = self.fleets.read().expect("not poisoned");
-        let uid = fleets.get(agent.fleet.as_str())?;
-        let ok = constant_time_eq(password, self.secret.agent_password(&agent, uid).as_bytes())
-            && client_id == acl::agent_client_id(&agent, uid);
-        ok.then_some(BusIdentity::Agent(agent))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agents_of_existing_fleets_only() {
-        let secret = BusSecret::from_bytes([1; 32]);
-        let auth = BusAuth::new(secret.clone());
-        let a: clawfleet_core::AgentRef = "squad/2".parse().unwrap();
-        let pw = secret.agent_password(&a, "u1");
-        let cid = acl::agent_client_id(&a, "u1");
-        assert_eq!(auth.authenticate(&cid, "agent/squad/2", pw.as_bytes()), None, "no such fleet yet");
-        auth.allow_fleet("squad", "u1");
-        assert_eq!(auth.authenticate(&cid, "agent/squad/2", pw.as_bytes()), Some(BusIdentity::Agent(a.clone())));
-        assert_eq!(auth.authenticate("other-id", "agent/squad/2", pw.as_bytes()), None, "wrong client id");
-        assert_eq!(auth.authenticate(&cid, "agent/squad/2", b"nope"), None);
-        auth.forget_fleet("squad");
-        assert_eq!(auth.authenticate(&cid, "agent/squad/2", pw.as_bytes()), None);
-        assert_eq!(auth.authenticate("x", CONTROL_USER, secret.control_password().as_bytes()), Some(BusIdentity::Control));
-    }
 
     #[test]
     fn token_file_is_private_and_stable() {

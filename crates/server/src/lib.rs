@@ -43,10 +43,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::auth::{BusAuth, CONTROL_USER};
 use crate::db::Db;
 use crate::hub::Hub;
 use crate::live::Live;
+use clawfleet_bus::{CONTROL_USER, FleetAuth};
 
 /// Which broker the control plane and its agents use.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ impl Server {
                 id
             }
         };
-        let auth = Arc::new(BusAuth::new(secret.clone()));
+        let auth = Arc::new(FleetAuth::new(secret.clone()));
         for f in store.fleets()? {
             auth.allow_fleet(&f.name, &f.uid);
         }

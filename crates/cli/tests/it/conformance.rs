@@ -7,23 +7,9 @@ use async_trait::async_trait;
 use clawfleet_backend::conformance::{self, Chaos, Harness};
 use clawfleet_backend::local::{LocalBackend, LocalConfig};
 use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
-use clawfleet_bus::BusSecret;
-use clawfleet_bus::broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
 use clawfleet_core::BrainSpec;
-use clawfleet_core::acl::{self, BusIdentity};
-
-struct Auth(BusSecret);
-
-impl Authenticator for Auth {
-    fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
-        if username == "control" {
-            return (password == self.0.control_password().as_bytes()).then_some(BusIdentity::Control);
-        }
-        let agent = acl::parse_agent_username(username)?;
-        let ok = password == self.0.agent_password(&agent, "u1").as_bytes() && client_id == acl::agent_client_id(&agent, "u1");
-        ok.then_some(BusIdentity::Agent(agent))
-    }
-}
 
 struct KillPid;
 
@@ -40,7 +26,9 @@ fn local_backend_passes_the_conformance_suite() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let secret = BusSecret::generate();
-        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(Auth(secret.clone()))).unwrap();
+        let auth = FleetAuth::new(secret.clone());
+        auth.allow_fleet("conf", "u1");
+        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(auth)).unwrap();
         let root = tempfile::tempdir().unwrap();
         let backend = Arc::new(LocalBackend::new(LocalConfig {
             program: crate::support::BIN.into(),
@@ -66,7 +54,7 @@ fn local_backend_passes_the_conformance_suite() {
         };
         let harness = Harness {
             deployment,
-            bus_login: ("127.0.0.1".into(), broker.local_addr().port(), Some("control".into()), Some(secret.control_password())),
+            bus_login: ("127.0.0.1".into(), broker.local_addr().port(), Some(CONTROL_USER.into()), Some(secret.control_password())),
             chaos: Arc::new(KillPid),
             step_timeout: Duration::from_secs(30),
         };
