@@ -147,7 +147,12 @@ impl EventPrinter {
             EventBody::FleetTerminating {} => "terminating".into(),
             EventBody::FleetTerminated {} => "terminated".into(),
         };
-        let inj = e.injection_id.as_deref().map(|i| format!("  [{}]", &i[i.len().saturating_sub(8)..])).unwrap_or_default();
+        // The last 8 characters tell injections apart (ids may come from agents: count chars, not bytes).
+        let inj = e
+            .injection_id
+            .as_deref()
+            .map(|i| format!("  [{}]", i.chars().skip(i.chars().count().saturating_sub(8)).collect::<String>()))
+            .unwrap_or_default();
         writeln!(out, "{t} {who} {line}{inj}")
     }
 }
@@ -186,6 +191,15 @@ mod tests {
             text,
             "17:00:01 squad/1 thinking…  [abcdefgh]\n17:00:01 squad/2 │ Other\n17:00:01 squad/1 │ Hello\n17:00:01 squad/1 │ wor\n17:00:01 squad/1 done  [abcdefgh]\n"
         );
+    }
+
+    #[test]
+    fn odd_injection_ids_do_not_break_printing() {
+        let mut e = ev(1, EventBody::TurnComplete {});
+        e.injection_id = Some("ab\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{d7}".into());
+        let mut out = Vec::new();
+        EventPrinter::default().print(&e, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "17:00:01 squad/1 done  [\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{d7}]\n");
     }
 
     #[test]
