@@ -1,5 +1,5 @@
 //! clawfleet's domain, pure: validated names and specs, brain specs, the command vocabulary,
-//! agent liveness, the bus access rules and the reconcile plan.
+//! agent liveness, the bus access rules, the reconcile plan, and validated generation requests.
 //!
 //! **Architecture invariant:** this crate does no IO and reads no clock; callers pass `now`.
 //! Everything here is a function of its arguments, so it is tested without processes or sockets.
@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod brain;
 pub mod command;
+pub mod generation;
 pub mod liveness;
 pub mod names;
 pub mod plan;

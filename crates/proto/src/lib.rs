@@ -1,13 +1,15 @@
 //! Wire types of clawfleet: everything that crosses a process boundary.
 //!
 //! This crate is the only place that derives serde for what clawfleet says on the wire:
-//! the HTTP API bodies ([`api`]), the stored and streamed [`event`]s, the MQTT bus topics
+//! the HTTP API bodies ([`api`]), the stored and streamed [`event`]s, the model service APIs
+//! ([`model`]: OpenAI and Ollama), the MQTT bus topics
 //! ([`topic`]) and payloads ([`bus`]), and the codeswarm router lines ([`router`]).
 //! It does no IO and knows no domain rules; `clawfleet-core` validates what is decoded here.
 
 pub mod api;
 pub mod bus;
 pub mod event;
+pub mod model;
 pub mod router;
 pub mod topic;
 
