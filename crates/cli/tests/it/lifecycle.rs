@@ -123,7 +123,7 @@ fn up_demo_launches_a_small_fleet() {
     let out = std::process::Command::new(crate::support::BIN)
         .args(["up", "--demo", "--data"])
         .arg(data.path())
-        .args(["--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--model-listen", "127.0.0.1:0", "--model-ctx", "4096"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -136,7 +136,8 @@ fn up_demo_launches_a_small_fleet() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("dashboard  http://127.0.0.1:"), "{text}");
     assert!(text.contains("API token"), "{text}");
-    assert!(text.contains("launched fleet 'demo' (3 local agents"), "{text}");
+    assert!(text.contains("launched fleet 'demo' (3 local agents, brain model)"), "{text}");
+    assert!(text.contains("model      SmolLM2-135M-Instruct (32 slots) on http://127.0.0.1:"), "{text}");
 }
 
 #[test]

@@ -9,5 +9,6 @@ mod dashboard;
 mod faults;
 mod join;
 mod lifecycle;
+mod model;
 mod router;
 mod support;

@@ -62,11 +62,13 @@ pub struct PlaneOptions {
     pub extra_path: Option<PathBuf>,
     pub heartbeat_ms: u64,
     pub model_url: Option<String>,
+    /// Run `up`'s built-in model service (most tests do without, for speed).
+    pub builtin_model: bool,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None }
+        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false }
     }
 }
 
@@ -75,6 +77,7 @@ pub struct Plane {
     pub dir: tempfile::TempDir,
     pub http_port: u16,
     pub mqtt_port: u16,
+    pub model_port: u16,
     pub options: PlaneOptions,
     child: Option<Child>,
 }
@@ -85,7 +88,8 @@ impl Plane {
     }
 
     pub fn with(options: PlaneOptions) -> Plane {
-        let mut plane = Plane { dir: tempfile::tempdir().unwrap(), http_port: free_port(), mqtt_port: free_port(), options, child: None };
+        let mut plane =
+            Plane { dir: tempfile::tempdir().unwrap(), http_port: free_port(), mqtt_port: free_port(), model_port: free_port(), options, child: None };
         plane.spawn();
         plane
     }
@@ -115,8 +119,16 @@ impl Plane {
         if let Some(bus) = &self.options.bus {
             cmd.args(["--bus", bus]);
         }
-        if let Some(url) = &self.options.model_url {
-            cmd.args(["--model-url", url]);
+        match (&self.options.model_url, self.options.builtin_model) {
+            (Some(url), _) => {
+                cmd.args(["--model-url", url]);
+            }
+            (None, true) => {
+                cmd.args(["--model-listen", &format!("127.0.0.1:{}", self.model_port), "--model-slots", "4", "--model-ctx", "4096"]);
+            }
+            (None, false) => {
+                cmd.arg("--no-model");
+            }
         }
         if let Some(extra) = &self.options.extra_path {
             let path = format!("{}:{}", extra.display(), std::env::var("PATH").unwrap_or_default());
