@@ -3,7 +3,8 @@
 //! and prints a Markdown table. Agents use the `echo` brain, which answers at once, so what is
 //! measured is clawfleet itself.
 //!
-//! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]...`
+//! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
+//! (`--only`: launch, thousand, brokers, model; `model` needs the reference llama.cpp tools.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
 use std::collections::HashMap;
@@ -18,29 +19,37 @@ use clawfleet_proto::event::Event;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+mod model;
+
 struct Args {
     bin: PathBuf,
     quick: bool,
     only: Vec<String>,
+    /// The reference llama.cpp build (`llama-bench`, `llama-server`).
+    llama_cpp: Option<PathBuf>,
+    model: Option<PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut bin = std::env::current_exe()?.with_file_name("clawfleet");
     let mut quick = false;
     let mut only = Vec::new();
+    let (mut llama_cpp, mut model) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--bin" => bin = it.next().context("--bin needs a path")?.into(),
             "--quick" => quick = true,
             "--only" => only.push(it.next().context("--only needs a name")?),
-            other => bail!("unknown argument '{other}' (usage: clawfleet-bench [--bin PATH] [--quick] [--only NAME]...)"),
+            "--llama-cpp" => llama_cpp = Some(it.next().context("--llama-cpp needs a directory")?.into()),
+            "--model" => model = Some(it.next().context("--model needs a path")?.into()),
+            other => bail!("unknown argument '{other}' (usage: clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF])"),
         }
     }
     if !bin.exists() {
         bail!("no clawfleet binary at {} (build it: cargo build --release -p clawfleet-cli)", bin.display());
     }
-    Ok(Args { bin, quick, only })
+    Ok(Args { bin, quick, only, llama_cpp, model })
 }
 
 fn free_port() -> u16 {
@@ -466,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2)] {
+    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("model", 3)] {
         if !wanted(name) {
             continue;
         }
@@ -474,7 +483,14 @@ async fn main() -> anyhow::Result<()> {
         let result = match run {
             0 => launch_and_latency(&a, &mut rows).await,
             1 => thousand_agents(&a, &mut rows).await,
-            _ => brokers(&a, &mut rows).await,
+            2 => brokers(&a, &mut rows).await,
+            _ => match (&a.llama_cpp, &a.model) {
+                (Some(dir), Some(gguf)) => {
+                    let reference = model::Reference { bench: dir.join("llama-bench"), server: dir.join("llama-server") };
+                    model::run(&a.bin, &reference, gguf, a.quick, &mut rows).await
+                }
+                _ => Err(anyhow::anyhow!("the model benchmarks need --llama-cpp DIR (llama-bench, llama-server) and --model GGUF; scripts/bench gives them")),
+            },
         };
         if let Err(e) = result {
             failures.insert(name, format!("{e:#}"));
