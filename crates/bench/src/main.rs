@@ -43,7 +43,9 @@ fn args() -> anyhow::Result<Args> {
             "--only" => only.push(it.next().context("--only needs a name")?),
             "--llama-cpp" => llama_cpp = Some(it.next().context("--llama-cpp needs a directory")?.into()),
             "--model" => model = Some(it.next().context("--model needs a path")?.into()),
-            other => bail!("unknown argument '{other}' (usage: clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF])"),
+            other => bail!(
+                "unknown argument '{other}' (usage: clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF])"
+            ),
         }
     }
     if !bin.exists() {
@@ -489,7 +491,9 @@ async fn main() -> anyhow::Result<()> {
                     let reference = model::Reference { bench: dir.join("llama-bench"), server: dir.join("llama-server") };
                     model::run(&a.bin, &reference, gguf, a.quick, &mut rows).await
                 }
-                _ => Err(anyhow::anyhow!("the model benchmarks need --llama-cpp DIR (llama-bench, llama-server) and --model GGUF; scripts/bench gives them")),
+                _ => Err(anyhow::anyhow!(
+                    "the model benchmarks need --llama-cpp DIR (llama-bench, llama-server) and --model GGUF; scripts/bench gives them"
+                )),
             },
         };
         if let Err(e) = result {

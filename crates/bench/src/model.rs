@@ -87,7 +87,13 @@ async fn llama_server(reference: &Reference, model: &Path) -> anyhow::Result<Ser
 }
 
 /// One streamed chat completion: (time to first token, completion tokens, end).
-async fn stream_one(http: &reqwest::Client, url: &str, prompt: &str, max_tokens: u32, seed: u64) -> anyhow::Result<(Duration, u64, Instant)> {
+async fn stream_one(
+    http: &reqwest::Client,
+    url: &str,
+    prompt: &str,
+    max_tokens: u32,
+    seed: u64,
+) -> anyhow::Result<(Duration, u64, Instant)> {
     let t0 = Instant::now();
     let body = json!({
         "model": "smollm2", "messages": [{"role": "user", "content": prompt}],
@@ -194,7 +200,9 @@ async fn clawfleet_rates(server: &Server) -> anyhow::Result<(f64, f64)> {
             .await?
             .json()
             .await?;
-        pp.push(v["prompt_eval_count"].as_f64().context("prompt_eval_count")? / (v["prompt_eval_duration"].as_f64().context("duration")? / 1e9));
+        pp.push(
+            v["prompt_eval_count"].as_f64().context("prompt_eval_count")? / (v["prompt_eval_duration"].as_f64().context("duration")? / 1e9),
+        );
         let v: Value = http
             .post(format!("{}/api/generate", server.url))
             .json(&json!({"model": "smollm2", "prompt": "Once upon a time", "raw": true, "stream": false, "options": {"num_predict": 128, "temperature": 0.8, "seed": seed}}))
@@ -237,7 +245,10 @@ pub(crate) async fn run(bin: &Path, reference: &Reference, model: &Path, quick: 
         name: "generation, one stream",
         result: format!("{tg:.0} tok/s"),
         goal: ">= 1.0x llama.cpp",
-        notes: format!("llama.cpp (llama-bench tg128): {ref_tg:.0} tok/s; ratio {:.2}; clawfleet's includes sampling and streaming", tg / ref_tg),
+        notes: format!(
+            "llama.cpp (llama-bench tg128): {ref_tg:.0} tok/s; ratio {:.2}; clawfleet's includes sampling and streaming",
+            tg / ref_tg
+        ),
     });
 
     // Aggregate throughput and first tokens, both servers through the same client.
@@ -283,7 +294,12 @@ pub(crate) async fn run(bin: &Path, reference: &Reference, model: &Path, quick: 
         name: "time to first token, 16 concurrent streams, 100-token prompt",
         result: format!("p50 {:.0} ms, p99 {:.0} ms", percentile(&mut a, 0.5), percentile(&mut a, 0.99)),
         goal: "measured",
-        notes: format!("llama-server: p50 {:.0} ms, p99 {:.0} ms; {} requests each", percentile(&mut b, 0.5), percentile(&mut b, 0.99), a.len()),
+        notes: format!(
+            "llama-server: p50 {:.0} ms, p99 {:.0} ms; {} requests each",
+            percentile(&mut b, 0.5),
+            percentile(&mut b, 0.99),
+            a.len()
+        ),
     });
     rows.push(Row {
         name: "resident memory of the model service",

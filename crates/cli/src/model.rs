@@ -36,7 +36,10 @@ mod service {
     fn model_path(options: &ModelOptions) -> anyhow::Result<(PathBuf, Option<&'static KnownModel>)> {
         if let Some(path) = &options.model {
             if !path.is_file() {
-                anyhow::bail!("the model file {} does not exist (omit --model to use the default model, fetched with `clawfleet model fetch`)", path.display());
+                anyhow::bail!(
+                    "the model file {} does not exist (omit --model to use the default model, fetched with `clawfleet model fetch`)",
+                    path.display()
+                );
             }
             return Ok((path.clone(), None));
         }
@@ -85,7 +88,8 @@ mod service {
         })
         .await
         .context("loading the model")??;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen for the model service on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen for the model service on {listen}"))?;
         let addr = listener.local_addr()?;
         let service = Arc::new(service);
         let (stop, stopped) = oneshot::channel();

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -98,22 +97,21 @@ impl IntoResponse for ModelError {
     }
 }
 
-fn rejection(api: Api, r: JsonRejection) -> ModelError {
-    let text = r.body_text();
-    let detail = text
-        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-        .or_else(|| text.strip_prefix("Failed to parse the request body as JSON: "))
-        .unwrap_or(&text)
-        .to_owned();
-    let (status, message) = match r {
-        JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, format!("invalid json: {detail}")),
-        JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, format!("invalid request body: {detail}")),
-        JsonRejection::MissingJsonContentType(_) => {
-            (StatusCode::BAD_REQUEST, "the request body must be JSON (Content-Type: application/json)".into())
-        }
-        _ => (StatusCode::PAYLOAD_TOO_LARGE, format!("request body rejected: {detail}")),
-    };
-    ModelError::new(api, status, "invalid_request_error", message)
+/// Reads a JSON body whatever its Content-Type says: clients of these APIs (Ollama's own docs
+/// among them, with `curl -d`) do not always send `application/json`.
+async fn json_body<T: serde::de::DeserializeOwned>(api: Api, req: Request) -> Result<T, ModelError> {
+    let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
+        ModelError::new(api, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body rejected: {}", e.body_text()))
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = T::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    value.map_err(|e| {
+        let message = match e.classify() {
+            serde_json::error::Category::Data => format!("invalid request body: {e}"),
+            _ => format!("invalid json: {e}"),
+        };
+        ModelError::new(api, StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    })
 }
 
 /// A JSON body whose rejection is answered in the OpenAI shape.
@@ -123,15 +121,15 @@ struct OllamaJson<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
     type Rejection = ModelError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ModelError> {
-        Json::<T>::from_request(req, state).await.map(|Json(v)| OpenAiJson(v)).map_err(|r| rejection(Api::OpenAi, r))
+    async fn from_request(req: Request, _: &S) -> Result<Self, ModelError> {
+        json_body(Api::OpenAi, req).await.map(OpenAiJson)
     }
 }
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for OllamaJson<T> {
     type Rejection = ModelError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ModelError> {
-        Json::<T>::from_request(req, state).await.map(|Json(v)| OllamaJson(v)).map_err(|r| rejection(Api::Ollama, r))
+    async fn from_request(req: Request, _: &S) -> Result<Self, ModelError> {
+        json_body(Api::Ollama, req).await.map(OllamaJson)
     }
 }
 

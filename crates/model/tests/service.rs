@@ -166,6 +166,15 @@ fn bad_requests_get_each_apis_error_shape_and_the_service_goes_on() {
         assert_eq!(oa(st, &v, None, "invalid json:"), 400);
         let (st, v) = post_raw(&s.base, "/v1/chat/completions", r#"{"model":"smollm2"}"#).await;
         assert_eq!(oa(st, &v, None, "invalid request body: missing field `messages`"), 400);
+        // Like Ollama, a body sent without a JSON content type (`curl -d`) is still read.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/generate", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(r#"{"model":"smollm2","prompt":"Hi","stream":false,"options":{"num_predict":2}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
         let (st, v) = post(&s.base, "/v1/chat/completions", json!({"model": "gpt-9", "messages": user("x")})).await;
         assert_eq!(oa(st, &v, Some("model"), "The model 'gpt-9' does not exist"), 404);
         assert_eq!(v["error"]["code"], "model_not_found");

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{BIN, Plane, PlaneOptions, eventually, events, free_port};
+use crate::support::{BIN, Plane, PlaneOptions, events, eventually, free_port};
 
 struct Served {
     child: Child,

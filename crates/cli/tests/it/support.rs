@@ -88,8 +88,14 @@ impl Plane {
     }
 
     pub fn with(options: PlaneOptions) -> Plane {
-        let mut plane =
-            Plane { dir: tempfile::tempdir().unwrap(), http_port: free_port(), mqtt_port: free_port(), model_port: free_port(), options, child: None };
+        let mut plane = Plane {
+            dir: tempfile::tempdir().unwrap(),
+            http_port: free_port(),
+            mqtt_port: free_port(),
+            model_port: free_port(),
+            options,
+            child: None,
+        };
         plane.spawn();
         plane
     }
