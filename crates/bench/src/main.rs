@@ -25,7 +25,7 @@ struct Args {
     bin: PathBuf,
     quick: bool,
     only: Vec<String>,
-    /// The reference llama.cpp build (`llama-bench`, `llama-server`).
+    /// The reference llama.cpp build (`llama-bench`, `llama-batched-bench`, `llama-server`).
     llama_cpp: Option<PathBuf>,
     model: Option<PathBuf>,
 }
@@ -488,11 +488,11 @@ async fn main() -> anyhow::Result<()> {
             2 => brokers(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
-                    let reference = model::Reference { bench: dir.join("llama-bench"), server: dir.join("llama-server") };
+                    let reference = model::Reference::in_dir(dir);
                     model::run(&a.bin, &reference, gguf, a.quick, &mut rows).await
                 }
                 _ => Err(anyhow::anyhow!(
-                    "the model benchmarks need --llama-cpp DIR (llama-bench, llama-server) and --model GGUF; scripts/bench gives them"
+                    "the model benchmarks need --llama-cpp DIR (llama-bench, llama-batched-bench, llama-server) and --model GGUF; scripts/bench gives them"
                 )),
             },
         };

@@ -1,9 +1,17 @@
-//! The model service against llama.cpp, side by side in one run, on the same GGUF and threads:
-//! prompt and generation rates (`llama-bench` for llama.cpp, the service's own per-request
-//! durations for clawfleet); aggregate generation with 1, 4, 16 and 32 concurrent streams and
-//! time to first token at 16 streams, through the same OpenAI-compatible HTTP client against
-//! `clawfleet model serve` and `llama-server` with the same slots and context; resident memory.
+//! The model service against llama.cpp, side by side in one run, on the same GGUF, threads,
+//! slots and per-slot context:
+//! - prompt and single-stream generation rates, from each server's own per-request timings
+//!   (Ollama's durations for clawfleet, llama-server's `timings`), with `llama-bench` as a third
+//!   opinion;
+//! - aggregate generation with 1, 4, 16 and 32 concurrent streams and time to first token at 16
+//!   streams, through the same OpenAI-compatible streaming client against both servers;
+//! - llama.cpp's own batched-decoding ceiling (`llama-batched-bench`), for scale;
+//! - resident memory.
+//!
+//! The machine's speed drifts by tens of percent over minutes, so every comparison is measured
+//! in turns (ours, theirs, theirs, ours, …) and reported as medians.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,14 +26,29 @@ use crate::{Row, free_port, median, percentile, rss_mib};
 /// clawfleet itself links, with llama.cpp's default options).
 pub(crate) struct Reference {
     pub(crate) bench: PathBuf,
+    pub(crate) batched_bench: PathBuf,
     pub(crate) server: PathBuf,
 }
 
+impl Reference {
+    pub(crate) fn in_dir(dir: &Path) -> Reference {
+        Reference { bench: dir.join("llama-bench"), batched_bench: dir.join("llama-batched-bench"), server: dir.join("llama-server") }
+    }
+}
+
 const SLOTS: u32 = 32;
-const CONTEXT: u32 = 16_384;
+/// Context of each slot; llama-server gets `-c SLOTS × SLOT_CONTEXT -np SLOTS`, the same.
+const SLOT_CONTEXT: u32 = 1024;
 const THREADS: u32 = 2;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Clawfleet,
+    LlamaServer,
+}
+
 struct Server {
+    kind: Kind,
     child: Child,
     url: String,
 }
@@ -43,10 +66,10 @@ async fn wait_ready(url: &str, child: &mut Child) -> anyhow::Result<()> {
         if let Some(status) = child.try_wait()? {
             bail!("the server exited with {status}");
         }
-        if let Ok(r) = reqwest::get(format!("{url}/v1/models")).await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = reqwest::get(format!("{url}/v1/models")).await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("{url} did not become ready");
@@ -59,7 +82,7 @@ async fn clawfleet_server(bin: &Path) -> anyhow::Result<Server> {
     let port = free_port();
     let mut child = Command::new(bin)
         .args(["model", "serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--model-slots", &SLOTS.to_string(), "--model-ctx", &CONTEXT.to_string(), "--model-threads", &THREADS.to_string()])
+        .args(["--model-slots", &SLOTS.to_string(), "--model-ctx", &SLOT_CONTEXT.to_string(), "--model-threads", &THREADS.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -67,7 +90,7 @@ async fn clawfleet_server(bin: &Path) -> anyhow::Result<Server> {
         .context("starting clawfleet model serve")?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url, &mut child).await?;
-    Ok(Server { child, url })
+    Ok(Server { kind: Kind::Clawfleet, child, url })
 }
 
 async fn llama_server(reference: &Reference, model: &Path) -> anyhow::Result<Server> {
@@ -76,14 +99,30 @@ async fn llama_server(reference: &Reference, model: &Path) -> anyhow::Result<Ser
         .arg("-m")
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-t", &THREADS.to_string(), "-tb", &THREADS.to_string(), "-c", &CONTEXT.to_string(), "-np", &SLOTS.to_string()])
+        .args(["-t", &THREADS.to_string(), "-tb", &THREADS.to_string()])
+        .args(["-c", &(SLOTS * SLOT_CONTEXT).to_string(), "-np", &SLOTS.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting llama-server")?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url, &mut child).await?;
-    Ok(Server { child, url })
+    Ok(Server { kind: Kind::LlamaServer, child, url })
+}
+
+/// Measures both servers in turns, swapping who goes first every round, `rounds` times each.
+async fn in_turns<'a, T, F, Fut>(rounds: usize, servers: [&'a Server; 2], mut measure: F) -> anyhow::Result<[Vec<T>; 2]>
+where
+    F: FnMut(&'a Server) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut got = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for k in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+            got[k].push(measure(servers[k]).await?);
+        }
+    }
+    Ok(got)
 }
 
 /// One streamed chat completion: (time to first token, completion tokens, end).
@@ -151,21 +190,21 @@ async fn aggregate(server: &Server, streams: usize, max_tokens: u32) -> anyhow::
     Ok(tokens as f64 / end.duration_since(t0).as_secs_f64())
 }
 
-/// Time to first token of `streams` concurrent requests with a prompt of about 100 tokens.
-async fn first_tokens(server: &Server, streams: usize, rounds: usize) -> anyhow::Result<Vec<f64>> {
-    let prompt = "The quick brown fox jumps over the lazy dog near the quiet river bank. ".repeat(6) + "Summarize that.";
+/// Time to first token of `streams` concurrent requests with a prompt of about 100 tokens, each
+/// starting with its own number so that no prompt cache holds it (`round` numbers them apart).
+async fn first_tokens(server: &Server, streams: usize, round: usize) -> anyhow::Result<Vec<f64>> {
+    let text = "The quick brown fox jumps over the lazy dog near the quiet river bank. ".repeat(6) + "Summarize that.";
     let http = reqwest::Client::new();
+    let tasks: Vec<_> = (0..streams)
+        .map(|i| {
+            let n = round * streams + i + 1;
+            let (http, url, prompt) = (http.clone(), server.url.clone(), format!("{n}. {text}"));
+            tokio::spawn(async move { stream_one(&http, &url, &prompt, 16, n as u64).await })
+        })
+        .collect();
     let mut out = Vec::new();
-    for r in 0..rounds {
-        let tasks: Vec<_> = (0..streams)
-            .map(|i| {
-                let (http, url, prompt) = (http.clone(), server.url.clone(), prompt.clone());
-                tokio::spawn(async move { stream_one(&http, &url, &prompt, 16, (r * streams + i) as u64 + 1).await })
-            })
-            .collect();
-        for t in tasks {
-            out.push(t.await??.0.as_secs_f64() * 1000.0);
-        }
+    for t in tasks {
+        out.push(t.await??.0.as_secs_f64() * 1000.0);
     }
     Ok(out)
 }
@@ -186,40 +225,78 @@ fn llama_bench(reference: &Reference, model: &Path) -> anyhow::Result<(f64, f64)
     Ok((rate("n_prompt").context("pp rate")?, rate("n_gen").context("tg rate")?))
 }
 
-/// clawfleet's prompt and generation rates, from the Ollama API's per-request durations.
-async fn clawfleet_rates(server: &Server) -> anyhow::Result<(f64, f64)> {
-    let http = reqwest::Client::new();
-    let long = "The quick brown fox jumps over the lazy dog. ".repeat(51);
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    for seed in 1..=5 {
-        let v: Value = http
-            .post(format!("{}/api/generate", server.url))
-            .json(&json!({"model": "smollm2", "prompt": long, "raw": true, "stream": false, "options": {"num_predict": 1, "seed": seed}}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        pp.push(
-            v["prompt_eval_count"].as_f64().context("prompt_eval_count")? / (v["prompt_eval_duration"].as_f64().context("duration")? / 1e9),
-        );
-        let v: Value = http
-            .post(format!("{}/api/generate", server.url))
-            .json(&json!({"model": "smollm2", "prompt": "Once upon a time", "raw": true, "stream": false, "options": {"num_predict": 128, "temperature": 0.8, "seed": seed}}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let n = v["eval_count"].as_f64().context("eval_count")?;
-        if n >= 32.0 {
-            // The first token is counted in the prompt phase; the rest over the eval time.
-            tg.push((n - 1.0) / (v["eval_duration"].as_f64().context("duration")? / 1e9));
+/// llama-batched-bench's generation rate (over all sequences) with 1, 16 and 32 sequences of a
+/// 100-token prompt and 128 generated tokens, each in its own KV stream like both servers.
+fn batched_bench(reference: &Reference, model: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
+    let out = Command::new(&reference.batched_bench)
+        .arg("-m")
+        .arg(model)
+        .args(["-c", &(SLOTS * SLOT_CONTEXT).to_string(), "-b", "2048", "-ub", "512", "-npp", "100", "-ntg", "128", "-npl", "1,16,32"])
+        .args(["-t", &THREADS.to_string(), "-tb", &THREADS.to_string(), "-no-kvu", "--output-format", "jsonl"])
+        .output()
+        .context("running llama-batched-bench")?;
+    if !out.status.success() {
+        bail!("llama-batched-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)?;
+            Ok((v["pl"].as_u64().context("pl")?, v["speed_tg"].as_f64().context("speed_tg")?))
+        })
+        .collect()
+}
+
+const LONG: &str = "The quick brown fox jumps over the lazy dog. ";
+
+/// A server's prompt rate over a 512-token prompt, from its own timings of the request. Every
+/// prompt starts differently, so that neither server finds it in its prompt cache.
+async fn prompt_rate(http: &reqwest::Client, server: &Server, seed: u64) -> anyhow::Result<f64> {
+    let prompt = format!("{seed}. {}", LONG.repeat(50));
+    match server.kind {
+        Kind::Clawfleet => {
+            let body =
+                json!({"model": "smollm2", "prompt": prompt, "raw": true, "stream": false, "options": {"num_predict": 1, "seed": seed}});
+            let v: Value = http.post(format!("{}/api/generate", server.url)).json(&body).send().await?.json().await?;
+            let n = v["prompt_eval_count"].as_f64().context("prompt_eval_count")?;
+            Ok(n / (v["prompt_eval_duration"].as_f64().context("prompt_eval_duration")? / 1e9))
+        }
+        Kind::LlamaServer => {
+            let body = json!({"prompt": prompt, "n_predict": 1, "seed": seed, "cache_prompt": false});
+            let v: Value = http.post(format!("{}/completion", server.url)).json(&body).send().await?.json().await?;
+            Ok(v["timings"]["prompt_per_second"].as_f64().context("timings.prompt_per_second")?)
         }
     }
-    if tg.is_empty() {
-        bail!("no generation ran 32 tokens or more");
+}
+
+/// A server's single-stream generation rate: tokens after the first over the time after the
+/// first, from a 128-token completion (another seed when the model ends its text too soon).
+async fn generation_rate(http: &reqwest::Client, server: &Server, seed: u64) -> anyhow::Result<f64> {
+    let prompt = "Once upon a time";
+    for seed in (seed..).step_by(1000).take(10) {
+        let (n, seconds) = match server.kind {
+            Kind::Clawfleet => {
+                let body = json!({"model": "smollm2", "prompt": prompt, "raw": true, "stream": false,
+                    "options": {"num_predict": 128, "temperature": 0.8, "seed": seed}});
+                let v: Value = http.post(format!("{}/api/generate", server.url)).json(&body).send().await?.json().await?;
+                (v["eval_count"].as_f64().context("eval_count")?, v["eval_duration"].as_f64().context("eval_duration")? / 1e9)
+            }
+            Kind::LlamaServer => {
+                let body = json!({"prompt": prompt, "n_predict": 128, "temperature": 0.8, "seed": seed, "cache_prompt": false});
+                let v: Value = http.post(format!("{}/completion", server.url)).json(&body).send().await?.json().await?;
+                let t = &v["timings"];
+                (
+                    t["predicted_n"].as_f64().context("timings.predicted_n")?,
+                    t["predicted_ms"].as_f64().context("timings.predicted_ms")? / 1e3,
+                )
+            }
+        };
+        if n >= 32.0 {
+            return Ok((n - 1.0) / seconds);
+        }
     }
-    Ok((median(pp), median(tg)))
+    bail!("{}: ten completions in a row ended before 32 tokens", server.url)
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -230,42 +307,55 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 pub(crate) async fn run(bin: &Path, reference: &Reference, model: &Path, quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    // Prompt and single-stream generation rates.
-    let (ref_pp, ref_tg) = llama_bench(reference, model)?;
+    let rounds = if quick { 2 } else { 6 };
     let ours = clawfleet_server(bin).await?;
-    let idle_rss = rss_mib(ours.child.id())?;
-    let (pp, tg) = clawfleet_rates(&ours).await?;
+    let theirs = llama_server(reference, model).await?;
+    let idle = [rss_mib(ours.child.id())?, rss_mib(theirs.child.id())?];
+    let both = [&ours, &theirs];
+    let http = reqwest::Client::new();
+
+    // Prompt and single-stream generation rates, each server timing its own requests.
+    let mut seed = 0;
+    let [pp, ref_pp] = in_turns(rounds, both, |s| {
+        seed += 1;
+        prompt_rate(&http, s, seed)
+    })
+    .await?
+    .map(median);
+    let [tg, ref_tg] = in_turns(rounds, both, |s| {
+        seed += 1;
+        generation_rate(&http, s, seed)
+    })
+    .await?
+    .map(median);
+    let (bench_pp, bench_tg) = llama_bench(reference, model)?;
     rows.push(Row {
         name: "prompt processing (512 tokens), one stream",
         result: format!("{pp:.0} tok/s"),
         goal: ">= 1.0x llama.cpp",
-        notes: format!("llama.cpp (llama-bench pp512): {ref_pp:.0} tok/s; ratio {:.2}", pp / ref_pp),
+        notes: format!("llama-server: {ref_pp:.0} tok/s, ratio {:.2}; llama-bench pp512: {bench_pp:.0} tok/s", pp / ref_pp),
     });
     rows.push(Row {
-        name: "generation, one stream",
+        name: "generation (128 tokens), one stream",
         result: format!("{tg:.0} tok/s"),
         goal: ">= 1.0x llama.cpp",
         notes: format!(
-            "llama.cpp (llama-bench tg128): {ref_tg:.0} tok/s; ratio {:.2}; clawfleet's includes sampling and streaming",
+            "llama-server: {ref_tg:.0} tok/s, ratio {:.2}; llama-bench tg128: {bench_tg:.0} tok/s (no sampling, no server)",
             tg / ref_tg
         ),
     });
 
-    // Aggregate throughput and first tokens, both servers through the same client.
-    let reference_server = llama_server(reference, model).await?;
-    let ref_idle_rss = rss_mib(reference_server.child.id())?;
+    // Aggregate throughput through the same streaming client.
     let levels: &[usize] = if quick { &[1, 16] } else { &[1, 4, 16, 32] };
     let max_tokens = if quick { 64 } else { 128 };
     let mut ours_single = 0.0;
     for &n in levels {
-        let mut rates = [0.0f64; 2];
-        for (k, server) in [&ours, &reference_server].into_iter().enumerate() {
-            // Warm up once, then measure.
-            aggregate(server, n.min(4), 8).await?;
-            rates[k] = aggregate(server, n, max_tokens).await?;
+        for server in both {
+            aggregate(server, n.min(4), 8).await?; // warm up
         }
+        let [rate, ref_rate] = in_turns(rounds.div_ceil(2), both, |s| aggregate(s, n, max_tokens)).await?.map(median);
         if n == 1 {
-            ours_single = rates[0];
+            ours_single = rate;
         }
         rows.push(Row {
             name: match n {
@@ -274,22 +364,35 @@ pub(crate) async fn run(bin: &Path, reference: &Reference, model: &Path, quick: 
                 16 => "aggregate generation, 16 concurrent streams",
                 _ => "aggregate generation, 32 concurrent streams",
             },
-            result: format!("{:.0} tok/s", rates[0]),
+            result: format!("{rate:.0} tok/s"),
             goal: if n == 16 { ">= 3x our 1 stream; ahead of llama-server" } else { "ahead of llama-server" },
             notes: format!(
-                "llama-server (-np {SLOTS}): {:.0} tok/s; ratio {:.2}{}",
-                rates[1],
-                rates[0] / rates[1],
-                if n > 1 && ours_single > 0.0 { format!("; {:.1}x our single stream", rates[0] / ours_single) } else { String::new() }
+                "llama-server: {ref_rate:.0} tok/s, ratio {:.2}{}",
+                rate / ref_rate,
+                if n > 1 && ours_single > 0.0 { format!("; {:.2}x our 1 stream", rate / ours_single) } else { String::new() }
             ),
         });
     }
-    let rounds = if quick { 1 } else { 3 };
-    let mut ttft = [Vec::new(), Vec::new()];
-    for (k, server) in [&ours, &reference_server].into_iter().enumerate() {
-        ttft[k] = first_tokens(server, 16, rounds).await?;
-    }
-    let [mut a, mut b] = ttft;
+    let ceiling = batched_bench(reference, model)?;
+    let at = |n: u64| ceiling.iter().find(|(pl, _)| *pl == n).map_or(0.0, |(_, r)| *r);
+    rows.push(Row {
+        name: "llama.cpp's own batched decoding (llama-batched-bench), for scale",
+        result: format!("1: {:.0}, 16: {:.0}, 32: {:.0} tok/s", at(1), at(16), at(32)),
+        goal: "reference",
+        notes: format!(
+            "decoding only, no server, no sampling: 16 sequences give {:.2}x one; the ceiling of any server built on these kernels",
+            at(16) / at(1)
+        ),
+    });
+
+    // Time to first token.
+    let mut round = 0;
+    let [mut a, mut b] = in_turns(rounds.div_ceil(2), both, |s| {
+        round += 1;
+        first_tokens(s, 16, round)
+    })
+    .await?
+    .map(|v| v.concat());
     rows.push(Row {
         name: "time to first token, 16 concurrent streams, 100-token prompt",
         result: format!("p50 {:.0} ms, p99 {:.0} ms", percentile(&mut a, 0.5), percentile(&mut a, 0.99)),
@@ -301,13 +404,21 @@ pub(crate) async fn run(bin: &Path, reference: &Reference, model: &Path, quick: 
             a.len()
         ),
     });
+    let metrics = http.get(format!("{}/metrics", ours.url)).send().await?.text().await?;
+    let kv_mb = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("clawfleet_model_kv_cache_bytes "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("clawfleet_model_kv_cache_bytes in /metrics")?
+        / 1_000_000;
     rows.push(Row {
         name: "resident memory of the model service",
-        result: format!("{idle_rss:.0} MiB loaded and idle, {:.0} MiB peak", peak_rss_mib(ours.child.id())),
+        result: format!("{:.0} MiB loaded and idle, {:.0} MiB peak", idle[0], peak_rss_mib(ours.child.id())),
         goal: "measured",
         notes: format!(
-            "llama-server: {ref_idle_rss:.0} MiB idle, {:.0} MiB peak; both with {SLOTS} slots and a {CONTEXT}-token KV cache",
-            peak_rss_mib(reference_server.child.id())
+            "llama-server: {:.0} MiB idle, {:.0} MiB peak; both hold {SLOTS} slots × {SLOT_CONTEXT} tokens of KV cache ({kv_mb} MB)",
+            idle[1],
+            peak_rss_mib(theirs.child.id()),
         ),
     });
     Ok(())

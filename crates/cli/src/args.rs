@@ -92,14 +92,15 @@ pub(crate) struct ModelOptions {
     #[arg(long)]
     pub models: Option<PathBuf>,
     /// Requests generated together (more wait in a queue).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub model_slots: u32,
-    /// KV cache shared by all requests, in tokens.
-    #[arg(long, default_value_t = 16384)]
+    /// Context of each slot, in tokens: the longest request, prompt and completion together.
+    /// The KV cache holds slots × this many tokens (about 22 KiB each for SmolLM2-135M).
+    #[arg(long, default_value_t = 2048)]
     pub model_ctx: u32,
-    /// Longest request (prompt and completion), in tokens.
-    #[arg(long, default_value_t = 4096)]
-    pub model_max_tokens: u32,
+    /// Completion tokens of a request that sets no limit [default: the rest of its slot's context]
+    #[arg(long)]
+    pub model_max_tokens: Option<u32>,
     /// Requests that may wait for a slot before the service answers 429/503.
     #[arg(long, default_value_t = 256)]
     pub model_queue: usize,

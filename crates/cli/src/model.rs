@@ -78,8 +78,8 @@ mod service {
             let (path, known) = model_path(&options)?;
             let mut config = EngineConfig::new(path);
             config.slots = options.model_slots.max(1);
-            config.context_tokens = options.model_ctx;
-            config.max_request_tokens = options.model_max_tokens;
+            config.slot_context = options.model_ctx;
+            config.default_max_tokens = options.model_max_tokens;
             config.queue = options.model_queue;
             if let Some(t) = options.model_threads {
                 config.threads = t.max(1);
@@ -121,7 +121,7 @@ async fn fetch(args: ModelFetchArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ModelServeArgs) -> anyhow::Result<ExitCode> {
     let running = start(&args.options, args.listen).await?;
     let info = running.service.engine().info();
-    println!("serving {} ({} MB, {} slots) on http://{}", running.service.name(), info.size / 1_000_000, info.slots, running.addr);
+    println!("serving {} ({} MB; {}) on http://{}", running.service.name(), info.size / 1_000_000, info.capacity(), running.addr);
     println!("  OpenAI  POST /v1/chat/completions, GET /v1/models");
     println!("  Ollama  POST /api/chat, POST /api/generate, GET /api/tags");
     crate::shutdown_signal().await;

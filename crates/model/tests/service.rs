@@ -19,9 +19,8 @@ fn serve(tune: impl FnOnce(&mut EngineConfig)) -> Served {
     let path = files::locate(&dir, &SMOLLM2).unwrap_or_else(|e| panic!("{e}"));
     let mut config = EngineConfig::new(path);
     config.slots = 8;
-    config.context_tokens = 8192;
-    config.max_request_tokens = 2048;
-    config.default_max_tokens = 64;
+    config.slot_context = 1024;
+    config.default_max_tokens = Some(64);
     tune(&mut config);
     let service = Arc::new(ModelService::load(config, Some(&SMOLLM2)).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -101,6 +100,38 @@ fn openai_chat_completions_whole_and_streamed() {
 }
 
 #[test]
+fn a_conversation_reads_only_what_is_new_and_answers_the_same() {
+    let s = serve(|_| {});
+    client_rt().block_on(async {
+        let turn2 = json!([
+            {"role": "user", "content": "Tell me about cats."},
+            {"role": "assistant", "content": "Cats are small furry animals."},
+            {"role": "user", "content": "And dogs?"},
+        ]);
+        let req = |messages: &Value| json!({"model": "smollm2", "messages": messages, "max_tokens": 6, "temperature": 0});
+        let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        // Cold: nothing cached.
+        let (_, cold) = post(&s.base, "/v1/chat/completions", req(&turn2)).await;
+        assert_eq!(cached(&cold), 0, "{cold}");
+        // The first turn alone starts like it: found in the cache.
+        let (_, first) = post(&s.base, "/v1/chat/completions", req(&user("Tell me about cats."))).await;
+        let first_prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(cached(&first), first_prompt - 1, "all but the last prompt token: {first}");
+        // The second turn again: the first turn's tokens come from the cache, the answer is the same.
+        let (_, warm) = post(&s.base, "/v1/chat/completions", req(&turn2)).await;
+        assert!(cached(&warm) >= first_prompt - 1, "{warm}");
+        assert_eq!(warm["choices"][0]["message"]["content"], cold["choices"][0]["message"]["content"]);
+        // Ollama counts the prompt tokens it computed.
+        let (_, v) =
+            post(&s.base, "/api/chat", json!({"model": "smollm2", "messages": turn2, "stream": false, "options": {"num_predict": 2}}))
+                .await;
+        assert!(v["prompt_eval_count"].as_u64().unwrap() < warm["usage"]["prompt_tokens"].as_u64().unwrap(), "{v}");
+        let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
+        assert!(metric(&metrics, "clawfleet_model_prompt_cached_tokens_total") > first_prompt, "{metrics}");
+    });
+}
+
+#[test]
 fn sampling_controls_work() {
     let s = serve(|_| {});
     client_rt().block_on(async {
@@ -154,7 +185,7 @@ fn ollama_chat_generate_and_tags() {
 
 #[test]
 fn bad_requests_get_each_apis_error_shape_and_the_service_goes_on() {
-    let s = serve(|c| c.max_request_tokens = 256);
+    let s = serve(|c| c.slot_context = 256);
     client_rt().block_on(async {
         let oa = |status: u16, v: &Value, param: Option<&str>, starts: &str| {
             assert!(v["error"]["message"].as_str().unwrap().starts_with(starts), "{v}");

@@ -81,6 +81,15 @@ pub struct OpenAiUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// Where the prompt tokens came from, OpenAI style.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Tokens found in the server's cache of earlier prompts.
+    pub cached_tokens: u64,
 }
 
 /// A non-streamed chat completion.

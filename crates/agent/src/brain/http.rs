@@ -38,16 +38,25 @@ impl LineBuffer {
     }
 }
 
-fn messages(request: &TurnRequest) -> Vec<Value> {
-    let mut out = Vec::with_capacity(request.history.len() + 2);
+/// The chat messages of a turn, without the `dropped` oldest messages of its history.
+fn messages(request: &TurnRequest, dropped: usize) -> Vec<Value> {
+    let history = &request.history[dropped.min(request.history.len())..];
+    let mut out = Vec::with_capacity(history.len() + 2);
     if let Some(system) = &request.system_prompt {
         out.push(json!({"role": "system", "content": system}));
     }
-    for m in &request.history {
+    for m in history {
         out.push(json!({"role": m.role, "content": m.content}));
     }
     out.push(json!({"role": "user", "content": request.prompt}));
     out
+}
+
+/// Whether an error body says the prompt is longer than the model's context: OpenAI's code,
+/// or the words OpenAI, vLLM and clawfleet's model service use.
+fn context_exceeded(body: &str) -> bool {
+    let code = serde_json::from_str::<Value>(body).ok().and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned));
+    code.as_deref() == Some("context_length_exceeded") || body.to_lowercase().contains("context length")
 }
 
 /// The message of an API error body (`{"error":{"message":…}}` or `{"error":"…"}`), else the body.
@@ -69,18 +78,43 @@ fn error_message(body: &str) -> String {
     msg
 }
 
-async fn post_stream(http: &reqwest::Client, url: &str, body: &Value, auth: Option<&str>) -> Result<reqwest::Response, BrainError> {
-    let mut req = http.post(url).json(body);
-    if let Some(key) = auth {
-        req = req.bearer_auth(key);
-    }
-    let resp = req.send().await.map_err(|e| BrainError(format!("{url}: {}", describe(&e))))?;
-    let status = resp.status();
-    if !status.is_success() {
+/// Posts a turn (`body` makes the request from its messages). When the server answers that the
+/// conversation is longer than its context, the oldest half of the history is left out and the
+/// turn tried again, until only the system prompt and the new prompt are left: an agent whose
+/// conversation outgrew its model keeps working, with a shorter memory.
+async fn post_turn(
+    http: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    request: &TurnRequest,
+    body: impl Fn(Vec<Value>) -> Value,
+) -> Result<reqwest::Response, BrainError> {
+    let mut dropped = 0;
+    loop {
+        let mut req = http.post(url).json(&body(messages(request, dropped)));
+        if let Some(key) = auth {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| BrainError(format!("{url}: {}", describe(&e))))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let text = resp.text().await.unwrap_or_default();
+        let left = request.history.len() - dropped;
+        if status == reqwest::StatusCode::BAD_REQUEST && left > 0 && context_exceeded(&text) {
+            // Whole exchanges (a user message and its answer) go together.
+            dropped += left.div_ceil(2).next_multiple_of(2).min(left);
+            tracing::warn!(
+                url,
+                dropped,
+                kept = request.history.len() - dropped,
+                "The conversation is longer than the model's context; leaving out its oldest messages"
+            );
+            continue;
+        }
         return Err(BrainError(format!("{url} answered {status}: {}", error_message(&text))));
     }
-    Ok(resp)
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -174,13 +208,8 @@ pub(crate) fn parse_sse_data(data: &str) -> Result<Vec<ChunkEvent>, String> {
 #[async_trait]
 impl Brain for OpenAiBrain {
     async fn turn(&self, request: TurnRequest, progress: ProgressSender) -> Result<TurnResult, BrainError> {
-        let body = json!({
-            "model": self.model,
-            "messages": messages(&request),
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        let resp = post_stream(&self.http, &self.completions, &body, self.api_key.as_deref()).await?;
+        let body = |messages| json!({"model": self.model, "messages": messages, "stream": true, "stream_options": {"include_usage": true}});
+        let resp = post_turn(&self.http, &self.completions, self.api_key.as_deref(), &request, body).await?;
         let mut stream = resp.bytes_stream();
         let mut lines = LineBuffer::default();
         let mut result = TurnResult::default();
@@ -265,8 +294,8 @@ pub(crate) fn parse_ollama_line(line: &str) -> Result<(Option<String>, Option<Us
 #[async_trait]
 impl Brain for OllamaBrain {
     async fn turn(&self, request: TurnRequest, progress: ProgressSender) -> Result<TurnResult, BrainError> {
-        let body = json!({"model": self.model, "messages": messages(&request), "stream": true});
-        let resp = post_stream(&self.http, &self.chat, &body, None).await?;
+        let body = |messages| json!({"model": self.model, "messages": messages, "stream": true});
+        let resp = post_turn(&self.http, &self.chat, None, &request, body).await?;
         let mut stream = resp.bytes_stream();
         let mut lines = LineBuffer::default();
         let mut result = TurnResult::default();
@@ -332,6 +361,78 @@ mod tests {
         assert!(done);
         assert_eq!(usage.unwrap().output_tokens, 3);
         assert_eq!(parse_ollama_line(r#"{"error":"model 'x' not found"}"#).unwrap_err(), "model 'x' not found");
+    }
+
+    #[test]
+    fn context_errors_are_recognised() {
+        assert!(context_exceeded(r#"{"error":{"message":"x","code":"context_length_exceeded"}}"#));
+        assert!(context_exceeded(r#"{"error":{"message":"This model's maximum context length is 2048 tokens."}}"#));
+        assert!(context_exceeded(r#"{"error":"the prompt is 300 tokens; the context length of this model service is 255"}"#));
+        assert!(!context_exceeded(r#"{"error":{"message":"temperature must be between 0 and 2"}}"#));
+    }
+
+    /// A server whose context holds at most `fits` messages answers 400 with OpenAI's code past it.
+    async fn small_context_server(fits: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let log = log.clone();
+                async move {
+                    let n = body["messages"].as_array().map_or(0, Vec::len);
+                    log.lock().unwrap().push(n);
+                    if n > fits {
+                        let e =
+                            json!({"error": {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}});
+                        return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
+                    }
+                    let last = body["messages"][n - 1]["content"].as_str().unwrap_or("").to_owned();
+                    let chunk = json!({"choices": [{"index": 0, "delta": {"content": format!("re: {last}")}}]});
+                    format!("data: {chunk}\n\ndata: [DONE]\n\n").into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    #[tokio::test]
+    async fn a_conversation_longer_than_the_context_loses_its_oldest_exchanges() {
+        let (base, seen) = small_context_server(4).await;
+        let brain = OpenAiBrain::new(reqwest::Client::new(), &base, "m");
+        let history = (0..6)
+            .map(|i| crate::workspace::Message { role: if i % 2 == 0 { "user" } else { "assistant" }.into(), content: format!("m{i}") })
+            .collect();
+        let request = TurnRequest {
+            injection_id: "i".into(),
+            system_prompt: Some("be brief".into()),
+            history,
+            prompt: "now?".into(),
+            workspace: std::env::temp_dir(),
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let result = brain.turn(request.clone(), tx.clone()).await.unwrap();
+        assert_eq!(result.content, "re: now?");
+        // 8 messages, then the oldest 4 of the 6 left out (whole exchanges): system, m4, m5, prompt.
+        assert_eq!(*seen.lock().unwrap(), vec![8, 4]);
+
+        // With room for nothing but the system prompt and the prompt, the whole history goes.
+        let (base, seen) = small_context_server(2).await;
+        let brain = OpenAiBrain::new(reqwest::Client::new(), &base, "m");
+        assert_eq!(brain.turn(request.clone(), tx.clone()).await.unwrap().content, "re: now?");
+        assert_eq!(*seen.lock().unwrap(), vec![8, 4, 2]);
+
+        // Without even that, the error is the server's.
+        let (base, seen) = small_context_server(1).await;
+        let brain = OpenAiBrain::new(reqwest::Client::new(), &base, "m");
+        let e = brain.turn(request, tx).await.unwrap_err();
+        assert!(e.0.contains("400") && e.0.contains("too long"), "{e}");
+        assert_eq!(*seen.lock().unwrap(), vec![8, 4, 2]);
     }
 
     #[test]

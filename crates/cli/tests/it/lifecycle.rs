@@ -123,7 +123,18 @@ fn up_demo_launches_a_small_fleet() {
     let out = std::process::Command::new(crate::support::BIN)
         .args(["up", "--demo", "--data"])
         .arg(data.path())
-        .args(["--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--model-listen", "127.0.0.1:0", "--model-ctx", "4096"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--model-listen",
+            "127.0.0.1:0",
+            "--model-slots",
+            "4",
+            "--model-ctx",
+            "1024",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -137,7 +148,7 @@ fn up_demo_launches_a_small_fleet() {
     assert!(text.contains("dashboard  http://127.0.0.1:"), "{text}");
     assert!(text.contains("API token"), "{text}");
     assert!(text.contains("launched fleet 'demo' (3 local agents, brain model)"), "{text}");
-    assert!(text.contains("model      SmolLM2-135M-Instruct (32 slots) on http://127.0.0.1:"), "{text}");
+    assert!(text.contains("model      SmolLM2-135M-Instruct (4 slots × 1024 tokens, 94 MB of KV cache) on http://127.0.0.1:"), "{text}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ impl Drop for Served {
 fn model_serve() -> Served {
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["model", "serve", "--listen", &format!("127.0.0.1:{port}"), "--model-slots", "4", "--model-ctx", "4096"])
+        .args(["model", "serve", "--listen", &format!("127.0.0.1:{port}"), "--model-slots", "4", "--model-ctx", "1024"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

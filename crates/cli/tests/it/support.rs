@@ -130,7 +130,7 @@ impl Plane {
                 cmd.args(["--model-url", url]);
             }
             (None, true) => {
-                cmd.args(["--model-listen", &format!("127.0.0.1:{}", self.model_port), "--model-slots", "4", "--model-ctx", "4096"]);
+                cmd.args(["--model-listen", &format!("127.0.0.1:{}", self.model_port), "--model-slots", "4", "--model-ctx", "1024"]);
             }
             (None, false) => {
                 cmd.arg("--no-model");
