@@ -85,6 +85,8 @@ struct Agent {
     turns_failed: u64,
     started: Instant,
     internal: mpsc::Sender<Internal>,
+    /// Whether the bus connection has ever come up (the health check wants it).
+    connected_once: bool,
     /// When the next heartbeat is due; state changes bring it forward.
     next_beat: tokio::time::Instant,
     last_beat: tokio::time::Instant,
@@ -154,6 +156,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         turns_failed: 0,
         started: Instant::now(),
         internal,
+        connected_once: false,
         next_beat: tokio::time::Instant::now(),
         last_beat: tokio::time::Instant::now(),
         ws,
@@ -189,6 +192,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
             Input::Tick => {
                 agent.check_watchdog();
                 agent.publish_heartbeat();
+                agent.ws.mark_alive(agent.connected_once);
             }
             Input::Shutdown => break,
         }
@@ -253,10 +257,18 @@ impl Agent {
         match ev {
             BusEvent::Connected { session_present } => {
                 tracing::info!(agent = %self.config.agent, session_present, "Connected to the bus");
+                if !self.connected_once {
+                    self.connected_once = true;
+                    self.ws.mark_alive(true);
+                }
                 if self.activity == AgentActivity::Starting {
                     self.activity = AgentActivity::Idle;
                 }
                 self.publish_heartbeat();
+            }
+            BusEvent::Disconnected { reason } if !self.connected_once => {
+                let c = &self.config;
+                tracing::warn!(agent = %c.agent, %reason, "Cannot reach the bus at mqtt://{}:{} (is that address right and reachable from here?); retrying", c.bus_host, c.bus_port);
             }
             BusEvent::Disconnected { reason } => {
                 tracing::warn!(agent = %self.config.agent, %reason, "Bus connection lost; reconnecting");
@@ -346,6 +358,7 @@ impl Agent {
                 "load1": crate::sysinfo::load1(),
                 "epoch": self.ws.epoch(),
                 "seq": self.ws.last_seq(),
+                "history_len": self.ws.history().len(),
             })),
             CommandName::ConfigReload => {
                 let before = (self.brain_spec.clone(), self.system_prompt.clone());

@@ -110,6 +110,28 @@ pub struct Message {
     pub content: String,
 }
 
+/// The file [`Workspace::mark_alive`] writes.
+pub const ALIVE: &str = "alive";
+
+/// The health check of the agent whose workspace is `dir`: healthy when its loop marked itself
+/// alive within `max_age` and it has reached the bus since it started.
+pub fn check_alive(dir: &Path, max_age: std::time::Duration) -> Result<(), String> {
+    let path = dir.join(ALIVE);
+    let text = fs::read_to_string(&path).map_err(|e| format!("no sign of life in {}: {e}", path.display()))?;
+    let mut parts = text.split_whitespace();
+    let at: u128 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(|| format!("{} is garbled: {text:?}", path.display()))?;
+    let connected = parts.next() == Some("1");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let age = now.saturating_sub(at);
+    if age > max_age.as_millis() {
+        return Err(format!("the agent last turned its loop {age} ms ago (more than {} ms)", max_age.as_millis()));
+    }
+    if !connected {
+        return Err("the agent runs but has not reached the bus yet".into());
+    }
+    Ok(())
+}
+
 /// Optional per-workspace overrides, read at start and by `config-reload`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,6 +216,13 @@ impl Workspace {
         }
         let ws = Workspace { dir: dir.to_owned(), epoch, journal, next_seq, inbox, seen, conversation, history };
         Ok((ws, recovery))
+    }
+
+    /// Records that the agent's loop turns (each heartbeat tick) and whether it has reached
+    /// the bus: what `clawfleet agent --health` checks.
+    pub fn mark_alive(&self, connected_once: bool) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let _ = fs::write(self.dir.join(ALIVE), format!("{now} {}\n", u8::from(connected_once)));
     }
 
     pub fn dir(&self) -> &Path {

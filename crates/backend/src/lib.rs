@@ -30,6 +30,8 @@ pub struct Deployment {
     pub brain: BrainSpec,
     pub prompt: Option<String>,
     pub version: String,
+    /// The container image (container backends; `None`: the backend's default agent image).
+    pub image: Option<String>,
     pub endpoints: Endpoints,
 }
 
@@ -109,6 +111,8 @@ pub struct Replica {
     pub state: ReplicaState,
     /// Times the backend restarted it.
     pub restarts: u32,
+    /// The machine it runs on, where the backend has several (a Swarm node id).
+    pub node: Option<String>,
 }
 
 /// Whether a replica's process (container, job) runs.
@@ -148,7 +152,7 @@ pub enum BackendError {
 
 /// A place where agents run.
 #[async_trait]
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> BackendKind;
 
     /// Makes the fleet's agents match `deployment`: starts missing slots, stops extra ones.

@@ -169,7 +169,7 @@ impl Backend for LocalBackend {
             .filter(|(_, s)| !s.finished())
             .map(|(&slot, s)| {
                 let st = s.status.lock().expect("not poisoned").clone();
-                Replica { slot, instance: st.pid.map(|p| format!("pid {p}")), state: st.state, restarts: st.restarts }
+                Replica { slot, instance: st.pid.map(|p| format!("pid {p}")), state: st.state, restarts: st.restarts, node: None }
             })
             .collect())
     }

@@ -17,5 +17,5 @@ pub mod url;
 pub use auth::{CONTROL_USER, FleetAuth};
 pub use broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 pub use client::{BusClient, BusEvent, ClientConfig, Will};
-pub use credentials::BusSecret;
+pub use credentials::{BusSecret, FleetKey};
 pub use url::BusUrl;

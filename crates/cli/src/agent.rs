@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clawfleet_agent::{AgentConfig, runtime};
-use clawfleet_bus::BusUrl;
+use clawfleet_bus::{BusUrl, FleetKey};
 use clawfleet_core::{AgentRef, BrainSpec, FleetName};
 use clawfleet_proto::api::JoinResponse;
 use tokio::sync::watch;
@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use crate::args::AgentArgs;
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.health {
+        return health(&args);
+    }
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -53,6 +56,19 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// `--health`: the container health check.
+fn health(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    let workspace = args.workspace.clone().map_or_else(std::env::current_dir, Ok).context("finding the workspace")?;
+    let max_age = Duration::from_millis(args.heartbeat_ms.max(100) * 3 + 2000);
+    match clawfleet_agent::workspace::check_alive(&workspace, max_age) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(why) => {
+            eprintln!("unhealthy: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn base(agent: AgentRef, uid: &str, bus: &BusUrl, workspace: PathBuf, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     let mut c = AgentConfig::new(agent, uid, bus.host.clone(), bus.port, workspace);
     c.brain = args.brain.parse::<BrainSpec>()?;
@@ -73,8 +89,17 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
         .parse()?;
     let bus: BusUrl = args.bus.as_deref().ok_or_else(|| anyhow!("no bus: pass --bus mqtt://host:port (CLAWFLEET_BUS)"))?.parse()?;
     let uid = args.fleet_uid.clone().unwrap_or_else(|| "manual".into());
-    let last = args.slot.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
-    (args.slot..=last)
+    let first = match args.swarm_slot {
+        Some(0) => bail!("CLAWFLEET_SWARM_SLOT is 0, but Swarm numbers slots from 1"),
+        Some(s) => s - 1,
+        None => args.slot,
+    };
+    let key = match &args.bus_fleet_key {
+        Some(hex) => Some(FleetKey::from_hex(hex).ok_or_else(|| anyhow!("CLAWFLEET_BUS_FLEET_KEY is not 64 hex digits"))?),
+        None => None,
+    };
+    let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
+    (first..=last)
         .map(|slot| {
             let workspace = match (&args.workspace, args.count) {
                 (Some(w), 1) => w.clone(),
@@ -84,6 +109,10 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
             let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, workspace, args)?;
             c.bus_username = args.bus_username.clone();
             c.bus_password = args.bus_password.clone();
+            if let (Some(key), None) = (&key, &c.bus_password) {
+                c.bus_username = Some(clawfleet_core::acl::agent_username(&c.agent));
+                c.bus_password = Some(key.agent_password(slot));
+            }
             Ok(c)
         })
         .collect()

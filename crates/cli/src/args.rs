@@ -52,6 +52,16 @@ pub(crate) enum Command {
     Command(CommandArgs),
     /// Change a fleet's number of agents.
     Scale(ScaleArgs),
+    /// Roll a fleet to a new image and/or version, one agent at a time (docker: health-gated,
+    /// rolled back by Swarm when new agents fail).
+    Update(UpdateArgs),
+    /// Return a fleet to the image and version its last update replaced.
+    Rollback(RollbackArgs),
+    /// Agent container images: build one locally from this binary (nothing is pulled).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// List every running task of a Docker Swarm service with its address (read-only).
+    Discover(DiscoverArgs),
     /// Stop and remove a fleet.
     Terminate(TerminateArgs),
     /// Check every agent's health (health-check), in the hatchery fleet monitor's format with --json.
@@ -135,9 +145,9 @@ pub(crate) struct UpArgs {
     /// Address of the HTTP API and dashboard.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
-    /// Address of the embedded MQTT broker.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub mqtt_listen: SocketAddr,
+    /// Address of the embedded MQTT broker [default: 127.0.0.1:1883; with --docker, the Docker host address, port 1883]
+    #[arg(long)]
+    pub mqtt_listen: Option<SocketAddr>,
     /// Use an external broker instead of the embedded one: mqtt://[user:pass@]host:port
     #[arg(long)]
     pub bus: Option<String>,
@@ -154,9 +164,20 @@ pub(crate) struct UpArgs {
     /// Do not run the built-in model service.
     #[arg(long, conflicts_with = "model_url")]
     pub no_model: bool,
-    /// Address of the built-in model service (OpenAI /v1 and Ollama /api).
-    #[arg(long, default_value = "127.0.0.1:11435")]
-    pub model_listen: SocketAddr,
+    /// Address of the built-in model service (OpenAI /v1 and Ollama /api) [default: 127.0.0.1:11435; with --docker, the Docker host address, port 11435]
+    #[arg(long)]
+    pub model_listen: Option<SocketAddr>,
+    /// Enable the docker backend (Swarm services; needs `docker swarm init`).
+    #[arg(long)]
+    pub docker: bool,
+    #[command(flatten)]
+    pub docker_args: DockerArgs,
+    /// The overlay network docker agents join (created if missing).
+    #[arg(long, default_value = "clawfleet")]
+    pub docker_network: String,
+    /// The address agents in containers reach this machine at [default: the gateway of docker_gwbridge]
+    #[arg(long)]
+    pub docker_host: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub model_options: ModelOptions,
     /// The brain of fleets launched without --brain [default: model when a model service runs, else echo]
@@ -188,6 +209,9 @@ pub(crate) struct LaunchArgs {
     /// A version label for this fleet spec.
     #[arg(long)]
     pub version: Option<String>,
+    /// The container image of a docker fleet [default: the control plane's agent image, clawfleet-agent:<version>]
+    #[arg(long)]
+    pub image: Option<String>,
     /// Wait until every agent reports ready.
     #[arg(long)]
     pub wait: bool,
@@ -289,6 +313,87 @@ pub(crate) struct ScaleArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    pub name: String,
+    /// The new image (docker fleets).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The new version label [default: the current one plus one].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Wait until every agent runs the new version, or the update was rolled back.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds --wait waits before giving up.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Where the Docker Engine is.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct DockerArgs {
+    /// The Docker Engine's unix socket [default: DOCKER_HOST=unix://PATH, else /var/run/docker.sock]
+    #[arg(long)]
+    pub docker_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Build the agent image FROM scratch with this clawfleet binary and the libraries it links.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImageBuildArgs {
+    /// The image's tag [default: clawfleet-agent:<version>]
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The binary to put in the image [default: this one]
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiscoverArgs {
+    /// The Swarm service.
+    #[arg(long)]
+    pub service: String,
+    /// swarm: the task list (every task); dns: resolve tasks.SERVICE (from a container on its
+    /// network); auto: swarm, else dns.
+    #[arg(long, default_value = "auto")]
+    pub method: String,
+    /// Report addresses on this network [default: the service's first non-ingress network]
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Check each task: GET http://ADDRESS:PORT/health with --health-port, else the container's health check.
+    #[arg(long)]
+    pub verify_health: bool,
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct TerminateArgs {
     pub name: String,
     /// Wait until every agent has stopped and the fleet is gone.
@@ -359,6 +464,17 @@ pub(crate) struct AgentArgs {
     pub bus_username: Option<String>,
     #[arg(long, env = clawfleet_backend::env::BUS_PASSWORD, hide_env_values = true)]
     pub bus_password: Option<String>,
+    /// The fleet's password key: the agent derives its own bus password from it and its slot
+    /// (Swarm gives every task of a service the same environment).
+    #[arg(long, hide = true, env = "CLAWFLEET_BUS_FLEET_KEY", hide_env_values = true)]
+    pub bus_fleet_key: Option<String>,
+    /// The Swarm slot (1-based) this agent runs in: its agent slot is one less.
+    #[arg(long, hide = true, env = "CLAWFLEET_SWARM_SLOT")]
+    pub swarm_slot: Option<u32>,
+    /// Check the health of the agent whose workspace is --workspace (a container health check):
+    /// exit 0 when its loop turned within three heartbeats and it has reached the bus.
+    #[arg(long)]
+    pub health: bool,
     /// The agent's workspace (with --count or --join: the directory holding one workspace per slot).
     #[arg(long, env = clawfleet_backend::env::WORKSPACE)]
     pub workspace: Option<PathBuf>,

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clawfleet_proto::api::{Ack, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest};
+use clawfleet_proto::api::{Ack, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest};
 
-use crate::args::{AuditArgs, LaunchArgs, LsArgs, ScaleArgs, StatusArgs, TerminateArgs};
+use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
 use crate::client::Client;
 use crate::output::{Progress, table};
 
@@ -23,6 +23,7 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         brain: args.brain.clone(),
         prompt: args.prompt.clone(),
         version: args.version.clone(),
+        image: args.image.clone(),
     };
     let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
     if !args.json {
@@ -124,8 +125,15 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let f = &s.fleet;
     println!(
-        "fleet {}: {}/{} ready, {}, backend {}, brain {}, version {}",
-        f.name, f.ready, f.replicas, f.state, f.backend, f.brain, f.version
+        "fleet {}: {}/{} ready, {}, backend {}, brain {}, version {}{}",
+        f.name,
+        f.ready,
+        f.replicas,
+        f.state,
+        f.backend,
+        f.brain,
+        f.version,
+        f.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default()
     );
     if let Some(p) = &f.problem {
         println!("problem: {p}");
@@ -149,6 +157,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 }),
                 a.queued.to_string(),
                 a.instance.clone().unwrap_or_else(dash),
+                a.node.as_deref().map_or_else(dash, |n| n.chars().take(12).collect()),
                 a.restarts.to_string(),
                 a.problem.clone().unwrap_or_default(),
             ]
@@ -157,7 +166,22 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         table(
-            &["SLOT", "ID", "STATE", "HEARTBEAT", "VERSION", "UPTIME", "RSS", "LOAD", "BRAIN", "QUEUE", "INSTANCE", "RESTARTS", "PROBLEM"],
+            &[
+                "SLOT",
+                "ID",
+                "STATE",
+                "HEARTBEAT",
+                "VERSION",
+                "UPTIME",
+                "RSS",
+                "LOAD",
+                "BRAIN",
+                "QUEUE",
+                "INSTANCE",
+                "NODE",
+                "RESTARTS",
+                "PROBLEM"
+            ],
             &rows
         )
     );
@@ -174,6 +198,68 @@ pub(crate) async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         println!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let req = UpdateRequest { image: args.image.clone(), version: args.version.clone() };
+    let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/update", args.name), &req).await?;
+    after_change(&client, fleet, "updating", args.wait, args.timeout, args.json).await
+}
+
+pub(crate) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/rollback", args.name), &serde_json::json!({})).await?;
+    after_change(&client, fleet, "rolling back", false, 0, args.json).await
+}
+
+async fn after_change(client: &Client, fleet: Fleet, doing: &str, wait: bool, timeout: u64, json: bool) -> anyhow::Result<ExitCode> {
+    if !json {
+        let image = fleet.image.as_deref().map(|i| format!("image {i}, ")).unwrap_or_default();
+        eprintln!("fleet '{}': {doing} to {image}version {}, one agent at a time", fleet.name, fleet.version);
+    }
+    let fleet = if wait { wait_version(client, &fleet.name, &fleet.version, Duration::from_secs(timeout)).await? } else { fleet };
+    if json {
+        print_json(&fleet);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every agent runs `version` and is ready, or the backend reports the update
+/// rolled back.
+async fn wait_version(client: &Client, name: &str, version: &str, timeout: Duration) -> anyhow::Result<Fleet> {
+    let started = Instant::now();
+    let mut progress: Option<Progress> = None;
+    loop {
+        let status: FleetStatus = client.get(&format!("/api/v1/fleets/{name}")).await?;
+        let total = status.fleet.replicas;
+        let done = status
+            .agents
+            .iter()
+            .filter(|a| a.slot < total && a.fleet_version.as_deref() == Some(version) && matches!(a.state.as_str(), "idle" | "busy"))
+            .count() as u32;
+        progress.get_or_insert_with(|| Progress::new(u64::from(total), "agents updated")).set(u64::from(done));
+        if let Some(problem) = status.fleet.problem.as_deref().filter(|p| p.contains("rolled back")) {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            bail!("{problem}");
+        }
+        if done >= total {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            eprintln!("all {total} agents of '{name}' run version {version} ({:.1} s)", started.elapsed().as_secs_f64());
+            return Ok(status.fleet);
+        }
+        if started.elapsed() > timeout {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            bail!("only {done} of {total} agents of '{name}' ran version {version} after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {

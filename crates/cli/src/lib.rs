@@ -7,6 +7,7 @@
 mod agent;
 mod args;
 pub mod client;
+mod docker;
 mod fleet;
 mod model;
 mod output;
@@ -64,6 +65,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => talk::logs(a).await,
         Command::Command(a) => talk::command(a).await,
         Command::Scale(a) => fleet::scale(a).await,
+        Command::Update(a) => fleet::update(a).await,
+        Command::Rollback(a) => fleet::rollback(a).await,
+        Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
+        Command::Discover(a) => docker::discover(a).await,
         Command::Terminate(a) => fleet::terminate(a).await,
         Command::Monitor(a) => talk::monitor(a).await,
         Command::Audit(a) => fleet::audit(a).await,

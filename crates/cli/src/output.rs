@@ -144,6 +144,10 @@ impl EventPrinter {
             EventBody::AgentState { state, .. } => format!("is {state}"),
             EventBody::FleetLaunched { replicas, backend, brain, .. } => format!("launched: {replicas} agents ({backend}, brain {brain})"),
             EventBody::FleetScaled { replicas, previous } => format!("scaled from {previous} to {replicas} agents"),
+            EventBody::FleetUpdated { image, version, previous_image, previous_version } => {
+                let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "the default image".into());
+                format!("updated: {} version {previous_version} -> {} version {version}", show(previous_image), show(image))
+            }
             EventBody::FleetTerminating {} => "terminating".into(),
             EventBody::FleetTerminated {} => "terminated".into(),
         };

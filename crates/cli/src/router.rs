@@ -120,7 +120,10 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             "swarm_scaled"
         }
         // Launches are answered from the launch call itself, with the request id.
-        EventBody::FleetLaunched { .. } | EventBody::CommandSent { .. } | EventBody::CommandReply { .. } => return None,
+        EventBody::FleetLaunched { .. }
+        | EventBody::FleetUpdated { .. }
+        | EventBody::CommandSent { .. }
+        | EventBody::CommandReply { .. } => return None,
     };
     Some(RouterEvent::new(e.at.clone(), name, Value::Object(d)))
 }
@@ -201,6 +204,7 @@ impl Router {
                     brain: param("brain"),
                     prompt: system_prompt,
                     version: param("version"),
+                    image: param("image"),
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
                 let brain: Option<BrainSpec> = fleet.brain.parse().ok();

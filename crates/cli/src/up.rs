@@ -13,9 +13,18 @@ use crate::client::{self, Client};
 
 pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data = args.data.clone().unwrap_or_else(client::default_data_dir);
+    let docker = match args.docker {
+        true => Some(crate::docker::backend_for_up(&args).await?),
+        false => None,
+    };
+    // Agents in containers reach this machine at the Docker host address, so the services
+    // they use listen there (it is an address of this machine, so local agents reach it too).
+    let host = docker.as_ref().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |d| d.host);
+    let mqtt_listen = args.mqtt_listen.unwrap_or(std::net::SocketAddr::new(host, 1883));
+    let model_listen = args.model_listen.unwrap_or(std::net::SocketAddr::new(host, 11435));
     let bus = match &args.bus {
         Some(url) => BusMode::External(url.parse()?),
-        None => BusMode::Embedded { listen: args.mqtt_listen },
+        None => BusMode::Embedded { listen: mqtt_listen },
     };
     // The model service agents of the `model` brain use: an endpoint given, or the built-in one.
     let agent_host = |listen: std::net::SocketAddr| match &args.agent_bus_host {
@@ -25,7 +34,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     #[cfg(feature = "model")]
     let model = match (&args.model_url, args.no_model) {
-        (None, false) => Some(crate::model::start(&args.model_options, args.model_listen).await?),
+        (None, false) => Some(crate::model::start(&args.model_options, model_listen).await?),
         _ => None,
     };
     #[cfg(feature = "model")]
@@ -35,7 +44,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     #[cfg(not(feature = "model"))]
     let (model, model_url, model_name) = {
-        let _ = agent_host;
+        let _ = (agent_host, model_listen);
         (None::<std::convert::Infallible>, args.model_url.clone(), args.model_name.clone())
     };
     let default_brain: BrainSpec = match &args.default_brain {
@@ -55,8 +64,13 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         agent_args: vec!["agent".into()],
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
         default_brain: default_brain.clone(),
+        backends: docker.iter().map(|d| d.backend.clone()).collect(),
     })
-    .await?;
+    .await
+    .map_err(|e| match &docker {
+        Some(d) => anyhow::anyhow!("{e} (with --docker, services listen on the Docker host address {}: --docker-host must be an address of this machine that containers reach)", d.host),
+        None => e.into(),
+    })?;
 
     let http = format!("http://{}", server.http_addr());
     println!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
@@ -76,6 +90,9 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Some(url) => println!("  model      agents of the `model` brain use {url}"),
             None => println!("  model      none (started with --no-model)"),
         }
+    }
+    if let Some(d) = &docker {
+        println!("  docker     {}", d.summary);
     }
     println!("  data       {}", data.display());
     println!("  brain      fleets launched without --brain use '{default_brain}'");

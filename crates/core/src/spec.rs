@@ -13,6 +13,23 @@ use crate::names::{FleetName, NameError};
 pub const MAX_REPLICAS: u32 = 10_000;
 /// Longest version label.
 pub const MAX_VERSION_LEN: usize = 64;
+pub const MAX_IMAGE_LEN: usize = 256;
+
+/// A version label: 1-64 printable characters without spaces.
+pub fn check_version(version: &str) -> Result<(), SpecError> {
+    if version.is_empty() || version.len() > MAX_VERSION_LEN || !version.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(SpecError::Version(version.to_owned()));
+    }
+    Ok(())
+}
+
+/// A Docker image reference, checked for shape only (the engine says whether it exists).
+pub fn check_image(image: &str) -> Result<(), SpecError> {
+    if image.is_empty() || image.len() > MAX_IMAGE_LEN || !image.chars().all(|c| c.is_ascii_graphic()) || image.starts_with('-') {
+        return Err(SpecError::Image(image.to_owned()));
+    }
+    Ok(())
+}
 
 /// Where a fleet's agents run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +83,8 @@ pub struct FleetSpec {
     pub prompt: Option<String>,
     /// A label the user gives a version of the fleet (agents report it back).
     pub version: String,
+    /// The container image (container backends).
+    pub image: Option<String>,
 }
 
 /// Why a spec, a prompt or a target list was refused.
@@ -85,6 +104,10 @@ pub enum SpecError {
     EmptyPrompt,
     #[error("version label must be 1-{MAX_VERSION_LEN} printable characters without spaces, got '{0}'")]
     Version(String),
+    #[error("image must be a Docker image reference (1-{MAX_IMAGE_LEN} printable characters without spaces), got '{0}'")]
+    Image(String),
+    #[error("--image is for container backends (docker); the {0} backend runs the clawfleet binary itself")]
+    ImageNotForBackend(BackendKind),
     #[error("fleet '{fleet}' has no agent {slot} (its agents are {range})")]
     UnknownAgent { fleet: String, slot: u32, range: String },
     #[error("fleet '{0}' has no agents")]
@@ -116,9 +139,12 @@ impl FleetSpec {
             check_prompt("system prompt", p)?;
         }
         let version = req.version.clone().unwrap_or_else(|| "1".to_owned());
-        let printable = |c: char| c.is_ascii_graphic();
-        if version.is_empty() || version.len() > MAX_VERSION_LEN || !version.chars().all(printable) {
-            return Err(SpecError::Version(version));
+        check_version(&version)?;
+        if let Some(image) = &req.image {
+            check_image(image)?;
+            if backend != BackendKind::Docker {
+                return Err(SpecError::ImageNotForBackend(backend));
+            }
         }
         Ok(FleetSpec {
             name,
@@ -127,6 +153,7 @@ impl FleetSpec {
             brain,
             prompt: req.prompt.clone().filter(|p| !p.is_empty()),
             version,
+            image: req.image.clone(),
         })
     }
 }

@@ -25,6 +25,18 @@ pub struct LaunchRequest {
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The container image (docker backend) [default: the control plane's agent image].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// `POST /api/v1/fleets/{name}/update`: a rolling update to a new image and/or version label.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A fleet, as listed.
@@ -36,6 +48,9 @@ pub struct Fleet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
     pub version: String,
+    /// The container image (container backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Desired number of agents.
     pub replicas: u32,
     /// `active` or `terminating`.
@@ -74,6 +89,9 @@ pub struct AgentStatus {
     pub instance: Option<String>,
     /// Times the backend restarted it.
     pub restarts: u32,
+    /// The machine it runs on, where the backend has several (a Swarm node id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

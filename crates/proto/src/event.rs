@@ -75,6 +75,15 @@ pub enum EventBody {
     FleetLaunched { replicas: u32, backend: String, brain: String, version: String },
     /// A fleet's replica count changed.
     FleetScaled { replicas: u32, previous: u32 },
+    /// A fleet moves to a new image or version (an update, or a rollback).
+    FleetUpdated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
+        version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_image: Option<String>,
+        previous_version: String,
+    },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -99,6 +108,7 @@ impl EventBody {
             EventBody::AgentState { .. } => "agent_state",
             EventBody::FleetLaunched { .. } => "fleet_launched",
             EventBody::FleetScaled { .. } => "fleet_scaled",
+            EventBody::FleetUpdated { .. } => "fleet_updated",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -188,6 +198,7 @@ mod tests {
             EventBody::AgentState { state: "online".into(), previous: Some("starting".into()) },
             EventBody::FleetLaunched { replicas: 2, backend: "local".into(), brain: "echo".into(), version: "1".into() },
             EventBody::FleetScaled { replicas: 3, previous: 2 },
+            EventBody::FleetUpdated { image: Some("a:2".into()), version: "2".into(), previous_image: None, previous_version: "1".into() },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

@@ -21,10 +21,10 @@ use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
     Ack, AgentStatus, AuditEntry, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
-    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, ScaleRequest, ServerInfo,
+    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, ScaleRequest, ServerInfo, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{Audit, EventFilter, FleetRow, NewEvent, NewInjection, Pending};
+use clawfleet_store::{Audit, EventFilter, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +43,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets", get(list).post(launch))
         .route("/api/v1/fleets/{name}", get(status).delete(terminate))
         .route("/api/v1/fleets/{name}/scale", post(scale))
+        .route("/api/v1/fleets/{name}/update", post(update))
+        .route("/api/v1/fleets/{name}/rollback", post(rollback))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -131,6 +133,7 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         brain: row.brain.clone(),
         prompt: row.prompt.clone(),
         version: row.version.clone(),
+        image: row.image.clone(),
         replicas: row.replicas,
         state: row.state.clone(),
         created_at: row.created_at.clone(),
@@ -203,6 +206,8 @@ async fn launch(
         replicas: spec.replicas,
         state: "active".into(),
         created_at: at.clone(),
+        image: spec.image.clone(),
+        previous: None,
     };
     let event = NewEvent {
         at,
@@ -264,6 +269,7 @@ async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result
                 state,
                 instance: replica.and_then(|r| r.instance.clone()),
                 restarts: replica.map_or(0, |r| r.restarts),
+                node: replica.and_then(|r| r.node.clone()),
                 last_heartbeat: hb.map(|h| h.at.clone()),
                 heartbeat_age_ms: live.as_ref().map(|a| now.saturating_sub(a.received_ms)),
                 version: hb.map(|h| h.version.clone()),
@@ -280,6 +286,58 @@ async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result
         })
         .collect();
     Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), agents }))
+}
+
+async fn update(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<UpdateRequest>,
+) -> Result<Json<Fleet>, ApiError> {
+    let row = load_active(&app, &name).await?;
+    if let Some(image) = &req.image {
+        spec::check_image(image)?;
+        let backend: clawfleet_core::BackendKind = row.backend.parse()?;
+        if backend != clawfleet_core::BackendKind::Docker {
+            return Err(spec::SpecError::ImageNotForBackend(backend).into());
+        }
+    }
+    if req.image.is_none() && req.version.is_none() {
+        return Err(ApiError::bad_request("an update needs a new image, a new version, or both"));
+    }
+    let version = req.version.clone().unwrap_or_else(|| next_version(&row.version));
+    spec::check_version(&version)?;
+    change(&app, caller, &name, "update", FleetUpdate::To { image: req.image, version }).await
+}
+
+/// The version label an update gets when none is given: "3" after "2", else "<old>+1".
+fn next_version(v: &str) -> String {
+    match v.parse::<u64>() {
+        Ok(n) => (n + 1).to_string(),
+        Err(_) => format!("{v}+1").chars().take(spec::MAX_VERSION_LEN).collect(),
+    }
+}
+
+async fn rollback(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Fleet>, ApiError> {
+    load_active(&app, &name).await?;
+    change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
+}
+
+async fn change(app: &Arc<App>, caller: Caller, name: &str, action: &'static str, update: FleetUpdate) -> Result<Json<Fleet>, ApiError> {
+    let n = name.to_owned();
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            Ok(((), vec![s.update_fleet(&n, update, &at, &audit(&at, &caller, action, &n, String::new()))?]))
+        })
+        .await?;
+    app.reconcile.notify_one();
+    let row = load(app, name).await?;
+    Ok(Json(fleet_view(app, &row)))
 }
 
 async fn scale(

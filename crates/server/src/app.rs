@@ -66,6 +66,7 @@ impl App {
             brain: row.brain.parse().map_err(|e| format!("stored brain: {e}"))?,
             prompt: row.prompt.clone(),
             version: row.version.clone(),
+            image: row.image.clone(),
             endpoints: self.endpoints.clone(),
         })
     }

@@ -24,7 +24,6 @@ mod live;
 mod outbox;
 mod reconcile;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -36,7 +35,7 @@ use clawfleet_backend::{Backend, Credentials, Endpoints};
 use clawfleet_bus::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusEvent, ClientConfig};
 use clawfleet_bus::{BusSecret, BusUrl};
-use clawfleet_core::{BackendKind, BrainSpec};
+use clawfleet_core::BrainSpec;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{Store, StoreError};
 use tokio::sync::{Notify, watch};
@@ -74,6 +73,8 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// The brain of fleets launched without one.
     pub default_brain: BrainSpec,
+    /// Backends besides local and external (docker, slurm), built by the caller.
+    pub backends: Vec<Arc<dyn Backend>>,
 }
 
 /// Why the control plane did not start.
@@ -182,10 +183,11 @@ impl Server {
             db,
             live: Live::default(),
             bus,
-            backends: HashMap::from([
-                (BackendKind::Local, local),
-                (BackendKind::External, Arc::new(clawfleet_backend::external::ExternalBackend) as Arc<dyn Backend>),
-            ]),
+            backends: [local, Arc::new(clawfleet_backend::external::ExternalBackend) as Arc<dyn Backend>]
+                .into_iter()
+                .chain(config.backends.iter().cloned())
+                .map(|b| (b.kind(), b))
+                .collect(),
             auth,
             token,
             endpoints: Endpoints {

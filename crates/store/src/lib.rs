@@ -28,6 +28,8 @@ pub enum StoreError {
     FleetExists(String),
     #[error("no fleet named '{0}'")]
     NoFleet(String),
+    #[error("the fleet '{0}' has no earlier image or version to roll back to (it was never updated)")]
+    NothingToRollBack(String),
     #[error("the database at {path} was written by a newer clawfleet (schema {found}, this one knows up to {known})")]
     TooNew { path: String, found: i64, known: i64 },
     #[error("stored {what} is corrupt: {reason}")]
@@ -35,6 +37,15 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A change of a fleet's image and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetUpdate {
+    /// A new version label, and a new image (`None`: keep the image).
+    To { image: Option<String>, version: String },
+    /// Back to the image and version the last update replaced.
+    Rollback,
+}
 
 /// A fleet's stored desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +61,10 @@ pub struct FleetRow {
     /// `active` or `terminating`.
     pub state: String,
     pub created_at: String,
+    /// The container image (container backends; `None`: the backend's default).
+    pub image: Option<String>,
+    /// The image and version the last update replaced (what `rollback` returns to).
+    pub previous: Option<(Option<String>, String)>,
 }
 
 /// An event to store; the store assigns its id.
@@ -355,8 +370,8 @@ impl Store {
                 return Err(StoreError::FleetExists(fleet.name.clone()));
             }
             tx.execute(
-                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     fleet.name,
                     fleet.uid,
@@ -366,7 +381,8 @@ impl Store {
                     fleet.version,
                     fleet.replicas,
                     fleet.state,
-                    fleet.created_at
+                    fleet.created_at,
+                    fleet.image
                 ],
             )?;
             let id = insert_event(tx, &event, None)?;
@@ -376,8 +392,7 @@ impl Store {
 
     pub fn fleets(&self) -> Result<Vec<FleetRow>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets ORDER BY name")?;
+            let mut stmt = c.prepare(concat!("SELECT ", fleet_columns!(), " FROM fleets ORDER BY name"))?;
             let rows = stmt.query_map([], fleet_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -385,12 +400,7 @@ impl Store {
 
     pub fn fleet(&self, name: &str) -> Result<Option<FleetRow>> {
         self.with(|c| {
-            Ok(c.query_row(
-                "SELECT name, uid, backend, brain, prompt, version, replicas, state, created_at FROM fleets WHERE name = ?1",
-                [name],
-                fleet_row,
-            )
-            .optional()?)
+            Ok(c.query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [name], fleet_row).optional()?)
         })
     }
 
@@ -414,6 +424,48 @@ impl Store {
             events.push(scaled.stored(id));
             events.extend(fail_outbox(tx, name, replicas, at, "agent removed by a scale-down")?);
             Ok(events)
+        })
+    }
+
+    /// Moves a fleet to a new image and version label, remembering the ones it replaces.
+    /// `rollback: true` returns to the remembered ones instead (and remembers the current ones,
+    /// so a second rollback undoes the first).
+    pub fn update_fleet(&self, name: &str, change: FleetUpdate, at: &str, audit: &Audit<'_>) -> Result<Event> {
+        self.tx(|tx| {
+            let row = tx
+                .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [name], fleet_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
+            let (image, version) = match change {
+                FleetUpdate::To { image, version } => (image.or(row.image.clone()), version),
+                FleetUpdate::Rollback => row.previous.clone().ok_or_else(|| StoreError::NothingToRollBack(name.to_owned()))?,
+            };
+            let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "default".into());
+            write_audit(
+                tx,
+                &Audit {
+                    detail: format!("image {} -> {}, version {} -> {version}", show(&row.image), show(&image), row.version),
+                    ..audit.clone()
+                },
+            )?;
+            tx.execute(
+                "UPDATE fleets SET image = ?2, version = ?3, previous_image = ?4, previous_version = ?5 WHERE name = ?1",
+                params![name, image, version, row.image, row.version],
+            )?;
+            let event = NewEvent {
+                at: at.to_owned(),
+                fleet: name.to_owned(),
+                agent: None,
+                injection_id: None,
+                body: EventBody::FleetUpdated {
+                    image: image.clone(),
+                    version: version.clone(),
+                    previous_image: row.image,
+                    previous_version: row.version,
+                },
+            };
+            let id = insert_event(tx, &event, None)?;
+            Ok(event.stored(id))
         })
     }
 
@@ -718,6 +770,13 @@ impl Store {
     }
 }
 
+macro_rules! fleet_columns {
+    () => {
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version"
+    };
+}
+use fleet_columns;
+
 fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
     Ok(FleetRow {
         name: r.get(0)?,
@@ -729,6 +788,11 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         replicas: r.get(6)?,
         state: r.get(7)?,
         created_at: r.get(8)?,
+        image: r.get(9)?,
+        previous: match (r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?) {
+            (image, Some(version)) => Some((image, version)),
+            _ => None,
+        },
     })
 }
 

@@ -7,7 +7,8 @@ use rusqlite::Connection;
 use crate::{Result, StoreError};
 
 /// Migrations in order; migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -74,7 +75,14 @@ CREATE TABLE audit (
     target TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The container image of a fleet (container backends), and what an update replaced, for rollback.
+ALTER TABLE fleets ADD COLUMN image TEXT;
+ALTER TABLE fleets ADD COLUMN previous_image TEXT;
+ALTER TABLE fleets ADD COLUMN previous_version TEXT;
+"#,
+];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

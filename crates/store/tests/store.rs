@@ -2,7 +2,9 @@
 //! failed directives on scale-down, durability across reopen.
 
 use clawfleet_proto::event::EventBody;
-use clawfleet_store::{AgentEvent, Audit, EventFilter, FleetRow, Ingested, NewEvent, NewInjection, Pending, Store, StoreError};
+use clawfleet_store::{
+    AgentEvent, Audit, EventFilter, FleetRow, FleetUpdate, Ingested, NewEvent, NewInjection, Pending, Store, StoreError,
+};
 
 fn audit(action: &'static str) -> Audit<'static> {
     Audit { at: "t", actor: "operator", action, target: "squad", detail: String::new() }
@@ -19,7 +21,41 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         replicas,
         state: "active".into(),
         created_at: "t0".into(),
+        image: None,
+        previous: None,
     }
+}
+
+#[test]
+fn updates_remember_what_they_replaced_and_rollback_swaps_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store.insert_fleet(&FleetRow { image: Some("a:1".into()), ..fleet("squad", 2) }, launched("squad"), &audit("launch")).unwrap();
+    assert!(matches!(store.update_fleet("squad", FleetUpdate::Rollback, "t1", &audit("rollback")), Err(StoreError::NothingToRollBack(_))));
+    let e =
+        store.update_fleet("squad", FleetUpdate::To { image: Some("a:2".into()), version: "2".into() }, "t1", &audit("update")).unwrap();
+    assert_eq!(
+        e.body,
+        EventBody::FleetUpdated {
+            image: Some("a:2".into()),
+            version: "2".into(),
+            previous_image: Some("a:1".into()),
+            previous_version: "1".into()
+        }
+    );
+    let row = store.fleet("squad").unwrap().unwrap();
+    assert_eq!((row.image.as_deref(), row.version.as_str()), (Some("a:2"), "2"));
+    assert_eq!(row.previous, Some((Some("a:1".into()), "1".into())));
+    // A version-only update keeps the image.
+    store.update_fleet("squad", FleetUpdate::To { image: None, version: "3".into() }, "t2", &audit("update")).unwrap();
+    assert_eq!(store.fleet("squad").unwrap().unwrap().image.as_deref(), Some("a:2"));
+    // Rollback returns to what the last update replaced, and a second one undoes it.
+    store.update_fleet("squad", FleetUpdate::Rollback, "t3", &audit("rollback")).unwrap();
+    let row = store.fleet("squad").unwrap().unwrap();
+    assert_eq!((row.image.as_deref(), row.version.as_str()), (Some("a:2"), "2"));
+    store.update_fleet("squad", FleetUpdate::Rollback, "t4", &audit("rollback")).unwrap();
+    assert_eq!(store.fleet("squad").unwrap().unwrap().version, "3");
+    assert!(matches!(store.update_fleet("nope", FleetUpdate::Rollback, "t5", &audit("rollback")), Err(StoreError::NoFleet(_))));
 }
 
 fn launched(name: &str) -> NewEvent {

@@ -43,6 +43,7 @@ fn local_backend_passes_the_conformance_suite() {
             brain: BrainSpec::Echo,
             prompt: None,
             version: "1".into(),
+            image: None,
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: broker.local_addr().port(),

@@ -6,6 +6,7 @@ mod bad_input;
 mod brains;
 mod conformance;
 mod dashboard;
+mod docker;
 mod faults;
 mod join;
 mod lifecycle;

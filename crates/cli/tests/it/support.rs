@@ -64,11 +64,13 @@ pub struct PlaneOptions {
     pub model_url: Option<String>,
     /// Run `up`'s built-in model service (most tests do without, for speed).
     pub builtin_model: bool,
+    /// Enable the docker backend: (the Docker host address, the overlay network agents join).
+    pub docker: Option<(String, String)>,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false }
+        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false, docker: None }
     }
 }
 
@@ -115,7 +117,7 @@ impl Plane {
         cmd.arg("up")
             .args(["--data", self.data().to_str().unwrap()])
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt_port)])
+            .args(["--mqtt-listen", &format!("{}:{}", self.options.docker.as_ref().map_or("127.0.0.1", |d| d.0.as_str()), self.mqtt_port)])
             .args(["--heartbeat-ms", &self.options.heartbeat_ms.to_string()])
             .env_remove("CLAWFLEET_TOKEN")
             .env_remove("CLAWFLEET_SERVER")
@@ -124,6 +126,9 @@ impl Plane {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.data().join("up.log")).unwrap());
         if let Some(bus) = &self.options.bus {
             cmd.args(["--bus", bus]);
+        }
+        if let Some((host, network)) = &self.options.docker {
+            cmd.args(["--docker", "--docker-host", host, "--docker-network", network]);
         }
         match (&self.options.model_url, self.options.builtin_model) {
             (Some(url), _) => {

@@ -1,0 +1,265 @@
+//! The docker backend on a real single-node Swarm: agent images built locally, the
+//! conformance suite, a fleet's life (discovery, a killed container, a network cut, a rolling
+//! update that fails its health check and rolls back), and bad input. Each test uses networks,
+//! services and images of its own, and removes them.
+//!
+//! Needs a Docker Engine in Swarm mode (`.ci/run` runs `docker swarm init`).
+
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clawfleet_backend::conformance::{self, Chaos, Harness};
+use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
+use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
+use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
+use clawfleet_core::BrainSpec;
+use clawfleet_docker::swarm::{DockerBackend, DockerConfig};
+use clawfleet_docker::{Engine, swarm};
+use serde_json::Value;
+
+use crate::support::{BIN, Plane, PlaneOptions, eventually};
+
+const IMAGE: &str = "clawfleet-agent:it";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("the docker CLI");
+    assert!(out.status.success(), "docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+/// The Docker host address, once Swarm is known to run; the agent image, built once.
+fn setup() -> String {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let engine = Engine::from_env();
+        rt().block_on(async {
+            let info: Value = engine.get("/info").await.expect("a Docker Engine (this test needs one; .ci/run has it)");
+            assert_eq!(info["Swarm"]["LocalNodeState"], "active", "Docker must be in Swarm mode (docker swarm init; .ci/run does it)");
+        });
+        let out = Command::new(BIN).args(["image", "build", "--tag", IMAGE]).output().unwrap();
+        assert!(out.status.success(), "image build failed: {}", String::from_utf8_lossy(&out.stderr));
+        rt().block_on(swarm::gateway(&engine)).unwrap()
+    })
+    .clone()
+}
+
+struct KillContainer;
+
+#[async_trait]
+impl Chaos for KillContainer {
+    async fn kill(&self, replica: &Replica) {
+        let task = replica.instance.clone().expect("a task id");
+        let container = docker(&["inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", &task]);
+        docker(&["kill", &container]);
+    }
+}
+
+#[test]
+fn docker_backend_passes_the_conformance_suite() {
+    let host = setup();
+    let network = format!("cf-conf-{}", std::process::id());
+    rt().block_on(async {
+        let secret = BusSecret::generate();
+        let auth = FleetAuth::new(secret.clone());
+        auth.allow_fleet("dconf", "u1");
+        let broker = EmbeddedBroker::start(BrokerConfig::new(format!("{host}:0").parse().unwrap()), Arc::new(auth)).unwrap();
+        let mut config = DockerConfig::new(Engine::from_env(), host.clone());
+        config.network = network.clone();
+        config.default_image = IMAGE.into();
+        config.grace = Duration::from_secs(2);
+        let backend = Arc::new(DockerBackend::new(config));
+        let deployment = Deployment {
+            fleet: "dconf".parse().unwrap(),
+            uid: "u1".into(),
+            replicas: 0,
+            brain: BrainSpec::Echo,
+            prompt: None,
+            version: "1".into(),
+            image: None,
+            endpoints: Endpoints {
+                bus_host: host.clone(),
+                bus_port: broker.local_addr().port(),
+                credentials: Credentials::PerAgent(secret.clone()),
+                model_url: None,
+                model_name: "default".into(),
+                heartbeat_ms: 500,
+            },
+        };
+        let harness = Harness {
+            deployment,
+            bus_login: (host.clone(), broker.local_addr().port(), Some(CONTROL_USER.into()), Some(secret.control_password())),
+            chaos: Arc::new(KillContainer),
+            step_timeout: Duration::from_secs(120),
+        };
+        let result = conformance::run(backend.clone(), harness).await;
+        let _ = Command::new("docker").args(["service", "rm", "clawfleet-dconf"]).output();
+        let _ = Command::new("docker").args(["network", "rm", &network]).output();
+        result.unwrap();
+    });
+}
+
+fn agent_status(plane: &Plane, fleet: &str) -> Vec<Value> {
+    plane.json(&["status", fleet, "--json"])["agents"].as_array().unwrap().clone()
+}
+
+fn container_of(plane: &Plane, fleet: &str, slot: usize) -> String {
+    let task = agent_status(plane, fleet)[slot]["instance"].as_str().unwrap().to_owned();
+    docker(&["inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", &task])
+}
+
+fn report(plane: &Plane, fleet: &str, slot: &str) -> Value {
+    let out = plane.json(&["command", fleet, "status-report", "--agent", slot, "--json"]);
+    out["results"][0]["result"].clone()
+}
+
+#[test]
+fn a_docker_fleet_lives_heals_and_rolls_back() {
+    let host = setup();
+    let network = format!("cf-life-{}", std::process::id());
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 500, docker: Some((host, network.clone())), ..PlaneOptions::default() });
+    let fleet = "dsquad";
+    let service = "clawfleet-dsquad";
+    let cleanup = || {
+        let _ = Command::new("docker").args(["service", "rm", service]).output();
+        let _ = Command::new("docker").args(["network", "rm", &network]).output();
+    };
+    struct Guard<F: Fn()>(F);
+    impl<F: Fn()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _guard = Guard(cleanup);
+
+    plane.ok(&[
+        "launch",
+        fleet,
+        "--backend",
+        "docker",
+        "--replicas",
+        "3",
+        "--image",
+        IMAGE,
+        "--brain",
+        "echo",
+        "--wait",
+        "--timeout",
+        "180",
+    ]);
+    let agents = agent_status(&plane, fleet);
+    for (i, a) in agents.iter().enumerate() {
+        assert_eq!(a["slot"], i as u64);
+        assert!(a["instance"].as_str().is_some_and(|t| !t.is_empty()), "task id shown: {a}");
+        assert!(a["node"].as_str().is_some_and(|n| !n.is_empty()), "node id shown: {a}");
+    }
+
+    // Discovery finds every task, with its address on the fleet's network.
+    // (Swarm counts a task running once its health check passed, a few seconds after the agent
+    // said hello.)
+    let found = eventually(Duration::from_secs(60), "discovery to find 3 running tasks", || {
+        let found = plane.json(&["discover", "--service", service, "--method", "swarm", "--verify-health", "--json"]);
+        (found["tasks"].as_array().unwrap().len() == 3).then_some(found)
+    });
+    let tasks = found["tasks"].as_array().unwrap();
+    assert!(tasks.iter().all(|t| t["network"] == network.as_str() && t["healthy"] == true), "{found}");
+    assert!(tasks.iter().all(|t| !t["address"].as_str().unwrap().contains('/')), "CIDR stripped: {found}");
+
+    // A conversation, then a killed container: Swarm replaces it in the same slot, and the
+    // agent keeps its workspace (journal epoch) and conversation.
+    plane.ok(&["inject", fleet, "remember this", "--agent", "1", "--wait"]);
+    let before = report(&plane, fleet, "1");
+    assert_eq!(before["history_len"], 2, "{before}");
+    let old_task = agent_status(&plane, fleet)[1]["instance"].clone();
+    docker(&["kill", &container_of(&plane, fleet, 1)]);
+    eventually(Duration::from_secs(120), "slot 1 to be replaced and ready", || {
+        let a = &agent_status(&plane, fleet)[1];
+        (a["instance"] != old_task && a["state"] == "idle" && a["restarts"].as_u64() >= Some(1)).then_some(())
+    });
+    let after = report(&plane, fleet, "1");
+    assert_eq!(after["epoch"], before["epoch"], "same workspace after the container was replaced");
+    assert_eq!(after["history_len"], 2, "{after}");
+
+    // Cut slot 2 off the network: it is seen lost; a prompt sent meanwhile arrives once after
+    // the cut heals.
+    let container = container_of(&plane, fleet, 2);
+    docker(&["network", "disconnect", &network, &container]);
+    eventually(Duration::from_secs(30), "slot 2 to be seen lost", || (agent_status(&plane, fleet)[2]["state"] == "lost").then_some(()));
+    let sent = plane.json(&["inject", fleet, "while you were away", "--agent", "2", "--json"]);
+    let id = sent["injection_id"].as_str().unwrap().to_owned();
+    docker(&["network", "connect", &network, &container]);
+    eventually(Duration::from_secs(60), "slot 2 back and the prompt answered", || {
+        let events = crate::support::events(&plane, fleet);
+        (crate::support::count(&events, "turn_complete", 2, &id) == 1).then_some(())
+    });
+    let events = crate::support::events(&plane, fleet);
+    assert_eq!(crate::support::count(&events, "inject_delivered", 2, &id), 1, "delivered exactly once");
+
+    // An update to an image whose agents never become healthy is rolled back by Swarm.
+    let broken = "clawfleet-agent:it-broken";
+    build_broken(broken);
+    let err =
+        String::from_utf8(plane.cli(&["update", fleet, "--image", broken, "--version", "2", "--wait", "--timeout", "240"]).stderr).unwrap();
+    assert!(err.contains("rolled back"), "{err}");
+    let status = plane.json(&["status", fleet, "--json"]);
+    assert!(status["fleet"]["problem"].as_str().unwrap().contains("rolled back"), "{status}");
+    plane.ok(&["rollback", fleet]);
+    eventually(Duration::from_secs(30), "the problem to clear", || {
+        plane.json(&["status", fleet, "--json"])["fleet"]["problem"].is_null().then_some(())
+    });
+    // A good update goes through, one agent at a time.
+    plane.ok(&["update", fleet, "--version", "3", "--wait", "--timeout", "240"]);
+
+    plane.ok(&["terminate", fleet, "--wait"]);
+    let left = docker(&["volume", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);
+    assert!(left.is_empty(), "volumes left: {left}");
+}
+
+/// An agent image that starts but never reaches the bus (so never becomes healthy).
+fn build_broken(tag: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nENTRYPOINT [\"/clawfleet\", \"agent\", \"--bus\", \"mqtt://127.0.0.1:9\"]\n"),
+    )
+    .unwrap();
+    docker(&["build", "-q", "-t", tag, dir.path().to_str().unwrap()]);
+}
+
+#[test]
+fn docker_bad_input_gets_clear_errors() {
+    let host = setup();
+    let network = format!("cf-bad-{}", std::process::id());
+    let plane = Plane::with(PlaneOptions { docker: Some((host, network.clone())), ..PlaneOptions::default() });
+
+    let err = plane.fails(&["discover", "--service", "no-such-service-here", "--method", "swarm"]);
+    assert!(err.contains("no Swarm service named 'no-such-service-here'"), "{err}");
+    let err = plane.fails(&["discover", "--service", "x", "--method", "swarm", "--docker-socket", "/nonexistent/docker.sock"]);
+    assert!(err.contains("no Docker socket at /nonexistent/docker.sock"), "{err}");
+    // auto falls back to dns instead of failing on swarm, and says both reasons when dns fails too.
+    let err = plane.fails(&["discover", "--service", "no-such-service-here", "--method", "auto"]);
+    assert!(err.contains("swarm: no Swarm service") && err.contains("dns: cannot resolve tasks.no-such-service-here"), "{err}");
+    let err = plane.fails(&["discover", "--service", "x", "--method", "carrier-pigeon"]);
+    assert!(err.contains("unknown discovery method"), "{err}");
+
+    let err = plane.fails(&["launch", "bad1", "--backend", "docker", "--image", "has space"]);
+    assert!(err.contains("image must be a Docker image reference"), "{err}");
+    let err = plane.fails(&["launch", "bad2", "--backend", "local", "--image", IMAGE]);
+    assert!(err.contains("--image is for container backends"), "{err}");
+
+    // A missing image: the fleet says what to run.
+    plane.ok(&["launch", "bad3", "--backend", "docker", "--image", "clawfleet-agent:does-not-exist", "--brain", "echo"]);
+    let problem = eventually(Duration::from_secs(30), "the fleet's problem", || {
+        plane.json(&["status", "bad3", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
+    });
+    assert!(problem.contains("clawfleet image build"), "{problem}");
+    let err = plane.fails(&["rollback", "bad3"]);
+    assert!(err.contains("no earlier image or version"), "{err}");
+    plane.ok(&["terminate", "bad3", "--wait"]);
+    let _ = Command::new("docker").args(["network", "rm", &network]).output();
+}

@@ -1,0 +1,514 @@
+//! The Docker backend: a fleet is a Swarm service (`clawfleet-<fleet>`), a Swarm slot is an
+//! agent slot (Swarm numbers them from 1, agents from 0), and each slot keeps its workspace in
+//! a volume of its own (`clawfleet-<fleet>-<uid>-<slot>`), so a replaced container finds its
+//! conversation and journal again.
+//!
+//! `apply` creates the service or updates it: a scale only changes its replica count; a new
+//! image or configuration is a rolling update, one task at a time, gated by the image's
+//! health check (the agent is healthy once it has reached the bus and its loop turns), which
+//! Swarm rolls back by itself when a new task fails. A rolled-back update is reported as the
+//! fleet's problem instead of being pushed again (until the control plane restarts: Swarm keeps
+//! no trace of a spec it rolled back, so the backend remembers what it pushed). Every task of a service gets the same
+//! environment, so agents get their fleet's password key and derive their own password from
+//! their slot. Services outlive the control plane; `remove` deletes the service, then, once its
+//! containers are gone, its volumes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clawfleet_backend::{Backend, BackendError, Credentials, Deployment, Replica, ReplicaState, env};
+use clawfleet_core::{BackendKind, FleetName};
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, EngineError, filters, query_escape};
+use crate::image;
+
+/// Labels clawfleet puts on what it creates.
+pub const LABEL_FLEET: &str = "org.clawfleet.fleet";
+pub const LABEL_UID: &str = "org.clawfleet.uid";
+/// A digest of everything in the task template; a change means a rolling update.
+pub const LABEL_KEY: &str = "org.clawfleet.key";
+/// The environment variable that carries the Swarm slot (1-based) into the agent.
+pub const SWARM_SLOT_ENV: &str = "CLAWFLEET_SWARM_SLOT";
+/// The fleet's password key (see `clawfleet_bus::FleetKey`).
+pub const FLEET_KEY_ENV: &str = "CLAWFLEET_BUS_FLEET_KEY";
+
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub engine: Engine,
+    /// The overlay network agents join (created, attachable, if missing).
+    pub network: String,
+    /// The host agents in containers use to reach the control plane's bus and model service
+    /// (replaces loopback hosts in their endpoints).
+    pub agent_host: String,
+    /// The image of fleets that name none.
+    pub default_image: String,
+    /// How long a stopping agent gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// How long Swarm watches each updated task before it counts the update good.
+    pub update_monitor: Duration,
+}
+
+impl DockerConfig {
+    pub fn new(engine: Engine, agent_host: impl Into<String>) -> DockerConfig {
+        DockerConfig {
+            engine,
+            network: "clawfleet".into(),
+            agent_host: agent_host.into(),
+            default_image: image::default_tag(),
+            grace: Duration::from_secs(10),
+            update_monitor: Duration::from_secs(20),
+        }
+    }
+}
+
+pub struct DockerBackend {
+    config: DockerConfig,
+    network_ready: tokio::sync::OnceCell<()>,
+    /// Task ids seen per (fleet, slot): how many times Swarm replaced an agent.
+    seen: Mutex<HashMap<(FleetName, u32), BTreeSet<String>>>,
+    /// The template key of each fleet's last rolling update this backend started.
+    pushed: Mutex<HashMap<FleetName, String>>,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend").field("socket", &self.config.engine.socket()).field("network", &self.config.network).finish()
+    }
+}
+
+pub fn service_name(fleet: &FleetName) -> String {
+    format!("clawfleet-{fleet}")
+}
+
+/// The host of the control plane as containers see it: the gateway of Swarm's
+/// `docker_gwbridge` (what overlay networks leave the host through), else of `bridge`.
+pub async fn gateway(engine: &Engine) -> Result<String, EngineError> {
+    let mut last = None;
+    for net in ["docker_gwbridge", "bridge"] {
+        match engine.get::<Value>(&format!("/networks/{net}")).await {
+            Ok(n) => {
+                if let Some(gw) = n["IPAM"]["Config"].as_array().into_iter().flatten().find_map(|c| c["Gateway"].as_str()) {
+                    return Ok(gw.to_owned());
+                }
+            }
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| EngineError::Api {
+        method: hyper::Method::GET,
+        path: "/networks".into(),
+        status: hyper::StatusCode::NOT_FOUND,
+        message: "neither docker_gwbridge nor bridge has a gateway address: pass the address agents should use".into(),
+    }))
+}
+
+fn failed(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(e.to_string())
+}
+
+impl DockerBackend {
+    pub fn new(config: DockerConfig) -> DockerBackend {
+        DockerBackend {
+            config,
+            network_ready: tokio::sync::OnceCell::new(),
+            seen: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn unavailable(&self, e: EngineError) -> BackendError {
+        match e {
+            EngineError::NoSocket(_) | EngineError::PermissionDenied(_) | EngineError::Connect(..) => {
+                BackendError::Unavailable(BackendKind::Docker, e.to_string())
+            }
+            e if e.is_not_swarm() => BackendError::Unavailable(
+                BackendKind::Docker,
+                "this Docker Engine is not in Swarm mode (run `docker swarm init`, or join it to a swarm as a manager)".into(),
+            ),
+            e => failed(e),
+        }
+    }
+
+    async fn ensure_network(&self) -> Result<(), BackendError> {
+        self.network_ready
+            .get_or_try_init(|| async {
+                let engine = &self.config.engine;
+                let name = &self.config.network;
+                match engine.get::<Value>(&format!("/networks/{}", query_escape(name))).await {
+                    Ok(n) if n["Driver"] == "overlay" => Ok(()),
+                    Ok(n) => Err(failed(format!(
+                        "the Docker network '{name}' exists but is a {} network; Swarm services need an overlay network",
+                        n["Driver"].as_str().unwrap_or("?")
+                    ))),
+                    Err(e) if e.is_not_found() => {
+                        let spec = json!({
+                            "Name": name, "Driver": "overlay", "Attachable": true, "CheckDuplicate": true,
+                            "Labels": { LABEL_FLEET: "" },
+                        });
+                        engine.post::<Value>("/networks/create", &spec).await.map(drop).map_err(|e| self.unavailable(e))
+                    }
+                    Err(e) => Err(self.unavailable(e)),
+                }
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The service spec of a deployment.
+    pub fn spec(&self, d: &Deployment) -> Value {
+        let image = d.image.clone().unwrap_or_else(|| self.config.default_image.clone());
+        let mut env: Vec<String> = d
+            .agent_env(0)
+            .into_iter()
+            .filter(|(k, _)| ![env::SLOT, env::BUS_USERNAME, env::BUS_PASSWORD, env::BUS, env::MODEL_URL].contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let e = &d.endpoints;
+        env.push(format!("{}=mqtt://{}:{}", env::BUS, self.agent_host(&e.bus_host), e.bus_port));
+        if let Some(url) = &e.model_url {
+            env.push(format!("{}={}", env::MODEL_URL, self.rehost_url(url)));
+        }
+        match &e.credentials {
+            Credentials::PerAgent(secret) => env.push(format!("{FLEET_KEY_ENV}={}", secret.fleet_key(d.fleet.as_str(), &d.uid).to_hex())),
+            Credentials::Shared { username, password } => {
+                env.push(format!("{}={username}", env::BUS_USERNAME));
+                env.push(format!("{}={password}", env::BUS_PASSWORD));
+            }
+            Credentials::Anonymous => {}
+        }
+        env.push(format!("{SWARM_SLOT_ENV}={{{{.Task.Slot}}}}"));
+        env.push(format!("{}={}", env::WORKSPACE, image::WORKSPACE));
+        env.sort();
+        let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let template = json!({
+            "ContainerSpec": {
+                "Image": image,
+                "Env": env,
+                "Hostname": format!("{}-{{{{.Task.Slot}}}}", d.fleet),
+                "Mounts": [{
+                    "Type": "volume",
+                    "Source": format!("clawfleet-{}-{uid_short}-{{{{.Task.Slot}}}}", d.fleet),
+                    "Target": image::WORKSPACE,
+                    "VolumeOptions": { "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid } },
+                }],
+                "StopSignal": "SIGTERM",
+                "StopGracePeriod": self.config.grace.as_nanos() as u64,
+                "Labels": { LABEL_FLEET: d.fleet.as_str() },
+            },
+            "RestartPolicy": { "Condition": "any", "Delay": 500_000_000u64, "MaxAttempts": 0 },
+            "Networks": [{ "Target": self.config.network }],
+        });
+        let key = format!("{:016x}", fnv1a(template.to_string().as_bytes()));
+        let monitor = self.config.update_monitor.as_nanos() as u64;
+        json!({
+            "Name": service_name(&d.fleet),
+            "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid, LABEL_KEY: key },
+            "TaskTemplate": template,
+            "Mode": { "Replicated": { "Replicas": d.replicas } },
+            "UpdateConfig": { "Parallelism": 1, "Delay": 0, "FailureAction": "rollback", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
+            "RollbackConfig": { "Parallelism": 1, "Delay": 0, "FailureAction": "pause", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
+        })
+    }
+
+    fn agent_host(&self, host: &str) -> String {
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        if loopback { self.config.agent_host.clone() } else { host.to_owned() }
+    }
+
+    /// `http://127.0.0.1:11435/v1` -> `http://<agent host>:11435/v1`.
+    fn rehost_url(&self, url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+            _ => (authority, None),
+        };
+        let host = self.agent_host(host.trim_start_matches('[').trim_end_matches(']'));
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        match port {
+            Some(p) => format!("{scheme}://{host}:{p}{path}"),
+            None => format!("{scheme}://{host}{path}"),
+        }
+    }
+
+    async fn image_present(&self, image: &str) -> Result<(), BackendError> {
+        match image::exists(&self.config.engine, image).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(failed(format!(
+                "the image '{image}' is not on this Docker Engine (nothing is pulled): build it with `clawfleet image build --tag {image}`"
+            ))),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    async fn tasks(&self, service: &str) -> Result<Vec<Value>, BackendError> {
+        self.config.engine.get(&format!("/tasks?{}", filters(&[("service", service)]))).await.map_err(|e| self.unavailable(e))
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    async fn apply(&self, d: &Deployment) -> Result<(), BackendError> {
+        self.ensure_network().await?;
+        let engine = &self.config.engine;
+        let name = service_name(&d.fleet);
+        let mut spec = self.spec(d);
+        let key = spec["Labels"][LABEL_KEY].as_str().unwrap_or_default().to_owned();
+        let image = spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap_or_default().to_owned();
+        let current = match engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => {
+                self.image_present(&image).await?;
+                return engine.post::<Value>("/services/create", &spec).await.map(drop).map_err(|e| self.unavailable(e));
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let id = current["ID"].as_str().unwrap_or(&name).to_owned();
+        let version = current["Version"]["Index"].as_u64().unwrap_or(0);
+        let labels = &current["Spec"]["Labels"];
+        if labels[LABEL_UID].as_str() != Some(d.uid.as_str()) {
+            // A service left by an earlier fleet of the same name.
+            return engine.delete(&format!("/services/{id}")).await.map_err(|e| self.unavailable(e));
+        }
+        let replicas = current["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64();
+        let same_template = labels[LABEL_KEY].as_str() == Some(key.as_str());
+        if same_template && replicas == Some(u64::from(d.replicas)) {
+            return Ok(());
+        }
+        let status = current["UpdateStatus"]["State"].as_str().unwrap_or("");
+        if !same_template {
+            // Swarm's rollback restores the previous spec and keeps no trace of the one that
+            // failed, so the backend remembers what it pushed.
+            let pushed = self.pushed.lock().expect("not poisoned").get(&d.fleet) == Some(&key);
+            let rolled_back = status.starts_with("rollback") && pushed;
+            if rolled_back {
+                // Swarm rolled this update back: keep the fleet where Swarm put it (scaled as asked).
+                let message = current["UpdateStatus"]["Message"].as_str().unwrap_or("").to_owned();
+                if replicas != Some(u64::from(d.replicas)) {
+                    let mut kept = current["Spec"].clone();
+                    kept["Mode"]["Replicated"]["Replicas"] = json!(d.replicas);
+                    engine
+                        .post::<Value>(&format!("/services/{id}/update?version={version}"), &kept)
+                        .await
+                        .map_err(|e| self.unavailable(e))?;
+                }
+                let running = current["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap_or("?");
+                return Err(failed(format!(
+                    "the update to {image} was rolled back by Swarm ({message}); agents run {running}: \
+                     run `clawfleet rollback {}` to keep it, or update to another image",
+                    d.fleet
+                )));
+            }
+            if status == "updating" || status == "rollback_started" {
+                // One update at a time: the next pass brings the newest spec.
+                return Ok(());
+            }
+            self.image_present(&image).await?;
+        } else {
+            // Only the replica count changes: keep the running template exactly.
+            spec = current["Spec"].clone();
+            spec["Mode"]["Replicated"]["Replicas"] = json!(d.replicas);
+        }
+        engine.post::<Value>(&format!("/services/{id}/update?version={version}"), &spec).await.map_err(|e| self.unavailable(e))?;
+        if !same_template {
+            self.pushed.lock().expect("not poisoned").insert(d.fleet.clone(), key);
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
+        let name = service_name(fleet);
+        let replicas = match self.config.engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
+            Ok(s) => s["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(0),
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let tasks = self.tasks(&name).await?;
+        let mut by_slot: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+        for t in &tasks {
+            if let Some(slot) = t["Slot"].as_u64().filter(|s| *s >= 1) {
+                by_slot.entry(slot).or_default().push(t);
+            }
+        }
+        let mut seen = self.seen.lock().expect("not poisoned");
+        let mut out = Vec::new();
+        for (swarm_slot, mut slot_tasks) in by_slot {
+            let slot = (swarm_slot - 1) as u32;
+            // Newest first.
+            slot_tasks.sort_by(|a, b| b["CreatedAt"].as_str().cmp(&a["CreatedAt"].as_str()));
+            let ids = seen.entry((fleet.clone(), slot)).or_default();
+            ids.extend(slot_tasks.iter().filter_map(|t| t["ID"].as_str().map(str::to_owned)));
+            let restarts = ids.len().saturating_sub(1) as u32;
+            let wanted = slot_tasks.iter().find(|t| t["DesiredState"] == "running");
+            let (task, state) = match wanted {
+                Some(t) => (*t, task_state(t, slot_tasks.get(1).copied())),
+                None => {
+                    let Some(t) =
+                        slot_tasks.iter().find(|t| matches!(t["Status"]["State"].as_str(), Some("running" | "starting" | "preparing")))
+                    else {
+                        continue;
+                    };
+                    if swarm_slot <= replicas {
+                        // Between two tasks of a slot that stays.
+                        (*t, ReplicaState::Restarting { last_exit: "was replaced".into() })
+                    } else {
+                        (*t, ReplicaState::Stopping)
+                    }
+                }
+            };
+            out.push(Replica {
+                slot,
+                instance: task["ID"].as_str().map(str::to_owned),
+                state,
+                restarts,
+                node: task["NodeID"].as_str().map(str::to_owned),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
+        let engine = &self.config.engine;
+        let name = service_name(fleet);
+        match engine.delete(&format!("/services/{}", query_escape(&name))).await {
+            Ok(()) => return Ok(false),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(self.unavailable(e)),
+        }
+        let label = format!("com.docker.swarm.service.name={name}");
+        let containers: Vec<Value> =
+            engine.get(&format!("/containers/json?all=1&{}", filters(&[("label", &label)]))).await.map_err(|e| self.unavailable(e))?;
+        if !containers.is_empty() {
+            return Ok(false);
+        }
+        let label = format!("{LABEL_FLEET}={fleet}");
+        let volumes: Value = engine.get(&format!("/volumes?{}", filters(&[("label", &label)]))).await.map_err(|e| self.unavailable(e))?;
+        let mut all_gone = true;
+        for v in volumes["Volumes"].as_array().into_iter().flatten() {
+            let Some(vname) = v["Name"].as_str() else { continue };
+            match engine.delete(&format!("/volumes/{}", query_escape(vname))).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    tracing::debug!(volume = vname, error = %e, "Volume still in use");
+                    all_gone = false;
+                }
+            }
+        }
+        if all_gone {
+            self.seen.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
+        }
+        Ok(all_gone)
+    }
+
+    async fn shutdown(&self) {
+        // Swarm services outlive the control plane: Swarm keeps them running.
+    }
+}
+
+/// What the task Swarm wants running in a slot is doing; `previous` is the task before it.
+fn task_state(task: &Value, previous: Option<&Value>) -> ReplicaState {
+    let status = &task["Status"];
+    let err = status["Err"].as_str().unwrap_or("");
+    match status["State"].as_str().unwrap_or("") {
+        "running" => ReplicaState::Running,
+        "new" | "pending" | "assigned" | "accepted" | "preparing" | "ready" | "starting" => match previous {
+            Some(p) if !p["Status"]["Err"].as_str().unwrap_or("").is_empty() => {
+                ReplicaState::Restarting { last_exit: explain(p["Status"]["Err"].as_str().unwrap_or("")) }
+            }
+            _ => ReplicaState::Starting,
+        },
+        "rejected" if err.contains("No such image") || err.contains("no such image") => ReplicaState::Failed(explain(err)),
+        other => ReplicaState::Restarting { last_exit: if err.is_empty() { other.to_owned() } else { explain(err) } },
+    }
+}
+
+fn explain(err: &str) -> String {
+    if err.contains("No such image") || err.contains("no such image") {
+        format!("{err}: the image is not on this node (build it there with `clawfleet image build`)")
+    } else {
+        err.to_owned()
+    }
+}
+
+/// A stable 64-bit digest (FNV-1a): the same spec gives the same key in every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clawfleet_backend::Endpoints;
+
+    fn backend() -> DockerBackend {
+        DockerBackend::new(DockerConfig::new(Engine::new("/nonexistent.sock"), "172.18.0.1"))
+    }
+
+    fn deployment() -> Deployment {
+        Deployment {
+            fleet: "squad".parse().unwrap(),
+            uid: "0190-abc".into(),
+            replicas: 3,
+            brain: clawfleet_core::BrainSpec::Echo,
+            prompt: None,
+            version: "1".into(),
+            image: None,
+            endpoints: Endpoints {
+                bus_host: "127.0.0.1".into(),
+                bus_port: 1883,
+                credentials: Credentials::PerAgent(clawfleet_bus::BusSecret::from_bytes([1; 32])),
+                model_url: Some("http://127.0.0.1:11435/v1".into()),
+                model_name: "m".into(),
+                heartbeat_ms: 2000,
+            },
+        }
+    }
+
+    #[test]
+    fn the_spec_reaches_the_host_and_gives_each_slot_a_volume() {
+        let b = backend();
+        let spec = b.spec(&deployment());
+        let env: Vec<&str> = spec["TaskTemplate"]["ContainerSpec"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(env.contains(&"CLAWFLEET_BUS=mqtt://172.18.0.1:1883"), "{env:?}");
+        assert!(env.contains(&"CLAWFLEET_MODEL_URL=http://172.18.0.1:11435/v1"), "{env:?}");
+        assert!(env.contains(&"CLAWFLEET_SWARM_SLOT={{.Task.Slot}}"), "{env:?}");
+        assert!(env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_FLEET_KEY=")));
+        assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_PASSWORD=") || e.starts_with("CLAWFLEET_SLOT=")));
+        assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "clawfleet-squad-0190abc-{{.Task.Slot}}");
+        assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
+        // The key ignores the replica count and follows the template.
+        let key = |d: &Deployment| b.spec(d)["Labels"][LABEL_KEY].clone();
+        let d = deployment();
+        assert_eq!(key(&d), key(&Deployment { replicas: 9, ..d.clone() }));
+        assert_ne!(key(&d), key(&Deployment { image: Some("other:1".into()), ..d.clone() }));
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_replaced() {
+        let b = backend();
+        assert_eq!(b.rehost_url("http://localhost:8000/v1"), "http://172.18.0.1:8000/v1");
+        assert_eq!(b.rehost_url("http://[::1]:8000"), "http://172.18.0.1:8000");
+        assert_eq!(b.rehost_url("https://api.example.com/v1"), "https://api.example.com/v1");
+        assert_eq!(b.agent_host("10.1.2.3"), "10.1.2.3");
+    }
+
+    #[test]
+    fn task_states_map_to_replica_states() {
+        let t = |state: &str, err: &str| json!({"Status": {"State": state, "Err": err}});
+        assert_eq!(task_state(&t("running", ""), None), ReplicaState::Running);
+        assert_eq!(task_state(&t("preparing", ""), None), ReplicaState::Starting);
+        assert!(matches!(task_state(&t("starting", ""), Some(&t("failed", "task: non-zero exit (1)"))), ReplicaState::Restarting { .. }));
+        assert!(
+            matches!(task_state(&t("rejected", "No such image: x:1"), None), ReplicaState::Failed(m) if m.contains("clawfleet image build"))
+        );
+    }
+}
