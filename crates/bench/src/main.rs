@@ -4,7 +4,8 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, model; `model` needs the reference llama.cpp tools.)
+//! (`--only`: launch, thousand, brokers, docker, model; `model` needs the reference llama.cpp
+//! tools, `docker` a Docker Engine in Swarm mode.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use clawfleet_proto::event::Event;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+mod docker;
 mod model;
 
 struct Args {
@@ -68,18 +70,28 @@ struct Plane {
 
 impl Plane {
     async fn start(bin: &Path, heartbeat_ms: u64, bus: Option<&str>) -> anyhow::Result<Plane> {
+        Plane::start_with(bin, heartbeat_ms, bus, None).await
+    }
+
+    /// `docker`: the Docker host address and the network agents join (`up --docker`).
+    async fn start_with(bin: &Path, heartbeat_ms: u64, bus: Option<&str>, docker: Option<(&str, &str)>) -> anyhow::Result<Plane> {
         let dir = tempfile::tempdir()?;
         let http = free_port();
         let mut cmd = Command::new(bin);
+        let host = docker.map_or("127.0.0.1", |d| d.0);
         cmd.args(["up", "--data"])
             .arg(dir.path())
-            .args(["--http", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("{host}:{}", free_port())])
+            .arg("--no-model")
             .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(bus) = bus {
             cmd.args(["--bus", bus]);
+        }
+        if let Some((host, network)) = docker {
+            cmd.args(["--docker", "--docker-host", host, "--docker-network", network]);
         }
         let child = cmd.spawn().context("starting clawfleet up")?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -109,11 +121,16 @@ impl Plane {
     }
 
     async fn launch(&self, name: &str, replicas: u32, backend: &str) -> anyhow::Result<()> {
+        self.launch_image(name, replicas, backend, None).await
+    }
+
+    async fn launch_image(&self, name: &str, replicas: u32, backend: &str, image: Option<&str>) -> anyhow::Result<()> {
         let req = LaunchRequest {
             name: name.into(),
             replicas,
             backend: Some(backend.into()),
             brain: Some("echo".into()),
+            image: image.map(str::to_owned),
             ..LaunchRequest::default()
         };
         let _: serde_json::Value = self.client.post("/api/v1/fleets", &req).await?;
@@ -477,7 +494,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("model", 3)] {
+    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("docker", 4), ("model", 3)] {
         if !wanted(name) {
             continue;
         }
@@ -486,6 +503,7 @@ async fn main() -> anyhow::Result<()> {
             0 => launch_and_latency(&a, &mut rows).await,
             1 => thousand_agents(&a, &mut rows).await,
             2 => brokers(&a, &mut rows).await,
+            4 => docker::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);
