@@ -2,7 +2,7 @@
 #![no_main]
 
 use clawfleet_core::{BrainSpec, FleetName, FleetSpec};
-use clawfleet_proto::api::{CommandRequest, InjectRequest, LaunchRequest, ScaleRequest};
+use clawfleet_proto::api::{CommandRequest, InjectRequest, LaunchRequest, ScaleRequest, UpdateRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,6 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<InjectRequest>(data);
     let _ = serde_json::from_slice::<CommandRequest>(data);
     let _ = serde_json::from_slice::<ScaleRequest>(data);
+    if let Ok(req) = serde_json::from_slice::<UpdateRequest>(data) {
+        let _ = req.image.as_deref().map(clawfleet_core::spec::check_image);
+        let _ = req.version.as_deref().map(clawfleet_core::spec::check_version);
+    }
 
     let Ok(s) = std::str::from_utf8(data) else { return };
     if let Ok(brain) = s.parse::<BrainSpec>() {
@@ -21,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(name) = s.parse::<FleetName>() {
         let _ = name.to_string();
     }
+    let _ = clawfleet_bus::FleetKey::from_hex(s);
     if let Ok(url) = s.parse::<clawfleet_bus::BusUrl>() {
         let _ = url.to_string();
         let _ = url.without_credentials();

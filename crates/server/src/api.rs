@@ -313,8 +313,8 @@ async fn update(
 /// The version label an update gets when none is given: "3" after "2", else "<old>+1".
 fn next_version(v: &str) -> String {
     match v.parse::<u64>() {
-        Ok(n) => (n + 1).to_string(),
-        Err(_) => format!("{v}+1").chars().take(spec::MAX_VERSION_LEN).collect(),
+        Ok(n) if n < u64::MAX => (n + 1).to_string(),
+        _ => format!("{v}+1").chars().take(spec::MAX_VERSION_LEN).collect(),
     }
 }
 
@@ -681,4 +681,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "# HELP clawfleet_outbox_in_flight Directives sent and not yet acknowledged.\n# TYPE clawfleet_outbox_in_flight gauge\nclawfleet_outbox_in_flight {pending}"
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_count_up() {
+        assert_eq!(super::next_version("2"), "3");
+        assert_eq!(super::next_version("v2"), "v2+1");
+        assert_eq!(super::next_version(&u64::MAX.to_string()), format!("{}+1", u64::MAX));
+    }
 }
