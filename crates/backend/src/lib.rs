@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod env;
 pub mod external;
 pub mod local;
+pub mod slurm;
 
 use async_trait::async_trait;
 use clawfleet_bus::BusSecret;

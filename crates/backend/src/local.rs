@@ -114,7 +114,7 @@ impl LocalBackend {
 }
 
 /// A stable key of an agent's configuration: a changed key means the agent must be replaced.
-fn config_key(vars: &[(&'static str, String)]) -> u64 {
+pub(crate) fn config_key(vars: &[(&'static str, String)]) -> u64 {
     // FNV-1a: stable across builds, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (k, v) in vars {

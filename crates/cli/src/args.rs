@@ -178,6 +178,20 @@ pub(crate) struct UpArgs {
     /// The address agents in containers reach this machine at [default: the gateway of docker_gwbridge]
     #[arg(long)]
     pub docker_host: Option<std::net::IpAddr>,
+    /// Enable the slurm backend (each agent a batch job; Slurm's commands here or on --slurm-login).
+    #[arg(long)]
+    pub slurm: bool,
+    /// Run Slurm's commands on this login node over ssh (an alias of ~/.ssh/config; BatchMode).
+    #[arg(long)]
+    pub slurm_login: Option<String>,
+    #[arg(long)]
+    pub slurm_partition: Option<String>,
+    /// Agent workspaces, on a filesystem the compute nodes share [default: DATA/slurm]
+    #[arg(long)]
+    pub slurm_root: Option<PathBuf>,
+    /// The clawfleet binary as the compute nodes see it [default: this one]
+    #[arg(long)]
+    pub slurm_program: Option<PathBuf>,
     #[command(flatten)]
     pub model_options: ModelOptions,
     /// The brain of fleets launched without --brain [default: model when a model service runs, else echo]

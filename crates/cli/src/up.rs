@@ -53,6 +53,15 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => BrainSpec::Echo,
     };
     let program = std::env::current_exe().context("finding the clawfleet binary to start agents with")?;
+    let slurm = args.slurm.then(|| {
+        let config = clawfleet_backend::slurm::SlurmConfig {
+            program: args.slurm_program.clone().unwrap_or_else(|| program.clone()),
+            root: args.slurm_root.clone().unwrap_or_else(|| data.join("slurm")),
+            partition: args.slurm_partition.clone(),
+            login: args.slurm_login.clone(),
+        };
+        std::sync::Arc::new(clawfleet_backend::slurm::SlurmBackend::new(config)) as std::sync::Arc<dyn clawfleet_backend::Backend>
+    });
     let server = Server::start(ServerConfig {
         data_dir: data.clone(),
         http: args.http,
@@ -64,7 +73,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         agent_args: vec!["agent".into()],
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
         default_brain: default_brain.clone(),
-        backends: docker.iter().map(|d| d.backend.clone()).collect(),
+        backends: docker.iter().map(|d| d.backend.clone()).chain(slurm.clone()).collect(),
     })
     .await
     .map_err(|e| match &docker {
@@ -93,6 +102,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = &docker {
         println!("  docker     {}", d.summary);
+    }
+    if slurm.is_some() {
+        let place = args.slurm_login.as_deref().map_or("on this machine".to_owned(), |l| format!("on {l} over ssh"));
+        println!("  slurm      agents are batch jobs submitted {place}");
     }
     println!("  data       {}", data.display());
     println!("  brain      fleets launched without --brain use '{default_brain}'");

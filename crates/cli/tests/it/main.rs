@@ -12,4 +12,5 @@ mod join;
 mod lifecycle;
 mod model;
 mod router;
+mod slurm;
 mod support;

@@ -66,11 +66,13 @@ pub struct PlaneOptions {
     pub builtin_model: bool,
     /// Enable the docker backend: (the Docker host address, the overlay network agents join).
     pub docker: Option<(String, String)>,
+    /// Enable the slurm backend (the local single-node Slurm).
+    pub slurm: bool,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false, docker: None }
+        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false, docker: None, slurm: false }
     }
 }
 
@@ -126,6 +128,9 @@ impl Plane {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.data().join("up.log")).unwrap());
         if let Some(bus) = &self.options.bus {
             cmd.args(["--bus", bus]);
+        }
+        if self.options.slurm {
+            cmd.arg("--slurm");
         }
         if let Some((host, network)) = &self.options.docker {
             cmd.args(["--docker", "--docker-host", host, "--docker-network", network]);

@@ -1,0 +1,344 @@
+//! The slurm backend: each agent is a Slurm batch job of its own (`sbatch`), so a fleet scales
+//! and heals one slot at a time. Jobs are named `cf.<fleet>.<slot>.<key>` (the key digests the
+//! agent's configuration: a changed key means the job is replaced); their state comes from
+//! `squeue` with delimited output; `scancel` stops them (SIGTERM, then Slurm's SIGKILL after
+//! `KillWait`). A job that ends while its slot is wanted is submitted again, as a restart.
+//!
+//! Commands run on this machine, or on a login node over ssh (`login`): one multiplexed
+//! connection (`ControlMaster`), `BatchMode` (never a password prompt), and retries with backoff
+//! on transient failures (ssh's own exit 255, a controller that does not answer).
+//!
+//! ```text
+//! <root>/<fleet>-<uid>/<slot>/   the agent's workspace, on a filesystem the nodes share
+//!                     job.sh     the batch script (mode 0700: it holds the agent's bus password)
+//!                     agent.log  the job's output
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clawfleet_core::{BackendKind, FleetName};
+use tokio::process::Command;
+
+use crate::local::config_key;
+use crate::{Backend, BackendError, Deployment, Replica, ReplicaState, env};
+
+/// Where and how the slurm backend runs agents.
+#[derive(Debug, Clone)]
+pub struct SlurmConfig {
+    /// The `clawfleet` binary, as the compute nodes see it.
+    pub program: PathBuf,
+    /// Where agent workspaces live, on a filesystem the nodes share.
+    pub root: PathBuf,
+    pub partition: Option<String>,
+    /// Run Slurm's commands on this ssh host (an alias of ~/.ssh/config) instead of here.
+    pub login: Option<String>,
+}
+
+pub struct SlurmBackend {
+    config: SlurmConfig,
+    /// Jobs submitted per (fleet, slot): a slot's restarts are its submissions less one.
+    submitted: Mutex<HashMap<(FleetName, u32), u32>>,
+}
+
+impl std::fmt::Debug for SlurmBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlurmBackend").field("root", &self.config.root).field("login", &self.config.login).finish()
+    }
+}
+
+/// One job of a fleet, as `squeue` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub slot: u32,
+    pub key: String,
+    pub state: String,
+    pub nodes: String,
+    pub reason: String,
+}
+
+/// The job name of an agent.
+pub fn job_name(fleet: &FleetName, slot: u32, key: &str) -> String {
+    format!("cf.{fleet}.{slot}.{key}")
+}
+
+/// The jobs of `fleet` among `squeue -h -o '%i|%j|%T|%N|%r'` lines; other lines are skipped.
+pub fn parse_squeue(fleet: &FleetName, text: &str) -> Vec<Job> {
+    let prefix = format!("cf.{fleet}.");
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.trim().splitn(5, '|');
+            let (id, name, state, nodes, reason) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next().unwrap_or(""));
+            let (slot, key) = name.strip_prefix(&prefix)?.split_once('.')?;
+            Some(Job {
+                id: id.to_owned(),
+                slot: slot.parse().ok()?,
+                key: key.to_owned(),
+                state: state.to_owned(),
+                nodes: nodes.to_owned(),
+                reason: reason.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn replica_state(job: &Job) -> ReplicaState {
+    match job.state.as_str() {
+        "RUNNING" => ReplicaState::Running,
+        "PENDING" | "CONFIGURING" | "REQUEUED" | "RESIZING" => ReplicaState::Starting,
+        "COMPLETING" | "STOPPED" | "SIGNALING" => ReplicaState::Stopping,
+        "SUSPENDED" => ReplicaState::Restarting { last_exit: "was suspended by Slurm".into() },
+        other => ReplicaState::Failed(format!("job {} is {other} ({})", job.id, job.reason)),
+    }
+}
+
+/// Quotes a word for a POSIX shell (the remote side of ssh runs one).
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl SlurmBackend {
+    pub fn new(config: SlurmConfig) -> SlurmBackend {
+        SlurmBackend { config, submitted: Mutex::new(HashMap::new()) }
+    }
+
+    /// Runs a Slurm command here or on the login node, retrying transient failures.
+    async fn run(&self, program: &str, args: &[String], stdin: Option<String>) -> Result<String, BackendError> {
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut cmd = match &self.config.login {
+                None => {
+                    let mut c = Command::new(program);
+                    c.args(args);
+                    c
+                }
+                Some(login) => {
+                    let mut c = Command::new("ssh");
+                    c.args(["-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", "ControlPersist=60"])
+                        .arg("-o")
+                        .arg(format!("ControlPath={}/clawfleet-ssh-%C", std::env::temp_dir().display()))
+                        .arg(login)
+                        .arg("--")
+                        .arg(std::iter::once(program.to_owned()).chain(args.iter().map(|a| shell_quote(a))).collect::<Vec<_>>().join(" "));
+                    c
+                }
+            };
+            cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => BackendError::Unavailable(
+                    BackendKind::Slurm,
+                    format!(
+                        "'{}' is not installed here (Slurm's client commands are needed, or --slurm-login HOST)",
+                        cmd.as_std().get_program().to_string_lossy()
+                    ),
+                ),
+                _ => BackendError::Failed(format!("cannot run {program}: {e}")),
+            })?;
+            if let (Some(text), Some(mut pipe)) = (&stdin, child.stdin.take()) {
+                use tokio::io::AsyncWriteExt;
+                pipe.write_all(text.as_bytes()).await.map_err(|e| BackendError::Failed(format!("{program}: writing its input: {e}")))?;
+            }
+            let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                .await
+                .map_err(|_| BackendError::Failed(format!("{program} did not finish within 60 s")))?
+                .map_err(|e| BackendError::Failed(format!("{program}: {e}")))?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            let transient = out.status.code() == Some(255) && self.config.login.is_some()
+                || err.contains("Unable to contact slurm controller")
+                || err.contains("Socket timed out")
+                || err.contains("Resource temporarily unavailable");
+            if transient && attempt < 4 {
+                tracing::warn!(program, attempt, error = %err, "Slurm command failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                continue;
+            }
+            let via = self.config.login.as_deref().map(|l| format!(" (on {l} over ssh)")).unwrap_or_default();
+            return Err(BackendError::Failed(format!("{program}{via} failed ({}): {err}", out.status)));
+        }
+    }
+
+    async fn jobs(&self, fleet: &FleetName) -> Result<Vec<Job>, BackendError> {
+        let out = self.run("squeue", &["-h".into(), "-o".into(), "%i|%j|%T|%N|%r".into()], None).await?;
+        Ok(parse_squeue(fleet, &out))
+    }
+
+    fn workspace(&self, d: &Deployment, slot: u32) -> PathBuf {
+        self.config.root.join(format!("{}-{}", d.fleet, d.uid)).join(slot.to_string())
+    }
+
+    /// The batch script of one agent.
+    fn script(&self, d: &Deployment, slot: u32, name: &str) -> String {
+        let ws = self.workspace(d, slot);
+        let mut s = String::from("#!/bin/sh\n");
+        s.push_str(&format!("#SBATCH --job-name={name}\n"));
+        s.push_str(&format!("#SBATCH --output={}\n", ws.join("agent.log").display()));
+        s.push_str(&format!("#SBATCH --chdir={}\n", ws.display()));
+        s.push_str("#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=1\n#SBATCH --oversubscribe\n");
+        // SIGTERM a minute before a time limit: the agent ends its turn and flushes.
+        s.push_str("#SBATCH --signal=B:TERM@60\n");
+        if let Some(p) = &self.config.partition {
+            s.push_str(&format!("#SBATCH --partition={p}\n"));
+        }
+        for (k, v) in d.agent_env(slot) {
+            s.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+        }
+        s.push_str(&format!("export {}={}\n", env::WORKSPACE, shell_quote(&ws.display().to_string())));
+        s.push_str(&format!("exec {} agent\n", shell_quote(&self.config.program.display().to_string())));
+        s
+    }
+
+    async fn submit(&self, d: &Deployment, slot: u32, key: &str) -> Result<(), BackendError> {
+        let ws = self.workspace(d, slot);
+        let name = job_name(&d.fleet, slot, key);
+        let script = self.script(d, slot, &name);
+        let path = ws.join("job.sh");
+        if self.config.login.is_none() {
+            std::fs::create_dir_all(&ws).map_err(|e| BackendError::Failed(format!("cannot create the workspace {}: {e}", ws.display())))?;
+            write_private(&path, &script).map_err(|e| BackendError::Failed(format!("cannot write {}: {e}", path.display())))?;
+            self.run("sbatch", &["--parsable".into(), path.display().to_string()], None).await?;
+        } else {
+            // The script reaches the login node on sbatch's stdin; the workspace must exist there.
+            let mkdir = format!("mkdir -p {}", shell_quote(&ws.display().to_string()));
+            self.run("sh", &["-c".into(), mkdir], None).await?;
+            self.run("sbatch", &["--parsable".into()], Some(script)).await?;
+        }
+        *self.submitted.lock().expect("not poisoned").entry((d.fleet.clone(), slot)).or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn cancel(&self, ids: &[String]) -> Result<(), BackendError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.run("scancel", ids, None).await.map(drop)
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o700).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+#[async_trait]
+impl Backend for SlurmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Slurm
+    }
+
+    async fn apply(&self, d: &Deployment) -> Result<(), BackendError> {
+        let jobs = self.jobs(&d.fleet).await?;
+        let mut by_slot: BTreeMap<u32, Vec<&Job>> = BTreeMap::new();
+        for j in &jobs {
+            by_slot.entry(j.slot).or_default().push(j);
+        }
+        // Extra slots go.
+        let extra: Vec<String> = jobs.iter().filter(|j| j.slot >= d.replicas && j.state != "COMPLETING").map(|j| j.id.clone()).collect();
+        self.cancel(&extra).await?;
+        let all_running = (0..d.replicas).all(|s| by_slot.get(&s).is_some_and(|js| js.iter().any(|j| j.state == "RUNNING")));
+        let mut replaced_one = false;
+        for slot in 0..d.replicas {
+            let key =
+                format!("{:016x}", config_key(&d.agent_env(slot)) ^ config_key(&[("program", self.config.program.display().to_string())]));
+            let live: Vec<&&Job> = by_slot.get(&slot).map(|js| js.iter().filter(|j| j.state != "COMPLETING").collect()).unwrap_or_default();
+            let current = live.iter().find(|j| j.key == key);
+            let stale: Vec<String> = live.iter().filter(|j| j.key != key).map(|j| j.id.clone()).collect();
+            match current {
+                Some(_) => self.cancel(&stale).await?,
+                None if stale.is_empty() => self.submit(d, slot, &key).await?,
+                // A changed configuration: replace one agent at a time, once all run.
+                None if all_running && !replaced_one => {
+                    replaced_one = true;
+                    self.cancel(&stale).await?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
+        let jobs = self.jobs(fleet).await?;
+        let submitted = self.submitted.lock().expect("not poisoned");
+        let mut out: BTreeMap<u32, Replica> = BTreeMap::new();
+        for j in jobs {
+            let replica = Replica {
+                slot: j.slot,
+                instance: Some(format!("job {}", j.id)),
+                state: replica_state(&j),
+                restarts: submitted.get(&(fleet.clone(), j.slot)).map_or(0, |n| n.saturating_sub(1)),
+                node: (!j.nodes.is_empty() && j.nodes != "(null)").then(|| j.nodes.clone()),
+            };
+            // A slot being replaced shows its newest job.
+            match out.get(&j.slot) {
+                Some(r) if r.state == ReplicaState::Running && replica.state != ReplicaState::Running => {}
+                _ => {
+                    out.insert(j.slot, replica);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
+        let jobs = self.jobs(fleet).await?;
+        if jobs.is_empty() {
+            self.submitted.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
+            return Ok(true);
+        }
+        let ids: Vec<String> = jobs.iter().filter(|j| j.state != "COMPLETING").map(|j| j.id.clone()).collect();
+        self.cancel(&ids).await?;
+        Ok(false)
+    }
+
+    async fn shutdown(&self) {
+        // Slurm jobs outlive the control plane; the next `up` finds them by name.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeue_lines_of_the_fleet_are_parsed_and_others_skipped() {
+        let fleet: FleetName = "squad".parse().unwrap();
+        let text = "12|cf.squad.0.00ab|RUNNING|vm|None\n\
+                    13|cf.squad.1.00ab|PENDING||Resources\n\
+                    14|cf.other.0.00ab|RUNNING|vm|None\n\
+                    15|somebody-elses-job|RUNNING|vm|None\n\
+                    garbage\n\
+                    16|cf.squad.x.00ab|RUNNING|vm|None\n";
+        let jobs = parse_squeue(&fleet, text);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!((jobs[0].id.as_str(), jobs[0].slot, jobs[0].state.as_str()), ("12", 0, "RUNNING"));
+        assert_eq!(replica_state(&jobs[1]), ReplicaState::Starting);
+        assert!(matches!(replica_state(&Job { state: "FAILED".into(), ..jobs[0].clone() }), ReplicaState::Failed(_)));
+    }
+
+    #[test]
+    fn words_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("abc-1.2"), "abc-1.2");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b;rm -rf /"), "'a b;rm -rf /'");
+    }
+}
