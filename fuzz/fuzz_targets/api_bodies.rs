@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = name.to_string();
     }
     let _ = clawfleet_bus::FleetKey::from_hex(s);
+    if let Some((job, node)) = clawfleet_mailbox::Mailbox::parse_file_name(s) {
+        assert_eq!(clawfleet_mailbox::Mailbox::parse_file_name(&clawfleet_mailbox::Mailbox::file_name(&job, node)), Some((job, node)));
+    }
     if let Ok(url) = s.parse::<clawfleet_bus::BusUrl>() {
         let _ = url.to_string();
         let _ = url.without_credentials();
