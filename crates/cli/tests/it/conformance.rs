@@ -1,4 +1,5 @@
-//! The local backend passes the backend conformance suite, with real agent processes on a real bus.
+//! The conformance suite's shared setup, and the local backend passing it with real agent processes
+//! on a real bus (the docker and slurm tests use the same setup).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +22,44 @@ impl Chaos for KillPid {
     }
 }
 
+/// A broker on `host` that lets `fleet` (incarnation `u1`) in, and the suite's harness for it:
+/// agents with the echo brain, per-agent passwords, heartbeats every `heartbeat_ms`.
+pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>, step_timeout: Duration) -> (EmbeddedBroker, Harness) {
+    let secret = BusSecret::generate();
+    let auth = FleetAuth::new(secret.clone());
+    auth.allow_fleet(fleet, "u1");
+    let broker = EmbeddedBroker::start(BrokerConfig::new(format!("{host}:0").parse().unwrap()), Arc::new(auth)).unwrap();
+    let port = broker.local_addr().port();
+    let deployment = Deployment {
+        fleet: fleet.parse().unwrap(),
+        uid: "u1".into(),
+        replicas: 0,
+        brain: BrainSpec::Echo,
+        prompt: None,
+        version: "1".into(),
+        image: None,
+        endpoints: Endpoints {
+            bus_host: host.into(),
+            bus_port: port,
+            credentials: Credentials::PerAgent(secret.clone()),
+            model_url: None,
+            model_name: "default".into(),
+            heartbeat_ms,
+        },
+    };
+    let harness = Harness {
+        deployment,
+        bus_login: (host.into(), port, Some(CONTROL_USER.into()), Some(secret.control_password())),
+        chaos,
+        step_timeout,
+    };
+    (broker, harness)
+}
+
 #[test]
 fn local_backend_passes_the_conformance_suite() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let secret = BusSecret::generate();
-        let auth = FleetAuth::new(secret.clone());
-        auth.allow_fleet("conf", "u1");
-        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(auth)).unwrap();
         let root = tempfile::tempdir().unwrap();
         let backend = Arc::new(LocalBackend::new(LocalConfig {
             program: crate::support::BIN.into(),
@@ -36,29 +67,7 @@ fn local_backend_passes_the_conformance_suite() {
             root: root.path().to_owned(),
             grace: Duration::from_secs(5),
         }));
-        let deployment = Deployment {
-            fleet: "conf".parse().unwrap(),
-            uid: "u1".into(),
-            replicas: 0,
-            brain: BrainSpec::Echo,
-            prompt: None,
-            version: "1".into(),
-            image: None,
-            endpoints: Endpoints {
-                bus_host: "127.0.0.1".into(),
-                bus_port: broker.local_addr().port(),
-                credentials: Credentials::PerAgent(secret.clone()),
-                model_url: None,
-                model_name: "default".into(),
-                heartbeat_ms: 200,
-            },
-        };
-        let harness = Harness {
-            deployment,
-            bus_login: ("127.0.0.1".into(), broker.local_addr().port(), Some(CONTROL_USER.into()), Some(secret.control_password())),
-            chaos: Arc::new(KillPid),
-            step_timeout: Duration::from_secs(30),
-        };
+        let (_broker, harness) = harness("127.0.0.1", "conf", 200, Arc::new(KillPid), Duration::from_secs(30));
         let result = conformance::run(backend.clone(), harness).await;
         clawfleet_backend::Backend::shutdown(&*backend).await;
         result.unwrap();

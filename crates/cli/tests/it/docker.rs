@@ -10,11 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawfleet_backend::conformance::{self, Chaos, Harness};
-use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
-use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
-use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
-use clawfleet_core::BrainSpec;
+use clawfleet_backend::Replica;
+use clawfleet_backend::conformance::{self, Chaos};
 use clawfleet_docker::swarm::{DockerBackend, DockerConfig};
 use clawfleet_docker::{Engine, swarm};
 use serde_json::Value;
@@ -65,38 +62,12 @@ fn docker_backend_passes_the_conformance_suite() {
     let host = setup();
     let network = format!("cf-conf-{}", std::process::id());
     rt().block_on(async {
-        let secret = BusSecret::generate();
-        let auth = FleetAuth::new(secret.clone());
-        auth.allow_fleet("dconf", "u1");
-        let broker = EmbeddedBroker::start(BrokerConfig::new(format!("{host}:0").parse().unwrap()), Arc::new(auth)).unwrap();
         let mut config = DockerConfig::new(Engine::from_env(), host.clone());
         config.network = network.clone();
         config.default_image = IMAGE.into();
         config.grace = Duration::from_secs(2);
         let backend = Arc::new(DockerBackend::new(config));
-        let deployment = Deployment {
-            fleet: "dconf".parse().unwrap(),
-            uid: "u1".into(),
-            replicas: 0,
-            brain: BrainSpec::Echo,
-            prompt: None,
-            version: "1".into(),
-            image: None,
-            endpoints: Endpoints {
-                bus_host: host.clone(),
-                bus_port: broker.local_addr().port(),
-                credentials: Credentials::PerAgent(secret.clone()),
-                model_url: None,
-                model_name: "default".into(),
-                heartbeat_ms: 500,
-            },
-        };
-        let harness = Harness {
-            deployment,
-            bus_login: (host.clone(), broker.local_addr().port(), Some(CONTROL_USER.into()), Some(secret.control_password())),
-            chaos: Arc::new(KillContainer),
-            step_timeout: Duration::from_secs(120),
-        };
+        let (_broker, harness) = crate::conformance::harness(&host, "dconf", 500, Arc::new(KillContainer), Duration::from_secs(120));
         let result = conformance::run(backend.clone(), harness).await;
         let _ = Command::new("docker").args(["service", "rm", "clawfleet-dconf"]).output();
         let _ = Command::new("docker").args(["network", "rm", &network]).output();

@@ -5,12 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawfleet_backend::conformance::{self, Chaos, Harness};
+use clawfleet_backend::Replica;
+use clawfleet_backend::conformance::{self, Chaos};
 use clawfleet_backend::slurm::{SlurmBackend, SlurmConfig};
-use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
-use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
-use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
-use clawfleet_core::BrainSpec;
 
 use crate::support::{Plane, PlaneOptions};
 
@@ -57,10 +54,6 @@ fn slurm_backend_passes_the_conformance_suite() {
     slurm_is_up();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let secret = BusSecret::generate();
-        let auth = FleetAuth::new(secret.clone());
-        auth.allow_fleet("sconf", "u1");
-        let broker = EmbeddedBroker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap()), Arc::new(auth)).unwrap();
         let root = tempfile::tempdir().unwrap();
         let backend = Arc::new(SlurmBackend::new(SlurmConfig {
             program: crate::support::BIN.into(),
@@ -68,29 +61,7 @@ fn slurm_backend_passes_the_conformance_suite() {
             partition: None,
             login: None,
         }));
-        let deployment = Deployment {
-            fleet: "sconf".parse().unwrap(),
-            uid: "u1".into(),
-            replicas: 0,
-            brain: BrainSpec::Echo,
-            prompt: None,
-            version: "1".into(),
-            image: None,
-            endpoints: Endpoints {
-                bus_host: "127.0.0.1".into(),
-                bus_port: broker.local_addr().port(),
-                credentials: Credentials::PerAgent(secret.clone()),
-                model_url: None,
-                model_name: "default".into(),
-                heartbeat_ms: 300,
-            },
-        };
-        let harness = Harness {
-            deployment,
-            bus_login: ("127.0.0.1".into(), broker.local_addr().port(), Some(CONTROL_USER.into()), Some(secret.control_password())),
-            chaos: Arc::new(KillJob),
-            step_timeout: Duration::from_secs(90),
-        };
+        let (_broker, harness) = crate::conformance::harness("127.0.0.1", "sconf", 300, Arc::new(KillJob), Duration::from_secs(90));
         let result = conformance::run(backend.clone(), harness).await;
         if result.is_err() {
             let _ = std::process::Command::new("sh")
