@@ -99,6 +99,12 @@ impl Deployment {
     }
 }
 
+/// A 64-bit digest that is the same in every build (FNV-1a; std's hasher is not), for keys
+/// that say whether a running agent's configuration changed.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn bracket(host: &str) -> String {
     if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
 }
@@ -169,4 +175,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// The control plane is stopping: stop what must not outlive it.
     async fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stable_hash_is_fnv1a() {
+        assert_eq!(super::stable_hash(*b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::stable_hash(*b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
 }

@@ -115,15 +115,7 @@ impl LocalBackend {
 
 /// A stable key of an agent's configuration: a changed key means the agent must be replaced.
 pub(crate) fn config_key(vars: &[(&'static str, String)]) -> u64 {
-    // FNV-1a: stable across builds, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in vars {
-        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+    crate::stable_hash(vars.iter().flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])))
 }
 
 #[async_trait]

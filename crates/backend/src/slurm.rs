@@ -256,8 +256,9 @@ impl Backend for SlurmBackend {
         let all_running = (0..d.replicas).all(|s| by_slot.get(&s).is_some_and(|js| js.iter().any(|j| j.state == "RUNNING")));
         let mut replaced_one = false;
         for slot in 0..d.replicas {
-            let key =
-                format!("{:016x}", config_key(&d.agent_env(slot)) ^ config_key(&[("program", self.config.program.display().to_string())]));
+            let mut vars = d.agent_env(slot);
+            vars.push(("program", self.config.program.display().to_string()));
+            let key = format!("{:016x}", config_key(&vars));
             let live: Vec<&&Job> = by_slot.get(&slot).map(|js| js.iter().filter(|j| j.state != "COMPLETING").collect()).unwrap_or_default();
             let current = live.iter().find(|j| j.key == key);
             let stale: Vec<String> = live.iter().filter(|j| j.key != key).map(|j| j.id.clone()).collect();

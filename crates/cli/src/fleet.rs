@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clawfleet_proto::api::{Ack, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest};
+use clawfleet_proto::api::{Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest};
 
 use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
 use crate::client::Client;
@@ -43,34 +43,55 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
 
 /// Waits until every agent of the fleet is ready, showing progress.
 async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> anyhow::Result<Fleet> {
+    wait_for(client, name, timeout, "are ready", &ready, &|_| None).await
+}
+
+fn ready(a: &AgentStatus) -> bool {
+    matches!(a.state.as_str(), "idle" | "busy")
+}
+
+/// Polls the fleet until `done` holds for each of its agents (showing progress), `abort` has a
+/// reason to stop, or `timeout` passes; `what` says what the agents are waited for.
+async fn wait_for(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    done: &dyn Fn(&AgentStatus) -> bool,
+    abort: &dyn Fn(&FleetStatus) -> Option<String>,
+) -> anyhow::Result<Fleet> {
     let started = Instant::now();
     let mut progress: Option<Progress> = None;
+    let finish = |p: Option<Progress>| p.map(Progress::finish);
     loop {
         let status: FleetStatus = client.get(&format!("/api/v1/fleets/{name}")).await?;
-        let (ready, total) = (status.fleet.ready, status.fleet.replicas);
-        progress.get_or_insert_with(|| Progress::new(u64::from(total), "agents ready")).set(u64::from(ready));
-        if ready >= total {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            eprintln!("all {total} agents of '{name}' are ready ({:.1} s)", started.elapsed().as_secs_f64());
+        let total = status.fleet.replicas;
+        let wanted = || status.agents.iter().filter(|a| a.slot < total);
+        let count = wanted().filter(|a| done(a)).count() as u32;
+        progress.get_or_insert_with(|| Progress::new(u64::from(total), &format!("agents {what}"))).set(u64::from(count));
+        if let Some(why) = abort(&status) {
+            finish(progress);
+            bail!("{why}");
+        }
+        if count >= total {
+            finish(progress);
+            eprintln!("all {total} agents of '{name}' {what} ({:.1} s)", started.elapsed().as_secs_f64());
             return Ok(status.fleet);
         }
         if started.elapsed() > timeout {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            let waiting: Vec<String> = status
-                .agents
-                .iter()
-                .filter(|a| !matches!(a.state.as_str(), "idle" | "busy"))
+            finish(progress);
+            let waiting: Vec<String> = wanted()
+                .filter(|a| !done(a))
                 .take(10)
-                .map(|a| match &a.problem {
-                    Some(p) => format!("{} is {} ({p})", a.id, a.state),
-                    None => format!("{} is {}", a.id, a.state),
+                .map(|a| {
+                    let version = a.fleet_version.as_deref().map(|v| format!(", version {v}")).unwrap_or_default();
+                    match &a.problem {
+                        Some(p) => format!("{} is {}{version} ({p})", a.id, a.state),
+                        None => format!("{} is {}{version}", a.id, a.state),
+                    }
                 })
                 .collect();
-            bail!("only {ready} of {total} agents of '{name}' were ready after {} s: {}", timeout.as_secs(), waiting.join(", "));
+            bail!("only {count} of {total} agents of '{name}' {what} after {} s: {}", timeout.as_secs(), waiting.join(", "));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -228,38 +249,9 @@ async fn after_change(client: &Client, fleet: Fleet, doing: &str, wait: bool, ti
 /// Waits until every agent runs `version` and is ready, or the backend reports the update
 /// rolled back.
 async fn wait_version(client: &Client, name: &str, version: &str, timeout: Duration) -> anyhow::Result<Fleet> {
-    let started = Instant::now();
-    let mut progress: Option<Progress> = None;
-    loop {
-        let status: FleetStatus = client.get(&format!("/api/v1/fleets/{name}")).await?;
-        let total = status.fleet.replicas;
-        let done = status
-            .agents
-            .iter()
-            .filter(|a| a.slot < total && a.fleet_version.as_deref() == Some(version) && matches!(a.state.as_str(), "idle" | "busy"))
-            .count() as u32;
-        progress.get_or_insert_with(|| Progress::new(u64::from(total), "agents updated")).set(u64::from(done));
-        if let Some(problem) = status.fleet.problem.as_deref().filter(|p| p.contains("rolled back")) {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            bail!("{problem}");
-        }
-        if done >= total {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            eprintln!("all {total} agents of '{name}' run version {version} ({:.1} s)", started.elapsed().as_secs_f64());
-            return Ok(status.fleet);
-        }
-        if started.elapsed() > timeout {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            bail!("only {done} of {total} agents of '{name}' ran version {version} after {} s", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let runs = |a: &AgentStatus| ready(a) && a.fleet_version.as_deref() == Some(version);
+    let rolled_back = |s: &FleetStatus| s.fleet.problem.clone().filter(|p| p.contains("rolled back"));
+    wait_for(client, name, timeout, &format!("run version {version}"), &runs, &rolled_back).await
 }
 
 pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {

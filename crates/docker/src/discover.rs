@@ -293,24 +293,11 @@ async fn verify(engine: &ReadOnly, tasks: &mut [Task], port: Option<u16>) {
             }
         }
     });
-    let results = futures_join_all(checks).await;
+    let results = futures_util::future::join_all(checks).await;
     for (task, (healthy, detail)) in tasks.iter_mut().zip(results) {
         task.healthy = Some(healthy);
         task.health_detail = Some(detail);
     }
-}
-
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("a health check does not panic"));
-    }
-    out
 }
 
 async fn container_health(engine: &ReadOnly, id: &str) -> (bool, String) {

@@ -202,7 +202,7 @@ impl DockerBackend {
             "RestartPolicy": { "Condition": "any", "Delay": 500_000_000u64, "MaxAttempts": 0 },
             "Networks": [{ "Target": self.config.network }],
         });
-        let key = format!("{:016x}", fnv1a(template.to_string().as_bytes()));
+        let key = format!("{:016x}", clawfleet_backend::stable_hash(template.to_string().into_bytes()));
         let monitor = self.config.update_monitor.as_nanos() as u64;
         json!({
             "Name": service_name(&d.fleet),
@@ -437,11 +437,6 @@ fn explain(err: &str) -> String {
     } else {
         err.to_owned()
     }
-}
-
-/// A stable 64-bit digest (FNV-1a): the same spec gives the same key in every build.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]
