@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clawfleet_core::{AgentRef, BrainSpec};
 
+use crate::link::Transport;
+
 /// An agent's configuration, from its backend (environment) or from `agent --join`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -26,6 +28,8 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// A turn with no output for this long is stopped.
     pub watchdog: Duration,
+    /// The bus, or a mailbox on a shared filesystem when the node cannot reach the bus.
+    pub transport: Transport,
 }
 
 impl AgentConfig {
@@ -52,6 +56,7 @@ impl AgentConfig {
             fleet_version: "1".into(),
             heartbeat_interval: Duration::from_secs(2),
             watchdog: Duration::from_secs(300),
+            transport: Transport::Bus,
         }
     }
 

@@ -7,16 +7,21 @@
 //! terminal event. [`brain`] adapts each kind of brain (HTTP model APIs, agent CLIs, any
 //! command) to one streaming interface.
 //!
-//! **Architecture invariant:** an agent talks only to the bus and to its brain; never to
+//! It reaches the control plane over the bus, or through a mailbox on a shared filesystem
+//! ([`link`]) when its node has no route to the bus.
+//!
+//! **Architecture invariant:** an agent talks only to the bus (or its mailbox) and to its brain; never to
 //! another agent and never to the control plane's HTTP API (except `join`, in the CLI).
 
 pub mod brain;
 pub mod config;
+pub mod link;
 pub mod runtime;
 pub mod sysinfo;
 pub mod workspace;
 
 pub use config::AgentConfig;
+pub use link::{MailboxSpec, Transport};
 
 /// The version of this runtime, reported in heartbeats and `version-report`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,10 +10,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawfleet_bus::client::{self, BusClient, BusEvent, ClientConfig, Will};
+use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::bus::{self as wire, AgentActivity, BrainStatus, Directive, Heartbeat};
 use clawfleet_proto::event::EventBody;
+use clawfleet_proto::mailbox::InboxItem;
 use clawfleet_proto::topic::{self, Channel};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::brain::{self, Brain, BrainError, BrainHealth, Progress, TurnRequest, TurnResult};
 use crate::config::AgentConfig;
+use crate::link::{Inbound, Link, Outbox, Transport};
 use crate::workspace::{Accepted, Workspace};
 
 /// Why an agent could not start.
@@ -30,11 +32,14 @@ pub enum AgentError {
     Workspace { path: String, source: std::io::Error },
     #[error("the bus connection task stopped unexpectedly")]
     BusGone,
+    #[error("cannot use the mailbox: {0}")]
+    Mailbox(#[from] clawfleet_mailbox::MailboxError),
 }
 
 /// Everything the loop reacts to.
 enum Input {
     Bus(BusEvent),
+    Inbox(Inbound),
     /// Everything the agent's own tasks sent since the last look, in order.
     Internal(Vec<Internal>),
     Tick,
@@ -74,9 +79,7 @@ struct Agent {
     system_prompt: Option<String>,
     health: BrainHealth,
     http: reqwest::Client,
-    bus: BusClient,
-    events_topic: String,
-    heartbeat_topic: String,
+    link: Link,
     activity: AgentActivity,
     queue: VecDeque<(String, String)>,
     current: Option<Turn>,
@@ -138,16 +141,31 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     };
     will.seq = ws.last_seq();
     bus_config.will = Some(Will { topic: heartbeat_topic.clone(), payload: wire::encode(&will), retain: true });
-    let (bus, mut bus_rx) = client::connect(bus_config);
+    // The mailbox's reader sends on `inbox_tx`; the bus's connection task on its own channel.
+    let (inbox_tx, mut inbox_rx) = mpsc::channel(256);
+    let (link, mut bus_rx, _keep) = match &config.transport {
+        Transport::Bus => {
+            let (client, rx) = client::connect(bus_config);
+            let events = topic::agent(&fleet, slot, Channel::Events);
+            (Link::Bus { client, events, heartbeats: heartbeat_topic.clone() }, rx, None)
+        }
+        Transport::Mailbox(spec) => {
+            let outbox = Outbox::open(spec)?;
+            let start = clawfleet_proto::mailbox::start_line(&spec.job_id, spec.node, &crate::sysinfo::hostname(), &crate::now_rfc3339());
+            outbox.append(&start)?;
+            tokio::spawn(crate::link::follow_inbox(outbox.inbox(), inbox_tx));
+            let (keep, rx) = mpsc::channel(1);
+            (Link::Mailbox(outbox), rx, Some(keep))
+        }
+    };
+    let mailbox = matches!(link, Link::Mailbox(_));
     let mut agent = Agent {
         brain,
         brain_spec,
         system_prompt,
         health: BrainHealth::failing("not checked yet"),
         http,
-        bus,
-        events_topic: topic::agent(&fleet, slot, Channel::Events),
-        heartbeat_topic: heartbeat_topic.clone(),
+        link,
         activity: AgentActivity::Starting,
         queue: VecDeque::new(),
         current: None,
@@ -172,6 +190,10 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     }
     agent.queue.extend(recovery.not_started);
     agent.probe_health(None);
+    if mailbox {
+        // The mailbox is there as soon as it is open.
+        agent.on_bus(BusEvent::Connected { session_present: true });
+    }
 
     tokio::pin!(shutdown);
     let mut batch = Vec::new();
@@ -183,11 +205,21 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
                 Some(ev) => Input::Bus(ev),
                 None => return Err(AgentError::BusGone),
             },
+            Some(inbound) = inbox_rx.recv() => Input::Inbox(inbound),
             _ = internal_rx.recv_many(&mut batch, 256) => Input::Internal(std::mem::take(&mut batch)),
             () = tokio::time::sleep_until(agent.next_beat) => Input::Tick,
         };
         match input {
             Input::Bus(ev) => agent.on_bus(ev),
+            Input::Inbox(Inbound::Item(InboxItem::Directive(d))) => agent.on_directive(d),
+            Input::Inbox(Inbound::Item(InboxItem::Shutdown)) => {
+                tracing::info!("The inbox asks the agent to shut down");
+                break;
+            }
+            Input::Inbox(Inbound::Refused(message)) => {
+                tracing::warn!(%message, "Mailbox problem");
+                agent.emit(None, EventBody::AgentError { message });
+            }
             Input::Internal(batch) => agent.on_internal_batch(batch),
             Input::Tick => {
                 agent.check_watchdog();
@@ -205,7 +237,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
 impl Agent {
     fn emit(&mut self, injection_id: Option<&str>, body: EventBody) {
         let envelope = self.ws.record(injection_id, body);
-        if self.bus.try_publish(self.events_topic.clone(), wire::encode(&envelope), false).is_err() {
+        if !self.link.event(&envelope) {
             // Journaled: the control plane sees the gap in the next heartbeat and asks for a replay.
             tracing::debug!(seq = envelope.seq, "Bus queue full; event left for replay");
         }
@@ -233,8 +265,7 @@ impl Agent {
 
     /// Publishes a heartbeat now and schedules the next one a full interval later.
     fn publish_heartbeat(&mut self) {
-        let hb = self.heartbeat();
-        let _ = self.bus.try_publish(self.heartbeat_topic.clone(), wire::encode(&hb), true);
+        self.link.heartbeat(&self.heartbeat());
         let now = tokio::time::Instant::now();
         self.last_beat = now;
         self.next_beat = now + self.config.heartbeat_interval;
@@ -315,7 +346,7 @@ impl Agent {
                 Ok(events) => {
                     tracing::info!(after_seq, count = events.len(), "Replaying journaled events");
                     for e in events {
-                        if self.bus.try_publish(self.events_topic.clone(), wire::encode(&e), false).is_err() {
+                        if !self.link.event(&e) {
                             break;
                         }
                     }
@@ -541,17 +572,15 @@ impl Agent {
             last.push(self.ws.record(Some(&id), EventBody::InjectFailed { error }));
         }
         self.activity = AgentActivity::Stopped;
-        let hb = wire::encode(&self.heartbeat());
+        let hb = self.heartbeat();
         // The final words wait for room on the bus, briefly: they are journaled either way.
         let flush = async {
-            for e in &last {
-                self.bus.publish(self.events_topic.clone(), wire::encode(e), false).await.ok();
-            }
-            self.bus.publish(self.heartbeat_topic.clone(), hb, true).await.ok();
-            self.bus.disconnect();
-            while let Some(ev) = bus_rx.recv().await {
-                if matches!(ev, BusEvent::Closed) {
-                    break;
+            self.link.finish(&last, &hb).await;
+            if matches!(self.link, Link::Bus { .. }) {
+                while let Some(ev) = bus_rx.recv().await {
+                    if matches!(ev, BusEvent::Closed) {
+                        break;
+                    }
                 }
             }
         };

@@ -15,6 +15,10 @@ pub const MODEL_NAME: &str = "CLAWFLEET_MODEL_NAME";
 pub const SYSTEM_PROMPT: &str = "CLAWFLEET_SYSTEM_PROMPT";
 pub const FLEET_VERSION: &str = "CLAWFLEET_FLEET_VERSION";
 pub const HEARTBEAT_MS: &str = "CLAWFLEET_HEARTBEAT_MS";
+/// `bus`, `mailbox` or `auto`: how the agent reaches the control plane.
+pub const TRANSPORT: &str = "CLAWFLEET_TRANSPORT";
+/// The shared directory of the agent's mailbox (`<dir>/mailbox/...`).
+pub const MAILBOX: &str = "CLAWFLEET_MAILBOX";
 
 /// Variables of the control plane's own environment that an agent must not inherit
 /// (an agent holding the operator token could deploy or terminate itself).

@@ -17,9 +17,12 @@ pub mod external;
 pub mod local;
 pub mod slurm;
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
 use clawfleet_bus::BusSecret;
 use clawfleet_core::{AgentRef, BackendKind, BrainSpec, FleetName};
+use clawfleet_proto::cluster::ClusterSpec;
 
 /// Everything a backend needs to run a fleet's agents.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct Deployment {
     pub version: String,
     /// The container image (container backends; `None`: the backend's default agent image).
     pub image: Option<String>,
+    /// Where and how the slurm backend runs the fleet (`None`: the backend's defaults).
+    pub cluster: Option<ClusterSpec>,
     pub endpoints: Endpoints,
 }
 
@@ -175,6 +180,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// The control plane is stopping: stop what must not outlive it.
     async fn shutdown(&self);
+
+    /// Learns a stored fleet's deployment before anything else is asked of it (the control
+    /// plane calls it for every fleet, terminating ones too, on each reconcile pass).
+    fn prepare(&self, _deployment: &Deployment) {}
+
+    /// The directory holding the fleet's mailbox (`<dir>/mailbox/{inbox,outbox,archive}`), for
+    /// backends whose agents may have no route to the bus. The control plane follows it.
+    fn mailbox(&self, _deployment: &Deployment) -> Option<PathBuf> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,21 @@
 //! connection (`ControlMaster`), `BatchMode` (never a password prompt), and retries with backoff
 //! on transient failures (ssh's own exit 255, a controller that does not answer).
 //!
+//! A fleet's cluster profile (`launch --cluster FILE`) overrides the backend's defaults: login
+//! host, partition, account, QoS, time limit, workspace root, and the agents' transport: the
+//! bus, or the mailbox (files the control plane follows, for nodes with no route to the bus),
+//! or `auto` (the default: each agent tries the bus and falls back to the mailbox).
+//!
 //! ```text
 //! <root>/<fleet>-<uid>/<slot>/   the agent's workspace, on a filesystem the nodes share
 //!                     job.sh     the batch script (mode 0700: it holds the agent's bus password)
 //!                     agent.log  the job's output
+//! <root>/<fleet>-<uid>/mailbox/  inbox, outbox, archive (`<job>_<NN>.jsonl`, NN = slot)
 //! ```
+//!
+//! The batch script runs the agent as its child and passes SIGTERM on (Slurm signals only the
+//! batch shell with `--signal=B:TERM`); an agent that exits with an error leaves a
+//! `worker_error` line in the mailbox, so a dead worker is reported whichever transport it used.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -36,10 +46,26 @@ pub struct SlurmConfig {
     pub partition: Option<String>,
     /// Run Slurm's commands on this ssh host (an alias of ~/.ssh/config) instead of here.
     pub login: Option<String>,
+    /// `bus`, `mailbox` or `auto`, for fleets whose profile does not say.
+    pub transport: String,
+}
+
+/// Where and how one fleet's jobs run: the backend's defaults under the fleet's profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    login: Option<String>,
+    partition: Option<String>,
+    account: Option<String>,
+    qos: Option<String>,
+    time_limit: Option<String>,
+    root: PathBuf,
+    transport: String,
 }
 
 pub struct SlurmBackend {
     config: SlurmConfig,
+    /// Each fleet's target, learned from its deployment (`prepare`, `apply`).
+    targets: Mutex<HashMap<FleetName, Target>>,
     /// Jobs submitted per (fleet, slot): a slot's restarts are its submissions less one.
     submitted: Mutex<HashMap<(FleetName, u32), u32>>,
 }
@@ -107,16 +133,47 @@ fn shell_quote(s: &str) -> String {
 
 impl SlurmBackend {
     pub fn new(config: SlurmConfig) -> SlurmBackend {
-        SlurmBackend { config, submitted: Mutex::new(HashMap::new()) }
+        SlurmBackend { config, targets: Mutex::new(HashMap::new()), submitted: Mutex::new(HashMap::new()) }
+    }
+
+    fn target(&self, d: &Deployment) -> Target {
+        let c = d.cluster.clone().unwrap_or_default();
+        let root = match (&c.workspace_root, &c.cluster_subdir) {
+            (Some(r), Some(sub)) => PathBuf::from(r).join(sub),
+            (Some(r), None) => PathBuf::from(r),
+            (None, _) => self.config.root.clone(),
+        };
+        let login = c.login_host.or_else(|| self.config.login.clone());
+        // Over ssh the control plane cannot read the mailbox: agents must use the bus.
+        let transport = c.transport.unwrap_or_else(|| if login.is_some() { "bus".into() } else { self.config.transport.clone() });
+        let target = Target {
+            login,
+            partition: c.partition.or_else(|| self.config.partition.clone()),
+            account: c.account,
+            qos: c.qos,
+            time_limit: c.time_limit,
+            root,
+            transport,
+        };
+        self.targets.lock().expect("not poisoned").insert(d.fleet.clone(), target.clone());
+        target
+    }
+
+    /// The login host of a fleet as last learned (the default before that).
+    fn login_of(&self, fleet: &FleetName) -> Option<String> {
+        match self.targets.lock().expect("not poisoned").get(fleet) {
+            Some(t) => t.login.clone(),
+            None => self.config.login.clone(),
+        }
     }
 
     /// Runs a Slurm command here or on the login node, retrying transient failures.
-    async fn run(&self, program: &str, args: &[String], stdin: Option<String>) -> Result<String, BackendError> {
+    async fn run(&self, login: Option<&str>, program: &str, args: &[String], stdin: Option<String>) -> Result<String, BackendError> {
         let mut delay = Duration::from_millis(250);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut cmd = match &self.config.login {
+            let mut cmd = match login {
                 None => {
                     let mut c = Command::new(program);
                     c.args(args);
@@ -159,7 +216,7 @@ impl SlurmBackend {
                 return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
             let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            let transient = out.status.code() == Some(255) && self.config.login.is_some()
+            let transient = out.status.code() == Some(255) && login.is_some()
                 || err.contains("Unable to contact slurm controller")
                 || err.contains("Socket timed out")
                 || err.contains("Resource temporarily unavailable");
@@ -169,23 +226,24 @@ impl SlurmBackend {
                 delay *= 2;
                 continue;
             }
-            let via = self.config.login.as_deref().map(|l| format!(" (on {l} over ssh)")).unwrap_or_default();
+            let via = login.map(|l| format!(" (on {l} over ssh)")).unwrap_or_default();
             return Err(BackendError::Failed(format!("{program}{via} failed ({}): {err}", out.status)));
         }
     }
 
-    async fn jobs(&self, fleet: &FleetName) -> Result<Vec<Job>, BackendError> {
-        let out = self.run("squeue", &["-h".into(), "-o".into(), "%i|%j|%T|%N|%r".into()], None).await?;
+    async fn jobs(&self, login: Option<&str>, fleet: &FleetName) -> Result<Vec<Job>, BackendError> {
+        let out = self.run(login, "squeue", &["-h".into(), "-o".into(), "%i|%j|%T|%N|%r".into()], None).await?;
         Ok(parse_squeue(fleet, &out))
     }
 
-    fn workspace(&self, d: &Deployment, slot: u32) -> PathBuf {
-        self.config.root.join(format!("{}-{}", d.fleet, d.uid)).join(slot.to_string())
+    fn fleet_dir(t: &Target, d: &Deployment) -> PathBuf {
+        t.root.join(format!("{}-{}", d.fleet, d.uid))
     }
 
     /// The batch script of one agent.
-    fn script(&self, d: &Deployment, slot: u32, name: &str) -> String {
-        let ws = self.workspace(d, slot);
+    fn script(&self, t: &Target, d: &Deployment, slot: u32, name: &str) -> String {
+        let base = Self::fleet_dir(t, d);
+        let ws = base.join(slot.to_string());
         let mut s = String::from("#!/bin/sh\n");
         s.push_str(&format!("#SBATCH --job-name={name}\n"));
         s.push_str(&format!("#SBATCH --output={}\n", ws.join("agent.log").display()));
@@ -193,41 +251,56 @@ impl SlurmBackend {
         s.push_str("#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=1\n#SBATCH --oversubscribe\n");
         // SIGTERM a minute before a time limit: the agent ends its turn and flushes.
         s.push_str("#SBATCH --signal=B:TERM@60\n");
-        if let Some(p) = &self.config.partition {
-            s.push_str(&format!("#SBATCH --partition={p}\n"));
+        for (option, value) in [("partition", &t.partition), ("account", &t.account), ("qos", &t.qos), ("time", &t.time_limit)] {
+            if let Some(v) = value {
+                s.push_str(&format!("#SBATCH --{option}={v}\n"));
+            }
         }
         for (k, v) in d.agent_env(slot) {
             s.push_str(&format!("export {k}={}\n", shell_quote(&v)));
         }
-        s.push_str(&format!("export {}={}\n", env::WORKSPACE, shell_quote(&ws.display().to_string())));
-        s.push_str(&format!("exec {} agent\n", shell_quote(&self.config.program.display().to_string())));
+        let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
+        s.push_str(&format!("export {}={}\n", env::WORKSPACE, q(&ws)));
+        s.push_str(&format!("export {}={}\n", env::TRANSPORT, shell_quote(&t.transport)));
+        s.push_str(&format!("export {}={}\n", env::MAILBOX, q(&base)));
+        // The agent is the shell's child: Slurm's early SIGTERM reaches the batch shell only.
+        s.push_str(&format!("{} agent &\n", shell_quote(&self.config.program.display().to_string())));
+        s.push_str("pid=$!\ntrap 'kill -TERM $pid 2>/dev/null' TERM INT\nwait $pid; rc=$?\n");
+        s.push_str("while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done\n");
+        let outbox = base.join("mailbox").join("outbox");
+        let file = format!("${{SLURM_JOB_ID}}_{slot:02}.jsonl");
+        s.push_str(&format!(
+            "if [ $rc -ne 0 ]; then\n  mkdir -p {o} {a}\n  printf '{{\"type\":\"worker_error\",\"job_id\":\"%s\",\"node_id\":{slot},\"error\":\"the agent exited with status %d (its log: agent.log in its workspace)\"}}\\n' \"$SLURM_JOB_ID\" $rc >> {o}/{file}\n  mv {o}/{file} {a}/ 2>/dev/null\nfi\nexit $rc\n",
+            o = q(&outbox),
+            a = q(&base.join("mailbox").join("archive")),
+        ));
         s
     }
 
-    async fn submit(&self, d: &Deployment, slot: u32, key: &str) -> Result<(), BackendError> {
-        let ws = self.workspace(d, slot);
+    async fn submit(&self, t: &Target, d: &Deployment, slot: u32, key: &str) -> Result<(), BackendError> {
+        let ws = Self::fleet_dir(t, d).join(slot.to_string());
         let name = job_name(&d.fleet, slot, key);
-        let script = self.script(d, slot, &name);
+        let script = self.script(t, d, slot, &name);
         let path = ws.join("job.sh");
-        if self.config.login.is_none() {
+        if t.login.is_none() {
             std::fs::create_dir_all(&ws).map_err(|e| BackendError::Failed(format!("cannot create the workspace {}: {e}", ws.display())))?;
             write_private(&path, &script).map_err(|e| BackendError::Failed(format!("cannot write {}: {e}", path.display())))?;
-            self.run("sbatch", &["--parsable".into(), path.display().to_string()], None).await?;
+            self.run(None, "sbatch", &["--parsable".into(), path.display().to_string()], None).await?;
         } else {
             // The script reaches the login node on sbatch's stdin; the workspace must exist there.
             let mkdir = format!("mkdir -p {}", shell_quote(&ws.display().to_string()));
-            self.run("sh", &["-c".into(), mkdir], None).await?;
-            self.run("sbatch", &["--parsable".into()], Some(script)).await?;
+            self.run(t.login.as_deref(), "sh", &["-c".into(), mkdir], None).await?;
+            self.run(t.login.as_deref(), "sbatch", &["--parsable".into()], Some(script)).await?;
         }
         *self.submitted.lock().expect("not poisoned").entry((d.fleet.clone(), slot)).or_insert(0) += 1;
         Ok(())
     }
 
-    async fn cancel(&self, ids: &[String]) -> Result<(), BackendError> {
+    async fn cancel(&self, login: Option<&str>, ids: &[String]) -> Result<(), BackendError> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.run("scancel", ids, None).await.map(drop)
+        self.run(login, "scancel", ids, None).await.map(drop)
     }
 }
 
@@ -245,30 +318,45 @@ impl Backend for SlurmBackend {
     }
 
     async fn apply(&self, d: &Deployment) -> Result<(), BackendError> {
-        let jobs = self.jobs(&d.fleet).await?;
+        let t = self.target(d);
+        if t.login.is_some() && t.transport != "bus" {
+            return Err(BackendError::Failed(format!(
+                "transport '{}' needs the mailbox on a filesystem this control plane reads, but the fleet runs over ssh on {}: \
+                 run clawfleet up on the login node, or give the profile \"transport\": \"bus\"",
+                t.transport,
+                t.login.as_deref().unwrap_or_default()
+            )));
+        }
+        if t.login.is_none() {
+            let mailbox = Self::fleet_dir(&t, d);
+            clawfleet_mailbox::Mailbox::open(&mailbox).map_err(|e| BackendError::Failed(e.to_string()))?;
+        }
+        let login = t.login.as_deref();
+        let jobs = self.jobs(login, &d.fleet).await?;
         let mut by_slot: BTreeMap<u32, Vec<&Job>> = BTreeMap::new();
         for j in &jobs {
             by_slot.entry(j.slot).or_default().push(j);
         }
         // Extra slots go.
         let extra: Vec<String> = jobs.iter().filter(|j| j.slot >= d.replicas && j.state != "COMPLETING").map(|j| j.id.clone()).collect();
-        self.cancel(&extra).await?;
+        self.cancel(login, &extra).await?;
         let all_running = (0..d.replicas).all(|s| by_slot.get(&s).is_some_and(|js| js.iter().any(|j| j.state == "RUNNING")));
         let mut replaced_one = false;
         for slot in 0..d.replicas {
             let mut vars = d.agent_env(slot);
             vars.push(("program", self.config.program.display().to_string()));
+            vars.push(("target", format!("{t:?}")));
             let key = format!("{:016x}", config_key(&vars));
             let live: Vec<&&Job> = by_slot.get(&slot).map(|js| js.iter().filter(|j| j.state != "COMPLETING").collect()).unwrap_or_default();
             let current = live.iter().find(|j| j.key == key);
             let stale: Vec<String> = live.iter().filter(|j| j.key != key).map(|j| j.id.clone()).collect();
             match current {
-                Some(_) => self.cancel(&stale).await?,
-                None if stale.is_empty() => self.submit(d, slot, &key).await?,
+                Some(_) => self.cancel(login, &stale).await?,
+                None if stale.is_empty() => self.submit(&t, d, slot, &key).await?,
                 // A changed configuration: replace one agent at a time, once all run.
                 None if all_running && !replaced_one => {
                     replaced_one = true;
-                    self.cancel(&stale).await?;
+                    self.cancel(login, &stale).await?;
                 }
                 None => {}
             }
@@ -277,7 +365,7 @@ impl Backend for SlurmBackend {
     }
 
     async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
-        let jobs = self.jobs(fleet).await?;
+        let jobs = self.jobs(self.login_of(fleet).as_deref(), fleet).await?;
         let submitted = self.submitted.lock().expect("not poisoned");
         let mut out: BTreeMap<u32, Replica> = BTreeMap::new();
         for j in jobs {
@@ -300,18 +388,28 @@ impl Backend for SlurmBackend {
     }
 
     async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
-        let jobs = self.jobs(fleet).await?;
+        let login = self.login_of(fleet);
+        let jobs = self.jobs(login.as_deref(), fleet).await?;
         if jobs.is_empty() {
             self.submitted.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
             return Ok(true);
         }
         let ids: Vec<String> = jobs.iter().filter(|j| j.state != "COMPLETING").map(|j| j.id.clone()).collect();
-        self.cancel(&ids).await?;
+        self.cancel(login.as_deref(), &ids).await?;
         Ok(false)
     }
 
     async fn shutdown(&self) {
         // Slurm jobs outlive the control plane; the next `up` finds them by name.
+    }
+
+    fn prepare(&self, d: &Deployment) {
+        self.target(d);
+    }
+
+    fn mailbox(&self, d: &Deployment) -> Option<PathBuf> {
+        let t = self.target(d);
+        (t.login.is_none()).then(|| Self::fleet_dir(&t, d))
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clawfleet_agent::{AgentConfig, runtime};
+use clawfleet_agent::{AgentConfig, MailboxSpec, Transport, runtime};
 use clawfleet_bus::{BusUrl, FleetKey};
 use clawfleet_core::{AgentRef, BrainSpec, FleetName};
 use clawfleet_proto::api::JoinResponse;
@@ -23,10 +23,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let configs = match &args.join {
+    let mut configs = match &args.join {
         Some(fleet) => join(&args, fleet).await?,
         None => from_env(&args)?,
     };
+    for c in &mut configs {
+        c.transport = transport(&args, c).await?;
+    }
     let (stop, stopped) = watch::channel(false);
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -54,6 +57,38 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The way to the control plane: `auto` tries the bus first.
+async fn transport(args: &AgentArgs, c: &AgentConfig) -> anyhow::Result<Transport> {
+    let mailbox = || -> anyhow::Result<Transport> {
+        let base = args.mailbox.clone().ok_or_else(|| anyhow!("the mailbox transport needs --mailbox DIR (CLAWFLEET_MAILBOX)"))?;
+        let job_id = args
+            .mailbox_job
+            .clone()
+            .filter(|j| !j.is_empty() && !j.contains(['/', '\0']))
+            .ok_or_else(|| anyhow!("the mailbox transport needs --mailbox-job ID (SLURM_JOB_ID): a run id without '/'"))?;
+        Ok(Transport::Mailbox(MailboxSpec { base, job_id, node: c.agent.slot }))
+    };
+    match args.transport.as_str() {
+        "bus" => Ok(Transport::Bus),
+        "mailbox" => mailbox(),
+        "auto" => {
+            let addr = (c.bus_host.as_str(), c.bus_port);
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => Ok(Transport::Bus),
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in 5 s".into(),
+                    };
+                    tracing::warn!(bus = %format!("{}:{}", c.bus_host, c.bus_port), %why, "The bus is out of reach; using the mailbox");
+                    mailbox()
+                }
+            }
+        }
+        other => bail!("unknown transport '{other}' (expected bus, mailbox or auto)"),
+    }
 }
 
 /// `--health`: the container health check.

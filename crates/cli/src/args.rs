@@ -192,6 +192,16 @@ pub(crate) struct UpArgs {
     /// The clawfleet binary as the compute nodes see it [default: this one]
     #[arg(long)]
     pub slurm_program: Option<PathBuf>,
+    /// How slurm agents reach this control plane when their fleet's cluster file does not say:
+    /// bus, mailbox (files under the workspace root) or auto (the bus if it answers, else the mailbox).
+    #[arg(long, default_value = "auto", value_parser = ["bus", "mailbox", "auto"])]
+    pub slurm_transport: String,
+    /// Milliseconds between two looks at every mailbox outbox (polling works on NFS and Lustre).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub mailbox_poll_ms: u64,
+    /// Do not use inotify as a hint to read mailboxes sooner (polling alone).
+    #[arg(long)]
+    pub no_inotify: bool,
     #[command(flatten)]
     pub model_options: ModelOptions,
     /// The brain of fleets launched without --brain [default: model when a model service runs, else echo]
@@ -226,6 +236,13 @@ pub(crate) struct LaunchArgs {
     /// The container image of a docker fleet [default: the control plane's agent image, clawfleet-agent:<version>]
     #[arg(long)]
     pub image: Option<String>,
+    /// A cluster file for the slurm backend (login_host, partition, workspace_root,
+    /// inject_timeout_seconds, transport, ...): one profile, or codeswarm's configuration.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// The profile to take from a codeswarm configuration (cluster.slurm.profiles.NAME).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub cluster_profile: String,
     /// Wait until every agent reports ready.
     #[arg(long)]
     pub wait: bool,
@@ -507,6 +524,16 @@ pub(crate) struct AgentArgs {
     /// Seconds without output after which a turn is stopped.
     #[arg(long, env = "CLAWFLEET_WATCHDOG_SECS", default_value_t = 300)]
     pub watchdog: u64,
+    /// How to reach the control plane: bus, mailbox (files under --mailbox, for nodes with no
+    /// route to the bus) or auto (the bus if it answers within a few seconds, else the mailbox).
+    #[arg(long, env = clawfleet_backend::env::TRANSPORT, default_value = "bus")]
+    pub transport: String,
+    /// The shared directory holding `mailbox/{inbox,outbox,archive}`.
+    #[arg(long, env = clawfleet_backend::env::MAILBOX)]
+    pub mailbox: Option<PathBuf>,
+    /// This run's id in mailbox file names (`<job>_<NN>.jsonl`); Slurm's job id by default.
+    #[arg(long, env = "SLURM_JOB_ID")]
+    pub mailbox_job: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

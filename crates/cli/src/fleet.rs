@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clawfleet_proto::api::{Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest};
 
 use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
@@ -16,6 +16,15 @@ fn print_json<T: serde::Serialize>(value: &T) {
 
 pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
+    let cluster = match &args.cluster {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the cluster file {}", path.display()))?;
+            let spec = clawfleet_proto::cluster::parse_cluster_file(&text, &args.cluster_profile)
+                .with_context(|| format!("the cluster file {}", path.display()))?;
+            Some(spec)
+        }
+        None => None,
+    };
     let req = LaunchRequest {
         name: args.name.clone(),
         replicas: args.replicas,
@@ -24,6 +33,7 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         prompt: args.prompt.clone(),
         version: args.version.clone(),
         image: args.image.clone(),
+        cluster,
     };
     let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
     if !args.json {

@@ -205,6 +205,7 @@ impl Router {
                     prompt: system_prompt,
                     version: param("version"),
                     image: param("image"),
+                    cluster: None,
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
                 let brain: Option<BrainSpec> = fleet.brain.parse().ok();

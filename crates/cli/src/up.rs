@@ -59,6 +59,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             root: args.slurm_root.clone().unwrap_or_else(|| data.join("slurm")),
             partition: args.slurm_partition.clone(),
             login: args.slurm_login.clone(),
+            transport: args.slurm_transport.clone(),
         };
         std::sync::Arc::new(clawfleet_backend::slurm::SlurmBackend::new(config)) as std::sync::Arc<dyn clawfleet_backend::Backend>
     });
@@ -74,6 +75,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
         default_brain: default_brain.clone(),
         backends: docker.iter().map(|d| d.backend.clone()).chain(slurm.clone()).collect(),
+        mailbox: clawfleet_server::MailboxOptions { poll: Duration::from_millis(args.mailbox_poll_ms.max(1)), inotify: !args.no_inotify },
     })
     .await
     .map_err(|e| match &docker {

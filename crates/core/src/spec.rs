@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use clawfleet_proto::MAX_PROMPT_BYTES;
 use clawfleet_proto::api::LaunchRequest;
+use clawfleet_proto::cluster::ClusterSpec;
 
 use crate::brain::{BrainSpec, BrainSpecError};
 use crate::names::{FleetName, NameError};
@@ -85,6 +86,8 @@ pub struct FleetSpec {
     pub version: String,
     /// The container image (container backends).
     pub image: Option<String>,
+    /// Where and how the slurm backend runs the fleet.
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// Why a spec, a prompt or a target list was refused.
@@ -108,6 +111,10 @@ pub enum SpecError {
     Image(String),
     #[error("--image is for container backends (docker); the {0} backend runs the clawfleet binary itself")]
     ImageNotForBackend(BackendKind),
+    #[error("--cluster is for the slurm backend, not {0}")]
+    ClusterNotForBackend(BackendKind),
+    #[error("cluster profile: {0}")]
+    Cluster(String),
     #[error("fleet '{fleet}' has no agent {slot} (its agents are {range})")]
     UnknownAgent { fleet: String, slot: u32, range: String },
     #[error("fleet '{0}' has no agents")]
@@ -146,6 +153,12 @@ impl FleetSpec {
                 return Err(SpecError::ImageNotForBackend(backend));
             }
         }
+        if let Some(cluster) = &req.cluster {
+            cluster.check().map_err(SpecError::Cluster)?;
+            if backend != BackendKind::Slurm {
+                return Err(SpecError::ClusterNotForBackend(backend));
+            }
+        }
         Ok(FleetSpec {
             name,
             replicas: check_replicas(req.replicas)?,
@@ -154,6 +167,7 @@ impl FleetSpec {
             prompt: req.prompt.clone().filter(|p| !p.is_empty()),
             version,
             image: req.image.clone(),
+            cluster: req.cluster.clone(),
         })
     }
 }

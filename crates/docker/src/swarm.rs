@@ -457,6 +457,7 @@ mod tests {
             prompt: None,
             version: "1".into(),
             image: None,
+            cluster: None,
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,

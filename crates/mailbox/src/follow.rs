@@ -116,24 +116,8 @@ impl Follower {
         file.seek(SeekFrom::Start(start)).map_err(|error| MailboxError::Read { path: path.to_owned(), error })?;
         let mut bytes = Vec::new();
         file.take(meta.len() - start).read_to_end(&mut bytes).map_err(|error| MailboxError::Read { path: path.to_owned(), error })?;
-        let mut consumed = 0usize;
-        while let Some(end) = bytes[consumed..].iter().position(|&b| b == b'\n') {
-            let raw = &bytes[consumed..consumed + end];
-            let offset = start + consumed as u64;
-            consumed += end + 1;
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let line = if raw.len() > MAX_LINE {
-                Line::Garbage(format!("a line of {} bytes, over the {MAX_LINE}-byte limit", raw.len()))
-            } else {
-                match serde_json::from_slice::<Value>(raw) {
-                    Ok(v) => Line::Json(v),
-                    Err(e) => Line::Garbage(format!("not JSON ({e}): {}", String::from_utf8_lossy(&raw[..raw.len().min(120)]))),
-                }
-            };
-            out.push(Record { job_id: job_id.to_owned(), node, offset, line });
-        }
+        let (lines, consumed) = split_lines(&bytes, start);
+        out.extend(lines.into_iter().map(|(offset, line)| Record { job_id: job_id.to_owned(), node, offset, line }));
         if consumed > 0 {
             let offset = start + consumed as u64;
             head.truncate(offset.min(HEAD as u64) as usize);
@@ -153,6 +137,72 @@ impl Follower {
         fs::write(&tmp, bytes)
             .and_then(|()| fs::rename(&tmp, &self.state_path))
             .map_err(|error| MailboxError::State { path: self.state_path.clone(), error })
+    }
+}
+
+/// The complete lines of `bytes` (read from byte `start` of a file) with their offsets, and how
+/// many bytes they took: a last line without its newline is not consumed.
+pub fn split_lines(bytes: &[u8], start: u64) -> (Vec<(u64, Line)>, usize) {
+    let mut out = Vec::new();
+    let mut consumed = 0usize;
+    while let Some(end) = bytes[consumed..].iter().position(|&b| b == b'\n') {
+        let raw = &bytes[consumed..consumed + end];
+        let offset = start + consumed as u64;
+        consumed += end + 1;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line = if raw.len() > MAX_LINE {
+            Line::Garbage(format!("a line of {} bytes, over the {MAX_LINE}-byte limit", raw.len()))
+        } else {
+            match serde_json::from_slice::<Value>(raw) {
+                Ok(v) => Line::Json(v),
+                Err(e) => Line::Garbage(format!("not JSON ({e}): {}", String::from_utf8_lossy(&raw[..raw.len().min(120)]))),
+            }
+        };
+        out.push((offset, line));
+    }
+    (out, consumed)
+}
+
+/// Reads one file as it grows (a worker's inbox): complete lines only, from where it was.
+#[derive(Debug)]
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    pub fn new(path: PathBuf) -> Tail {
+        Tail { path, offset: 0 }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The complete lines appended since the last poll; nothing while the file does not exist.
+    pub fn poll(&mut self) -> Result<Vec<Line>, MailboxError> {
+        let read_error = |error| MailboxError::Read { path: self.path.clone(), error };
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(read_error(e)),
+        };
+        let len = file.metadata().map_err(read_error)?.len();
+        if len < self.offset {
+            // Truncated or replaced: read it again from the start (directives are idempotent).
+            self.offset = 0;
+        }
+        if len == self.offset {
+            return Ok(Vec::new());
+        }
+        file.seek(SeekFrom::Start(self.offset)).map_err(read_error)?;
+        let mut bytes = Vec::new();
+        file.take(len - self.offset).read_to_end(&mut bytes).map_err(read_error)?;
+        let (lines, consumed) = split_lines(&bytes, self.offset);
+        self.offset += consumed as u64;
+        Ok(lines.into_iter().map(|(_, l)| l).collect())
     }
 }
 
@@ -246,6 +296,22 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::write(&path, "{\"new\":true}\n").unwrap();
         assert_eq!(json_lines(&f.poll().unwrap()), vec![json!({"new": true})]);
+    }
+
+    #[test]
+    fn a_tail_reads_complete_lines_as_the_file_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let mut t = Tail::new(path.clone());
+        assert!(t.poll().unwrap().is_empty(), "no file yet");
+        let mut w = fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        w.write_all(b"{\"n\":1}\n{\"n\":").unwrap();
+        assert_eq!(t.poll().unwrap(), vec![Line::Json(json!({"n": 1}))]);
+        w.write_all(b"2}\ngarbage\n").unwrap();
+        let lines = t.poll().unwrap();
+        assert_eq!(lines[0], Line::Json(json!({"n": 2})));
+        assert!(matches!(lines[1], Line::Garbage(_)));
+        assert!(t.poll().unwrap().is_empty());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! loses nor repeats lines it had committed.
 
 pub mod follow;
+pub mod hint;
 pub mod layout;
 
-pub use follow::{Follower, Line, Record};
+pub use follow::{Follower, Line, Record, Tail};
 pub use layout::{Mailbox, MailboxError};

@@ -28,6 +28,9 @@ pub struct LaunchRequest {
     /// The container image (docker backend) [default: the control plane's agent image].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Where and how the slurm backend runs this fleet (a cluster file's profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterSpec>,
 }
 
 /// `POST /api/v1/fleets/{name}/update`: a rolling update to a new image and/or version label.

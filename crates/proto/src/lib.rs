@@ -8,7 +8,9 @@
 
 pub mod api;
 pub mod bus;
+pub mod cluster;
 pub mod event;
+pub mod mailbox;
 pub mod model;
 pub mod router;
 pub mod topic;

@@ -208,6 +208,7 @@ async fn launch(
         created_at: at.clone(),
         image: spec.image.clone(),
         previous: None,
+        cluster: spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster specs serialize")),
     };
     let event = NewEvent {
         at,

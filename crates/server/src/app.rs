@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub bus_url: String,
     pub embedded_bus: bool,
     pub metrics: Metrics,
+    /// Mailbox fleets and their agents' current jobs.
+    pub mailboxes: crate::mailbox::Routes,
 }
 
 /// Counters for `/metrics`.
@@ -67,6 +69,7 @@ impl App {
             prompt: row.prompt.clone(),
             version: row.version.clone(),
             image: row.image.clone(),
+            cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
             endpoints: self.endpoints.clone(),
         })
     }

@@ -35,10 +35,24 @@ struct AgentTrack {
 
 type Key = (String, u32);
 
-pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>) {
+/// Reads the bus (`rx`) and what the mailbox loop read from outboxes (`mail`, the same
+/// messages); ends when the bus connection closes.
+pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mail: mpsc::Receiver<BusEvent>) {
     let mut tracks: HashMap<Key, AgentTrack> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    let mut mailed = Vec::with_capacity(BATCH);
+    let mut mail_open = true;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            n = mail.recv_many(&mut mailed, BATCH), if mail_open => {
+                if n == 0 {
+                    mail_open = false;
+                    continue;
+                }
+                batch.append(&mut mailed);
+            }
+        }
         let mut events: Vec<AgentEvent> = Vec::new();
         let mut beats: Vec<(Key, Heartbeat)> = Vec::new();
         for ev in batch.drain(..) {
@@ -166,8 +180,9 @@ async fn request_replay(app: &App, track: &mut AgentTrack, key: &Key, epoch: &st
     track.replays += 1;
     app.metrics.replays_requested.fetch_add(1, Ordering::Relaxed);
     tracing::info!(fleet = %key.0, slot = key.1, after, upto, "Asking an agent to replay its journal");
-    let directive = wire::encode(&Directive::Replay { after_seq: after });
-    let _ = app.bus.publish(topic::agent(&key.0, key.1, Channel::Cmd), directive, false).await;
+    let directive = Directive::Replay { after_seq: after };
+    crate::mailbox::deliver(app, &key.0, &[key.1], &directive);
+    let _ = app.bus.publish(topic::agent(&key.0, key.1, Channel::Cmd), wire::encode(&directive), false).await;
 }
 
 async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<AgentEvent>) {

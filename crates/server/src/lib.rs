@@ -21,6 +21,7 @@ mod error;
 mod hub;
 mod ingest;
 mod live;
+mod mailbox;
 mod outbox;
 mod reconcile;
 
@@ -45,6 +46,7 @@ use crate::app::App;
 use crate::db::Db;
 use crate::hub::Hub;
 use crate::live::Live;
+pub use crate::mailbox::MailboxOptions;
 use clawfleet_bus::{CONTROL_USER, FleetAuth};
 
 /// Which broker the control plane and its agents use.
@@ -75,6 +77,8 @@ pub struct ServerConfig {
     pub default_brain: BrainSpec,
     /// Backends besides local and external (docker, slurm), built by the caller.
     pub backends: Vec<Arc<dyn Backend>>,
+    /// How mailboxes (agents with no route to the bus) are followed.
+    pub mailbox: MailboxOptions,
 }
 
 /// Why the control plane did not start.
@@ -206,14 +210,17 @@ impl Server {
             bus_url,
             embedded_bus: embedded,
             metrics: Default::default(),
+            mailboxes: Default::default(),
         });
 
         let listener =
             tokio::net::TcpListener::bind(config.http).await.map_err(|source| ServerError::Http { addr: config.http, source })?;
         let http_addr = listener.local_addr().map_err(|source| ServerError::Http { addr: config.http, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let ingest_task = tokio::spawn(ingest::run(app.clone(), bus_rx));
+        let (mail_tx, mail_rx) = tokio::sync::mpsc::channel(4096);
+        let ingest_task = tokio::spawn(ingest::run(app.clone(), bus_rx, mail_rx));
         let loops = vec![
+            tokio::spawn(mailbox::run(app.clone(), mail_tx, config.mailbox, shutdown_rx.clone())),
             tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
         ];

@@ -41,6 +41,8 @@ pub(crate) struct Transition {
     pub slot: u32,
     pub state: &'static str,
     pub previous: Option<&'static str>,
+    /// The turn the agent's last heartbeat said it was in.
+    pub injection: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,11 @@ impl Live {
         self.get(fleet, slot).map_or(AgentState::Pending, |a| a.state(now_ms))
     }
 
+    /// The turn the agent's last heartbeat said it was in.
+    pub(crate) fn current_injection(&self, fleet: &str, slot: u32) -> Option<String> {
+        self.get(fleet, slot).and_then(|a| a.hb.current_injection)
+    }
+
     /// Whether directives sent to the agent now would reach it.
     pub(crate) fn reachable(&self, fleet: &str, slot: u32, now_ms: u64) -> bool {
         matches!(self.state(fleet, slot, now_ms), AgentState::Starting | AgentState::Idle | AgentState::Busy)
@@ -82,7 +89,8 @@ impl Live {
         for ((fleet, slot), a) in agents.iter_mut() {
             let Some(now) = availability(a.state(now_ms)) else { continue };
             if Some(now) != a.reported {
-                out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now, previous: a.reported });
+                let injection = a.hb.current_injection.clone();
+                out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now, previous: a.reported, injection });
                 a.reported = Some(now);
             }
         }
@@ -135,10 +143,13 @@ mod tests {
     fn transitions_are_reported_once() {
         let live = Live::default();
         live.heartbeat("s", 0, hb(AgentActivity::Idle), 0);
-        assert_eq!(live.scan(10), vec![Transition { fleet: "s".into(), slot: 0, state: "online", previous: None }]);
+        assert_eq!(live.scan(10), vec![Transition { fleet: "s".into(), slot: 0, state: "online", previous: None, injection: None }]);
         live.heartbeat("s", 0, hb(AgentActivity::Busy), 500);
         assert_eq!(live.scan(600), vec![], "idle to busy is not an availability change");
-        assert_eq!(live.scan(3501), vec![Transition { fleet: "s".into(), slot: 0, state: "lost", previous: Some("online") }]);
+        assert_eq!(
+            live.scan(3501),
+            vec![Transition { fleet: "s".into(), slot: 0, state: "lost", previous: Some("online"), injection: None }]
+        );
         assert!(!live.reachable("s", 0, 3501));
         live.heartbeat("s", 0, hb(AgentActivity::Idle), 4000);
         assert_eq!(live.scan(4000)[0].state, "online");

@@ -2,13 +2,14 @@
 //! (with backoff) whenever its agent is reachable, until the agent's journaled answer arrives
 //! and the store removes it. The broker's own queue is only the fast path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clawfleet_proto::bus::{self as wire, Directive};
 use clawfleet_proto::topic::{self, Channel};
-use clawfleet_store::Pending;
+use clawfleet_store::{OutboxRow, Pending};
 use tokio::sync::watch;
 
 use crate::app::App;
@@ -32,6 +33,7 @@ pub(crate) fn directive(pending: &Pending, targets: Option<Vec<u32>>) -> Directi
 /// Publishes a new directive to its targets right away (one fleet broadcast when it goes to
 /// every agent, else one message per agent) and notes the rows as sent.
 pub(crate) async fn send_now(app: &App, fleet: &str, replicas: u32, targets: &[u32], pending: &Pending, rows: &[i64]) {
+    crate::mailbox::deliver(app, fleet, targets, &directive(pending, None));
     let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
     if whole_fleet {
         let payload = wire::encode(&directive(pending, Some(targets.to_vec())));
@@ -62,8 +64,38 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Injections waiting longer than their fleet's inject timeout fail with `"timeout"`; returns
+/// the rows still waiting.
+async fn expire(app: &App, rows: Vec<OutboxRow>) -> Result<Vec<OutboxRow>, clawfleet_store::StoreError> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let fleets = app.db.run(|s| s.fleets()).await?;
+    let timeouts: HashMap<String, Duration> = fleets
+        .iter()
+        .filter_map(|f| Some((f.name.clone(), Duration::from_secs(app.deployment(f).ok()?.cluster?.inject_timeout_seconds?))))
+        .collect();
+    if timeouts.is_empty() {
+        return Ok(rows);
+    }
+    let now = SystemTime::now();
+    let (expired, waiting): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| {
+        matches!(r.directive, Pending::Inject { .. })
+            && timeouts.get(&r.fleet).is_some_and(|limit| {
+                humantime::parse_rfc3339_weak(&r.created_at).is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > *limit))
+            })
+    });
+    if !expired.is_empty() {
+        let ids: Vec<i64> = expired.iter().map(|r| r.id).collect();
+        tracing::warn!(count = ids.len(), "Injections not taken by their agents in time");
+        app.hub.write(move |s| Ok(((), s.expire_outbox(&ids, &clock::now_rfc3339(), "timeout")?))).await?;
+    }
+    Ok(waiting)
+}
+
 async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
     let rows = app.db.run(|s| s.outbox()).await?;
+    let rows = expire(app, rows).await?;
     let now = clock::mono_ms();
     let due: Vec<_> = {
         let mut sent = app.sent.lock().expect("not poisoned");
@@ -79,6 +111,7 @@ async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
     }
     let mut ids = Vec::with_capacity(due.len());
     for row in due {
+        crate::mailbox::deliver(app, &row.fleet, &[row.slot], &directive(&row.directive, None));
         let payload = wire::encode(&directive(&row.directive, None));
         if app.bus.publish(topic::agent(&row.fleet, row.slot, Channel::Cmd), payload, false).await.is_ok() {
             app.metrics.directives_sent.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,11 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 
 async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
     let fleets = app.db.run(|s| s.fleets()).await?;
+    for fleet in &fleets {
+        if let (Ok(backend), Ok(d)) = (app.backend(&fleet.backend), app.deployment(fleet)) {
+            backend.prepare(&d);
+        }
+    }
     for fleet in fleets {
         let outcome = match fleet.state.as_str() {
             "terminating" => remove(app, &fleet).await,
@@ -83,22 +88,29 @@ async fn report_transitions(app: &App) {
         return;
     }
     let at = clock::now_rfc3339();
-    let events = transitions
-        .into_iter()
-        .filter(|t| app.auth.knows(&t.fleet))
-        .map(|t| {
-            if t.state == "lost" {
-                tracing::warn!(fleet = %t.fleet, slot = t.slot, "Agent lost");
+    let mut events = Vec::new();
+    for t in transitions.into_iter().filter(|t| app.auth.knows(&t.fleet)) {
+        if t.state == "lost" {
+            tracing::warn!(fleet = %t.fleet, slot = t.slot, "Agent lost");
+            // A worker that died in a turn: the turn ends here, for whoever waits on it.
+            if let Some(id) = &t.injection {
+                events.push(NewEvent {
+                    at: at.clone(),
+                    fleet: t.fleet.clone(),
+                    agent: Some(t.slot),
+                    injection_id: Some(id.clone()),
+                    body: EventBody::AgentError { message: "the agent was lost (its heartbeats stopped) during this turn".into() },
+                });
             }
-            NewEvent {
-                at: at.clone(),
-                fleet: t.fleet,
-                agent: Some(t.slot),
-                injection_id: None,
-                body: EventBody::AgentState { state: t.state.to_owned(), previous: t.previous.map(str::to_owned) },
-            }
-        })
-        .collect();
+        }
+        events.push(NewEvent {
+            at: at.clone(),
+            fleet: t.fleet,
+            agent: Some(t.slot),
+            injection_id: None,
+            body: EventBody::AgentState { state: t.state.to_owned(), previous: t.previous.map(str::to_owned) },
+        });
+    }
     if let Err(e) = app.hub.append(events).await {
         tracing::error!(error = %e, "Could not store agent state changes");
     }

@@ -65,6 +65,8 @@ pub struct FleetRow {
     pub image: Option<String>,
     /// The image and version the last update replaced (what `rollback` returns to).
     pub previous: Option<(Option<String>, String)>,
+    /// The cluster profile of a slurm fleet, as JSON (`launch --cluster`).
+    pub cluster: Option<String>,
 }
 
 /// An event to store; the store assigns its id.
@@ -117,6 +119,8 @@ pub struct OutboxRow {
     pub slot: u32,
     pub directive: Pending,
     pub attempts: u32,
+    /// When the directive was accepted (RFC 3339).
+    pub created_at: String,
 }
 
 /// What an outbox row waits to deliver.
@@ -370,8 +374,8 @@ impl Store {
                 return Err(StoreError::FleetExists(fleet.name.clone()));
             }
             tx.execute(
-                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image, cluster)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     fleet.name,
                     fleet.uid,
@@ -382,7 +386,8 @@ impl Store {
                     fleet.replicas,
                     fleet.state,
                     fleet.created_at,
-                    fleet.image
+                    fleet.image,
+                    fleet.cluster
                 ],
             )?;
             let id = insert_event(tx, &event, None)?;
@@ -592,7 +597,7 @@ impl Store {
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT o.id, o.fleet, o.slot, o.kind, o.ref_id, o.label, i.prompt, o.attempts
+                "SELECT o.id, o.fleet, o.slot, o.kind, o.ref_id, o.label, i.prompt, o.attempts, o.created_at
                  FROM outbox o LEFT JOIN injections i ON o.kind = 'inject' AND i.id = o.ref_id ORDER BY o.id",
             )?;
             let rows = stmt
@@ -604,10 +609,37 @@ impl Store {
                     } else {
                         Pending::Command { command_id: ref_id, command: r.get::<_, Option<String>>(5)?.unwrap_or_default() }
                     };
-                    Ok(OutboxRow { id: r.get(0)?, fleet: r.get(1)?, slot: r.get(2)?, directive, attempts: r.get(7)? })
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        fleet: r.get(1)?,
+                        slot: r.get(2)?,
+                        directive,
+                        attempts: r.get(7)?,
+                        created_at: r.get(8)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+    }
+
+    /// Gives up on outbox rows (an injection its agent did not take in time): each injection
+    /// gets an `inject_failed` with `why`, each command a failed `command_reply`, atomically
+    /// with the rows' removal. Rows already gone (acknowledged meanwhile) are skipped.
+    pub fn expire_outbox(&self, ids: &[i64], at: &str, why: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let mut events = Vec::new();
+            for id in ids {
+                let row: Option<(String, u32, String, String, Option<String>)> = tx
+                    .query_row("SELECT fleet, slot, kind, ref_id, label FROM outbox WHERE id = ?1", [id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()?;
+                let Some((fleet, slot, kind, ref_id, label)) = row else { continue };
+                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+                events.extend(fail_rows(tx, &fleet, vec![(slot, kind, ref_id, label)], at, why)?);
+            }
+            Ok(events)
         })
     }
 
@@ -772,7 +804,7 @@ impl Store {
 
 macro_rules! fleet_columns {
     () => {
-        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version"
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster"
     };
 }
 use fleet_columns;
@@ -793,6 +825,7 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
             (image, Some(version)) => Some((image, version)),
             _ => None,
         },
+        cluster: r.get(12)?,
     })
 }
 
@@ -825,6 +858,17 @@ fn fail_outbox(tx: &Transaction<'_>, fleet: &str, first_removed: u32, at: &str, 
             .collect::<rusqlite::Result<Vec<_>>>()?
     };
     tx.execute("DELETE FROM outbox WHERE fleet = ?1 AND slot >= ?2", params![fleet, first_removed])?;
+    fail_rows(tx, fleet, rows, at, why)
+}
+
+/// The failure events of outbox rows `(slot, kind, ref_id, label)` that will not be delivered.
+fn fail_rows(
+    tx: &Transaction<'_>,
+    fleet: &str,
+    rows: Vec<(u32, String, String, Option<String>)>,
+    at: &str,
+    why: &str,
+) -> Result<Vec<Event>> {
     let mut events = Vec::with_capacity(rows.len());
     for (slot, kind, ref_id, command) in rows {
         let (injection_id, body) = if kind == "inject" {

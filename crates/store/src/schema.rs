@@ -82,6 +82,10 @@ ALTER TABLE fleets ADD COLUMN image TEXT;
 ALTER TABLE fleets ADD COLUMN previous_image TEXT;
 ALTER TABLE fleets ADD COLUMN previous_version TEXT;
 "#,
+    r#"
+-- Where and how the slurm backend runs a fleet (a cluster file's profile, JSON).
+ALTER TABLE fleets ADD COLUMN cluster TEXT;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

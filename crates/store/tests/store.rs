@@ -23,6 +23,7 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         created_at: "t0".into(),
         image: None,
         previous: None,
+        cluster: None,
     }
 }
 
@@ -120,6 +121,22 @@ fn an_injection_is_persisted_with_its_outbox_and_acks() {
             .is_err()
     );
     assert_eq!(store.outbox().unwrap().len(), 2);
+}
+
+#[test]
+fn an_expired_injection_fails_with_its_reason_and_leaves_the_outbox() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    inject(&store, "i1", &[0, 1]);
+    let rows = store.outbox().unwrap();
+    assert_eq!(rows[0].created_at, "t1");
+    let events = store.expire_outbox(&[rows[0].id], "t2", "timeout").unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].agent, events[0].injection_id.as_deref()), (Some(0), Some("i1")));
+    assert_eq!(events[0].body, EventBody::InjectFailed { error: "timeout".into() });
+    assert_eq!(store.outbox().unwrap().iter().map(|r| r.slot).collect::<Vec<_>>(), vec![1]);
+    // A row already gone (acknowledged meanwhile) is skipped, not failed.
+    assert!(store.expire_outbox(&[rows[0].id], "t3", "timeout").unwrap().is_empty());
 }
 
 #[test]
