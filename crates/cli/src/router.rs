@@ -197,6 +197,7 @@ impl Router {
                 progress.insert("stage".into(), json!("submitting"));
                 progress.insert("message".into(), json!(format!("launching {nodes} nodes as fleet '{name}'")));
                 self.reply(&rid, "swarm_launch_progress", progress);
+                let cluster = if backend == "slurm" { slurm_profile(&provider_params)? } else { None };
                 let launch = LaunchRequest {
                     name: name.clone(),
                     replicas: nodes,
@@ -205,7 +206,7 @@ impl Router {
                     prompt: system_prompt,
                     version: param("version"),
                     image: param("image"),
-                    cluster: None,
+                    cluster,
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
                 let brain: Option<BrainSpec> = fleet.brain.parse().ok();
@@ -282,7 +283,21 @@ impl Router {
             Command::SwarmStatus { swarm_id } => {
                 let fleet = self.fleet_of(&SwarmRef::Swarm(swarm_id)).await?;
                 let s: FleetStatus = self.client.get(&format!("/api/v1/fleets/{fleet}")).await?;
-                let nodes: Vec<Value> = s.agents.iter().map(|a| json!({"node_id": a.slot, "state": a.state, "queued": a.queued})).collect();
+                let nodes: Vec<Value> = s
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        let mut n = json!({"node_id": a.slot, "state": a.state, "queued": a.queued});
+                        // A slurm agent is a job of its own: its id, as codeswarm's clients expect one.
+                        if let Some(job) = a.instance.as_deref().and_then(|i| i.strip_prefix("job ")) {
+                            n["job_id"] = json!(job);
+                        }
+                        if let Some(host) = a.hostname.as_ref().or(a.node.as_ref()) {
+                            n["hostname"] = json!(host);
+                        }
+                        n
+                    })
+                    .collect();
                 let mut d = Map::new();
                 d.insert("swarm_id".into(), json!(fleet));
                 d.insert("job_id".into(), json!(fleet));
@@ -522,4 +537,29 @@ mod tests {
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Ok("next".into())));
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), None);
     }
+}
+
+/// The cluster profile in a slurm `swarm_launch`'s `provider_params` (codeswarm's profile fields:
+/// login_host, partition, workspace_root, time_limit, ...; other parameters are the launch's own).
+fn slurm_profile(params: &Map<String, Value>) -> anyhow::Result<Option<clawfleet_proto::cluster::ClusterSpec>> {
+    const FIELDS: [&str; 9] = [
+        "login_host",
+        "partition",
+        "workspace_root",
+        "cluster_subdir",
+        "account",
+        "qos",
+        "time_limit",
+        "inject_timeout_seconds",
+        "transport",
+    ];
+    let profile: Map<String, Value> =
+        params.iter().filter(|(k, _)| FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if profile.is_empty() {
+        return Ok(None);
+    }
+    let spec: clawfleet_proto::cluster::ClusterSpec =
+        serde_json::from_value(Value::Object(profile)).map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
+    spec.check().map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
+    Ok(Some(spec))
 }

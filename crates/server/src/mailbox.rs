@@ -69,6 +69,8 @@ struct Followed {
     follower: Follower,
     /// The last problem reported, so a lasting one is said once.
     problem: Option<String>,
+    /// Each agent's turn in progress, as its outbox last said (a worker that dies in it fails it).
+    turns: HashMap<u32, String>,
 }
 
 const RESCAN: Duration = Duration::from_secs(1);
@@ -124,7 +126,7 @@ async fn rescan(app: &Arc<App>, followed: &mut HashMap<String, Followed>, wake: 
                 }
                 tracing::info!(fleet = %name, dir = %dir.display(), "Following the fleet's mailbox");
                 app.mailboxes.fleets.lock().expect("not poisoned").insert(name.clone(), (mailbox.clone(), HashMap::new()));
-                followed.insert(name, Followed { uid, mailbox, follower, problem: None });
+                followed.insert(name, Followed { uid, mailbox, follower, problem: None, turns: HashMap::new() });
             }
             // Said by the backend too (it creates the mailbox before submitting jobs).
             Err(e) => tracing::warn!(fleet = %name, error = %e, "Cannot follow the fleet's mailbox yet"),
@@ -161,7 +163,20 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
             Line::Garbage(why) => Err(why),
         };
         let (channel, payload) = match item {
-            Ok(OutboxItem::Event(e)) => (Channel::Events, wire::encode(&e)),
+            Ok(OutboxItem::Event(e)) => {
+                match (&e.body, &e.injection_id) {
+                    (EventBody::TurnStarted {}, Some(id)) => {
+                        f.turns.insert(node, id.clone());
+                    }
+                    (EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }, Some(id)) => {
+                        if f.turns.get(&node) == Some(id) {
+                            f.turns.remove(&node);
+                        }
+                    }
+                    _ => {}
+                }
+                (Channel::Events, wire::encode(&e))
+            }
             Ok(OutboxItem::Heartbeat(hb)) => (Channel::Heartbeat, wire::encode(&hb)),
             Ok(OutboxItem::Start { hostname, .. }) => {
                 tracing::info!(fleet, slot = node, job = %job_id, %hostname, "An agent started on the mailbox");
@@ -172,8 +187,9 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
                 continue;
             }
             Ok(OutboxItem::WorkerError { injection_id, error }) => {
-                // The turn it was in, if it said none: what its last heartbeat said it was doing.
-                let injection_id = injection_id.or_else(|| app.live.current_injection(fleet, node));
+                // The turn it was in, if it said none: the one its outbox left open, else what its
+                // last heartbeat said it was doing.
+                let injection_id = injection_id.or_else(|| f.turns.remove(&node)).or_else(|| app.live.current_injection(fleet, node));
                 problems.push((Some(node), injection_id, format!("the worker of job {job_id} failed: {error}")));
                 continue;
             }

@@ -41,16 +41,32 @@ async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
             "terminating" => remove(app, &fleet).await,
             _ => apply(app, &fleet).await,
         };
-        let mut problems = app.problems.lock().expect("not poisoned");
-        match outcome {
-            Ok(()) => {
-                problems.remove(&fleet.name);
-            }
-            Err(problem) => {
-                if problems.get(&fleet.name) != Some(&problem) {
-                    tracing::error!(fleet = %fleet.name, %problem, "Backend problem");
+        let news = {
+            let mut problems = app.problems.lock().expect("not poisoned");
+            match outcome {
+                Ok(()) => {
+                    problems.remove(&fleet.name);
+                    None
                 }
-                problems.insert(fleet.name.clone(), problem);
+                Err(problem) => {
+                    let new = problems.get(&fleet.name) != Some(&problem);
+                    problems.insert(fleet.name.clone(), problem.clone());
+                    new.then_some(problem)
+                }
+            }
+        };
+        // A new complaint is said once, as an event, besides showing in `ls` and `status`.
+        if let Some(problem) = news {
+            tracing::error!(fleet = %fleet.name, %problem, "Backend problem");
+            let event = NewEvent {
+                at: clock::now_rfc3339(),
+                fleet: fleet.name.clone(),
+                agent: None,
+                injection_id: None,
+                body: EventBody::AgentError { message: format!("{} backend: {problem}", fleet.backend) },
+            };
+            if let Err(e) = app.hub.append(vec![event]).await {
+                tracing::error!(error = %e, "Could not store a backend problem");
             }
         }
     }

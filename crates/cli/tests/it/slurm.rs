@@ -72,3 +72,236 @@ fn slurm_backend_passes_the_conformance_suite() {
         result.unwrap();
     });
 }
+
+fn cluster_file(dir: &std::path::Path, name: &str, profile: serde_json::Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path.display().to_string()
+}
+
+fn job_of(status: &serde_json::Value, slot: usize) -> String {
+    status["agents"][slot]["instance"].as_str().and_then(|i| i.strip_prefix("job ")).expect("a job id").to_owned()
+}
+
+/// The pid of the agent runtime inside a Slurm job (found by its environment).
+fn agent_pid(job: &str) -> Option<u32> {
+    let needle = format!("SLURM_JOB_ID={job}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let is_agent = cmdline.split(|&b| b == 0).any(|w| w == b"agent") && !cmdline.starts_with(b"/bin/sh");
+        (is_agent && environ.windows(needle.len()).any(|w| w == needle.as_bytes())).then_some(pid)
+    })
+}
+
+/// Agents whose nodes have no route to the bus: the whole life of a fleet through the mailbox.
+#[test]
+fn a_slurm_fleet_on_the_mailbox_answers_survives_garbage_and_reports_dead_workers() {
+    slurm_is_up();
+    let plane = Plane::with(PlaneOptions { slurm: true, ..PlaneOptions::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_file(dir.path(), "mbox.json", serde_json::json!({"transport": "mailbox", "inject_timeout_seconds": 600}));
+    plane.ok(&[
+        "launch",
+        "mbox",
+        "--backend",
+        "slurm",
+        "--replicas",
+        "2",
+        "--brain",
+        "echo",
+        "--cluster",
+        &cluster,
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    let out = plane.ok(&["inject", "mbox", "over the shared filesystem", "--wait"]);
+    assert!(out.contains("mbox/0: over the shared filesystem") && out.contains("mbox/1: over the shared filesystem"), "{out}");
+
+    // It went through files, not the bus: each agent's outbox holds its events.
+    let status = plane.json(&["status", "mbox", "--json"]);
+    let uid = status["fleet"]["uid"].as_str().map(str::to_owned);
+    let base = std::fs::read_dir(plane.data().join("slurm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("mbox-") && uid.as_deref().is_none_or(|u| p.to_string_lossy().ends_with(u))
+        })
+        .expect("the fleet's directory");
+    let job0 = job_of(&status, 0);
+    let outbox0 = base.join("mailbox/outbox").join(format!("{job0}_00.jsonl"));
+    let text = std::fs::read_to_string(&outbox0).unwrap();
+    assert!(text.lines().next().unwrap().contains(r#""type":"start""#), "{text}");
+    assert!(text.contains(r#""event":"assistant""#), "{text}");
+    assert!(base.join("mailbox/inbox").join(format!("{job0}_00.jsonl")).exists());
+
+    // A garbage line and a truncated one in an outbox: reported, skipped, the lines around them kept.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&outbox0).unwrap();
+        f.write_all(b"this is not json\n{\"type\":\"worker_event\",\"event\":\"bogus\"}\n").unwrap();
+    }
+    crate::support::eventually(Duration::from_secs(30), "the garbage reported", || {
+        let ev = crate::support::events(&plane, "mbox");
+        let skipped = ev
+            .iter()
+            .filter(|e| e["event"] == "agent_error" && e["data"]["message"].as_str().is_some_and(|m| m.contains("skipped an outbox line")));
+        (skipped.count() == 2).then_some(())
+    });
+    let out = plane.ok(&["inject", "mbox", "still serving", "--agent", "0", "--wait"]);
+    assert!(out.contains("mbox/0: still serving"), "{out}");
+
+    // A job cancelled from outside: the agent stops cleanly (complete, archived), a new job takes the slot.
+    let job1 = job_of(&status, 1);
+    assert!(std::process::Command::new("scancel").arg(&job1).status().unwrap().success());
+    let archived = base.join("mailbox/archive").join(format!("{job1}_01.jsonl"));
+    crate::support::eventually(Duration::from_secs(60), "the cancelled agent's outbox archived", || archived.exists().then_some(()));
+    let last = std::fs::read_to_string(&archived).unwrap().lines().last().unwrap_or_default().to_owned();
+    assert_eq!(last, format!(r#"{{"type":"complete","job_id":"{job1}","node_id":1}}"#));
+    crate::support::eventually(Duration::from_secs(120), "a new job for slot 1", || {
+        let s = plane.json(&["status", "mbox", "--json"]);
+        let job = s["agents"][1]["instance"].as_str().and_then(|i| i.strip_prefix("job ")).map(str::to_owned);
+        (job.is_some_and(|j| j != job1) && s["agents"][1]["state"] == "idle").then_some(())
+    });
+    let out = plane.ok(&["inject", "mbox", "after the cancel", "--agent", "1", "--wait"]);
+    assert!(out.contains("mbox/1: after the cancel"), "{out}");
+
+    // A worker killed in a turn: its job script leaves a worker_error, which ends the turn.
+    plane.ok(&["terminate", "mbox", "--wait"]);
+    let slow = cluster_file(dir.path(), "slow.json", serde_json::json!({"transport": "mailbox"}));
+    plane.ok(&[
+        "launch",
+        "slow",
+        "--backend",
+        "slurm",
+        "--replicas",
+        "1",
+        "--brain",
+        "cmd:sleep 300",
+        "--cluster",
+        &slow,
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    let injected = plane.json(&["inject", "slow", "take your time", "--json"]);
+    let id = injected["injection_id"].as_str().unwrap().to_owned();
+    crate::support::eventually(Duration::from_secs(30), "the turn started", || {
+        (crate::support::count(&crate::support::events(&plane, "slow"), "turn_started", 0, &id) == 1).then_some(())
+    });
+    let job = job_of(&plane.json(&["status", "slow", "--json"]), 0);
+    let pid = crate::support::eventually(Duration::from_secs(10), "the agent's pid", || agent_pid(&job));
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let err = crate::support::eventually(Duration::from_secs(90), "agent_error for the turn", || {
+        if std::time::Instant::now() > deadline {
+            let log = plane.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!("no worker_error event; pid {pid} of job {job}; events: {:#?}\nlog: {tail:#?}", crate::support::events(&plane, "slow"));
+        }
+        crate::support::events(&plane, "slow").into_iter().find(|e| {
+            e["event"] == "agent_error"
+                && e["injection_id"] == id.as_str()
+                && e["data"]["message"].as_str().is_some_and(|m| m.contains("failed"))
+        })
+    });
+    assert!(err["data"]["message"].as_str().unwrap().contains("exited with status 137"), "{err}");
+    plane.ok(&["terminate", "slow", "--wait"]);
+}
+
+/// An injection its agent does not take in time fails with "timeout"; bad cluster profiles and a
+/// job Slurm refuses are clear errors, and the control plane keeps serving.
+#[test]
+fn slurm_timeouts_and_refusals_are_clear_errors() {
+    slurm_is_up();
+    let plane = Plane::with(PlaneOptions { slurm: true, ..PlaneOptions::default() });
+    let dir = tempfile::tempdir().unwrap();
+
+    // Bad files never reach the control plane.
+    let typo = cluster_file(dir.path(), "typo.json", serde_json::json!({"partiton": "debug"}));
+    let err = plane.fails(&["launch", "bad", "--backend", "slurm", "--replicas", "1", "--cluster", &typo]);
+    assert!(err.contains("unknown field `partiton`"), "{err}");
+    let err = plane.fails(&[
+        "launch",
+        "bad",
+        "--backend",
+        "local",
+        "--replicas",
+        "1",
+        "--cluster",
+        &cluster_file(dir.path(), "ok.json", serde_json::json!({})),
+    ]);
+    assert!(err.contains("--cluster is for the slurm backend"), "{err}");
+    let err = plane.fails(&["launch", "bad", "--backend", "slurm", "--replicas", "1", "--cluster", "/nonexistent/cluster.json"]);
+    assert!(err.contains("reading the cluster file /nonexistent/cluster.json"), "{err}");
+
+    // A partition Slurm does not have: sbatch refuses; the fleet says why, as an event too.
+    let nopart = cluster_file(dir.path(), "nopart.json", serde_json::json!({"partition": "nosuchpartition"}));
+    plane.ok(&["launch", "refused", "--backend", "slurm", "--replicas", "1", "--cluster", &nopart]);
+    let problem = crate::support::eventually(Duration::from_secs(60), "the refusal", || {
+        plane.json(&["status", "refused", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
+    });
+    assert!(problem.contains("sbatch") && problem.contains("nosuchpartition"), "{problem}");
+    // A mailbox directory that cannot be made (its root is a file).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let nodir =
+        cluster_file(dir.path(), "nodir.json", serde_json::json!({"transport": "mailbox", "workspace_root": file.display().to_string()}));
+    plane.ok(&["launch", "nodir", "--backend", "slurm", "--replicas", "1", "--cluster", &nodir]);
+    let problem = crate::support::eventually(Duration::from_secs(60), "the mailbox problem", || {
+        plane.json(&["status", "nodir", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
+    });
+    assert!(problem.contains("mailbox") && problem.contains("a-file"), "{problem}");
+    // ssh to a login host that does not exist.
+    let nossh = cluster_file(dir.path(), "nossh.json", serde_json::json!({"login_host": "no-such-login-node.invalid"}));
+    plane.ok(&["launch", "nossh", "--backend", "slurm", "--replicas", "1", "--cluster", &nossh]);
+    let problem = crate::support::eventually(Duration::from_secs(120), "the ssh failure", || {
+        plane.json(&["status", "nossh", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
+    });
+    assert!(problem.contains("over ssh") || problem.contains("ssh"), "{problem}");
+    for fleet in ["refused", "nodir", "nossh"] {
+        let ev = crate::support::events(&plane, fleet);
+        assert!(
+            ev.iter()
+                .any(|e| e["event"] == "agent_error" && e["data"]["message"].as_str().is_some_and(|m| m.starts_with("slurm backend:"))),
+            "{fleet}: {ev:?}"
+        );
+        plane.ok(&["terminate", fleet]);
+    }
+
+    // An agent that cannot take an injection (its job suspended) fails it with "timeout".
+    let quick = cluster_file(dir.path(), "quick.json", serde_json::json!({"transport": "mailbox", "inject_timeout_seconds": 2}));
+    plane.ok(&[
+        "launch",
+        "late",
+        "--backend",
+        "slurm",
+        "--replicas",
+        "1",
+        "--brain",
+        "echo",
+        "--cluster",
+        &quick,
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    let job = job_of(&plane.json(&["status", "late", "--json"]), 0);
+    assert!(std::process::Command::new("scontrol").args(["suspend", &job]).status().unwrap().success());
+    crate::support::eventually(Duration::from_secs(30), "the agent lost", || {
+        (plane.json(&["status", "late", "--json"])["agents"][0]["state"] == "lost").then_some(())
+    });
+    let injected = plane.json(&["inject", "late", "anyone there?", "--json"]);
+    let id = injected["injection_id"].as_str().unwrap().to_owned();
+    let failed = crate::support::eventually(Duration::from_secs(30), "inject_failed", || {
+        crate::support::events(&plane, "late").into_iter().find(|e| e["event"] == "inject_failed" && e["injection_id"] == id.as_str())
+    });
+    assert_eq!(failed["data"]["error"], "timeout", "{failed}");
+    let _ = std::process::Command::new("scontrol").args(["resume", &job]).status();
+    plane.ok(&["terminate", "late", "--wait"]);
+    // Still serving.
+    plane.ok(&["ls"]);
+}
