@@ -30,7 +30,7 @@ pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         bail!("image build failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let build_s = started.elapsed().as_secs_f64();
-    let plane = Plane::start_with(&a.bin, 2000, None, Some((&host, NETWORK))).await?;
+    let plane = Plane::start_with(&a.bin, 2000, None, Some((&host, NETWORK)), &[]).await?;
     let result = measure(a, &plane, &engine, rows, build_s).await;
     for fleet in ["d10", "d50"] {
         let _ = plane.terminate(fleet).await;

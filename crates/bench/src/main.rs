@@ -4,8 +4,8 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, docker, model; `model` needs the reference llama.cpp
-//! tools, `docker` a Docker Engine in Swarm mode.)
+//! (`--only`: launch, thousand, brokers, docker, slurm, model; `model` needs the reference
+//! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
 use std::collections::HashMap;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 mod docker;
 mod model;
+mod slurm;
 
 struct Args {
     bin: PathBuf,
@@ -70,11 +71,22 @@ struct Plane {
 
 impl Plane {
     async fn start(bin: &Path, heartbeat_ms: u64, bus: Option<&str>) -> anyhow::Result<Plane> {
-        Plane::start_with(bin, heartbeat_ms, bus, None).await
+        Plane::start_with(bin, heartbeat_ms, bus, None, &[]).await
+    }
+
+    /// A control plane with more `up` arguments.
+    async fn start_args(bin: &Path, heartbeat_ms: u64, extra: &[&str]) -> anyhow::Result<Plane> {
+        Plane::start_with(bin, heartbeat_ms, None, None, extra).await
     }
 
     /// `docker`: the Docker host address and the network agents join (`up --docker`).
-    async fn start_with(bin: &Path, heartbeat_ms: u64, bus: Option<&str>, docker: Option<(&str, &str)>) -> anyhow::Result<Plane> {
+    async fn start_with(
+        bin: &Path,
+        heartbeat_ms: u64,
+        bus: Option<&str>,
+        docker: Option<(&str, &str)>,
+        extra: &[&str],
+    ) -> anyhow::Result<Plane> {
         let dir = tempfile::tempdir()?;
         let http = free_port();
         let mut cmd = Command::new(bin);
@@ -93,6 +105,7 @@ impl Plane {
         if let Some((host, network)) = docker {
             cmd.args(["--docker", "--docker-host", host, "--docker-network", network]);
         }
+        cmd.args(extra);
         let child = cmd.spawn().context("starting clawfleet up")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !dir.path().join("server.json").exists() {
@@ -494,7 +507,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("docker", 4), ("model", 3)] {
+    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("docker", 4), ("slurm", 5), ("model", 3)] {
         if !wanted(name) {
             continue;
         }
@@ -504,6 +517,7 @@ async fn main() -> anyhow::Result<()> {
             1 => thousand_agents(&a, &mut rows).await,
             2 => brokers(&a, &mut rows).await,
             4 => docker::run(&a, &mut rows).await,
+            5 => slurm::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);

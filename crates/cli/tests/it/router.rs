@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Plane, free_port};
+use crate::support::{BIN, Plane, PlaneOptions, free_port};
 
 /// Lines from a reader, on a channel, so tests can wait with a deadline.
 fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
@@ -164,4 +164,138 @@ fn tcp_router_sends_every_event_to_every_client() {
     }
     router.kill().unwrap();
     router.wait().unwrap();
+}
+
+/// Like [`wait_for`], with a deadline of `secs` seconds.
+fn wait_within(rx: &mpsc::Receiver<Value>, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if f(&v) => return v,
+            Ok(v) => seen.push(v["event"].as_str().unwrap_or("?").to_owned()),
+            Err(_) => panic!("no {what} within {secs} s; saw {seen:?}"),
+        }
+    }
+}
+
+/// Names of the jobs in Slurm's queue that belong to fleet `fleet`.
+fn slurm_jobs_of(fleet: &str) -> Vec<String> {
+    let out = Command::new("squeue").args(["-h", "-o", "%j"]).output().unwrap();
+    assert!(out.status.success(), "squeue: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|j| j.starts_with(&format!("cf.{fleet}."))).map(str::to_owned).collect()
+}
+
+/// Cancels a fleet's Slurm jobs if the test fails half-way, so they do not outlive it.
+struct CancelJobsOnPanic(&'static str);
+
+impl Drop for CancelJobsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let script = format!("squeue -h -o '%i %j' | awk '$2 ~ /^cf\\.{}\\./ {{print $1}}' | xargs -r scancel", self.0);
+            let _ = Command::new("sh").args(["-c", &script]).status();
+        }
+    }
+}
+
+#[test]
+fn the_router_launches_talks_to_and_terminates_a_slurm_swarm() {
+    let sinfo = Command::new("sinfo").args(["-h", "-o", "%T"]).output();
+    let state = sinfo.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    assert!(
+        ["idle", "mixed", "allocated"].iter().any(|s| state.starts_with(s)),
+        "a single-node Slurm must be up (scripts/slurm-setup; .ci/run runs it); sinfo says '{state}'"
+    );
+    let plane = Plane::with(PlaneOptions { slurm: true, ..PlaneOptions::default() });
+    let _cleanup = CancelJobsOnPanic("rslurm");
+    let mut router = Command::new(BIN)
+        .args(["router", "--stdio"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .env_remove("CLAWFLEET_TOKEN")
+        .env_remove("CLAWFLEET_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = router.stdin.take().unwrap();
+    let rx = lines(router.stdout.take().unwrap());
+
+    // Launch: the profile fields of provider_params become the fleet's cluster profile.
+    let params = json!({"name": "rslurm", "brain": "echo", "transport": "mailbox", "inject_timeout_seconds": 600});
+    stdin.write_all(command("swarm_launch", "s1", json!({"nodes": 2, "provider": "slurm", "provider_params": params})).as_bytes()).unwrap();
+    let progress = wait_for(&rx, "swarm_launch_progress", |v| v["event"] == "swarm_launch_progress" && v["data"]["request_id"] == "s1");
+    assert_eq!(progress["data"]["provider"], "slurm");
+    let launched = wait_for(&rx, "swarm_launched", |v| v["event"] == "swarm_launched" && v["data"]["request_id"] == "s1");
+    assert_eq!(launched["data"]["swarm_id"], "rslurm");
+    assert_eq!(launched["data"]["node_count"], 2);
+    assert_eq!(launched["data"]["provider"], "slurm");
+
+    // Both agents come up, each a Slurm job of its own.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut poll = 0;
+    let status = loop {
+        poll += 1;
+        let rid = format!("st{poll}");
+        stdin.write_all(command("swarm_status", &rid, json!({"swarm_id": "rslurm"})).as_bytes()).unwrap();
+        let s = wait_for(&rx, "swarm_status", |v| v["event"] == "swarm_status" && v["data"]["request_id"] == rid.as_str());
+        let nodes = s["data"]["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "idle") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the slurm swarm was not idle within 120 s; last status: {s}\nlog: {}", plane.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(status["data"]["status"], "running");
+    for n in status["data"]["nodes"].as_array().unwrap() {
+        let job = n["job_id"].as_str().unwrap_or_else(|| panic!("a slurm node has a job_id: {n}"));
+        assert!(!job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()), "{n}");
+    }
+
+    // Inject to all: the echo brain answers on both nodes, through the mailbox.
+    let prompt = "hello over the router and slurm";
+    stdin.write_all(command("inject", "s2", json!({"swarm_id": "rslurm", "nodes": "all", "content": prompt})).as_bytes()).unwrap();
+    let ack = wait_for(&rx, "inject_ack", |v| v["event"] == "inject_ack" && v["data"]["request_id"] == "s2");
+    let injection = ack["data"]["injection_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut answered, mut completed) = ([false; 2], [false; 2]);
+    let mut seen = Vec::new();
+    while answered != [true; 2] || completed != [true; 2] {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("answers within 120 s: assistant {answered:?}, turn_complete {completed:?}; saw {seen:?}\nlog: {}", plane.log())
+        });
+        let node = v["data"]["node_id"].as_u64().filter(|&n| n < 2).map(|n| n as usize);
+        match (v["event"].as_str(), node) {
+            (Some("inject_failed"), _) if v["data"]["injection_id"] == injection.as_str() => panic!("injection failed: {v}"),
+            (Some("assistant"), Some(n)) if v["data"]["swarm_id"] == "rslurm" => {
+                assert!(v["data"]["content"].as_str().is_some_and(|c| c.contains(prompt)), "{v}");
+                answered[n] = true;
+            }
+            (Some("turn_complete"), Some(n)) if v["data"]["injection_id"] == injection.as_str() => completed[n] = true,
+            _ => seen.push(v["event"].as_str().unwrap_or("?").to_owned()),
+        }
+    }
+
+    // A bad profile field is refused with the reason.
+    let bad = json!({"nodes": 1, "provider": "slurm", "provider_params": {"name": "rbad", "transport": "pigeon"}});
+    stdin.write_all(command("swarm_launch", "s3", bad).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection s3", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "s3");
+    assert!(r["data"]["reason"].as_str().is_some_and(|m| m.contains("transport 'pigeon'")), "{r}");
+    assert!(slurm_jobs_of("rbad").is_empty(), "a refused launch submitted jobs");
+
+    // Terminate: the swarm ends and its jobs leave the queue.
+    stdin.write_all(command("swarm_terminate", "s4", json!({"swarm_id": "rslurm"})).as_bytes()).unwrap();
+    let done = wait_within(&rx, 120, "swarm_terminated", |v| v["event"] == "swarm_terminated" && v["data"]["swarm_id"] == "rslurm");
+    assert_eq!(done["data"]["request_id"], "s4");
+    let left = slurm_jobs_of("rslurm");
+    assert!(left.is_empty(), "jobs left after swarm_terminated: {left:?}");
+
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "router did not exit after stdin closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
