@@ -143,19 +143,19 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     bus_config.will = Some(Will { topic: heartbeat_topic.clone(), payload: wire::encode(&will), retain: true });
     // The mailbox's reader sends on `inbox_tx`; the bus's connection task on its own channel.
     let (inbox_tx, mut inbox_rx) = mpsc::channel(256);
-    let (link, mut bus_rx, _keep) = match &config.transport {
+    let (link, mut bus_rx) = match &config.transport {
         Transport::Bus => {
             let (client, rx) = client::connect(bus_config);
             let events = topic::agent(&fleet, slot, Channel::Events);
-            (Link::Bus { client, events, heartbeats: heartbeat_topic.clone() }, rx, None)
+            (Link::Bus { client, events, heartbeats: heartbeat_topic.clone() }, rx)
         }
         Transport::Mailbox(spec) => {
             let outbox = Outbox::open(spec)?;
             let start = clawfleet_proto::mailbox::start_line(&spec.job_id, spec.node, &crate::sysinfo::hostname(), &crate::now_rfc3339());
             outbox.append(&start)?;
             tokio::spawn(crate::link::follow_inbox(outbox.inbox(), inbox_tx));
-            let (keep, rx) = mpsc::channel(1);
-            (Link::Mailbox(outbox), rx, Some(keep))
+            // No bus: its branch of the loop is off.
+            (Link::Mailbox(outbox), mpsc::channel(1).1)
         }
     };
     let mailbox = matches!(link, Link::Mailbox(_));
@@ -201,7 +201,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         let input = tokio::select! {
             biased;
             () = &mut shutdown => Input::Shutdown,
-            ev = bus_rx.recv() => match ev {
+            ev = bus_rx.recv(), if !mailbox => match ev {
                 Some(ev) => Input::Bus(ev),
                 None => return Err(AgentError::BusGone),
             },

@@ -8,7 +8,8 @@
 //! - the same scenario through codeswarm's own follower (`agent/outbox_follower.py` of
 //!   kalowery/codeswarm, from a local mirror, never committed), whose stdout is measured
 //!   directly: it only relays lines, where clawfleet also stores every event before the router
-//!   sees it.
+//!   sees it; so the followers are also compared alone, like for like, with `clawfleet mailbox
+//!   follow` (the same follower the control plane runs, printing lines as codeswarm's does).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -60,10 +61,22 @@ pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             Err(e) => format!("same, with inotify waking the follower; codeswarm's follower did not run: {e:#}"),
         },
     });
+    // The followers alone, like for like: ours (`clawfleet mailbox follow`) and codeswarm's.
+    let (fp50, fp99, _) = through_our_follower(&a.bin, false, 4, lines, Some(Duration::from_millis(20)))?;
+    let (fh50, fh99, _) = through_our_follower(&a.bin, true, 4, lines, Some(Duration::from_millis(20)))?;
+    rows.push(Row {
+        name: "mailbox follower alone: outbox append to its stdout",
+        result: format!("polling p50 {fp50:.1} ms, p99 {fp99:.1} ms; inotify hint p50 {fh50:.1} ms, p99 {fh99:.1} ms"),
+        goal: "side by side",
+        notes: format!(
+            "`clawfleet mailbox follow` (a drop-in for codeswarm's `outbox_follower.py`), same writers; codeswarm's follower: p50 {cs50} ms, p99 {cs99} ms (polls every 100 ms, as ours does with --no-inotify)"
+        ),
+    });
     let total = if a.quick { 2048 } else { 8192 };
     for writers in [4usize, 64] {
         let each = total / writers;
         let (_, _, ours) = through_clawfleet(a, true, writers, each, None).await?;
+        let (_, _, alone) = through_our_follower(&a.bin, true, writers, each, None)?;
         let theirs = through_codeswarm(writers, each, None);
         rows.push(Row {
             name: if writers == 4 { "mailbox: throughput, 4 writers" } else { "mailbox: throughput, 64 writers" },
@@ -71,8 +84,8 @@ pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             goal: "side by side",
             notes: match theirs {
                 Ok((_, _, t)) => format!(
-                    "{writers} writers appending {each} lines each at full speed, to events on the router's stdout (each stored in SQLite first); codeswarm's follower relays {t:.0} lines/s ({:.2}x ours)",
-                    t / ours
+                    "{writers} writers appending {each} lines each at full speed, to events on the router's stdout (each stored in SQLite first). Followers alone: `clawfleet mailbox follow` {alone:.0} lines/s, codeswarm's {t:.0} lines/s (ours/theirs {:.2}x)",
+                    alone / t
                 ),
                 Err(e) => format!("{writers} writers, {each} lines each; codeswarm's follower did not run: {e:#}"),
             },
@@ -113,6 +126,7 @@ async fn submit_to_ready(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                 break;
             }
             times.push(started.elapsed().as_secs_f64());
+            eprintln!("clawfleet-bench: {name}: {:.2} s", started.elapsed().as_secs_f64());
             plane.terminate(&name).await?;
         }
         if times.is_empty() {
@@ -170,8 +184,8 @@ fn read_latencies(child: &mut Child, expected: usize, started: Instant) -> anyho
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { return };
             let now = now_ns();
-            let Some(i) = line.find("\"t") else { continue };
-            let digits: String = line[i + 2..].chars().take_while(char::is_ascii_digit).collect();
+            let Some(i) = line.find("\"content\":\"t") else { continue };
+            let digits: String = line[i + 12..].chars().take_while(char::is_ascii_digit).collect();
             if let Ok(t) = digits.parse::<u128>()
                 && tx.send(now.saturating_sub(t) as f64 / 1e6).is_err()
             {
@@ -264,29 +278,27 @@ async fn find_fleet_dir(root: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The same scenario through codeswarm's `outbox_follower.py`.
-fn through_codeswarm(writers: usize, lines: usize, gap: Option<Duration>) -> anyhow::Result<(f64, f64, f64)> {
-    let repo = std::env::var("CODESWARM_REPO").unwrap_or_else(|_| CODESWARM.into());
-    let script = Command::new("git").args(["--git-dir", &repo, "show", "HEAD:agent/outbox_follower.py"]).output()?;
-    if !script.status.success() {
-        bail!("no codeswarm mirror at {repo} (fetch kalowery/codeswarm)");
-    }
+/// A fresh mailbox under a temporary directory: (the directory, its outbox).
+fn scratch_mailbox() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("outbox_follower.py"), &script.stdout)?;
     let outbox = dir.path().join("mailbox").join("outbox");
     std::fs::create_dir_all(&outbox)?;
     std::fs::create_dir_all(dir.path().join("mailbox").join("archive"))?;
-    let mut child = Command::new("python3")
-        .arg("-u")
-        .arg(dir.path().join("outbox_follower.py"))
-        .arg(&outbox)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("python3")?;
+    Ok((dir, outbox))
+}
+
+/// The scenario through a follower process that prints outbox lines on its stdout.
+fn through_follower(
+    mut cmd: Command,
+    outbox: &Path,
+    writers: usize,
+    lines: usize,
+    gap: Option<Duration>,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("starting the follower")?;
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let handles = write_outboxes(&outbox, writers, lines, gap);
+    let handles = write_outboxes(outbox, writers, lines, gap);
     let measured = read_latencies(&mut child, writers * lines, started);
     let _ = child.kill();
     let _ = child.wait();
@@ -297,4 +309,30 @@ fn through_codeswarm(writers: usize, lines: usize, gap: Option<Duration>) -> any
     let rate = lat.len() as f64 / took.as_secs_f64();
     let (p50, p99) = percentiles(lat);
     Ok((p50, p99, rate))
+}
+
+/// `clawfleet mailbox follow` on its own: the like-for-like peer of codeswarm's follower.
+fn through_our_follower(bin: &Path, inotify: bool, writers: usize, lines: usize, gap: Option<Duration>) -> anyhow::Result<(f64, f64, f64)> {
+    let (_dir, outbox) = scratch_mailbox()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["mailbox", "follow"]).arg(&outbox);
+    if !inotify {
+        cmd.arg("--no-inotify");
+    }
+    through_follower(cmd, &outbox, writers, lines, gap)
+}
+
+/// The same scenario through codeswarm's `outbox_follower.py`.
+fn through_codeswarm(writers: usize, lines: usize, gap: Option<Duration>) -> anyhow::Result<(f64, f64, f64)> {
+    let repo = std::env::var("CODESWARM_REPO").unwrap_or_else(|_| CODESWARM.into());
+    let script = Command::new("git").args(["--git-dir", &repo, "show", "HEAD:agent/outbox_follower.py"]).output()?;
+    if !script.status.success() {
+        bail!("no codeswarm mirror at {repo} (fetch kalowery/codeswarm)");
+    }
+    let (dir, outbox) = scratch_mailbox()?;
+    let follower = dir.path().join("outbox_follower.py");
+    std::fs::write(&follower, &script.stdout)?;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(&follower).arg(&outbox);
+    through_follower(cmd, &outbox, writers, lines, gap)
 }

@@ -70,6 +70,9 @@ pub(crate) enum Command {
     Audit(AuditArgs),
     /// Speak the codeswarm router protocol (JSON lines) on stdio or TCP.
     Router(RouterArgs),
+    /// Shared-filesystem mailboxes (codeswarm's layout).
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
     /// Run an agent runtime (started by backends, or by hand with --join).
     Agent(AgentArgs),
     /// The shared model service: fetch the model, or serve it on its own.
@@ -459,6 +462,29 @@ pub(crate) struct AuditArgs {
     pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MailboxCommand {
+    /// Print every complete new line of a mailbox's outboxes (and archived outboxes) on stdout,
+    /// remembering where it was across restarts: a drop-in for codeswarm's
+    /// `outbox_follower.py OUTBOX_DIR`, which polls as well and can also wake on inotify.
+    Follow(FollowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FollowArgs {
+    /// The outbox directory (`<base>/mailbox/outbox`); the archive is its sibling.
+    pub outbox: PathBuf,
+    /// Where offsets are kept [default: <base>/mailbox/.clawfleet_follower.json]
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Milliseconds between two looks at every outbox.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub poll_ms: u64,
+    /// Poll only; no inotify hint.
+    #[arg(long)]
+    pub no_inotify: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod args;
 pub mod client;
 mod docker;
 mod fleet;
+mod mailbox;
 mod model;
 mod output;
 pub mod router;
@@ -73,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor(a) => talk::monitor(a).await,
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
+        Command::Mailbox(crate::args::MailboxCommand::Follow(a)) => mailbox::follow(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::Model(c) => model::run(c).await,
     }

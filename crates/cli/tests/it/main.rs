@@ -10,6 +10,7 @@ mod docker;
 mod faults;
 mod join;
 mod lifecycle;
+mod mailbox;
 mod model;
 mod router;
 mod slurm;
