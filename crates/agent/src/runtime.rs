@@ -318,9 +318,16 @@ impl Agent {
 
     fn on_directive(&mut self, directive: Directive) {
         match directive {
-            Directive::Inject { injection_id, prompt, .. } => {
+            Directive::Inject { injection_id, prompt, expires_at, .. } => {
                 if self.ws.has_seen(&injection_id) {
                     tracing::debug!(%injection_id, "Duplicate injection ignored");
+                    return;
+                }
+                if let Some(at) = expires_at
+                    && humantime::parse_rfc3339_weak(&at).is_ok_and(|at| std::time::SystemTime::now() > at)
+                {
+                    // The control plane has failed it with "timeout" already.
+                    tracing::warn!(%injection_id, expires_at = %at, "Dropped an injection that arrived after its deadline");
                     return;
                 }
                 if let Err(e) = self.ws.accept(Accepted::Inject { id: injection_id.clone(), prompt: prompt.clone() }) {

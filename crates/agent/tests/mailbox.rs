@@ -49,7 +49,7 @@ async fn an_agent_with_no_bus_talks_through_its_mailbox_and_archives_it_on_shutd
     assert!(matches!(&seen[0], OutboxItem::Start { job_id, node_id: 3, .. } if job_id == "4242"), "{:?}", seen[0]);
 
     // An injection, a duplicate of it, a line that is not a directive, and a command.
-    let inject = Directive::Inject { injection_id: "i1".into(), prompt: "hello".into(), targets: None };
+    let inject = Directive::Inject { injection_id: "i1".into(), prompt: "hello".into(), targets: None, expires_at: None };
     mailbox.append_inbox("4242", 3, &lines::inbox_line(&inject)).unwrap();
     mailbox.append_inbox("4242", 3, &lines::inbox_line(&inject)).unwrap();
     mailbox.append_inbox("4242", 3, &serde_json::json!({"type": "reboot"})).unwrap();

@@ -125,7 +125,7 @@ impl Harness {
 }
 
 fn inject(id: &str, prompt: &str) -> Directive {
-    Directive::Inject { injection_id: id.into(), prompt: prompt.into(), targets: None }
+    Directive::Inject { injection_id: id.into(), prompt: prompt.into(), targets: None, expires_at: None }
 }
 
 #[tokio::test]
@@ -157,7 +157,7 @@ async fn fleet_broadcasts_respect_targets() {
     let mut h = Harness::new().await;
     let (_s0, _t0) = h.spawn_ready(h.config(0, "echo")).await;
     let (_s1, _t1) = h.spawn_ready(h.config(1, "echo")).await;
-    let d = Directive::Inject { injection_id: "b1".into(), prompt: "x".into(), targets: Some(vec![1]) };
+    let d = Directive::Inject { injection_id: "b1".into(), prompt: "x".into(), targets: Some(vec![1]), expires_at: None };
     h.control.publish(topic::fleet_cmd("squad"), wire::encode(&d), false).await.unwrap();
     let e = h.event().await;
     assert_eq!(e.body, EventBody::InjectDelivered {});

@@ -495,6 +495,31 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The cluster profile in a slurm `swarm_launch`'s `provider_params` (codeswarm's profile fields:
+/// login_host, partition, workspace_root, time_limit, ...; other parameters are the launch's own).
+fn slurm_profile(params: &Map<String, Value>) -> anyhow::Result<Option<clawfleet_proto::cluster::ClusterSpec>> {
+    const FIELDS: [&str; 9] = [
+        "login_host",
+        "partition",
+        "workspace_root",
+        "cluster_subdir",
+        "account",
+        "qos",
+        "time_limit",
+        "inject_timeout_seconds",
+        "transport",
+    ];
+    let profile: Map<String, Value> =
+        params.iter().filter(|(k, _)| FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if profile.is_empty() {
+        return Ok(None);
+    }
+    let spec: clawfleet_proto::cluster::ClusterSpec =
+        serde_json::from_value(Value::Object(profile)).map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
+    spec.check().map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
+    Ok(Some(spec))
+}
+
 #[cfg(test)]
 mod tests {
     use clawfleet_proto::event::Usage;
@@ -537,29 +562,4 @@ mod tests {
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), Some(Ok("next".into())));
         assert_eq!(read_line(&mut reader, &mut buf).await.unwrap(), None);
     }
-}
-
-/// The cluster profile in a slurm `swarm_launch`'s `provider_params` (codeswarm's profile fields:
-/// login_host, partition, workspace_root, time_limit, ...; other parameters are the launch's own).
-fn slurm_profile(params: &Map<String, Value>) -> anyhow::Result<Option<clawfleet_proto::cluster::ClusterSpec>> {
-    const FIELDS: [&str; 9] = [
-        "login_host",
-        "partition",
-        "workspace_root",
-        "cluster_subdir",
-        "account",
-        "qos",
-        "time_limit",
-        "inject_timeout_seconds",
-        "transport",
-    ];
-    let profile: Map<String, Value> =
-        params.iter().filter(|(k, _)| FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    if profile.is_empty() {
-        return Ok(None);
-    }
-    let spec: clawfleet_proto::cluster::ClusterSpec =
-        serde_json::from_value(Value::Object(profile)).map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
-    spec.check().map_err(|e| anyhow::anyhow!("provider_params: {e}"))?;
-    Ok(Some(spec))
 }

@@ -25,6 +25,10 @@ pub enum Directive {
         /// On a fleet topic: the slots this is for (others ignore it). Absent on an agent topic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         targets: Option<Vec<u32>>,
+        /// RFC 3339: past it the control plane has failed the injection with `"timeout"` (its
+        /// fleet's inject timeout), and an agent that reads it late drops it instead of running it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
     },
     /// A command of the fixed vocabulary; agents refuse anything else with an error reply.
     Command {
@@ -167,7 +171,7 @@ mod tests {
 
     #[test]
     fn directive_shapes() {
-        let d = Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: Some(vec![0, 2]) };
+        let d = Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: Some(vec![0, 2]), expires_at: None };
         expect![[r#"{"type":"inject","injection_id":"i1","prompt":"hi","targets":[0,2]}"#]]
             .assert_eq(&String::from_utf8(encode(&d)).unwrap());
         assert!(d.is_for(2) && !d.is_for(1));

@@ -76,7 +76,13 @@ fn string(o: &Map<String, Value>, kind: &'static str, field: &str) -> Result<Str
 /// The inbox line that delivers `directive`.
 pub fn inbox_line(directive: &Directive) -> Value {
     match directive {
-        Directive::Inject { injection_id, prompt, .. } => json!({"type": "user", "content": prompt, "injection_id": injection_id}),
+        Directive::Inject { injection_id, prompt, expires_at, .. } => {
+            let mut line = json!({"type": "user", "content": prompt, "injection_id": injection_id});
+            if let Some(at) = expires_at {
+                line["expires_at"] = json!(at);
+            }
+            line
+        }
         Directive::Command { command_id, command, .. } => {
             json!({"type": "control", "payload": {"command": command, "command_id": command_id}})
         }
@@ -96,6 +102,11 @@ pub fn parse_inbox(line: &Value) -> Result<InboxItem, LineError> {
             injection_id: string(o, "user", "injection_id")?,
             prompt: string(o, "user", "content")?,
             targets: None,
+            expires_at: match o.get("expires_at") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(at)) => Some(at.clone()),
+                Some(_) => return Err(LineError::Invalid { kind: "user", reason: "\"expires_at\" must be a string".into() }),
+            },
         })),
         "control" => {
             let p = o
@@ -213,14 +224,21 @@ mod tests {
     #[test]
     fn inbox_lines_round_trip() {
         for d in [
-            Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: None },
+            Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: None, expires_at: None },
+            Directive::Inject {
+                injection_id: "i2".into(),
+                prompt: "hi".into(),
+                targets: None,
+                expires_at: Some("2026-11-22T10:00:00Z".into()),
+            },
             Directive::Command { command_id: "c1".into(), command: "health-check".into(), targets: None },
             Directive::Replay { after_seq: 7 },
         ] {
             assert_eq!(parse_inbox(&inbox_line(&d)).unwrap(), InboxItem::Directive(d));
         }
         expect![[r#"{"type":"user","content":"hi","injection_id":"i1"}"#]].assert_eq(
-            &inbox_line(&Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: Some(vec![1]) }).to_string(),
+            &inbox_line(&Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: Some(vec![1]), expires_at: None })
+                .to_string(),
         );
         assert_eq!(parse_inbox(&shutdown_line()).unwrap(), InboxItem::Shutdown);
     }

@@ -412,7 +412,8 @@ async fn inject(
         .await?;
     app.metrics.injections.fetch_add(1, Ordering::Relaxed);
     let pending = Pending::Inject { injection_id: id.clone(), prompt: req.prompt.clone() };
-    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
+    let expires = outbox::expires_at(std::time::SystemTime::now(), app.inject_timeout(&row));
+    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows, expires).await;
     let first_event_id = acks.first().map_or(0, |e| e.id);
     Ok((StatusCode::ACCEPTED, Json(InjectResponse { injection_id: id, fleet: name, targets, first_event_id })))
 }
@@ -442,7 +443,7 @@ async fn command(
         })
         .await?;
     let pending = Pending::Command { command_id: id.clone(), command: cmd.as_str().into() };
-    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows).await;
+    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows, None).await;
 
     // Wait for every reply or the deadline, watching the live stream.
     let deadline = Instant::now() + wait;

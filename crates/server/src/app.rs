@@ -74,6 +74,12 @@ impl App {
         })
     }
 
+    /// How long the fleet's agents have to take an injection (its cluster profile's).
+    pub(crate) fn inject_timeout(&self, row: &FleetRow) -> Option<std::time::Duration> {
+        let seconds = self.deployment(row).ok()?.cluster?.inject_timeout_seconds?;
+        Some(std::time::Duration::from_secs(seconds))
+    }
+
     pub(crate) fn backend(&self, kind: &str) -> Result<&Arc<dyn Backend>, String> {
         let kind: BackendKind = kind.parse().map_err(|e: clawfleet_core::SpecError| e.to_string())?;
         self.backends.get(&kind).ok_or_else(|| {

@@ -41,10 +41,13 @@ impl Default for MailboxOptions {
     }
 }
 
+/// Each slot's current job id.
+type Jobs = HashMap<u32, String>;
+
 /// Each mailbox fleet's mailbox and its agents' current jobs, shared with [`deliver`].
 #[derive(Default)]
 pub(crate) struct Routes {
-    fleets: Mutex<HashMap<String, (Mailbox, HashMap<u32, String>)>>,
+    fleets: Mutex<HashMap<String, (Mailbox, Jobs)>>,
 }
 
 /// Appends `directive` to the inbox of each of `slots` that talks through a mailbox (agents on
@@ -73,7 +76,8 @@ struct Followed {
     turns: HashMap<u32, String>,
 }
 
-const RESCAN: Duration = Duration::from_secs(1);
+/// How often the fleets are looked at for mailboxes to follow (a new fleet's agents wait for it).
+const RESCAN: Duration = Duration::from_millis(250);
 
 pub(crate) async fn run(app: Arc<App>, tx: mpsc::Sender<BusEvent>, options: MailboxOptions, mut shutdown: watch::Receiver<bool>) {
     let wake = Arc::new(Notify::new());
@@ -168,10 +172,10 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
                     (EventBody::TurnStarted {}, Some(id)) => {
                         f.turns.insert(node, id.clone());
                     }
-                    (EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }, Some(id)) => {
-                        if f.turns.get(&node) == Some(id) {
-                            f.turns.remove(&node);
-                        }
+                    (EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }, Some(id))
+                        if f.turns.get(&node) == Some(id) =>
+                    {
+                        f.turns.remove(&node);
                     }
                     _ => {}
                 }

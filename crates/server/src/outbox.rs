@@ -22,24 +22,38 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(2).saturating_mul(1 << attempts.min(5)).min(Duration::from_secs(60))
 }
 
-/// The directive that delivers a pending row; `targets` when sent on a fleet topic.
-pub(crate) fn directive(pending: &Pending, targets: Option<Vec<u32>>) -> Directive {
+/// The directive that delivers a pending row; `targets` when sent on a fleet topic,
+/// `expires_at` when its fleet has an inject timeout.
+pub(crate) fn directive(pending: &Pending, targets: Option<Vec<u32>>, expires_at: Option<String>) -> Directive {
     match pending.clone() {
-        Pending::Inject { injection_id, prompt } => Directive::Inject { injection_id, prompt, targets },
+        Pending::Inject { injection_id, prompt } => Directive::Inject { injection_id, prompt, targets, expires_at },
         Pending::Command { command_id, command } => Directive::Command { command_id, command, targets },
     }
 }
 
+/// When an injection accepted at `accepted` expires, for a fleet whose inject timeout is `timeout`.
+pub(crate) fn expires_at(accepted: SystemTime, timeout: Option<Duration>) -> Option<String> {
+    timeout.map(|t| humantime::format_rfc3339_millis(accepted + t).to_string())
+}
+
 /// Publishes a new directive to its targets right away (one fleet broadcast when it goes to
 /// every agent, else one message per agent) and notes the rows as sent.
-pub(crate) async fn send_now(app: &App, fleet: &str, replicas: u32, targets: &[u32], pending: &Pending, rows: &[i64]) {
-    crate::mailbox::deliver(app, fleet, targets, &directive(pending, None));
+pub(crate) async fn send_now(
+    app: &App,
+    fleet: &str,
+    replicas: u32,
+    targets: &[u32],
+    pending: &Pending,
+    rows: &[i64],
+    expires: Option<String>,
+) {
+    crate::mailbox::deliver(app, fleet, targets, &directive(pending, None, expires.clone()));
     let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
     if whole_fleet {
-        let payload = wire::encode(&directive(pending, Some(targets.to_vec())));
+        let payload = wire::encode(&directive(pending, Some(targets.to_vec()), expires));
         let _ = app.bus.publish(topic::fleet_cmd(fleet), payload, false).await;
     } else {
-        let payload = wire::encode(&directive(pending, None));
+        let payload = wire::encode(&directive(pending, None, expires));
         for &slot in targets {
             let _ = app.bus.publish(topic::agent(fleet, slot, Channel::Cmd), payload.clone(), false).await;
         }
@@ -65,18 +79,15 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Injections waiting longer than their fleet's inject timeout fail with `"timeout"`; returns
-/// the rows still waiting.
-async fn expire(app: &App, rows: Vec<OutboxRow>) -> Result<Vec<OutboxRow>, clawfleet_store::StoreError> {
+/// the rows still waiting, and the fleets' timeouts.
+async fn expire(app: &App, rows: Vec<OutboxRow>) -> Result<(Vec<OutboxRow>, HashMap<String, Duration>), clawfleet_store::StoreError> {
     if rows.is_empty() {
-        return Ok(rows);
+        return Ok((rows, HashMap::new()));
     }
     let fleets = app.db.run(|s| s.fleets()).await?;
-    let timeouts: HashMap<String, Duration> = fleets
-        .iter()
-        .filter_map(|f| Some((f.name.clone(), Duration::from_secs(app.deployment(f).ok()?.cluster?.inject_timeout_seconds?))))
-        .collect();
+    let timeouts: HashMap<String, Duration> = fleets.iter().filter_map(|f| Some((f.name.clone(), app.inject_timeout(f)?))).collect();
     if timeouts.is_empty() {
-        return Ok(rows);
+        return Ok((rows, timeouts));
     }
     let now = SystemTime::now();
     let (expired, waiting): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| {
@@ -90,12 +101,12 @@ async fn expire(app: &App, rows: Vec<OutboxRow>) -> Result<Vec<OutboxRow>, clawf
         tracing::warn!(count = ids.len(), "Injections not taken by their agents in time");
         app.hub.write(move |s| Ok(((), s.expire_outbox(&ids, &clock::now_rfc3339(), "timeout")?))).await?;
     }
-    Ok(waiting)
+    Ok((waiting, timeouts))
 }
 
 async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
     let rows = app.db.run(|s| s.outbox()).await?;
-    let rows = expire(app, rows).await?;
+    let (rows, timeouts) = expire(app, rows).await?;
     let now = clock::mono_ms();
     let due: Vec<_> = {
         let mut sent = app.sent.lock().expect("not poisoned");
@@ -111,8 +122,10 @@ async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
     }
     let mut ids = Vec::with_capacity(due.len());
     for row in due {
-        crate::mailbox::deliver(app, &row.fleet, &[row.slot], &directive(&row.directive, None));
-        let payload = wire::encode(&directive(&row.directive, None));
+        let accepted = humantime::parse_rfc3339_weak(&row.created_at).unwrap_or_else(|_| SystemTime::now());
+        let d = directive(&row.directive, None, expires_at(accepted, timeouts.get(&row.fleet).copied()));
+        crate::mailbox::deliver(app, &row.fleet, &[row.slot], &d);
+        let payload = wire::encode(&d);
         if app.bus.publish(topic::agent(&row.fleet, row.slot, Channel::Cmd), payload, false).await.is_ok() {
             app.metrics.directives_sent.fetch_add(1, Ordering::Relaxed);
             app.sent.lock().expect("not poisoned").insert(row.id, Instant::now());

@@ -43,7 +43,7 @@ fn the_follower_prints_complete_lines_once_across_restarts() {
     w.write_all(b"{\"n\":1}\nnot json\n{\"n\":2}\n{\"n\":").unwrap();
 
     let (child, rx) = follow(&outbox);
-    let mut got = vec![next(&rx), next(&rx), next(&rx)];
+    let mut got = [next(&rx), next(&rx), next(&rx)];
     got.sort();
     assert_eq!(got[0], "skipped a line of 77_00.jsonl at byte 8: not JSON (expected ident at line 1 column 2): not json");
     assert_eq!(&got[1..], ["{\"n\":1}", "{\"n\":2}"]);

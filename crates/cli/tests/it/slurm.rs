@@ -300,7 +300,15 @@ fn slurm_timeouts_and_refusals_are_clear_errors() {
         crate::support::events(&plane, "late").into_iter().find(|e| e["event"] == "inject_failed" && e["injection_id"] == id.as_str())
     });
     assert_eq!(failed["data"]["error"], "timeout", "{failed}");
-    let _ = std::process::Command::new("scontrol").args(["resume", &job]).status();
+    // Resumed, the agent reads the injection late and drops it: a timed-out injection never runs.
+    assert!(std::process::Command::new("scontrol").args(["resume", &job]).status().unwrap().success());
+    crate::support::eventually(Duration::from_secs(60), "the agent back", || {
+        (plane.json(&["status", "late", "--json"])["agents"][0]["state"] == "idle").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let ev = crate::support::events(&plane, "late");
+    assert_eq!(crate::support::count(&ev, "inject_delivered", 0, &id), 0, "{ev:#?}");
+    assert_eq!(crate::support::count(&ev, "turn_started", 0, &id), 0, "{ev:#?}");
     plane.ok(&["terminate", "late", "--wait"]);
     // Still serving.
     plane.ok(&["ls"]);
