@@ -313,3 +313,51 @@ fn slurm_timeouts_and_refusals_are_clear_errors() {
     // Still serving.
     plane.ok(&["ls"]);
 }
+
+/// The control plane crashes while mailbox agents work: they go on writing; the restarted
+/// control plane reads on from its committed offsets, and every event is stored exactly once.
+#[test]
+fn a_killed_control_plane_reads_the_mailbox_on_without_losing_or_repeating() {
+    slurm_is_up();
+    let mut plane = Plane::with(PlaneOptions { slurm: true, ..PlaneOptions::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster_file(dir.path(), "mbox.json", serde_json::json!({"transport": "mailbox"}));
+    plane.ok(&[
+        "launch",
+        "crash",
+        "--backend",
+        "slurm",
+        "--replicas",
+        "2",
+        "--brain",
+        "cmd:sleep 2; echo slept",
+        "--cluster",
+        &cluster,
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    let first = plane.ok(&["inject", "crash", "before the crash", "--wait"]);
+    assert!(first.contains("crash/0: slept") && first.contains("crash/1: slept"), "{first}");
+    let id = plane.ok(&["inject", "crash", "during the crash"]).trim().to_owned();
+    plane.kill();
+    // The turns finish while nobody follows the mailbox.
+    std::thread::sleep(Duration::from_secs(4));
+    plane.spawn();
+    crate::support::eventually(Duration::from_secs(60), "both turns read after the restart", || {
+        let evs = crate::support::events(&plane, "crash");
+        (crate::support::count(&evs, "turn_complete", 0, &id) == 1 && crate::support::count(&evs, "turn_complete", 1, &id) == 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let evs = crate::support::events(&plane, "crash");
+    for agent in [0, 1] {
+        for kind in ["inject_ack", "inject_delivered", "turn_started", "assistant", "turn_complete"] {
+            assert_eq!(crate::support::count(&evs, kind, agent, &id), 1, "{kind} of agent {agent}: {evs:#?}");
+        }
+    }
+    // No event of the first injection came twice either.
+    let ids: Vec<&str> = evs.iter().filter(|e| e["event"] == "assistant").filter_map(|e| e["injection_id"].as_str()).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    plane.ok(&["terminate", "crash", "--wait"]);
+}
