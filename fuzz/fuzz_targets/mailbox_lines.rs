@@ -11,7 +11,19 @@ use clawfleet_proto::mailbox::{InboxItem, OutboxItem, event_line, heartbeat_line
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let (lines, consumed) = split_lines(data, 0);
+    let (lines, consumed) = split_lines(data, 0, false);
+    // Relaying: the same lines, the valid ones as written.
+    let (raw, raw_consumed) = split_lines(data, 0, true);
+    assert_eq!(raw_consumed, consumed);
+    assert_eq!(raw.len(), lines.len());
+    for ((o1, l1), (o2, l2)) in lines.iter().zip(&raw) {
+        assert_eq!(o1, o2);
+        match (l1, l2) {
+            (Line::Json(v), Line::Raw(bytes)) => assert_eq!(&serde_json::from_slice::<serde_json::Value>(bytes).unwrap(), v),
+            (Line::Garbage(_), Line::Garbage(_)) => {}
+            other => panic!("parsing and relaying disagree: {other:?}"),
+        }
+    }
 
     assert!(consumed <= data.len(), "consumed {consumed} of {} bytes", data.len());
     // Consumption ends right after a newline, and what is left is an incomplete line.

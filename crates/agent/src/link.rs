@@ -141,6 +141,11 @@ pub(crate) async fn follow_inbox(path: PathBuf, tx: mpsc::Sender<Inbound>) {
                             Ok(item) => Inbound::Item(item),
                             Err(e) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
                         },
+                        Line::Raw(bytes) => match serde_json::from_slice(&bytes).map(|v| lines::parse_inbox(&v)) {
+                            Ok(Ok(item)) => Inbound::Item(item),
+                            Ok(Err(e)) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
+                            Err(e) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
+                        },
                         Line::Garbage(why) => Inbound::Refused(format!("refused an inbox line of {}: {why}", name(tail.path()))),
                     };
                     if tx.send(msg).await.is_err() {

@@ -19,6 +19,7 @@ async fn read_until(f: &mut Follower, seen: &mut Vec<OutboxItem>, done: impl Fn(
             match r.line {
                 Line::Json(v) => seen.push(lines::parse_outbox(&v).unwrap_or_else(|e| panic!("{e}: {v}"))),
                 Line::Garbage(why) => panic!("the agent wrote garbage: {why}"),
+                Line::Raw(_) => unreachable!("a parsing follower"),
             }
         }
         f.commit().unwrap();

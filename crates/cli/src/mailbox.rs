@@ -23,7 +23,8 @@ pub(crate) async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     }
     let mailbox = Mailbox::open(base)?;
     let state = args.state.clone().unwrap_or_else(|| mailbox_dir.join(".clawfleet_follower.json"));
-    let mut follower = Follower::open(mailbox.clone(), state)?;
+    // Lines go out as written: checked to be JSON, never parsed into values nobody reads.
+    let mut follower = Follower::open(mailbox.clone(), state)?.relaying();
     let wake = Arc::new(Notify::new());
     if !args.no_inotify {
         let w = wake.clone();
@@ -41,6 +42,7 @@ pub(crate) async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
         if !records.is_empty() {
             for r in records {
                 match r.line {
+                    Line::Raw(bytes) => stdout.write_all(&bytes).and_then(|()| stdout.write_all(b"\n")),
                     Line::Json(v) => writeln!(stdout, "{v}"),
                     Line::Garbage(why) => {
                         eprintln!("skipped a line of {} at byte {}: {why}", Mailbox::file_name(&r.job_id, r.node), r.offset);

@@ -18,6 +18,9 @@ pub const MAX_LINE: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     Json(Value),
+    /// A line checked to be JSON, as written (without its newline): what a follower that only
+    /// relays lines gets ([`Follower::relaying`]), without building a value it would not use.
+    Raw(Vec<u8>),
     /// Not JSON (or too long): reported with why, and skipped; the lines around it are kept.
     Garbage(String),
 }
@@ -62,6 +65,8 @@ pub struct Follower {
     state: State,
     /// Offsets handed out by `poll` but not yet committed.
     pending: BTreeMap<String, Position>,
+    /// Hand out [`Line::Raw`] rather than [`Line::Json`].
+    raw: bool,
 }
 
 impl Follower {
@@ -72,7 +77,13 @@ impl Follower {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(error) => return Err(MailboxError::Read { path: state_path, error }),
         };
-        Ok(Follower { mailbox, state_path, state, pending: BTreeMap::new() })
+        Ok(Follower { mailbox, state_path, state, pending: BTreeMap::new(), raw: false })
+    }
+
+    /// This follower hands out lines as written ([`Line::Raw`]), checked but not parsed.
+    pub fn relaying(mut self) -> Follower {
+        self.raw = true;
+        self
     }
 
     /// Every complete new line of every outbox and archived outbox, in file order. A line
@@ -116,7 +127,7 @@ impl Follower {
         file.seek(SeekFrom::Start(start)).map_err(|error| MailboxError::Read { path: path.to_owned(), error })?;
         let mut bytes = Vec::new();
         file.take(meta.len() - start).read_to_end(&mut bytes).map_err(|error| MailboxError::Read { path: path.to_owned(), error })?;
-        let (lines, consumed) = split_lines(&bytes, start);
+        let (lines, consumed) = split_lines(&bytes, start, self.raw);
         out.extend(lines.into_iter().map(|(offset, line)| Record { job_id: job_id.to_owned(), node, offset, line }));
         if consumed > 0 {
             let offset = start + consumed as u64;
@@ -141,8 +152,9 @@ impl Follower {
 }
 
 /// The complete lines of `bytes` (read from byte `start` of a file) with their offsets, and how
-/// many bytes they took: a last line without its newline is not consumed.
-pub fn split_lines(bytes: &[u8], start: u64) -> (Vec<(u64, Line)>, usize) {
+/// many bytes they took: a last line without its newline is not consumed. `raw`: valid lines
+/// as [`Line::Raw`], else parsed, as [`Line::Json`].
+pub fn split_lines(bytes: &[u8], start: u64, keep_raw: bool) -> (Vec<(u64, Line)>, usize) {
     let mut out = Vec::new();
     let mut consumed = 0usize;
     while let Some(end) = bytes[consumed..].iter().position(|&b| b == b'\n') {
@@ -154,15 +166,24 @@ pub fn split_lines(bytes: &[u8], start: u64) -> (Vec<(u64, Line)>, usize) {
         }
         let line = if raw.len() > MAX_LINE {
             Line::Garbage(format!("a line of {} bytes, over the {MAX_LINE}-byte limit", raw.len()))
+        } else if keep_raw {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Ok(_) => Line::Raw(raw.to_vec()),
+                Err(e) => garbage(raw, &e),
+            }
         } else {
             match serde_json::from_slice::<Value>(raw) {
                 Ok(v) => Line::Json(v),
-                Err(e) => Line::Garbage(format!("not JSON ({e}): {}", String::from_utf8_lossy(&raw[..raw.len().min(120)]))),
+                Err(e) => garbage(raw, &e),
             }
         };
         out.push((offset, line));
     }
     (out, consumed)
+}
+
+fn garbage(raw: &[u8], e: &serde_json::Error) -> Line {
+    Line::Garbage(format!("not JSON ({e}): {}", String::from_utf8_lossy(&raw[..raw.len().min(120)])))
 }
 
 /// Reads one file as it grows (a worker's inbox): complete lines only, from where it was.
@@ -200,7 +221,7 @@ impl Tail {
         file.seek(SeekFrom::Start(self.offset)).map_err(read_error)?;
         let mut bytes = Vec::new();
         file.take(len - self.offset).read_to_end(&mut bytes).map_err(read_error)?;
-        let (lines, consumed) = split_lines(&bytes, self.offset);
+        let (lines, consumed) = split_lines(&bytes, self.offset, false);
         self.offset += consumed as u64;
         Ok(lines.into_iter().map(|(_, l)| l).collect())
     }

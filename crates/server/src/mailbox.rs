@@ -164,6 +164,10 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
         let source = || format!("{}, byte {offset}", Mailbox::file_name(&job_id, node));
         let item = match line {
             Line::Json(v) => lines::parse_outbox(&v).map_err(|e| e.to_string()),
+            // Not asked for (this follower parses), but read right if it came.
+            Line::Raw(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string()).and_then(|v| lines::parse_outbox(&v).map_err(|e| e.to_string()))
+            }
             Line::Garbage(why) => Err(why),
         };
         let (channel, payload) = match item {

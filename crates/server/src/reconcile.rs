@@ -108,8 +108,16 @@ async fn report_transitions(app: &App) {
     for t in transitions.into_iter().filter(|t| app.auth.knows(&t.fleet)) {
         if t.state == "lost" {
             tracing::warn!(fleet = %t.fleet, slot = t.slot, "Agent lost");
-            // A worker that died in a turn: the turn ends here, for whoever waits on it.
-            if let Some(id) = &t.injection {
+            // A worker that died in a turn: the turn ends here, for whoever waits on it (unless
+            // it already did: a worker_error, or the agent's own last words).
+            let ended = match &t.injection {
+                Some(id) => {
+                    let (f, slot, i) = (t.fleet.clone(), t.slot, id.clone());
+                    app.db.run(move |s| s.turn_ended(&f, slot, &i)).await.unwrap_or(false)
+                }
+                None => true,
+            };
+            if let (Some(id), false) = (&t.injection, ended) {
                 events.push(NewEvent {
                     at: at.clone(),
                     fleet: t.fleet.clone(),

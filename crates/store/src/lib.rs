@@ -643,6 +643,18 @@ impl Store {
         })
     }
 
+    /// Whether an agent's turn of an injection has ended (`turn_complete`, `agent_error` or
+    /// `inject_failed` stored), so an observer's own verdict on it would only repeat it.
+    pub fn turn_ended(&self, fleet: &str, agent: u32, injection_id: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE injection_id = ?3 AND fleet = ?1 AND agent = ?2
+                 AND event IN ('turn_complete', 'agent_error', 'inject_failed'))",
+            )?
+            .query_row(params![fleet, agent, injection_id], |r| r.get(0))?)
+        })
+    }
+
     pub fn outbox_attempted(&self, ids: &[i64]) -> Result<()> {
         self.tx_with(Durability::Os, |tx| {
             let mut stmt = tx.prepare("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?;

@@ -137,6 +137,8 @@ fn an_expired_injection_fails_with_its_reason_and_leaves_the_outbox() {
     assert_eq!(store.outbox().unwrap().iter().map(|r| r.slot).collect::<Vec<_>>(), vec![1]);
     // A row already gone (acknowledged meanwhile) is skipped, not failed.
     assert!(store.expire_outbox(&[rows[0].id], "t3", "timeout").unwrap().is_empty());
+    assert!(store.turn_ended("squad", 0, "i1").unwrap());
+    assert!(!store.turn_ended("squad", 1, "i1").unwrap());
 }
 
 #[test]
