@@ -167,7 +167,7 @@ pub fn split_lines(bytes: &[u8], start: u64, keep_raw: bool) -> (Vec<(u64, Line)
         let line = if raw.len() > MAX_LINE {
             Line::Garbage(format!("a line of {} bytes, over the {MAX_LINE}-byte limit", raw.len()))
         } else if keep_raw {
-            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+            match serde_json::from_slice::<Checked>(raw) {
                 Ok(_) => Line::Raw(raw.to_vec()),
                 Err(e) => garbage(raw, &e),
             }
@@ -180,6 +180,60 @@ pub fn split_lines(bytes: &[u8], start: u64, keep_raw: bool) -> (Vec<(u64, Line)
         out.push((offset, line));
     }
     (out, consumed)
+}
+
+/// Accepts exactly the JSON a [`Value`] accepts (numbers in range included), without building
+/// one: what a relaying follower checks.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 fn garbage(raw: &[u8], e: &serde_json::Error) -> Line {
@@ -317,6 +371,18 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::write(&path, "{\"new\":true}\n").unwrap();
         assert_eq!(json_lines(&f.poll().unwrap()), vec![json!({"new": true})]);
+    }
+
+    #[test]
+    fn relaying_accepts_exactly_what_parsing_accepts() {
+        let text = b"{\"a\":[1,2.5,\"x\",null,true,{}]}\n76e2333\n{\"k\":\"\\u00e9\"}\n[1,";
+        let (parsed, n1) = split_lines(text, 0, false);
+        let (relayed, n2) = split_lines(text, 0, true);
+        assert_eq!((n1, n2), (text.len() - 3, text.len() - 3));
+        assert_eq!(relayed[0].1, Line::Raw(b"{\"a\":[1,2.5,\"x\",null,true,{}]}".to_vec()));
+        assert!(matches!(&parsed[1].1, Line::Garbage(why) if why.contains("out of range")));
+        assert!(matches!(&relayed[1].1, Line::Garbage(why) if why.contains("out of range")), "{:?}", relayed[1]);
+        assert!(matches!(&relayed[2].1, Line::Raw(_)));
     }
 
     #[test]
