@@ -246,32 +246,11 @@ async fn through_clawfleet(
         launch(&plane, "mb", 0, "mailbox").await?;
         let base = find_fleet_dir(&plane.data.join("slurm"), "mb-").await?;
         let outbox = base.join("mailbox").join("outbox");
-        let mut router = Command::new(&a.bin)
-            .args(["router", "--stdio", "--data"])
-            .arg(&plane.data)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        // The follower picks the fleet up within its rescan period.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let started = Instant::now();
-        let handles = write_outboxes(&outbox, writers, lines, gap);
-        let measured = tokio::task::spawn_blocking(move || {
-            let r = read_latencies(&mut router, writers * lines, started);
-            let _ = router.kill();
-            let _ = router.wait();
-            r
-        })
-        .await?;
-        for h in handles {
-            let _ = h.join();
-        }
-        let (lat, took) = measured?;
-        let rate = lat.len() as f64 / took.as_secs_f64();
-        let (p50, p99) = percentiles(lat);
-        Ok((p50, p99, rate))
+        let mut router = Command::new(&a.bin);
+        router.args(["router", "--stdio", "--data"]).arg(&plane.data).env("RUST_LOG", "warn").stdin(Stdio::piped());
+        // The control plane picks the fleet's mailbox up within its rescan period.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::task::spawn_blocking(move || through_follower(router, &outbox, writers, lines, gap)).await?
     }
     .await;
     let _ = plane.terminate("mb").await;

@@ -28,16 +28,7 @@ fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
 
 /// Waits for an event matching `f`, collecting what came before.
 fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) if f(&v) => return v,
-            Ok(v) => seen.push(v["event"].as_str().unwrap_or("?").to_owned()),
-            Err(_) => panic!("no {what} within 30 s; saw {seen:?}"),
-        }
-    }
+    wait_within(rx, 30, what, f)
 }
 
 fn command(name: &str, request_id: &str, payload: Value) -> String {
