@@ -26,6 +26,24 @@ fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
     rx
 }
 
+/// `clawfleet router --stdio` against `plane` (found through its data directory only): the
+/// process, its stdin, and its events.
+fn stdio_router(plane: &Plane) -> (std::process::Child, std::process::ChildStdin, mpsc::Receiver<Value>) {
+    let mut router = Command::new(BIN)
+        .args(["router", "--stdio"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .env_remove("CLAWFLEET_TOKEN")
+        .env_remove("CLAWFLEET_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = router.stdin.take().unwrap();
+    let rx = lines(router.stdout.take().unwrap());
+    (router, stdin, rx)
+}
+
 /// Waits for an event matching `f`, collecting what came before.
 fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     wait_within(rx, 30, what, f)
@@ -39,16 +57,7 @@ fn command(name: &str, request_id: &str, payload: Value) -> String {
 #[test]
 fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     let plane = Plane::start();
-    let mut router = Command::new(BIN)
-        .args(["router", "--stdio"])
-        .env("CLAWFLEET_DATA", plane.data())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = router.stdin.take().unwrap();
-    let rx = lines(router.stdout.take().unwrap());
+    let (mut router, mut stdin, rx) = stdio_router(&plane);
 
     stdin
         .write_all(
@@ -200,18 +209,7 @@ fn the_router_launches_talks_to_and_terminates_a_slurm_swarm() {
     );
     let plane = Plane::with(PlaneOptions { slurm: true, ..PlaneOptions::default() });
     let _cleanup = CancelJobsOnPanic("rslurm");
-    let mut router = Command::new(BIN)
-        .args(["router", "--stdio"])
-        .env("CLAWFLEET_DATA", plane.data())
-        .env_remove("CLAWFLEET_TOKEN")
-        .env_remove("CLAWFLEET_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = router.stdin.take().unwrap();
-    let rx = lines(router.stdout.take().unwrap());
+    let (mut router, mut stdin, rx) = stdio_router(&plane);
 
     // Launch: the profile fields of provider_params become the fleet's cluster profile.
     let params = json!({"name": "rslurm", "brain": "echo", "transport": "mailbox", "inject_timeout_seconds": 600});
