@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawfleet_bus::client::BusClient;
-use clawfleet_mailbox::{Line, Mailbox, MailboxError, Tail};
+use clawfleet_mailbox::{Mailbox, MailboxError, Tail};
 use clawfleet_proto::bus::{self as wire, AgentEnvelope, Heartbeat};
 use clawfleet_proto::mailbox::{self as lines, InboxItem};
 use tokio::sync::{Notify, mpsc};
@@ -136,17 +136,9 @@ pub(crate) async fn follow_inbox(path: PathBuf, tx: mpsc::Sender<Inbound>) {
             Ok(found) => {
                 last_error = None;
                 for line in found {
-                    let msg = match line {
-                        Line::Json(v) => match lines::parse_inbox(&v) {
-                            Ok(item) => Inbound::Item(item),
-                            Err(e) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
-                        },
-                        Line::Raw(bytes) => match serde_json::from_slice(&bytes).map(|v| lines::parse_inbox(&v)) {
-                            Ok(Ok(item)) => Inbound::Item(item),
-                            Ok(Err(e)) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
-                            Err(e) => Inbound::Refused(format!("refused an inbox line of {}: {e}", name(tail.path()))),
-                        },
-                        Line::Garbage(why) => Inbound::Refused(format!("refused an inbox line of {}: {why}", name(tail.path()))),
+                    let msg = match line.into_value().and_then(|v| lines::parse_inbox(&v).map_err(|e| e.to_string())) {
+                        Ok(item) => Inbound::Item(item),
+                        Err(why) => Inbound::Refused(format!("refused an inbox line of {}: {why}", name(tail.path()))),
                     };
                     if tx.send(msg).await.is_err() {
                         return;

@@ -25,6 +25,17 @@ pub enum Line {
     Garbage(String),
 }
 
+impl Line {
+    /// The line's JSON value, or why it has none.
+    pub fn into_value(self) -> Result<Value, String> {
+        match self {
+            Line::Json(v) => Ok(v),
+            Line::Raw(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+            Line::Garbage(why) => Err(why),
+        }
+    }
+}
+
 /// One line, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use clawfleet_bus::BusEvent;
-use clawfleet_mailbox::{Follower, Line, Mailbox, Record};
+use clawfleet_mailbox::{Follower, Mailbox, Record};
 use clawfleet_proto::bus::{self as wire, Directive};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::mailbox::{self as lines, OutboxItem};
@@ -162,14 +162,7 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
     let mut problems = Vec::new();
     for Record { job_id, node, offset, line } in records {
         let source = || format!("{}, byte {offset}", Mailbox::file_name(&job_id, node));
-        let item = match line {
-            Line::Json(v) => lines::parse_outbox(&v).map_err(|e| e.to_string()),
-            // Not asked for (this follower parses), but read right if it came.
-            Line::Raw(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| e.to_string()).and_then(|v| lines::parse_outbox(&v).map_err(|e| e.to_string()))
-            }
-            Line::Garbage(why) => Err(why),
-        };
+        let item = line.into_value().and_then(|v| lines::parse_outbox(&v).map_err(|e| e.to_string()));
         let (channel, payload) = match item {
             Ok(OutboxItem::Event(e)) => {
                 match (&e.body, &e.injection_id) {
