@@ -86,7 +86,7 @@ pub(crate) async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode
     .await?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
-        println!("{}", serde_json::json!({ "tag": tag, "id": id, "binary": binary, "seconds": secs }));
+        outln!("{}", serde_json::json!({ "tag": tag, "id": id, "binary": binary, "seconds": secs }));
     } else {
         eprintln!("built {tag} ({id}) from {} in {secs:.1} s", binary.display());
     }
@@ -104,7 +104,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     };
     let found = discover::discover(&engine(&args.docker).read_only(), &query).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&found).expect("serializable"));
+        outln!("{}", serde_json::to_string_pretty(&found).expect("serializable"));
         return Ok(ExitCode::SUCCESS);
     }
     let method = serde_json::to_value(found.method).expect("serializable");
@@ -141,7 +141,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if !rows.is_empty() {
-        print!("{}", table(&["ADDRESS", "SLOT", "TASK", "NODE", "NETWORK", "HEALTH"], &rows));
+        out!("{}", table(&["ADDRESS", "SLOT", "TASK", "NODE", "NETWORK", "HEALTH"], &rows));
     }
     Ok(ExitCode::SUCCESS)
 }

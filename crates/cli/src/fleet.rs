@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::output::{Progress, table};
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("API types serialize"));
+    outln!("{}", serde_json::to_string_pretty(value).expect("API types serialize"));
 }
 
 pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
@@ -114,7 +114,7 @@ pub(crate) async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if list.fleets.is_empty() {
-        println!("no fleets (launch one: clawfleet launch NAME --replicas N)");
+        outln!("no fleets (launch one: clawfleet launch NAME --replicas N)");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = list
@@ -133,7 +133,7 @@ pub(crate) async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "READY", "STATE", "BACKEND", "BRAIN", "VERSION", "CREATED", "PROBLEM"], &rows));
+    out!("{}", table(&["NAME", "READY", "STATE", "BACKEND", "BRAIN", "VERSION", "CREATED", "PROBLEM"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -155,7 +155,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let f = &s.fleet;
-    println!(
+    outln!(
         "fleet {}: {}/{} ready, {}, backend {}, brain {}, version {}{}",
         f.name,
         f.ready,
@@ -167,7 +167,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         f.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default()
     );
     if let Some(p) = &f.problem {
-        println!("problem: {p}");
+        outln!("problem: {p}");
     }
     let rows: Vec<Vec<String>> = s
         .agents
@@ -194,7 +194,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -226,7 +226,7 @@ pub(crate) async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&fleet);
     } else {
-        println!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
+        outln!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -283,9 +283,9 @@ pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&ack);
     } else if args.wait {
-        println!("fleet '{}' terminated", args.name);
+        outln!("fleet '{}' terminated", args.name);
     } else {
-        println!("{}", ack.message);
+        outln!("{}", ack.message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -300,6 +300,6 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|e| vec![e.at.get(..19).unwrap_or(&e.at).replace('T', " "), e.actor, e.action, e.target, e.detail])
         .collect();
-    print!("{}", table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows));
+    out!("{}", table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows));
     Ok(ExitCode::SUCCESS)
 }

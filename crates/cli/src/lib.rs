@@ -4,6 +4,24 @@
 //! agent runtimes, to keep them small; multi-threaded for the rest), runs the command, and
 //! maps its result to the exit status, printing the whole error chain on one line.
 
+/// `println!` for command output, except that a reader gone away (`clawfleet logs | head`) ends
+/// the process quietly, as Unix tools do, instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod agent;
 mod args;
 pub mod client;

@@ -49,10 +49,10 @@ pub(crate) async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
                         Ok(())
                     }
                 }
-                .context("writing to stdout")?;
+                .or_else(quiet_when_closed)?;
             }
             // Committed only once written: a restart repeats nothing it printed, loses nothing.
-            stdout.flush().context("writing to stdout")?;
+            stdout.flush().or_else(quiet_when_closed)?;
             follower.commit()?;
         }
         tokio::select! {
@@ -61,4 +61,12 @@ pub(crate) async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
             () = &mut stop => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// A reader gone away ends the follower quietly; anything else is an error.
+fn quiet_when_closed(e: std::io::Error) -> anyhow::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    Err(anyhow::Error::new(e).context("writing to stdout"))
 }

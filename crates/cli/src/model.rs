@@ -113,7 +113,7 @@ mod service {
 #[cfg(feature = "model")]
 async fn fetch(args: ModelFetchArgs) -> anyhow::Result<ExitCode> {
     let path = tokio::task::spawn_blocking(move || service::fetch(args.models)).await??;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,9 +121,9 @@ async fn fetch(args: ModelFetchArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ModelServeArgs) -> anyhow::Result<ExitCode> {
     let running = start(&args.options, args.listen).await?;
     let info = running.service.engine().info();
-    println!("serving {} ({} MB; {}) on http://{}", running.service.name(), info.size / 1_000_000, info.capacity(), running.addr);
-    println!("  OpenAI  POST /v1/chat/completions, GET /v1/models");
-    println!("  Ollama  POST /api/chat, POST /api/generate, GET /api/tags");
+    outln!("serving {} ({} MB; {}) on http://{}", running.service.name(), info.size / 1_000_000, info.capacity(), running.addr);
+    outln!("  OpenAI  POST /v1/chat/completions, GET /v1/models");
+    outln!("  Ollama  POST /api/chat, POST /api/generate, GET /api/tags");
     crate::shutdown_signal().await;
     running.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -161,6 +161,18 @@ impl EventPrinter {
     }
 }
 
+/// Writes command output to stdout. A closed pipe ends the process with status 0 and nothing on
+/// stderr (the reader has what it wanted); any other failure to write is a panic, as println!'s.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,9 +26,9 @@ pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     let resp: InjectResponse = client.post(&format!("/api/v1/fleets/{}/inject", args.name), &req).await?;
     if !args.wait {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&resp)?);
+            outln!("{}", serde_json::to_string_pretty(&resp)?);
         } else {
-            println!("{}", resp.injection_id);
+            outln!("{}", resp.injection_id);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -66,13 +66,13 @@ pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     let status: InjectionStatus = client.get(&format!("/api/v1/injections/{}", resp.injection_id)).await?;
     let failed = status.agents.iter().any(|a| a.state != "complete");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         for a in &status.agents {
             match (&a.answer, &a.error) {
-                (_, Some(err)) => println!("{}/{} failed: {err}", status.fleet, a.agent),
-                (Some(answer), None) => println!("{}/{}: {}", status.fleet, a.agent, answer.trim()),
-                (None, None) => println!("{}/{}: ({})", status.fleet, a.agent, a.state),
+                (_, Some(err)) => outln!("{}/{} failed: {err}", status.fleet, a.agent),
+                (Some(answer), None) => outln!("{}/{}: {}", status.fleet, a.agent, answer.trim()),
+                (None, None) => outln!("{}/{}: ({})", status.fleet, a.agent, a.state),
             }
         }
     }
@@ -126,7 +126,7 @@ pub(crate) async fn command(args: CommandArgs) -> anyhow::Result<ExitCode> {
     let resp: CommandResponse = client.post(&format!("/api/v1/fleets/{}/command", args.name), &req).await?;
     let all_ok = resp.pending.is_empty() && resp.results.iter().all(|r| r.ok);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        outln!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
         let mut rows: Vec<Vec<String>> = resp
             .results
@@ -144,7 +144,7 @@ pub(crate) async fn command(args: CommandArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| vec![format!("{}/{p}", args.name), "pending".into(), "no reply yet; it stays queued for the agent".into()]),
         );
-        print!("{}", table(&["AGENT", "STATUS", "REPLY"], &rows));
+        out!("{}", table(&["AGENT", "STATUS", "REPLY"], &rows));
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -182,7 +182,7 @@ pub(crate) async fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     let results = match outcome {
         Ok(r) => r,
         Err(e) if args.json => {
-            println!("{}", serde_json::json!({"status": "error", "message": format!("{e:#}")}));
+            outln!("{}", serde_json::json!({"status": "error", "message": format!("{e:#}")}));
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e),
@@ -198,17 +198,17 @@ pub(crate) async fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             serde_json::json!({"status": if all_healthy { "healthy" } else { "unhealthy" }, "results": rows})
         };
-        println!("{body}");
+        outln!("{body}");
     } else if results.is_empty() {
-        println!("No running instances to monitor.");
+        outln!("No running instances to monitor.");
     } else {
         for (name, healthy, why) in &results {
             if !healthy {
-                println!("{name} UNHEALTHY ({})", why.as_deref().unwrap_or("unhealthy"));
+                outln!("{name} UNHEALTHY ({})", why.as_deref().unwrap_or("unhealthy"));
             }
         }
         if all_healthy {
-            println!("All {} agents healthy", results.len());
+            outln!("All {} agents healthy", results.len());
         }
     }
     Ok(if all_healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -84,40 +84,40 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     let http = format!("http://{}", server.http_addr());
-    println!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
-    println!("  dashboard  {http}/");
-    println!("  API token  {}", data.join("token").display());
+    outln!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
+    outln!("  dashboard  {http}/");
+    outln!("  API token  {}", data.join("token").display());
     match server.broker_addr() {
-        Some(addr) => println!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
-        None => println!("  bus        external broker; agents use {}", server.bus_url()),
+        Some(addr) => outln!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
+        None => outln!("  bus        external broker; agents use {}", server.bus_url()),
     }
     #[cfg(feature = "model")]
     if let Some(m) = &model {
         let info = m.service.engine().info();
-        println!("  model      {} ({}) on http://{}: OpenAI /v1, Ollama /api", m.service.name(), info.capacity(), m.addr);
+        outln!("  model      {} ({}) on http://{}: OpenAI /v1, Ollama /api", m.service.name(), info.capacity(), m.addr);
     }
     if model.is_none() {
         match &model_url {
-            Some(url) => println!("  model      agents of the `model` brain use {url}"),
-            None => println!("  model      none (started with --no-model)"),
+            Some(url) => outln!("  model      agents of the `model` brain use {url}"),
+            None => outln!("  model      none (started with --no-model)"),
         }
     }
     if let Some(d) = &docker {
-        println!("  docker     {}", d.summary);
+        outln!("  docker     {}", d.summary);
     }
     if slurm.is_some() {
         let place = args.slurm_login.as_deref().map_or("on this machine".to_owned(), |l| format!("on {l} over ssh"));
-        println!("  slurm      agents are batch jobs submitted {place}");
+        outln!("  slurm      agents are batch jobs submitted {place}");
     }
-    println!("  data       {}", data.display());
-    println!("  brain      fleets launched without --brain use '{default_brain}'");
+    outln!("  data       {}", data.display());
+    outln!("  brain      fleets launched without --brain use '{default_brain}'");
 
     if args.demo
         && let Err(e) = demo(&http, server.token()).await
     {
         eprintln!("warning: could not launch the demo fleet: {e:#}");
     }
-    println!("Press Ctrl-C to stop (agents of local fleets stop with it; fleets come back on the next `up`).");
+    outln!("Press Ctrl-C to stop (agents of local fleets stop with it; fleets come back on the next `up`).");
 
     crate::shutdown_signal().await;
     eprintln!("Stopping…");
@@ -140,13 +140,13 @@ async fn demo(http: &str, token: &str) -> anyhow::Result<()> {
             ..LaunchRequest::default()
         };
         let fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
-        println!("  demo       launched fleet 'demo' ({} local agents, brain {})", fleet.replicas, fleet.brain);
+        outln!("  demo       launched fleet 'demo' ({} local agents, brain {})", fleet.replicas, fleet.brain);
     } else {
-        println!("  demo       fleet 'demo' already exists");
+        outln!("  demo       fleet 'demo' already exists");
     }
-    println!("Try:");
-    println!("  clawfleet status demo");
-    println!("  clawfleet inject demo \"Report your status in three words.\" --wait");
-    println!("  clawfleet attach demo");
+    outln!("Try:");
+    outln!("  clawfleet status demo");
+    outln!("  clawfleet inject demo \"Report your status in three words.\" --wait");
+    outln!("  clawfleet attach demo");
     Ok(())
 }

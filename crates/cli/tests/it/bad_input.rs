@@ -235,3 +235,24 @@ impl Plane {
         v
     }
 }
+
+/// A reader that goes away (`| head`) ends a printing command quietly, never with a panic.
+#[test]
+fn a_closed_pipe_ends_a_printing_command_quietly() {
+    let plane = Plane::start();
+    // Far more output than a pipe holds (64 KiB), so `ls` meets the closed pipe.
+    let token = plane.token();
+    for i in 0..400 {
+        let body = json!({"name": format!("pipe-fleet-with-a-long-name-{i:03}"), "replicas": 0, "prompt": "p".repeat(200)}).to_string();
+        let (status, _) = plane.http("POST", "/api/v1/fleets", Some(&token), Some(&body));
+        assert_eq!(status, 201);
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' ls --json --data '{}' | head -c 10", crate::support::BIN, plane.data().display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.stdout.len(), 10);
+}
