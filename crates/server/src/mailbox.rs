@@ -54,13 +54,15 @@ pub(crate) struct Routes {
 /// the bus have no outbox, so no route, and get nothing here). Not acknowledged until the agent
 /// answers, so the outbox loop sends it again if this is lost.
 pub(crate) fn deliver(app: &App, fleet: &str, slots: &[u32], directive: &Directive) {
-    let fleets = app.mailboxes.fleets.lock().expect("not poisoned");
-    let Some((mailbox, jobs)) = fleets.get(fleet) else { return };
+    // The routes are copied out: no file is written under the lock.
+    let (mailbox, routes): (Mailbox, Vec<(u32, String)>) = {
+        let fleets = app.mailboxes.fleets.lock().expect("not poisoned");
+        let Some((mailbox, jobs)) = fleets.get(fleet) else { return };
+        (mailbox.clone(), slots.iter().filter_map(|s| Some((*s, jobs.get(s)?.clone()))).collect())
+    };
     let line = lines::inbox_line(directive);
-    for slot in slots {
-        if let Some(job) = jobs.get(slot)
-            && let Err(e) = mailbox.append_inbox(job, *slot, &line)
-        {
+    for (slot, job) in routes {
+        if let Err(e) = mailbox.append_inbox(&job, slot, &line) {
             tracing::warn!(fleet, slot, error = %e, "Could not append to an agent's inbox; will retry");
         }
     }
@@ -82,11 +84,12 @@ const RESCAN: Duration = Duration::from_millis(250);
 pub(crate) async fn run(app: Arc<App>, tx: mpsc::Sender<BusEvent>, options: MailboxOptions, mut shutdown: watch::Receiver<bool>) {
     let wake = Arc::new(Notify::new());
     let mut followed: HashMap<String, Followed> = HashMap::new();
+    let mut unusable: HashMap<String, String> = HashMap::new();
     let mut last_scan: Option<Instant> = None;
     loop {
         if last_scan.is_none_or(|at| at.elapsed() >= RESCAN) {
             last_scan = Some(Instant::now());
-            rescan(&app, &mut followed, &wake, options).await;
+            rescan(&app, &mut followed, &mut unusable, &wake, options).await;
         }
         for (fleet, f) in followed.iter_mut() {
             follow(&app, &tx, fleet, f).await;
@@ -100,7 +103,14 @@ pub(crate) async fn run(app: Arc<App>, tx: mpsc::Sender<BusEvent>, options: Mail
 }
 
 /// Starts following the mailboxes of new fleets and forgets those of removed ones.
-async fn rescan(app: &Arc<App>, followed: &mut HashMap<String, Followed>, wake: &Arc<Notify>, options: MailboxOptions) {
+/// `unusable`: the last reason each fleet's mailbox could not be followed, so it is said once.
+async fn rescan(
+    app: &Arc<App>,
+    followed: &mut HashMap<String, Followed>,
+    unusable: &mut HashMap<String, String>,
+    wake: &Arc<Notify>,
+    options: MailboxOptions,
+) {
     let Ok(rows) = app.db.run(|s| s.fleets()).await else { return };
     let mut wanted: HashMap<String, (String, PathBuf)> = HashMap::new();
     for row in &rows {
@@ -110,6 +120,7 @@ async fn rescan(app: &Arc<App>, followed: &mut HashMap<String, Followed>, wake: 
         }
     }
     followed.retain(|name, f| wanted.get(name).is_some_and(|(uid, _)| *uid == f.uid));
+    unusable.retain(|name, _| wanted.contains_key(name));
     app.mailboxes.fleets.lock().expect("not poisoned").retain(|name, _| followed.contains_key(name));
     for (name, (uid, dir)) in wanted {
         if followed.contains_key(&name) {
@@ -129,11 +140,17 @@ async fn rescan(app: &Arc<App>, followed: &mut HashMap<String, Followed>, wake: 
                     }
                 }
                 tracing::info!(fleet = %name, dir = %dir.display(), "Following the fleet's mailbox");
+                unusable.remove(&name);
                 app.mailboxes.fleets.lock().expect("not poisoned").insert(name.clone(), (mailbox.clone(), HashMap::new()));
                 followed.insert(name, Followed { uid, mailbox, follower, problem: None, turns: HashMap::new() });
             }
             // Said by the backend too (it creates the mailbox before submitting jobs).
-            Err(e) => tracing::warn!(fleet = %name, error = %e, "Cannot follow the fleet's mailbox yet"),
+            Err(e) => {
+                if unusable.get(&name) != Some(&e) {
+                    tracing::warn!(fleet = %name, error = %e, "Cannot follow the fleet's mailbox yet");
+                    unusable.insert(name, e);
+                }
+            }
         }
     }
 }

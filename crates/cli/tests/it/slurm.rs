@@ -79,8 +79,13 @@ fn cluster_file(dir: &std::path::Path, name: &str, profile: serde_json::Value) -
     path.display().to_string()
 }
 
+/// The Slurm job id of an agent in `status --json`, once it has one.
+fn try_job_of(status: &serde_json::Value, slot: usize) -> Option<String> {
+    status["agents"][slot]["instance"].as_str().and_then(|i| i.strip_prefix("job ")).map(str::to_owned)
+}
+
 fn job_of(status: &serde_json::Value, slot: usize) -> String {
-    status["agents"][slot]["instance"].as_str().and_then(|i| i.strip_prefix("job ")).expect("a job id").to_owned()
+    try_job_of(status, slot).expect("a job id")
 }
 
 /// The pid of the agent runtime inside a Slurm job (found by its environment).
@@ -163,7 +168,7 @@ fn a_slurm_fleet_on_the_mailbox_answers_survives_garbage_and_reports_dead_worker
     assert_eq!(last, format!(r#"{{"type":"complete","job_id":"{job1}","node_id":1}}"#));
     crate::support::eventually(Duration::from_secs(120), "a new job for slot 1", || {
         let s = plane.json(&["status", "mbox", "--json"]);
-        let job = s["agents"][1]["instance"].as_str().and_then(|i| i.strip_prefix("job ")).map(str::to_owned);
+        let job = try_job_of(&s, 1);
         (job.is_some_and(|j| j != job1) && s["agents"][1]["state"] == "idle").then_some(())
     });
     let out = plane.ok(&["inject", "mbox", "after the cancel", "--agent", "1", "--wait"]);
