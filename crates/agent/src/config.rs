@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub model_url: Option<String>,
     /// Model name to ask the shared model service for.
     pub model_name: String,
+    /// Whether the model URL is the control plane's own model service (then the `model` brain
+    /// asks for the sampling a small model needs, with llama-server's options).
+    pub model_builtin: bool,
     pub system_prompt: Option<String>,
     pub fleet_version: String,
     pub heartbeat_interval: Duration,
@@ -52,6 +55,7 @@ impl AgentConfig {
             brain: BrainSpec::Echo,
             model_url: None,
             model_name: "default".into(),
+            model_builtin: false,
             system_prompt: None,
             fleet_version: "1".into(),
             heartbeat_interval: Duration::from_secs(2),

@@ -112,7 +112,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         Ok((b, p)) => (b, p, None),
         Err(e) => (config.brain.clone(), config.system_prompt.clone(), Some(e)),
     };
-    let brain = brain::build(&brain_spec, config.model_url.as_deref(), &config.model_name, &http);
+    let brain = brain::build(&brain_spec, &config, &http);
 
     let mut bus_config = ClientConfig::new(config.bus_host.clone(), config.bus_port, config.client_id());
     bus_config.username = config.bus_username.clone();
@@ -424,7 +424,7 @@ impl Agent {
     }
 
     fn rebuild_brain(&mut self) {
-        self.brain = brain::build(&self.brain_spec, self.config.model_url.as_deref(), &self.config.model_name, &self.http);
+        self.brain = brain::build(&self.brain_spec, &self.config, &self.http);
     }
 
     fn probe_health(&self, reply_to: Option<String>) {

@@ -12,6 +12,9 @@ pub const WORKSPACE: &str = "CLAWFLEET_WORKSPACE";
 pub const BRAIN: &str = "CLAWFLEET_BRAIN";
 pub const MODEL_URL: &str = "CLAWFLEET_MODEL_URL";
 pub const MODEL_NAME: &str = "CLAWFLEET_MODEL_NAME";
+/// `1` when the model URL is the control plane's own model service, which takes llama-server's
+/// sampling options (top_k, min_p, repeat_penalty) besides OpenAI's.
+pub const MODEL_BUILTIN: &str = "CLAWFLEET_MODEL_BUILTIN";
 pub const SYSTEM_PROMPT: &str = "CLAWFLEET_SYSTEM_PROMPT";
 pub const FLEET_VERSION: &str = "CLAWFLEET_FLEET_VERSION";
 pub const HEARTBEAT_MS: &str = "CLAWFLEET_HEARTBEAT_MS";

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use clawfleet_core::{BackendKind, FleetName};
 
-use crate::{Backend, BackendError, Deployment, Replica};
+use crate::{Applied, Backend, BackendError, Deployment, Replica};
 
 #[derive(Debug, Default)]
 pub struct ExternalBackend;
@@ -17,8 +17,8 @@ impl Backend for ExternalBackend {
         BackendKind::External
     }
 
-    async fn apply(&self, _: &Deployment) -> Result<(), BackendError> {
-        Ok(())
+    async fn apply(&self, _: &Deployment) -> Result<Applied, BackendError> {
+        Ok(Applied::Started)
     }
 
     async fn observe(&self, _: &FleetName) -> Result<Vec<Replica>, BackendError> {

@@ -50,6 +50,8 @@ pub struct Endpoints {
     /// The shared model service (OpenAI-compatible base URL), for the `model` brain.
     pub model_url: Option<String>,
     pub model_name: String,
+    /// Whether `model_url` is the control plane's own model service.
+    pub model_builtin: bool,
     pub heartbeat_ms: u64,
 }
 
@@ -96,6 +98,9 @@ impl Deployment {
         }
         if let Some(url) = &e.model_url {
             vars.push((env::MODEL_URL, url.clone()));
+            if e.model_builtin {
+                vars.push((env::MODEL_BUILTIN, "1".into()));
+            }
         }
         if let Some(prompt) = &self.prompt {
             vars.push((env::SYSTEM_PROMPT, prompt.clone()));
@@ -153,6 +158,17 @@ impl ReplicaState {
     }
 }
 
+/// What a call of [`Backend::apply`] achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The agents are started, or on their way (`observe` shows them).
+    Started,
+    /// The backend must get something ready before it can start any agent (the agent image,
+    /// built on first use); what it is doing, for the operator. The control plane calls
+    /// `apply` again until it answers `Started`.
+    Preparing(String),
+}
+
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -168,8 +184,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> BackendKind;
 
     /// Makes the fleet's agents match `deployment`: starts missing slots, stops extra ones.
-    /// Idempotent and quick: it starts work and returns; `observe` shows progress.
-    async fn apply(&self, deployment: &Deployment) -> Result<(), BackendError>;
+    /// Idempotent and quick: it starts work and returns; `observe` shows progress, and
+    /// [`Applied::Preparing`] says what comes before the first agent can start.
+    async fn apply(&self, deployment: &Deployment) -> Result<Applied, BackendError>;
 
     /// The fleet's agents, as they are now, by slot.
     async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError>;

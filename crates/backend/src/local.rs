@@ -31,7 +31,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{Backend, BackendError, Deployment, Replica, ReplicaState, env};
+use crate::{Applied, Backend, BackendError, Deployment, Replica, ReplicaState, env};
 
 /// How the local backend starts agents.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Backend for LocalBackend {
         BackendKind::Local
     }
 
-    async fn apply(&self, deployment: &Deployment) -> Result<(), BackendError> {
+    async fn apply(&self, deployment: &Deployment) -> Result<Applied, BackendError> {
         let mut fleets = self.fleets.lock().expect("not poisoned");
         let slots = fleets.entry(deployment.fleet.clone()).or_default();
         slots.retain(|_, s| !(s.finished() && s.stopping()));
@@ -150,7 +150,7 @@ impl Backend for LocalBackend {
                 let _ = s.stop.send(true);
             }
         }
-        Ok(())
+        Ok(Applied::Started)
     }
 
     async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {

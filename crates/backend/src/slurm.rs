@@ -34,7 +34,7 @@ use clawfleet_core::{BackendKind, FleetName};
 use tokio::process::Command;
 
 use crate::local::config_key;
-use crate::{Backend, BackendError, Deployment, Replica, ReplicaState, env};
+use crate::{Applied, Backend, BackendError, Deployment, Replica, ReplicaState, env};
 
 /// Where and how the slurm backend runs agents.
 #[derive(Debug, Clone)]
@@ -317,7 +317,7 @@ impl Backend for SlurmBackend {
         BackendKind::Slurm
     }
 
-    async fn apply(&self, d: &Deployment) -> Result<(), BackendError> {
+    async fn apply(&self, d: &Deployment) -> Result<Applied, BackendError> {
         let t = self.target(d);
         if t.login.is_some() && t.transport != "bus" {
             return Err(BackendError::Failed(format!(
@@ -361,7 +361,7 @@ impl Backend for SlurmBackend {
                 None => {}
             }
         }
-        Ok(())
+        Ok(Applied::Started)
     }
 
     async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {

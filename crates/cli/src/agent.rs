@@ -109,6 +109,7 @@ fn base(agent: AgentRef, uid: &str, bus: &BusUrl, workspace: PathBuf, args: &Age
     c.brain = args.brain.parse::<BrainSpec>()?;
     c.model_url = args.model_url.clone();
     c.model_name = args.model_name.clone();
+    c.model_builtin = args.model_builtin;
     c.system_prompt = args.system_prompt.clone().filter(|p| !p.is_empty());
     c.fleet_version = args.fleet_version.clone();
     c.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
@@ -176,6 +177,7 @@ async fn join(args: &AgentArgs, fleet: &str) -> anyhow::Result<Vec<AgentConfig>>
             c.fleet_version = join.version.clone();
             c.model_url = join.model_url.clone();
             c.model_name = join.model_name.clone();
+            c.model_builtin = join.model_builtin;
             c.heartbeat_interval = Duration::from_millis(join.heartbeat_ms.max(100));
             c.bus_username = a.username.clone();
             c.bus_password = a.password.clone();

@@ -120,6 +120,10 @@ pub(crate) struct ModelOptions {
     /// Threads for inference [default: one per core]
     #[arg(long)]
     pub model_threads: Option<i32>,
+    /// The seed of requests that give none, for answers that repeat run after run (llama-server's
+    /// --seed) [default: a fresh random seed per request]
+    #[arg(long, value_name = "N")]
+    pub model_seed: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +185,10 @@ pub(crate) struct UpArgs {
     /// The address agents in containers reach this machine at [default: the gateway of docker_gwbridge]
     #[arg(long)]
     pub docker_host: Option<std::net::IpAddr>,
+    /// The image of docker fleets that name none; built from this binary the first time a
+    /// fleet needs it, if the engine does not have it [default: clawfleet-agent:<version>]
+    #[arg(long, value_name = "TAG")]
+    pub docker_image: Option<String>,
     /// Enable the slurm backend (each agent a batch job; Slurm's commands here or on --slurm-login).
     #[arg(long)]
     pub slurm: bool,
@@ -340,6 +348,12 @@ pub(crate) struct CommandArgs {
 pub(crate) struct ScaleArgs {
     pub name: String,
     pub replicas: u32,
+    /// Wait until the fleet has exactly that many agents, each ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds --wait waits before giving up.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -541,6 +555,9 @@ pub(crate) struct AgentArgs {
     pub model_url: Option<String>,
     #[arg(long, env = clawfleet_backend::env::MODEL_NAME, default_value = "default")]
     pub model_name: String,
+    /// The model URL is the control plane's own model service.
+    #[arg(long, env = clawfleet_backend::env::MODEL_BUILTIN, value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub model_builtin: bool,
     #[arg(long, env = clawfleet_backend::env::SYSTEM_PROMPT)]
     pub system_prompt: Option<String>,
     #[arg(long, env = clawfleet_backend::env::FLEET_VERSION, default_value = "1")]

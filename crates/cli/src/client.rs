@@ -23,6 +23,27 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// An answer of the control plane that is not a success: what it said, and its status (callers
+/// tell "no such fleet" by `404`, not by the words).
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: reqwest::StatusCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// Whether `e` is the control plane answering `404 Not Found`.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == reqwest::StatusCode::NOT_FOUND)
+}
+
 /// An API client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -88,10 +109,11 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<clawfleet_proto::api::ApiError>(&text) {
-            Ok(e) => Err(anyhow!("{}", e.error)),
-            Err(_) => Err(anyhow!("the control plane answered {status}: {}", text.trim())),
-        }
+        let message = match serde_json::from_str::<clawfleet_proto::api::ApiError>(&text) {
+            Ok(e) => e.error,
+            Err(_) => format!("the control plane answered {status}: {}", text.trim()),
+        };
+        Err(ApiFailure { status, message }.into())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clawfleet_backend::Backend;
-use clawfleet_docker::discover::{self, Method, Query};
+use clawfleet_docker::discover::{self, Method, Query, TaskState};
 use clawfleet_docker::swarm::{self, DockerBackend, DockerConfig};
 use clawfleet_docker::{Engine, image};
 use serde_json::Value;
@@ -52,11 +52,17 @@ pub(crate) async fn backend_for_up(args: &UpArgs) -> anyhow::Result<UpDocker> {
     };
     let mut config = DockerConfig::new(engine.clone(), host.to_string());
     config.network = args.docker_network.clone();
+    if let Some(tag) = &args.docker_image {
+        clawfleet_core::spec::check_image(tag).context("--docker-image")?;
+        config.default_image = tag.clone();
+    }
+    // The default image is made from this binary, on first use.
+    config.build_from = Some(std::env::current_exe().context("finding this clawfleet binary")?);
     // Swarm watches each updated agent for a few heartbeats before it moves on.
     config.update_monitor = Duration::from_millis(args.heartbeat_ms.max(100) * 5).max(Duration::from_secs(15));
     let image_state = match image::exists(&engine, &config.default_image).await {
         Ok(true) => "present".to_owned(),
-        Ok(false) => "missing: run `clawfleet image build`".to_owned(),
+        Ok(false) => "not built yet: it is built from this binary when the first fleet needs it".to_owned(),
         Err(e) => format!("unknown: {e}"),
     };
     let summary = format!(
@@ -121,6 +127,10 @@ pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     if let Some(note) = &found.note {
         eprintln!("{note}");
     }
+    let starting = found.tasks.iter().filter(|t| t.state == Some(TaskState::Starting)).count();
+    if starting > 0 {
+        eprintln!("({starting} task(s) starting: up and addressable, their health check has not passed yet)");
+    }
     let dash = || "-".to_owned();
     let rows: Vec<Vec<String>> = found
         .tasks
@@ -129,6 +139,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
             vec![
                 t.address.to_string(),
                 t.slot.map_or_else(dash, |s| s.to_string()),
+                t.state.map_or_else(dash, |s| s.as_str().to_owned()),
                 t.task_id.clone().unwrap_or_else(dash),
                 t.node_id.clone().unwrap_or_else(dash),
                 t.network.clone().unwrap_or_else(dash),
@@ -141,7 +152,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if !rows.is_empty() {
-        out!("{}", table(&["ADDRESS", "SLOT", "TASK", "NODE", "NETWORK", "HEALTH"], &rows));
+        out!("{}", table(&["ADDRESS", "SLOT", "STATE", "TASK", "NODE", "NETWORK", "HEALTH"], &rows));
     }
     Ok(ExitCode::SUCCESS)
 }

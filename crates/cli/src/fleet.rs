@@ -53,22 +53,23 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
 
 /// Waits until every agent of the fleet is ready, showing progress.
 async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> anyhow::Result<Fleet> {
-    wait_for(client, name, timeout, "are ready", &ready, &|_| None).await
+    wait_for(client, name, timeout, "are ready", &ready).await
 }
 
 fn ready(a: &AgentStatus) -> bool {
     matches!(a.state.as_str(), "idle" | "busy")
 }
 
-/// Polls the fleet until `done` holds for each of its agents (showing progress), `abort` has a
-/// reason to stop, or `timeout` passes; `what` says what the agents are waited for.
+/// Polls the fleet until `done` holds for each of its agents and no agent above its replica
+/// count is left (showing progress and what the backend prepares), its backend reports a
+/// problem (which ends the wait at once: it will not go away by itself), or `timeout` passes;
+/// `what` says what the agents are waited for.
 async fn wait_for(
     client: &Client,
     name: &str,
     timeout: Duration,
     what: &str,
     done: &dyn Fn(&AgentStatus) -> bool,
-    abort: &dyn Fn(&FleetStatus) -> Option<String>,
 ) -> anyhow::Result<Fleet> {
     let started = Instant::now();
     let mut progress: Option<Progress> = None;
@@ -78,12 +79,15 @@ async fn wait_for(
         let total = status.fleet.replicas;
         let wanted = || status.agents.iter().filter(|a| a.slot < total);
         let count = wanted().filter(|a| done(a)).count() as u32;
-        progress.get_or_insert_with(|| Progress::new(u64::from(total), &format!("agents {what}"))).set(u64::from(count));
-        if let Some(why) = abort(&status) {
+        let bar = progress.get_or_insert_with(|| Progress::new(u64::from(total), &format!("agents {what}")));
+        bar.set(u64::from(count));
+        bar.note(status.fleet.preparing.as_deref());
+        if let Some(problem) = &status.fleet.problem {
             finish(progress);
-            bail!("{why}");
+            bail!("fleet '{name}': {problem} ({count} of {total} agents {what})");
         }
-        if count >= total {
+        let extra = status.agents.iter().filter(|a| a.slot >= total).count();
+        if count >= total && extra == 0 {
             finish(progress);
             eprintln!("all {total} agents of '{name}' {what} ({:.1} s)", started.elapsed().as_secs_f64());
             return Ok(status.fleet);
@@ -100,6 +104,7 @@ async fn wait_for(
                         None => format!("{} is {}{version}", a.id, a.state),
                     }
                 })
+                .chain(status.agents.iter().filter(|a| a.slot >= total).take(10).map(|a| format!("{} is still {}", a.id, a.state)))
                 .collect();
             bail!("only {count} of {total} agents of '{name}' {what} after {} s: {}", timeout.as_secs(), waiting.join(", "));
         }
@@ -129,11 +134,15 @@ pub(crate) async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
                 f.brain.clone(),
                 f.version.clone(),
                 f.created_at.get(..19).unwrap_or(&f.created_at).replace('T', " "),
-                f.problem.clone().unwrap_or_default(),
+                match (&f.problem, &f.preparing) {
+                    (Some(problem), _) => format!("problem: {problem}"),
+                    (None, Some(preparing)) => format!("preparing: {preparing}"),
+                    (None, None) => String::new(),
+                },
             ]
         })
         .collect();
-    out!("{}", table(&["NAME", "READY", "STATE", "BACKEND", "BRAIN", "VERSION", "CREATED", "PROBLEM"], &rows));
+    out!("{}", table(&["NAME", "READY", "STATE", "BACKEND", "BRAIN", "VERSION", "CREATED", "NOTE"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -168,6 +177,9 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(p) = &f.problem {
         outln!("problem: {p}");
+    }
+    if let Some(p) = &f.preparing {
+        outln!("preparing: {p}");
     }
     let rows: Vec<Vec<String>> = s
         .agents
@@ -222,11 +234,15 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let before: FleetStatus = client.get(&format!("/api/v1/fleets/{}", args.name)).await?;
-    let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/scale", args.name), &ScaleRequest { replicas: args.replicas }).await?;
+    let mut fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/scale", args.name), &ScaleRequest { replicas: args.replicas }).await?;
+    if !args.json {
+        outln!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
+    }
+    if args.wait {
+        fleet = wait_ready(&client, &fleet.name, Duration::from_secs(args.timeout)).await?;
+    }
     if args.json {
         print_json(&fleet);
-    } else {
-        outln!("fleet '{}': {} -> {} agents", fleet.name, before.fleet.replicas, fleet.replicas);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -260,8 +276,7 @@ async fn after_change(client: &Client, fleet: Fleet, doing: &str, wait: bool, ti
 /// rolled back.
 async fn wait_version(client: &Client, name: &str, version: &str, timeout: Duration) -> anyhow::Result<Fleet> {
     let runs = |a: &AgentStatus| ready(a) && a.fleet_version.as_deref() == Some(version);
-    let rolled_back = |s: &FleetStatus| s.fleet.problem.clone().filter(|p| p.contains("rolled back"));
-    wait_for(client, name, timeout, &format!("run version {version}"), &runs, &rolled_back).await
+    wait_for(client, name, timeout, &format!("run version {version}"), &runs).await
 }
 
 pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
@@ -271,7 +286,7 @@ pub(crate) async fn terminate(args: TerminateArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         loop {
             match client.get::<FleetStatus>(&format!("/api/v1/fleets/{}", args.name)).await {
-                Err(e) if e.to_string().starts_with("no fleet named") => break,
+                Err(e) if crate::client::is_not_found(&e) => break,
                 Err(e) => return Err(e),
                 Ok(s) if started.elapsed() > Duration::from_secs(args.timeout) => {
                     bail!("fleet '{}' still has {} agents after {} s", args.name, s.agents.len(), args.timeout)

@@ -81,6 +81,7 @@ mod service {
             config.slot_context = options.model_ctx;
             config.default_max_tokens = options.model_max_tokens;
             config.queue = options.model_queue;
+            config.seed = options.model_seed;
             if let Some(t) = options.model_threads {
                 config.threads = t.max(1);
             }

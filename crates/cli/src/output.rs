@@ -40,6 +40,8 @@ pub(crate) struct Progress {
     what: String,
     last: Option<(u64, Instant)>,
     total: u64,
+    /// The note last shown, and when (piped output).
+    note: Option<(String, Instant)>,
 }
 
 impl Progress {
@@ -55,7 +57,26 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress { bar, what: what.to_owned(), last: None, total }
+        Progress { bar, what: what.to_owned(), last: None, total, note: None }
+    }
+
+    /// Shows what the operation waits on besides the count (`None`: nothing in particular); when
+    /// piped, a changed note is printed at most once a second.
+    pub(crate) fn note(&mut self, note: Option<&str>) {
+        match &self.bar {
+            Some(bar) => bar.set_message(match note {
+                Some(n) => format!("{} ({n})", self.what),
+                None => self.what.clone(),
+            }),
+            None => {
+                let Some(note) = note else { return };
+                let due = self.note.as_ref().is_none_or(|(n, at)| n != note && at.elapsed() >= Duration::from_secs(1));
+                if due {
+                    eprintln!("{}: {note}", self.what);
+                    self.note = Some((note.to_owned(), Instant::now()));
+                }
+            }
+        }
     }
 
     pub(crate) fn set(&mut self, done: u64) {

@@ -4,7 +4,10 @@
 //! The router is a client of the control plane. It follows the event stream and translates
 //! each event for its clients ([`translate`]); it turns each command line into API calls.
 //! Every output line goes to every connected client; clients match replies by `request_id`.
-//! Every bad line gets `command_rejected` with the reason, and the router keeps going.
+//! Every bad line gets `command_rejected` with the reason (the reference router's words where it
+//! has a refusal for the case, the particulars in `detail`), and the router keeps going.
+//! Orchestrated projects and execution approvals are answered truthfully: none exist (clawfleet
+//! agents run without approval prompts, and projects come with a later release).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,14 +20,14 @@ use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef};
+use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::broadcast;
 
 use crate::args::RouterArgs;
-use crate::client::Client;
+use crate::client::{Client, is_not_found};
 
 fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -82,6 +85,8 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         }
         EventBody::Assistant { content } => {
             d.insert("content".into(), json!(content));
+            // An agent's `assistant` is its turn's whole answer (codeswarm's phase "final_answer").
+            d.insert("final_answer".into(), json!(true));
             "assistant"
         }
         EventBody::TurnComplete {} => "turn_complete",
@@ -128,6 +133,59 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
     Some(RouterEvent::new(e.at.clone(), name, Value::Object(d)))
 }
 
+/// `agent_runtime` and `agent_model` of a fleet's brain, as codeswarm names them.
+fn runtime(brain: &str) -> [(String, Value); 2] {
+    let brain: Option<BrainSpec> = brain.parse().ok();
+    let model = match &brain {
+        Some(BrainSpec::OpenAi { model, .. } | BrainSpec::Ollama { model, .. }) => json!(model),
+        Some(BrainSpec::Codex { model } | BrainSpec::Claude { model }) => json!(model),
+        _ => Value::Null,
+    };
+    [("agent_runtime".into(), json!(brain.as_ref().map_or("unknown", BrainSpec::kind))), ("agent_model".into(), model)]
+}
+
+/// How a command refuses a fleet it cannot talk to, in the reference router's words.
+#[derive(Debug, Clone, Copy)]
+struct FleetWords {
+    unknown: &'static str,
+    /// `None`: a terminating fleet is still answered (status, terminate).
+    terminating: Option<&'static str>,
+}
+
+impl FleetWords {
+    const TALK: FleetWords = FleetWords { unknown: reasons::UNKNOWN_SWARM, terminating: Some(reasons::SWARM_TERMINATING) };
+    const TARGET: FleetWords = FleetWords { unknown: reasons::UNKNOWN_TARGET_SWARM, terminating: Some(reasons::TARGET_TERMINATING) };
+    const STATUS: FleetWords = FleetWords { unknown: reasons::UNKNOWN_SWARM, terminating: None };
+}
+
+/// `swarm_status` as the reference shapes it (flat, every value a string, number or list of
+/// them, so codeswarm's CLI prints each as `key: value`), with each node's state, and for a
+/// slurm fleet each node's job id, as lists in node order.
+fn swarm_status(s: &FleetStatus, status: Option<&str>) -> Map<String, Value> {
+    let fleet = &s.fleet;
+    let mut d = Map::new();
+    d.insert("swarm_id".into(), json!(fleet.name));
+    d.insert("job_id".into(), json!(fleet.name));
+    d.insert("node_count".into(), json!(fleet.replicas));
+    let running = if fleet.state == "active" { "running" } else { "terminating" };
+    d.insert("status".into(), json!(status.unwrap_or(running)));
+    d.insert("nodes_ready".into(), json!(fleet.ready));
+    d.insert("node_states".into(), json!(s.agents.iter().map(|a| a.state.as_str()).collect::<Vec<_>>()));
+    // A slurm agent is a job of its own: its id, as codeswarm's clients expect one.
+    let jobs: Vec<&str> = s.agents.iter().filter_map(|a| a.instance.as_deref()?.strip_prefix("job ")).collect();
+    if !jobs.is_empty() {
+        d.insert("node_job_ids".into(), json!(jobs));
+    }
+    let hosts: Vec<&str> = s.agents.iter().filter_map(|a| a.hostname.as_deref().or(a.node.as_deref())).collect();
+    if !hosts.is_empty() {
+        d.insert("node_hostnames".into(), json!(hosts));
+    }
+    if let Some(problem) = &fleet.problem {
+        d.insert("error".into(), json!(problem));
+    }
+    d
+}
+
 /// The router's shared state.
 struct Router {
     client: Client,
@@ -140,8 +198,8 @@ impl Router {
         let _ = self.out.send(Arc::new(event.to_line()));
     }
 
-    fn reject(&self, request_id: Option<String>, reason: impl Into<String>) {
-        self.emit(RouterEvent::rejected(now(), &Rejection { request_id, reason: reason.into() }));
+    fn reject(&self, rejection: &Rejection) {
+        self.emit(RouterEvent::rejected(now(), rejection));
     }
 
     fn reply(&self, request_id: &Option<String>, name: &str, mut data: Map<String, Value>) {
@@ -154,21 +212,27 @@ impl Router {
             Ok(req) => {
                 let rid = req.request_id.clone();
                 if let Err(e) = self.handle(req).await {
-                    self.reject(rid, format!("{e:#}"));
+                    let rejection = match e.downcast::<Rejection>() {
+                        Ok(r) => r,
+                        Err(e) => Rejection { request_id: rid, reason: format!("{e:#}"), detail: None },
+                    };
+                    self.reject(&rejection);
                 }
             }
-            Err(rejection) => self.reject(rejection.request_id, rejection.reason),
+            Err(rejection) => self.reject(&rejection),
         }
     }
 
-    async fn fleet_of(&self, swarm: &SwarmRef) -> anyhow::Result<String> {
-        // A local fleet's job id is its name.
-        let name = match swarm {
-            SwarmRef::Swarm(s) | SwarmRef::Job(s) => s.clone(),
-        };
-        match self.client.get::<FleetStatus>(&format!("/api/v1/fleets/{name}")).await {
-            Ok(_) => Ok(name),
-            Err(e) if e.to_string().starts_with("no fleet named") => anyhow::bail!("unknown swarm_id '{name}'"),
+    /// The fleet a command names (a fleet's job id is its name), refused in the reference's
+    /// words (`unknown` or `terminating`) when there is none to talk to.
+    async fn fleet_of(&self, rid: &Option<String>, swarm: &str, words: FleetWords) -> anyhow::Result<FleetStatus> {
+        match self.client.get::<FleetStatus>(&format!("/api/v1/fleets/{swarm}")).await {
+            Ok(s) if words.terminating.is_some() && s.fleet.state != "active" => {
+                let reason = words.terminating.unwrap_or_default();
+                Err(Rejection::with_detail(rid, reason, format!("fleet '{swarm}' is {}", s.fleet.state)).into())
+            }
+            Ok(s) => Ok(s),
+            Err(e) if is_not_found(&e) => Err(Rejection::with_detail(rid, words.unknown, format!("{e:#}")).into()),
             Err(e) => Err(e),
         }
     }
@@ -187,6 +251,11 @@ impl Router {
         match req.command {
             Command::SwarmLaunch { nodes, system_prompt, provider, provider_params } => {
                 let backend = provider.unwrap_or_else(|| "local".into());
+                let info: ServerInfo = self.client.get("/api/v1/info").await?;
+                if !info.backends.contains(&backend) {
+                    let detail = format!("this control plane runs the backends {}", info.backends.join(", "));
+                    return Err(Rejection::with_detail(&rid, format!("unknown provider: {backend}"), detail).into());
+                }
                 let name = match provider_params.get("name").and_then(Value::as_str) {
                     Some(n) => n.to_owned(),
                     None => format!("swarm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -194,6 +263,7 @@ impl Router {
                 let param = |k: &str| provider_params.get(k).and_then(Value::as_str).map(str::to_owned);
                 let mut progress = Map::new();
                 progress.insert("provider".into(), json!(backend));
+                progress.insert("provider_id".into(), json!(backend));
                 progress.insert("stage".into(), json!("submitting"));
                 progress.insert("message".into(), json!(format!("launching {nodes} nodes as fleet '{name}'")));
                 self.reply(&rid, "swarm_launch_progress", progress);
@@ -209,24 +279,19 @@ impl Router {
                     cluster,
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
-                let brain: Option<BrainSpec> = fleet.brain.parse().ok();
-                let model = match &brain {
-                    Some(BrainSpec::OpenAi { model, .. } | BrainSpec::Ollama { model, .. }) => json!(model),
-                    Some(BrainSpec::Codex { model } | BrainSpec::Claude { model }) => json!(model),
-                    _ => Value::Null,
-                };
                 let mut d = Map::new();
                 d.insert("swarm_id".into(), json!(fleet.name));
                 d.insert("job_id".into(), json!(fleet.name));
                 d.insert("node_count".into(), json!(fleet.replicas));
                 d.insert("provider".into(), json!(fleet.backend));
                 d.insert("provider_id".into(), json!(fleet.backend));
-                d.insert("agent_runtime".into(), json!(brain.as_ref().map_or("unknown", BrainSpec::kind)));
-                d.insert("agent_model".into(), model);
+                d.extend(runtime(&fleet.brain));
+                d.insert("pricing_model".into(), Value::Null);
                 self.reply(&rid, "swarm_launched", d);
             }
             Command::Inject { swarm, nodes, content } => {
-                let fleet = self.fleet_of(&swarm).await?;
+                let (SwarmRef::Swarm(name) | SwarmRef::Job(name)) = &swarm;
+                let fleet = self.fleet_of(&rid, name, FleetWords::TALK).await?.fleet.name;
                 let agents = match nodes {
                     Nodes::All => None,
                     Nodes::List(list) => Some(list),
@@ -234,12 +299,12 @@ impl Router {
                 self.inject(&rid, &fleet, agents, content).await?;
             }
             Command::EnqueueInject { source_swarm_id, target_swarm_id, selector, content } => {
-                let fleet = self.fleet_of(&SwarmRef::Swarm(target_swarm_id.clone())).await?;
+                let status = self.fleet_of(&rid, &target_swarm_id, FleetWords::TARGET).await?;
+                let fleet = status.fleet.name.clone();
                 let agents = match selector {
                     Selector::All => None,
                     Selector::Nodes(list) => Some(list),
                     Selector::Idle => {
-                        let status: FleetStatus = self.client.get(&format!("/api/v1/fleets/{fleet}")).await?;
                         let pick = status
                             .agents
                             .iter()
@@ -272,8 +337,17 @@ impl Router {
                     .into_iter()
                     .map(|f| {
                         let status = if f.state == "active" { "running" } else { "terminating" };
-                        let v = json!({"job_id": f.name, "node_count": f.replicas, "system_prompt": f.prompt, "status": status, "provider": f.backend, "provider_id": f.backend});
-                        (f.name, v)
+                        let mut v = Map::new();
+                        v.insert("job_id".into(), json!(f.name));
+                        v.insert("node_count".into(), json!(f.replicas));
+                        v.insert("system_prompt".into(), json!(f.prompt));
+                        v.insert("status".into(), json!(status));
+                        v.extend(runtime(&f.brain));
+                        v.insert("pricing_model".into(), Value::Null);
+                        v.insert("provider".into(), json!(f.backend));
+                        v.insert("provider_backend".into(), json!(f.backend));
+                        v.insert("provider_id".into(), json!(f.backend));
+                        (f.name, Value::Object(v))
                     })
                     .collect();
                 let mut d = Map::new();
@@ -281,44 +355,49 @@ impl Router {
                 self.reply(&rid, "swarm_list", d);
             }
             Command::SwarmStatus { swarm_id } => {
-                let fleet = self.fleet_of(&SwarmRef::Swarm(swarm_id)).await?;
-                let s: FleetStatus = self.client.get(&format!("/api/v1/fleets/{fleet}")).await?;
-                let nodes: Vec<Value> = s
-                    .agents
-                    .iter()
-                    .map(|a| {
-                        let mut n = json!({"node_id": a.slot, "state": a.state, "queued": a.queued});
-                        // A slurm agent is a job of its own: its id, as codeswarm's clients expect one.
-                        if let Some(job) = a.instance.as_deref().and_then(|i| i.strip_prefix("job ")) {
-                            n["job_id"] = json!(job);
-                        }
-                        if let Some(host) = a.hostname.as_ref().or(a.node.as_ref()) {
-                            n["hostname"] = json!(host);
-                        }
-                        n
-                    })
-                    .collect();
-                let mut d = Map::new();
-                d.insert("swarm_id".into(), json!(fleet));
-                d.insert("job_id".into(), json!(fleet));
-                d.insert("node_count".into(), json!(s.fleet.replicas));
-                d.insert("status".into(), json!(if s.fleet.state == "active" { "running" } else { "terminating" }));
-                d.insert("nodes".into(), Value::Array(nodes));
-                self.reply(&rid, "swarm_status", d);
+                let s = self.fleet_of(&rid, &swarm_id, FleetWords::STATUS).await?;
+                self.reply(&rid, "swarm_status", swarm_status(&s, None));
             }
-            Command::ApproveExecution { job_id, call_id } => {
-                anyhow::bail!("unknown execution approval ({job_id}, {call_id}): clawfleet agents do not wait for approvals")
+            Command::ApproveExecution { job_id, call_id, node_id, injection_id } => {
+                // No agent waits for an approval: the reference's refusal, with its fields.
+                let mut d = Map::new();
+                d.insert("reason".into(), json!(reasons::UNKNOWN_APPROVAL));
+                d.insert("detail".into(), json!("no execution waits for an approval: clawfleet agents run without approval prompts"));
+                d.insert("job_id".into(), json!(job_id));
+                d.insert("call_id".into(), json!(call_id));
+                d.insert("node_id".into(), json!(node_id));
+                d.insert("injection_id".into(), json!(injection_id));
+                d.insert("pending_candidates".into(), json!(0));
+                self.reply(&rid, "command_rejected", d);
+            }
+            Command::ApprovalsList => {
+                let mut d = Map::new();
+                d.insert("approvals_version".into(), json!(0));
+                d.insert("approvals".into(), json!({}));
+                self.reply(&rid, "approvals_list", d);
+            }
+            Command::ProjectList => {
+                let mut d = Map::new();
+                d.insert("projects".into(), json!({}));
+                self.reply(&rid, "project_list", d);
+                // The reference follows every list with the snapshot for everyone.
+                self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": {}})));
+            }
+            Command::Project { command, project_id } => {
+                let detail = format!("{}: no project '{project_id}' (this control plane has no orchestrated projects)", command.name());
+                return Err(Rejection::with_detail(&rid, reasons::UNKNOWN_PROJECT, detail).into());
+            }
+            Command::ProjectNew { command } => {
+                anyhow::bail!("{} is not available: this control plane has no orchestrated projects yet", command.name())
             }
             Command::SwarmTerminate { swarm_id } => {
-                let fleet = self.fleet_of(&SwarmRef::Swarm(swarm_id)).await?;
+                let s = self.fleet_of(&rid, &swarm_id, FleetWords::STATUS).await?;
+                let fleet = s.fleet.name.clone();
                 if let Some(r) = &rid {
                     self.correlation.lock().expect("not poisoned").terminations.insert(fleet.clone(), r.clone());
                 }
                 let _: Ack = self.client.delete(&format!("/api/v1/fleets/{fleet}")).await?;
-                let mut d = Map::new();
-                d.insert("swarm_id".into(), json!(fleet));
-                d.insert("status".into(), json!("terminating"));
-                self.reply(&rid, "swarm_status", d);
+                self.reply(&rid, "swarm_status", swarm_status(&s, Some("terminating")));
             }
             Command::ProvidersList => {
                 let info: ServerInfo = self.client.get("/api/v1/info").await?;
@@ -436,7 +515,7 @@ async fn serve(router: Arc<Router>, reader: impl AsyncBufRead + Unpin, mut write
     loop {
         match read_line(&mut reader, &mut buf).await {
             Ok(None) | Err(_) => break,
-            Ok(Some(Err(reason))) => router.reject(None, reason),
+            Ok(Some(Err(reason))) => router.reject(&Rejection { request_id: None, reason, detail: None }),
             Ok(Some(Ok(line))) if line.trim().is_empty() => {}
             Ok(Some(Ok(line))) => {
                 let r = router.clone();

@@ -70,6 +70,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         agent_bus_host: args.agent_bus_host.clone(),
         model_url: model_url.clone(),
         model_name,
+        model_builtin: model.is_some(),
         agent_program: program,
         agent_args: vec!["agent".into()],
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
@@ -129,16 +130,16 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo fleet's system prompt: who the agents are and how to answer, in the plain words a
+/// model as small as SmolLM2-135M follows.
+const DEMO_PROMPT: &str =
+    "You are Scout, one AI agent of a small demo fleet. You are online and ready for work. Answer in one short sentence.";
+
 async fn demo(http: &str, token: &str) -> anyhow::Result<()> {
     let client = Client::new(http, token)?;
     let fleets: FleetList = client.get("/api/v1/fleets").await?;
     if !fleets.fleets.iter().any(|f| f.name == "demo") {
-        let req = LaunchRequest {
-            name: "demo".into(),
-            replicas: 3,
-            prompt: Some("You are one scout of a small demo fleet. Answer in one short sentence.".into()),
-            ..LaunchRequest::default()
-        };
+        let req = LaunchRequest { name: "demo".into(), replicas: 3, prompt: Some(DEMO_PROMPT.into()), ..LaunchRequest::default() };
         let fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
         outln!("  demo       launched fleet 'demo' ({} local agents, brain {})", fleet.replicas, fleet.brain);
     } else {

@@ -1,5 +1,8 @@
 //! Text generation requests, validated: what the OpenAI and Ollama APIs ask for, checked and
-//! turned into one shape the model service runs. Every refusal names the parameter.
+//! turned into one shape the model service runs. Every refusal names the parameter. What a
+//! request leaves out takes the default of the API it came through: llama-server's for OpenAI
+//! requests ([`Sampling::openai`]), Ollama's documented ones for Ollama requests
+//! ([`Sampling::ollama`]), so a client gets what it would get from the server it was written for.
 
 use clawfleet_proto::model::{ChatCompletionRequest, ChatMessage, Content, OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, Stop};
 
@@ -53,17 +56,47 @@ pub enum Prompt {
 pub struct Sampling {
     /// 0 picks the most likely token every time.
     pub temperature: f32,
+    /// Only the `top_k` most likely tokens are candidates (0: all of them).
+    pub top_k: u32,
     pub top_p: f32,
-    /// `None`: a fresh random seed.
+    /// Candidates less likely than `min_p` times the likeliest are dropped (0: none).
+    pub min_p: f32,
+    /// Tokens among the last `repeat_last_n` generated are made less likely by this factor
+    /// (1: no penalty).
+    pub repeat_penalty: f32,
+    /// How far back the penalties look, in tokens; `None`: the whole context (Ollama's -1).
+    pub repeat_last_n: Option<u32>,
+    /// OpenAI's penalties: by how often a token already came, and for its coming at all.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// `None`: the service's seed (random unless it was started with one).
     pub seed: Option<u32>,
     /// `None`: until the model ends, or the service's default limit.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
 }
 
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling { temperature: 0.8, top_p: 0.95, seed: None, max_tokens: None, stop: Vec::new() }
+impl Sampling {
+    /// llama-server's defaults, for OpenAI requests.
+    pub fn openai() -> Sampling {
+        Sampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: Some(64),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: None,
+            max_tokens: None,
+            stop: Vec::new(),
+        }
+    }
+
+    /// Ollama's documented defaults, for Ollama requests.
+    pub fn ollama() -> Sampling {
+        Sampling { top_p: 0.9, min_p: 0.0, repeat_penalty: 1.1, ..Sampling::openai() }
     }
 }
 
@@ -137,20 +170,65 @@ fn check_input(bytes: usize) -> Result<(), GenerationError> {
     Ok(())
 }
 
-fn temperature(t: Option<f64>, max: f64) -> Result<f32, GenerationError> {
-    match t {
-        None => Ok(Sampling::default().temperature),
-        Some(t) if (0.0..=max).contains(&t) => Ok(t as f32),
-        Some(t) => Err(invalid("temperature", format!("temperature must be between 0 and {max}, got {t}"))),
+/// A number in `range`, or `default` when the request leaves it out.
+fn number(param: &'static str, v: Option<f64>, range: std::ops::RangeInclusive<f64>, default: f32) -> Result<f32, GenerationError> {
+    match v {
+        None => Ok(default),
+        Some(v) if range.contains(&v) => Ok(v as f32),
+        Some(v) => Err(invalid(param, format!("{param} must be between {} and {}, got {v}", range.start(), range.end()))),
     }
 }
 
-fn top_p(p: Option<f64>) -> Result<f32, GenerationError> {
-    match p {
-        None => Ok(Sampling::default().top_p),
-        Some(p) if (0.0..=1.0).contains(&p) => Ok(p as f32),
-        Some(p) => Err(invalid("top_p", format!("top_p must be between 0 and 1, got {p}"))),
+/// Most candidates `top_k` may keep, and most tokens `repeat_last_n` may look back.
+const MAX_TOP_K: i64 = 1 << 20;
+
+fn top_k(k: Option<i64>, default: u32) -> Result<u32, GenerationError> {
+    match k {
+        None => Ok(default),
+        Some(k) if (0..=MAX_TOP_K).contains(&k) => Ok(k as u32),
+        Some(k) => Err(invalid("top_k", format!("top_k must be between 0 and {MAX_TOP_K}, got {k}"))),
     }
+}
+
+/// -1 looks back over the whole context (Ollama), 0 turns the penalties off.
+fn repeat_last_n(n: Option<i64>, default: Option<u32>) -> Result<Option<u32>, GenerationError> {
+    match n {
+        None => Ok(default),
+        Some(-1) => Ok(None),
+        Some(n) if (0..=MAX_TOP_K).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => {
+            Err(invalid("repeat_last_n", format!("repeat_last_n must be -1 (the whole context) or between 0 and {MAX_TOP_K}, got {n}")))
+        }
+    }
+}
+
+/// The sampling knobs both APIs share, over `defaults`.
+struct Knobs {
+    temperature: Option<f64>,
+    top_k: Option<i64>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+    repeat_penalty: Option<f64>,
+    repeat_last_n: Option<i64>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+}
+
+fn knobs(k: Knobs, max_temperature: f64, d: Sampling) -> Result<Sampling, GenerationError> {
+    if let Some(p) = k.repeat_penalty.filter(|p| *p <= 0.0) {
+        return Err(invalid("repeat_penalty", format!("repeat_penalty must be above 0 (1 is no penalty), got {p}")));
+    }
+    Ok(Sampling {
+        temperature: number("temperature", k.temperature, 0.0..=max_temperature, d.temperature)?,
+        top_k: top_k(k.top_k, d.top_k)?,
+        top_p: number("top_p", k.top_p, 0.0..=1.0, d.top_p)?,
+        min_p: number("min_p", k.min_p, 0.0..=1.0, d.min_p)?,
+        repeat_penalty: number("repeat_penalty", k.repeat_penalty, 0.0..=10.0, d.repeat_penalty)?,
+        repeat_last_n: repeat_last_n(k.repeat_last_n, d.repeat_last_n)?,
+        frequency_penalty: number("frequency_penalty", k.frequency_penalty, -2.0..=2.0, d.frequency_penalty)?,
+        presence_penalty: number("presence_penalty", k.presence_penalty, -2.0..=2.0, d.presence_penalty)?,
+        ..d
+    })
 }
 
 /// A seed as llama.cpp takes it; negative means random (Ollama's -1).
@@ -195,16 +273,20 @@ pub fn from_openai(req: &ChatCompletionRequest) -> Result<Generation, Generation
         (Some(n), _) => max_tokens("max_completion_tokens", Some(n))?,
         (None, n) => max_tokens("max_tokens", n)?,
     };
+    let shared = Knobs {
+        temperature: req.temperature,
+        top_k: req.top_k,
+        top_p: req.top_p,
+        min_p: req.min_p,
+        repeat_penalty: req.repeat_penalty,
+        repeat_last_n: req.repeat_last_n,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+    };
     Ok(Generation {
         model: req.model.clone(),
         prompt: Prompt::Chat(turns(&req.messages)?),
-        sampling: Sampling {
-            temperature: temperature(req.temperature, 2.0)?,
-            top_p: top_p(req.top_p)?,
-            seed: seed(req.seed),
-            max_tokens: limit,
-            stop: stops(stop)?,
-        },
+        sampling: Sampling { seed: seed(req.seed), max_tokens: limit, stop: stops(stop)?, ..knobs(shared, 2.0, Sampling::openai())? },
         stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
     })
@@ -218,12 +300,21 @@ fn ollama_sampling(options: Option<&OllamaOptions>) -> Result<Sampling, Generati
         None | Some(-1) | Some(-2) => None,
         n => max_tokens("num_predict", n)?,
     };
+    let shared = Knobs {
+        temperature: o.temperature,
+        top_k: o.top_k,
+        top_p: o.top_p,
+        min_p: o.min_p,
+        repeat_penalty: o.repeat_penalty,
+        repeat_last_n: o.repeat_last_n,
+        frequency_penalty: o.frequency_penalty,
+        presence_penalty: o.presence_penalty,
+    };
     Ok(Sampling {
-        temperature: temperature(o.temperature, 5.0)?,
-        top_p: top_p(o.top_p)?,
         seed: seed(o.seed),
         max_tokens: limit,
         stop: stops(o.stop.clone().unwrap_or_default())?,
+        ..knobs(shared, 5.0, Sampling::ollama())?
     })
 }
 
@@ -280,6 +371,13 @@ mod tests {
         );
         assert_eq!((g.sampling.max_tokens, g.sampling.seed, g.sampling.stop.len(), g.stream), (Some(5), Some(7), 2, false));
         assert_eq!(openai(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"seed":-1}"#).unwrap().sampling.seed, None);
+        assert_eq!(g.sampling.repeat_penalty, 1.0, "llama-server's defaults: no repeat penalty");
+        let g = openai(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":0,"repeat_penalty":1.2,"repeat_last_n":-1,"presence_penalty":-0.5}"#,
+        )
+        .unwrap();
+        let s = g.sampling;
+        assert_eq!((s.top_k, s.repeat_penalty, s.repeat_last_n, s.presence_penalty), (0, 1.2, None, -0.5));
     }
 
     #[test]
@@ -295,6 +393,13 @@ mod tests {
             ("temperature", "temperature must be between 0 and 2, got 3".into())
         );
         assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_p":1.5}"#).0, "top_p");
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":-3}"#),
+            ("top_k", "top_k must be between 0 and 1048576, got -3".into())
+        );
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"repeat_last_n":-2}"#).0, "repeat_last_n");
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"frequency_penalty":2.5}"#).0, "frequency_penalty");
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"repeat_penalty":-1}"#).0, "repeat_penalty");
         assert_eq!(
             err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#),
             ("max_tokens", "max_tokens must be between 1 and 32768, got 0".into())
@@ -318,6 +423,7 @@ mod tests {
         .unwrap();
         assert!(g.stream, "Ollama streams by default");
         assert_eq!((g.sampling.max_tokens, g.sampling.temperature), (None, 0.0));
+        assert_eq!((g.sampling.top_k, g.sampling.top_p, g.sampling.repeat_penalty), (40, 0.9, 1.1), "Ollama's defaults");
         let g = from_ollama_generate(&serde_json::from_str(r#"{"model":"m","prompt":"Hi","system":"S","stream":false}"#).unwrap()).unwrap();
         assert_eq!(
             g.prompt,

@@ -1,8 +1,11 @@
-//! Discovery: every running task of a Swarm service, with its address on the service's network.
+//! Discovery: every task of a Swarm service that is meant to run, with its address on the
+//! service's network, its state and (when asked) its health.
 //!
 //! The `swarm` method lists the service's tasks (`GET /tasks`, desired state running) and reads
 //! each task's network attachments, CIDR stripped; it finds every replica, where resolving the
-//! service's name finds only its virtual IP. The `dns` method resolves `tasks.NAME`, which only
+//! service's name finds only its virtual IP. A task counts once it has an address, whatever its
+//! current state: a task still `starting` (its health check has not passed yet) already answers
+//! on its address, so it is listed, with its state. The `dns` method resolves `tasks.NAME`, which only
 //! works from a container on the service's network. `auto` tries swarm, then dns, and says why
 //! it fell back. Discovery only reads: it takes a [`ReadOnly`] engine.
 
@@ -53,10 +56,63 @@ pub struct Query {
     pub health_port: Option<u16>,
 }
 
-/// One running task.
+/// A Swarm task's current state, as the Engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Allocated,
+    Pending,
+    Assigned,
+    Accepted,
+    Preparing,
+    Ready,
+    /// Its container runs, and its health check has not passed yet.
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+    Remove,
+    Orphaned,
+    /// A state this version does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Allocated => "allocated",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Remove => "remove",
+            TaskState::Orphaned => "orphaned",
+            TaskState::Unknown => "unknown",
+        }
+    }
+}
+
+/// One task of the service that is meant to run and has an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub address: IpAddr,
+    /// Swarm's view of it (swarm method only): `running`, or `starting` until its health check
+    /// passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
     /// Swarm's task id (swarm method only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
@@ -154,7 +210,7 @@ struct RawTask {
 #[serde(rename_all = "PascalCase")]
 struct RawStatus {
     #[serde(default)]
-    state: String,
+    state: TaskState,
     #[serde(default)]
     err: Option<String>,
     #[serde(default)]
@@ -210,8 +266,11 @@ async fn swarm(engine: &ReadOnly, query: &Query) -> Result<(Vec<Task>, Option<St
     let mut waiting = Vec::new();
     let mut networks_seen = std::collections::BTreeSet::new();
     for t in all {
-        if t.status.state != "running" {
-            waiting.push(format!("{} {}", t.status.state, t.status.err.as_deref().unwrap_or("")).trim().to_owned());
+        // A task without an address yet (pending, preparing) cannot be reached: it is only
+        // counted in the note.
+        let waiting_line = || format!("{} {}", t.status.state.as_str(), t.status.err.as_deref().unwrap_or("")).trim().to_owned();
+        if !matches!(t.status.state, TaskState::Starting | TaskState::Running) {
+            waiting.push(waiting_line());
             continue;
         }
         let attachment = t.networks_attachments.iter().find(|a| {
@@ -225,6 +284,7 @@ async fn swarm(engine: &ReadOnly, query: &Query) -> Result<(Vec<Task>, Option<St
         let Some(address) = attachment.addresses.iter().find_map(|a| strip_cidr(a)) else { continue };
         tasks.push(Task {
             address,
+            state: Some(t.status.state),
             task_id: Some(t.id),
             node_id: t.node_id,
             slot: t.slot,
@@ -250,7 +310,7 @@ async fn swarm(engine: &ReadOnly, query: &Query) -> Result<(Vec<Task>, Option<St
             let mut shown = waiting.clone();
             shown.sort();
             shown.dedup();
-            format!("the service '{service}' has no running tasks yet: {} task(s) {}", waiting.len(), shown.join("; "))
+            format!("the service '{service}' has no task with an address yet: {} task(s) {}", waiting.len(), shown.join("; "))
         }
     });
     Ok((tasks, note))
@@ -268,6 +328,7 @@ async fn dns(service: &str) -> Result<(Vec<Task>, Option<String>), DiscoverError
         .into_iter()
         .map(|address| Task {
             address,
+            state: None,
             task_id: None,
             node_id: None,
             slot: None,
@@ -354,9 +415,11 @@ mod tests {
     fn tasks_parse_from_the_engine_shape() {
         let raw = r#"[{"ID":"t1","NodeID":"n1","Slot":3,"Status":{"State":"running","ContainerStatus":{"ContainerID":"c1"}},
             "NetworksAttachments":[{"Network":{"Spec":{"Name":"ingress","Ingress":true}},"Addresses":["10.0.0.9/24"]},
-                                   {"Network":{"Spec":{"Name":"agents"}},"Addresses":["10.0.1.4/24"]}]}]"#;
+                                   {"Network":{"Spec":{"Name":"agents"}},"Addresses":["10.0.1.4/24"]}]},
+            {"ID":"t2","Slot":4,"Status":{"State":"starting"}}, {"ID":"t3","Status":{"State":"hibernating"}}]"#;
         let tasks: Vec<RawTask> = serde_json::from_str(raw).unwrap();
         assert_eq!(tasks[0].slot, Some(3));
+        assert_eq!(tasks.iter().map(|t| t.status.state).collect::<Vec<_>>(), [TaskState::Running, TaskState::Starting, TaskState::Unknown]);
         assert_eq!(tasks[0].networks_attachments[1].addresses, vec!["10.0.1.4/24"]);
         assert!(tasks[0].networks_attachments[0].network.spec.ingress);
     }

@@ -12,13 +12,18 @@
 //! environment, so agents get their fleet's password key and derive their own password from
 //! their slot. Services outlive the control plane; `remove` deletes the service, then, once its
 //! containers are gone, its volumes.
+//!
+//! The default agent image is built on first use, when the backend knows the binary to build it
+//! from ([`DockerConfig::build_from`]): a fleet that needs it is [`Applied::Preparing`] (with the
+//! build's last line) until the image exists. Nothing is pulled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use clawfleet_backend::{Backend, BackendError, Credentials, Deployment, Replica, ReplicaState, env};
+use clawfleet_backend::{Applied, Backend, BackendError, Credentials, Deployment, Replica, ReplicaState, env};
 use clawfleet_core::{BackendKind, FleetName};
 use serde_json::{Value, json};
 
@@ -49,6 +54,9 @@ pub struct DockerConfig {
     pub grace: Duration,
     /// How long Swarm watches each updated task before it counts the update good.
     pub update_monitor: Duration,
+    /// The `clawfleet` binary to build the default image from when it is missing (`None`: a
+    /// missing default image is the fleet's problem, as any missing image is).
+    pub build_from: Option<PathBuf>,
 }
 
 impl DockerConfig {
@@ -60,6 +68,7 @@ impl DockerConfig {
             default_image: image::default_tag(),
             grace: Duration::from_secs(10),
             update_monitor: Duration::from_secs(20),
+            build_from: None,
         }
     }
 }
@@ -71,7 +80,26 @@ pub struct DockerBackend {
     seen: Mutex<HashMap<(FleetName, u32), BTreeSet<String>>>,
     /// The template key of each fleet's last rolling update this backend started.
     pushed: Mutex<HashMap<FleetName, String>>,
+    /// The build of the default image, on first use.
+    build: Arc<Mutex<Build>>,
 }
+
+/// Where the automatic build of the default image stands.
+#[derive(Debug, Default)]
+enum Build {
+    #[default]
+    NotStarted,
+    Running {
+        since: Instant,
+        /// The build's last line of output.
+        step: String,
+    },
+    /// Tried again after [`BUILD_RETRY`], or at once once the image exists.
+    Failed { at: Instant, error: String },
+}
+
+/// How long a failed automatic build waits before it is tried again.
+const BUILD_RETRY: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for DockerBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +145,7 @@ impl DockerBackend {
             network_ready: tokio::sync::OnceCell::new(),
             seen: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
+            build: Arc::default(),
         }
     }
 
@@ -235,14 +264,64 @@ impl DockerBackend {
         }
     }
 
-    async fn image_present(&self, image: &str) -> Result<(), BackendError> {
+    /// `Started` when the engine has the image; `Preparing` while the default image is being
+    /// built (the build starts here, on first use); an error when the image is missing and is
+    /// not this backend's to build.
+    async fn ensure_image(&self, image: &str) -> Result<Applied, BackendError> {
         match image::exists(&self.config.engine, image).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(failed(format!(
-                "the image '{image}' is not on this Docker Engine (nothing is pulled): build it with `clawfleet image build --tag {image}`"
-            ))),
-            Err(e) => Err(self.unavailable(e)),
+            Ok(true) => return Ok(Applied::Started),
+            Ok(false) => {}
+            Err(e) => return Err(self.unavailable(e)),
         }
+        let binary = match &self.config.build_from {
+            Some(binary) if image == self.config.default_image => binary.clone(),
+            _ => {
+                return Err(failed(format!(
+                    "the image '{image}' is not on this Docker Engine (nothing is pulled): build it with `clawfleet image build --tag {image}`"
+                )));
+            }
+        };
+        let mut build = self.build.lock().expect("not poisoned");
+        match &*build {
+            Build::Running { since, step } => {
+                return Ok(Applied::Preparing(format!(
+                    "building the agent image {image} from {} ({} s): {step}",
+                    binary.display(),
+                    since.elapsed().as_secs()
+                )));
+            }
+            Build::Failed { at, error } if at.elapsed() < BUILD_RETRY => {
+                return Err(failed(format!(
+                    "building the agent image {image} failed: {error} (tried again every {} s; or build it with `clawfleet image build --tag {image}`)",
+                    BUILD_RETRY.as_secs()
+                )));
+            }
+            Build::NotStarted | Build::Failed { .. } => {}
+        }
+        tracing::info!(image, binary = %binary.display(), "Building the default agent image on first use");
+        *build = Build::Running { since: Instant::now(), step: "starting".into() };
+        let preparing = format!("building the agent image {image} from {} (first use; nothing is pulled)", binary.display());
+        let (engine, tag, state) = (self.config.engine.clone(), image.to_owned(), self.build.clone());
+        tokio::spawn(async move {
+            let progress = |line: &str| {
+                if let Build::Running { step, .. } = &mut *state.lock().expect("not poisoned") {
+                    *step = line.to_owned();
+                }
+            };
+            let outcome = image::build(&engine, &tag, &binary, progress).await;
+            let mut build = state.lock().expect("not poisoned");
+            *build = match outcome {
+                Ok(id) => {
+                    tracing::info!(image = tag, id, "Built the default agent image");
+                    Build::NotStarted
+                }
+                Err(e) => {
+                    tracing::error!(image = tag, error = %e, "Could not build the default agent image");
+                    Build::Failed { at: Instant::now(), error: e.to_string() }
+                }
+            };
+        });
+        Ok(Applied::Preparing(preparing))
     }
 
     async fn tasks(&self, service: &str) -> Result<Vec<Value>, BackendError> {
@@ -256,7 +335,7 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
-    async fn apply(&self, d: &Deployment) -> Result<(), BackendError> {
+    async fn apply(&self, d: &Deployment) -> Result<Applied, BackendError> {
         self.ensure_network().await?;
         let engine = &self.config.engine;
         let name = service_name(&d.fleet);
@@ -266,8 +345,11 @@ impl Backend for DockerBackend {
         let current = match engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
             Ok(s) => s,
             Err(e) if e.is_not_found() => {
-                self.image_present(&image).await?;
-                return engine.post::<Value>("/services/create", &spec).await.map(drop).map_err(|e| self.unavailable(e));
+                let ready = self.ensure_image(&image).await?;
+                if ready != Applied::Started {
+                    return Ok(ready);
+                }
+                return engine.post::<Value>("/services/create", &spec).await.map(|_| ready).map_err(|e| self.unavailable(e));
             }
             Err(e) => return Err(self.unavailable(e)),
         };
@@ -276,12 +358,12 @@ impl Backend for DockerBackend {
         let labels = &current["Spec"]["Labels"];
         if labels[LABEL_UID].as_str() != Some(d.uid.as_str()) {
             // A service left by an earlier fleet of the same name.
-            return engine.delete(&format!("/services/{id}")).await.map_err(|e| self.unavailable(e));
+            return engine.delete(&format!("/services/{id}")).await.map(|()| Applied::Started).map_err(|e| self.unavailable(e));
         }
         let replicas = current["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64();
         let same_template = labels[LABEL_KEY].as_str() == Some(key.as_str());
         if same_template && replicas == Some(u64::from(d.replicas)) {
-            return Ok(());
+            return Ok(Applied::Started);
         }
         let status = current["UpdateStatus"]["State"].as_str().unwrap_or("");
         if !same_template {
@@ -309,9 +391,12 @@ impl Backend for DockerBackend {
             }
             if status == "updating" || status == "rollback_started" {
                 // One update at a time: the next pass brings the newest spec.
-                return Ok(());
+                return Ok(Applied::Started);
             }
-            self.image_present(&image).await?;
+            let ready = self.ensure_image(&image).await?;
+            if ready != Applied::Started {
+                return Ok(ready);
+            }
         } else {
             // Only the replica count changes: keep the running template exactly.
             spec = current["Spec"].clone();
@@ -321,7 +406,7 @@ impl Backend for DockerBackend {
         if !same_template {
             self.pushed.lock().expect("not poisoned").insert(d.fleet.clone(), key);
         }
-        Ok(())
+        Ok(Applied::Started)
     }
 
     async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
@@ -464,6 +549,7 @@ mod tests {
                 credentials: Credentials::PerAgent(clawfleet_bus::BusSecret::from_bytes([1; 32])),
                 model_url: Some("http://127.0.0.1:11435/v1".into()),
                 model_name: "m".into(),
+                model_builtin: true,
                 heartbeat_ms: 2000,
             },
         }

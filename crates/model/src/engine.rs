@@ -54,12 +54,24 @@ pub struct EngineConfig {
     pub threads: i32,
     /// Prompt tokens read per step, shared by the sequences being read.
     pub prefill_chunk: u32,
+    /// The seed of requests that give none (llama-server's `--seed`) [default: a fresh random
+    /// one per request].
+    pub seed: Option<u32>,
 }
 
 impl EngineConfig {
     pub fn new(model_path: PathBuf) -> EngineConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as i32;
-        EngineConfig { model_path, slots: 16, slot_context: 2048, default_max_tokens: None, queue: 256, threads: cores, prefill_chunk: 512 }
+        EngineConfig {
+            model_path,
+            slots: 16,
+            slot_context: 2048,
+            default_max_tokens: None,
+            queue: 256,
+            threads: cores,
+            prefill_chunk: 512,
+            seed: None,
+        }
     }
 }
 
@@ -338,18 +350,34 @@ fn slot_context(wanted: u32, trained: u32) -> u32 {
     (wanted.div_ceil(256) * 256).clamp(256, most)
 }
 
-fn sampler(s: &Sampling) -> LlamaSampler {
+/// llama.cpp's sampler chain for a request, in llama-server's order: penalties over the last
+/// tokens (the prompt's end, then what is generated), then top-k, top-p, min-p, temperature, and
+/// the draw. Temperature 0 is the likeliest token every time, nothing else. `context` is what a
+/// penalty window of "the whole context" means.
+fn sampler(s: &Sampling, prompt: &[LlamaToken], n_vocab: i32, context: u32, default_seed: Option<u32>) -> LlamaSampler {
     if s.temperature <= 0.0 {
         return LlamaSampler::greedy();
     }
-    let seed = s.seed.unwrap_or_else(rand::random);
-    LlamaSampler::chain_simple([
-        LlamaSampler::top_k(40),
-        LlamaSampler::top_p(s.top_p, 1),
-        LlamaSampler::min_p(0.05, 1),
-        LlamaSampler::temp(s.temperature),
-        LlamaSampler::dist(seed),
-    ])
+    let mut chain = Vec::new();
+    let last_n = s.repeat_last_n.unwrap_or(context).min(context) as usize;
+    let penalized = last_n > 0 && (s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0);
+    if penalized {
+        let mut penalties = LlamaSampler::penalties(n_vocab, last_n as i32, s.repeat_penalty, s.frequency_penalty, s.presence_penalty);
+        for &t in &prompt[prompt.len().saturating_sub(last_n)..] {
+            penalties.accept(t);
+        }
+        chain.push(penalties);
+    }
+    if s.top_k > 0 {
+        chain.push(LlamaSampler::top_k(s.top_k.min(i32::MAX as u32) as i32));
+    }
+    chain.push(LlamaSampler::top_p(s.top_p, 1));
+    if s.min_p > 0.0 {
+        chain.push(LlamaSampler::min_p(s.min_p, 1));
+    }
+    chain.push(LlamaSampler::temp(s.temperature));
+    chain.push(LlamaSampler::dist(s.seed.or(default_seed).unwrap_or_else(rand::random)));
+    LlamaSampler::chain_simple(chain)
 }
 
 /// Renders a prompt with the model's chat template and tokenizes it.
@@ -494,6 +522,7 @@ fn run(
             stats.prompt_tokens.fetch_add(u64::from(n) - kept as u64, Ordering::Relaxed);
             stats.cached_tokens.fetch_add(kept as u64, Ordering::Relaxed);
             let _ = job.out.send(Output::Started { prompt_tokens: n });
+            let sampler = sampler(&job.sampling, &prompt, model.n_vocab(), max_request, config.seed);
             slots[free] = Some(Seq {
                 out: job.out,
                 prompt_len: prompt.len(),
@@ -502,7 +531,7 @@ fn run(
                 cached: kept,
                 kv_lost: false,
                 last: None,
-                sampler: sampler(&job.sampling),
+                sampler,
                 utf8: Utf8Assembler::default(),
                 stops: StopMatcher::new(job.sampling.stop),
                 generated: 0,
@@ -572,8 +601,8 @@ fn run(
             }
             let now = Instant::now();
             s.first_token.get_or_insert(now);
+            // llama_sampler_sample accepts the token itself (the penalties count it once).
             let token = s.sampler.sample(&ctx, idx);
-            s.sampler.accept(token);
             if vocab.is_eog(token) {
                 s.finished = Some(Finish::Stop);
                 continue;

@@ -64,6 +64,10 @@ pub struct Fleet {
     /// What the fleet's backend last complained about, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// What the fleet's backend is getting ready before it can start agents (the agent image,
+    /// built on first use), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preparing: Option<String>,
 }
 
 /// `GET /api/v1/fleets`
@@ -236,6 +240,9 @@ pub struct JoinResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_url: Option<String>,
     pub model_name: String,
+    /// Whether `model_url` is the control plane's own model service.
+    #[serde(default)]
+    pub model_builtin: bool,
     pub heartbeat_ms: u64,
     pub agents: Vec<JoinAgent>,
 }

@@ -7,6 +7,10 @@
 //! `{"command":"inject","swarm_id":"…","nodes":0,"content":"Hello"}`.
 //! [`parse_line`] turns any line into a [`Request`] or a [`Rejection`] that names what is
 //! wrong; it never panics, whatever the bytes. Output lines are [`RouterEvent`]s.
+//!
+//! A rejection's `reason` is the reference router's own words wherever it has a refusal for the
+//! case (codeswarm's clients compare them: its web backend drops a swarm on exactly
+//! `unknown swarm_id`); what exactly is wrong goes in `detail`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -75,11 +79,48 @@ pub enum Command {
     ApproveExecution {
         job_id: String,
         call_id: String,
+        node_id: Option<u32>,
+        injection_id: Option<String>,
     },
+    /// The executions waiting for an operator's approval.
+    ApprovalsList,
     SwarmTerminate {
         swarm_id: String,
     },
     ProvidersList,
+    /// Orchestrated projects (codeswarm's task graphs).
+    ProjectList,
+    /// `project_start`, `project_resume`, `project_resume_preview`: one project, by id.
+    Project {
+        command: ProjectCommand,
+        project_id: String,
+    },
+    /// `project_create`, `project_plan`: a new project.
+    ProjectNew {
+        command: ProjectCommand,
+    },
+}
+
+/// The project commands of codeswarm's router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectCommand {
+    Create,
+    Plan,
+    Start,
+    Resume,
+    ResumePreview,
+}
+
+impl ProjectCommand {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProjectCommand::Create => "project_create",
+            ProjectCommand::Plan => "project_plan",
+            ProjectCommand::Start => "project_start",
+            ProjectCommand::Resume => "project_resume",
+            ProjectCommand::ResumePreview => "project_resume_preview",
+        }
+    }
 }
 
 impl Command {
@@ -92,8 +133,11 @@ impl Command {
             Command::SwarmList => "swarm_list",
             Command::SwarmStatus { .. } => "swarm_status",
             Command::ApproveExecution { .. } => "approve_execution",
+            Command::ApprovalsList => "approvals_list",
             Command::SwarmTerminate { .. } => "swarm_terminate",
             Command::ProvidersList => "providers_list",
+            Command::ProjectList => "project_list",
+            Command::Project { command, .. } | Command::ProjectNew { command } => command.name(),
         }
     }
 }
@@ -102,13 +146,43 @@ impl Command {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub request_id: Option<String>,
+    /// The reference router's reason where it has one for the case (clients compare it).
     pub reason: String,
+    /// What exactly is wrong, when `reason` is the reference's shorter word for it.
+    pub detail: Option<String>,
 }
 
 impl Rejection {
     fn new(request_id: &Option<String>, reason: impl Into<String>) -> Self {
-        Rejection { request_id: request_id.clone(), reason: reason.into() }
+        Rejection { request_id: request_id.clone(), reason: reason.into(), detail: None }
     }
+
+    /// A refusal in the reference router's words, with the particulars beside them.
+    pub fn with_detail(request_id: &Option<String>, reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        Rejection { request_id: request_id.clone(), reason: reason.into(), detail: Some(detail.into()) }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The reference router's reasons that clients compare as exact strings.
+pub mod reasons {
+    pub const UNKNOWN_SWARM: &str = "unknown swarm_id";
+    pub const SWARM_TERMINATING: &str = "swarm is terminating or terminated";
+    pub const INVALID_ENQUEUE: &str = "invalid enqueue payload";
+    pub const UNKNOWN_TARGET_SWARM: &str = "unknown target_swarm_id";
+    pub const TARGET_TERMINATING: &str = "target swarm is terminating or terminated";
+    pub const UNKNOWN_APPROVAL: &str = "unknown approval request";
+    pub const UNKNOWN_PROJECT: &str = "unknown project_id";
 }
 
 /// An event line the router writes.
@@ -132,6 +206,9 @@ impl RouterEvent {
         let mut data = Map::new();
         data.insert("request_id".into(), rejection.request_id.clone().map_or(Value::Null, Value::String));
         data.insert("reason".into(), Value::String(rejection.reason.clone()));
+        if let Some(detail) = &rejection.detail {
+            data.insert("detail".into(), Value::String(detail.clone()));
+        }
         RouterEvent::new(timestamp, "command_rejected", Value::Object(data))
     }
 
@@ -141,7 +218,8 @@ impl RouterEvent {
 }
 
 const COMMANDS: &str = "swarm_launch, inject, enqueue_inject, queue_list, swarm_list, swarm_status, \
-                        approve_execution, swarm_terminate, providers_list";
+                        approve_execution, approvals_list, swarm_terminate, providers_list, project_list, \
+                        project_create, project_plan, project_start, project_resume, project_resume_preview";
 
 /// Parses one input line (without its newline).
 pub fn parse_line(line: &str) -> Result<Request, Rejection> {
@@ -238,7 +316,13 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
             Command::Inject { swarm, nodes, content }
         }
         "enqueue_inject" => {
-            let target_swarm_id = string_field(p, "target_swarm_id", rid)?;
+            // The reference refuses a missing target or blank content in one word.
+            let enqueue = |r: Rejection| Rejection::with_detail(rid, reasons::INVALID_ENQUEUE, r.reason);
+            let target_swarm_id = string_field(p, "target_swarm_id", rid).map_err(enqueue)?;
+            let content = string_field(p, "content", rid).map_err(enqueue)?;
+            if content.trim().is_empty() {
+                return Err(Rejection::with_detail(rid, reasons::INVALID_ENQUEUE, "content is blank"));
+            }
             let selector = match opt_string(p, "selector", rid)?.as_deref() {
                 None | Some("idle") | Some("first-idle") => Selector::Idle,
                 Some("all") => Selector::All,
@@ -250,21 +334,34 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
                     return Err(Rejection::new(rid, format!("unknown selector '{other}' (expected idle, all or nodes)")));
                 }
             };
-            Command::EnqueueInject {
-                source_swarm_id: opt_string(p, "source_swarm_id", rid)?,
-                target_swarm_id,
-                selector,
-                content: string_field(p, "content", rid)?,
-            }
+            Command::EnqueueInject { source_swarm_id: opt_string(p, "source_swarm_id", rid)?, target_swarm_id, selector, content }
         }
         "queue_list" => Command::QueueList,
         "swarm_list" => Command::SwarmList,
         "swarm_status" => Command::SwarmStatus { swarm_id: string_field(p, "swarm_id", rid)? },
-        "approve_execution" => {
-            Command::ApproveExecution { job_id: string_field(p, "job_id", rid)?, call_id: string_field(p, "call_id", rid)? }
-        }
+        "approve_execution" => Command::ApproveExecution {
+            job_id: string_field(p, "job_id", rid)?,
+            call_id: string_field(p, "call_id", rid)?,
+            // The reference reads node ids loosely (a number, or a string of one).
+            node_id: p.get("node_id").and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).and_then(|n| u32::try_from(n).ok()),
+            injection_id: opt_string(p, "injection_id", rid)?,
+        },
+        "approvals_list" => Command::ApprovalsList,
         "swarm_terminate" => Command::SwarmTerminate { swarm_id: string_field(p, "swarm_id", rid)? },
         "providers_list" => Command::ProvidersList,
+        "project_list" => Command::ProjectList,
+        "project_create" => Command::ProjectNew { command: ProjectCommand::Create },
+        "project_plan" => Command::ProjectNew { command: ProjectCommand::Plan },
+        "project_start" | "project_resume" | "project_resume_preview" => {
+            let command = match command {
+                "project_start" => ProjectCommand::Start,
+                "project_resume" => ProjectCommand::Resume,
+                _ => ProjectCommand::ResumePreview,
+            };
+            // The reference answers an empty payload as an unknown project.
+            let project_id = opt_string(p, "project_id", rid)?.unwrap_or_default();
+            Command::Project { command, project_id }
+        }
         other => return Err(Rejection::new(rid, format!("unknown command '{other}' (known: {COMMANDS})"))),
     })
 }
@@ -346,8 +443,15 @@ mod tests {
             ("swarm_list", "{}"),
             ("swarm_status", r#"{"swarm_id":"s"}"#),
             ("approve_execution", r#"{"job_id":"1","call_id":"c","approved":true,"decision":"approved"}"#),
+            ("approvals_list", "{}"),
             ("swarm_terminate", r#"{"swarm_id":"s","terminate_params":{}}"#),
             ("providers_list", "{}"),
+            ("project_list", "{}"),
+            ("project_create", r#"{"title":"t","repo_path":"/r","worker_swarm_ids":["s"],"tasks":[]}"#),
+            ("project_plan", r#"{"title":"t"}"#),
+            ("project_start", r#"{"project_id":"p"}"#),
+            ("project_resume", r#"{"project_id":"p","retry_failed":true}"#),
+            ("project_resume_preview", "{}"),
         ] {
             let line =
                 format!(r#"{{"protocol":"codeswarm.router.v1","type":"command","command":"{cmd}","request_id":"x","payload":{payload}}}"#);
@@ -378,14 +482,33 @@ mod tests {
         );
         assert_eq!(parse_line(r#"{"command":"swarm_status","request_id":"r9"}"#).unwrap_err().request_id.as_deref(), Some("r9"));
         assert!(reason(r#"{"action":"terminate"}"#).starts_with("unknown action 'terminate'"));
+        // The reference's own words where it has a refusal, the particulars beside them.
+        let r = parse_line(r#"{"command":"enqueue_inject","request_id":"q","target_swarm_id":"s","content":"  "}"#).unwrap_err();
+        assert_eq!((r.reason.as_str(), r.detail.as_deref()), (reasons::INVALID_ENQUEUE, Some("content is blank")));
+        let r = parse_line(r#"{"command":"enqueue_inject","content":"c"}"#).unwrap_err();
+        assert_eq!((r.reason.as_str(), r.detail.as_deref()), (reasons::INVALID_ENQUEUE, Some("target_swarm_id is required")));
+    }
+
+    #[test]
+    fn approvals_and_projects_parse_loosely_as_the_reference_does() {
+        let r = ok(r#"{"command":"approve_execution","job_id":"j","call_id":"c","node_id":"3","injection_id":"i"}"#);
+        assert_eq!(
+            r.command,
+            Command::ApproveExecution { job_id: "j".into(), call_id: "c".into(), node_id: Some(3), injection_id: Some("i".into()) }
+        );
+        let r = ok(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"project_resume_preview","payload":{}}"#);
+        assert_eq!(r.command, Command::Project { command: ProjectCommand::ResumePreview, project_id: String::new() });
     }
 
     #[test]
     fn rejection_event_shape() {
-        let ev = RouterEvent::rejected("t".into(), &Rejection { request_id: Some("r".into()), reason: "unknown swarm_id".into() });
+        let ev =
+            RouterEvent::rejected("t".into(), &Rejection { request_id: Some("r".into()), reason: "unknown swarm_id".into(), detail: None });
         assert_eq!(
             ev.to_line(),
             r#"{"protocol":"codeswarm.router.v1","type":"event","timestamp":"t","event":"command_rejected","data":{"request_id":"r","reason":"unknown swarm_id"}}"#
         );
+        let ev = RouterEvent::rejected("t".into(), &Rejection::with_detail(&None, "unknown swarm_id", "no fleet named 'x'"));
+        assert_eq!(ev.data["detail"], "no fleet named 'x'");
     }
 }

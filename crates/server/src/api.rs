@@ -138,7 +138,8 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         state: row.state.clone(),
         created_at: row.created_at.clone(),
         ready,
-        problem: app.problems.lock().expect("not poisoned").get(&row.name).cloned(),
+        problem: app.problem(&row.name),
+        preparing: app.preparing(&row.name),
     }
 }
 
@@ -230,7 +231,7 @@ async fn launch(
         })
         .await?;
     app.auth.allow_fleet(&row.name, &row.uid);
-    app.reconcile.notify_one();
+    app.desired_changed(&row.name);
     Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
 }
 
@@ -336,7 +337,7 @@ async fn change(app: &Arc<App>, caller: Caller, name: &str, action: &'static str
             Ok(((), vec![s.update_fleet(&n, update, &at, &audit(&at, &caller, action, &n, String::new()))?]))
         })
         .await?;
-    app.reconcile.notify_one();
+    app.desired_changed(name);
     let row = load(app, name).await?;
     Ok(Json(fleet_view(app, &row)))
 }
@@ -356,7 +357,7 @@ async fn scale(
             Ok(((), s.scale_fleet(&n, replicas, &at, &audit(&at, &caller, "scale", &n, String::new()))?))
         })
         .await?;
-    app.reconcile.notify_one();
+    app.desired_changed(&name);
     Ok(Json(fleet_view(&app, &FleetRow { replicas, ..row })))
 }
 
@@ -375,7 +376,7 @@ async fn terminate(
             })
             .await?;
     }
-    app.reconcile.notify_one();
+    app.desired_changed(&name);
     Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message: format!("fleet '{name}' is terminating") })))
 }
 
@@ -534,6 +535,7 @@ async fn join(
         version: row.version.clone(),
         model_url: e.model_url.clone(),
         model_name: e.model_name.clone(),
+        model_builtin: e.model_builtin,
         heartbeat_ms: e.heartbeat_ms,
         agents,
     }))

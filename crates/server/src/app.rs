@@ -35,14 +35,49 @@ pub(crate) struct App {
     pub reconcile: Notify,
     /// When each outbox row was last published.
     pub sent: Mutex<HashMap<i64, Instant>>,
-    /// A backend's last complaint about a fleet, shown in `ls` and `status`.
-    pub problems: Mutex<HashMap<String, String>>,
+    /// What a fleet's backend last said that the operator should see in `ls` and `status`:
+    /// a complaint, or what it prepares. Cleared when the fleet's desired state changes.
+    pub conditions: Mutex<HashMap<String, Condition>>,
     pub data_dir: PathBuf,
     pub bus_url: String,
     pub embedded_bus: bool,
     pub metrics: Metrics,
     /// Mailbox fleets and their agents' current jobs.
     pub mailboxes: crate::mailbox::Routes,
+}
+
+/// A fleet's condition, as its backend last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Condition {
+    /// The backend cannot do what the fleet asks (the operator must act).
+    Problem(String),
+    /// The backend is getting ready to start the fleet's agents.
+    Preparing(String),
+}
+
+impl App {
+    /// The fleet's problem, if its backend has one.
+    pub(crate) fn problem(&self, fleet: &str) -> Option<String> {
+        match self.conditions.lock().expect("not poisoned").get(fleet) {
+            Some(Condition::Problem(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// What the fleet's backend prepares, if anything.
+    pub(crate) fn preparing(&self, fleet: &str) -> Option<String> {
+        match self.conditions.lock().expect("not poisoned").get(fleet) {
+            Some(Condition::Preparing(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The fleet's desired state changed: what its backend said about the old one no longer
+    /// holds (the next reconcile pass, woken now, says it again if it still does).
+    pub(crate) fn desired_changed(&self, fleet: &str) {
+        self.conditions.lock().expect("not poisoned").remove(fleet);
+        self.reconcile.notify_one();
+    }
 }
 
 /// Counters for `/metrics`.

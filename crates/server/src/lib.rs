@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// The shared model service agents of the `model` brain use (OpenAI-compatible base URL).
     pub model_url: Option<String>,
     pub model_name: String,
+    /// Whether `model_url` is this control plane's own model service (which takes llama-server's
+    /// sampling options).
+    pub model_builtin: bool,
     /// How the local backend starts an agent runtime.
     pub agent_program: PathBuf,
     pub agent_args: Vec<String>,
@@ -200,12 +203,13 @@ impl Server {
                 credentials,
                 model_url: config.model_url.clone(),
                 model_name: config.model_name.clone(),
+                model_builtin: config.model_builtin,
                 heartbeat_ms: config.heartbeat.as_millis() as u64,
             },
             default_brain: config.default_brain.clone(),
             reconcile: Notify::new(),
             sent: Default::default(),
-            problems: Default::default(),
+            conditions: Default::default(),
             data_dir: dir.clone(),
             bus_url,
             embedded_bus: embedded,

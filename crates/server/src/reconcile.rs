@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clawfleet_backend::Applied;
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{FleetRow, NewEvent};
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, Condition};
 use crate::clock;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -38,19 +39,27 @@ async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
     }
     for fleet in fleets {
         let outcome = match fleet.state.as_str() {
-            "terminating" => remove(app, &fleet).await,
+            "terminating" => remove(app, &fleet).await.map(|()| Applied::Started),
             _ => apply(app, &fleet).await,
         };
         let news = {
-            let mut problems = app.problems.lock().expect("not poisoned");
+            let mut conditions = app.conditions.lock().expect("not poisoned");
             match outcome {
-                Ok(()) => {
-                    problems.remove(&fleet.name);
+                Ok(Applied::Started) => {
+                    conditions.remove(&fleet.name);
+                    None
+                }
+                Ok(Applied::Preparing(what)) => {
+                    if conditions.get(&fleet.name) != Some(&Condition::Preparing(what.clone())) {
+                        tracing::info!(fleet = %fleet.name, %what, "Backend preparing");
+                    }
+                    conditions.insert(fleet.name.clone(), Condition::Preparing(what));
                     None
                 }
                 Err(problem) => {
-                    let new = problems.get(&fleet.name) != Some(&problem);
-                    problems.insert(fleet.name.clone(), problem.clone());
+                    let condition = Condition::Problem(problem.clone());
+                    let new = conditions.get(&fleet.name) != Some(&condition);
+                    conditions.insert(fleet.name.clone(), condition);
                     new.then_some(problem)
                 }
             }
@@ -74,7 +83,7 @@ async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
     Ok(())
 }
 
-async fn apply(app: &App, fleet: &FleetRow) -> Result<(), String> {
+async fn apply(app: &App, fleet: &FleetRow) -> Result<Applied, String> {
     let backend = app.backend(&fleet.backend)?;
     let deployment = app.deployment(fleet)?;
     backend.apply(&deployment).await.map_err(|e| e.to_string())
@@ -95,6 +104,7 @@ async fn remove(app: &App, fleet: &FleetRow) -> Result<(), String> {
         let _ = app.bus.publish(topic::agent(&fleet.name, slot, Channel::Heartbeat), Vec::new(), true).await;
     }
     tracing::info!(fleet = %fleet.name, "Fleet terminated");
+    app.conditions.lock().expect("not poisoned").remove(&fleet.name);
     Ok(())
 }
 

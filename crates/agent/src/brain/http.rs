@@ -149,6 +149,8 @@ pub struct OpenAiBrain {
     models: String,
     model: String,
     api_key: Option<String>,
+    /// Request fields sent with every turn besides the messages (sampling options).
+    options: serde_json::Map<String, Value>,
 }
 
 impl OpenAiBrain {
@@ -162,7 +164,16 @@ impl OpenAiBrain {
             models: format!("{root}/models"),
             model: model.to_owned(),
             api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()),
+            options: serde_json::Map::new(),
         }
+    }
+
+    /// Sends `options` (a JSON object of request fields: temperature, top_k, ...) with every turn.
+    pub fn with_options(mut self, options: Value) -> OpenAiBrain {
+        if let Value::Object(map) = options {
+            self.options = map;
+        }
+        self
     }
 }
 
@@ -208,7 +219,16 @@ pub(crate) fn parse_sse_data(data: &str) -> Result<Vec<ChunkEvent>, String> {
 #[async_trait]
 impl Brain for OpenAiBrain {
     async fn turn(&self, request: TurnRequest, progress: ProgressSender) -> Result<TurnResult, BrainError> {
-        let body = |messages| json!({"model": self.model, "messages": messages, "stream": true, "stream_options": {"include_usage": true}});
+        let body = |messages| {
+            let mut body = self.options.clone();
+            body.extend([
+                ("model".to_owned(), json!(self.model)),
+                ("messages".to_owned(), json!(messages)),
+                ("stream".to_owned(), json!(true)),
+                ("stream_options".to_owned(), json!({"include_usage": true})),
+            ]);
+            Value::Object(body)
+        };
         let resp = post_turn(&self.http, &self.completions, self.api_key.as_deref(), &request, body).await?;
         let mut stream = resp.bytes_stream();
         let mut lines = LineBuffer::default();

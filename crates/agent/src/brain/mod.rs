@@ -84,11 +84,32 @@ pub trait Brain: Send + Sync {
     async fn health(&self) -> BrainHealth;
 }
 
+/// What the `model` brain asks the control plane's own model service for (SmolLM2-135M by
+/// default): Ollama's defaults for the same model (top_k 40, top_p 0.9, no min_p, a repeat
+/// penalty of 1.1 over the last 64 tokens, which the service counts from the prompt's end, so an
+/// answer does not echo its question), a cooler temperature than Ollama's 0.8 (SmolLM2's model
+/// card suggests 0.2: a model this small wanders off topic when it samples widely), and an
+/// answer at most 256 tokens long (a small model that starts repeating does not stop by itself).
+/// Other endpoints get only what the agent's fleet asks for.
+pub fn model_sampling() -> serde_json::Value {
+    serde_json::json!({
+        "temperature": 0.2,
+        "top_k": 40,
+        "top_p": 0.9,
+        "min_p": 0.0,
+        "repeat_penalty": 1.1,
+        "repeat_last_n": 64,
+        "max_tokens": 256,
+    })
+}
+
 /// Builds the brain for a spec. `http` is shared by every agent of a process.
-pub fn build(spec: &BrainSpec, model_url: Option<&str>, model_name: &str, http: &reqwest::Client) -> Arc<dyn Brain> {
+pub fn build(spec: &BrainSpec, config: &crate::AgentConfig, http: &reqwest::Client) -> Arc<dyn Brain> {
+    let (model_url, model_name) = (config.model_url.as_deref(), config.model_name.as_str());
     match spec {
         BrainSpec::Echo => Arc::new(echo::EchoBrain),
         BrainSpec::Model => match model_url {
+            Some(url) if config.model_builtin => Arc::new(OpenAiBrain::new(http.clone(), url, model_name).with_options(model_sampling())),
             Some(url) => Arc::new(OpenAiBrain::new(http.clone(), url, model_name)),
             None => Arc::new(BrokenBrain(
                 "brain 'model' needs the shared model service, but the agent was given no model URL \

@@ -45,6 +45,7 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
             credentials: Credentials::PerAgent(secret.clone()),
             model_url: None,
             model_name: "default".into(),
+            model_builtin: false,
             heartbeat_ms,
         },
     };

@@ -130,15 +130,24 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
         assert!(a["node"].as_str().is_some_and(|n| !n.is_empty()), "node id shown: {a}");
     }
 
-    // Discovery finds every task, with its address on the fleet's network.
-    // (Swarm counts a task running once its health check passed, a few seconds after the agent
-    // said hello.)
-    let found = eventually(Duration::from_secs(60), "discovery to find 3 running tasks", || {
+    // Discovery right after launch finds every task, with its address on the fleet's network
+    // and its state: Swarm shows a task `starting` until its health check passes, a few seconds
+    // after the agent said hello, and such a task already answers on its address.
+    let found = plane.json(&["discover", "--service", service, "--method", "swarm", "--json"]);
+    let tasks = found["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "every task, right after launch --wait: {found}");
+    assert!(
+        tasks.iter().all(|t| t["network"] == network.as_str() && matches!(t["state"].as_str(), Some("starting" | "running"))),
+        "{found}"
+    );
+    // Once healthy, every task says so.
+    let found = eventually(Duration::from_secs(60), "discovery to find 3 healthy running tasks", || {
         let found = plane.json(&["discover", "--service", service, "--method", "swarm", "--verify-health", "--json"]);
-        (found["tasks"].as_array().unwrap().len() == 3).then_some(found)
+        let tasks = found["tasks"].as_array().unwrap();
+        (tasks.len() == 3 && tasks.iter().all(|t| t["healthy"] == true && t["state"] == "running")).then_some(found)
     });
     let tasks = found["tasks"].as_array().unwrap();
-    assert!(tasks.iter().all(|t| t["network"] == network.as_str() && t["healthy"] == true), "{found}");
+    assert!(tasks.iter().all(|t| t["network"] == network.as_str()), "{found}");
     assert!(tasks.iter().all(|t| !t["address"].as_str().unwrap().contains('/')), "CIDR stripped: {found}");
 
     // A conversation, then a killed container: Swarm replaces it in the same slot, and the
@@ -223,14 +232,40 @@ fn docker_bad_input_gets_clear_errors() {
     let err = plane.fails(&["launch", "bad2", "--backend", "local", "--image", IMAGE]);
     assert!(err.contains("--image is for container backends"), "{err}");
 
-    // A missing image: the fleet says what to run.
-    plane.ok(&["launch", "bad3", "--backend", "docker", "--image", "clawfleet-agent:does-not-exist", "--brain", "echo"]);
-    let problem = eventually(Duration::from_secs(30), "the fleet's problem", || {
-        plane.json(&["status", "bad3", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
-    });
+    // A missing image: `launch --wait` stops at once with the fleet's problem, which says what
+    // to run (instead of waiting out its timeout).
+    let started = std::time::Instant::now();
+    let args = ["launch", "bad3", "--backend", "docker", "--image", "clawfleet-agent:does-not-exist", "--brain", "echo", "--wait"];
+    let err = plane.fails(&[&args[..], &["--timeout", "300"]].concat());
+    assert!(err.contains("clawfleet image build") && err.contains("0 of 1 agents"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(240), "stopped at the problem, not at the timeout: {:?}", started.elapsed());
+    let problem = plane.json(&["status", "bad3", "--json"])["fleet"]["problem"].as_str().map(str::to_owned).unwrap_or_default();
     assert!(problem.contains("clawfleet image build"), "{problem}");
     let err = plane.fails(&["rollback", "bad3"]);
     assert!(err.contains("no earlier image or version"), "{err}");
     plane.ok(&["terminate", "bad3", "--wait"]);
     let _ = Command::new("docker").args(["network", "rm", &network]).output();
+}
+
+/// The first docker fleet on an engine without the default agent image: `launch --wait` builds
+/// it from the running binary (nothing is pulled), shows that it does, and the fleet comes up.
+/// The default image's tag is one of this test's own, so it is missing whatever ran before.
+#[test]
+fn the_first_docker_fleet_builds_the_default_image() {
+    let host = setup();
+    let network = format!("cf-auto-{}", std::process::id());
+    let tag = format!("clawfleet-agent:it-auto-{}", std::process::id());
+    let _ = Command::new("docker").args(["image", "rm", "-f", &tag]).output();
+    let up_args = vec!["--docker-image".to_owned(), tag.clone()];
+    let plane = Plane::with(PlaneOptions { docker: Some((host, network.clone())), up_args, ..PlaneOptions::default() });
+    let out = plane.cli(&["launch", "dauto", "--backend", "docker", "--replicas", "2", "--brain", "echo", "--wait", "--timeout", "240"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = Command::new("docker").args(["service", "rm", "clawfleet-dauto"]).output();
+    let built = docker(&["image", "ls", "-q", &tag]);
+    let _ = Command::new("docker").args(["network", "rm", &network]).output();
+    let _ = Command::new("docker").args(["image", "rm", "-f", &tag]).output();
+    assert!(out.status.success(), "launch --wait: {err}\nlog: {}", plane.log());
+    assert!(err.contains("building the agent image"), "the build is shown: {err}");
+    assert!(err.contains("all 2 agents of 'dauto' are ready"), "{err}");
+    assert!(!built.is_empty(), "the image {tag} was built");
 }

@@ -73,15 +73,11 @@ fn whole_life(plane: &Plane) {
     let err = plane.fails(&["command", "squad", "reboot"]);
     assert_eq!(err.trim(), "error: unknown command 'reboot': the vocabulary is health-check, version-report, config-reload, status-report");
 
-    // Scale up and down.
-    plane.ok(&["scale", "squad", "5"]);
-    crate::support::eventually(std::time::Duration::from_secs(30), "5 ready agents", || {
-        (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 5).then_some(())
-    });
-    plane.ok(&["scale", "squad", "2"]);
-    crate::support::eventually(std::time::Duration::from_secs(30), "2 agents after scaling down", || {
-        (plane.json(&["status", "squad", "--json"])["agents"].as_array().unwrap().len() == 2).then_some(())
-    });
+    // Scale up and down; `scale --wait` returns once the fleet is that size, every agent ready.
+    plane.ok(&["scale", "squad", "5", "--wait"]);
+    assert_eq!(plane.json(&["ls", "--json"])["fleets"][0]["ready"], 5);
+    plane.ok(&["scale", "squad", "2", "--wait"]);
+    assert_eq!(plane.json(&["status", "squad", "--json"])["agents"].as_array().unwrap().len(), 2, "the agents above 2 are gone");
 
     // Terminate and wait for it to be gone.
     plane.ok(&["terminate", "squad", "--wait"]);

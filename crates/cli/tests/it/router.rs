@@ -87,6 +87,7 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     stdin.write_all(b"{\"action\":\"inject\",\"job_id\":\"rs\",\"node_id\":1,\"content\":\"short form\"}\n").unwrap();
     let short = wait_for(&rx, "short-form assistant", |v| v["event"] == "assistant" && v["data"]["content"] == "short form");
     assert_eq!(short["data"]["node_id"], 1);
+    assert_eq!(short["data"]["final_answer"], true, "an assistant event is its turn's final answer, as codeswarm marks it");
 
     // Bad lines are answered with a reason, and the router keeps going.
     stdin.write_all(b"this is not json\n").unwrap();
@@ -94,7 +95,9 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     assert!(r["data"]["reason"].as_str().unwrap().starts_with("invalid json"));
     stdin.write_all(command("inject", "r3", json!({"swarm_id": "nope", "nodes": 0, "content": "x"})).as_bytes()).unwrap();
     let r = wait_for(&rx, "rejection r3", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r3");
-    assert_eq!(r["data"]["reason"], "unknown swarm_id 'nope'");
+    // The reference router's exact words (codeswarm's web backend compares them), details beside.
+    assert_eq!(r["data"]["reason"], "unknown swarm_id");
+    assert_eq!(r["data"]["detail"], "no fleet named 'nope'");
     stdin.write_all(command("inject", "r4", json!({"swarm_id": "rs", "nodes": [5], "content": "x"})).as_bytes()).unwrap();
     let r = wait_for(&rx, "rejection r4", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r4");
     assert_eq!(r["data"]["reason"], "fleet 'rs' has no agent 5 (its agents are 0-1)");
@@ -110,6 +113,38 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     stdin.write_all(command("swarm_status", "r7", json!({"swarm_id": "rs"})).as_bytes()).unwrap();
     let status = wait_for(&rx, "swarm_status", |v| v["event"] == "swarm_status" && v["data"]["request_id"] == "r7");
     assert_eq!(status["data"]["status"], "running");
+    // Flat, as the reference shapes it: codeswarm's CLI prints each value as `key: value`, so
+    // none may be an object (it would print "[object Object]").
+    let data = status["data"].as_object().unwrap();
+    assert_eq!((data["swarm_id"].as_str(), data["job_id"].as_str(), data["node_count"].as_u64()), (Some("rs"), Some("rs"), Some(2)));
+    assert!(
+        data.values().all(|v| !v.is_object() && v.as_array().is_none_or(|a| a.iter().all(|i| !i.is_object() && !i.is_array()))),
+        "{status}"
+    );
+    assert_eq!(data["node_states"].as_array().map(Vec::len), Some(2), "{status}");
+
+    // Orchestrated projects and approvals: codeswarm's web backend polls both; none exist.
+    stdin.write_all(command("approvals_list", "a1", json!({})).as_bytes()).unwrap();
+    let a = wait_for(&rx, "approvals_list", |v| v["event"] == "approvals_list" && v["data"]["request_id"] == "a1");
+    assert_eq!((&a["data"]["approvals_version"], &a["data"]["approvals"]), (&json!(0), &json!({})));
+    stdin.write_all(command("project_list", "p1", json!({})).as_bytes()).unwrap();
+    let p = wait_for(&rx, "project_list", |v| v["event"] == "project_list" && v["data"]["request_id"] == "p1");
+    assert_eq!(p["data"]["projects"], json!({}));
+    wait_for(&rx, "projects_updated", |v| v["event"] == "projects_updated" && v["data"]["projects"] == json!({}));
+    stdin.write_all(command("project_start", "p2", json!({"project_id": "p-9"})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection p2", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "p2");
+    assert_eq!(r["data"]["reason"], "unknown project_id");
+    let approve = json!({"job_id": "rs", "call_id": "c1", "node_id": 0, "injection_id": null, "approved": true, "decision": "approved"});
+    stdin.write_all(command("approve_execution", "a2", approve).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection a2", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "a2");
+    assert_eq!(r["data"]["reason"], "unknown approval request");
+    assert_eq!((&r["data"]["call_id"], &r["data"]["node_id"], &r["data"]["pending_candidates"]), (&json!("c1"), &json!(0), &json!(0)));
+    stdin.write_all(command("enqueue_inject", "q1", json!({"target_swarm_id": "nope", "content": "x"})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection q1", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "q1");
+    assert_eq!(r["data"]["reason"], "unknown target_swarm_id");
+    stdin.write_all(command("swarm_launch", "l1", json!({"nodes": 1, "provider": "aws"})).as_bytes()).unwrap();
+    let r = wait_for(&rx, "rejection l1", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "l1");
+    assert_eq!(r["data"]["reason"], "unknown provider: aws");
     stdin
         .write_all(
             command("enqueue_inject", "r8", json!({"target_swarm_id": "rs", "selector": "idle", "content": "any idle node"})).as_bytes(),
@@ -229,17 +264,19 @@ fn the_router_launches_talks_to_and_terminates_a_slurm_swarm() {
         let rid = format!("st{poll}");
         stdin.write_all(command("swarm_status", &rid, json!({"swarm_id": "rslurm"})).as_bytes()).unwrap();
         let s = wait_for(&rx, "swarm_status", |v| v["event"] == "swarm_status" && v["data"]["request_id"] == rid.as_str());
-        let nodes = s["data"]["nodes"].as_array().cloned().unwrap_or_default();
-        if nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "idle") {
+        let states = s["data"]["node_states"].as_array().cloned().unwrap_or_default();
+        if states.len() == 2 && states.iter().all(|n| n == "idle") {
             break s;
         }
         assert!(Instant::now() < deadline, "the slurm swarm was not idle within 120 s; last status: {s}\nlog: {}", plane.log());
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(status["data"]["status"], "running");
-    for n in status["data"]["nodes"].as_array().unwrap() {
-        let job = n["job_id"].as_str().unwrap_or_else(|| panic!("a slurm node has a job_id: {n}"));
-        assert!(!job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()), "{n}");
+    let jobs = status["data"]["node_job_ids"].as_array().unwrap_or_else(|| panic!("each slurm node's job id: {status}"));
+    assert_eq!(jobs.len(), 2, "{status}");
+    for job in jobs {
+        let job = job.as_str().unwrap();
+        assert!(!job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()), "{status}");
     }
 
     // Inject to all: the echo brain answers on both nodes, through the mailbox.

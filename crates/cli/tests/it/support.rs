@@ -68,11 +68,22 @@ pub struct PlaneOptions {
     pub docker: Option<(String, String)>,
     /// Enable the slurm backend (the local single-node Slurm).
     pub slurm: bool,
+    /// More arguments for `up`.
+    pub up_args: Vec<String>,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        PlaneOptions { bus: None, extra_path: None, heartbeat_ms: 200, model_url: None, builtin_model: false, docker: None, slurm: false }
+        PlaneOptions {
+            bus: None,
+            extra_path: None,
+            heartbeat_ms: 200,
+            model_url: None,
+            builtin_model: false,
+            docker: None,
+            slurm: false,
+            up_args: Vec::new(),
+        }
     }
 }
 
@@ -146,6 +157,7 @@ impl Plane {
                 cmd.arg("--no-model");
             }
         }
+        cmd.args(&self.options.up_args);
         if let Some(extra) = &self.options.extra_path {
             let path = format!("{}:{}", extra.display(), std::env::var("PATH").unwrap_or_default());
             cmd.env("PATH", path);
