@@ -119,6 +119,8 @@ pub enum SpecError {
     UnknownAgent { fleet: String, slot: u32, range: String },
     #[error("fleet '{0}' has no agents")]
     NoAgents(String),
+    #[error("slots must be N or A-B (A at most B), got '{0}'")]
+    SlotRange(String),
 }
 
 /// Checks a prompt's size: `what` names it in the error ("prompt", "system prompt").
@@ -192,9 +194,49 @@ pub fn resolve_targets(fleet: &str, replicas: u32, requested: Option<&[u32]>) ->
     Ok(slots)
 }
 
+/// The slots an `N` or `A-B` range names, checked against the fleet's replica count before
+/// anything is made of it (a range as wide as `0-300000000` is refused, not allocated).
+pub fn slot_range(fleet: &str, replicas: u32, range: &str) -> Result<Vec<u32>, SpecError> {
+    let bad = || SpecError::SlotRange(range.chars().take(64).collect());
+    let (a, b): (u32, u32) = match range.split_once('-') {
+        Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+        None => {
+            let n = range.parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if a > b {
+        return Err(bad());
+    }
+    if replicas == 0 {
+        return Err(SpecError::NoAgents(fleet.to_owned()));
+    }
+    if b >= replicas {
+        let range = if replicas == 1 { "0".to_owned() } else { format!("0-{}", replicas - 1) };
+        return Err(SpecError::UnknownAgent { fleet: fleet.to_owned(), slot: b, range });
+    }
+    Ok((a..=b).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_ranges_are_checked_before_they_are_made() {
+        let cases: [(&str, u32, Result<Vec<u32>, &str>); 7] = [
+            ("2", 4, Ok(vec![2])),
+            ("1-3", 4, Ok(vec![1, 2, 3])),
+            ("0-300000000", 4, Err("fleet 'f' has no agent 300000000 (its agents are 0-3)")),
+            ("3-1", 4, Err("slots must be N or A-B (A at most B), got '3-1'")),
+            ("x", 4, Err("slots must be N or A-B (A at most B), got 'x'")),
+            ("0-99999999999", 4, Err("slots must be N or A-B (A at most B), got '0-99999999999'")),
+            ("0", 0, Err("fleet 'f' has no agents")),
+        ];
+        for (range, replicas, want) in cases {
+            assert_eq!(slot_range("f", replicas, range).map_err(|e| e.to_string()), want.map_err(str::to_owned), "{range}");
+        }
+    }
 
     fn req(name: &str, replicas: u32) -> LaunchRequest {
         LaunchRequest { name: name.into(), replicas, ..LaunchRequest::default() }

@@ -26,3 +26,8 @@ pub const MAX_BUS_PAYLOAD_BYTES: usize = 256 * 1024;
 
 /// Largest router input line, in bytes; longer lines are refused without being parsed.
 pub const MAX_ROUTER_LINE_BYTES: usize = 1024 * 1024;
+
+/// Longest `request_id` a client may give, in bytes: it is stored with every event its command
+/// causes (one `inject_ack` per agent), so it is bounded like every stored string (codeswarm's
+/// clients send UUIDs, 36 bytes).
+pub const MAX_REQUEST_ID_BYTES: usize = 256;

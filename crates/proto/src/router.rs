@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::MAX_ROUTER_LINE_BYTES;
+use crate::{MAX_REQUEST_ID_BYTES, MAX_ROUTER_LINE_BYTES};
 
 /// The protocol string of every envelope.
 pub const PROTOCOL: &str = "codeswarm.router.v1";
@@ -237,6 +237,10 @@ pub fn parse_line(line: &str) -> Result<Request, Rejection> {
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => return Err(Rejection::new(&none, "request_id must be a string")),
     };
+    if let Some(id) = request_id.as_ref().filter(|id| id.len() > MAX_REQUEST_ID_BYTES) {
+        let reason = format!("request_id is {} bytes, over the {MAX_REQUEST_ID_BYTES}-byte limit", id.len());
+        return Err(Rejection::new(&none, reason));
+    }
     let rid = &request_id;
 
     if let Some(action) = obj.get("action") {
@@ -482,6 +486,8 @@ mod tests {
         );
         assert_eq!(parse_line(r#"{"command":"swarm_status","request_id":"r9"}"#).unwrap_err().request_id.as_deref(), Some("r9"));
         assert!(reason(r#"{"action":"terminate"}"#).starts_with("unknown action 'terminate'"));
+        let long = format!(r#"{{"command":"swarm_list","request_id":"{}"}}"#, "r".repeat(MAX_REQUEST_ID_BYTES + 1));
+        assert_eq!(parse_line(&long).unwrap_err(), Rejection::new(&None, "request_id is 257 bytes, over the 256-byte limit"));
         // The reference's own words where it has a refusal, the particulars beside them.
         let r = parse_line(r#"{"command":"enqueue_inject","request_id":"q","target_swarm_id":"s","content":"  "}"#).unwrap_err();
         assert_eq!((r.reason.as_str(), r.detail.as_deref()), (reasons::INVALID_ENQUEUE, Some("content is blank")));

@@ -390,6 +390,13 @@ async fn inject(
         return Err(ApiError::bad_request("prompt is empty"));
     }
     spec::check_prompt("prompt", &req.prompt)?;
+    if let Some(id) = req.request_id.as_ref().filter(|id| id.len() > clawfleet_proto::MAX_REQUEST_ID_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "request_id is {} bytes, over the {}-byte limit",
+            id.len(),
+            clawfleet_proto::MAX_REQUEST_ID_BYTES
+        )));
+    }
     let row = load_active(&app, &name).await?;
     let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -493,24 +500,10 @@ async fn join(
     Q(q): Q<JoinQuery>,
 ) -> Result<Json<JoinResponse>, ApiError> {
     let row = load_active(&app, &name).await?;
-    let slots: Vec<u32> = match q.slots.as_deref() {
-        None => (0..row.replicas).collect(),
-        Some(s) => {
-            let bad = || ApiError::bad_request(format!("slots must be N or A-B, got '{s}'"));
-            let (a, b) = match s.split_once('-') {
-                Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
-                None => {
-                    let n: u32 = s.parse().map_err(|_| bad())?;
-                    (n, n)
-                }
-            };
-            if a > b {
-                return Err(bad());
-            }
-            (a..=b).collect()
-        }
+    let slots = match q.slots.as_deref() {
+        None => spec::resolve_targets(&name, row.replicas, None)?,
+        Some(range) => spec::slot_range(&name, row.replicas, range)?,
     };
-    let slots = spec::resolve_targets(&name, row.replicas, Some(&slots))?;
     let deployment = app.deployment(&row).map_err(|e| ApiError::internal("stored fleet", e))?;
     let agents = slots
         .iter()

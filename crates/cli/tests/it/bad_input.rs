@@ -142,6 +142,16 @@ fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
             "too_large",
             "request body rejected",
         ),
+        (
+            "POST",
+            "/api/v1/fleets/squad/inject",
+            t,
+            // Stored with every inject_ack: bounded (the first release stored 2 MiB per agent).
+            Some(json!({"prompt": "x", "request_id": "r".repeat(300)}).to_string()),
+            400,
+            "bad_request",
+            "request_id is 300 bytes, over the 256-byte limit",
+        ),
         ("GET", "/api/v1/events?since=abc", t, None, 400, "bad_request", "invalid query string"),
         ("GET", "/api/v1/injections/nope", t, None, 404, "unknown_injection", "no injection with id 'nope'"),
         ("PUT", "/api/v1/fleets", t, None, 405, "method_not_allowed", "this endpoint does not take that method"),
@@ -196,6 +206,12 @@ fn malformed_bus_messages_are_refused_and_counted() {
     plane.ok(&["launch", "squad", "--replicas", "1", "--wait"]);
     // An agent's own credentials, from the join endpoint.
     let join = plane.json_get("/api/v1/fleets/squad/join?slots=0");
+    // A range far past the fleet is refused before it is made (the first release allocated
+    // 1.5 GiB for this one), and the control plane keeps serving.
+    let (status, body) = plane.http("GET", "/api/v1/fleets/squad/join?slots=0-300000000", Some(&plane.token()), None);
+    assert_eq!((status, body["error"].as_str()), (404, Some("fleet 'squad' has no agent 300000000 (its agents are 0)")), "{body}");
+    let (status, body) = plane.http("GET", "/api/v1/fleets/squad/join?slots=3-1", Some(&plane.token()), None);
+    assert_eq!(status, 400, "{body}");
     let (user, pass) =
         (join["agents"][0]["username"].as_str().unwrap().to_owned(), join["agents"][0]["password"].as_str().unwrap().to_owned());
     let uid = join["fleet_uid"].as_str().unwrap().to_owned();
