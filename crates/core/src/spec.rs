@@ -224,7 +224,8 @@ mod tests {
 
     #[test]
     fn slot_ranges_are_checked_before_they_are_made() {
-        let cases: [(&str, u32, Result<Vec<u32>, &str>); 7] = [
+        type Case = (&'static str, u32, Result<Vec<u32>, &'static str>);
+        let cases: [Case; 7] = [
             ("2", 4, Ok(vec![2])),
             ("1-3", 4, Ok(vec![1, 2, 3])),
             ("0-300000000", 4, Err("fleet 'f' has no agent 300000000 (its agents are 0-3)")),
