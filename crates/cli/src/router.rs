@@ -171,13 +171,14 @@ fn swarm_status(s: &FleetStatus, status: Option<&str>) -> Map<String, Value> {
     d.insert("status".into(), json!(status.unwrap_or(running)));
     d.insert("nodes_ready".into(), json!(fleet.ready));
     d.insert("node_states".into(), json!(s.agents.iter().map(|a| a.state.as_str()).collect::<Vec<_>>()));
-    // A slurm agent is a job of its own: its id, as codeswarm's clients expect one.
-    let jobs: Vec<&str> = s.agents.iter().filter_map(|a| a.instance.as_deref()?.strip_prefix("job ")).collect();
-    if !jobs.is_empty() {
+    // One entry per node, in node order (null where a node has none yet). A slurm agent is a
+    // job of its own: its id, as codeswarm's clients expect one.
+    let jobs: Vec<Option<&str>> = s.agents.iter().map(|a| a.instance.as_deref()?.strip_prefix("job ")).collect();
+    if jobs.iter().any(Option::is_some) {
         d.insert("node_job_ids".into(), json!(jobs));
     }
-    let hosts: Vec<&str> = s.agents.iter().filter_map(|a| a.hostname.as_deref().or(a.node.as_deref())).collect();
-    if !hosts.is_empty() {
+    let hosts: Vec<Option<&str>> = s.agents.iter().map(|a| a.hostname.as_deref().or(a.node.as_deref())).collect();
+    if hosts.iter().any(Option::is_some) {
         d.insert("node_hostnames".into(), json!(hosts));
     }
     if let Some(problem) = &fleet.problem {
