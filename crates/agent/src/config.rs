@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub watchdog: Duration,
     /// The bus, or a mailbox on a shared filesystem when the node cannot reach the bus.
     pub transport: Transport,
+    /// When the agent is sandboxed: the program that runs each brain process in a sandbox
+    /// nested in the agent's (`clawfleet`, as `clawfleet brain-exec PROGRAM ARGS...`).
+    pub brain_exec: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -61,6 +64,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(2),
             watchdog: Duration::from_secs(300),
             transport: Transport::Bus,
+            brain_exec: None,
         }
     }
 

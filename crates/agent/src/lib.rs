@@ -17,6 +17,7 @@ pub mod brain;
 pub mod config;
 pub mod link;
 pub mod runtime;
+pub mod sandbox;
 pub mod sysinfo;
 pub mod workspace;
 

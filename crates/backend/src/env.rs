@@ -23,6 +23,21 @@ pub const TRANSPORT: &str = "CLAWFLEET_TRANSPORT";
 /// The shared directory of the agent's mailbox (`<dir>/mailbox/...`).
 pub const MAILBOX: &str = "CLAWFLEET_MAILBOX";
 
+/// A file (0600, in the agent's workspace) of `NAME=value` lines: the agent's credentials, kept
+/// out of its environment, which its brains could read through `/proc`. The agent reads it
+/// and removes it before it starts any brain; its backend writes it again before each start.
+pub const SECRETS_FILE: &str = "CLAWFLEET_SECRETS_FILE";
+
+/// The variables of [`Deployment::agent_env`](crate::Deployment::agent_env) that local agents
+/// get through [`SECRETS_FILE`] instead.
+pub const SECRET_VARS: &[&str] = &[BUS_PASSWORD];
+
+/// The directory a sandboxed agent must not see (the control plane's data directory): set, the
+/// agent confines itself with Landlock before anything else, or refuses to run.
+pub const SANDBOX_HIDE: &str = "CLAWFLEET_SANDBOX_HIDE";
+/// The directories a sandboxed agent may write (its workspace first), `:`-separated.
+pub const SANDBOX_WRITE: &str = "CLAWFLEET_SANDBOX_WRITE";
+
 /// Variables of the control plane's own environment that an agent must not inherit
 /// (an agent holding the operator token could deploy or terminate itself).
 pub fn is_private(name: &str) -> bool {

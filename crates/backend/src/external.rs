@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use clawfleet_core::{BackendKind, FleetName};
+use clawfleet_proto::api::Isolation;
 
 use crate::{Applied, Backend, BackendError, Deployment, Replica};
 
@@ -15,6 +16,10 @@ pub struct ExternalBackend;
 impl Backend for ExternalBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::External
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation::External
     }
 
     async fn apply(&self, _: &Deployment) -> Result<Applied, BackendError> {

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod env;
 pub mod external;
 pub mod local;
+pub mod sandbox;
 pub mod slurm;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use clawfleet_bus::BusSecret;
 use clawfleet_core::{AgentRef, BackendKind, BrainSpec, FleetName};
+pub use clawfleet_proto::api::Isolation;
 use clawfleet_proto::cluster::ClusterSpec;
 
 /// Everything a backend needs to run a fleet's agents.
@@ -182,6 +184,9 @@ pub enum BackendError {
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> BackendKind;
+
+    /// How this backend's agents are kept from the control plane's secrets and each other.
+    fn isolation(&self) -> Isolation;
 
     /// Makes the fleet's agents match `deployment`: starts missing slots, stops extra ones.
     /// Idempotent and quick: it starts work and returns; `observe` shows progress, and

@@ -15,6 +15,7 @@
 //! <root>/<fleet>-<uid>/<slot>/   the agent's workspace (see clawfleet-agent)
 //!                     agent.pid  "<pid> <start time> <config key>"
 //!                     agent.log  the agent's stdout and stderr
+//!                     agent.secrets  its bus password, until the agent has read (and removed) it
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +32,12 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::sandbox::Sandbox;
 use crate::{Applied, Backend, BackendError, Deployment, Replica, ReplicaState, env};
+use clawfleet_proto::api::Isolation;
+
+/// The agent's secrets file in its workspace (see [`env::SECRETS_FILE`]).
+const SECRETS_FILE_NAME: &str = "agent.secrets";
 
 /// How the local backend starts agents.
 #[derive(Debug, Clone)]
@@ -44,6 +50,8 @@ pub struct LocalConfig {
     pub root: PathBuf,
     /// How long a stopping agent gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// How agents are confined.
+    pub sandbox: Arc<Sandbox>,
 }
 
 /// Agents as local child processes.
@@ -94,16 +102,24 @@ impl LocalBackend {
 
     fn spawn_slot(&self, deployment: &Deployment, slot: u32, key: u64) -> Slot {
         let workspace = self.workspace(&deployment.fleet, &deployment.uid, slot);
-        let mut vars: Vec<(String, String)> = deployment.agent_env(slot).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let (secrets, mut vars): (Vec<_>, Vec<_>) = deployment
+            .agent_env(slot)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .partition(|(k, _)| env::SECRET_VARS.contains(&k.as_str()));
         vars.push((env::WORKSPACE.to_owned(), workspace.display().to_string()));
+        vars.push((env::SECRETS_FILE.to_owned(), workspace.join(SECRETS_FILE_NAME).display().to_string()));
         let status = Arc::new(Mutex::new(Status { state: ReplicaState::Starting, pid: None, restarts: 0 }));
         let (stop, stop_rx) = watch::channel(false);
         let ctx = Supervisor {
             program: self.config.program.clone(),
             args: self.config.args.clone(),
             vars,
+            secrets,
             workspace,
             key,
+            sandbox: self.config.sandbox.clone(),
+            identity: crate::stable_hash(format!("{}-{}/{slot}", deployment.fleet, deployment.uid).into_bytes()),
             grace: self.config.grace,
             status: status.clone(),
             stop: stop_rx,
@@ -122,6 +138,10 @@ pub(crate) fn config_key(vars: &[(&'static str, String)]) -> u64 {
 impl Backend for LocalBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Local
+    }
+
+    fn isolation(&self) -> Isolation {
+        self.config.sandbox.isolation()
     }
 
     async fn apply(&self, deployment: &Deployment) -> Result<Applied, BackendError> {
@@ -202,8 +222,13 @@ struct Supervisor {
     program: PathBuf,
     args: Vec<String>,
     vars: Vec<(String, String)>,
+    /// Written to the agent's secrets file before each start, never put in its environment.
+    secrets: Vec<(String, String)>,
     workspace: PathBuf,
     key: u64,
+    sandbox: Arc<Sandbox>,
+    /// Stable across the agent's restarts and updates (its uid in user mode comes from it).
+    identity: u64,
     grace: Duration,
     status: Arc<Mutex<Status>>,
     stop: watch::Receiver<bool>,
@@ -296,6 +321,7 @@ impl Supervisor {
             .open(&log_path)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        self.write_secrets()?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).current_dir(&self.workspace).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
         for (k, _) in std::env::vars_os() {
@@ -304,7 +330,31 @@ impl Supervisor {
             }
         }
         cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        if self.sandbox.isolation() != Isolation::None {
+            // A confined agent's brains cannot write the shared /tmp: they get their own.
+            let tmp = self.workspace.join("tmp");
+            std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            cmd.env("TMPDIR", &tmp);
+        }
+        self.sandbox.confine(&mut cmd, &self.workspace, self.identity)?;
         cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.program.display()))
+    }
+
+    fn write_secrets(&self) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.workspace.join(SECRETS_FILE_NAME);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        for (k, v) in &self.secrets {
+            writeln!(file, "{k}={v}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Waits for an adopted agent (not our child: polled) to exit or for a stop request.

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clawfleet_core::{BackendKind, FleetName};
+use clawfleet_proto::api::Isolation;
 use tokio::process::Command;
 
 use crate::local::config_key;
@@ -313,6 +314,10 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 #[async_trait]
 impl Backend for SlurmBackend {
+    fn isolation(&self) -> Isolation {
+        Isolation::BatchJob
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Slurm
     }

@@ -21,7 +21,7 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::server::MqttServer;
-use rmqtt::types::{AuthResult, PublishAclResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
+use rmqtt::types::{AuthResult, LastWill, PublishAclResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
 
 /// Decides who a connecting client is.
 pub trait Authenticator: Send + Sync + 'static {
@@ -165,7 +165,17 @@ impl Handler for AclHook {
                 let id = info.id();
                 let username = info.username().map(|u| u.as_ref()).unwrap_or("");
                 let password = info.password().map(|p| p.as_ref()).unwrap_or(b"");
-                let result = match self.auth.authenticate(&id.client_id, username, password) {
+                let who = self.auth.authenticate(&id.client_id, username, password);
+                let will = info.last_will().map(|w| match w {
+                    LastWill::V3(w) => (w.topic.to_string(), w.retain),
+                    LastWill::V5(w) => (w.topic.to_string(), w.retain),
+                });
+                let result = match who {
+                    Some(who) if will.as_ref().is_some_and(|(topic, retain)| !acl::may_will(&who, topic, *retain)) => {
+                        let (topic, retain) = will.expect("checked");
+                        tracing::warn!(client_id = %id.client_id, username, %topic, retain, "Bus login refused: its last will is not its to publish");
+                        AuthResult::NotAuthorized
+                    }
                     Some(BusIdentity::Control) => AuthResult::Allow(true, None),
                     Some(BusIdentity::Agent(agent)) if acl::agent_username(&agent) == username => AuthResult::Allow(false, None),
                     _ => {
@@ -187,7 +197,9 @@ impl Handler for AclHook {
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let allowed = session_identity(session.id.username.as_deref()).is_some_and(|who| acl::may_publish(&who, &publish.topic));
+                let allowed = session_identity(session.id.username.as_deref()).is_some_and(|who| {
+                    acl::may_publish(&who, &publish.topic) && (!publish.retain || acl::may_retain(&who, &publish.topic))
+                });
                 let result = if allowed {
                     PublishAclResult::allow()
                 } else {

@@ -160,6 +160,55 @@ async fn retained_heartbeats_and_last_will() {
     assert_eq!(message(&mut crx).await, (hb, b"gone".to_vec()));
 }
 
+/// A last will is a publish the broker makes for the client when it drops, so it must obey the
+/// client's publish rights: checked at CONNECT (rmqtt checks only publishes, so a will on
+/// another fleet's `cmd` topic used to reach every agent of that fleet, and retained, every
+/// agent started later).
+#[tokio::test]
+async fn a_will_the_client_may_not_publish_is_refused_at_connect() {
+    let (broker, secret) = start();
+    let (_control, mut crx) = client::connect(control_config(&broker, &secret, vec!["clawfleet/v1/#".into()]));
+    connected(&mut crx).await;
+    let wills = [
+        (topic::fleet_cmd("other"), false),
+        (topic::fleet_cmd("squad"), true),
+        (topic::agent("squad", 2, Channel::Cmd), false),
+        (topic::agent("squad", 2, Channel::Events), false),
+        (topic::agent("squad", 1, Channel::Events), true),
+    ];
+    for (will, retain) in wills {
+        let mut cfg = agent_config(&broker, &secret, "squad/1", vec![]);
+        cfg.will = Some(Will { topic: will.clone(), payload: br#"{"forged":true}"#.to_vec(), retain });
+        let (_agent, mut arx) = client::connect(cfg);
+        match next(&mut arx).await {
+            BusEvent::Disconnected { reason } => assert_eq!(reason, "the broker refused the bus credentials", "{will}"),
+            other => panic!("a will on {will} (retain {retain}) was accepted: {other:?}"),
+        }
+    }
+    // Its own heartbeat, retained, is its will: accepted, as before.
+    let mut cfg = agent_config(&broker, &secret, "squad/1", vec![]);
+    cfg.will = Some(Will { topic: topic::agent("squad", 1, Channel::Heartbeat), payload: b"gone".to_vec(), retain: true });
+    let (agent, mut arx) = client::connect(cfg);
+    connected(&mut arx).await;
+    // A retained publish off its heartbeat is refused like a forbidden topic.
+    agent.publish(topic::agent("squad", 1, Channel::Events), b"retained".to_vec(), true).await.unwrap();
+    loop {
+        match next(&mut arx).await {
+            BusEvent::Disconnected { .. } | BusEvent::Closed => break,
+            other => eprintln!("{other:?}"),
+        }
+    }
+    drop(agent);
+    drop(arx);
+    // Nothing forged reached the bus: the only messages are the accepted agent's own will.
+    assert_eq!(message(&mut crx).await, (topic::agent("squad", 1, Channel::Heartbeat), b"gone".to_vec()));
+    while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(500), crx.recv()).await {
+        if let BusEvent::Message { topic, payload } = more {
+            assert_eq!((topic.as_str(), &payload[..]), (topic::agent("squad", 1, Channel::Heartbeat).as_str(), &b"gone"[..]));
+        }
+    }
+}
+
 #[tokio::test]
 async fn commands_queue_for_an_offline_agent() {
     let (broker, secret) = start();

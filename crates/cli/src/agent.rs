@@ -8,13 +8,37 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clawfleet_agent::{AgentConfig, MailboxSpec, Transport, runtime};
+use clawfleet_agent::{AgentConfig, MailboxSpec, Transport, runtime, sandbox};
 use clawfleet_bus::{BusUrl, FleetKey};
 use clawfleet_core::{AgentRef, BrainSpec, FleetName};
 use clawfleet_proto::api::JoinResponse;
 use tokio::sync::watch;
 
 use crate::args::AgentArgs;
+
+/// Confines this agent process with Landlock when its backend asked (`--sandbox-hide`). Runs
+/// before any other thread exists; an agent that cannot be confined does not run.
+pub(crate) fn confine(args: &AgentArgs) -> anyhow::Result<()> {
+    let Some(hide) = &args.sandbox_hide else { return Ok(()) };
+    let write: Vec<PathBuf> = args.sandbox_write.as_deref().map(|w| std::env::split_paths(w).collect()).unwrap_or_default();
+    let confinement = sandbox::Confinement { hide: hide.clone(), write };
+    sandbox::confine(&confinement).with_context(|| format!("cannot sandbox this agent away from {}", hide.display()))
+}
+
+/// `clawfleet brain-exec PROGRAM ARGS...`: nests the process in a sandbox of its own, then
+/// becomes the brain's program.
+pub(crate) fn brain_exec(args: &crate::args::BrainExecArgs) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = sandbox::nest() {
+        eprintln!("error: cannot sandbox the brain: {e}");
+        return ExitCode::from(126);
+    }
+    let (program, rest) = args.command.split_first().expect("clap requires a program");
+    let err = std::process::Command::new(program).args(rest).exec();
+    eprintln!("error: cannot run {}: {err}", program.to_string_lossy());
+    // The shell's codes: 127 when there is no such program, 126 when it cannot run.
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+}
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.health {
@@ -114,7 +138,25 @@ fn base(agent: AgentRef, uid: &str, bus: &BusUrl, workspace: PathBuf, args: &Age
     c.fleet_version = args.fleet_version.clone();
     c.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
     c.watchdog = Duration::from_secs(args.watchdog.max(1));
+    if args.sandbox_hide.is_some() {
+        c.brain_exec = Some(std::env::current_exe().context("finding this binary to run brains in their sandboxes")?);
+    }
     Ok(c)
+}
+
+/// Reads the `NAME=value` lines of a secrets file, then removes it: what the agent's brains
+/// will start later must not find it.
+fn take_secrets(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the agent's secrets file {}", path.display()))?;
+    std::fs::remove_file(path).with_context(|| format!("removing the agent's secrets file {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("the secrets file {} has a line that is not NAME=value", path.display()))
+        })
+        .collect()
 }
 
 fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
@@ -135,6 +177,15 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
         None => None,
     };
     let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
+    let mut bus_password = args.bus_password.clone();
+    if let Some(path) = &args.secrets_file {
+        for (name, value) in take_secrets(path)? {
+            match name.as_str() {
+                clawfleet_backend::env::BUS_PASSWORD => bus_password = Some(value),
+                other => tracing::warn!(name = other, "Ignoring an unknown secret"),
+            }
+        }
+    }
     (first..=last)
         .map(|slot| {
             let workspace = match (&args.workspace, args.count) {
@@ -144,7 +195,7 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
             };
             let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, workspace, args)?;
             c.bus_username = args.bus_username.clone();
-            c.bus_password = args.bus_password.clone();
+            c.bus_password = bus_password.clone();
             if let (Some(key), None) = (&key, &c.bus_password) {
                 c.bus_username = Some(clawfleet_core::acl::agent_username(&c.agent));
                 c.bus_password = Some(key.agent_password(slot));

@@ -75,6 +75,9 @@ pub(crate) enum Command {
     Mailbox(MailboxCommand),
     /// Run an agent runtime (started by backends, or by hand with --join).
     Agent(AgentArgs),
+    /// Run a sandboxed agent's brain process in a sandbox nested in the agent's (agents use it).
+    #[command(hide = true)]
+    BrainExec(BrainExecArgs),
     /// The shared model service: fetch the model, or serve it on its own.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -224,6 +227,15 @@ pub(crate) struct UpArgs {
     /// Also launch a small local fleet named `demo` (3 agents) if it does not exist.
     #[arg(long)]
     pub demo: bool,
+    /// How local agents and their brains are kept from the data directory (token, database,
+    /// other workspaces): auto (Landlock where the kernel has it, else an unprivileged user per
+    /// agent when running as root), landlock, user, or off
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub agent_sandbox: clawfleet_server::SandboxMode,
+    /// A directory local agents may write besides their workspace (a brain's own state, such as
+    /// ~/.codex); repeatable
+    #[arg(long, value_name = "DIR")]
+    pub agent_writable: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -509,6 +521,9 @@ pub(crate) struct RouterArgs {
     /// Listen for TCP clients [default: 127.0.0.1:8765, or CODESWARM_ROUTER_HOST/PORT; without --stdio only]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// A token every TCP client must send first, as {"auth":"TOKEN"}; needed to listen beyond loopback
+    #[arg(long, env = "CODESWARM_ROUTER_TOKEN", hide_env_values = true)]
+    pub router_token: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -577,6 +592,25 @@ pub(crate) struct AgentArgs {
     /// This run's id in mailbox file names (`<job>_<NN>.jsonl`); Slurm's job id by default.
     #[arg(long, env = "SLURM_JOB_ID")]
     pub mailbox_job: Option<String>,
+    /// Confine this agent with Landlock before anything else: it cannot see DIR (the control
+    /// plane's data directory), and its brains run in sandboxes of their own. Set by the local
+    /// backend; the agent refuses to run if it cannot.
+    #[arg(long, env = clawfleet_backend::env::SANDBOX_HIDE, value_name = "DIR", hide = true)]
+    pub sandbox_hide: Option<PathBuf>,
+    /// A file of NAME=value lines with this agent's credentials (CLAWFLEET_BUS_PASSWORD), read
+    /// and removed at start. Set by the local backend.
+    #[arg(long, env = clawfleet_backend::env::SECRETS_FILE, value_name = "FILE", hide = true)]
+    pub secrets_file: Option<PathBuf>,
+    /// With --sandbox-hide: the directories the agent may write, `:`-separated.
+    #[arg(long, env = clawfleet_backend::env::SANDBOX_WRITE, value_name = "DIRS", hide = true)]
+    pub sandbox_write: Option<std::ffi::OsString>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BrainExecArgs {
+    /// The brain's program, then its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
 }

@@ -175,6 +175,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         f.version,
         f.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default()
     );
+    outln!("isolation: {}", s.isolation);
     if let Some(p) = &f.problem {
         outln!("problem: {p}");
     }

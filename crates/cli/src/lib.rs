@@ -41,10 +41,23 @@ use clap::Parser;
 use crate::args::{Cli, ClientArgs, Command};
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::BrainExec(a) => return agent::brain_exec(a),
+        // Before the runtime starts any thread: Landlock confines only the calling thread and
+        // what it starts afterwards.
+        Command::Agent(a) => {
+            if let Err(e) = agent::confine(a) {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+        _ => {}
+    }
     let (filter, single_thread) = match &cli.command {
         Command::Up(_) => ("info,rmqtt=warn,rmqtt_net=warn,rmqtt_codec=warn", false),
         Command::Agent(_) => ("info", true),
+        Command::BrainExec(_) => unreachable!("handled above"),
         Command::Router(_) => ("info", false),
         _ => ("warn", false),
     };
@@ -94,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Router(a) => router::run(a).await,
         Command::Mailbox(crate::args::MailboxCommand::Follow(a)) => mailbox::follow(a).await,
         Command::Agent(a) => agent::run(a).await,
+        Command::BrainExec(_) => unreachable!("runs before the runtime"),
         Command::Model(c) => model::run(c).await,
     }
 }

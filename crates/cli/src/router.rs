@@ -492,8 +492,44 @@ fn finish(buf: &[u8], too_long: bool) -> Result<String, String> {
     String::from_utf8(line.to_vec()).map_err(|_| "line is not UTF-8".to_owned())
 }
 
-/// Serves one client: its lines in, every router event out. Returns when its input ends.
-async fn serve(router: Arc<Router>, reader: impl AsyncBufRead + Unpin, mut writer: impl AsyncWrite + Unpin + Send + 'static) {
+/// What a client must show before the router acts on its lines.
+#[derive(Clone)]
+enum Admission {
+    /// Standard input: the process that started the router.
+    Trusted,
+    /// A TCP client of a router without a token (on loopback only): anything but an HTTP request.
+    NotHttp,
+    /// A TCP client of a router with a token: `{"auth":"TOKEN"}` first, before it sees or
+    /// sends anything.
+    Token(Arc<str>),
+}
+
+/// Serves one client: its lines in, every router event out. Returns when its input ends, or at
+/// once when it is not admitted.
+async fn serve(
+    router: Arc<Router>,
+    mut reader: impl AsyncBufRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin + Send + 'static,
+    admission: Admission,
+) {
+    let mut buf = Vec::new();
+    if let Admission::Token(token) = &admission {
+        let presented = match read_line(&mut reader, &mut buf).await {
+            Ok(Some(Ok(line))) => proto::auth_token(&line),
+            _ => return,
+        };
+        if !presented.is_some_and(|p| clawfleet_bus::credentials::constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            tracing::warn!("Refused a router client that did not authenticate");
+            let refusal = Rejection::with_detail(
+                &None,
+                "unauthorized",
+                r#"this router needs {"auth":"TOKEN"} as the first line (its token is CODESWARM_ROUTER_TOKEN)"#,
+            );
+            let _ = writer.write_all((RouterEvent::rejected(now(), &refusal).to_line() + "\n").as_bytes()).await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
     let mut rx = router.out.subscribe();
     let writer_task = tokio::spawn(async move {
         loop {
@@ -511,10 +547,15 @@ async fn serve(router: Arc<Router>, reader: impl AsyncBufRead + Unpin, mut write
             }
         }
     });
-    let mut reader = reader;
-    let mut buf = Vec::new();
+    let mut first = matches!(admission, Admission::NotHttp);
     loop {
-        match read_line(&mut reader, &mut buf).await {
+        let line = read_line(&mut reader, &mut buf).await;
+        if std::mem::take(&mut first) && matches!(&line, Ok(Some(Ok(l))) if proto::looks_like_http(l)) {
+            tracing::warn!("Closed a router client that sent an HTTP request (a web page can make a browser do that)");
+            writer_task.abort();
+            return;
+        }
+        match line {
             Ok(None) | Err(_) => break,
             Ok(Some(Err(reason))) => router.reject(&Rejection { request_id: None, reason, detail: None }),
             Ok(Some(Ok(line))) if line.trim().is_empty() => {}
@@ -548,6 +589,14 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         (None, true) => None,
     };
     if let Some(addr) = listen {
+        let admission = match &args.router_token {
+            Some(token) => Admission::Token(token.as_str().into()),
+            None if addr.ip().is_loopback() => Admission::NotHttp,
+            None => anyhow::bail!(
+                "the router would listen on {addr}, which is not loopback, without a token: anyone who can reach it \
+                 could launch agents; set CODESWARM_ROUTER_TOKEN (clients then send {{\"auth\":\"TOKEN\"}} first)"
+            ),
+        };
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "Router listening");
         let r = router.clone();
@@ -557,7 +606,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
                     Ok((socket, peer)) => {
                         tracing::info!(%peer, "Router client connected");
                         let (read, write) = socket.into_split();
-                        tokio::spawn(serve(r.clone(), BufReader::new(read), write));
+                        tokio::spawn(serve(r.clone(), BufReader::new(read), write, admission.clone()));
                     }
                     Err(e) => tracing::warn!(error = %e, "Accept failed"),
                 }
@@ -566,7 +615,7 @@ pub(crate) async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     }
     if args.stdio {
         tokio::select! {
-            () = serve(router.clone(), BufReader::new(tokio::io::stdin()), tokio::io::stdout()) => {}
+            () = serve(router.clone(), BufReader::new(tokio::io::stdin()), tokio::io::stdout(), Admission::Trusted) => {}
             () = crate::shutdown_signal() => {}
         }
     } else {

@@ -77,6 +77,8 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         default_brain: default_brain.clone(),
         backends: docker.iter().map(|d| d.backend.clone()).chain(slurm.clone()).collect(),
         mailbox: clawfleet_server::MailboxOptions { poll: Duration::from_millis(args.mailbox_poll_ms.max(1)), inotify: !args.no_inotify },
+        agent_sandbox: args.agent_sandbox,
+        agent_writable: args.agent_writable.clone(),
     })
     .await
     .map_err(|e| match &docker {
@@ -88,6 +90,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     outln!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
     outln!("  dashboard  {http}/");
     outln!("  API token  {}", data.join("token").display());
+    outln!("  agents     local agents' sandbox: {}", server.agent_isolation());
     match server.broker_addr() {
         Some(addr) => outln!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
         None => outln!("  bus        external broker; agents use {}", server.bus_url()),

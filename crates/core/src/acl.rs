@@ -2,8 +2,9 @@
 //!
 //! Two kinds of bus identity: the control plane (everything) and agents. An agent's username
 //! is `agent/FLEET/SLOT`; it may publish only its own `events` and `heartbeat` topics and
-//! subscribe only to its own `cmd` topic and its fleet's `cmd` topic, never with wildcards.
-//! The embedded broker asks these functions on every subscribe and publish.
+//! subscribe only to its own `cmd` topic and its fleet's `cmd` topic, never with wildcards;
+//! it may retain only its heartbeat, and its last will obeys the same rules.
+//! The embedded broker asks these functions on every connect, subscribe and publish.
 
 use clawfleet_proto::topic::{self, Channel};
 
@@ -47,6 +48,23 @@ pub fn may_publish(who: &BusIdentity, topic: &str) -> bool {
             topic == topic::agent(f, me.slot, Channel::Events) || topic == topic::agent(f, me.slot, Channel::Heartbeat)
         }
     }
+}
+
+/// May `who` publish a retained message to `topic`? An agent only its own heartbeat (which
+/// says whether it is alive to whoever subscribes later); anything else retained would reach
+/// every later subscriber.
+pub fn may_retain(who: &BusIdentity, topic: &str) -> bool {
+    match who {
+        BusIdentity::Control => true,
+        BusIdentity::Agent(me) => topic == topic::agent(me.fleet.as_str(), me.slot, Channel::Heartbeat),
+    }
+}
+
+/// May `who` connect with this last will? The broker publishes a will for the client when it
+/// drops, so a will is held to the client's own publish rights, retained or not, and is
+/// checked at CONNECT (a broker that checks only publishes lets wills through).
+pub fn may_will(who: &BusIdentity, topic: &str, retain: bool) -> bool {
+    may_publish(who, topic) && (!retain || may_retain(who, topic))
 }
 
 /// May `who` subscribe to `filter`?
@@ -101,5 +119,26 @@ mod tests {
             assert!(!may_subscribe(&me, bad), "{bad}");
         }
         assert!(may_publish(&BusIdentity::Control, "anything") && may_subscribe(&BusIdentity::Control, "#"));
+    }
+
+    #[test]
+    fn a_will_is_held_to_its_clients_publish_rights() {
+        let me = agent("squad/3");
+        let cases = [
+            ("clawfleet/v1/fleets/squad/agents/3/heartbeat", true, true),
+            ("clawfleet/v1/fleets/squad/agents/3/heartbeat", false, true),
+            ("clawfleet/v1/fleets/squad/agents/3/events", false, true),
+            // Retained, an event would reach every later subscriber again.
+            ("clawfleet/v1/fleets/squad/agents/3/events", true, false),
+            ("clawfleet/v1/fleets/other/cmd", false, false),
+            ("clawfleet/v1/fleets/other/cmd", true, false),
+            ("clawfleet/v1/fleets/squad/cmd", false, false),
+            ("clawfleet/v1/fleets/squad/agents/4/events", false, false),
+            ("clawfleet/v1/fleets/squad/agents/4/heartbeat", true, false),
+        ];
+        for (topic, retain, allowed) in cases {
+            assert_eq!(may_will(&me, topic, retain), allowed, "{topic} retain={retain}");
+        }
+        assert!(may_will(&BusIdentity::Control, "clawfleet/v1/fleets/squad/cmd", true));
     }
 }

@@ -331,6 +331,10 @@ impl DockerBackend {
 
 #[async_trait]
 impl Backend for DockerBackend {
+    fn isolation(&self) -> clawfleet_backend::Isolation {
+        clawfleet_backend::Isolation::Container
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Docker
     }

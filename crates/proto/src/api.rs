@@ -80,7 +80,42 @@ pub struct FleetList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetStatus {
     pub fleet: Fleet,
+    /// What keeps the fleet's agents (and their brains) from the control plane's secrets and
+    /// from each other.
+    pub isolation: Isolation,
     pub agents: Vec<AgentStatus>,
+}
+
+/// How a backend confines its agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Isolation {
+    /// Each agent is a Landlock domain of its own: its workspace, and read-only access outside
+    /// the control plane's data directory.
+    Landlock { abi: u32 },
+    /// Each agent runs as an unprivileged user of its own.
+    User,
+    /// Each agent is a container with its own filesystem (docker).
+    Container,
+    /// Each agent is a batch job of the cluster's, as the cluster's user (slurm).
+    BatchJob,
+    /// Agents someone started by hand, wherever they run (external).
+    External,
+    /// None: agents run as the control plane's user and can read what it can.
+    None,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Isolation::Landlock { abi } => write!(f, "landlock (ABI {abi}): own workspace, no access to the data directory"),
+            Isolation::User => f.write_str("an unprivileged user per agent"),
+            Isolation::Container => f.write_str("a container per agent"),
+            Isolation::BatchJob => f.write_str("a batch job per agent, as the cluster user"),
+            Isolation::External => f.write_str("none known (agents started by hand)"),
+            Isolation::None => f.write_str("NONE: agents run as the control plane's user (--agent-sandbox off)"),
+        }
+    }
 }
 
 /// One agent, as the control plane sees it.

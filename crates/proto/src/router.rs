@@ -401,9 +401,48 @@ fn nodes(v: &Value, what: &str, rid: &Option<String>) -> Result<Nodes, Rejection
     }
 }
 
+/// Whether a line is an HTTP request line (`POST / HTTP/1.1`). Any web page the operator opens
+/// can make the browser send one to a loopback port, with router commands in its body: a TCP
+/// client whose first line is one is closed before anything runs.
+pub fn looks_like_http(line: &str) -> bool {
+    const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PRI"];
+    let line = line.trim_start();
+    let method = line.split(' ').next().unwrap_or_default();
+    METHODS.contains(&method) || line.split(' ').any(|word| word.starts_with("HTTP/"))
+}
+
+/// The token of an authentication line, `{"auth":"TOKEN"}`: what a TCP client of a router that
+/// has a token must send first.
+pub fn auth_token(line: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Auth {
+        auth: String,
+    }
+    serde_json::from_str::<Auth>(line).ok().map(|a| a.auth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_request_lines_are_recognised() {
+        for http in ["POST / HTTP/1.1", "GET /x HTTP/1.0", "OPTIONS * HTTP/1.1", "PRI * HTTP/2.0", "  PUT /", "x HTTP/1.1"] {
+            assert!(looks_like_http(http), "{http}");
+        }
+        for router in [r#"{"type":"command"}"#, "", "{}", r#"{"auth":"t"}"#, "GETTING"] {
+            assert!(!looks_like_http(router), "{router}");
+        }
+    }
+
+    #[test]
+    fn auth_lines() {
+        assert_eq!(auth_token(r#"{"auth":"s3cret"}"#).as_deref(), Some("s3cret"));
+        for not in [r#"{"auth":1}"#, r#"{"auth":"t","x":1}"#, r#"{"type":"command"}"#, "auth"] {
+            assert_eq!(auth_token(not), None, "{not}");
+        }
+    }
 
     fn ok(line: &str) -> Request {
         parse_line(line).unwrap_or_else(|r| panic!("{line}: {}", r.reason))

@@ -119,6 +119,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
+/// A path whose rejections (a bad percent-encoding, say) become [`ApiError`]s.
+struct P<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S> for P<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(v)| P(v)).map_err(ApiError::from)
+    }
+}
+
 /// The audit line of an action, written in the action's own transaction.
 fn audit<'a>(at: &'a str, caller: &'a Caller, action: &'a str, target: &'a str, detail: String) -> Audit<'a> {
     Audit { at, actor: &caller.0, action, target, detail }
@@ -235,7 +246,7 @@ async fn launch(
     Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
 }
 
-async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<FleetStatus>, ApiError> {
+async fn status(State(app): State<Arc<App>>, P(name): P<String>) -> Result<Json<FleetStatus>, ApiError> {
     let row = load(&app, &name).await?;
     let observed = match app.backend(&row.backend) {
         Ok(backend) => match backend.observe(&row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?).await {
@@ -287,13 +298,14 @@ async fn status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result
             }
         })
         .collect();
-    Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), agents }))
+    let isolation = app.backend(&row.backend).map_or(clawfleet_proto::api::Isolation::None, |b| b.isolation());
+    Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), isolation, agents }))
 }
 
 async fn update(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     JsonBody(req): JsonBody<UpdateRequest>,
 ) -> Result<Json<Fleet>, ApiError> {
     let row = load_active(&app, &name).await?;
@@ -320,11 +332,7 @@ fn next_version(v: &str) -> String {
     }
 }
 
-async fn rollback(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Json<Fleet>, ApiError> {
+async fn rollback(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(name): P<String>) -> Result<Json<Fleet>, ApiError> {
     load_active(&app, &name).await?;
     change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
 }
@@ -345,7 +353,7 @@ async fn change(app: &Arc<App>, caller: Caller, name: &str, action: &'static str
 async fn scale(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> Result<Json<Fleet>, ApiError> {
     let replicas = spec::check_replicas(req.replicas)?;
@@ -364,7 +372,7 @@ async fn scale(
 async fn terminate(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let row = load(&app, &name).await?;
     if row.state == "active" {
@@ -383,7 +391,7 @@ async fn terminate(
 async fn inject(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     JsonBody(req): JsonBody<InjectRequest>,
 ) -> Result<(StatusCode, Json<InjectResponse>), ApiError> {
     if req.prompt.trim().is_empty() {
@@ -429,7 +437,7 @@ async fn inject(
 async fn command(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     JsonBody(req): JsonBody<CommandRequest>,
 ) -> Result<Json<CommandResponse>, ApiError> {
     let cmd: CommandName = req
@@ -496,7 +504,7 @@ struct JoinQuery {
 async fn join(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     Q(q): Q<JoinQuery>,
 ) -> Result<Json<JoinResponse>, ApiError> {
     let row = load_active(&app, &name).await?;
@@ -534,10 +542,20 @@ async fn join(
     }))
 }
 
-async fn injection(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<InjectionStatus>, ApiError> {
+async fn injection(State(app): State<Arc<App>>, P(id): P<String>) -> Result<Json<InjectionStatus>, ApiError> {
     let i = id.clone();
-    let (row, events) = app.db.run(move |s| Ok((s.injection(&i)?, s.injection_events(&i)?))).await?;
-    let row = row.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'")))?;
+    let found = app
+        .db
+        .run(move |s| match s.injection(&i)? {
+            Some(row) => {
+                let events = s.injection_events(&row.fleet, &i)?;
+                Ok(Some((row, events)))
+            }
+            None => Ok(None),
+        })
+        .await?;
+    let (row, events) =
+        found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'")))?;
     let mut agents: BTreeMap<u32, InjectionTarget> = BTreeMap::new();
     for e in events {
         let Some(agent) = e.agent else { continue };
@@ -591,6 +609,10 @@ async fn events(State(app): State<Arc<App>>, Q(q): Q<EventsQuery>) -> Result<Res
     }
     let filter = EventFilter { fleet: q.fleet, agent: q.agent, injection_id: q.injection };
     let since = match (q.since, q.tail) {
+        // Event ids are SQLite rowids: positive and below 2^63.
+        (Some(since), _) if since > i64::MAX as u64 => {
+            return Err(ApiError::bad_request(format!("since is {since}; event ids are at most {}", i64::MAX)));
+        }
         (Some(since), _) => Some(since),
         (None, Some(n)) => {
             let f = filter.clone();

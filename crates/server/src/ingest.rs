@@ -217,6 +217,12 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
             Ingested::Duplicate => {
                 app.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
             }
+            Ingested::Refused { injection_id } => {
+                // The agent's journal moved past it all the same.
+                track.cursor = Some(Cursor { epoch, seq });
+                app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(fleet = %key.0, slot = key.1, %injection_id, "Refused an agent event for an injection that was not sent to it");
+            }
             Ingested::Gap { after_seq } => {
                 gaps.entry(key).or_insert((epoch, after_seq, seq));
             }

@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawfleet_backend::local::{LocalBackend, LocalConfig};
+pub use clawfleet_backend::sandbox::SandboxMode;
+use clawfleet_backend::sandbox::{Sandbox, SandboxError};
 use clawfleet_backend::{Backend, Credentials, Endpoints};
 use clawfleet_bus::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use clawfleet_bus::client::{self, BusEvent, ClientConfig};
@@ -82,6 +84,10 @@ pub struct ServerConfig {
     pub backends: Vec<Arc<dyn Backend>>,
     /// How mailboxes (agents with no route to the bus) are followed.
     pub mailbox: MailboxOptions,
+    /// How local agents are confined.
+    pub agent_sandbox: SandboxMode,
+    /// Directories local agents may write besides their workspace.
+    pub agent_writable: Vec<PathBuf>,
 }
 
 /// Why the control plane did not start.
@@ -97,6 +103,8 @@ pub enum ServerError {
     BusUnreachable { url: String, reason: String },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// A running control plane.
@@ -125,7 +133,15 @@ impl Server {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(data_dir_error(&dir))?;
-        let store = Store::open(&dir.join("clawfleet.db"))?;
+        let db_path = dir.join("clawfleet.db");
+        // The database holds the bus secret: only the operator may read it, its WAL included.
+        private_file(&db_path).map_err(data_dir_error(&dir))?;
+        let store = Store::open(&db_path)?;
+        for path in [db_path.clone(), dir.join("clawfleet.db-wal"), dir.join("clawfleet.db-shm")] {
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(data_dir_error(&dir))?;
+            }
+        }
         let token = auth::load_or_create_token(&dir).map_err(data_dir_error(&dir))?;
         let secret = match store.meta("bus_secret")? {
             Some(bytes) if bytes.len() == 32 => BusSecret::from_bytes(bytes.try_into().expect("checked length")),
@@ -178,11 +194,19 @@ impl Server {
         let (bus, mut bus_rx) = client::connect(bus_config);
         wait_connected(&mut bus_rx, &format!("mqtt://{}:{port}", bracket(&connect_host))).await?;
 
+        let sandbox = Sandbox::new(config.agent_sandbox, &dir, config.agent_writable.clone())?;
+        match sandbox.isolation() {
+            clawfleet_proto::api::Isolation::None => tracing::warn!(
+                "Local agents are NOT sandboxed: their brains can read this control plane's token and database (--agent-sandbox off, or no Landlock and not root)"
+            ),
+            isolation => tracing::info!(%isolation, "Local agents are sandboxed"),
+        }
         let local: Arc<dyn Backend> = Arc::new(LocalBackend::new(LocalConfig {
             program: config.agent_program.clone(),
             args: config.agent_args.clone(),
             root: dir.join("agents"),
             grace: Duration::from_secs(10),
+            sandbox: Arc::new(sandbox),
         }));
         let db = Db::new(store);
         let app = Arc::new(App {
@@ -271,6 +295,11 @@ impl Server {
         &self.app.token
     }
 
+    /// How local agents are confined.
+    pub fn agent_isolation(&self) -> clawfleet_proto::api::Isolation {
+        self.app.backends.get(&clawfleet_core::BackendKind::Local).map_or(clawfleet_proto::api::Isolation::None, |b| b.isolation())
+    }
+
     /// Stops in order: HTTP, the loops, the agents of backends that run them (which flush
     /// their last events through the bus), then the bus.
     pub async fn stop(self) {
@@ -307,6 +336,16 @@ async fn wait_connected(rx: &mut tokio::sync::mpsc::Receiver<BusEvent>, url: &st
                 return Err(ServerError::BusUnreachable { url: url.to_owned(), reason: format!("{last} (gave up after 10 s)") });
             }
         }
+    }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (so SQLite's files start private).
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

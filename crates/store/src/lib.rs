@@ -109,6 +109,9 @@ pub enum Ingested {
     Duplicate,
     /// Events before it are missing; it was not stored. Ask the agent to replay after `after_seq`.
     Gap { after_seq: u64 },
+    /// It names an injection that was not sent to its agent: not stored, though its journal
+    /// position counts as read (a replay would only bring it again).
+    Refused { injection_id: String },
 }
 
 /// A directive waiting for its agent's acknowledgement.
@@ -533,6 +536,8 @@ impl Store {
                     params![inj.fleet, slot, inj.id, inj.at],
                 )?;
                 rows.push(tx.last_insert_rowid());
+                tx.prepare_cached("INSERT INTO injection_targets (injection_id, fleet, slot) VALUES (?1, ?2, ?3)")?
+                    .execute(params![inj.id, inj.fleet, slot])?;
                 let ev = NewEvent {
                     at: inj.at.to_owned(),
                     fleet: inj.fleet.to_owned(),
@@ -690,6 +695,8 @@ impl Store {
             let mut out = Vec::with_capacity(batch.len());
             {
                 let mut read = tx.prepare_cached("SELECT epoch, seq FROM cursors WHERE fleet = ?1 AND slot = ?2")?;
+                let mut targeted =
+                    tx.prepare_cached("SELECT 1 FROM injection_targets WHERE injection_id = ?1 AND fleet = ?2 AND slot = ?3")?;
                 for AgentEvent { epoch, seq, event } in batch {
                     let slot = event.agent.unwrap_or(0);
                     let key = (event.fleet.clone(), slot);
@@ -710,6 +717,14 @@ impl Store {
                     if seq > expected {
                         out.push(Ingested::Gap { after_seq: expected - 1 });
                         continue;
+                    }
+                    if let Some(injection) = &event.injection_id {
+                        let targeted = targeted.query_row(params![injection, event.fleet, slot], |_| Ok(())).optional()?.is_some();
+                        if !targeted {
+                            *cursor = Some((epoch, seq));
+                            out.push(Ingested::Refused { injection_id: injection.clone() });
+                            continue;
+                        }
                     }
                     acknowledge(tx, &event, slot)?;
                     let id = insert_event(tx, &event, Some((&epoch, seq)))?;
@@ -768,8 +783,8 @@ impl Store {
     }
 
     /// Every event of one injection, oldest first.
-    pub fn injection_events(&self, injection_id: &str) -> Result<Vec<Event>> {
-        let filter = EventFilter { injection_id: Some(injection_id.to_owned()), ..EventFilter::default() };
+    pub fn injection_events(&self, fleet: &str, injection_id: &str) -> Result<Vec<Event>> {
+        let filter = EventFilter { fleet: Some(fleet.to_owned()), injection_id: Some(injection_id.to_owned()), ..EventFilter::default() };
         self.events_after(&filter, 0, usize::MAX >> 1)
     }
 

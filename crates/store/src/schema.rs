@@ -86,6 +86,19 @@ ALTER TABLE fleets ADD COLUMN previous_version TEXT;
 -- Where and how the slurm backend runs a fleet (a cluster file's profile, JSON).
 ALTER TABLE fleets ADD COLUMN cluster TEXT;
 "#,
+    r#"
+-- Which agents each injection was sent to: an agent's event is stored under an injection only
+-- if the injection targeted that agent (an agent must not write another agent's answer).
+CREATE TABLE injection_targets (
+    injection_id TEXT NOT NULL,
+    fleet        TEXT NOT NULL,
+    slot         INTEGER NOT NULL,
+    PRIMARY KEY (injection_id, fleet, slot)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO injection_targets (injection_id, fleet, slot)
+    SELECT injection_id, fleet, agent FROM events
+    WHERE event = 'inject_ack' AND injection_id IS NOT NULL AND agent IS NOT NULL;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

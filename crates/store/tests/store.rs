@@ -166,6 +166,7 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
         agent_event(0, "e1", 4, "i1", EventBody::TurnComplete {}),
     ];
     assert!(store.ingest(batch).unwrap().iter().all(|i| matches!(i, Ingested::Stored(_))));
+    inject(&store, "i9", &[0]);
     // A new workspace starts a new epoch at 1.
     assert!(matches!(store.ingest(vec![agent_event(0, "e2", 1, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
     assert_eq!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap(), vec![Ingested::Gap { after_seq: 0 }]);
@@ -181,7 +182,7 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
     store.skip_to("squad", 0, "e3", 4, loss).unwrap();
     assert!(matches!(store.ingest(vec![agent_event(0, "e3", 5, "i9", EventBody::TurnStarted {})]).unwrap()[0], Ingested::Stored(_)));
 
-    let names: Vec<_> = store.injection_events("i1").unwrap().iter().map(|e| (e.agent, e.body.name())).collect();
+    let names: Vec<_> = store.injection_events("squad", "i1").unwrap().iter().map(|e| (e.agent, e.body.name())).collect();
     assert_eq!(
         names,
         vec![
@@ -193,6 +194,32 @@ fn ingest_is_exactly_once_and_acknowledges_the_outbox() {
             (Some(0), "turn_complete")
         ]
     );
+}
+
+/// An agent reports on its own injections only: one that names an injection sent to another
+/// agent (or to no one) is refused, yet its journal position is read, so nothing is replayed.
+#[test]
+fn an_agent_cannot_report_on_an_injection_it_was_not_sent() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    inject(&store, "to-0", &[0]);
+    let cases = [(1, "to-0", "another agent's injection"), (1, "nowhere", "an injection that does not exist")];
+    for (seq, (slot, injection, what)) in cases.into_iter().enumerate() {
+        let forged = agent_event(slot, "e1", seq as u64 + 1, injection, EventBody::Assistant { content: "forged".into() });
+        assert_eq!(store.ingest(vec![forged]).unwrap(), vec![Ingested::Refused { injection_id: injection.into() }], "{what}");
+    }
+    assert_eq!(store.cursor("squad", 1).unwrap().unwrap().seq, 2, "the refused events' positions are read");
+    let mut other = fleet("other", 1);
+    other.uid = "u2".into();
+    store.insert_fleet(&other, launched("other"), &audit("launch")).unwrap();
+    let mut foreign = agent_event(0, "e1", 1, "to-0", EventBody::Assistant { content: "forged".into() });
+    foreign.event.fleet = "other".into();
+    assert_eq!(store.ingest(vec![foreign]).unwrap(), vec![Ingested::Refused { injection_id: "to-0".into() }], "another fleet's agent 0");
+    // The agent it was sent to reports on it.
+    let own = agent_event(0, "e1", 1, "to-0", EventBody::Assistant { content: "mine".into() });
+    assert!(matches!(&store.ingest(vec![own]).unwrap()[0], Ingested::Stored(_)));
+    let answers: Vec<_> = store.injection_events("squad", "to-0").unwrap().into_iter().map(|e| (e.agent, e.body)).collect();
+    assert_eq!(answers[1..], [(Some(0), EventBody::Assistant { content: "mine".into() })]);
 }
 
 #[test]

@@ -119,9 +119,9 @@ pub fn build(spec: &BrainSpec, config: &crate::AgentConfig, http: &reqwest::Clie
         },
         BrainSpec::OpenAi { url, model } => Arc::new(OpenAiBrain::new(http.clone(), url, model)),
         BrainSpec::Ollama { url, model } => Arc::new(OllamaBrain::new(http.clone(), url, model)),
-        BrainSpec::Codex { model } => Arc::new(ProcessBrain::codex(model.clone())),
-        BrainSpec::Claude { model } => Arc::new(ProcessBrain::claude(model.clone())),
-        BrainSpec::Cmd { command } => Arc::new(ProcessBrain::cmd(command.clone())),
+        BrainSpec::Codex { model } => Arc::new(ProcessBrain::codex(model.clone()).nested_by(config.brain_exec.clone())),
+        BrainSpec::Claude { model } => Arc::new(ProcessBrain::claude(model.clone()).nested_by(config.brain_exec.clone())),
+        BrainSpec::Cmd { command } => Arc::new(ProcessBrain::cmd(command.clone()).nested_by(config.brain_exec.clone())),
     }
 }
 

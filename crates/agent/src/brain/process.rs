@@ -195,30 +195,75 @@ enum Kind {
     Cmd { command: String },
 }
 
+/// Which of the agent's own variables a brain process inherits: everything outside clawfleet's
+/// namespace (a codex brain needs its `OPENAI_API_KEY`, a shell its `PATH`), and of clawfleet's
+/// only what describes the turn's place (fleet, slot, workspace, the model service). Never a
+/// clawfleet credential: the bus login, the fleet key, an API token.
+fn brain_may_inherit(name: &str) -> bool {
+    const SHOWN: &[&str] = &[
+        "CLAWFLEET_FLEET",
+        "CLAWFLEET_SLOT",
+        "CLAWFLEET_FLEET_VERSION",
+        "CLAWFLEET_WORKSPACE",
+        "CLAWFLEET_MODEL_URL",
+        "CLAWFLEET_MODEL_NAME",
+    ];
+    !name.starts_with("CLAWFLEET_") || SHOWN.contains(&name)
+}
+
 /// A brain that runs a process per turn.
 #[derive(Debug, Clone)]
 pub struct ProcessBrain {
     kind: Kind,
     program: String,
+    /// Runs `program` in a nested sandbox (`brain_exec brain-exec program args...`).
+    brain_exec: Option<PathBuf>,
 }
 
 impl ProcessBrain {
     /// `codex`, or the program named by `CLAWFLEET_CODEX_BIN`.
     pub fn codex(model: Option<String>) -> ProcessBrain {
-        ProcessBrain { kind: Kind::Codex { model }, program: std::env::var("CLAWFLEET_CODEX_BIN").unwrap_or_else(|_| "codex".into()) }
+        ProcessBrain {
+            kind: Kind::Codex { model },
+            program: std::env::var("CLAWFLEET_CODEX_BIN").unwrap_or_else(|_| "codex".into()),
+            brain_exec: None,
+        }
     }
 
     /// `claude`, or the program named by `CLAWFLEET_CLAUDE_BIN`.
     pub fn claude(model: Option<String>) -> ProcessBrain {
-        ProcessBrain { kind: Kind::Claude { model }, program: std::env::var("CLAWFLEET_CLAUDE_BIN").unwrap_or_else(|_| "claude".into()) }
+        ProcessBrain {
+            kind: Kind::Claude { model },
+            program: std::env::var("CLAWFLEET_CLAUDE_BIN").unwrap_or_else(|_| "claude".into()),
+            brain_exec: None,
+        }
     }
 
     pub fn cmd(command: String) -> ProcessBrain {
-        ProcessBrain { kind: Kind::Cmd { command }, program: "sh".into() }
+        ProcessBrain { kind: Kind::Cmd { command }, program: "sh".into(), brain_exec: None }
+    }
+
+    /// Runs each turn's process through `brain_exec` (a sandboxed agent's own binary), which
+    /// nests it in a sandbox of its own before it starts.
+    pub fn nested_by(mut self, brain_exec: Option<PathBuf>) -> ProcessBrain {
+        self.brain_exec = brain_exec;
+        self
     }
 
     fn command(&self, req: &TurnRequest) -> (Command, Option<String>, Box<dyn LineParser>) {
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match &self.brain_exec {
+            Some(exec) => {
+                let mut cmd = Command::new(exec);
+                cmd.arg("brain-exec").arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_none_or(|n| !brain_may_inherit(n)) {
+                cmd.env_remove(&name);
+            }
+        }
         cmd.current_dir(&req.workspace).env("CLAWFLEET_INJECTION_ID", &req.injection_id);
         match &self.kind {
             Kind::Codex { model } => {
@@ -356,6 +401,16 @@ mod tests {
     }
 
     const OK: i32 = 0;
+
+    #[test]
+    fn a_brain_inherits_no_clawfleet_credential() {
+        for secret in ["CLAWFLEET_BUS_PASSWORD", "CLAWFLEET_BUS_USERNAME", "CLAWFLEET_BUS_FLEET_KEY", "CLAWFLEET_TOKEN", "CLAWFLEET_BUS"] {
+            assert!(!brain_may_inherit(secret), "{secret}");
+        }
+        for shown in ["PATH", "HOME", "OPENAI_API_KEY", "CLAWFLEET_WORKSPACE", "CLAWFLEET_MODEL_URL", "CLAWFLEET_SLOT"] {
+            assert!(brain_may_inherit(shown), "{shown}");
+        }
+    }
 
     #[test]
     fn codex_stream() {

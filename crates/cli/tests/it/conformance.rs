@@ -62,12 +62,15 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
 fn local_backend_passes_the_conformance_suite() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        // Confined the way `up` confines agents by default.
+        let sandbox = clawfleet_backend::sandbox::Sandbox::new(Default::default(), data.path(), Vec::new()).unwrap();
         let backend = Arc::new(LocalBackend::new(LocalConfig {
             program: crate::support::BIN.into(),
             args: vec!["agent".into()],
-            root: root.path().to_owned(),
+            root: data.path().join("agents"),
             grace: Duration::from_secs(5),
+            sandbox: Arc::new(sandbox),
         }));
         let (_broker, harness) = harness("127.0.0.1", "conf", 200, Arc::new(KillPid), Duration::from_secs(30));
         let result = conformance::run(backend.clone(), harness).await;

@@ -13,5 +13,6 @@ mod lifecycle;
 mod mailbox;
 mod model;
 mod router;
+mod security;
 mod slurm;
 mod support;
