@@ -17,6 +17,8 @@ pub struct AgentConfig {
     pub bus_port: u16,
     pub bus_username: Option<String>,
     pub bus_password: Option<String>,
+    /// The agent's own API token (role `agent`), from its backend's secret channel.
+    pub api_token: Option<String>,
     pub workspace: PathBuf,
     pub brain: BrainSpec,
     /// Base URL of the shared model service (OpenAI-compatible), for the `model` brain.
@@ -54,6 +56,7 @@ impl AgentConfig {
             bus_port,
             bus_username: None,
             bus_password: None,
+            api_token: None,
             workspace,
             brain: BrainSpec::Echo,
             model_url: None,

@@ -8,6 +8,8 @@ pub const FLEET_UID: &str = "CLAWFLEET_FLEET_UID";
 pub const BUS: &str = "CLAWFLEET_BUS";
 pub const BUS_USERNAME: &str = "CLAWFLEET_BUS_USERNAME";
 pub const BUS_PASSWORD: &str = "CLAWFLEET_BUS_PASSWORD";
+/// The agent's own API token (role `agent`): never given to its brains.
+pub const AGENT_TOKEN: &str = "CLAWFLEET_AGENT_TOKEN";
 pub const WORKSPACE: &str = "CLAWFLEET_WORKSPACE";
 pub const BRAIN: &str = "CLAWFLEET_BRAIN";
 pub const MODEL_URL: &str = "CLAWFLEET_MODEL_URL";
@@ -23,14 +25,15 @@ pub const TRANSPORT: &str = "CLAWFLEET_TRANSPORT";
 /// The shared directory of the agent's mailbox (`<dir>/mailbox/...`).
 pub const MAILBOX: &str = "CLAWFLEET_MAILBOX";
 
-/// A file (0600, in the agent's workspace) of `NAME=value` lines: the agent's credentials, kept
+/// A file (0600, in the agent's workspace) of `NAME=value` lines: the agent's credentials
+/// ([`SECRET_VARS`]), kept
 /// out of its environment, which its brains could read through `/proc`. The agent reads it
 /// and removes it before it starts any brain; its backend writes it again before each start.
 pub const SECRETS_FILE: &str = "CLAWFLEET_SECRETS_FILE";
 
 /// The variables of [`Deployment::agent_env`](crate::Deployment::agent_env) that local agents
 /// get through [`SECRETS_FILE`] instead.
-pub const SECRET_VARS: &[&str] = &[BUS_PASSWORD];
+pub const SECRET_VARS: &[&str] = &[BUS_PASSWORD, AGENT_TOKEN];
 
 /// The directory a sandboxed agent must not see (the control plane's data directory): set, the
 /// agent confines itself with Landlock before anything else, or refuses to run.

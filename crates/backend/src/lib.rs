@@ -91,6 +91,7 @@ impl Deployment {
                 let agent = self.agent(slot);
                 vars.push((env::BUS_USERNAME, clawfleet_core::acl::agent_username(&agent)));
                 vars.push((env::BUS_PASSWORD, secret.agent_password(&agent, &self.uid)));
+                vars.push((env::AGENT_TOKEN, secret.agent_token(&agent, &self.uid)));
             }
             Credentials::Shared { username, password } => {
                 vars.push((env::BUS_USERNAME, username.clone()));

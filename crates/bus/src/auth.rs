@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use clawfleet_core::AgentRef;
 use clawfleet_core::acl::{self, BusIdentity};
 
 use crate::broker::Authenticator;
@@ -36,6 +37,24 @@ impl FleetAuth {
 
     pub fn forget_fleet(&self, name: &str) {
         self.fleets.write().expect("not poisoned").remove(name);
+    }
+
+    /// The API token of an agent of an existing fleet.
+    pub fn agent_token(&self, agent: &AgentRef) -> Option<String> {
+        let fleets = self.fleets.read().expect("not poisoned");
+        Some(self.secret.agent_token(agent, fleets.get(agent.fleet.as_str())?))
+    }
+
+    /// The agent whose API token this is, if it is one of an existing fleet's current agents'.
+    pub fn check_agent_token(&self, token: &str) -> Option<AgentRef> {
+        let rest = token.strip_prefix(crate::credentials::AGENT_TOKEN_PREFIX)?;
+        let mut parts = rest.splitn(4, '.');
+        let (fleet, slot, uid) = (parts.next()?, parts.next()?, parts.next()?);
+        let agent: AgentRef = format!("{fleet}/{slot}").parse().ok()?;
+        let fleets = self.fleets.read().expect("not poisoned");
+        let ok = fleets.get(fleet).is_some_and(|known| known == uid)
+            && constant_time_eq(token.as_bytes(), self.secret.agent_token(&agent, uid).as_bytes());
+        ok.then_some(agent)
     }
 }
 
@@ -72,5 +91,31 @@ mod tests {
         auth.forget_fleet("squad");
         assert_eq!(auth.authenticate(&cid, "agent/squad/2", pw.as_bytes()), None);
         assert_eq!(auth.authenticate("x", CONTROL_USER, secret.control_password().as_bytes()), Some(BusIdentity::Control));
+    }
+
+    #[test]
+    fn agent_tokens_name_their_agent_and_die_with_its_fleet() {
+        let secret = BusSecret::from_bytes([1; 32]);
+        let auth = FleetAuth::new(secret.clone());
+        let a: AgentRef = "squad/2".parse().unwrap();
+        assert_eq!(auth.agent_token(&a), None);
+        auth.allow_fleet("squad", "u1");
+        let token = auth.agent_token(&a).unwrap();
+        assert!(token.starts_with("cfa.squad.2.u1."), "{token}");
+        assert_eq!(auth.check_agent_token(&token), Some(a.clone()));
+        // Another slot, a forged MAC, an old incarnation: none is anyone's.
+        let forged = [
+            token.replace("cfa.squad.2.", "cfa.squad.3."),
+            format!("{}{}", &token[..token.len() - 1], if token.ends_with('0') { '1' } else { '0' }),
+            secret.agent_token(&a, "u0"),
+        ];
+        for f in &forged {
+            assert_eq!(auth.check_agent_token(f), None, "{f}");
+        }
+        for junk in ["", "cfa.", "cfa.squad", "cfa.squad.x.u1.ab", "operator"] {
+            assert_eq!(auth.check_agent_token(junk), None, "{junk}");
+        }
+        auth.forget_fleet("squad");
+        assert_eq!(auth.check_agent_token(&token), None);
     }
 }

@@ -47,6 +47,12 @@ impl BusSecret {
         FleetKey(tag.as_ref().try_into().expect("SHA-256 is 32 bytes"))
     }
 
+    /// The API token of one agent of one fleet incarnation: `cfa.FLEET.SLOT.UID.MAC`. Like bus
+    /// passwords it is derived, not stored, and dies with the fleet's incarnation.
+    pub fn agent_token(&self, agent: &AgentRef, fleet_uid: &str) -> String {
+        self.fleet_key(agent.fleet.as_str(), fleet_uid).agent_token(agent, fleet_uid)
+    }
+
     /// The control plane's own bus password.
     pub fn control_password(&self) -> String {
         self.mac("clawfleet-control-v1")
@@ -62,6 +68,14 @@ impl FleetKey {
     pub fn agent_password(&self, slot: u32) -> String {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
         hex(hmac::sign(&key, format!("clawfleet-agent-v2\0{slot}").as_bytes()).as_ref())
+    }
+
+    /// The API token of the agent `agent` of this fleet incarnation `fleet_uid` (see
+    /// [`BusSecret::agent_token`]): agents given only the key derive theirs.
+    pub fn agent_token(&self, agent: &AgentRef, fleet_uid: &str) -> String {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
+        let mac = hex(hmac::sign(&key, format!("clawfleet-agent-token-v1\0{}", agent.slot).as_bytes()).as_ref());
+        format!("{AGENT_TOKEN_PREFIX}{}.{}.{fleet_uid}.{mac}", agent.fleet, agent.slot)
     }
 
     pub fn to_hex(&self) -> String {
@@ -90,6 +104,14 @@ impl fmt::Debug for BusSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BusSecret(…)")
     }
+}
+
+/// How an agent's API token starts.
+pub const AGENT_TOKEN_PREFIX: &str = "cfa.";
+
+/// SHA-256 of an API token, hex: what the control plane stores instead of the token.
+pub fn token_hash(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// Compares two secrets in time independent of where they differ.

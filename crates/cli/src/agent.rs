@@ -177,11 +177,12 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
         None => None,
     };
     let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
-    let mut bus_password = args.bus_password.clone();
+    let (mut bus_password, mut api_token) = (args.bus_password.clone(), args.agent_token.clone());
     if let Some(path) = &args.secrets_file {
         for (name, value) in take_secrets(path)? {
             match name.as_str() {
                 clawfleet_backend::env::BUS_PASSWORD => bus_password = Some(value),
+                clawfleet_backend::env::AGENT_TOKEN => api_token = Some(value),
                 other => tracing::warn!(name = other, "Ignoring an unknown secret"),
             }
         }
@@ -196,9 +197,11 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
             let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, workspace, args)?;
             c.bus_username = args.bus_username.clone();
             c.bus_password = bus_password.clone();
+            c.api_token = api_token.clone();
             if let (Some(key), None) = (&key, &c.bus_password) {
                 c.bus_username = Some(clawfleet_core::acl::agent_username(&c.agent));
                 c.bus_password = Some(key.agent_password(slot));
+                c.api_token = Some(key.agent_token(&c.agent, &uid));
             }
             Ok(c)
         })
@@ -232,6 +235,7 @@ async fn join(args: &AgentArgs, fleet: &str) -> anyhow::Result<Vec<AgentConfig>>
             c.heartbeat_interval = Duration::from_millis(join.heartbeat_ms.max(100));
             c.bus_username = a.username.clone();
             c.bus_password = a.password.clone();
+            c.api_token = a.token.clone();
             Ok(c)
         })
         .collect()

@@ -68,6 +68,9 @@ pub(crate) enum Command {
     Monitor(MonitorArgs),
     /// Show who did what: the control plane's audit log.
     Audit(AuditArgs),
+    /// API tokens with roles: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Speak the codeswarm router protocol (JSON lines) on stdio or TCP.
     Router(RouterArgs),
     /// Shared-filesystem mailboxes (codeswarm's layout).
@@ -236,6 +239,10 @@ pub(crate) struct UpArgs {
     /// ~/.codex); repeatable
     #[arg(long, value_name = "DIR")]
     pub agent_writable: Vec<PathBuf>,
+    /// Which other fleets agents may act on with their own tokens (a JSON file:
+    /// {"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "update"]}]}) [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub agent_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -491,6 +498,52 @@ pub(crate) struct AuditArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make an API token bound to a role (shown once; the control plane keeps only its hash).
+    Create(TokenCreateArgs),
+    /// List tokens (never the tokens themselves).
+    List(TokenListArgs),
+    /// Revoke a token by name: it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenCreateArgs {
+    /// operator (everything), observer (read-only: status, events, audit) or agent (as an agent
+    /// of --fleet: its own fleet's status and events, other fleets as --agent-policy allows).
+    #[arg(long)]
+    pub role: clawfleet_proto::api::Role,
+    /// The only fleet the token may touch.
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// A unique name, shown in the audit log [default: ROLE-<random>]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long it is valid, e.g. 30d or 12h [default: no expiry]
+    #[arg(long)]
+    pub expires: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenRevokeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum MailboxCommand {
     /// Print every complete new line of a mailbox's outboxes (and archived outboxes) on stdout,
     /// remembering where it was across restarts: a drop-in for codeswarm's
@@ -597,6 +650,9 @@ pub(crate) struct AgentArgs {
     /// backend; the agent refuses to run if it cannot.
     #[arg(long, env = clawfleet_backend::env::SANDBOX_HIDE, value_name = "DIR", hide = true)]
     pub sandbox_hide: Option<PathBuf>,
+    /// This agent's own API token (docker and slurm agents; local agents get it in --secrets-file).
+    #[arg(long, env = clawfleet_backend::env::AGENT_TOKEN, hide = true, hide_env_values = true)]
+    pub agent_token: Option<String>,
     /// A file of NAME=value lines with this agent's credentials (CLAWFLEET_BUS_PASSWORD), read
     /// and removed at start. Set by the local backend.
     #[arg(long, env = clawfleet_backend::env::SECRETS_FILE, value_name = "FILE", hide = true)]

@@ -32,6 +32,7 @@ mod model;
 mod output;
 pub mod router;
 mod talk;
+mod token;
 mod up;
 
 use std::process::ExitCode;
@@ -105,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor(a) => talk::monitor(a).await,
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
+        Command::Token(c) => token::run(c).await,
         Command::Mailbox(crate::args::MailboxCommand::Follow(a)) => mailbox::follow(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::BrainExec(_) => unreachable!("runs before the runtime"),

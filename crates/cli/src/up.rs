@@ -79,6 +79,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         mailbox: clawfleet_server::MailboxOptions { poll: Duration::from_millis(args.mailbox_poll_ms.max(1)), inotify: !args.no_inotify },
         agent_sandbox: args.agent_sandbox,
         agent_writable: args.agent_writable.clone(),
+        agent_policy: match &args.agent_policy {
+            Some(path) => read_policy(path)?,
+            None => clawfleet_core::authz::Policy::default(),
+        },
     })
     .await
     .map_err(|e| match &docker {
@@ -153,4 +157,12 @@ async fn demo(http: &str, token: &str) -> anyhow::Result<()> {
     outln!("  clawfleet inject demo \"Report your status in three words.\" --wait");
     outln!("  clawfleet attach demo");
     Ok(())
+}
+
+/// Reads and checks the agent policy file.
+fn read_policy(path: &std::path::Path) -> anyhow::Result<clawfleet_core::authz::Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the agent policy {}", path.display()))?;
+    let file: clawfleet_proto::policy::PolicyFile =
+        serde_json::from_str(&text).with_context(|| format!("the agent policy {} is not a policy file", path.display()))?;
+    clawfleet_core::authz::Policy::from_file(&file).map_err(|e| anyhow::anyhow!("the agent policy {}: {e}", path.display()))
 }

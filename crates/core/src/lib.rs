@@ -1,10 +1,12 @@
 //! clawfleet's domain, pure: validated names and specs, brain specs, the command vocabulary,
-//! agent liveness, the bus access rules, the reconcile plan, and validated generation requests.
+//! agent liveness, the bus access rules, who may do what on the API, the reconcile plan, and
+//! validated generation requests.
 //!
 //! **Architecture invariant:** this crate does no IO and reads no clock; callers pass `now`.
 //! Everything here is a function of its arguments, so it is tested without processes or sockets.
 
 pub mod acl;
+pub mod authz;
 pub mod brain;
 pub mod command;
 pub mod generation;

@@ -193,7 +193,7 @@ impl DockerBackend {
         let mut env: Vec<String> = d
             .agent_env(0)
             .into_iter()
-            .filter(|(k, _)| ![env::SLOT, env::BUS_USERNAME, env::BUS_PASSWORD, env::BUS, env::MODEL_URL].contains(k))
+            .filter(|(k, _)| ![env::SLOT, env::BUS_USERNAME, env::BUS_PASSWORD, env::AGENT_TOKEN, env::BUS, env::MODEL_URL].contains(k))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let e = &d.endpoints;
@@ -568,7 +568,9 @@ mod tests {
         assert!(env.contains(&"CLAWFLEET_MODEL_URL=http://172.18.0.1:11435/v1"), "{env:?}");
         assert!(env.contains(&"CLAWFLEET_SWARM_SLOT={{.Task.Slot}}"), "{env:?}");
         assert!(env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_FLEET_KEY=")));
-        assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_PASSWORD=") || e.starts_with("CLAWFLEET_SLOT=")));
+        assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_PASSWORD=")
+            || e.starts_with("CLAWFLEET_AGENT_TOKEN=")
+            || e.starts_with("CLAWFLEET_SLOT=")));
         assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "clawfleet-squad-0190abc-{{.Task.Slot}}");
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
         // The key ignores the replica count and follows the template.

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod event;
 pub mod mailbox;
 pub mod model;
+pub mod policy;
 pub mod router;
 pub mod topic;
 

@@ -1,35 +1,38 @@
 //! The HTTP API (`/api/v1/...`), the dashboard page, `/healthz` and `/metrics`.
 //!
-//! Every `/api` call needs the operator token (`Authorization: Bearer …`); every control
-//! action is written to the audit log with who made it. Bodies and errors are the wire types
+//! Every `/api` call needs a token (`Authorization: Bearer …`; 401 without a valid one), and
+//! each handler asks `core::authz` whether the token's role may do what it asks (403 if not);
+//! every control action is written to the audit log with the token's name and role. Bodies and errors are the wire types
 //! of `clawfleet_proto::api`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use clawfleet_core::authz::{self, Action, Principal, Target};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
     Ack, AgentStatus, AuditEntry, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
-    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, ScaleRequest, ServerInfo, UpdateRequest,
+    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo,
+    TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{Audit, EventFilter, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending};
+use clawfleet_store::{Audit, EventFilter, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
+use crate::auth::Unknown;
 use crate::error::ApiError;
 use crate::hub::StreamRequest;
 use crate::{clock, outbox};
@@ -51,6 +54,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/injections/{id}", get(injection))
         .route("/api/v1/events", get(events))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/tokens", get(token_list).post(token_create))
+        .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(api)
@@ -66,9 +71,16 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Who made a request, for the audit log.
+/// Who made a request: what it may do, and its name in the audit log.
 #[derive(Debug, Clone)]
-struct Caller(String);
+struct Caller(Principal);
+
+impl Caller {
+    /// 403 unless the caller may do `action` to `target`.
+    fn may(&self, app: &App, action: Action, target: Target<'_>) -> Result<(), ApiError> {
+        authz::authorize(&self.0, action, target, &app.policy).map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
+    }
+}
 
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -78,17 +90,16 @@ async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -
 async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let presented =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    match presented {
-        Some(t) if crate::auth::token_ok(&app.token, t) => {
-            let from = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-            let caller = Caller(match from {
-                Some(ip) => format!("operator@{ip}"),
-                None => "operator".into(),
-            });
-            req.extensions_mut().insert(caller);
+    match presented.map(|t| app.tokens.resolve(t, &app.auth, clock::unix_now())) {
+        Some(Ok(principal)) => {
+            req.extensions_mut().insert(Caller(principal));
             next.run(req).await
         }
-        Some(_) => ApiError::unauthorized("invalid token").into_response(),
+        Some(Err(Unknown::Invalid)) => ApiError::unauthorized("invalid token").into_response(),
+        Some(Err(Unknown::Expired { name, at })) => {
+            ApiError::unauthorized(format!("the token '{name}' expired at {}", clock::rfc3339(at))).into_response()
+        }
+        Some(Err(Unknown::Corrupt(why))) => ApiError::internal("a stored token is unreadable", why).into_response(),
         None => ApiError::unauthorized(format!(
             "missing token: send 'Authorization: Bearer <token>' (the token is in {})",
             app.data_dir.join("token").display()
@@ -131,8 +142,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 }
 
 /// The audit line of an action, written in the action's own transaction.
-fn audit<'a>(at: &'a str, caller: &'a Caller, action: &'a str, target: &'a str, detail: String) -> Audit<'a> {
-    Audit { at, actor: &caller.0, action, target, detail }
+fn audit<'a>(at: &'a str, actor: &'a str, action: &'a str, target: &'a str, detail: String) -> Audit<'a> {
+    Audit { at, actor, action, target, detail }
 }
 
 fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
@@ -173,24 +184,64 @@ async fn healthz() -> Json<Ack> {
     Json(Ack { ok: true, message: "clawfleet control plane is serving".into() })
 }
 
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The dashboard's Content-Security-Policy: its one inline script and one inline stylesheet,
+/// by hash; requests to this origin only; never framed.
+fn dashboard_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine;
+        let hash = |open: &str, close: &str| {
+            let start = DASHBOARD.find(open).expect("the dashboard has it") + open.len();
+            let end = start + DASHBOARD[start..].find(close).expect("closed");
+            let digest = ring::digest::digest(&ring::digest::SHA256, DASHBOARD[start..end].as_bytes());
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script>", "</script>"),
+            hash("<style>", "</style>")
+        )
+    })
 }
 
-async fn info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
-    Json(ServerInfo {
+async fn dashboard() -> Response {
+    let headers = [
+        (header::CONTENT_SECURITY_POLICY, dashboard_csp()),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, Html(DASHBOARD)).into_response()
+}
+
+async fn info(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<ServerInfo>, ApiError> {
+    caller.may(&app, Action::Read, Target::All)?;
+    Ok(Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         bus: app.bus_url.clone(),
         embedded_bus: app.embedded_bus,
         data_dir: app.data_dir.display().to_string(),
         backends: app.backend_names(),
         brains: ["model", "openai:URL#MODEL", "ollama:URL#MODEL", "codex", "claude", "cmd:COMMAND", "echo"].map(String::from).to_vec(),
-    })
+    }))
 }
 
-async fn list(State(app): State<Arc<App>>) -> Result<Json<FleetList>, ApiError> {
+async fn list(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<FleetList>, ApiError> {
+    // A token bound to one fleet lists that fleet only.
+    let only = match (caller.may(&app, Action::Read, Target::All), &caller.0.fleet) {
+        (Ok(()), _) => None,
+        (Err(_), Some(f)) => {
+            caller.may(&app, Action::Read, Target::Fleet(f.as_str()))?;
+            Some(f.to_string())
+        }
+        (Err(e), None) => return Err(e),
+    };
     let rows = app.db.run(|s| s.fleets()).await?;
-    Ok(Json(FleetList { fleets: rows.iter().map(|r| fleet_view(&app, r)).collect() }))
+    Ok(Json(FleetList {
+        fleets: rows.iter().filter(|r| only.as_ref().is_none_or(|f| *f == r.name)).map(|r| fleet_view(&app, r)).collect(),
+    }))
 }
 
 async fn launch(
@@ -198,6 +249,8 @@ async fn launch(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<LaunchRequest>,
 ) -> Result<(StatusCode, Json<Fleet>), ApiError> {
+    caller.may(&app, Action::Launch, Target::Fleet(&req.name))?;
+    let actor = caller.0.audit_name();
     let spec = FleetSpec::from_request(&req, &app.default_brain)?;
     app.backend(spec.backend.as_str()).map_err(ApiError::bad_request)?;
     if spec.brain == BrainSpec::Model && app.endpoints.model_url.is_none() {
@@ -238,7 +291,7 @@ async fn launch(
     app.hub
         .write(move |s| {
             let detail = format!("replicas={} backend={} brain={} version={}", r.replicas, r.backend, r.brain, r.version);
-            Ok(((), vec![s.insert_fleet(&r, event, &audit(&r.created_at, &caller, "launch", &r.name, detail))?]))
+            Ok(((), vec![s.insert_fleet(&r, event, &audit(&r.created_at, &actor, "launch", &r.name, detail))?]))
         })
         .await?;
     app.auth.allow_fleet(&row.name, &row.uid);
@@ -246,7 +299,12 @@ async fn launch(
     Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
 }
 
-async fn status(State(app): State<Arc<App>>, P(name): P<String>) -> Result<Json<FleetStatus>, ApiError> {
+async fn status(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+) -> Result<Json<FleetStatus>, ApiError> {
+    caller.may(&app, Action::Read, Target::Fleet(&name))?;
     let row = load(&app, &name).await?;
     let observed = match app.backend(&row.backend) {
         Ok(backend) => match backend.observe(&row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?).await {
@@ -308,6 +366,7 @@ async fn update(
     P(name): P<String>,
     JsonBody(req): JsonBody<UpdateRequest>,
 ) -> Result<Json<Fleet>, ApiError> {
+    caller.may(&app, Action::Update, Target::Fleet(&name))?;
     let row = load_active(&app, &name).await?;
     if let Some(image) = &req.image {
         spec::check_image(image)?;
@@ -333,16 +392,18 @@ fn next_version(v: &str) -> String {
 }
 
 async fn rollback(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(name): P<String>) -> Result<Json<Fleet>, ApiError> {
+    caller.may(&app, Action::Update, Target::Fleet(&name))?;
     load_active(&app, &name).await?;
     change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
 }
 
 async fn change(app: &Arc<App>, caller: Caller, name: &str, action: &'static str, update: FleetUpdate) -> Result<Json<Fleet>, ApiError> {
+    let actor = caller.0.audit_name();
     let n = name.to_owned();
     app.hub
         .write(move |s| {
             let at = clock::now_rfc3339();
-            Ok(((), vec![s.update_fleet(&n, update, &at, &audit(&at, &caller, action, &n, String::new()))?]))
+            Ok(((), vec![s.update_fleet(&n, update, &at, &audit(&at, &actor, action, &n, String::new()))?]))
         })
         .await?;
     app.desired_changed(name);
@@ -356,13 +417,15 @@ async fn scale(
     P(name): P<String>,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> Result<Json<Fleet>, ApiError> {
+    caller.may(&app, Action::Scale, Target::Fleet(&name))?;
+    let actor = caller.0.audit_name();
     let replicas = spec::check_replicas(req.replicas)?;
     let row = load_active(&app, &name).await?;
     let n = name.clone();
     app.hub
         .write(move |s| {
             let at = clock::now_rfc3339();
-            Ok(((), s.scale_fleet(&n, replicas, &at, &audit(&at, &caller, "scale", &n, String::new()))?))
+            Ok(((), s.scale_fleet(&n, replicas, &at, &audit(&at, &actor, "scale", &n, String::new()))?))
         })
         .await?;
     app.desired_changed(&name);
@@ -374,13 +437,15 @@ async fn terminate(
     Extension(caller): Extension<Caller>,
     P(name): P<String>,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    caller.may(&app, Action::Terminate, Target::Fleet(&name))?;
+    let actor = caller.0.audit_name();
     let row = load(&app, &name).await?;
     if row.state == "active" {
         let n = name.clone();
         app.hub
             .write(move |s| {
                 let at = clock::now_rfc3339();
-                Ok(((), s.mark_terminating(&n, &at, &audit(&at, &caller, "terminate", &n, format!("replicas={}", row.replicas)))?))
+                Ok(((), s.mark_terminating(&n, &at, &audit(&at, &actor, "terminate", &n, format!("replicas={}", row.replicas)))?))
             })
             .await?;
     }
@@ -394,6 +459,8 @@ async fn inject(
     P(name): P<String>,
     JsonBody(req): JsonBody<InjectRequest>,
 ) -> Result<(StatusCode, Json<InjectResponse>), ApiError> {
+    caller.may(&app, Action::Inject, Target::Fleet(&name))?;
+    let actor = caller.0.audit_name();
     if req.prompt.trim().is_empty() {
         return Err(ApiError::bad_request("prompt is empty"));
     }
@@ -414,16 +481,9 @@ async fn inject(
         .write(move |s| {
             let at = clock::now_rfc3339();
             let detail = format!("injection={iid} agents={}", t.len());
-            let inj = NewInjection {
-                id: &iid,
-                fleet: &fleet,
-                prompt: &prompt,
-                at: &at,
-                caller: &caller.0,
-                targets: &t,
-                request_id: rid.as_deref(),
-            };
-            s.create_injection(&inj, &audit(&at, &caller, "inject", &fleet, detail))
+            let inj =
+                NewInjection { id: &iid, fleet: &fleet, prompt: &prompt, at: &at, caller: &actor, targets: &t, request_id: rid.as_deref() };
+            s.create_injection(&inj, &audit(&at, &actor, "inject", &fleet, detail))
         })
         .await?;
     app.metrics.injections.fetch_add(1, Ordering::Relaxed);
@@ -440,6 +500,8 @@ async fn command(
     P(name): P<String>,
     JsonBody(req): JsonBody<CommandRequest>,
 ) -> Result<Json<CommandResponse>, ApiError> {
+    caller.may(&app, Action::Command, Target::Fleet(&name))?;
+    let actor = caller.0.audit_name();
     let cmd: CommandName = req
         .command
         .parse()
@@ -455,7 +517,7 @@ async fn command(
         .write(move |s| {
             let at = clock::now_rfc3339();
             let detail = format!("{cmd} command={cid} agents={}", t.len());
-            s.create_command(&cid, &fleet, cmd.as_str(), &at, &t, &audit(&at, &caller, "command", &fleet, detail))
+            s.create_command(&cid, &fleet, cmd.as_str(), &at, &t, &audit(&at, &actor, "command", &fleet, detail))
         })
         .await?;
     let pending = Pending::Command { command_id: id.clone(), command: cmd.as_str().into() };
@@ -507,6 +569,8 @@ async fn join(
     P(name): P<String>,
     Q(q): Q<JoinQuery>,
 ) -> Result<Json<JoinResponse>, ApiError> {
+    caller.may(&app, Action::Join, Target::Fleet(&name))?;
+    let actor = caller.0.audit_name();
     let row = load_active(&app, &name).await?;
     let slots = match q.slots.as_deref() {
         None => spec::resolve_targets(&name, row.replicas, None)?,
@@ -521,11 +585,12 @@ async fn join(
                 slot,
                 username: env.get(clawfleet_backend::env::BUS_USERNAME).cloned(),
                 password: env.get(clawfleet_backend::env::BUS_PASSWORD).cloned(),
+                token: app.auth.agent_token(&clawfleet_core::AgentRef { fleet: deployment.fleet.clone(), slot }),
             }
         })
         .collect();
     let (n, count) = (name.clone(), slots.len());
-    app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &caller, "join", &n, format!("slots={count}")))).await?;
+    app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &actor, "join", &n, format!("slots={count}")))).await?;
     let e = &app.endpoints;
     Ok(Json(JoinResponse {
         fleet: row.name.clone(),
@@ -542,7 +607,11 @@ async fn join(
     }))
 }
 
-async fn injection(State(app): State<Arc<App>>, P(id): P<String>) -> Result<Json<InjectionStatus>, ApiError> {
+async fn injection(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> Result<Json<InjectionStatus>, ApiError> {
     let i = id.clone();
     let found = app
         .db
@@ -554,8 +623,10 @@ async fn injection(State(app): State<Arc<App>>, P(id): P<String>) -> Result<Json
             None => Ok(None),
         })
         .await?;
-    let (row, events) =
-        found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'")))?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'"));
+    let (row, events) = found.ok_or_else(not_found)?;
+    // Another fleet's injection is no different from one that does not exist.
+    caller.may(&app, Action::Read, Target::Fleet(&row.fleet)).map_err(|_| not_found())?;
     let mut agents: BTreeMap<u32, InjectionTarget> = BTreeMap::new();
     for e in events {
         let Some(agent) = e.agent else { continue };
@@ -603,7 +674,13 @@ struct EventsQuery {
 /// How often an idle event stream sends an empty line, so dead clients are noticed.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-async fn events(State(app): State<Arc<App>>, Q(q): Q<EventsQuery>) -> Result<Response, ApiError> {
+async fn events(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Q(q): Q<EventsQuery>) -> Result<Response, ApiError> {
+    let target = match (&q.fleet, q.agent) {
+        (Some(f), Some(a)) => Target::Agent(f, a),
+        (Some(f), None) => Target::Fleet(f),
+        (None, _) => Target::All,
+    };
+    caller.may(&app, Action::Read, target)?;
     if let Some(f) = &q.fleet {
         f.parse::<clawfleet_core::FleetName>().map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
@@ -657,12 +734,121 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit_log(State(app): State<Arc<App>>, Q(q): Q<AuditQuery>) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+async fn audit_log(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Q(q): Q<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    caller.may(&app, Action::ReadAudit, Target::All)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let rows = app.db.run(move |s| s.audit_log(limit)).await?;
     Ok(Json(
         rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect(),
     ))
+}
+
+/// The longest token name.
+const MAX_TOKEN_NAME: usize = 64;
+/// The longest a token may be valid.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn token_info(row: &TokenRow) -> Result<TokenInfo, ApiError> {
+    Ok(TokenInfo {
+        name: row.name.clone(),
+        role: row.role.parse().map_err(|e: String| ApiError::internal("a stored token's role", e))?,
+        fleet: row.fleet.clone(),
+        created_at: row.created_at.clone(),
+        expires_at: row.expires_at.map(clock::rfc3339),
+        created_by: row.created_by.clone(),
+    })
+}
+
+async fn token_list(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<TokenList>, ApiError> {
+    caller.may(&app, Action::ManageTokens, Target::All)?;
+    let rows = app.db.run(|s| s.tokens()).await?;
+    Ok(Json(TokenList { tokens: rows.iter().map(token_info).collect::<Result<_, _>>()? }))
+}
+
+async fn token_create(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<TokenRequest>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    caller.may(&app, Action::ManageTokens, Target::All)?;
+    let name = match req.name {
+        Some(n) => n,
+        None => format!("{}-{}", req.role, &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_TOKEN_NAME
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !name_ok {
+        return Err(ApiError::bad_request(format!(
+            "token name '{}' must be 1-{MAX_TOKEN_NAME} of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
+            name.chars().take(80).collect::<String>()
+        )));
+    }
+    if name == crate::auth::FILE_TOKEN_NAME {
+        return Err(ApiError::conflict(format!("'{name}' is the token file's token; choose another name")));
+    }
+    let fleet =
+        req.fleet.as_deref().map(str::parse::<clawfleet_core::FleetName>).transpose().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if req.role == Role::Agent && fleet.is_none() {
+        return Err(ApiError::bad_request("an agent token acts as an agent of one fleet: give its fleet (--fleet)"));
+    }
+    let expires_at = match req.expires.as_deref() {
+        None => None,
+        Some(text) => {
+            let life =
+                humantime::parse_duration(text).map_err(|e| ApiError::bad_request(format!("expires '{text}': {e} (e.g. 30d, 12h)")))?;
+            if life.is_zero() || life > MAX_TOKEN_LIFE {
+                return Err(ApiError::bad_request(format!("expires '{text}' must be between 1s and 10 years")));
+            }
+            Some(clock::unix_now() + life.as_secs() as i64)
+        }
+    };
+    let token = crate::auth::new_token();
+    let row = TokenRow {
+        name: name.clone(),
+        role: req.role.as_str().into(),
+        fleet: fleet.map(|f| f.to_string()),
+        hash: clawfleet_bus::credentials::token_hash(&token),
+        created_at: clock::now_rfc3339(),
+        expires_at,
+        created_by: caller.0.audit_name(),
+    };
+    let (r, actor) = (row.clone(), caller.0.audit_name());
+    app.db
+        .run(move |s| {
+            let detail = format!("role={} fleet={}", r.role, r.fleet.as_deref().unwrap_or("*"));
+            s.insert_token(&r, &audit(&r.created_at, &actor, "token-create", &r.name, detail))
+        })
+        .await?;
+    let info = token_info(&row)?;
+    app.tokens.insert(row);
+    Ok((StatusCode::CREATED, Json(NewToken { info, token })))
+}
+
+async fn token_revoke(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+) -> Result<Json<Ack>, ApiError> {
+    caller.may(&app, Action::ManageTokens, Target::All)?;
+    if name == crate::auth::FILE_TOKEN_NAME {
+        return Err(ApiError::conflict(format!(
+            "'{name}' is the token file's token: to replace it, delete {} and restart the control plane",
+            app.data_dir.join("token").display()
+        )));
+    }
+    let (n, actor) = (name.clone(), caller.0.audit_name());
+    let removed = app.db.run(move |s| s.delete_token(&n, &audit(&clock::now_rfc3339(), &actor, "token-revoke", &n, String::new()))).await?;
+    if !removed {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_token", format!("no token named '{name}'")));
+    }
+    app.tokens.remove(&name);
+    Ok(Json(Ack { ok: true, message: format!("token '{name}' revoked") }))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -27,7 +27,12 @@ pub(crate) struct App {
     pub backends: HashMap<BackendKind, Arc<dyn Backend>>,
     /// Which fleets exist (name -> uid); the embedded broker's authenticator reads it too.
     pub auth: Arc<FleetAuth>,
+    /// The operator's token file's token.
     pub token: String,
+    /// Every stored API token (hashes).
+    pub tokens: crate::auth::Tokens,
+    /// What agents may do to other fleets.
+    pub policy: clawfleet_core::authz::Policy,
     /// How agents reach the bus and the model service.
     pub endpoints: Endpoints,
     pub default_brain: BrainSpec,

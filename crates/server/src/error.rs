@@ -58,6 +58,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::FleetExists(_) => ApiError::new(StatusCode::CONFLICT, "fleet_exists", e.to_string()),
+            StoreError::TokenExists(_) => ApiError::new(StatusCode::CONFLICT, "token_exists", e.to_string()),
             StoreError::NoFleet(name) => ApiError::no_fleet(&name),
             StoreError::NothingToRollBack(_) => ApiError::conflict(e.to_string()),
             other => ApiError::internal("the database failed", other),

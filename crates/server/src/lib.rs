@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub agent_sandbox: SandboxMode,
     /// Directories local agents may write besides their workspace.
     pub agent_writable: Vec<PathBuf>,
+    /// What agents' own tokens may do to other fleets (default: nothing).
+    pub agent_policy: clawfleet_core::authz::Policy,
 }
 
 /// Why the control plane did not start.
@@ -143,6 +145,16 @@ impl Server {
             }
         }
         let token = auth::load_or_create_token(&dir).map_err(data_dir_error(&dir))?;
+        // The token file's token is the operator's first token (rotated by replacing the file).
+        store.put_token(&clawfleet_store::TokenRow {
+            name: auth::FILE_TOKEN_NAME.into(),
+            role: clawfleet_core::authz::Role::Operator.as_str().into(),
+            fleet: None,
+            hash: clawfleet_bus::credentials::token_hash(&token),
+            created_at: clock::now_rfc3339(),
+            expires_at: None,
+            created_by: "clawfleet up (the token file)".into(),
+        })?;
         let secret = match store.meta("bus_secret")? {
             Some(bytes) if bytes.len() == 32 => BusSecret::from_bytes(bytes.try_into().expect("checked length")),
             _ => {
@@ -208,6 +220,7 @@ impl Server {
             grace: Duration::from_secs(10),
             sandbox: Arc::new(sandbox),
         }));
+        let store_tokens = store.tokens()?;
         let db = Db::new(store);
         let app = Arc::new(App {
             hub: Hub::new(db.clone()),
@@ -221,6 +234,8 @@ impl Server {
                 .collect(),
             auth,
             token,
+            tokens: auth::Tokens::new(store_tokens),
+            policy: config.agent_policy.clone(),
             endpoints: Endpoints {
                 bus_host: agent_host,
                 bus_port: port,

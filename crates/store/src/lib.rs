@@ -26,6 +26,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("a fleet named '{0}' already exists")]
     FleetExists(String),
+    #[error("a token named '{0}' already exists")]
+    TokenExists(String),
     #[error("no fleet named '{0}'")]
     NoFleet(String),
     #[error("the fleet '{0}' has no earlier image or version to roll back to (it was never updated)")]
@@ -37,6 +39,20 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An API token, as stored: its hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub name: String,
+    pub role: String,
+    pub fleet: Option<String>,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub created_by: String,
+}
 
 /// A change of a fleet's image and version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,6 +530,68 @@ impl Store {
             };
             let id = insert_event(tx, &ev, None)?;
             Ok(ev.stored(id))
+        })
+    }
+
+    // ---- API tokens ----
+
+    /// Every token (hashes only).
+    pub fn tokens(&self) -> Result<Vec<TokenRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, role, fleet, hash, created_at, expires_at, created_by FROM tokens ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(TokenRow {
+                        name: r.get(0)?,
+                        role: r.get(1)?,
+                        fleet: r.get(2)?,
+                        hash: r.get(3)?,
+                        created_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        created_by: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Stores a new token, with its audit line.
+    pub fn insert_token(&self, t: &TokenRow, audit: &Audit<'_>) -> Result<()> {
+        self.tx(|tx| {
+            let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM tokens WHERE name = ?1)", [&t.name], |r| r.get(0))?;
+            if exists {
+                return Err(StoreError::TokenExists(t.name.clone()));
+            }
+            tx.execute(
+                "INSERT INTO tokens (name, role, fleet, hash, created_at, expires_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.name, t.role, t.fleet, t.hash, t.created_at, t.expires_at, t.created_by],
+            )?;
+            write_audit(tx, audit)
+        })
+    }
+
+    /// Makes `t` the token of its name, whatever was there (the operator's token file).
+    pub fn put_token(&self, t: &TokenRow) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO tokens (name, role, fleet, hash, created_at, expires_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(name) DO UPDATE SET role = excluded.role, fleet = excluded.fleet, hash = excluded.hash,
+                   created_at = excluded.created_at, expires_at = excluded.expires_at, created_by = excluded.created_by",
+                params![t.name, t.role, t.fleet, t.hash, t.created_at, t.expires_at, t.created_by],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Revokes a token: `false` if there was none of that name.
+    pub fn delete_token(&self, name: &str, audit: &Audit<'_>) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name])?;
+            if n > 0 {
+                write_audit(tx, audit)?;
+            }
+            Ok(n > 0)
         })
     }
 

@@ -99,6 +99,20 @@ INSERT OR IGNORE INTO injection_targets (injection_id, fleet, slot)
     SELECT injection_id, fleet, agent FROM events
     WHERE event = 'inject_ack' AND injection_id IS NOT NULL AND agent IS NOT NULL;
 "#,
+    r#"
+-- API tokens (the operator's first one is the token file `up` writes): only a hash of each
+-- is kept, so the database does not hold usable tokens.
+CREATE TABLE tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    fleet      TEXT,
+    hash       TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    -- Unix seconds; NULL: never.
+    expires_at INTEGER,
+    created_by TEXT NOT NULL
+);
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

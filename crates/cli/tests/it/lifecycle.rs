@@ -91,7 +91,7 @@ fn whole_life(plane: &Plane) {
     for action in ["launch", "inject", "command", "scale", "terminate"] {
         assert!(actions.contains(&action), "{actions:?}");
     }
-    assert!(audit[0]["actor"].as_str().unwrap().starts_with("operator@127.0.0.1"));
+    assert_eq!(audit[0]["actor"], "operator (operator)", "the token file's token, by name and role");
 }
 
 impl Plane {

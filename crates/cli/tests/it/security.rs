@@ -11,7 +11,15 @@ fn a_brain_sees_no_clawfleet_credential() {
     plane.ok(&["launch", "nosy", "--brain", "cmd:env", "--wait"]);
     let answer = plane.ok(&["inject", "nosy", "print your environment", "--wait"]);
     assert!(answer.contains("CLAWFLEET_WORKSPACE="), "the brain still gets its place: {answer}");
-    for secret in ["CLAWFLEET_BUS_PASSWORD", "CLAWFLEET_BUS_USERNAME", "CLAWFLEET_BUS=", "CLAWFLEET_TOKEN", &plane.token()] {
+    for secret in [
+        "CLAWFLEET_BUS_PASSWORD",
+        "CLAWFLEET_BUS_USERNAME",
+        "CLAWFLEET_BUS=",
+        "CLAWFLEET_TOKEN",
+        "CLAWFLEET_AGENT_TOKEN",
+        "cfa.",
+        &plane.token(),
+    ] {
         assert!(!answer.contains(secret), "a brain saw {secret}: {answer}");
     }
 }
@@ -280,4 +288,152 @@ fn as_root_agents_can_run_as_users_of_their_own() {
     assert!(uid >= 1 << 20, "the workspace belongs to the agent's own uid, not {uid}");
     assert!(plane.log().contains("Local agents are sandboxed"));
     assert_eq!(plane.json(&["status", "own", "--json"])["isolation"]["kind"], "user");
+}
+
+/// A request (token, method, path, body) and what it must get (status, error message start).
+type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<&'a str>, u16, &'a str);
+
+/// Every endpoint, asked by every role, about its own fleet and another: 401 without a valid
+/// token, 403 naming the rule for a forbidden action, and the audit log names the token.
+#[test]
+fn every_endpoint_answers_each_role_as_the_matrix_says() {
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}]}"#).unwrap();
+    let plane = Plane::with(PlaneOptions {
+        up_args: vec!["--agent-policy".into(), policy.path().to_str().unwrap().into()],
+        ..PlaneOptions::default()
+    });
+    for fleet in ["web", "ops", "spare"] {
+        plane.ok(&["launch", fleet, "--backend", "external", "--replicas", "2"]);
+    }
+    let create = |args: &[&str]| plane.ok(&[&["token", "create"], args].concat()).trim().to_owned();
+    let observer = create(&["--role", "observer", "--name", "watcher"]);
+    let web_admin = create(&["--role", "operator", "--fleet", "web", "--name", "web-admin"]);
+    let doomed = create(&["--role", "operator", "--name", "doomed"]);
+    let brief = create(&["--role", "operator", "--name", "brief", "--expires", "1s"]);
+    let ops0 = plane.json_get("/api/v1/fleets/ops/join?slots=0")["agents"][0]["token"].as_str().unwrap().to_owned();
+    let operator = plane.token();
+    let list = plane.json(&["token", "list", "--json"]);
+    let names: Vec<&str> = list["tokens"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["brief", "doomed", "operator", "watcher", "web-admin"], "{list}");
+    assert!(!list.to_string().contains(&observer), "a listing never shows a token");
+    assert!(plane.ok(&["token", "revoke", "doomed"]).contains("revoked"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let scale = Some(r#"{"replicas": 3}"#);
+    let command = Some(r#"{"command": "health-check", "timeout_ms": 100}"#);
+    let update = Some(r#"{"version": "2"}"#);
+    let inject = Some(r#"{"prompt": "hi"}"#);
+    let (op, obs, adm, agent) = (Some(operator.as_str()), Some(observer.as_str()), Some(web_admin.as_str()), Some(ops0.as_str()));
+    #[rustfmt::skip]
+    let cases: Vec<Case<'_>> = vec![
+        // Who are you?
+        (None, "GET", "/api/v1/fleets", None, 401, "missing token"),
+        (Some("cft_nonsense"), "GET", "/api/v1/fleets", None, 401, "invalid token"),
+        (Some(doomed.as_str()), "GET", "/api/v1/fleets", None, 401, "invalid token"),
+        (Some(brief.as_str()), "GET", "/api/v1/fleets", None, 401, "the token 'brief' expired at"),
+        // The operator: everything.
+        (op, "GET", "/api/v1/info", None, 200, ""),
+        (op, "GET", "/api/v1/audit", None, 200, ""),
+        (op, "POST", "/api/v1/fleets/spare/scale", scale, 200, ""),
+        // The observer reads, and only reads.
+        (obs, "GET", "/api/v1/info", None, 200, ""),
+        (obs, "GET", "/api/v1/fleets", None, 200, ""),
+        (obs, "GET", "/api/v1/fleets/web", None, 200, ""),
+        (obs, "GET", "/api/v1/events?follow=false", None, 200, ""),
+        (obs, "GET", "/api/v1/audit", None, 200, ""),
+        (obs, "POST", "/api/v1/fleets/web/scale", scale, 403, "the observer token 'watcher' may not scale fleet 'web'"),
+        (obs, "POST", "/api/v1/fleets/web/inject", inject, 403, "the observer token 'watcher' may not inject fleet 'web'"),
+        (obs, "GET", "/api/v1/fleets/web/join", None, 403, "the observer token 'watcher' may not join fleet 'web'"),
+        (obs, "DELETE", "/api/v1/fleets/web", None, 403, "the observer token 'watcher' may not terminate fleet 'web'"),
+        (obs, "GET", "/api/v1/tokens", None, 403, "the observer token 'watcher' may not manage-tokens everything"),
+        // An operator of one fleet: that fleet only.
+        (adm, "POST", "/api/v1/fleets/web/scale", scale, 200, ""),
+        (adm, "POST", "/api/v1/fleets/web/update", update, 200, ""),
+        (adm, "POST", "/api/v1/fleets/ops/scale", scale, 403, "the operator token 'web-admin' may not scale fleet 'ops'"),
+        (adm, "GET", "/api/v1/fleets/ops", None, 403, "the operator token 'web-admin' may not read fleet 'ops'"),
+        (adm, "GET", "/api/v1/events?follow=false", None, 403, "the operator token 'web-admin' may not read everything"),
+        (adm, "GET", "/api/v1/events?fleet=web&follow=false", None, 200, ""),
+        (adm, "GET", "/api/v1/audit", None, 403, "the operator token 'web-admin' may not read-audit everything"),
+        (adm, "POST", "/api/v1/tokens", Some(r#"{"role": "operator"}"#), 403, "the operator token 'web-admin' may not manage-tokens"),
+        // An agent: its own fleet to read, never to deploy; other fleets as the policy says.
+        (agent, "GET", "/api/v1/fleets/ops", None, 200, ""),
+        (agent, "GET", "/api/v1/events?fleet=ops&agent=0&follow=false", None, 200, ""),
+        (agent, "GET", "/api/v1/events?fleet=ops&agent=1&follow=false", None, 403, "the agent token 'agent ops/0' may not read agent ops/1"),
+        (agent, "GET", "/api/v1/events?follow=false", None, 403, "the agent token 'agent ops/0' may not read everything"),
+        (agent, "GET", "/api/v1/fleets/web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
+        (agent, "POST", "/api/v1/fleets/ops/scale", scale, 403, "refusing self-deploy: an agent token may not scale its own fleet 'ops'"),
+        (agent, "POST", "/api/v1/fleets/ops/update", update, 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (agent, "DELETE", "/api/v1/fleets/ops", None, 403, "refusing self-deploy: an agent token may not terminate its own fleet 'ops'"),
+        (agent, "POST", "/api/v1/fleets/web/scale", Some(r#"{"replicas": 4}"#), 200, ""),
+        (agent, "POST", "/api/v1/fleets/web/command", command, 200, ""),
+        (agent, "POST", "/api/v1/fleets/web/update", update, 403, "no policy lets the agents of 'ops' update 'web'"),
+        (agent, "DELETE", "/api/v1/fleets/spare", None, 403, "no policy lets the agents of 'ops' terminate 'spare'"),
+        (agent, "GET", "/api/v1/fleets/web/join", None, 403, "the agent token 'agent ops/0' may not join fleet 'web'"),
+        (agent, "GET", "/api/v1/audit", None, 403, "the agent token 'agent ops/0' may not read-audit everything"),
+        (agent, "GET", "/api/v1/tokens", None, 403, "the agent token 'agent ops/0' may not manage-tokens everything"),
+        // Tokens: bad requests are named.
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "root"}"#), 400, "invalid request body: role: unknown variant `root`"),
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "agent"}"#), 400, "an agent token acts as an agent of one fleet"),
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "name": "Bad Name"}"#), 400, "token name 'Bad Name' must be"),
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "name": "watcher"}"#), 409, "a token named 'watcher' already exists"),
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "expires": "forever"}"#), 400, "expires 'forever':"),
+        (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "expires": "20000d"}"#), 400, "expires '20000d' must be between"),
+        (op, "DELETE", "/api/v1/tokens/operator", None, 409, "'operator' is the token file's token"),
+        (op, "DELETE", "/api/v1/tokens/nobody", None, 404, "no token named 'nobody'"),
+    ];
+    for (token, method, path, body, status, message) in cases {
+        let (got, v) = plane.http(method, path, token, body);
+        let who = token.map_or("no token", |t| &t[..t.len().min(12)]);
+        assert_eq!(got, status, "{who} {method} {path}: {v}");
+        if status >= 400 {
+            let code = match status {
+                401 => "unauthorized",
+                403 => "forbidden",
+                _ => v["code"].as_str().unwrap(),
+            };
+            assert_eq!(v["code"], code, "{who} {method} {path}: {v}");
+            assert!(v["error"].as_str().unwrap().starts_with(message), "{who} {method} {path}: {v}");
+        }
+    }
+    // A token bound to one fleet lists that fleet only.
+    let (_, listed) = plane.http("GET", "/api/v1/fleets", adm, None);
+    let listed: Vec<&str> = listed["fleets"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["web"]);
+    // The audit log names each action's token and role.
+    let audit = plane.json(&["audit", "--json"]);
+    let actors: Vec<(String, String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["actor"].as_str().unwrap().to_owned(), e["action"].as_str().unwrap().to_owned(), e["target"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for expected in [
+        ("operator (operator)", "token-create", "watcher"),
+        ("operator (operator)", "token-revoke", "doomed"),
+        ("operator (operator)", "scale", "spare"),
+        ("web-admin (operator)", "scale", "web"),
+        ("agent ops/0 (agent)", "scale", "web"),
+        ("agent ops/0 (agent)", "command", "web"),
+    ] {
+        let e = (expected.0.to_owned(), expected.1.to_owned(), expected.2.to_owned());
+        assert!(actors.contains(&e), "{expected:?} not in the audit log: {actors:?}");
+    }
+}
+
+/// The dashboard holds a token in the page: it may not be framed, may run only its own script,
+/// and leaks no referrer.
+#[test]
+fn the_dashboard_sends_its_security_headers() {
+    let plane = Plane::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let resp = rt.block_on(reqwest::get(format!("{}/", plane.url()))).unwrap();
+    let h = resp.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'; script-src 'sha256-"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
 }

@@ -1,0 +1,347 @@
+//! Who may do what on the API: roles bound to tokens, in the manner of Kubernetes RBAC (a
+//! missing or unknown token is 401, a forbidden action 403) with clawdinators' rule that an
+//! agent never deploys itself.
+//!
+//! Three roles:
+//! - **operator**: everything (with a fleet scope, everything on that fleet only);
+//! - **observer**: reading (status, events, injections, audit), never changing anything;
+//! - **agent** (one agent's own token): reading its own fleet and its own events, and asking
+//!   for changes to *other* fleets where the control plane's [`Policy`] allows; never
+//!   deploying, updating, scaling or terminating its own fleet ("refusing self-deploy").
+
+use std::collections::BTreeSet;
+
+use crate::names::{AgentRef, FleetName};
+
+pub use clawfleet_proto::api::Role;
+
+/// Who presented a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name, for the audit log.
+    pub name: String,
+    pub role: Role,
+    /// The only fleet an operator or observer token may touch; for an agent token, its fleet.
+    pub fleet: Option<FleetName>,
+    /// The agent an agent token belongs to (`None`: any agent of `fleet`).
+    pub slot: Option<u32>,
+}
+
+impl Principal {
+    /// The unscoped operator.
+    pub fn operator(name: impl Into<String>) -> Principal {
+        Principal { name: name.into(), role: Role::Operator, fleet: None, slot: None }
+    }
+
+    /// The token of one agent.
+    pub fn agent(agent: &AgentRef) -> Principal {
+        Principal { name: format!("agent {agent}"), role: Role::Agent, fleet: Some(agent.fleet.clone()), slot: Some(agent.slot) }
+    }
+
+    /// How the audit log names it: `name (role)`.
+    pub fn audit_name(&self) -> String {
+        format!("{} ({})", self.name, self.role)
+    }
+}
+
+/// What a request does. Reads are split by what they reveal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Fleets, their status, injections, events.
+    Read,
+    /// The audit log (every actor's actions).
+    ReadAudit,
+    /// Agents' bus logins and tokens (`join`).
+    Join,
+    Launch,
+    Scale,
+    /// A new version or image (a deploy), or a rollback.
+    Update,
+    Terminate,
+    Inject,
+    /// A command of the vocabulary (restart, health-check, ...).
+    Command,
+    /// Creating, listing and revoking tokens.
+    ManageTokens,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::ReadAudit => "read-audit",
+            Action::Join => "join",
+            Action::Launch => "launch",
+            Action::Scale => "scale",
+            Action::Update => "update",
+            Action::Terminate => "terminate",
+            Action::Inject => "inject",
+            Action::Command => "command",
+            Action::ManageTokens => "manage-tokens",
+        }
+    }
+
+    /// Whether it changes a fleet's desired state: what an agent may never do to its own fleet.
+    pub fn deploys(self) -> bool {
+        matches!(self, Action::Launch | Action::Scale | Action::Update | Action::Terminate)
+    }
+
+    fn is_read(self) -> bool {
+        matches!(self, Action::Read | Action::ReadAudit)
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Action, String> {
+        const ALL: [Action; 10] = [
+            Action::Read,
+            Action::ReadAudit,
+            Action::Join,
+            Action::Launch,
+            Action::Scale,
+            Action::Update,
+            Action::Terminate,
+            Action::Inject,
+            Action::Command,
+            Action::ManageTokens,
+        ];
+        ALL.into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action '{s}': the actions are {}", ALL.map(Action::as_str).join(", ")))
+    }
+}
+
+/// What a request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Everything (the fleet list, the whole event stream, the audit log, tokens).
+    All,
+    Fleet(&'a str),
+    Agent(&'a str, u32),
+}
+
+impl Target<'_> {
+    fn fleet(&self) -> Option<&str> {
+        match self {
+            Target::All => None,
+            Target::Fleet(f) | Target::Agent(f, _) => Some(f),
+        }
+    }
+}
+
+/// Which other fleets the agents of a fleet may act on, and how: the control plane's policy
+/// (default: nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub rules: Vec<PolicyRule>,
+}
+
+/// The agents of `from` may do `actions` to the fleets in `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub from: FleetName,
+    pub to: Vec<FleetName>,
+    pub actions: BTreeSet<Action>,
+}
+
+/// The most rules a policy file may hold (it is read on every agent request).
+pub const MAX_POLICY_RULES: usize = 1000;
+
+impl Policy {
+    /// Validates a policy file: every fleet a fleet name, every action one agents may be
+    /// granted (never reading others' audit, joining, or managing tokens).
+    pub fn from_file(file: &clawfleet_proto::policy::PolicyFile) -> Result<Policy, String> {
+        if file.rules.len() > MAX_POLICY_RULES {
+            return Err(format!("{} rules, over the limit of {MAX_POLICY_RULES}", file.rules.len()));
+        }
+        let fleet = |i: usize, s: &str| s.parse::<FleetName>().map_err(|e| format!("rule {}: {e}", i + 1));
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for (i, r) in file.rules.iter().enumerate() {
+            let to = r.to.iter().map(|t| fleet(i, t)).collect::<Result<Vec<_>, _>>()?;
+            let mut actions = BTreeSet::new();
+            for a in &r.actions {
+                let action: Action = a.parse().map_err(|e| format!("rule {}: {e}", i + 1))?;
+                if matches!(action, Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens) {
+                    return Err(format!(
+                        "rule {}: '{a}' cannot be granted to agents (only launch, scale, update, terminate, inject, command)",
+                        i + 1
+                    ));
+                }
+                actions.insert(action);
+            }
+            if to.is_empty() || actions.is_empty() {
+                return Err(format!("rule {}: needs at least one fleet in 'to' and one action", i + 1));
+            }
+            rules.push(PolicyRule { from: fleet(i, &r.from)?, to, actions });
+        }
+        Ok(Policy { rules })
+    }
+
+    fn allows(&self, from: &str, action: Action, to: &str) -> bool {
+        self.rules.iter().any(|r| r.from.as_str() == from && r.actions.contains(&action) && r.to.iter().any(|t| t.as_str() == to))
+    }
+}
+
+/// Why a request is forbidden (403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("refusing self-deploy: an agent token may not {action} its own fleet '{fleet}'")]
+    SelfDeploy { action: &'static str, fleet: String },
+    #[error("the {role} token '{name}' may not {action} {target}")]
+    Role { role: Role, name: String, action: &'static str, target: String },
+    #[error("no policy lets the agents of '{from}' {action} '{to}' (the control plane's --agent-policy)")]
+    Policy { from: String, action: &'static str, to: String },
+}
+
+/// Decides one request.
+pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &Policy) -> Result<(), Denied> {
+    let role_denies = || Denied::Role {
+        role: who.role,
+        name: who.name.clone(),
+        action: action.as_str(),
+        target: match target {
+            Target::All => "everything".into(),
+            Target::Fleet(f) => format!("fleet '{f}'"),
+            Target::Agent(f, s) => format!("agent {f}/{s}"),
+        },
+    };
+    let in_scope = |scope: &Option<FleetName>| match (scope, target.fleet()) {
+        (None, _) => true,
+        (Some(s), Some(f)) => s.as_str() == f,
+        (Some(_), None) => false,
+    };
+    match who.role {
+        Role::Operator if action == Action::ManageTokens && who.fleet.is_some() => Err(role_denies()),
+        Role::Operator if in_scope(&who.fleet) => Ok(()),
+        Role::Operator => Err(role_denies()),
+        Role::Observer if action.is_read() && in_scope(&who.fleet) => Ok(()),
+        Role::Observer => Err(role_denies()),
+        Role::Agent => {
+            let Some(own) = &who.fleet else { return Err(role_denies()) };
+            let own = own.as_str();
+            match (action, target) {
+                (Action::Read, Target::Fleet(f)) if f == own => Ok(()),
+                (Action::Read, Target::Agent(f, s)) if f == own && who.slot.is_none_or(|mine| mine == s) => Ok(()),
+                (a, Target::Fleet(f) | Target::Agent(f, _)) if f == own && a.deploys() => {
+                    Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
+                }
+                (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens, _) => Err(role_denies()),
+                (a, Target::Fleet(f) | Target::Agent(f, _)) if f != own => {
+                    if policy.allows(own, a, f) {
+                        Ok(())
+                    } else {
+                        Err(Denied::Policy { from: own.to_owned(), action: a.as_str(), to: f.to_owned() })
+                    }
+                }
+                _ => Err(role_denies()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(s: &str) -> FleetName {
+        s.parse().unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            rules: vec![PolicyRule {
+                from: fleet("ops"),
+                to: vec![fleet("web")],
+                actions: [Action::Scale, Action::Update, Action::Command].into_iter().collect(),
+            }],
+        }
+    }
+
+    /// The role matrix: role × action × own/other target.
+    #[test]
+    fn the_role_matrix() {
+        let operator = Principal::operator("root");
+        let scoped = Principal { name: "web-admin".into(), role: Role::Operator, fleet: Some(fleet("web")), slot: None };
+        let observer = Principal { name: "grafana".into(), role: Role::Observer, fleet: None, slot: None };
+        let ops3 = Principal::agent(&"ops/3".parse().unwrap());
+        let p = policy();
+        use Action::*;
+        let cases: &[(&Principal, Action, Target<'_>, Result<(), &str>)] = &[
+            (&operator, Launch, Target::Fleet("any"), Ok(())),
+            (&operator, ManageTokens, Target::All, Ok(())),
+            (&operator, Join, Target::Fleet("web"), Ok(())),
+            (&scoped, Terminate, Target::Fleet("web"), Ok(())),
+            (&scoped, Terminate, Target::Fleet("ops"), Err("the operator token 'web-admin' may not terminate fleet 'ops'")),
+            (&scoped, Read, Target::All, Err("the operator token 'web-admin' may not read everything")),
+            (&scoped, ManageTokens, Target::All, Err("the operator token 'web-admin' may not manage-tokens everything")),
+            (&observer, Read, Target::All, Ok(())),
+            (&observer, ReadAudit, Target::All, Ok(())),
+            (&observer, Read, Target::Agent("web", 1), Ok(())),
+            (&observer, Join, Target::Fleet("web"), Err("the observer token 'grafana' may not join fleet 'web'")),
+            (&observer, Inject, Target::Fleet("web"), Err("the observer token 'grafana' may not inject fleet 'web'")),
+            (&observer, ManageTokens, Target::All, Err("the observer token 'grafana' may not manage-tokens everything")),
+            (&ops3, Read, Target::Fleet("ops"), Ok(())),
+            (&ops3, Read, Target::Agent("ops", 3), Ok(())),
+            (&ops3, Read, Target::Agent("ops", 2), Err("the agent token 'agent ops/3' may not read agent ops/2")),
+            (&ops3, Read, Target::Fleet("web"), Err("the agent token 'agent ops/3' may not read fleet 'web'")),
+            (&ops3, Read, Target::All, Err("the agent token 'agent ops/3' may not read everything")),
+            (&ops3, ReadAudit, Target::All, Err("the agent token 'agent ops/3' may not read-audit everything")),
+            (&ops3, Scale, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not scale its own fleet 'ops'")),
+            (&ops3, Update, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not update its own fleet 'ops'")),
+            (&ops3, Terminate, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not terminate its own fleet 'ops'")),
+            (&ops3, Scale, Target::Fleet("web"), Ok(())),
+            (&ops3, Update, Target::Fleet("web"), Ok(())),
+            (&ops3, Command, Target::Agent("web", 0), Ok(())),
+            (
+                &ops3,
+                Terminate,
+                Target::Fleet("web"),
+                Err("no policy lets the agents of 'ops' terminate 'web' (the control plane's --agent-policy)"),
+            ),
+            (&ops3, Scale, Target::Fleet("db"), Err("no policy lets the agents of 'ops' scale 'db' (the control plane's --agent-policy)")),
+            (&ops3, Join, Target::Fleet("web"), Err("the agent token 'agent ops/3' may not join fleet 'web'")),
+            (&ops3, Inject, Target::Fleet("ops"), Err("the agent token 'agent ops/3' may not inject fleet 'ops'")),
+        ];
+        for (who, action, target, expected) in cases {
+            let got = authorize(who, *action, *target, &p).map_err(|e| e.to_string());
+            assert_eq!(got, expected.map_err(str::to_owned), "{} {action:?} {target:?}", who.name);
+        }
+        // Without a policy, agents touch nothing but their own reads.
+        assert!(authorize(&ops3, Scale, Target::Fleet("web"), &Policy::default()).is_err());
+    }
+
+    #[test]
+    fn policy_files_are_checked() {
+        use clawfleet_proto::policy::{PolicyFile, PolicyRuleFile};
+        let rule = |from: &str, to: &[&str], actions: &[&str]| PolicyRuleFile {
+            from: from.into(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            actions: actions.iter().map(|s| s.to_string()).collect(),
+        };
+        let ok = PolicyFile { rules: vec![rule("ops", &["web"], &["scale", "update", "command"])] };
+        assert_eq!(Policy::from_file(&ok).unwrap(), policy());
+        let cases = [
+            (rule("Ops", &["web"], &["scale"]), "rule 1: fleet name"),
+            (rule("ops", &["web"], &["deploy"]), "rule 1: unknown action 'deploy'"),
+            (rule("ops", &["web"], &["join"]), "rule 1: 'join' cannot be granted to agents"),
+            (rule("ops", &[], &["scale"]), "rule 1: needs at least one fleet"),
+            (rule("ops", &["web"], &[]), "rule 1: needs at least one fleet"),
+        ];
+        for (r, expected) in cases {
+            let err = Policy::from_file(&PolicyFile { rules: vec![r] }).unwrap_err();
+            assert!(err.starts_with(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!("observer".parse::<Role>(), Ok(Role::Observer));
+        assert_eq!("root".parse::<Role>().unwrap_err(), "unknown role 'root': the roles are operator, observer and agent");
+        assert_eq!("scale".parse::<Action>(), Ok(Action::Scale));
+        assert!("deploy".parse::<Action>().unwrap_err().starts_with("unknown action 'deploy': the actions are read, read-audit"));
+        let p = Principal::agent(&"ops/3".parse().unwrap());
+        assert_eq!(p.audit_name(), "agent ops/3 (agent)");
+    }
+}
