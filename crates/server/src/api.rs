@@ -195,7 +195,7 @@ fn dashboard_csp() -> &'static str {
         let hash = |open: &str, close: &str| {
             let start = DASHBOARD.find(open).expect("the dashboard has it") + open.len();
             let end = start + DASHBOARD[start..].find(close).expect("closed");
-            let digest = ring::digest::digest(&ring::digest::SHA256, DASHBOARD[start..end].as_bytes());
+            let digest = ring::digest::digest(&ring::digest::SHA256, &DASHBOARD.as_bytes()[start..end]);
             format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
         };
         format!(
