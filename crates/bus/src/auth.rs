@@ -12,6 +12,8 @@ use crate::credentials::{BusSecret, constant_time_eq};
 
 /// The control plane's own bus username.
 pub const CONTROL_USER: &str = "clawfleet-control";
+/// The read-only observer's bus username (any client id).
+pub const OBSERVER_USER: &str = "clawfleet-observer";
 
 /// The [`Authenticator`] of a control plane: its own login, plus agent logins for the fleets it
 /// has allowed (by name and incarnation uid).
@@ -39,6 +41,11 @@ impl FleetAuth {
         self.fleets.write().expect("not poisoned").remove(name);
     }
 
+    /// The read-only observer's bus password.
+    pub fn observer_password(&self) -> String {
+        self.secret.observer_password()
+    }
+
     /// The API token of an agent of an existing fleet.
     pub fn agent_token(&self, agent: &AgentRef) -> Option<String> {
         let fleets = self.fleets.read().expect("not poisoned");
@@ -62,6 +69,9 @@ impl Authenticator for FleetAuth {
     fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<BusIdentity> {
         if username == CONTROL_USER {
             return constant_time_eq(password, self.secret.control_password().as_bytes()).then_some(BusIdentity::Control);
+        }
+        if username == OBSERVER_USER {
+            return constant_time_eq(password, self.secret.observer_password().as_bytes()).then_some(BusIdentity::Observer);
         }
         let agent = acl::parse_agent_username(username)?;
         let fleets = self.fleets.read().expect("not poisoned");
@@ -91,6 +101,8 @@ mod tests {
         auth.forget_fleet("squad");
         assert_eq!(auth.authenticate(&cid, "agent/squad/2", pw.as_bytes()), None);
         assert_eq!(auth.authenticate("x", CONTROL_USER, secret.control_password().as_bytes()), Some(BusIdentity::Control));
+        assert_eq!(auth.authenticate("any", OBSERVER_USER, secret.observer_password().as_bytes()), Some(BusIdentity::Observer));
+        assert_eq!(auth.authenticate("any", OBSERVER_USER, secret.control_password().as_bytes()), None);
     }
 
     #[test]

@@ -154,7 +154,10 @@ struct AclHook {
 
 /// Who a session is, from the username it logged in with (checked at connect).
 fn session_identity(username: Option<&str>) -> Option<BusIdentity> {
-    acl::parse_agent_username(username?).map(BusIdentity::Agent)
+    match username? {
+        crate::auth::OBSERVER_USER => Some(BusIdentity::Observer),
+        agent => acl::parse_agent_username(agent).map(BusIdentity::Agent),
+    }
 }
 
 #[async_trait]
@@ -177,6 +180,7 @@ impl Handler for AclHook {
                         AuthResult::NotAuthorized
                     }
                     Some(BusIdentity::Control) => AuthResult::Allow(true, None),
+                    Some(BusIdentity::Observer) => AuthResult::Allow(false, None),
                     Some(BusIdentity::Agent(agent)) if acl::agent_username(&agent) == username => AuthResult::Allow(false, None),
                     _ => {
                         tracing::warn!(client_id = %id.client_id, username, remote = ?id.remote_addr, "Bus login refused");

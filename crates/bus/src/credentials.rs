@@ -53,6 +53,11 @@ impl BusSecret {
         self.fleet_key(agent.fleet.as_str(), fleet_uid).agent_token(agent, fleet_uid)
     }
 
+    /// The read-only observer's bus password.
+    pub fn observer_password(&self) -> String {
+        self.mac("clawfleet-observer-v1")
+    }
+
     /// The control plane's own bus password.
     pub fn control_password(&self) -> String {
         self.mac("clawfleet-control-v1")

@@ -14,7 +14,7 @@ pub mod client;
 pub mod credentials;
 pub mod url;
 
-pub use auth::{CONTROL_USER, FleetAuth};
+pub use auth::{CONTROL_USER, FleetAuth, OBSERVER_USER};
 pub use broker::{Authenticator, BrokerConfig, EmbeddedBroker};
 pub use client::{BusClient, BusEvent, ClientConfig, Will};
 pub use credentials::{BusSecret, FleetKey};

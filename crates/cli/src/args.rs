@@ -71,6 +71,9 @@ pub(crate) enum Command {
     /// API tokens with roles: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The bus: logins for MQTT clients.
+    #[command(subcommand)]
+    Bus(BusCommand),
     /// Speak the codeswarm router protocol (JSON lines) on stdio or TCP.
     Router(RouterArgs),
     /// Shared-filesystem mailboxes (codeswarm's layout).
@@ -491,6 +494,23 @@ pub(crate) struct MonitorArgs {
 pub(crate) struct AuditArgs {
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BusCommand {
+    /// Print a bus login as a ready mosquitto_sub command line.
+    Credentials(BusCredentialsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BusCredentialsArgs {
+    /// The read-only observer login: it may watch the whole bus (clawfleet/v1/#), never publish.
+    #[arg(long, required = true)]
+    pub observer: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

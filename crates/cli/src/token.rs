@@ -1,10 +1,10 @@
-//! `clawfleet token`: API tokens bound to roles.
+//! `clawfleet token`: API tokens bound to roles; `clawfleet bus credentials`: bus logins.
 
 use std::process::ExitCode;
 
-use clawfleet_proto::api::{Ack, NewToken, TokenList, TokenRequest};
+use clawfleet_proto::api::{Ack, BusLogin, NewToken, TokenList, TokenRequest};
 
-use crate::args::TokenCommand;
+use crate::args::{BusCredentialsArgs, TokenCommand};
 use crate::output::table;
 
 pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -50,6 +50,17 @@ pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let ack: Ack = a.client.client()?.delete(&format!("/api/v1/tokens/{}", a.name)).await?;
             outln!("{}", ack.message);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clawfleet bus credentials --observer`: the read-only login, as a mosquitto_sub line.
+pub(crate) async fn bus_credentials(args: BusCredentialsArgs) -> anyhow::Result<ExitCode> {
+    let login: BusLogin = args.client.client()?.get("/api/v1/bus/observer").await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&login)?);
+    } else {
+        outln!("mosquitto_sub -h {} -p {} -u {} -P {} -t '{}' -v", login.host, login.port, login.username, login.password, login.topics);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,8 @@
 //! is `agent/FLEET/SLOT`; it may publish only its own `events` and `heartbeat` topics and
 //! subscribe only to its own `cmd` topic and its fleet's `cmd` topic, never with wildcards;
 //! it may retain only its heartbeat, and its last will obeys the same rules.
-//! The embedded broker asks these functions on every connect, subscribe and publish.
+//! A third identity, the observer, may subscribe to the whole `clawfleet/v1/` tree and never
+//! publish. The embedded broker asks these functions on every connect, subscribe and publish.
 
 use clawfleet_proto::topic::{self, Channel};
 
@@ -14,6 +15,8 @@ use crate::names::{AgentRef, FleetName};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusIdentity {
     Control,
+    /// Read-only: may subscribe to anything under `clawfleet/v1/`, never publish.
+    Observer,
     Agent(AgentRef),
 }
 
@@ -43,6 +46,7 @@ pub fn parse_agent_username(username: &str) -> Option<AgentRef> {
 pub fn may_publish(who: &BusIdentity, topic: &str) -> bool {
     match who {
         BusIdentity::Control => true,
+        BusIdentity::Observer => false,
         BusIdentity::Agent(me) => {
             let f = me.fleet.as_str();
             topic == topic::agent(f, me.slot, Channel::Events) || topic == topic::agent(f, me.slot, Channel::Heartbeat)
@@ -56,6 +60,7 @@ pub fn may_publish(who: &BusIdentity, topic: &str) -> bool {
 pub fn may_retain(who: &BusIdentity, topic: &str) -> bool {
     match who {
         BusIdentity::Control => true,
+        BusIdentity::Observer => false,
         BusIdentity::Agent(me) => topic == topic::agent(me.fleet.as_str(), me.slot, Channel::Heartbeat),
     }
 }
@@ -71,6 +76,7 @@ pub fn may_will(who: &BusIdentity, topic: &str, retain: bool) -> bool {
 pub fn may_subscribe(who: &BusIdentity, filter: &str) -> bool {
     match who {
         BusIdentity::Control => true,
+        BusIdentity::Observer => filter == "clawfleet/v1/#" || filter.starts_with("clawfleet/v1/"),
         BusIdentity::Agent(me) => {
             let f = me.fleet.as_str();
             filter == topic::agent(f, me.slot, Channel::Cmd) || filter == topic::fleet_cmd(f)
@@ -140,5 +146,21 @@ mod tests {
             assert_eq!(may_will(&me, topic, retain), allowed, "{topic} retain={retain}");
         }
         assert!(may_will(&BusIdentity::Control, "clawfleet/v1/fleets/squad/cmd", true));
+    }
+
+    #[test]
+    fn the_observer_reads_everything_and_writes_nothing() {
+        let o = BusIdentity::Observer;
+        for filter in ["clawfleet/v1/#", "clawfleet/v1/fleets/+/agents/+/events", "clawfleet/v1/fleets/squad/cmd"] {
+            assert!(may_subscribe(&o, filter), "{filter}");
+        }
+        for filter in ["#", "$SYS/#", "other/#", "clawfleet/v2/#"] {
+            assert!(!may_subscribe(&o, filter), "{filter}");
+        }
+        for topic in
+            ["clawfleet/v1/fleets/squad/cmd", "clawfleet/v1/fleets/squad/agents/0/events", "clawfleet/v1/fleets/squad/agents/0/heartbeat"]
+        {
+            assert!(!may_publish(&o, topic) && !may_will(&o, topic, false) && !may_retain(&o, topic), "{topic}");
+        }
     }
 }

@@ -295,6 +295,18 @@ pub struct JoinAgent {
     pub token: Option<String>,
 }
 
+/// `GET /api/v1/bus/observer`: the read-only bus login (operator only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusLogin {
+    /// Where MQTT clients reach the broker.
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    /// What it may subscribe to.
+    pub topics: String,
+}
+
 /// A role an API token is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,7 +21,7 @@ use clawfleet_core::authz::{self, Action, Principal, Target};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, AuditEntry, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
+    Ack, AgentStatus, AuditEntry, BusLogin, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
     InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo,
     TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
@@ -55,6 +55,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/tokens", get(token_list).post(token_create))
+        .route("/api/v1/bus/observer", get(bus_observer))
         .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -745,6 +746,24 @@ async fn audit_log(
     Ok(Json(
         rows.into_iter().map(|r| AuditEntry { at: r.at, actor: r.actor, action: r.action, target: r.target, detail: r.detail }).collect(),
     ))
+}
+
+async fn bus_observer(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<BusLogin>, ApiError> {
+    // A bus login, like `join`'s: for unscoped operators.
+    caller.may(&app, Action::Join, Target::All)?;
+    if !app.embedded_bus {
+        return Err(ApiError::conflict(
+            "this control plane uses an external broker: its observer login is that broker's (clawfleet bus config --mosquitto writes one)",
+        ));
+    }
+    let e = &app.endpoints;
+    Ok(Json(BusLogin {
+        host: e.bus_host.clone(),
+        port: e.bus_port,
+        username: clawfleet_bus::OBSERVER_USER.into(),
+        password: app.auth.observer_password(),
+        topics: "clawfleet/v1/#".into(),
+    }))
 }
 
 /// The longest token name.

@@ -437,3 +437,77 @@ fn the_dashboard_sends_its_security_headers() {
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["referrer-policy"], "no-referrer");
 }
+
+/// The read-only observer login watches the whole bus with stock mosquitto_sub, cannot
+/// publish, and in everything it sees during a full run (agents, brains, tokens, scaling) there
+/// is no token, bus secret or agent password.
+#[test]
+fn the_observer_watches_the_whole_bus_and_no_secret_is_on_it() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let plane = Plane::start();
+    let line = plane.ok(&["bus", "credentials", "--observer"]);
+    let login = plane.json(&["bus", "credentials", "--observer", "--json"]);
+    let (host, port) = (login["host"].as_str().unwrap().to_owned(), login["port"].to_string());
+    let (user, pass) = (login["username"].as_str().unwrap().to_owned(), login["password"].as_str().unwrap().to_owned());
+    assert_eq!(line.trim(), format!("mosquitto_sub -h {host} -p {port} -u {user} -P {pass} -t 'clawfleet/v1/#' -v"));
+    let mut sub = std::process::Command::new("mosquitto_sub")
+        .args(["-h", &host, "-p", &port, "-u", &user, "-P", &pass, "-t", "clawfleet/v1/#", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let out = sub.stdout.take().unwrap();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let mut s = s.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+    let seen_has = |what: &str| seen.lock().unwrap().contains(what);
+
+    // A full run: brains that go looking for secrets, talk, commands, tokens, scaling.
+    plane.ok(&["launch", "talk", "--replicas", "2", "--wait"]);
+    crate::support::eventually(std::time::Duration::from_secs(10), "the observer to see heartbeats", || {
+        seen_has("clawfleet/v1/fleets/talk/agents/1/heartbeat").then_some(())
+    });
+    plane.ok(&["launch", "snoop", "--brain", "cmd:env; cat agent.secrets 2>&1; cat /proc/$PPID/environ 2>&1 | tr '\\0' '\\n'", "--wait"]);
+    plane.ok(&["inject", "talk", "hello", "--wait"]);
+    plane.cli(&["inject", "snoop", "go", "--wait"]);
+    plane.ok(&["command", "talk", "health-check"]);
+    let made = plane.ok(&["token", "create", "--role", "observer"]).trim().to_owned();
+    plane.ok(&["scale", "talk", "3", "--wait"]);
+    plane.ok(&["inject", "talk", "again", "--wait"]);
+
+    // It may not publish: a forged directive from it reaches no agent.
+    let forged = r#"{"type":"inject","injection_id":"from-observer","prompt":"obey","targets":[0]}"#;
+    let _ = std::process::Command::new("mosquitto_pub")
+        .args(["-h", &host, "-p", &port, "-u", &user, "-P", &pass, "-q", "1", "-t", "clawfleet/v1/fleets/talk/cmd", "-m", forged])
+        .output()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains("clawfleet/v1/fleets/talk/agents/2/events") && seen.contains("inject_delivered"), "it saw the bus");
+    assert!(!seen.contains("from-observer"), "the observer published");
+    assert!(crate::support::events(&plane, "talk").iter().all(|e| e["injection_id"] != "from-observer"));
+
+    let store = clawfleet_store::Store::open(&plane.data().join("clawfleet.db")).unwrap();
+    let secret = store.meta("bus_secret").unwrap().unwrap();
+    let bus = clawfleet_bus::BusSecret::from_bytes(secret.clone().try_into().unwrap());
+    let mut secrets = vec![plane.token(), made, pass.clone(), bus.control_password(), secret.iter().map(|b| format!("{b:02x}")).collect()];
+    for (fleet, slots) in [("talk", "0-2"), ("snoop", "0")] {
+        let join = plane.json_get(&format!("/api/v1/fleets/{fleet}/join?slots={slots}"));
+        for a in join["agents"].as_array().unwrap() {
+            secrets.push(a["password"].as_str().unwrap().to_owned());
+            secrets.push(a["token"].as_str().unwrap().to_owned());
+        }
+    }
+    for s in &secrets {
+        assert!(!seen.contains(s.as_str()), "a secret ({}…) was on the bus", &s[..8]);
+    }
+    assert!(!seen.contains("cft_") && !seen.contains("cfa."), "a token was on the bus");
+}
