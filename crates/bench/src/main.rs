@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 mod docker;
 mod model;
+mod security;
 mod slurm;
 
 struct Args {
@@ -66,6 +67,8 @@ struct Plane {
     child: Child,
     _dir: tempfile::TempDir,
     data: PathBuf,
+    /// `http://127.0.0.1:PORT`
+    url: String,
     client: Client,
 }
 
@@ -115,8 +118,9 @@ impl Plane {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let token = std::fs::read_to_string(dir.path().join("token"))?;
-        let client = Client::new(&format!("http://127.0.0.1:{http}"), token.trim())?;
-        Ok(Plane { child, data: dir.path().to_owned(), _dir: dir, client })
+        let url = format!("http://127.0.0.1:{http}");
+        let client = Client::new(&url, token.trim())?;
+        Ok(Plane { child, data: dir.path().to_owned(), _dir: dir, url, client })
     }
 
     fn pid(&self) -> u32 {
@@ -507,7 +511,7 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("docker", 4), ("slurm", 5), ("model", 3)] {
+    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("security", 6), ("docker", 4), ("slurm", 5), ("model", 3)] {
         if !wanted(name) {
             continue;
         }
@@ -518,6 +522,7 @@ async fn main() -> anyhow::Result<()> {
             2 => brokers(&a, &mut rows).await,
             4 => docker::run(&a, &mut rows).await,
             5 => slurm::run(&a, &mut rows).await,
+            6 => security::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);

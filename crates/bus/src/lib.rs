@@ -7,11 +7,14 @@
 //! - [`credentials`]: per-agent bus passwords derived from one secret, so no table of them exists.
 //! - [`auth`]: the control plane's [`Authenticator`]: its own login and its fleets' agents.
 //! - [`url`]: `mqtt://user:pass@host:port` URLs of external brokers.
+//! - [`dynsec`]: the same logins and ACLs on Mosquitto, as its dynamic-security plugin's file
+//!   and commands.
 
 pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod credentials;
+pub mod dynsec;
 pub mod url;
 
 pub use auth::{CONTROL_USER, FleetAuth, OBSERVER_USER};

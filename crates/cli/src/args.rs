@@ -167,6 +167,10 @@ pub(crate) struct UpArgs {
     /// Use an external broker instead of the embedded one: mqtt://[user:pass@]host:port
     #[arg(long)]
     pub bus: Option<String>,
+    /// The --bus broker is a Mosquitto set up by `clawfleet bus config --mosquitto`: every agent
+    /// gets its own login and ACL there, kept current as fleets change.
+    #[arg(long)]
+    pub bus_dynsec: bool,
     /// Host agents use to reach the bus [default: the broker's own address]
     #[arg(long)]
     pub agent_bus_host: Option<String>,
@@ -504,6 +508,26 @@ pub(crate) struct AuditArgs {
 pub(crate) enum BusCommand {
     /// Print a bus login as a ready mosquitto_sub command line.
     Credentials(BusCredentialsArgs),
+    /// Write the configuration of a Mosquitto that enforces clawfleet's logins and ACLs.
+    Config(BusConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BusConfigArgs {
+    /// Write DIR/mosquitto.conf and DIR/dynamic-security.json (the dynamic-security plugin's
+    /// file: the control plane, the observer and every current agent); then run
+    /// `mosquitto -c DIR/mosquitto.conf` and `clawfleet up --bus mqtt://HOST:PORT --bus-dynsec`.
+    #[arg(long, value_name = "DIR")]
+    pub mosquitto: PathBuf,
+    /// Where that Mosquitto listens.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub listen: std::net::SocketAddr,
+    /// The dynamic-security plugin [default: Debian's, /usr/lib/<arch>/mosquitto_dynamic_security.so]
+    #[arg(long, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+    /// The control plane's data directory [default: $XDG_DATA_HOME/clawfleet or ~/.local/share/clawfleet]
+    #[arg(long, env = "CLAWFLEET_DATA")]
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Router(a) => router::run(a).await,
         Command::Token(c) => token::run(c).await,
         Command::Bus(crate::args::BusCommand::Credentials(a)) => token::bus_credentials(a).await,
+        Command::Bus(crate::args::BusCommand::Config(a)) => token::bus_config(a),
         Command::Mailbox(crate::args::MailboxCommand::Follow(a)) => mailbox::follow(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::BrainExec(_) => unreachable!("runs before the runtime"),

@@ -1,10 +1,13 @@
-//! `clawfleet token`: API tokens bound to roles; `clawfleet bus credentials`: bus logins.
+//! `clawfleet token`: API tokens bound to roles; `clawfleet bus`: bus logins, and a Mosquitto
+//! configured with them.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use clawfleet_proto::api::{Ack, BusLogin, NewToken, TokenList, TokenRequest};
 
-use crate::args::{BusCredentialsArgs, TokenCommand};
+use crate::args::{BusConfigArgs, BusCredentialsArgs, TokenCommand};
 use crate::output::table;
 
 pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -62,5 +65,65 @@ pub(crate) async fn bus_credentials(args: BusCredentialsArgs) -> anyhow::Result<
     } else {
         outln!("mosquitto_sub -h {} -p {} -u {} -P {} -t '{}' -v", login.host, login.port, login.username, login.password, login.topics);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clawfleet bus config --mosquitto DIR`: a Mosquitto with clawfleet's logins and ACLs.
+pub(crate) fn bus_config(args: BusConfigArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let data = args.data.clone().unwrap_or_else(crate::client::default_data_dir);
+    let plugin = match &args.plugin {
+        Some(p) => p.clone(),
+        None => ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+            .iter()
+            .map(|arch| std::path::PathBuf::from(format!("/usr/lib/{arch}/mosquitto_dynamic_security.so")))
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow::anyhow!("no mosquitto_dynamic_security.so found (apt-get install mosquitto), or give --plugin PATH"))?,
+    };
+    let file = clawfleet_server::mosquitto_dynsec_file(&data)?;
+    let dir = &args.mosquitto;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    };
+    write("dynamic-security.json", &serde_json::to_string_pretty(&file)?)?;
+    write(
+        "mosquitto.conf",
+        &format!(
+            "# Written by `clawfleet bus config --mosquitto`: clawfleet's logins and ACLs, in the\n\
+             # dynamic-security plugin. Start the control plane with --bus mqtt://{listen} --bus-dynsec.\n\
+             per_listener_settings false\nallow_anonymous false\nset_tcp_nodelay true\n\
+             listener {port} {host}\nplugin {plugin}\nplugin_opt_config_file {file}\n",
+            listen = args.listen,
+            port = args.listen.port(),
+            host = args.listen.ip(),
+            plugin = plugin.display(),
+            file = dir.join("dynamic-security.json").display(),
+        ),
+    )?;
+    // Mosquitto started as root runs as the user `mosquitto`, and its plugin rewrites its file
+    // as fleets change: the directory is theirs (and still nobody else's).
+    if nix::unistd::geteuid().is_root()
+        && let Ok(Some(user)) = nix::unistd::User::from_name("mosquitto")
+    {
+        for path in [dir.clone(), dir.join("dynamic-security.json"), dir.join("mosquitto.conf")] {
+            std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .with_context(|| format!("giving {} to the mosquitto user", path.display()))?;
+        }
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    outln!("wrote {0}/mosquitto.conf and {0}/dynamic-security.json", dir.display());
+    outln!("  mosquitto -c {}/mosquitto.conf", dir.display());
+    outln!("  clawfleet up --data {} --bus mqtt://{} --bus-dynsec", data.display(), args.listen);
     Ok(ExitCode::SUCCESS)
 }

@@ -22,9 +22,17 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let host = docker.as_ref().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |d| d.host);
     let mqtt_listen = args.mqtt_listen.unwrap_or(std::net::SocketAddr::new(host, 1883));
     let model_listen = args.model_listen.unwrap_or(std::net::SocketAddr::new(host, 11435));
-    let bus = match &args.bus {
-        Some(url) => BusMode::External(url.parse()?),
-        None => BusMode::Embedded { listen: mqtt_listen },
+    let bus = match (&args.bus, args.bus_dynsec) {
+        (Some(url), false) => BusMode::External(url.parse()?),
+        (Some(url), true) => {
+            let url: clawfleet_bus::BusUrl = url.parse()?;
+            if url.username.is_some() {
+                anyhow::bail!("--bus-dynsec logs in with the control plane's own derived password: give --bus without a user");
+            }
+            BusMode::MosquittoDynsec(url)
+        }
+        (None, true) => anyhow::bail!("--bus-dynsec is for an external Mosquitto: give it with --bus mqtt://host:port"),
+        (None, false) => BusMode::Embedded { listen: mqtt_listen },
     };
     // The model service agents of the `model` brain use: an endpoint given, or the built-in one.
     let agent_host = |listen: std::net::SocketAddr| match &args.agent_bus_host {

@@ -49,6 +49,8 @@ pub(crate) struct App {
     pub metrics: Metrics,
     /// Mailbox fleets and their agents' current jobs.
     pub mailboxes: crate::mailbox::Routes,
+    /// With Mosquitto's dynamic-security plugin: the agent logins it has been given.
+    pub dynsec: Option<crate::dynsec::Dynsec>,
 }
 
 /// A fleet's condition, as its backend last reported it.

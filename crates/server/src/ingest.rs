@@ -105,6 +105,10 @@ async fn heartbeat(app: &App, tracks: &mut HashMap<Key, AgentTrack>, key: Key, h
 
 /// Validates one bus message.
 fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, topic: &str, payload: &[u8]) -> Option<Accepted> {
+    if topic == clawfleet_bus::dynsec::RESPONSE_TOPIC {
+        crate::dynsec::response(payload);
+        return None;
+    }
     let Some(t) = topic::parse_agent(topic) else {
         return reject(app, topic, "not an agent topic");
     };

@@ -17,6 +17,7 @@ mod app;
 mod auth;
 mod clock;
 mod db;
+mod dynsec;
 mod error;
 mod hub;
 mod ingest;
@@ -58,6 +59,11 @@ pub enum BusMode {
     Embedded { listen: SocketAddr },
     /// Use an external broker.
     External(BusUrl),
+    /// Use an external Mosquitto whose dynamic-security plugin has the file
+    /// [`mosquitto_config`] wrote: the control plane, the observer and every agent log in with
+    /// their own derived passwords, and the control plane adds and removes agents' logins as
+    /// fleets change.
+    MosquittoDynsec(BusUrl),
 }
 
 /// How to run the control plane.
@@ -155,14 +161,7 @@ impl Server {
             expires_at: None,
             created_by: "clawfleet up (the token file)".into(),
         })?;
-        let secret = match store.meta("bus_secret")? {
-            Some(bytes) if bytes.len() == 32 => BusSecret::from_bytes(bytes.try_into().expect("checked length")),
-            _ => {
-                let s = BusSecret::generate();
-                store.set_meta("bus_secret", s.as_bytes())?;
-                s
-            }
-        };
+        let secret = bus_secret(&store)?;
         let install_id = match store.meta("install_id")? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -192,6 +191,10 @@ impl Server {
                 };
                 (None, url.host.clone(), url.port, (url.username.clone(), url.password.clone()), creds, false)
             }
+            BusMode::MosquittoDynsec(url) => {
+                let login = (Some(CONTROL_USER.to_owned()), Some(secret.control_password()));
+                (None, url.host.clone(), url.port, login, Credentials::PerAgent(secret.clone()), false)
+            }
         };
         let agent_host = config.agent_bus_host.clone().unwrap_or_else(|| connect_host.clone());
         let bus_url = format!("mqtt://{}:{}", bracket(&agent_host), port);
@@ -200,6 +203,10 @@ impl Server {
         (bus_config.username, bus_config.password) = login;
         bus_config.clean_session = false;
         bus_config.subscriptions = vec![topic::all_agents(Channel::Events), topic::all_agents(Channel::Heartbeat)];
+        let dynsec = matches!(config.bus, BusMode::MosquittoDynsec(_));
+        if dynsec {
+            bus_config.subscriptions.push(clawfleet_bus::dynsec::RESPONSE_TOPIC.into());
+        }
         bus_config.inflight = 1000;
         bus_config.request_capacity = 16 * 1024;
         bus_config.event_capacity = 16 * 1024;
@@ -254,6 +261,7 @@ impl Server {
             embedded_bus: embedded,
             metrics: Default::default(),
             mailboxes: Default::default(),
+            dynsec: dynsec.then(|| dynsec::Dynsec::new(secret.clone())),
         });
 
         let listener =
@@ -366,4 +374,41 @@ fn private_file(path: &std::path::Path) -> std::io::Result<()> {
 
 fn bracket(host: &str) -> String {
     if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// The dynamic-security plugin's file for a Mosquitto that serves this data directory's
+/// control plane (`clawfleet bus config --mosquitto DIR`): every current agent, the control
+/// plane and the observer. Creates the data directory and its bus secret if need be.
+pub fn mosquitto_dynsec_file(data_dir: &std::path::Path) -> Result<serde_json::Value, ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(data_dir_error(data_dir))?;
+    let db_path = data_dir.join("clawfleet.db");
+    private_file(&db_path).map_err(data_dir_error(data_dir))?;
+    let store = Store::open(&db_path)?;
+    let secret = bus_secret(&store)?;
+    let mut agents = Vec::new();
+    for f in store.fleets()? {
+        let fleet: clawfleet_core::FleetName = match f.name.parse() {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        for slot in 0..f.replicas {
+            agents.push(clawfleet_bus::dynsec::AgentLogin {
+                agent: clawfleet_core::AgentRef { fleet: fleet.clone(), slot },
+                fleet_uid: f.uid.clone(),
+            });
+        }
+    }
+    Ok(clawfleet_bus::dynsec::config_file(&secret, &agents))
+}
+
+/// The control plane's bus secret, made on first use.
+fn bus_secret(store: &Store) -> Result<BusSecret, StoreError> {
+    Ok(match store.meta("bus_secret")? {
+        Some(bytes) if bytes.len() == 32 => BusSecret::from_bytes(bytes.try_into().expect("checked length")),
+        _ => {
+            let s = BusSecret::generate();
+            store.set_meta("bus_secret", s.as_bytes())?;
+            s
+        }
+    })
 }

@@ -32,6 +32,9 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
 
 async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
     let fleets = app.db.run(|s| s.fleets()).await?;
+    if let Some(dynsec) = &app.dynsec {
+        dynsec.sync(app, &fleets).await;
+    }
     for fleet in &fleets {
         if let (Ok(backend), Ok(d)) = (app.backend(&fleet.backend), app.deployment(fleet)) {
             backend.prepare(&d);

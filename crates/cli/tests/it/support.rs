@@ -103,14 +103,12 @@ impl Plane {
     }
 
     pub fn with(options: PlaneOptions) -> Plane {
-        let mut plane = Plane {
-            dir: tempfile::tempdir().unwrap(),
-            http_port: free_port(),
-            mqtt_port: free_port(),
-            model_port: free_port(),
-            options,
-            child: None,
-        };
+        Plane::in_dir(tempfile::tempdir().unwrap(), options)
+    }
+
+    /// A control plane on a data directory prepared beforehand.
+    pub fn in_dir(dir: tempfile::TempDir, options: PlaneOptions) -> Plane {
+        let mut plane = Plane { dir, http_port: free_port(), mqtt_port: free_port(), model_port: free_port(), options, child: None };
         plane.spawn();
         plane
     }
