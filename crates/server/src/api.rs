@@ -751,9 +751,9 @@ async fn audit_log(
 async fn bus_observer(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<BusLogin>, ApiError> {
     // A bus login, like `join`'s: for unscoped operators.
     caller.may(&app, Action::Join, Target::All)?;
-    if !app.embedded_bus {
+    if !app.embedded_bus && app.dynsec.is_none() {
         return Err(ApiError::conflict(
-            "this control plane uses an external broker: its observer login is that broker's (clawfleet bus config --mosquitto writes one)",
+            "this control plane uses an external broker with its own logins: set it up with clawfleet bus config --mosquitto and up --bus-dynsec for the observer login",
         ));
     }
     let e = &app.endpoints;
