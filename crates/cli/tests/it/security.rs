@@ -560,19 +560,31 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
             ..PlaneOptions::default()
         },
     );
-    // Fleets launched after the file was written: their agents log in with their own passwords.
+    // Fleets launched after the file was written: their agents log in with their own passwords,
+    // which the control plane gives the plugin on $CONTROL, where no other client may listen.
+    let store = clawfleet_store::Store::open(&plane.data().join("clawfleet.db")).unwrap();
+    let secret = clawfleet_bus::BusSecret::from_bytes(store.meta("bus_secret").unwrap().unwrap().try_into().unwrap());
+    let p = broker.port.to_string();
+    let eavesdrop = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &p, "-u", "clawfleet-observer", "-P", &secret.observer_password(), "-W", "6", "-v"])
+        .args(["-t", "$CONTROL/#", "-t", "#"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     plane.ok(&["launch", "victim", "--wait"]);
     plane.ok(&["launch", "evil", "--backend", "external"]);
+    let overheard = String::from_utf8_lossy(&eavesdrop.wait_with_output().unwrap().stdout).into_owned();
+    assert!(!overheard.contains("createClient") && !overheard.contains("password"), "{overheard}");
     assert_eq!(plane.ok(&["inject", "victim", "first", "--wait"]).trim(), "victim/0: first");
     let evil = plane.json_get("/api/v1/fleets/evil/join?slots=0");
     let (user, pass) =
         (evil["agents"][0]["username"].as_str().unwrap().to_owned(), evil["agents"][0]["password"].as_str().unwrap().to_owned());
     let evil_id = format!("clawfleet-evil-0-{}", evil["fleet_uid"].as_str().unwrap());
-    let p = broker.port.to_string();
+    assert_eq!(plane.json(&["bus", "credentials", "--observer", "--json"])["password"], secret.observer_password());
 
-    // The observer (the password `bus credentials` would print, derived the same way).
-    let store = clawfleet_store::Store::open(&plane.data().join("clawfleet.db")).unwrap();
-    let secret = clawfleet_bus::BusSecret::from_bytes(store.meta("bus_secret").unwrap().unwrap().try_into().unwrap());
+    // The observer watches while the evil agent tries its tricks.
     let observer = std::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &p, "-u", "clawfleet-observer", "-P", &secret.observer_password(), "-t", "clawfleet/v1/#", "-v"])
         .args(["-W", "12"])
