@@ -29,6 +29,9 @@ pub(crate) struct ClientArgs {
     /// Data directory of the control plane [default: $XDG_DATA_HOME/clawfleet or ~/.local/share/clawfleet]
     #[arg(long, env = "CLAWFLEET_DATA")]
     pub data: Option<PathBuf>,
+    /// The CA of an HTTPS control plane [default: DATA/tls/ca.pem, from `clawfleet certs`, if it exists]
+    #[arg(long, env = "CLAWFLEET_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +71,8 @@ pub(crate) enum Command {
     Monitor(MonitorArgs),
     /// Show who did what: the control plane's audit log.
     Audit(AuditArgs),
+    /// Make a local CA and a server certificate for development (`up --tls-cert/--tls-key`).
+    Certs(CertsArgs),
     /// API tokens with roles: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -246,6 +251,13 @@ pub(crate) struct UpArgs {
     /// ~/.codex); repeatable
     #[arg(long, value_name = "DIR")]
     pub agent_writable: Vec<PathBuf>,
+    /// Serve the API and dashboard over HTTPS with this certificate chain (PEM; `clawfleet
+    /// certs` makes one for development)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Which other fleets agents may act on with their own tokens (a JSON file:
     /// {"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "update"]}]}) [default: none]
     #[arg(long, value_name = "FILE")]
@@ -502,6 +514,20 @@ pub(crate) struct AuditArgs {
     pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsArgs {
+    /// Where to write ca.pem, ca-key.pem, server.pem and server-key.pem [default: DATA/tls]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Another name or address the server certificate is valid for (besides localhost,
+    /// 127.0.0.1, ::1 and this machine's hostname); repeatable
+    #[arg(long, value_name = "NAME")]
+    pub host: Vec<String>,
+    /// The control plane's data directory [default: $XDG_DATA_HOME/clawfleet or ~/.local/share/clawfleet]
+    #[arg(long, env = "CLAWFLEET_DATA")]
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,6 +58,9 @@ pub struct Locator {
     pub server: Option<String>,
     pub token: Option<String>,
     pub data: Option<PathBuf>,
+    /// The CA that signed an HTTPS control plane's certificate [default: the data directory's
+    /// `tls/ca.pem`, which `clawfleet certs` writes, when it exists].
+    pub cacert: Option<PathBuf>,
 }
 
 fn recorded_server(data: &Path) -> Option<String> {
@@ -79,16 +82,28 @@ impl Client {
                 })?
             }
         };
-        Client::new(&base, &token)
+        let local_ca = data.join("tls").join("ca.pem");
+        let ca = loc.cacert.clone().or_else(|| (base.starts_with("https://") && local_ca.exists()).then_some(local_ca));
+        Client::with_ca(&base, &token, ca.as_deref())
     }
 
     pub fn new(base: &str, token: &str) -> anyhow::Result<Client> {
+        Client::with_ca(base, token, None)
+    }
+
+    /// A client that also trusts the CA in the PEM file `ca` (a control plane's own CA).
+    pub fn with_ca(base: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<Client> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("the server URL must start with http:// or https://, got '{base}'");
         }
-        let http =
-            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build().context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Client { http, base, token: token.to_owned() })
     }
 

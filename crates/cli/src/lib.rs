@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
         Command::Token(c) => token::run(c).await,
+        Command::Certs(a) => token::certs(a),
         Command::Bus(crate::args::BusCommand::Credentials(a)) => token::bus_credentials(a).await,
         Command::Bus(crate::args::BusCommand::Config(a)) => token::bus_config(a),
         Command::Mailbox(crate::args::MailboxCommand::Follow(a)) => mailbox::follow(a).await,
@@ -129,6 +130,11 @@ pub(crate) async fn shutdown_signal() {
 
 impl ClientArgs {
     pub(crate) fn client(&self) -> anyhow::Result<client::Client> {
-        client::Client::locate(&client::Locator { server: self.server.clone(), token: self.token.clone(), data: self.data.clone() })
+        client::Client::locate(&client::Locator {
+            server: self.server.clone(),
+            token: self.token.clone(),
+            data: self.data.clone(),
+            cacert: self.cacert.clone(),
+        })
     }
 }

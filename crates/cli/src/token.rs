@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use clawfleet_proto::api::{Ack, BusLogin, NewToken, TokenList, TokenRequest};
 
-use crate::args::{BusConfigArgs, BusCredentialsArgs, TokenCommand};
+use crate::args::{BusConfigArgs, BusCredentialsArgs, CertsArgs, TokenCommand};
 use crate::output::table;
 
 pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -125,5 +125,52 @@ pub(crate) fn bus_config(args: BusConfigArgs) -> anyhow::Result<ExitCode> {
     outln!("wrote {0}/mosquitto.conf and {0}/dynamic-security.json", dir.display());
     outln!("  mosquitto -c {}/mosquitto.conf", dir.display());
     outln!("  clawfleet up --data {} --bus mqtt://{} --bus-dynsec", data.display(), args.listen);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clawfleet certs`: a local CA and a server certificate it signs, for development.
+pub(crate) fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let data = args.data.clone().unwrap_or_else(crate::client::default_data_dir);
+    let dir = args.dir.clone().unwrap_or_else(|| data.join("tls"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "clawfleet development CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(host) = nix::unistd::gethostname()
+        && let Some(h) = host.to_str()
+        && !names.iter().any(|n| n == h)
+    {
+        names.push(h.to_owned());
+    }
+    names.extend(args.host.iter().cloned());
+    let mut server_params = rcgen::CertificateParams::new(names.clone())?;
+    server_params.distinguished_name.push(rcgen::DnType::CommonName, "clawfleet control plane");
+    server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = rcgen::KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
+    let write = |name: &str, text: &str, mode: u32| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    };
+    write("ca.pem", &ca.pem(), 0o644)?;
+    write("ca-key.pem", &ca_key.serialize_pem(), 0o600)?;
+    write("server.pem", &server.pem(), 0o644)?;
+    write("server-key.pem", &server_key.serialize_pem(), 0o600)?;
+    outln!("wrote a CA and a server certificate for {} in {}", names.join(", "), dir.display());
+    outln!("  clawfleet up --tls-cert {0}/server.pem --tls-key {0}/server-key.pem", dir.display());
+    outln!("  curl --cacert {}/ca.pem https://127.0.0.1:8080/healthz", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -87,6 +87,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         mailbox: clawfleet_server::MailboxOptions { poll: Duration::from_millis(args.mailbox_poll_ms.max(1)), inotify: !args.no_inotify },
         agent_sandbox: args.agent_sandbox,
         agent_writable: args.agent_writable.clone(),
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(clawfleet_server::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
         agent_policy: match &args.agent_policy {
             Some(path) => read_policy(path)?,
             None => clawfleet_core::authz::Policy::default(),
@@ -98,7 +102,8 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => e.into(),
     })?;
 
-    let http = format!("http://{}", server.http_addr());
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let http = format!("{scheme}://{}", server.http_addr());
     outln!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
     outln!("  dashboard  {http}/");
     outln!("  API token  {}", data.join("token").display());
@@ -129,7 +134,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     outln!("  brain      fleets launched without --brain use '{default_brain}'");
 
     if args.demo
-        && let Err(e) = demo(&http, server.token()).await
+        && let Err(e) = demo(&http, server.token(), &data).await
     {
         eprintln!("warning: could not launch the demo fleet: {e:#}");
     }
@@ -150,8 +155,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 const DEMO_PROMPT: &str =
     "You are Scout, one AI agent of a small demo fleet. You are online and ready for work. Answer in one short sentence.";
 
-async fn demo(http: &str, token: &str) -> anyhow::Result<()> {
-    let client = Client::new(http, token)?;
+async fn demo(http: &str, token: &str, data: &std::path::Path) -> anyhow::Result<()> {
+    // Over HTTPS with a development CA (`clawfleet certs`), trust it.
+    let ca = data.join("tls").join("ca.pem");
+    let client = Client::with_ca(http, token, (http.starts_with("https://") && ca.exists()).then_some(ca.as_path()))?;
     let fleets: FleetList = client.get("/api/v1/fleets").await?;
     if !fleets.fleets.iter().any(|f| f.name == "demo") {
         let req = LaunchRequest { name: "demo".into(), replicas: 3, prompt: Some(DEMO_PROMPT.into()), ..LaunchRequest::default() };

@@ -25,6 +25,7 @@ mod live;
 mod mailbox;
 mod outbox;
 mod reconcile;
+mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -50,6 +51,7 @@ use crate::db::Db;
 use crate::hub::Hub;
 use crate::live::Live;
 pub use crate::mailbox::MailboxOptions;
+pub use crate::tls::TlsFiles;
 use clawfleet_bus::{CONTROL_USER, FleetAuth};
 
 /// Which broker the control plane and its agents use.
@@ -96,6 +98,8 @@ pub struct ServerConfig {
     pub agent_writable: Vec<PathBuf>,
     /// What agents' own tokens may do to other fleets (default: nothing).
     pub agent_policy: clawfleet_core::authz::Policy,
+    /// Serve the API and dashboard over HTTPS with these.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the control plane did not start.
@@ -113,6 +117,8 @@ pub enum ServerError {
     Http { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running control plane.
@@ -277,21 +283,37 @@ impl Server {
         ];
         let router = api::router(app.clone());
         let mut stop_http = shutdown_rx.clone();
-        // Event streams are many small writes: no Nagle delays.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let http_task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
-                    let _ = stop_http.changed().await;
+        let stopped = async move {
+            let _ = stop_http.changed().await;
+        };
+        let http_task = match &config.tls {
+            None => {
+                // Event streams are many small writes: no Nagle delays.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
                 });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
+                let serve =
+                    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stopped);
+                tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                })
             }
-        });
+            Some(files) => {
+                let listener = tls::TlsListener::new(listener, tls::acceptor(files)?)
+                    .map_err(|source| ServerError::Http { addr: config.http, source })?;
+                let serve = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stopped);
+                tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "HTTPS server failed");
+                    }
+                })
+            }
+        };
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let info = serde_json::json!({
-            "http": format!("http://{http_addr}"),
+            "http": format!("{scheme}://{http_addr}"),
             "bus": app.bus_url,
             "pid": std::process::id(),
         });

@@ -639,3 +639,37 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
         (!after.status.success()).then_some(())
     });
 }
+
+/// `clawfleet certs` makes a development CA and a server certificate; `up --tls-cert/--tls-key`
+/// serves the API and dashboard over HTTPS only; curl trusts it with `--cacert`, the CLI with
+/// the data directory's CA, and nothing speaks plain HTTP to it.
+#[test]
+fn the_api_speaks_tls_with_a_local_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::BIN).args(["certs", "--data", data.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tls = data.path().join("tls");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(tls.join("server-key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    let (cert, key) = (tls.join("server.pem"), tls.join("server-key.pem"));
+    let plane = Plane::in_dir(
+        data,
+        PlaneOptions {
+            up_args: vec!["--tls-cert".into(), cert.to_str().unwrap().into(), "--tls-key".into(), key.to_str().unwrap().into()],
+            ..PlaneOptions::default()
+        },
+    );
+    let url = format!("https://127.0.0.1:{}", plane.http_port);
+    let curl = |args: &[&str]| std::process::Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap();
+    let ok = curl(&["--cacert", tls.join("ca.pem").to_str().unwrap(), &format!("{url}/healthz")]);
+    assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("serving"), "{}", String::from_utf8_lossy(&ok.stderr));
+    let localhost = curl(&["--cacert", tls.join("ca.pem").to_str().unwrap(), &format!("https://localhost:{}/healthz", plane.http_port)]);
+    assert!(localhost.status.success(), "{}", String::from_utf8_lossy(&localhost.stderr));
+    let untrusted = curl(&[&format!("{url}/healthz")]);
+    assert!(!untrusted.status.success(), "a certificate from an unknown CA was accepted");
+    let plain = curl(&[&format!("http://127.0.0.1:{}/healthz", plane.http_port)]);
+    assert!(!plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("serving"), "plain HTTP was served");
+    // The CLI finds the https URL and the CA in the data directory.
+    plane.ok(&["launch", "secure", "--wait"]);
+    assert_eq!(plane.ok(&["inject", "secure", "over tls", "--wait"]).trim(), "secure/0: over tls");
+}
