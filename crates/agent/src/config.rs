@@ -15,6 +15,8 @@ pub struct AgentConfig {
     pub fleet_uid: String,
     pub bus_host: String,
     pub bus_port: u16,
+    /// MQTT over TLS, trusting this CA (PEM); `None`: plain TCP.
+    pub bus_tls_ca: Option<Vec<u8>>,
     pub bus_username: Option<String>,
     pub bus_password: Option<String>,
     /// The agent's own API token (role `agent`), from its backend's secret channel.
@@ -54,6 +56,7 @@ impl AgentConfig {
             fleet_uid: fleet_uid.into(),
             bus_host: bus_host.into(),
             bus_port,
+            bus_tls_ca: None,
             bus_username: None,
             bus_password: None,
             api_token: None,

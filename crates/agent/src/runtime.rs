@@ -117,6 +117,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     let mut bus_config = ClientConfig::new(config.bus_host.clone(), config.bus_port, config.client_id());
     bus_config.username = config.bus_username.clone();
     bus_config.password = config.bus_password.clone();
+    bus_config.tls_ca = config.bus_tls_ca.clone();
     bus_config.clean_session = false;
     bus_config.keep_alive = Duration::from_secs(5);
     bus_config.subscriptions = vec![topic::agent(&fleet, slot, Channel::Cmd), topic::fleet_cmd(&fleet)];

@@ -7,6 +7,8 @@ pub const FLEET_UID: &str = "CLAWFLEET_FLEET_UID";
 /// `mqtt://host:port` of the broker, as the agent reaches it.
 pub const BUS: &str = "CLAWFLEET_BUS";
 pub const BUS_USERNAME: &str = "CLAWFLEET_BUS_USERNAME";
+/// The CA certificate (PEM text, not a secret) an agent trusts for `mqtts://`.
+pub const BUS_CA: &str = "CLAWFLEET_BUS_CA";
 pub const BUS_PASSWORD: &str = "CLAWFLEET_BUS_PASSWORD";
 /// The agent's own API token (role `agent`): never given to its brains.
 pub const AGENT_TOKEN: &str = "CLAWFLEET_AGENT_TOKEN";

@@ -48,6 +48,10 @@ pub struct Deployment {
 pub struct Endpoints {
     pub bus_host: String,
     pub bus_port: u16,
+    /// The bus speaks MQTT over TLS (`mqtts://`).
+    pub bus_tls: bool,
+    /// The CA certificate (PEM) agents trust for it (`None`: the system's roots).
+    pub bus_ca: Option<String>,
     pub credentials: Credentials,
     /// The shared model service (OpenAI-compatible base URL), for the `model` brain.
     pub model_url: Option<String>,
@@ -80,7 +84,7 @@ impl Deployment {
             (env::FLEET, self.fleet.to_string()),
             (env::SLOT, slot.to_string()),
             (env::FLEET_UID, self.uid.clone()),
-            (env::BUS, format!("mqtt://{}:{}", bracket(&e.bus_host), e.bus_port)),
+            (env::BUS, format!("{}://{}:{}", if e.bus_tls { "mqtts" } else { "mqtt" }, bracket(&e.bus_host), e.bus_port)),
             (env::BRAIN, self.brain.to_string()),
             (env::FLEET_VERSION, self.version.clone()),
             (env::HEARTBEAT_MS, e.heartbeat_ms.to_string()),
@@ -98,6 +102,9 @@ impl Deployment {
                 vars.push((env::BUS_PASSWORD, password.clone()));
             }
             Credentials::Anonymous => {}
+        }
+        if let Some(ca) = &e.bus_ca {
+            vars.push((env::BUS_CA, ca.clone()));
         }
         if let Some(url) = &e.model_url {
             vars.push((env::MODEL_URL, url.clone()));

@@ -41,6 +41,9 @@ pub struct BrokerConfig {
     pub message_expiry: Duration,
     pub max_connections: usize,
     pub max_packet_size: u32,
+    /// Serve MQTT over TLS on `listen` with this configuration (the broker itself then listens
+    /// on a loopback port of its own, for the TLS front and the control plane).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl BrokerConfig {
@@ -52,6 +55,7 @@ impl BrokerConfig {
             message_expiry: Duration::from_secs(7 * 24 * 3600),
             max_connections: 100_000,
             max_packet_size: clawfleet_proto::MAX_BUS_PAYLOAD_BYTES as u32 + 4096,
+            tls: None,
         }
     }
 }
@@ -68,6 +72,8 @@ pub enum BrokerError {
 /// A running embedded broker; dropping it stops it.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    /// Where it speaks plain MQTT (`addr` unless a TLS front serves `addr`).
+    plain: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -93,7 +99,8 @@ impl EmbeddedBroker {
             .enable_all()
             .build()
             .map_err(BrokerError::Runtime)?;
-        let addr = runtime.block_on(async {
+        let listen = if config.tls.is_some() { SocketAddr::from(([127, 0, 0, 1], 0)) } else { config.listen };
+        let (addr, plain) = runtime.block_on(async {
             let scx = ServerContext::new().build().await;
             *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
             let register = scx.extends.hook_mgr().register();
@@ -102,10 +109,10 @@ impl EmbeddedBroker {
             }
             register.start().await;
 
-            let listen_err = |e: rmqtt::Error| BrokerError::Listen { addr: config.listen, reason: format!("{e:#}") };
+            let listen_err = |e: rmqtt::Error| BrokerError::Listen { addr: listen, reason: format!("{e:#}") };
             let listener = Builder::new()
                 .name("clawfleet")
-                .laddr(config.listen)
+                .laddr(listen)
                 .reuseaddr(Some(true))
                 .nodelay(true)
                 .allow_anonymous(false)
@@ -128,14 +135,30 @@ impl EmbeddedBroker {
                     tracing::error!(error = %e, "Embedded MQTT broker stopped");
                 }
             });
-            Ok::<_, BrokerError>(addr)
+            match &config.tls {
+                None => Ok::<_, BrokerError>((addr, addr)),
+                Some(tls) => {
+                    let front = tokio::net::TcpListener::bind(config.listen)
+                        .await
+                        .map_err(|e| BrokerError::Listen { addr: config.listen, reason: e.to_string() })?;
+                    let public = front.local_addr().map_err(|e| BrokerError::Listen { addr: config.listen, reason: e.to_string() })?;
+                    crate::tls::serve_front(front, tls.clone(), addr);
+                    Ok((public, addr))
+                }
+            }
         })?;
-        tracing::info!(%addr, "Embedded MQTT broker listening");
-        Ok(EmbeddedBroker { addr, runtime: Some(runtime) })
+        tracing::info!(%addr, tls = config.tls.is_some(), "Embedded MQTT broker listening");
+        Ok(EmbeddedBroker { addr, plain, runtime: Some(runtime) })
     }
 
+    /// Where clients reach it (over TLS when it has a TLS front).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where it speaks plain MQTT: its own address, or a loopback port behind its TLS front.
+    pub fn plain_addr(&self) -> SocketAddr {
+        self.plain
     }
 }
 

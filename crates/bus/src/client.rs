@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub request_capacity: usize,
     /// Events that may wait for the reader before the event loop pauses.
     pub event_capacity: usize,
+    /// MQTT over TLS, trusting the CA certificates of this PEM (`None`: plain TCP).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -60,6 +62,7 @@ impl ClientConfig {
             inflight: 100,
             request_capacity: 1024,
             event_capacity: 1024,
+            tls_ca: None,
         }
     }
 }
@@ -155,6 +158,15 @@ pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
+    if let Some(ca) = &config.tls_ca {
+        // rumqttc builds its rustls configuration with the process's provider: ring, as everywhere here.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        eventloop.mqtt_options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth: None,
+        }));
+    }
     let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
     let shared = Arc::new(Shared::default());
     tokio::spawn(drive(eventloop, client.clone(), shared.clone(), config.subscriptions, tx));

@@ -7,6 +7,7 @@
 //! - [`credentials`]: per-agent bus passwords derived from one secret, so no table of them exists.
 //! - [`auth`]: the control plane's [`Authenticator`]: its own login and its fleets' agents.
 //! - [`url`]: `mqtt://user:pass@host:port` URLs of external brokers.
+//! - [`tls`]: MQTT over TLS in front of the embedded broker, and the rustls server configuration.
 //! - [`dynsec`]: the same logins and ACLs on Mosquitto, as its dynamic-security plugin's file
 //!   and commands.
 
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod client;
 pub mod credentials;
 pub mod dynsec;
+pub mod tls;
 pub mod url;
 
 pub use auth::{CONTROL_USER, FleetAuth, OBSERVER_USER};

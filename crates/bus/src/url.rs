@@ -1,4 +1,5 @@
-//! Bus URLs: `mqtt://[USER[:PASSWORD]@]HOST[:PORT]`, port 1883 by default.
+//! Bus URLs: `mqtt://[USER[:PASSWORD]@]HOST[:PORT]`, port 1883 by default, or `mqtts://…` for
+//! MQTT over TLS, port 8883 by default.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,11 +11,13 @@ pub struct BusUrl {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `mqtts://`: MQTT over TLS.
+    pub tls: bool,
 }
 
 /// Why a bus URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid bus URL '{url}': {reason} (expected mqtt://[user[:password]@]host[:port])")]
+#[error("invalid bus URL '{url}': {reason} (expected mqtt://[user[:password]@]host[:port], or mqtts:// for TLS)")]
 pub struct BusUrlError {
     url: String,
     reason: &'static str,
@@ -25,7 +28,15 @@ impl FromStr for BusUrl {
 
     fn from_str(s: &str) -> Result<Self, BusUrlError> {
         let err = |reason| BusUrlError { url: redact(s), reason };
-        let rest = s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).ok_or_else(|| err("the scheme must be mqtt://"))?;
+        let (tls, rest) = match s.strip_prefix("mqtts://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                s.strip_prefix("mqtt://")
+                    .or_else(|| s.strip_prefix("tcp://"))
+                    .ok_or_else(|| err("the scheme must be mqtt:// or mqtts://"))?,
+            ),
+        };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -42,7 +53,7 @@ impl FromStr for BusUrl {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse::<u16>().map_err(|_| err("the port must be a number from 1 to 65535"))?)
             }
-            _ => (hostport, 1883),
+            _ => (hostport, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() || host.contains('/') {
             return Err(err("the host is missing"));
@@ -51,7 +62,7 @@ impl FromStr for BusUrl {
             return Err(err("the port must be a number from 1 to 65535"));
         }
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        Ok(BusUrl { host, port, username, password })
+        Ok(BusUrl { host, port, username, password, tls })
     }
 }
 
@@ -73,9 +84,10 @@ impl BusUrl {
 impl fmt::Display for BusUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         match &self.username {
-            Some(u) => write!(f, "mqtt://{u}@{host}:{}", self.port),
-            None => write!(f, "mqtt://{host}:{}", self.port),
+            Some(u) => write!(f, "{scheme}://{u}@{host}:{}", self.port),
+            None => write!(f, "{scheme}://{host}:{}", self.port),
         }
     }
 }
@@ -101,12 +113,15 @@ mod tests {
         let u: BusUrl = "mqtt://[::1]:1883".parse().unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.to_string(), "mqtt://[::1]:1883");
+        let u: BusUrl = "mqtts://broker".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.to_string().as_str()), (true, 8883, "mqtts://broker:8883"));
+        assert!(!"mqtt://broker".parse::<BusUrl>().unwrap().tls);
     }
 
     #[test]
     fn refusals() {
         for (s, why) in [
-            ("http://x", "the scheme must be mqtt://"),
+            ("http://x", "the scheme must be mqtt:// or mqtts://"),
             ("mqtt://", "the host is missing"),
             ("mqtt://x:0", "the port must be a number from 1 to 65535"),
             ("mqtt://x:99999", "the port must be a number from 1 to 65535"),

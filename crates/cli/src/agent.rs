@@ -128,8 +128,13 @@ fn health(args: &AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn base(agent: AgentRef, uid: &str, bus: &BusUrl, workspace: PathBuf, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+/// `ca`: the CA (PEM) to trust when `bus` is `mqtts://`.
+fn base(agent: AgentRef, uid: &str, bus: &BusUrl, ca: Option<&str>, workspace: PathBuf, args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     let mut c = AgentConfig::new(agent, uid, bus.host.clone(), bus.port, workspace);
+    if bus.tls {
+        let ca = ca.ok_or_else(|| anyhow!("{bus} is MQTT over TLS: give the CA to trust with --bus-ca (CLAWFLEET_BUS_CA, PEM)"))?;
+        c.bus_tls_ca = Some(ca.as_bytes().to_vec());
+    }
     c.brain = args.brain.parse::<BrainSpec>()?;
     c.model_url = args.model_url.clone();
     c.model_name = args.model_name.clone();
@@ -194,7 +199,7 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
                 (Some(w), _) => w.join(slot.to_string()),
                 (None, _) => std::env::current_dir()?.join(format!("{fleet}-{slot}")),
             };
-            let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, workspace, args)?;
+            let mut c = base(AgentRef { fleet: fleet.clone(), slot }, &uid, &bus, args.bus_ca.as_deref(), workspace, args)?;
             c.bus_username = args.bus_username.clone();
             c.bus_password = bus_password.clone();
             c.api_token = api_token.clone();
@@ -225,7 +230,9 @@ async fn join(args: &AgentArgs, fleet: &str) -> anyhow::Result<Vec<AgentConfig>>
     join.agents
         .iter()
         .map(|a| {
-            let mut c = base(AgentRef { fleet: name.clone(), slot: a.slot }, &join.fleet_uid, &bus, root.join(a.slot.to_string()), args)?;
+            let ca = args.bus_ca.as_deref().or(join.bus_ca.as_deref());
+            let mut c =
+                base(AgentRef { fleet: name.clone(), slot: a.slot }, &join.fleet_uid, &bus, ca, root.join(a.slot.to_string()), args)?;
             c.brain = join.brain.parse()?;
             c.system_prompt = join.prompt.clone();
             c.fleet_version = join.version.clone();

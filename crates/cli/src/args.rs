@@ -258,6 +258,10 @@ pub(crate) struct UpArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The CA agents trust for the embedded broker's TLS (PEM) [default: DATA/tls/ca.pem, from
+    /// `clawfleet certs`, if it exists; else the system's roots]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// Which other fleets agents may act on with their own tokens (a JSON file:
     /// {"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "update"]}]}) [default: none]
     #[arg(long, value_name = "FILE")]
@@ -666,9 +670,12 @@ pub(crate) struct AgentArgs {
     pub count: u32,
     #[arg(long, env = clawfleet_backend::env::FLEET_UID)]
     pub fleet_uid: Option<String>,
-    /// mqtt://host:port
+    /// mqtt://host:port, or mqtts://host:port for TLS
     #[arg(long, env = clawfleet_backend::env::BUS)]
     pub bus: Option<String>,
+    /// With mqtts://: the CA certificate to trust (PEM text)
+    #[arg(long, env = clawfleet_backend::env::BUS_CA, hide_env_values = true)]
+    pub bus_ca: Option<String>,
     #[arg(long, env = clawfleet_backend::env::BUS_USERNAME)]
     pub bus_username: Option<String>,
     #[arg(long, env = clawfleet_backend::env::BUS_PASSWORD, hide_env_values = true)]

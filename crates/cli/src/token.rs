@@ -63,7 +63,22 @@ pub(crate) async fn bus_credentials(args: BusCredentialsArgs) -> anyhow::Result<
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&login)?);
     } else {
-        outln!("mosquitto_sub -h {} -p {} -u {} -P {} -t '{}' -v", login.host, login.port, login.username, login.password, login.topics);
+        let tls = match (login.tls, &args.client.cacert) {
+            (false, _) => String::new(),
+            (true, Some(ca)) => format!(" --cafile {}", ca.display()),
+            (true, None) => {
+                let data = args.client.data.clone().unwrap_or_else(crate::client::default_data_dir);
+                format!(" --cafile {}", data.join("tls").join("ca.pem").display())
+            }
+        };
+        outln!(
+            "mosquitto_sub -h {} -p {}{tls} -u {} -P {} -t '{}' -v",
+            login.host,
+            login.port,
+            login.username,
+            login.password,
+            login.topics
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -550,6 +550,8 @@ mod tests {
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,
+                bus_tls: false,
+                bus_ca: None,
                 credentials: Credentials::PerAgent(clawfleet_bus::BusSecret::from_bytes([1; 32])),
                 model_url: Some("http://127.0.0.1:11435/v1".into()),
                 model_name: "m".into(),

@@ -266,8 +266,11 @@ pub struct ServerInfo {
 pub struct JoinResponse {
     pub fleet: String,
     pub fleet_uid: String,
-    /// `mqtt://host:port` as agents reach the bus.
+    /// `mqtt://host:port` (or `mqtts://`) as agents reach the bus.
     pub bus: String,
+    /// The CA certificate (PEM) to trust for `mqtts://`, when not the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_ca: Option<String>,
     pub brain: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
@@ -301,6 +304,9 @@ pub struct BusLogin {
     /// Where MQTT clients reach the broker.
     pub host: String,
     pub port: u16,
+    /// MQTT over TLS.
+    #[serde(default)]
+    pub tls: bool,
     pub username: String,
     pub password: String,
     /// What it may subscribe to.

@@ -596,7 +596,8 @@ async fn join(
     Ok(Json(JoinResponse {
         fleet: row.name.clone(),
         fleet_uid: row.uid.clone(),
-        bus: format!("mqtt://{}:{}", e.bus_host, e.bus_port),
+        bus: format!("{}://{}:{}", if e.bus_tls { "mqtts" } else { "mqtt" }, e.bus_host, e.bus_port),
+        bus_ca: e.bus_ca.clone(),
         brain: row.brain.clone(),
         prompt: row.prompt.clone(),
         version: row.version.clone(),
@@ -760,6 +761,7 @@ async fn bus_observer(State(app): State<Arc<App>>, Extension(caller): Extension<
     Ok(Json(BusLogin {
         host: e.bus_host.clone(),
         port: e.bus_port,
+        tls: e.bus_tls,
         username: clawfleet_bus::OBSERVER_USER.into(),
         password: app.auth.observer_password(),
         topics: "clawfleet/v1/#".into(),

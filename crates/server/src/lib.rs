@@ -98,8 +98,10 @@ pub struct ServerConfig {
     pub agent_writable: Vec<PathBuf>,
     /// What agents' own tokens may do to other fleets (default: nothing).
     pub agent_policy: clawfleet_core::authz::Policy,
-    /// Serve the API and dashboard over HTTPS with these.
+    /// Serve the API and dashboard over HTTPS, and the embedded broker over TLS, with these.
     pub tls: Option<TlsFiles>,
+    /// The CA certificate (PEM) agents trust for the embedded broker's TLS (`None`: the system's).
+    pub bus_ca: Option<String>,
 }
 
 /// Why the control plane did not start.
@@ -182,9 +184,17 @@ impl Server {
         }
 
         // The bus: where we connect, and how agents reach it and log in.
+        let tls = match &config.tls {
+            Some(files) => Some(clawfleet_bus::tls::server_config(&files.cert, &files.key).map_err(tls::TlsError)?),
+            None => None,
+        };
+        // Where the control plane connects (`connect_port`) and where agents do (`port`): behind
+        // the embedded broker's TLS front, the control plane speaks plain MQTT on loopback.
         let (broker, connect_host, port, login, credentials, embedded) = match &config.bus {
             BusMode::Embedded { listen } => {
-                let broker = EmbeddedBroker::start(BrokerConfig::new(*listen), auth.clone())?;
+                let mut broker_config = BrokerConfig::new(*listen);
+                broker_config.tls = tls.clone();
+                let broker = EmbeddedBroker::start(broker_config, auth.clone())?;
                 let addr = broker.local_addr();
                 let local = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
                 let login = (Some(CONTROL_USER.to_owned()), Some(secret.control_password()));
@@ -203,9 +213,14 @@ impl Server {
             }
         };
         let agent_host = config.agent_bus_host.clone().unwrap_or_else(|| connect_host.clone());
-        let bus_url = format!("mqtt://{}:{}", bracket(&agent_host), port);
+        let bus_tls = embedded && tls.is_some();
+        let bus_url = format!("{}://{}:{}", if bus_tls { "mqtts" } else { "mqtt" }, bracket(&agent_host), port);
+        let (connect_host, connect_port) = match &broker {
+            Some(b) if bus_tls => (b.plain_addr().ip().to_string(), b.plain_addr().port()),
+            _ => (connect_host, port),
+        };
 
-        let mut bus_config = ClientConfig::new(connect_host.clone(), port, format!("clawfleet-control-{install_id}"));
+        let mut bus_config = ClientConfig::new(connect_host.clone(), connect_port, format!("clawfleet-control-{install_id}"));
         (bus_config.username, bus_config.password) = login;
         bus_config.clean_session = false;
         bus_config.subscriptions = vec![topic::all_agents(Channel::Events), topic::all_agents(Channel::Heartbeat)];
@@ -217,7 +232,7 @@ impl Server {
         bus_config.request_capacity = 16 * 1024;
         bus_config.event_capacity = 16 * 1024;
         let (bus, mut bus_rx) = client::connect(bus_config);
-        wait_connected(&mut bus_rx, &format!("mqtt://{}:{port}", bracket(&connect_host))).await?;
+        wait_connected(&mut bus_rx, &format!("mqtt://{}:{connect_port}", bracket(&connect_host))).await?;
 
         let sandbox = Sandbox::new(config.agent_sandbox, &dir, config.agent_writable.clone())?;
         match sandbox.isolation() {
@@ -252,6 +267,8 @@ impl Server {
             endpoints: Endpoints {
                 bus_host: agent_host,
                 bus_port: port,
+                bus_ca: if bus_tls { config.bus_ca.clone() } else { None },
+                bus_tls,
                 credentials,
                 model_url: config.model_url.clone(),
                 model_name: config.model_name.clone(),
@@ -286,7 +303,7 @@ impl Server {
         let stopped = async move {
             let _ = stop_http.changed().await;
         };
-        let http_task = match &config.tls {
+        let http_task = match &tls {
             None => {
                 // Event streams are many small writes: no Nagle delays.
                 let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -300,8 +317,8 @@ impl Server {
                     }
                 })
             }
-            Some(files) => {
-                let listener = tls::TlsListener::new(listener, tls::acceptor(files)?)
+            Some(server_config) => {
+                let listener = tls::TlsListener::new(listener, tls::acceptor(server_config))
                     .map_err(|source| ServerError::Http { addr: config.http, source })?;
                 let serve = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stopped);
                 tokio::spawn(async move {

@@ -1,13 +1,11 @@
 //! HTTPS for the API and the dashboard (`up --tls-cert FILE --tls-key FILE`): rustls with
-//! ring. Handshakes run in tasks of their own, so a client that stalls in one holds up no one
+//! ring, the configuration `clawfleet_bus::tls::server_config` reads (the broker's TLS too). Handshakes run in tasks of their own, so a client that stalls in one holds up no one
 //! else; a failed handshake is logged and dropped.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -20,35 +18,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Why TLS cannot be served.
+/// Why TLS cannot be served: the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read the TLS certificate {path}: {reason}")]
-    Cert { path: String, reason: String },
-    #[error("cannot read the TLS key {path}: {reason}")]
-    Key { path: String, reason: String },
-    #[error("the TLS certificate and key do not make a server configuration: {0}")]
-    Config(String),
-}
+#[error("{0}")]
+pub struct TlsError(pub String);
 
-/// A rustls acceptor for the files.
-pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
-    let shown = |p: &Path| p.display().to_string();
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert { path: shown(&files.cert), reason: e.to_string() })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert { path: shown(&files.cert), reason: "no certificate in it".into() });
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key { path: shown(&files.key), reason: e.to_string() })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+/// A rustls acceptor for HTTP/1.1 with the files' certificate and key.
+pub(crate) fn acceptor(config: &Arc<rustls::ServerConfig>) -> TlsAcceptor {
+    let mut config = (**config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A listener whose connections are TLS, for `axum::serve`.

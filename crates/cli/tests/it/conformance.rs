@@ -42,6 +42,8 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
         endpoints: Endpoints {
             bus_host: host.into(),
             bus_port: port,
+            bus_tls: false,
+            bus_ca: None,
             credentials: Credentials::PerAgent(secret.clone()),
             model_url: None,
             model_name: "default".into(),

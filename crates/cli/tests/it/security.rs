@@ -641,8 +641,9 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
 }
 
 /// `clawfleet certs` makes a development CA and a server certificate; `up --tls-cert/--tls-key`
-/// serves the API and dashboard over HTTPS only; curl trusts it with `--cacert`, the CLI with
-/// the data directory's CA, and nothing speaks plain HTTP to it.
+/// serves the API and dashboard over HTTPS only and the embedded broker over TLS only; curl and
+/// mosquitto_sub trust it with the CA, the CLI and local agents too, and nothing speaks plain
+/// HTTP or MQTT on those ports.
 #[test]
 fn the_api_speaks_tls_with_a_local_ca() {
     let data = tempfile::tempdir().unwrap();
@@ -669,7 +670,52 @@ fn the_api_speaks_tls_with_a_local_ca() {
     assert!(!untrusted.status.success(), "a certificate from an unknown CA was accepted");
     let plain = curl(&[&format!("http://127.0.0.1:{}/healthz", plane.http_port)]);
     assert!(!plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("serving"), "plain HTTP was served");
-    // The CLI finds the https URL and the CA in the data directory.
+    // The CLI finds the https URL and the CA in the data directory; local agents reach the
+    // embedded broker over TLS (mqtts://), trusting the CA they are given.
     plane.ok(&["launch", "secure", "--wait"]);
     assert_eq!(plane.ok(&["inject", "secure", "over tls", "--wait"]).trim(), "secure/0: over tls");
+    let join = plane.json_get_tls("/api/v1/fleets/secure/join?slots=0", &tls.join("ca.pem"));
+    assert_eq!(join["bus"], format!("mqtts://127.0.0.1:{}", plane.mqtt_port));
+    // The observer with stock mosquitto_sub and --cafile; plain MQTT is not spoken there.
+    let line = plane.ok(&["bus", "credentials", "--observer"]);
+    assert!(line.contains(&format!("--cafile {}", tls.join("ca.pem").display())), "{line}");
+    let login = plane.json(&["bus", "credentials", "--observer", "--json"]);
+    let (user, pass) = (login["username"].as_str().unwrap(), login["password"].as_str().unwrap());
+    let port = plane.mqtt_port.to_string();
+    let sub = |extra: &[&str]| {
+        std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                user,
+                "-P",
+                pass,
+                "-t",
+                "clawfleet/v1/fleets/secure/agents/0/heartbeat",
+                "-C",
+                "1",
+                "-W",
+                "10",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let over_tls = sub(&["--cafile", tls.join("ca.pem").to_str().unwrap()]);
+    assert!(over_tls.status.success() && !over_tls.stdout.is_empty(), "{}", String::from_utf8_lossy(&over_tls.stderr));
+    let plain = sub(&[]);
+    assert!(plain.stdout.is_empty(), "plain MQTT was served on the TLS port");
+}
+
+impl Plane {
+    /// `GET path` over HTTPS with the operator token, trusting `ca`.
+    fn json_get_tls(&self, path: &str, ca: &std::path::Path) -> serde_json::Value {
+        let client =
+            clawfleet_cli::client::Client::with_ca(&format!("https://127.0.0.1:{}", self.http_port), &self.token(), Some(ca)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(client.get(path)).unwrap()
+    }
 }
