@@ -15,7 +15,10 @@
 //!
 //! ```text
 //! <root>/<fleet>-<uid>/<slot>/   the agent's workspace, on a filesystem the nodes share
-//!                     job.sh     the batch script (mode 0700: it holds the agent's bus password)
+//!                     job.sh     the batch script, only until Slurm has its copy (it holds
+//!                                the agent's credentials)
+//!                     agent.secrets  those credentials (0600), written as the job starts and
+//!                                removed by the agent once read: never in its environment
 //!                     agent.log  the job's output
 //! <root>/<fleet>-<uid>/mailbox/  inbox, outbox, archive (`<job>_<NN>.jsonl`, NN = slot)
 //! ```
@@ -257,10 +260,20 @@ impl SlurmBackend {
                 s.push_str(&format!("#SBATCH --{option}={v}\n"));
             }
         }
-        for (k, v) in d.agent_env(slot) {
+        let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
+        let (secrets, public): (Vec<_>, Vec<_>) = d.agent_env(slot).into_iter().partition(|(k, _)| env::SECRET_VARS.contains(k));
+        for (k, v) in public {
             s.push_str(&format!("export {k}={}\n", shell_quote(&v)));
         }
-        let q = |p: &std::path::Path| shell_quote(&p.display().to_string());
+        // Credentials go to a file only this job's user reads, which the agent removes once it
+        // has read it: not to its environment, which its brains could read in /proc.
+        let secrets_file = ws.join("agent.secrets");
+        s.push_str(&format!("(umask 077 && cat > {}) <<'CLAWFLEET_SECRETS'\n", q(&secrets_file)));
+        for (k, v) in secrets {
+            s.push_str(&format!("{k}={v}\n"));
+        }
+        s.push_str("CLAWFLEET_SECRETS\n");
+        s.push_str(&format!("export {}={}\n", env::SECRETS_FILE, q(&secrets_file)));
         s.push_str(&format!("export {}={}\n", env::WORKSPACE, q(&ws)));
         s.push_str(&format!("export {}={}\n", env::TRANSPORT, shell_quote(&t.transport)));
         s.push_str(&format!("export {}={}\n", env::MAILBOX, q(&base)));
@@ -286,7 +299,10 @@ impl SlurmBackend {
         if t.login.is_none() {
             std::fs::create_dir_all(&ws).map_err(|e| BackendError::Failed(format!("cannot create the workspace {}: {e}", ws.display())))?;
             write_private(&path, &script).map_err(|e| BackendError::Failed(format!("cannot write {}: {e}", path.display())))?;
-            self.run(None, "sbatch", &["--parsable".into(), path.display().to_string()], None).await?;
+            let submitted = self.run(None, "sbatch", &["--parsable".into(), path.display().to_string()], None).await;
+            // Slurm keeps its own copy; this one holds credentials, in the agent's workspace.
+            let _ = std::fs::remove_file(&path);
+            submitted?;
         } else {
             // The script reaches the login node on sbatch's stdin; the workspace must exist there.
             let mkdir = format!("mkdir -p {}", shell_quote(&ws.display().to_string()));

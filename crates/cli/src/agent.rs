@@ -177,9 +177,13 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
         Some(s) => s - 1,
         None => args.slot,
     };
-    let key = match &args.bus_fleet_key {
-        Some(hex) => Some(FleetKey::from_hex(hex).ok_or_else(|| anyhow!("CLAWFLEET_BUS_FLEET_KEY is not 64 hex digits"))?),
-        None => None,
+    let key = match (&args.bus_fleet_key, &args.bus_fleet_key_file) {
+        (Some(hex), _) => Some(FleetKey::from_hex(hex).ok_or_else(|| anyhow!("CLAWFLEET_BUS_FLEET_KEY is not 64 hex digits"))?),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the fleet's key from {}", path.display()))?;
+            Some(FleetKey::from_hex(text.trim()).ok_or_else(|| anyhow!("{} does not hold 64 hex digits", path.display()))?)
+        }
+        (None, None) => None,
     };
     let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
     let (mut bus_password, mut api_token) = (args.bus_password.clone(), args.agent_token.clone());

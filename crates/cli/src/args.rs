@@ -684,6 +684,9 @@ pub(crate) struct AgentArgs {
     /// (Swarm gives every task of a service the same environment).
     #[arg(long, hide = true, env = "CLAWFLEET_BUS_FLEET_KEY", hide_env_values = true)]
     pub bus_fleet_key: Option<String>,
+    /// A file holding the fleet's key (a Docker secret mounted into the task).
+    #[arg(long, hide = true, env = "CLAWFLEET_BUS_FLEET_KEY_FILE")]
+    pub bus_fleet_key_file: Option<PathBuf>,
     /// The Swarm slot (1-based) this agent runs in: its agent slot is one less.
     #[arg(long, hide = true, env = "CLAWFLEET_SWARM_SLOT")]
     pub swarm_slot: Option<u32>,

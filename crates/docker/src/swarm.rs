@@ -37,8 +37,20 @@ pub const LABEL_UID: &str = "org.clawfleet.uid";
 pub const LABEL_KEY: &str = "org.clawfleet.key";
 /// The environment variable that carries the Swarm slot (1-based) into the agent.
 pub const SWARM_SLOT_ENV: &str = "CLAWFLEET_SWARM_SLOT";
-/// The fleet's password key (see `clawfleet_bus::FleetKey`).
+/// The fleet's password key (see `clawfleet_bus::FleetKey`), for agents given it directly.
 pub const FLEET_KEY_ENV: &str = "CLAWFLEET_BUS_FLEET_KEY";
+/// Where a task finds the fleet's key: a Docker secret mounted into it, not its environment
+/// (which `docker service inspect` shows to anyone with the engine).
+pub const FLEET_KEY_FILE_ENV: &str = "CLAWFLEET_BUS_FLEET_KEY_FILE";
+/// The file name of that secret in a task (`/run/secrets/NAME`).
+pub const FLEET_KEY_SECRET_FILE: &str = "clawfleet-fleet-key";
+
+/// A Docker secret, as a service spec references it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub id: String,
+    pub name: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
@@ -187,8 +199,31 @@ impl DockerBackend {
             .map(drop)
     }
 
-    /// The service spec of a deployment.
-    pub fn spec(&self, d: &Deployment) -> Value {
+    /// The name of the Docker secret holding a fleet incarnation's key.
+    pub fn key_secret_name(d: &Deployment) -> String {
+        let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        format!("clawfleet-{}-{uid_short}-key", d.fleet)
+    }
+
+    /// The Docker secret with the fleet's key, made on first use (`None`: agents need no key).
+    async fn ensure_key_secret(&self, d: &Deployment) -> Result<Option<SecretRef>, BackendError> {
+        let Credentials::PerAgent(secret) = &d.endpoints.credentials else { return Ok(None) };
+        let engine = &self.config.engine;
+        let name = Self::key_secret_name(d);
+        let found: Vec<Value> = engine.get(&format!("/secrets?{}", filters(&[("name", &name)]))).await.map_err(|e| self.unavailable(e))?;
+        if let Some(id) = found.iter().find(|s| s["Spec"]["Name"] == name.as_str()).and_then(|s| s["ID"].as_str()) {
+            return Ok(Some(SecretRef { id: id.to_owned(), name }));
+        }
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(secret.fleet_key(d.fleet.as_str(), &d.uid).to_hex());
+        let body = json!({ "Name": name, "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid }, "Data": data });
+        let made: Value = engine.post("/secrets/create", &body).await.map_err(|e| self.unavailable(e))?;
+        let id = made["ID"].as_str().ok_or_else(|| failed("the Docker Engine created a secret without an ID"))?;
+        Ok(Some(SecretRef { id: id.to_owned(), name }))
+    }
+
+    /// The service spec of a deployment; `key` is the Docker secret with the fleet's key.
+    pub fn spec(&self, d: &Deployment, key: Option<&SecretRef>) -> Value {
         let image = d.image.clone().unwrap_or_else(|| self.config.default_image.clone());
         let mut env: Vec<String> = d
             .agent_env(0)
@@ -197,12 +232,23 @@ impl DockerBackend {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let e = &d.endpoints;
-        env.push(format!("{}=mqtt://{}:{}", env::BUS, self.agent_host(&e.bus_host), e.bus_port));
+        env.push(format!("{}={}://{}:{}", env::BUS, if e.bus_tls { "mqtts" } else { "mqtt" }, self.agent_host(&e.bus_host), e.bus_port));
         if let Some(url) = &e.model_url {
             env.push(format!("{}={}", env::MODEL_URL, self.rehost_url(url)));
         }
+        let mut secrets = Vec::new();
         match &e.credentials {
-            Credentials::PerAgent(secret) => env.push(format!("{FLEET_KEY_ENV}={}", secret.fleet_key(d.fleet.as_str(), &d.uid).to_hex())),
+            Credentials::PerAgent(secret) => match key {
+                Some(s) => {
+                    env.push(format!("{FLEET_KEY_FILE_ENV}=/run/secrets/{FLEET_KEY_SECRET_FILE}"));
+                    secrets.push(json!({
+                        "File": { "Name": FLEET_KEY_SECRET_FILE, "UID": "0", "GID": "0", "Mode": 0o400 },
+                        "SecretID": s.id,
+                        "SecretName": s.name,
+                    }));
+                }
+                None => env.push(format!("{FLEET_KEY_ENV}={}", secret.fleet_key(d.fleet.as_str(), &d.uid).to_hex())),
+            },
             Credentials::Shared { username, password } => {
                 env.push(format!("{}={username}", env::BUS_USERNAME));
                 env.push(format!("{}={password}", env::BUS_PASSWORD));
@@ -224,6 +270,7 @@ impl DockerBackend {
                     "Target": image::WORKSPACE,
                     "VolumeOptions": { "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid } },
                 }],
+                "Secrets": secrets,
                 "StopSignal": "SIGTERM",
                 "StopGracePeriod": self.config.grace.as_nanos() as u64,
                 "Labels": { LABEL_FLEET: d.fleet.as_str() },
@@ -343,7 +390,8 @@ impl Backend for DockerBackend {
         self.ensure_network().await?;
         let engine = &self.config.engine;
         let name = service_name(&d.fleet);
-        let mut spec = self.spec(d);
+        let key_secret = self.ensure_key_secret(d).await?;
+        let mut spec = self.spec(d, key_secret.as_ref());
         let key = spec["Labels"][LABEL_KEY].as_str().unwrap_or_default().to_owned();
         let image = spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap_or_default().to_owned();
         let current = match engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
@@ -492,6 +540,20 @@ impl Backend for DockerBackend {
                 }
             }
         }
+        // The fleet's key goes with its last task.
+        let secrets: Vec<Value> =
+            engine.get(&format!("/secrets?{}", filters(&[("label", &label)]))).await.map_err(|e| self.unavailable(e))?;
+        for s in &secrets {
+            let Some(id) = s["ID"].as_str() else { continue };
+            match engine.delete(&format!("/secrets/{}", query_escape(id))).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    tracing::debug!(secret = id, error = %e, "Secret still in use");
+                    all_gone = false;
+                }
+            }
+        }
         if all_gone {
             self.seen.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
         }
@@ -564,19 +626,24 @@ mod tests {
     #[test]
     fn the_spec_reaches_the_host_and_gives_each_slot_a_volume() {
         let b = backend();
-        let spec = b.spec(&deployment());
+        let secret = SecretRef { id: "sec1".into(), name: "clawfleet-squad-0190abc-key".into() };
+        let spec = b.spec(&deployment(), Some(&secret));
         let env: Vec<&str> = spec["TaskTemplate"]["ContainerSpec"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert!(env.contains(&"CLAWFLEET_BUS=mqtt://172.18.0.1:1883"), "{env:?}");
         assert!(env.contains(&"CLAWFLEET_MODEL_URL=http://172.18.0.1:11435/v1"), "{env:?}");
         assert!(env.contains(&"CLAWFLEET_SWARM_SLOT={{.Task.Slot}}"), "{env:?}");
-        assert!(env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_FLEET_KEY=")));
+        // The fleet's key is a Docker secret, not in the environment `docker service inspect` shows.
+        assert!(env.contains(&"CLAWFLEET_BUS_FLEET_KEY_FILE=/run/secrets/clawfleet-fleet-key"), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_FLEET_KEY=")));
+        assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretID"], "sec1");
+        assert_eq!(DockerBackend::key_secret_name(&deployment()), "clawfleet-squad-0190abc-key");
         assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_PASSWORD=")
             || e.starts_with("CLAWFLEET_AGENT_TOKEN=")
             || e.starts_with("CLAWFLEET_SLOT=")));
         assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "clawfleet-squad-0190abc-{{.Task.Slot}}");
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
         // The key ignores the replica count and follows the template.
-        let key = |d: &Deployment| b.spec(d)["Labels"][LABEL_KEY].clone();
+        let key = |d: &Deployment| b.spec(d, Some(&secret))["Labels"][LABEL_KEY].clone();
         let d = deployment();
         assert_eq!(key(&d), key(&Deployment { replicas: 9, ..d.clone() }));
         assert_ne!(key(&d), key(&Deployment { image: Some("other:1".into()), ..d.clone() }));

@@ -123,6 +123,15 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
         "--timeout",
         "180",
     ]);
+    // The fleet's key reaches tasks as a Docker secret, not in the spec's environment, which
+    // anyone with the engine can read.
+    let env = docker(&["service", "inspect", service, "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}"]);
+    assert!(
+        env.contains("CLAWFLEET_BUS_FLEET_KEY_FILE=/run/secrets/clawfleet-fleet-key") && !env.contains("CLAWFLEET_BUS_FLEET_KEY="),
+        "{env}"
+    );
+    let secrets = docker(&["secret", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);
+    assert_eq!(secrets.lines().count(), 1, "{secrets}");
     let agents = agent_status(&plane, fleet);
     for (i, a) in agents.iter().enumerate() {
         assert_eq!(a["slot"], i as u64);
@@ -198,6 +207,8 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     plane.ok(&["terminate", fleet, "--wait"]);
     let left = docker(&["volume", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);
     assert!(left.is_empty(), "volumes left: {left}");
+    let left = docker(&["secret", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);
+    assert!(left.is_empty(), "secrets left: {left}");
 }
 
 /// An agent image that starts but never reaches the bus (so never becomes healthy).

@@ -44,6 +44,19 @@ fn a_slurm_fleet_launches_answers_and_terminates() {
     }
     let out = plane.ok(&["inject", "hpc", "hello from the login node", "--wait"]);
     assert!(out.contains("hpc/0: hello from the login node") && out.contains("hpc/1: hello from the login node"), "{out}");
+    // A running agent's workspace holds no credential: the batch script went once Slurm had its
+    // copy, and the agent read and removed its secrets file.
+    let fleet_dir = std::fs::read_dir(plane.data().join("slurm"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("hpc-"))
+        .unwrap();
+    for slot in ["0", "1"] {
+        let ws = fleet_dir.path().join(slot);
+        for file in ["job.sh", "agent.secrets"] {
+            assert!(!ws.join(file).exists(), "{} is still there", ws.join(file).display());
+        }
+    }
     plane.ok(&["terminate", "hpc", "--wait"]);
     let left = std::process::Command::new("squeue").args(["-h", "-o", "%j"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&left.stdout).contains("cf.hpc."), "jobs left after terminate");
