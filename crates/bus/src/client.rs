@@ -43,7 +43,8 @@ pub struct ClientConfig {
     pub request_capacity: usize,
     /// Events that may wait for the reader before the event loop pauses.
     pub event_capacity: usize,
-    /// MQTT over TLS, trusting the CA certificates of this PEM (`None`: plain TCP).
+    /// MQTT over TLS, trusting the CA certificates of this PEM (empty: the system's roots;
+    /// `None`: plain TCP).
     pub tls_ca: Option<Vec<u8>>,
 }
 
@@ -161,11 +162,13 @@ pub fn connect(config: ClientConfig) -> (BusClient, mpsc::Receiver<BusEvent>) {
     if let Some(ca) = &config.tls_ca {
         // rumqttc builds its rustls configuration with the process's provider: ring, as everywhere here.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        eventloop.mqtt_options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-            ca: ca.clone(),
-            alpn: None,
-            client_auth: None,
-        }));
+        let tls = if ca.is_empty() {
+            // The system's roots.
+            rumqttc::TlsConfiguration::default()
+        } else {
+            rumqttc::TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: None }
+        };
+        eventloop.mqtt_options.set_transport(rumqttc::Transport::tls_with_config(tls));
     }
     let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
     let shared = Arc::new(Shared::default());

@@ -258,9 +258,9 @@ pub(crate) struct UpArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The CA agents trust for the embedded broker's TLS (PEM) [default: DATA/tls/ca.pem, from
-    /// `clawfleet certs`, if it exists; else the system's roots]
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    /// The CA agents (and, with --bus mqtts://, the control plane) trust for the bus's TLS (PEM)
+    /// [default: DATA/tls/ca.pem, from `clawfleet certs`, if it exists; else the system's roots]
+    #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Which other fleets agents may act on with their own tokens (a JSON file:
     /// {"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "update"]}]}) [default: none]
@@ -552,6 +552,12 @@ pub(crate) struct BusConfigArgs {
     /// Where that Mosquitto listens.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub listen: std::net::SocketAddr,
+    /// Serve MQTT over TLS with this certificate chain (PEM; copied into DIR for Mosquitto)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; copied into DIR, 0600)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The dynamic-security plugin [default: Debian's, /usr/lib/<arch>/mosquitto_dynamic_security.so]
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,

@@ -112,13 +112,21 @@ pub(crate) fn bus_config(args: BusConfigArgs) -> anyhow::Result<ExitCode> {
         f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
     };
     write("dynamic-security.json", &serde_json::to_string_pretty(&file)?)?;
+    let mut tls = String::new();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        write("server.pem", &read(cert)?)?;
+        write("server-key.pem", &read(key)?)?;
+        tls = format!("certfile {0}/server.pem\nkeyfile {0}/server-key.pem\n", dir.display());
+    }
+    let scheme = if tls.is_empty() { "mqtt" } else { "mqtts" };
     write(
         "mosquitto.conf",
         &format!(
             "# Written by `clawfleet bus config --mosquitto`: clawfleet's logins and ACLs, in the\n\
-             # dynamic-security plugin. Start the control plane with --bus mqtt://{listen} --bus-dynsec.\n\
+             # dynamic-security plugin. Start the control plane with --bus {scheme}://{listen} --bus-dynsec.\n\
              per_listener_settings false\nallow_anonymous false\nset_tcp_nodelay true\n\
-             listener {port} {host}\nplugin {plugin}\nplugin_opt_config_file {file}\n",
+             listener {port} {host}\n{tls}plugin {plugin}\nplugin_opt_config_file {file}\n",
             listen = args.listen,
             port = args.listen.port(),
             host = args.listen.ip(),
@@ -131,7 +139,12 @@ pub(crate) fn bus_config(args: BusConfigArgs) -> anyhow::Result<ExitCode> {
     if nix::unistd::geteuid().is_root()
         && let Ok(Some(user)) = nix::unistd::User::from_name("mosquitto")
     {
-        for path in [dir.clone(), dir.join("dynamic-security.json"), dir.join("mosquitto.conf")] {
+        for path in
+            [dir.clone(), dir.join("dynamic-security.json"), dir.join("mosquitto.conf"), dir.join("server.pem"), dir.join("server-key.pem")]
+        {
+            if !path.exists() {
+                continue;
+            }
             std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                 .with_context(|| format!("giving {} to the mosquitto user", path.display()))?;
         }
@@ -139,7 +152,7 @@ pub(crate) fn bus_config(args: BusConfigArgs) -> anyhow::Result<ExitCode> {
     }
     outln!("wrote {0}/mosquitto.conf and {0}/dynamic-security.json", dir.display());
     outln!("  mosquitto -c {}/mosquitto.conf", dir.display());
-    outln!("  clawfleet up --data {} --bus mqtt://{} --bus-dynsec", data.display(), args.listen);
+    outln!("  clawfleet up --data {} --bus {scheme}://{} --bus-dynsec", data.display(), args.listen);
     Ok(ExitCode::SUCCESS)
 }
 

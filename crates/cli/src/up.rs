@@ -87,7 +87,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         mailbox: clawfleet_server::MailboxOptions { poll: Duration::from_millis(args.mailbox_poll_ms.max(1)), inotify: !args.no_inotify },
         agent_sandbox: args.agent_sandbox,
         agent_writable: args.agent_writable.clone(),
-        bus_ca: match (&args.tls_ca, args.tls_cert.is_some()) {
+        bus_ca: match (&args.tls_ca, args.tls_cert.is_some() || args.bus.as_deref().is_some_and(|b| b.starts_with("mqtts://"))) {
             (Some(path), _) => Some(std::fs::read_to_string(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
             (None, true) => std::fs::read_to_string(data.join("tls").join("ca.pem")).ok(),
             (None, false) => None,

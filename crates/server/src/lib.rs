@@ -213,7 +213,10 @@ impl Server {
             }
         };
         let agent_host = config.agent_bus_host.clone().unwrap_or_else(|| connect_host.clone());
-        let bus_tls = embedded && tls.is_some();
+        // An external broker's URL says whether it speaks TLS (`mqtts://`); the embedded one does
+        // when the control plane has a certificate.
+        let external_tls = matches!(&config.bus, BusMode::External(u) | BusMode::MosquittoDynsec(u) if u.tls);
+        let bus_tls = (embedded && tls.is_some()) || external_tls;
         let bus_url = format!("{}://{}:{}", if bus_tls { "mqtts" } else { "mqtt" }, bracket(&agent_host), port);
         let (connect_host, connect_port) = match &broker {
             Some(b) if bus_tls => (b.plain_addr().ip().to_string(), b.plain_addr().port()),
@@ -227,6 +230,10 @@ impl Server {
         let dynsec = matches!(config.bus, BusMode::MosquittoDynsec(_));
         if dynsec {
             bus_config.subscriptions.push(clawfleet_bus::dynsec::RESPONSE_TOPIC.into());
+        }
+        if external_tls {
+            // The control plane trusts the CA it gives its agents, or the system's roots.
+            bus_config.tls_ca = Some(config.bus_ca.clone().unwrap_or_default().into_bytes());
         }
         bus_config.inflight = 1000;
         bus_config.request_capacity = 16 * 1024;

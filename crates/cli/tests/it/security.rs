@@ -719,3 +719,66 @@ impl Plane {
         rt.block_on(client.get(path)).unwrap()
     }
 }
+
+/// MQTT over TLS on Mosquitto: `bus config --mosquitto --tls-cert/--tls-key` writes a TLS
+/// listener; the control plane and its agents reach it at `mqtts://`, trusting the CA that
+/// `clawfleet certs` made; the observer's mosquitto_sub uses `--cafile`.
+#[test]
+fn on_mosquitto_over_tls_agents_and_the_observer_speak_mqtts() {
+    use std::time::Duration;
+    let data = tempfile::tempdir().unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new(crate::support::BIN).args(args).args(["--data", data.path().to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "clawfleet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["certs"]);
+    let tls = data.path().join("tls");
+    let (cert, key, ca) = (tls.join("server.pem"), tls.join("server-key.pem"), tls.join("ca.pem"));
+    run(&["bus", "config", "--mosquitto", conf.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]
+        .into_iter()
+        .chain(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    let child = std::process::Command::new("mosquitto")
+        .args(["-c", conf.path().join("mosquitto.conf").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let broker = DynsecMosquitto { child, port, _dir: conf };
+    crate::support::eventually(Duration::from_secs(10), "mosquitto to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let plane = Plane::in_dir(
+        data,
+        PlaneOptions {
+            bus: Some(format!("mqtts://127.0.0.1:{}", broker.port)),
+            up_args: vec!["--bus-dynsec".into()],
+            ..PlaneOptions::default()
+        },
+    );
+    plane.ok(&["launch", "sealed", "--wait"]);
+    assert_eq!(plane.ok(&["inject", "sealed", "encrypted", "--wait"]).trim(), "sealed/0: encrypted");
+    assert_eq!(plane.json_get("/api/v1/fleets/sealed/join?slots=0")["bus"], format!("mqtts://127.0.0.1:{port}"));
+    let login = plane.json(&["bus", "credentials", "--observer", "--json"]);
+    let sub = |extra: &[&str]| {
+        std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                login["username"].as_str().unwrap(),
+                "-P",
+                login["password"].as_str().unwrap(),
+            ])
+            .args(["-t", "clawfleet/v1/fleets/sealed/agents/0/heartbeat", "-C", "1", "-W", "10"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let over_tls = sub(&["--cafile", ca.to_str().unwrap()]);
+    assert!(over_tls.status.success() && !over_tls.stdout.is_empty(), "{}", String::from_utf8_lossy(&over_tls.stderr));
+    assert!(sub(&[]).stdout.is_empty(), "Mosquitto answered plain MQTT on its TLS listener");
+}
