@@ -9,8 +9,10 @@
 //! called before any other thread exists.
 //!
 //! Every brain process then runs in a domain nested in the agent's ([`nest`], through
-//! `clawfleet brain-exec`): Landlock keeps a process out of `/proc/PID` of a less restricted
-//! one, so a brain cannot read its agent's environment (the bus login) or memory, nor signal it.
+//! `clawfleet brain-exec`): Landlock keeps a process from attaching to a less restricted one, so
+//! a brain can neither read its agent's memory (where its bus login is) nor signal it. (Its
+//! agent's environment stays readable, and holds no credential: those come in a secrets file
+//! the agent removes before any brain starts.)
 
 use std::path::{Path, PathBuf};
 

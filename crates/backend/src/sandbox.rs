@@ -11,7 +11,8 @@
 //!   "everything but the data directory" is built as a rule for every sibling of each directory
 //!   on the way from `/` down to it. With ABI 6, signals and abstract unix sockets are scoped
 //!   too: an agent can neither signal the control plane or another agent nor reach their
-//!   abstract sockets, and Landlock's ptrace rule keeps it out of their `/proc/PID/environ`.
+//!   abstract sockets, and Landlock's ptrace rule keeps it out of their memory
+//!   (`/proc/PID/mem`). No credential is in any agent's environment, which stays readable.
 //! - **User** (where Landlock is missing and the control plane runs as root): each agent runs as
 //!   an unprivileged uid of its own, which owns only its workspace; the data directory is then
 //!   traversable (0711) but its files stay 0600.
@@ -68,7 +69,7 @@ pub enum SandboxError {
 
 /// The Landlock ABI of the running kernel (0 without Landlock): the newest ABI whose every
 /// filesystem right it takes.
-pub fn landlock_abi() -> u32 {
+fn landlock_abi() -> u32 {
     let known = [(ABI::V6, 6), (ABI::V5, 5), (ABI::V4, 4), (ABI::V3, 3), (ABI::V2, 2), (ABI::V1, 1)];
     known
         .into_iter()
@@ -114,11 +115,6 @@ impl Sandbox {
                 .map_err(|source| SandboxError::DataDir { path: hidden.display().to_string(), source })?;
         }
         Ok(Sandbox { isolation, hidden, writable })
-    }
-
-    /// No confinement (`--agent-sandbox off`, and tests of other things).
-    pub fn off() -> Sandbox {
-        Sandbox { isolation: Isolation::None, hidden: PathBuf::from("/"), writable: Vec::new() }
     }
 
     pub fn isolation(&self) -> Isolation {
