@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// A rustls server configuration from a PEM certificate chain and key; errors name the file.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -29,29 +31,48 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| format!("the TLS certificate and key do not make a server configuration: {e}"))
 }
 
-/// Serves MQTT over TLS on `listener`: each connection's handshake in a task of its own, then
-/// its bytes both ways to the broker at `plain`.
-pub(crate) fn serve_front(listener: TcpListener, config: Arc<rustls::ServerConfig>, plain: SocketAddr) {
+/// Accepts TLS connections on `listener`: each handshake runs in a task of its own (bounded to
+/// 10 s), so a client that stalls in one holds up no one else; a failed handshake is logged and
+/// dropped. Connections come out of the channel with their peer's address, until it is dropped.
+pub fn handshakes(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let acceptor = TlsAcceptor::from(config);
+    let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "MQTT over TLS: accept failed");
+                    tracing::warn!(error = %e, "TLS accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            if tx.is_closed() {
+                return;
+            }
             let _ = socket.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let mut tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(socket)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "MQTT over TLS: handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "MQTT over TLS: handshake timed out"),
-                };
-                let Ok(mut broker) = tokio::net::TcpStream::connect(plain).await else { return };
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// Serves MQTT over TLS on `listener`, each connection's bytes both ways to the broker at `plain`.
+pub(crate) fn serve_front(listener: TcpListener, config: Arc<rustls::ServerConfig>, plain: SocketAddr) {
+    let mut connections = handshakes(listener, config);
+    tokio::spawn(async move {
+        while let Some((mut tls, _)) = connections.recv().await {
+            tokio::spawn(async move {
+                let Ok(mut broker) = TcpStream::connect(plain).await else { return };
                 let _ = broker.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
             });

@@ -527,6 +527,19 @@ async fn serve(
             );
             let _ = writer.write_all((RouterEvent::rejected(now(), &refusal).to_line() + "\n").as_bytes()).await;
             let _ = writer.shutdown().await;
+            // Read (and drop) what the client already sent, briefly, so the close is an orderly
+            // one: closing with unread input would reset the connection and lose the refusal.
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024usize;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while left > 0 {
+                    match tokio::io::AsyncReadExt::read(&mut reader, &mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
             return;
         }
     }

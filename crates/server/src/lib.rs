@@ -325,8 +325,8 @@ impl Server {
                 })
             }
             Some(server_config) => {
-                let listener = tls::TlsListener::new(listener, tls::acceptor(server_config))
-                    .map_err(|source| ServerError::Http { addr: config.http, source })?;
+                let listener =
+                    tls::TlsListener::new(listener, server_config).map_err(|source| ServerError::Http { addr: config.http, source })?;
                 let serve = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stopped);
                 tokio::spawn(async move {
                     if let Err(e) = serve.await {

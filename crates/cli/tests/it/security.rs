@@ -147,7 +147,7 @@ fn the_tcp_router_runs_nothing_smuggled_in_http_and_needs_a_token_beyond_loopbac
     let list = r#"{"protocol":"codeswarm.router.v1","type":"command","command":"swarm_list","request_id":"l"}"#;
     for first in [list.to_owned(), r#"{"auth":"wrong"}"#.to_owned()] {
         let mut client = connect(port);
-        writeln!(client, "{first}\n{list}").unwrap();
+        client.write_all(format!("{first}\n{list}\n").as_bytes()).unwrap();
         let said = read_to_close(client);
         let lines: Vec<serde_json::Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 1, "one refusal, then closed: {said}");
@@ -519,6 +519,23 @@ struct DynsecMosquitto {
     _dir: tempfile::TempDir,
 }
 
+impl DynsecMosquitto {
+    /// Runs `mosquitto -c CONF/mosquitto.conf` and waits until it listens on `port`.
+    fn start(conf: tempfile::TempDir, port: u16) -> DynsecMosquitto {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-c", conf.path().join("mosquitto.conf").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        let broker = DynsecMosquitto { child, port, _dir: conf };
+        crate::support::eventually(std::time::Duration::from_secs(10), "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        broker
+    }
+}
+
 impl Drop for DynsecMosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -544,14 +561,7 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let file = std::fs::read_to_string(conf.path().join("dynamic-security.json")).unwrap();
     assert!(file.contains("clawfleet-control") && file.contains("clawfleet-observer"));
-    let child = std::process::Command::new("mosquitto")
-        .args(["-c", conf.path().join("mosquitto.conf").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto (apt-get install mosquitto)");
-    let broker = DynsecMosquitto { child, port, _dir: conf };
-    crate::support::eventually(Duration::from_secs(10), "mosquitto to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let broker = DynsecMosquitto::start(conf, port);
     let plane = Plane::in_dir(
         data,
         PlaneOptions {
@@ -725,7 +735,6 @@ impl Plane {
 /// `clawfleet certs` made; the observer's mosquitto_sub uses `--cafile`.
 #[test]
 fn on_mosquitto_over_tls_agents_and_the_observer_speak_mqtts() {
-    use std::time::Duration;
     let data = tempfile::tempdir().unwrap();
     let conf = tempfile::tempdir().unwrap();
     let port = crate::support::free_port();
@@ -741,14 +750,7 @@ fn on_mosquitto_over_tls_agents_and_the_observer_speak_mqtts() {
         .into_iter()
         .chain(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
         .collect::<Vec<_>>());
-    let child = std::process::Command::new("mosquitto")
-        .args(["-c", conf.path().join("mosquitto.conf").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let broker = DynsecMosquitto { child, port, _dir: conf };
-    crate::support::eventually(Duration::from_secs(10), "mosquitto to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let broker = DynsecMosquitto::start(conf, port);
     let plane = Plane::in_dir(
         data,
         PlaneOptions {
