@@ -35,7 +35,9 @@ pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     eprintln!("injection {} queued for {} agents of '{}'", resp.injection_id, resp.targets.len(), resp.fleet);
 
     // Follow the injection's events from its first ack until every target has ended its turn.
+    // Scoped to the fleet too, so a token bound to that fleet may follow it.
     let query = [
+        ("fleet", resp.fleet.clone()),
         ("injection", resp.injection_id.clone()),
         ("since", resp.first_event_id.saturating_sub(1).to_string()),
         ("follow", "true".to_owned()),

@@ -396,6 +396,11 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
             assert!(v["error"].as_str().unwrap().starts_with(message), "{who} {method} {path}: {v}");
         }
     }
+    // A token bound to one fleet works the CLI on it, `inject --wait` included.
+    // (The external fleet has no agents running: the wait times out, but it may follow the fleet.)
+    let out = plane.cli_with(&["inject", "web", "hi", "--agent", "0", "--wait", "--timeout", "2"], &[("CLAWFLEET_TOKEN", &web_admin)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timed out after 2 s waiting for web/0"), "{err}");
     // A token bound to one fleet lists that fleet only.
     let (_, listed) = plane.http("GET", "/api/v1/fleets", adm, None);
     let listed: Vec<&str> = listed["fleets"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
