@@ -539,6 +539,17 @@ impl DynsecMosquitto {
         });
         broker
     }
+
+    /// A control plane on `data` that uses this Mosquitto (`scheme`: mqtt or mqtts) with
+    /// `--bus-dynsec`.
+    fn plane(&self, data: tempfile::TempDir, scheme: &str) -> Plane {
+        let options = PlaneOptions {
+            bus: Some(format!("{scheme}://127.0.0.1:{}", self.port)),
+            up_args: vec!["--bus-dynsec".into()],
+            ..PlaneOptions::default()
+        };
+        Plane::in_dir(data, options)
+    }
 }
 
 impl Drop for DynsecMosquitto {
@@ -567,14 +578,7 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
     let file = std::fs::read_to_string(conf.path().join("dynamic-security.json")).unwrap();
     assert!(file.contains("clawfleet-control") && file.contains("clawfleet-observer"));
     let broker = DynsecMosquitto::start(conf, port);
-    let plane = Plane::in_dir(
-        data,
-        PlaneOptions {
-            bus: Some(format!("mqtt://127.0.0.1:{}", broker.port)),
-            up_args: vec!["--bus-dynsec".into()],
-            ..PlaneOptions::default()
-        },
-    );
+    let plane = broker.plane(data, "mqtt");
     // Fleets launched after the file was written: their agents log in with their own passwords,
     // which the control plane gives the plugin on $CONTROL, where no other client may listen.
     let store = clawfleet_store::Store::open(&plane.data().join("clawfleet.db")).unwrap();
@@ -756,14 +760,7 @@ fn on_mosquitto_over_tls_agents_and_the_observer_speak_mqtts() {
         .chain(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
         .collect::<Vec<_>>());
     let broker = DynsecMosquitto::start(conf, port);
-    let plane = Plane::in_dir(
-        data,
-        PlaneOptions {
-            bus: Some(format!("mqtts://127.0.0.1:{}", broker.port)),
-            up_args: vec!["--bus-dynsec".into()],
-            ..PlaneOptions::default()
-        },
-    );
+    let plane = broker.plane(data, "mqtts");
     plane.ok(&["launch", "sealed", "--wait"]);
     assert_eq!(plane.ok(&["inject", "sealed", "encrypted", "--wait"]).trim(), "sealed/0: encrypted");
     assert_eq!(plane.json_get("/api/v1/fleets/sealed/join?slots=0")["bus"], format!("mqtts://127.0.0.1:{port}"));
