@@ -304,6 +304,7 @@ impl Server {
             tokio::spawn(mailbox::run(app.clone(), mail_tx, config.mailbox, shutdown_rx.clone())),
             tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];
         let router = api::router(app.clone());
         let mut stop_http = shutdown_rx.clone();

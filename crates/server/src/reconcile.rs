@@ -1,8 +1,12 @@
 //! The reconcile loop: level-triggered, every second or when woken. For each stored fleet it
 //! asks the fleet's backend to match the desired state (`apply`), or to remove a terminating
-//! fleet, which is deleted once the backend reports nothing left. It also turns changes of
-//! agents' availability into `agent_state` events.
+//! fleet, which is deleted once the backend reports nothing left. Each fleet's pass runs in a
+//! task of its own, bounded by [`PASS_TIMEOUT`], and a fleet whose last pass still runs is left
+//! to it: a backend that hangs (a login node that never answers) holds up only its own fleets.
+//! Changes of agents' availability become `agent_state` events on a tick of their own
+//! ([`watch_liveness`]), whatever the backends do.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,21 +20,41 @@ use crate::app::{App, Condition};
 use crate::clock;
 
 const PERIOD: Duration = Duration::from_secs(1);
+/// The longest one fleet's pass may take before it counts as the backend's failure.
+const PASS_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often agents' availability is looked at.
+const LIVENESS_TICK: Duration = Duration::from_millis(250);
 
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        if let Err(e) = once(&app).await {
+        if let Err(e) = once(&app, &mut running).await {
             tracing::error!(error = %e, "Reconcile pass failed");
         }
         tokio::select! {
             () = app.reconcile.notified() => {}
             () = tokio::time::sleep(PERIOD) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Backends shut down next: no pass may still be talking to one.
+    for pass in running.into_values() {
+        pass.abort();
+    }
+}
+
+/// Turns agents' availability changes into events, on its own tick.
+pub(crate) async fn watch_liveness(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        report_transitions(&app).await;
+        tokio::select! {
+            () = tokio::time::sleep(LIVENESS_TICK) => {}
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
+async fn once(app: &Arc<App>, running: &mut HashMap<String, tokio::task::JoinHandle<()>>) -> Result<(), clawfleet_store::StoreError> {
     let fleets = app.db.run(|s| s.fleets()).await?;
     if let Some(dynsec) = &app.dynsec {
         dynsec.sync(app, &fleets).await;
@@ -40,50 +64,65 @@ async fn once(app: &App) -> Result<(), clawfleet_store::StoreError> {
             backend.prepare(&d);
         }
     }
+    running.retain(|_, pass| !pass.is_finished());
     for fleet in fleets {
-        let outcome = match fleet.state.as_str() {
+        if running.contains_key(&fleet.name) {
+            continue;
+        }
+        let app = app.clone();
+        running.insert(fleet.name.clone(), tokio::spawn(async move { reconcile_fleet(&app, fleet).await }));
+    }
+    Ok(())
+}
+
+/// One pass over one fleet: its backend asked, what it said kept as the fleet's condition.
+async fn reconcile_fleet(app: &App, fleet: FleetRow) {
+    let pass = async {
+        match fleet.state.as_str() {
             "terminating" => remove(app, &fleet).await.map(|()| Applied::Started),
             _ => apply(app, &fleet).await,
-        };
-        let news = {
-            let mut conditions = app.conditions.lock().expect("not poisoned");
-            match outcome {
-                Ok(Applied::Started) => {
-                    conditions.remove(&fleet.name);
-                    None
-                }
-                Ok(Applied::Preparing(what)) => {
-                    if conditions.get(&fleet.name) != Some(&Condition::Preparing(what.clone())) {
-                        tracing::info!(fleet = %fleet.name, %what, "Backend preparing");
-                    }
-                    conditions.insert(fleet.name.clone(), Condition::Preparing(what));
-                    None
-                }
-                Err(problem) => {
-                    let condition = Condition::Problem(problem.clone());
-                    let new = conditions.get(&fleet.name) != Some(&condition);
-                    conditions.insert(fleet.name.clone(), condition);
-                    new.then_some(problem)
-                }
+        }
+    };
+    let outcome = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("the {} backend did not finish within {} s; trying again", fleet.backend, PASS_TIMEOUT.as_secs())),
+    };
+    let news = {
+        let mut conditions = app.conditions.lock().expect("not poisoned");
+        match outcome {
+            Ok(Applied::Started) => {
+                conditions.remove(&fleet.name);
+                None
             }
-        };
-        // A new complaint is said once, as an event, besides showing in `ls` and `status`.
-        if let Some(problem) = news {
-            tracing::error!(fleet = %fleet.name, %problem, "Backend problem");
-            let event = NewEvent {
-                at: clock::now_rfc3339(),
-                fleet: fleet.name.clone(),
-                agent: None,
-                injection_id: None,
-                body: EventBody::AgentError { message: format!("{} backend: {problem}", fleet.backend) },
-            };
-            if let Err(e) = app.hub.append(vec![event]).await {
-                tracing::error!(error = %e, "Could not store a backend problem");
+            Ok(Applied::Preparing(what)) => {
+                if conditions.get(&fleet.name) != Some(&Condition::Preparing(what.clone())) {
+                    tracing::info!(fleet = %fleet.name, %what, "Backend preparing");
+                }
+                conditions.insert(fleet.name.clone(), Condition::Preparing(what));
+                None
+            }
+            Err(problem) => {
+                let condition = Condition::Problem(problem.clone());
+                let new = conditions.get(&fleet.name) != Some(&condition);
+                conditions.insert(fleet.name.clone(), condition);
+                new.then_some(problem)
             }
         }
+    };
+    // A new complaint is said once, as an event, besides showing in `ls` and `status`.
+    if let Some(problem) = news {
+        tracing::error!(fleet = %fleet.name, %problem, "Backend problem");
+        let event = NewEvent {
+            at: clock::now_rfc3339(),
+            fleet: fleet.name.clone(),
+            agent: None,
+            injection_id: None,
+            body: EventBody::AgentError { message: format!("{} backend: {problem}", fleet.backend) },
+        };
+        if let Err(e) = app.hub.append(vec![event]).await {
+            tracing::error!(error = %e, "Could not store a backend problem");
+        }
     }
-    report_transitions(app).await;
-    Ok(())
 }
 
 async fn apply(app: &App, fleet: &FleetRow) -> Result<Applied, String> {

@@ -379,3 +379,37 @@ fn a_killed_control_plane_reads_the_mailbox_on_without_losing_or_repeating() {
     assert_eq!(ids.len(), 4, "{ids:?}");
     plane.ok(&["terminate", "crash", "--wait"]);
 }
+
+/// A login node that accepts ssh's connection and never answers holds up its own fleet only:
+/// a local fleet still scales, and its lost agent is still noticed, while the slurm fleet's
+/// pass hangs (each fleet reconciles in a task of its own; liveness has its own tick).
+#[test]
+fn a_hanging_login_node_holds_up_no_other_fleet() {
+    use std::time::{Duration, Instant};
+    slurm_is_up();
+    // ssh to this login node never returns (an `ssh` first on the control plane's PATH that
+    // only sleeps: a node that accepts the connection and never answers).
+    let bin = tempfile::tempdir().unwrap();
+    let ssh = bin.path().join("ssh");
+    std::fs::write(&ssh, "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::with(PlaneOptions { slurm: true, extra_path: Some(bin.path().to_owned()), ..PlaneOptions::default() });
+    plane.ok(&["launch", "quick", "--replicas", "1", "--wait"]);
+    let hang = cluster_file(dir.path(), "hang.json", serde_json::json!({"login_host": "hanging-login-node"}));
+    plane.ok(&["launch", "stuck", "--backend", "slurm", "--replicas", "1", "--cluster", &hang]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let t0 = Instant::now();
+    plane.ok(&["scale", "quick", "2", "--wait", "--timeout", "30"]);
+    assert!(t0.elapsed() < Duration::from_secs(30), "the local fleet waited for the slurm one");
+    // A frozen local agent is noticed as lost (three missed heartbeats of 200 ms), not after the hang.
+    let pid = plane.agent_pid("quick", 0).expect("agent 0 runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    crate::support::eventually(Duration::from_secs(20), "agent quick/0 to be lost", || {
+        let status = plane.json(&["status", "quick", "--json"]);
+        (status["agents"][0]["state"] == "lost").then_some(())
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+    plane.ok(&["terminate", "quick", "--wait"]);
+}
