@@ -37,6 +37,9 @@ use crate::error::ApiError;
 use crate::hub::StreamRequest;
 use crate::{clock, outbox};
 
+/// How long `status` waits for a fleet's backend to say what it runs.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest request body.
 const MAX_BODY: usize = 2 * 1024 * 1024;
 
@@ -308,13 +311,22 @@ async fn status(
     caller.may(&app, Action::Read, Target::Fleet(&name))?;
     let row = load(&app, &name).await?;
     let observed = match app.backend(&row.backend) {
-        Ok(backend) => match backend.observe(&row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?).await {
-            Ok(replicas) => replicas,
-            Err(e) => {
-                tracing::warn!(fleet = %name, error = %e, "Backend could not report");
-                Vec::new()
+        Ok(backend) => {
+            let fleet = row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?;
+            // A backend that hangs (a login node that never answers) does not hang `status`:
+            // the agents are then shown from their heartbeats alone.
+            match tokio::time::timeout(OBSERVE_TIMEOUT, backend.observe(&fleet)).await {
+                Ok(Ok(replicas)) => replicas,
+                Ok(Err(e)) => {
+                    tracing::warn!(fleet = %name, error = %e, "Backend could not report");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(fleet = %name, seconds = OBSERVE_TIMEOUT.as_secs(), "Backend did not report in time");
+                    Vec::new()
+                }
             }
-        },
+        }
         Err(_) => Vec::new(),
     };
     let observed: BTreeMap<u32, _> = observed.into_iter().map(|r| (r.slot, r)).collect();

@@ -411,5 +411,20 @@ fn a_hanging_login_node_holds_up_no_other_fleet() {
         (status["agents"][0]["state"] == "lost").then_some(())
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+    // `status` of the stuck fleet answers too, from heartbeats, without waiting out ssh (60 s).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let data = plane.data().to_owned();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["status", "stuck", "--json"])
+            .env("CLAWFLEET_DATA", data)
+            .env_remove("CLAWFLEET_TOKEN")
+            .env_remove("CLAWFLEET_SERVER")
+            .output()
+            .unwrap();
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(Duration::from_secs(30)).expect("status of the stuck fleet answers");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     plane.ok(&["terminate", "quick", "--wait"]);
 }
