@@ -29,6 +29,10 @@ pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 
 const ITERATIONS: u32 = 101;
 
+/// The most logins one command message carries, so that it stays within the bus's payload
+/// limit (`clawfleet_proto::MAX_BUS_PAYLOAD_BYTES`) for the longest fleet names.
+pub const LOGINS_PER_MESSAGE: usize = 100;
+
 /// One agent of one fleet incarnation, as a bus login.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AgentLogin {
@@ -208,6 +212,19 @@ mod tests {
         let hash = b64.decode(c["password"].as_str().unwrap()).unwrap();
         assert_eq!((salt.len(), hash.len(), c["iterations"].as_u64()), (12, 64, Some(101)));
         assert!(ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA512, NonZeroU32::new(101).unwrap(), &salt, b"secret", &hash).is_ok());
+    }
+
+    #[test]
+    fn a_message_of_logins_fits_the_bus() {
+        let secret = BusSecret::from_bytes([5; 32]);
+        let longest = "f".repeat(clawfleet_core::names::MAX_FLEET_NAME);
+        let logins: Vec<AgentLogin> = (0..LOGINS_PER_MESSAGE as u32)
+            .map(|slot| AgentLogin { agent: format!("{longest}/{}", 100_000 + slot).parse().unwrap(), fleet_uid: "0123456789ab".into() })
+            .collect();
+        for message in [add_agents(&secret, &logins), remove_agents(&logins)] {
+            let size = serde_json::to_vec(&message).unwrap().len();
+            assert!(size < clawfleet_proto::MAX_BUS_PAYLOAD_BYTES, "{size} bytes");
+        }
     }
 
     #[test]

@@ -832,9 +832,12 @@ async fn token_create(
     }
     let expires_at = match req.expires.as_deref() {
         None => None,
-        Some(text) => {
+        Some(whole) => {
+            // Echoed in errors: never more than a line of it.
+            let text: String = whole.chars().take(40).collect();
+            let text = text.as_str();
             let life =
-                humantime::parse_duration(text).map_err(|e| ApiError::bad_request(format!("expires '{text}': {e} (e.g. 30d, 12h)")))?;
+                humantime::parse_duration(whole).map_err(|e| ApiError::bad_request(format!("expires '{text}': {e} (e.g. 30d, 12h)")))?;
             if life.is_zero() || life > MAX_TOKEN_LIFE {
                 return Err(ApiError::bad_request(format!("expires '{text}' must be between 1s and 10 years")));
             }

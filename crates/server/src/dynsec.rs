@@ -38,11 +38,13 @@ impl Dynsec {
             let known = self.known.lock().expect("not poisoned");
             (wanted.difference(&known).cloned().collect(), known.difference(&wanted).cloned().collect())
         };
-        // A fleet relaunched under its name: its old logins go before the new ones come.
-        for (logins, command) in [(&remove, dynsec::remove_agents(&remove)), (&add, dynsec::add_agents(&self.secret, &add))] {
-            if logins.is_empty() {
-                continue;
-            }
+        // A fleet relaunched under its name: its old logins go before the new ones come. Large
+        // fleets go in several messages, each within the bus's payload limit.
+        let messages = remove
+            .chunks(dynsec::LOGINS_PER_MESSAGE)
+            .map(dynsec::remove_agents)
+            .chain(add.chunks(dynsec::LOGINS_PER_MESSAGE).map(|chunk| dynsec::add_agents(&self.secret, chunk)));
+        for command in messages {
             let payload = serde_json::to_vec(&command).expect("commands serialize");
             if let Err(e) = app.bus.publish(dynsec::CONTROL_TOPIC, payload, false).await {
                 tracing::warn!(error = %e, "Could not send Mosquitto's dynamic-security plugin its agent logins; trying again");

@@ -320,6 +320,8 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     assert!(plane.ok(&["token", "revoke", "doomed"]).contains("revoked"));
     std::thread::sleep(std::time::Duration::from_millis(2100));
 
+    // An expiry is echoed in its error, a line of it at most.
+    let long_expiry = serde_json::json!({"role": "observer", "expires": "x".repeat(100_000)}).to_string();
     let scale = Some(r#"{"replicas": 3}"#);
     let command = Some(r#"{"command": "health-check", "timeout_ms": 100}"#);
     let update = Some(r#"{"version": "2"}"#);
@@ -379,6 +381,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "name": "watcher"}"#), 409, "a token named 'watcher' already exists"),
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "expires": "forever"}"#), 400, "expires 'forever':"),
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "observer", "expires": "20000d"}"#), 400, "expires '20000d' must be between"),
+        (op, "POST", "/api/v1/tokens", Some(&long_expiry), 400, "expires 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx':"),
         (op, "DELETE", "/api/v1/tokens/operator", None, 409, "'operator' is the token file's token"),
         (op, "DELETE", "/api/v1/tokens/nobody", None, 404, "no token named 'nobody'"),
     ];
@@ -394,6 +397,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
             };
             assert_eq!(v["code"], code, "{who} {method} {path}: {v}");
             assert!(v["error"].as_str().unwrap().starts_with(message), "{who} {method} {path}: {v}");
+            assert!(v["error"].as_str().unwrap().len() < 500, "{who} {method} {path}: an error echoes too much");
         }
     }
     // A token bound to one fleet works the CLI on it, `inject --wait` included.
