@@ -504,6 +504,23 @@ enum Admission {
     Token(Arc<str>),
 }
 
+/// Reads (and drops) what a refused client already sent, briefly, after its sending half is
+/// shut, so that the close is an orderly one: closing with unread input would reset the
+/// connection, losing a refusal and failing the client's write of the rest of its request.
+async fn linger(reader: &mut (impl AsyncBufRead + Unpin)) {
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(reader, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves one client: its lines in, every router event out. Returns when its input ends, or at
 /// once when it is not admitted.
 async fn serve(
@@ -527,19 +544,7 @@ async fn serve(
             );
             let _ = writer.write_all((RouterEvent::rejected(now(), &refusal).to_line() + "\n").as_bytes()).await;
             let _ = writer.shutdown().await;
-            // Read (and drop) what the client already sent, briefly, so the close is an orderly
-            // one: closing with unread input would reset the connection and lose the refusal.
-            let mut sink = [0u8; 4096];
-            let mut left = 64 * 1024usize;
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while left > 0 {
-                    match tokio::io::AsyncReadExt::read(&mut reader, &mut sink).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => left = left.saturating_sub(n),
-                    }
-                }
-            })
-            .await;
+            linger(&mut reader).await;
             return;
         }
     }
@@ -565,7 +570,10 @@ async fn serve(
         let line = read_line(&mut reader, &mut buf).await;
         if std::mem::take(&mut first) && matches!(&line, Ok(Some(Ok(l))) if proto::looks_like_http(l)) {
             tracing::warn!("Closed a router client that sent an HTTP request (a web page can make a browser do that)");
+            // Dropping the writer shuts the connection's sending half.
             writer_task.abort();
+            let _ = writer_task.await;
+            linger(&mut reader).await;
             return;
         }
         match line {

@@ -122,12 +122,11 @@ fn the_tcp_router_runs_nothing_smuggled_in_http_and_needs_a_token_beyond_loopbac
     let _router = TcpRouter::start(&plane, &[], &[("CODESWARM_ROUTER_PORT", &port.to_string())]);
     let mut browser = connect(port);
     let body = format!("\n{launch}\n");
-    write!(
-        browser,
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    // The rest of the request comes after the router has seen its first line (and closed):
+    // the close must be an orderly one, not a reset that fails the browser's write.
+    browser.write_all(b"POST / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    write!(browser, "Host: 127.0.0.1:{port}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     assert_eq!(read_to_close(browser), "", "closed at once, with nothing said");
     std::thread::sleep(std::time::Duration::from_secs(1));
     let fleets = plane.json(&["ls", "--json"]);
