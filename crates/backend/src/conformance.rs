@@ -1,5 +1,7 @@
-//! The conformance suite every backend passes: launch, idempotent apply, scale up and down
-//! keeping the agents that stay, restart after a crash, remove. "Running" is checked twice:
+//! The conformance suite every backend passes, driven through [`converge`] as the control
+//! plane drives it: launch, idempotent convergence, scale up and down keeping the agents that
+//! stay, restart after a crash, a rolling replacement on a changed configuration (one slot
+//! down at most), remove. "Running" is checked twice:
 //! by the backend's own report and by each agent's heartbeat on the bus, so a backend that
 //! starts processes that cannot reach the bus fails.
 //!
@@ -17,12 +19,12 @@ use clawfleet_proto::topic::{self, Channel};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::{Backend, Deployment, Replica, ReplicaState};
+use crate::{Backend, Deployment, Instance, InstanceState, Memory, Policy, converge};
 
 /// Crashes an agent the way a fault would.
 #[async_trait]
 pub trait Chaos: Send + Sync {
-    async fn kill(&self, replica: &Replica);
+    async fn kill(&self, instance: &Instance);
 }
 
 /// What the suite needs from a backend's test.
@@ -78,24 +80,25 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
     let (_bus, rx) = client::connect(cfg);
     let mut watcher = Watcher { rx, latest: HashMap::new() };
     let t = harness.step_timeout;
-    let fleet = harness.deployment.fleet.clone();
     let with = |n: u32| Deployment { replicas: n, ..harness.deployment.clone() };
+    let mut fleet = Driver { backend: &*backend, memory: Memory::default(), epoch: Instant::now() };
 
     // 1. Launch three.
-    backend.apply(&with(3)).await.map_err(|e| format!("apply(3): {e}"))?;
-    let first = wait_running(&*backend, &mut watcher, &with(3), t, "launch 3").await?;
+    fleet.step(&with(3)).await.map_err(|e| format!("converge(3): {e}"))?;
+    let first = fleet.wait_running(&mut watcher, &with(3), t, "launch 3").await?;
 
-    // 2. Applying the same state again changes nothing.
-    backend.apply(&with(3)).await.map_err(|e| format!("apply(3) again: {e}"))?;
+    // 2. Converging on the same state again changes nothing.
+    fleet.step(&with(3)).await.map_err(|e| format!("converge(3) again: {e}"))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = instances(&backend.observe(&fleet).await.map_err(|e| e.to_string())?);
+    fleet.step(&with(3)).await.map_err(|e| format!("converge(3) again: {e}"))?;
+    let again = instances(&fleet.observe(&with(3)).await?);
     if again != first {
-        return Err(format!("re-applying the same deployment replaced agents: {first:?} became {again:?}"));
+        return Err(format!("converging on the same deployment replaced agents: {first:?} became {again:?}"));
     }
 
     // 3. Scale up: the first three stay.
-    backend.apply(&with(5)).await.map_err(|e| format!("apply(5): {e}"))?;
-    let five = wait_running(&*backend, &mut watcher, &with(5), t, "scale to 5").await?;
+    fleet.step(&with(5)).await.map_err(|e| format!("converge(5): {e}"))?;
+    let five = fleet.wait_running(&mut watcher, &with(5), t, "scale to 5").await?;
     for (slot, inst) in &first {
         if five.get(slot) != Some(inst) {
             return Err(format!("scaling up replaced agent {slot}: {inst:?} became {:?}", five.get(slot)));
@@ -103,10 +106,10 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
     }
 
     // 4. Scale down: slots 0 and 1 stay, the rest go.
-    backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
     let deadline = Instant::now() + t;
     loop {
-        let now = instances(&backend.observe(&fleet).await.map_err(|e| e.to_string())?);
+        fleet.step(&with(2)).await.map_err(|e| format!("converge(2): {e}"))?;
+        let now = instances(&fleet.observe(&with(2)).await?);
         if now.keys().copied().collect::<Vec<_>>() == vec![0, 1] {
             if now.get(&0) != first.get(&0) || now.get(&1) != first.get(&1) {
                 return Err(format!("scaling down replaced agents that stay: {first:?} became {now:?}"));
@@ -116,21 +119,20 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
         if Instant::now() > deadline {
             return Err(format!("scale to 2: still observed slots {:?} after {t:?}", now.keys().collect::<Vec<_>>()));
         }
-        backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // 5. A crashed agent is started again, in the same slot.
-    let victim = backend.observe(&fleet).await.map_err(|e| e.to_string())?.into_iter().find(|r| r.slot == 1).ok_or("slot 1 vanished")?;
+    let victim = fleet.observe(&with(2)).await?.into_iter().find(|r| r.slot == 1 && r.state.is_live()).ok_or("slot 1 vanished")?;
     let killed_at = Instant::now();
     harness.chaos.kill(&victim).await;
     let deadline = Instant::now() + t;
     loop {
-        backend.apply(&with(2)).await.map_err(|e| format!("apply(2): {e}"))?;
-        let replicas = backend.observe(&fleet).await.map_err(|e| e.to_string())?;
-        let one = replicas.iter().find(|r| r.slot == 1);
+        fleet.step(&with(2)).await.map_err(|e| format!("converge(2): {e}"))?;
+        let replicas = fleet.observe(&with(2)).await?;
+        let one = replicas.iter().find(|r| r.slot == 1 && r.state.is_live());
         watcher.drain();
-        let restarted = one.is_some_and(|r| r.state == ReplicaState::Running && r.restarts > victim.restarts);
+        let restarted = one.is_some_and(|r| r.state == InstanceState::Running && r.restarts > victim.restarts);
         if restarted && watcher.idle_since(1, killed_at) {
             break;
         }
@@ -140,53 +142,100 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // 6. Remove: everything goes, and removing again is fine.
+    // 6. A changed configuration replaces every agent, never more than one slot down at once
+    //    (the default max_unavailable), and each new agent heartbeats the new version.
+    let before = instances(&fleet.observe(&with(2)).await?);
+    let next = Deployment { version: format!("{}-next", harness.deployment.version), ..with(2) };
+    let rolled_at = Instant::now();
+    let deadline = rolled_at + 2 * t;
+    loop {
+        fleet.step(&next).await.map_err(|e| format!("rollout: {e}"))?;
+        let replicas = fleet.observe(&next).await?;
+        watcher.drain();
+        let running = |slot: u32| replicas.iter().any(|r| r.slot == slot && r.state == InstanceState::Running);
+        if !running(0) && !running(1) {
+            return Err(format!("rollout: both slots were down at once: {replicas:?}"));
+        }
+        let now = instances(&replicas);
+        let replaced = (0..2).all(|s| now.get(&s).is_some_and(|i| Some(i) != before.get(&s)) && running(s));
+        let new_version = (0..2)
+            .all(|s| watcher.idle_since(s, rolled_at) && watcher.latest.get(&s).is_some_and(|(hb, _)| hb.fleet_version == next.version));
+        if replaced && new_version {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("rollout: not done after {:?}: {replicas:?}, before {before:?}", 2 * t));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 7. Remove: everything goes, and removing again is fine.
     let deadline = Instant::now() + t;
-    while !backend.remove(&fleet).await.map_err(|e| format!("remove: {e}"))? {
+    while !backend.remove(&next).await.map_err(|e| format!("remove: {e}"))? {
         if Instant::now() > deadline {
             return Err(format!("remove did not finish in {t:?}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let left = backend.observe(&fleet).await.map_err(|e| e.to_string())?;
+    let left = fleet.observe(&next).await?;
     if !left.is_empty() {
         return Err(format!("after remove, still observed {left:?}"));
     }
-    if !backend.remove(&fleet).await.map_err(|e| format!("second remove: {e}"))? {
+    if !backend.remove(&next).await.map_err(|e| format!("second remove: {e}"))? {
         return Err("removing a removed fleet did not report it gone".into());
     }
     Ok(())
 }
 
-fn instances(replicas: &[Replica]) -> BTreeMap<u32, Option<String>> {
-    replicas.iter().filter(|r| r.state != ReplicaState::Stopping).map(|r| (r.slot, r.instance.clone())).collect()
+/// Drives one fleet of a backend the way the control plane does ([`converge`]).
+struct Driver<'a> {
+    backend: &'a dyn Backend,
+    memory: Memory,
+    epoch: Instant,
 }
 
-/// Waits until slots `0..replicas` run by the backend's account and have sent an idle heartbeat.
-async fn wait_running(
-    backend: &dyn Backend,
-    watcher: &mut Watcher,
-    d: &Deployment,
-    t: Duration,
-    step: &str,
-) -> Result<BTreeMap<u32, Option<String>>, String> {
-    let deadline = Instant::now() + t;
-    loop {
-        let replicas = backend.observe(&d.fleet).await.map_err(|e| format!("{step}: observe: {e}"))?;
-        watcher.drain();
-        let running: Vec<u32> = replicas.iter().filter(|r| r.state == ReplicaState::Running).map(|r| r.slot).collect();
-        let reported = (0..d.replicas).all(|s| watcher.idle(s));
-        if running == (0..d.replicas).collect::<Vec<_>>() && reported {
-            return Ok(instances(&replicas));
-        }
-        if let Some(failed) = replicas.iter().find(|r| matches!(r.state, ReplicaState::Failed(_))) {
-            return Err(format!("{step}: agent {} failed: {:?}", failed.slot, failed.state));
-        }
-        if Instant::now() > deadline {
-            let beats: BTreeMap<u32, &str> = watcher.latest.iter().map(|(s, (hb, _))| (*s, hb.state.as_str())).collect();
-            return Err(format!("{step}: after {t:?} the backend runs slots {running:?}; heartbeats: {beats:?}"));
-        }
-        backend.apply(d).await.map_err(|e| format!("{step}: apply: {e}"))?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl Driver<'_> {
+    async fn step(&mut self, d: &Deployment) -> Result<(), crate::BackendError> {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        converge(self.backend, d, &mut self.memory, Policy::default(), now_ms).await.map(drop)
     }
+
+    async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, String> {
+        self.backend.observe(d).await.map_err(|e| format!("observe: {e}"))
+    }
+
+    /// Waits until slots `0..replicas` run by the backend's account and have sent an idle
+    /// heartbeat.
+    async fn wait_running(
+        &mut self,
+        watcher: &mut Watcher,
+        d: &Deployment,
+        t: Duration,
+        step: &str,
+    ) -> Result<BTreeMap<u32, String>, String> {
+        let deadline = Instant::now() + t;
+        loop {
+            let replicas = self.observe(d).await.map_err(|e| format!("{step}: {e}"))?;
+            watcher.drain();
+            let running: Vec<u32> = replicas.iter().filter(|r| r.state == InstanceState::Running).map(|r| r.slot).collect();
+            let reported = (0..d.replicas).all(|s| watcher.idle(s));
+            if running == (0..d.replicas).collect::<Vec<_>>() && reported {
+                return Ok(instances(&replicas));
+            }
+            if let Some(failed) = replicas.iter().find(|r| matches!(r.state, InstanceState::Failed(_))) {
+                return Err(format!("{step}: agent {} failed: {:?}", failed.slot, failed.state));
+            }
+            if Instant::now() > deadline {
+                let beats: BTreeMap<u32, &str> = watcher.latest.iter().map(|(s, (hb, _))| (*s, hb.state.as_str())).collect();
+                return Err(format!("{step}: after {t:?} the backend runs slots {running:?}; heartbeats: {beats:?}"));
+            }
+            self.step(d).await.map_err(|e| format!("{step}: converge: {e}"))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Each slot's live instance, leaving out those being stopped.
+fn instances(replicas: &[Instance]) -> BTreeMap<u32, String> {
+    replicas.iter().filter(|r| r.state.is_live() && r.state != InstanceState::Stopping).map(|r| (r.slot, r.id.clone())).collect()
 }

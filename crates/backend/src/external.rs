@@ -4,10 +4,10 @@
 //! simulating large fleets with `agent --join --count N`.
 
 use async_trait::async_trait;
-use clawfleet_core::{BackendKind, FleetName};
+use clawfleet_core::BackendKind;
 use clawfleet_proto::api::Isolation;
 
-use crate::{Applied, Backend, BackendError, Deployment, Replica};
+use crate::{Action, Applied, Backend, BackendError, Deployment, Instance, Rollout};
 
 #[derive(Debug, Default)]
 pub struct ExternalBackend;
@@ -22,15 +22,20 @@ impl Backend for ExternalBackend {
         Isolation::External
     }
 
-    async fn apply(&self, _: &Deployment) -> Result<Applied, BackendError> {
-        Ok(Applied::Started)
+    /// The user starts and replaces the agents: nothing is planned.
+    fn rollout(&self) -> Rollout {
+        Rollout::Native
     }
 
-    async fn observe(&self, _: &FleetName) -> Result<Vec<Replica>, BackendError> {
+    async fn observe(&self, _: &Deployment) -> Result<Vec<Instance>, BackendError> {
         Ok(Vec::new())
     }
 
-    async fn remove(&self, _: &FleetName) -> Result<bool, BackendError> {
+    async fn execute(&self, _: &Deployment, _: &[Action]) -> Result<Applied, BackendError> {
+        Ok(Applied::Started)
+    }
+
+    async fn remove(&self, _: &Deployment) -> Result<bool, BackendError> {
         Ok(true)
     }
 

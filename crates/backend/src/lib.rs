@@ -1,9 +1,10 @@
 //! Where agents run.
 //!
-//! A [`Backend`] makes a fleet's agents match a [`Deployment`] (level-triggered, idempotent:
-//! `apply` is called again and again with the desired state, never told why), reports what
-//! runs ([`Backend::observe`]) and removes fleets. The control plane's reconciler drives every
-//! backend the same way. [`local`] runs agents as supervised child processes; [`external`]
+//! A [`Backend`] reports what runs of a fleet ([`Backend::observe`]), carries out the steps
+//! `core::plan` computes from that and the [`Deployment`] ([`Backend::execute`]) and removes
+//! fleets. [`converge`] is that contract, level-triggered: called again and again with the
+//! desired state, never told why; the control plane's reconciler and the [`conformance`]
+//! suite drive every backend through it. [`local`] runs agents as supervised child processes; [`external`]
 //! leaves starting them to the user (`clawfleet agent --join`); the Docker and
 //! Slurm backends implement the same trait, and [`conformance`] is the suite all of them pass.
 //!
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use clawfleet_bus::BusSecret;
+pub use clawfleet_core::plan::{Action, ConfigKey, Instance, InstanceState, Memory, Plan, Policy, StopReason};
 use clawfleet_core::{AgentRef, BackendKind, BrainSpec, FleetName};
 pub use clawfleet_proto::api::Isolation;
 use clawfleet_proto::cluster::ClusterSpec;
@@ -129,46 +131,7 @@ fn bracket(host: &str) -> String {
     if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
 }
 
-/// One agent as its backend sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replica {
-    pub slot: u32,
-    /// The backend's handle on it: a pid, a container or task id, a job step.
-    pub instance: Option<String>,
-    pub state: ReplicaState,
-    /// Times the backend restarted it.
-    pub restarts: u32,
-    /// The machine it runs on, where the backend has several (a Swarm node id).
-    pub node: Option<String>,
-}
-
-/// Whether a replica's process (container, job) runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaState {
-    Starting,
-    Running,
-    /// Exited and waiting to be started again.
-    Restarting {
-        last_exit: String,
-    },
-    Stopping,
-    /// Could not be started; the reason is shown to the operator.
-    Failed(String),
-}
-
-impl ReplicaState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ReplicaState::Starting => "starting",
-            ReplicaState::Running => "running",
-            ReplicaState::Restarting { .. } => "restarting",
-            ReplicaState::Stopping => "stopping",
-            ReplicaState::Failed(_) => "failed",
-        }
-    }
-}
-
-/// What a call of [`Backend::apply`] achieved.
+/// What a call of [`Backend::execute`] achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The agents are started, or on their way (`observe` shows them).
@@ -188,7 +151,21 @@ pub enum BackendError {
     Failed(String),
 }
 
+/// How a backend replaces agents whose configuration changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// By the plan: the reconciler stops and starts instances slot by slot.
+    Planned,
+    /// By itself (Swarm's rolling update): it is given no actions and converges the whole
+    /// deployment on every pass.
+    Native,
+}
+
 /// A place where agents run.
+///
+/// The reconcile contract ([`converge`]): the backend says what runs ([`Backend::observe`]),
+/// `core::plan` decides what to start, stop and forget, and the backend carries that out
+/// ([`Backend::execute`]). Backends keep no plan of their own.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> BackendKind;
@@ -196,24 +173,31 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// How this backend's agents are kept from the control plane's secrets and each other.
     fn isolation(&self) -> Isolation;
 
-    /// Makes the fleet's agents match `deployment`: starts missing slots, stops extra ones.
-    /// Idempotent and quick: it starts work and returns; `observe` shows progress, and
-    /// [`Applied::Preparing`] says what comes before the first agent can start.
-    async fn apply(&self, deployment: &Deployment) -> Result<Applied, BackendError>;
+    fn rollout(&self) -> Rollout {
+        Rollout::Planned
+    }
 
-    /// The fleet's agents, as they are now, by slot.
-    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError>;
+    /// The configuration key of a slot's agent under `deployment`: an instance with another
+    /// key is replaced.
+    fn key(&self, deployment: &Deployment, slot: u32) -> ConfigKey {
+        config_key(&deployment.agent_env(slot))
+    }
+
+    /// The fleet's instances, as they are now (a slot may have several while one replaces
+    /// another, and dead ones until they are forgotten).
+    async fn observe(&self, deployment: &Deployment) -> Result<Vec<Instance>, BackendError>;
+
+    /// Carries out `actions` (a [`Rollout::Native`] backend gets none and converges the whole
+    /// deployment). Quick: it starts work and returns; `observe` shows progress, and
+    /// [`Applied::Preparing`] says what comes before the first agent can start.
+    async fn execute(&self, deployment: &Deployment, actions: &[Action]) -> Result<Applied, BackendError>;
 
     /// Stops every agent of the fleet (gracefully, then by force) and releases what it held.
     /// Returns `true` once nothing of the fleet is left; called again until then.
-    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError>;
+    async fn remove(&self, deployment: &Deployment) -> Result<bool, BackendError>;
 
     /// The control plane is stopping: stop what must not outlive it.
     async fn shutdown(&self);
-
-    /// Learns a stored fleet's deployment before anything else is asked of it (the control
-    /// plane calls it for every fleet, terminating ones too, on each reconcile pass).
-    fn prepare(&self, _deployment: &Deployment) {}
 
     /// The directory holding the fleet's mailbox (`<dir>/mailbox/{inbox,outbox,archive}`), for
     /// backends whose agents may have no route to the bus. The control plane follows it.
@@ -222,8 +206,57 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// A stable key of an agent's configuration (its environment): a changed key means the
+/// agent must be replaced.
+pub fn config_key(vars: &[(&'static str, String)]) -> ConfigKey {
+    ConfigKey(stable_hash(vars.iter().flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0]))))
+}
+
+/// What one reconcile step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub applied: Applied,
+    pub plan: Plan,
+}
+
+/// One reconcile step of a fleet, the same for every backend: observe, plan, execute.
+/// `memory` is the fleet's (kept by the caller between steps), `now_ms` a monotonic clock.
+pub async fn converge(
+    backend: &dyn Backend,
+    deployment: &Deployment,
+    memory: &mut Memory,
+    policy: Policy,
+    now_ms: u64,
+) -> Result<Step, BackendError> {
+    let plan = match backend.rollout() {
+        Rollout::Native => Plan::default(),
+        Rollout::Planned => {
+            let observed = backend.observe(deployment).await?;
+            let desired: Vec<ConfigKey> = (0..deployment.replicas).map(|slot| backend.key(deployment, slot)).collect();
+            clawfleet_core::plan::plan(memory, &desired, &observed, policy, now_ms)
+        }
+    };
+    for action in &plan.actions {
+        tracing::info!(fleet = %deployment.fleet, %action, "Reconcile");
+    }
+    let applied = backend.execute(deployment, &plan.actions).await?;
+    Ok(Step { applied, plan })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::config_key;
+
+    #[test]
+    fn config_keys_are_stable_and_sensitive() {
+        let a = vec![("A", "1".to_owned()), ("B", "2".to_owned())];
+        let b = vec![("A", "1".to_owned()), ("B", "3".to_owned())];
+        assert_eq!(config_key(&a), config_key(&a.clone()));
+        assert_ne!(config_key(&a), config_key(&b));
+        // Field boundaries matter: ("AB","") differs from ("A","B").
+        assert_ne!(config_key(&[("AB", String::new())]), config_key(&[("A", "B".to_owned())]));
+    }
+
     #[test]
     fn the_stable_hash_is_fnv1a() {
         assert_eq!(super::stable_hash(*b""), 0xcbf2_9ce4_8422_2325);

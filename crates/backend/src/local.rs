@@ -1,15 +1,16 @@
 //! The local backend: each agent is a child process (`clawfleet agent`), supervised.
 //!
-//! One supervisor task per slot starts the agent with its environment, appends its output to
-//! `agent.log` in its workspace, restarts it with exponential backoff (0.5 s doubling to 30 s,
-//! reset after 30 s of good running) and stops it with SIGTERM, then SIGKILL after a grace
-//! period. Agents run in process groups of their own, so a Ctrl-C in the control plane's
-//! terminal reaches only the control plane, which then stops them in order.
+//! A slot holds at most one agent. `Start` runs it with its environment, its output appended
+//! to `agent.log` in its workspace, and a task of its own watches it: an agent that exits is
+//! `Exited` until the plan starts its successor (after the plan's backoff); `Stop` sends it
+//! SIGTERM, then SIGKILL after a grace period. Agents run in process groups of their own, so a
+//! Ctrl-C in the control plane's terminal reaches only the control plane, which then stops them
+//! in order.
 //!
-//! A control plane that is killed leaves its agents running; when it comes back, each slot
-//! finds its agent through `agent.pid` (pid, start time and a key of its configuration) and
-//! adopts it instead of starting a second one. An agent whose configuration changed is
-//! replaced, one slot at a time.
+//! A control plane that is killed leaves its agents running; when it comes back, the first
+//! `observe` of a fleet finds each slot's agent through `agent.pid` (pid, start time and the
+//! key of its configuration) and adopts it instead of starting a second one; one whose
+//! configuration changed meanwhile is replaced like any outdated agent.
 //!
 //! ```text
 //! <root>/<fleet>-<uid>/<slot>/   the agent's workspace (see clawfleet-agent)
@@ -33,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::sandbox::Sandbox;
-use crate::{Applied, Backend, BackendError, Deployment, Replica, ReplicaState, env};
+use crate::{Action, Applied, Backend, BackendError, ConfigKey, Deployment, Instance, InstanceState, env};
 use clawfleet_proto::api::Isolation;
 
 /// The agent's secrets file in its workspace (see [`env::SECRETS_FILE`]).
@@ -66,27 +67,27 @@ impl std::fmt::Debug for LocalBackend {
     }
 }
 
+/// One slot of a fleet: its agent (at most one: agents of a slot share a workspace and a bus
+/// identity) and how often one was started.
+#[derive(Default)]
 struct Slot {
-    key: u64,
-    status: Arc<Mutex<Status>>,
+    agent: Option<Agent>,
+    starts: u32,
+}
+
+/// One agent process, and the task that watches it.
+struct Agent {
+    id: String,
+    key: ConfigKey,
+    state: Arc<Mutex<InstanceState>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
-#[derive(Debug, Clone)]
-struct Status {
-    state: ReplicaState,
-    pid: Option<u32>,
-    restarts: u32,
-}
-
-impl Slot {
-    fn finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
+impl Agent {
+    /// Asked to stop, and stopped.
+    fn gone(&self) -> bool {
+        *self.stop.borrow() && self.task.is_finished()
     }
 }
 
@@ -100,38 +101,98 @@ impl LocalBackend {
         self.config.root.join(format!("{fleet}-{uid}")).join(slot.to_string())
     }
 
-    fn spawn_slot(&self, deployment: &Deployment, slot: u32, key: u64) -> Slot {
-        let workspace = self.workspace(&deployment.fleet, &deployment.uid, slot);
-        let (secrets, mut vars): (Vec<_>, Vec<_>) = deployment
-            .agent_env(slot)
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .partition(|(k, _)| env::SECRET_VARS.contains(&k.as_str()));
-        vars.push((env::WORKSPACE.to_owned(), workspace.display().to_string()));
-        vars.push((env::SECRETS_FILE.to_owned(), workspace.join(SECRETS_FILE_NAME).display().to_string()));
-        let status = Arc::new(Mutex::new(Status { state: ReplicaState::Starting, pid: None, restarts: 0 }));
+    /// Agents a control plane that was killed left running, found by their pid files.
+    fn adopt(&self, d: &Deployment) -> BTreeMap<u32, Slot> {
+        let mut slots = BTreeMap::new();
+        let Ok(dirs) = std::fs::read_dir(self.config.root.join(format!("{}-{}", d.fleet, d.uid))) else { return slots };
+        for dir in dirs.flatten() {
+            let Some(slot) = dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let pidfile = dir.path().join("agent.pid");
+            let Some((pid, key)) = running_agent(&pidfile) else { continue };
+            let label = format!("{}/{slot}", d.fleet);
+            tracing::info!(agent = %label, pid, "Adopting a running agent");
+            let state = Arc::new(Mutex::new(InstanceState::Running));
+            let (stop, stop_rx) = watch::channel(false);
+            let watch = Watch { pid, pidfile, grace: self.config.grace, state: state.clone(), stop: stop_rx, label };
+            let agent = Agent { id: format!("pid {pid}"), key, state, stop, task: tokio::spawn(watch.adopted()) };
+            slots.insert(slot, Slot { agent: Some(agent), starts: 1 });
+        }
+        slots
+    }
+
+    /// Starts one agent of `d` in `slot`; an agent that cannot be started is a failed one.
+    fn start(&self, d: &Deployment, slot: u32, attempt: u32) -> Agent {
+        let key = self.key(d, slot);
+        let workspace = self.workspace(&d.fleet, &d.uid, slot);
+        let label = format!("{}/{slot}", d.fleet);
         let (stop, stop_rx) = watch::channel(false);
-        let ctx = Supervisor {
-            program: self.config.program.clone(),
-            args: self.config.args.clone(),
-            vars,
-            secrets,
-            workspace,
-            key,
-            sandbox: self.config.sandbox.clone(),
-            identity: crate::stable_hash(format!("{}-{}/{slot}", deployment.fleet, deployment.uid).into_bytes()),
-            grace: self.config.grace,
-            status: status.clone(),
-            stop: stop_rx,
-            label: format!("{}/{slot}", deployment.fleet),
-        };
-        Slot { key, status, stop, task: tokio::spawn(ctx.run()) }
+        match self.spawn(d, slot, &workspace, key) {
+            Ok((child, pid)) => {
+                let state = Arc::new(Mutex::new(InstanceState::Running));
+                let pidfile = workspace.join("agent.pid");
+                let watch = Watch { pid, pidfile, grace: self.config.grace, state: state.clone(), stop: stop_rx, label };
+                Agent { id: format!("pid {pid}"), key, state, stop, task: tokio::spawn(watch.child(child)) }
+            }
+            Err(reason) => {
+                tracing::error!(agent = %label, %reason, "Could not start an agent");
+                let state = Arc::new(Mutex::new(InstanceState::Failed(reason)));
+                Agent { id: format!("start {attempt} (failed)"), key, state, stop, task: tokio::spawn(async {}) }
+            }
+        }
+    }
+
+    fn spawn(&self, d: &Deployment, slot: u32, workspace: &Path, key: ConfigKey) -> Result<(tokio::process::Child, u32), String> {
+        let (secrets, vars): (Vec<_>, Vec<_>) = d.agent_env(slot).into_iter().partition(|(k, _)| env::SECRET_VARS.contains(k));
+        std::fs::create_dir_all(workspace).map_err(|e| format!("cannot create {}: {e}", workspace.display()))?;
+        let log_path = workspace.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        write_secrets(&workspace.join(SECRETS_FILE_NAME), &secrets)?;
+        let mut cmd = Command::new(&self.config.program);
+        cmd.args(&self.config.args).current_dir(workspace).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(env::is_private) {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.envs(vars);
+        cmd.env(env::WORKSPACE, workspace).env(env::SECRETS_FILE, workspace.join(SECRETS_FILE_NAME));
+        if self.config.sandbox.isolation() != Isolation::None {
+            // A confined agent's brains cannot write the shared /tmp: they get their own.
+            let tmp = workspace.join("tmp");
+            std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            cmd.env("TMPDIR", &tmp);
+        }
+        // Stable across the agent's restarts and updates (its uid in user mode comes from it).
+        let identity = crate::stable_hash(format!("{}-{}/{slot}", d.fleet, d.uid).into_bytes());
+        self.config.sandbox.confine(&mut cmd, workspace, identity)?;
+        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.config.program.display()))?;
+        let pid = child.id().unwrap_or(0);
+        if let Some(line) = pid_line(pid, key) {
+            let _ = std::fs::write(workspace.join("agent.pid"), line);
+        }
+        Ok((child, pid))
     }
 }
 
-/// A stable key of an agent's configuration: a changed key means the agent must be replaced.
-pub(crate) fn config_key(vars: &[(&'static str, String)]) -> u64 {
-    crate::stable_hash(vars.iter().flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])))
+fn write_secrets(path: &Path, secrets: &[(&str, String)]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    for (k, v) in secrets {
+        writeln!(file, "{k}={v}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -144,56 +205,71 @@ impl Backend for LocalBackend {
         self.config.sandbox.isolation()
     }
 
-    async fn apply(&self, deployment: &Deployment) -> Result<Applied, BackendError> {
+    async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, BackendError> {
         let mut fleets = self.fleets.lock().expect("not poisoned");
-        let slots = fleets.entry(deployment.fleet.clone()).or_default();
-        slots.retain(|_, s| !(s.finished() && s.stopping()));
-        let mut replacing = slots.values().filter(|s| s.stopping()).count();
-        for slot in 0..deployment.replicas {
-            let key = config_key(&deployment.agent_env(slot));
-            match slots.get(&slot) {
-                None => {
-                    slots.insert(slot, self.spawn_slot(deployment, slot, key));
-                }
-                Some(s) if s.key != key && !s.stopping() && replacing == 0 => {
-                    // A changed configuration: replace one agent at a time.
-                    tracing::info!(fleet = %deployment.fleet, slot, "Replacing an agent whose configuration changed");
-                    let _ = s.stop.send(true);
-                    replacing += 1;
-                }
-                Some(_) => {}
+        let slots = fleets.entry(d.fleet.clone()).or_insert_with(|| self.adopt(d));
+        for slot in slots.values_mut() {
+            if slot.agent.as_ref().is_some_and(Agent::gone) {
+                slot.agent = None;
             }
         }
-        for (slot, s) in slots.range(deployment.replicas..) {
-            if !s.stopping() {
-                tracing::info!(fleet = %deployment.fleet, slot, "Stopping an agent above the replica count");
-                let _ = s.stop.send(true);
-            }
-        }
-        Ok(Applied::Started)
-    }
-
-    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
-        let fleets = self.fleets.lock().expect("not poisoned");
-        let Some(slots) = fleets.get(fleet) else { return Ok(Vec::new()) };
         Ok(slots
             .iter()
-            .filter(|(_, s)| !s.finished())
-            .map(|(&slot, s)| {
-                let st = s.status.lock().expect("not poisoned").clone();
-                Replica { slot, instance: st.pid.map(|p| format!("pid {p}")), state: st.state, restarts: st.restarts, node: None }
+            .filter_map(|(&slot, s)| {
+                let agent = s.agent.as_ref()?;
+                Some(Instance {
+                    slot,
+                    id: agent.id.clone(),
+                    key: Some(agent.key),
+                    state: agent.state.lock().expect("not poisoned").clone(),
+                    restarts: s.starts.saturating_sub(1),
+                    node: None,
+                })
             })
             .collect())
     }
 
-    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
+    async fn execute(&self, d: &Deployment, actions: &[Action]) -> Result<Applied, BackendError> {
         let mut fleets = self.fleets.lock().expect("not poisoned");
-        let Some(slots) = fleets.get(fleet) else { return Ok(true) };
-        for s in slots.values() {
-            let _ = s.stop.send(true);
+        let slots = fleets.entry(d.fleet.clone()).or_insert_with(|| self.adopt(d));
+        for action in actions {
+            match action {
+                Action::Start { slot } => {
+                    let s = slots.entry(*slot).or_default();
+                    if s.agent.as_ref().is_some_and(|a| !a.task.is_finished()) {
+                        // The plan starts only empty slots; this one is not (yet).
+                        continue;
+                    }
+                    s.starts += 1;
+                    s.agent = Some(self.start(d, *slot, s.starts));
+                }
+                Action::Stop { slot, instance, .. } => {
+                    if let Some(a) = slots.get(slot).and_then(|s| s.agent.as_ref()).filter(|a| &a.id == instance) {
+                        let _ = a.stop.send(true);
+                    }
+                }
+                Action::Forget { slot, instance } => {
+                    if let Some(s) = slots.get_mut(slot)
+                        && s.agent.as_ref().is_some_and(|a| &a.id == instance && a.task.is_finished())
+                    {
+                        s.agent = None;
+                    }
+                }
+            }
         }
-        if slots.values().all(Slot::finished) {
-            fleets.remove(fleet);
+        slots.retain(|_, s| s.agent.is_some() || s.starts > 0);
+        Ok(Applied::Started)
+    }
+
+    async fn remove(&self, d: &Deployment) -> Result<bool, BackendError> {
+        let mut fleets = self.fleets.lock().expect("not poisoned");
+        let Some(slots) = fleets.get(&d.fleet) else { return Ok(true) };
+        let agents = || slots.values().filter_map(|s| s.agent.as_ref());
+        for a in agents() {
+            let _ = a.stop.send(true);
+        }
+        if agents().all(|a| a.task.is_finished()) {
+            fleets.remove(&d.fleet);
             return Ok(true);
         }
         Ok(false)
@@ -205,9 +281,10 @@ impl Backend for LocalBackend {
             fleets
                 .drain()
                 .flat_map(|(_, slots)| slots.into_values())
-                .map(|s| {
-                    let _ = s.stop.send(true);
-                    s.task
+                .filter_map(|s| s.agent)
+                .map(|a| {
+                    let _ = a.stop.send(true);
+                    a.task
                 })
                 .collect()
         };
@@ -217,163 +294,62 @@ impl Backend for LocalBackend {
     }
 }
 
-/// Supervises one slot's agent process until told to stop.
-struct Supervisor {
-    program: PathBuf,
-    args: Vec<String>,
-    vars: Vec<(String, String)>,
-    /// Written to the agent's secrets file before each start, never put in its environment.
-    secrets: Vec<(String, String)>,
-    workspace: PathBuf,
-    key: u64,
-    sandbox: Arc<Sandbox>,
-    /// Stable across the agent's restarts and updates (its uid in user mode comes from it).
-    identity: u64,
+/// Watches one agent process until it exits or is told to stop.
+struct Watch {
+    pid: u32,
+    pidfile: PathBuf,
     grace: Duration,
-    status: Arc<Mutex<Status>>,
+    state: Arc<Mutex<InstanceState>>,
     stop: watch::Receiver<bool>,
     label: String,
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const STABLE_AFTER: Duration = Duration::from_secs(30);
-
-impl Supervisor {
-    fn set(&self, state: ReplicaState, pid: Option<u32>) {
-        let mut st = self.status.lock().expect("not poisoned");
-        st.state = state;
-        st.pid = pid;
+impl Watch {
+    fn set(&self, state: InstanceState) {
+        *self.state.lock().expect("not poisoned") = state;
     }
 
-    async fn run(mut self) {
-        let pidfile = self.workspace.join("agent.pid");
-        if let Some(pid) = adoptable(&pidfile, self.key) {
-            tracing::info!(agent = %self.label, pid, "Adopting a running agent");
-            self.set(ReplicaState::Running, Some(pid));
-            let stopped = self.watch_adopted(pid).await;
-            if stopped {
-                self.set(ReplicaState::Stopping, Some(pid));
-                terminate(pid, self.grace).await;
-                let _ = std::fs::remove_file(&pidfile);
-                return;
-            }
-        } else if let Some(pid) = stale_agent(&pidfile) {
-            // Our agent from another configuration: replace it.
-            tracing::info!(agent = %self.label, pid, "Stopping an agent started with another configuration");
-            terminate(pid, self.grace).await;
-        }
+    fn exited(&self, last_exit: String) {
+        tracing::warn!(agent = %self.label, pid = self.pid, %last_exit, "Agent exited");
+        let _ = std::fs::remove_file(&self.pidfile);
+        self.set(InstanceState::Exited { last_exit });
+    }
 
-        let mut backoff = MIN_BACKOFF;
-        while !*self.stop.borrow() {
-            let started = Instant::now();
-            match self.start() {
-                Err(reason) => {
-                    tracing::error!(agent = %self.label, %reason, "Could not start an agent");
-                    self.set(ReplicaState::Failed(reason), None);
-                }
-                Ok(mut child) => {
-                    let pid = child.id().unwrap_or(0);
-                    if let Some(line) = pid_line(pid, self.key) {
-                        let _ = std::fs::write(&pidfile, line);
-                    }
-                    self.set(ReplicaState::Running, Some(pid));
-                    tokio::select! {
-                        exit = child.wait() => {
-                            let last_exit = match exit {
-                                Ok(s) => s.to_string(),
-                                Err(e) => e.to_string(),
-                            };
-                            tracing::warn!(agent = %self.label, pid, %last_exit, "Agent exited; restarting");
-                            let _ = std::fs::remove_file(&pidfile);
-                            let mut st = self.status.lock().expect("not poisoned");
-                            st.restarts += 1;
-                            st.state = ReplicaState::Restarting { last_exit };
-                            st.pid = None;
-                        }
-                        _ = self.stop.changed() => {
-                            self.set(ReplicaState::Stopping, Some(pid));
-                            terminate(pid, self.grace).await;
-                            let _ = child.wait().await;
-                            let _ = std::fs::remove_file(&pidfile);
-                            return;
-                        }
-                    }
-                }
+    async fn stopped(&self) {
+        self.set(InstanceState::Stopping);
+        terminate(self.pid, self.grace).await;
+    }
+
+    /// An agent this backend started (its child).
+    async fn child(mut self, mut child: tokio::process::Child) {
+        tokio::select! {
+            exit = child.wait() => self.exited(match exit {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            }),
+            _ = self.stop.changed() => {
+                self.stopped().await;
+                let _ = child.wait().await;
+                let _ = std::fs::remove_file(&self.pidfile);
             }
-            if started.elapsed() > STABLE_AFTER {
-                backoff = MIN_BACKOFF;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = self.stop.changed() => return,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    fn start(&self) -> Result<tokio::process::Child, String> {
-        std::fs::create_dir_all(&self.workspace).map_err(|e| format!("cannot create {}: {e}", self.workspace.display()))?;
-        let log_path = self.workspace.join("agent.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        self.write_secrets()?;
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).current_dir(&self.workspace).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
-        for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(env::is_private) {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
-        if self.sandbox.isolation() != Isolation::None {
-            // A confined agent's brains cannot write the shared /tmp: they get their own.
-            let tmp = self.workspace.join("tmp");
-            std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-            cmd.env("TMPDIR", &tmp);
-        }
-        self.sandbox.confine(&mut cmd, &self.workspace, self.identity)?;
-        cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.program.display()))
-    }
-
-    fn write_secrets(&self) -> Result<(), String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.workspace.join(SECRETS_FILE_NAME);
-        let _ = std::fs::remove_file(&path);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        for (k, v) in &self.secrets {
-            writeln!(file, "{k}={v}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        Ok(())
-    }
-
-    /// Waits for an adopted agent (not our child: polled) to exit or for a stop request.
-    /// Returns `true` when asked to stop.
-    async fn watch_adopted(&mut self, pid: u32) -> bool {
-        let start = start_time(pid);
+    /// An adopted agent (not our child: polled).
+    async fn adopted(mut self) {
+        let start = start_time(self.pid);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if start_time(pid) != start {
-                        tracing::warn!(agent = %self.label, pid, "Adopted agent exited; restarting");
-                        let mut st = self.status.lock().expect("not poisoned");
-                        st.restarts += 1;
-                        st.state = ReplicaState::Restarting { last_exit: "exited".into() };
-                        st.pid = None;
-                        return false;
+                    if start_time(self.pid) != start || is_zombie(self.pid) {
+                        return self.exited("exited".into());
                     }
                 }
-                _ = self.stop.changed() => return true,
+                _ = self.stop.changed() => {
+                    self.stopped().await;
+                    let _ = std::fs::remove_file(&self.pidfile);
+                    return;
+                }
             }
         }
     }
@@ -413,29 +389,24 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn pid_line(pid: u32, key: u64) -> Option<String> {
-    Some(format!("{pid} {} {key:016x}\n", start_time(pid)?))
+fn pid_line(pid: u32, key: ConfigKey) -> Option<String> {
+    Some(format!("{pid} {} {key}\n", start_time(pid)?))
 }
 
-fn read_pidfile(path: &Path) -> Option<(u32, u64, u64)> {
+fn read_pidfile(path: &Path) -> Option<(u32, u64, ConfigKey)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();
     let pid = parts.next()?.parse().ok()?;
     let start = parts.next()?.parse().ok()?;
-    let key = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let key = parts.next()?.parse().ok()?;
     Some((pid, start, key))
 }
 
-/// The pid of this slot's agent, still running with this configuration, if there is one.
-fn adoptable(pidfile: &Path, key: u64) -> Option<u32> {
-    let (pid, start, k) = read_pidfile(pidfile)?;
-    (k == key && start_time(pid) == Some(start) && !is_zombie(pid)).then_some(pid)
-}
-
-/// The pid of this slot's agent still running with another configuration.
-fn stale_agent(pidfile: &Path) -> Option<u32> {
-    let (pid, start, _) = read_pidfile(pidfile)?;
-    (start_time(pid) == Some(start)).then_some(pid)
+/// The pid and configuration of this slot's agent, if its pid file names a process that still
+/// runs (the start time tells a reused pid apart).
+fn running_agent(pidfile: &Path) -> Option<(u32, ConfigKey)> {
+    let (pid, start, key) = read_pidfile(pidfile)?;
+    (start_time(pid) == Some(start) && !is_zombie(pid)).then_some((pid, key))
 }
 
 #[cfg(test)]
@@ -451,26 +422,16 @@ mod tests {
     }
 
     #[test]
-    fn config_keys_are_stable_and_sensitive() {
-        let a = vec![("A", "1".to_owned()), ("B", "2".to_owned())];
-        let b = vec![("A", "1".to_owned()), ("B", "3".to_owned())];
-        assert_eq!(config_key(&a), config_key(&a.clone()));
-        assert_ne!(config_key(&a), config_key(&b));
-        // Field boundaries matter: ("AB","") differs from ("A","B").
-        assert_ne!(config_key(&[("AB", String::new())]), config_key(&[("A", "B".to_owned())]));
-    }
-
-    #[test]
     fn pidfiles_round_trip() {
         let dir = std::env::temp_dir().join(format!("clawfleet-pidfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.pid");
-        std::fs::write(&path, pid_line(std::process::id(), 42).unwrap()).unwrap();
-        assert_eq!(adoptable(&path, 42), Some(std::process::id()));
-        assert_eq!(adoptable(&path, 43), None);
-        assert_eq!(stale_agent(&path), Some(std::process::id()));
+        std::fs::write(&path, pid_line(std::process::id(), ConfigKey(42)).unwrap()).unwrap();
+        assert_eq!(running_agent(&path), Some((std::process::id(), ConfigKey(42))));
+        std::fs::write(&path, format!("{} 1 {}", std::process::id(), ConfigKey(42))).unwrap();
+        assert_eq!(running_agent(&path), None, "another process's start time: the pid was reused");
         std::fs::write(&path, "garbage").unwrap();
-        assert_eq!(adoptable(&path, 42), None);
+        assert_eq!(running_agent(&path), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

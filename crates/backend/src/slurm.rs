@@ -27,7 +27,7 @@
 //! batch shell with `--signal=B:TERM`); an agent that exits with an error leaves a
 //! `worker_error` line in the mailbox, so a dead worker is reported whichever transport it used.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -37,8 +37,7 @@ use clawfleet_core::{BackendKind, FleetName};
 use clawfleet_proto::api::Isolation;
 use tokio::process::Command;
 
-use crate::local::config_key;
-use crate::{Applied, Backend, BackendError, Deployment, Replica, ReplicaState, env};
+use crate::{Action, Applied, Backend, BackendError, ConfigKey, Deployment, Instance, InstanceState, config_key, env};
 
 /// Where and how the slurm backend runs agents.
 #[derive(Debug, Clone)]
@@ -68,8 +67,6 @@ struct Target {
 
 pub struct SlurmBackend {
     config: SlurmConfig,
-    /// Each fleet's target, learned from its deployment (`prepare`, `apply`).
-    targets: Mutex<HashMap<FleetName, Target>>,
     /// Jobs submitted per (fleet, slot): a slot's restarts are its submissions less one.
     submitted: Mutex<HashMap<(FleetName, u32), u32>>,
 }
@@ -116,13 +113,13 @@ pub fn parse_squeue(fleet: &FleetName, text: &str) -> Vec<Job> {
         .collect()
 }
 
-fn replica_state(job: &Job) -> ReplicaState {
+fn replica_state(job: &Job) -> InstanceState {
     match job.state.as_str() {
-        "RUNNING" => ReplicaState::Running,
-        "PENDING" | "CONFIGURING" | "REQUEUED" | "RESIZING" => ReplicaState::Starting,
-        "COMPLETING" | "STOPPED" | "SIGNALING" => ReplicaState::Stopping,
-        "SUSPENDED" => ReplicaState::Restarting { last_exit: "was suspended by Slurm".into() },
-        other => ReplicaState::Failed(format!("job {} is {other} ({})", job.id, job.reason)),
+        "RUNNING" => InstanceState::Running,
+        "PENDING" | "CONFIGURING" | "REQUEUED" | "RESIZING" => InstanceState::Starting,
+        "COMPLETING" | "STOPPED" | "SIGNALING" => InstanceState::Stopping,
+        "SUSPENDED" => InstanceState::Restarting { last_exit: "was suspended by Slurm".into() },
+        other => InstanceState::Failed(format!("job {} is {other} ({})", job.id, job.reason)),
     }
 }
 
@@ -137,7 +134,7 @@ fn shell_quote(s: &str) -> String {
 
 impl SlurmBackend {
     pub fn new(config: SlurmConfig) -> SlurmBackend {
-        SlurmBackend { config, targets: Mutex::new(HashMap::new()), submitted: Mutex::new(HashMap::new()) }
+        SlurmBackend { config, submitted: Mutex::new(HashMap::new()) }
     }
 
     fn target(&self, d: &Deployment) -> Target {
@@ -150,7 +147,7 @@ impl SlurmBackend {
         let login = c.login_host.or_else(|| self.config.login.clone());
         // Over ssh the control plane cannot read the mailbox: agents must use the bus.
         let transport = c.transport.unwrap_or_else(|| if login.is_some() { "bus".into() } else { self.config.transport.clone() });
-        let target = Target {
+        Target {
             login,
             partition: c.partition.or_else(|| self.config.partition.clone()),
             account: c.account,
@@ -158,16 +155,6 @@ impl SlurmBackend {
             time_limit: c.time_limit,
             root,
             transport,
-        };
-        self.targets.lock().expect("not poisoned").insert(d.fleet.clone(), target.clone());
-        target
-    }
-
-    /// The login host of a fleet as last learned (the default before that).
-    fn login_of(&self, fleet: &FleetName) -> Option<String> {
-        match self.targets.lock().expect("not poisoned").get(fleet) {
-            Some(t) => t.login.clone(),
-            None => self.config.login.clone(),
         }
     }
 
@@ -338,7 +325,31 @@ impl Backend for SlurmBackend {
         BackendKind::Slurm
     }
 
-    async fn apply(&self, d: &Deployment) -> Result<Applied, BackendError> {
+    fn key(&self, d: &Deployment, slot: u32) -> ConfigKey {
+        let mut vars = d.agent_env(slot);
+        vars.push(("program", self.config.program.display().to_string()));
+        vars.push(("target", format!("{:?}", self.target(d))));
+        config_key(&vars)
+    }
+
+    async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, BackendError> {
+        let t = self.target(d);
+        let jobs = self.jobs(t.login.as_deref(), &d.fleet).await?;
+        let submitted = self.submitted.lock().expect("not poisoned");
+        Ok(jobs
+            .into_iter()
+            .map(|j| Instance {
+                slot: j.slot,
+                key: j.key.parse().ok(),
+                state: replica_state(&j),
+                restarts: submitted.get(&(d.fleet.clone(), j.slot)).map_or(0, |n| n.saturating_sub(1)),
+                node: (!j.nodes.is_empty() && j.nodes != "(null)").then(|| j.nodes.clone()),
+                id: format!("job {}", j.id),
+            })
+            .collect())
+    }
+
+    async fn execute(&self, d: &Deployment, actions: &[Action]) -> Result<Applied, BackendError> {
         let t = self.target(d);
         if t.login.is_some() && t.transport != "bus" {
             return Err(BackendError::Failed(format!(
@@ -352,67 +363,28 @@ impl Backend for SlurmBackend {
             let mailbox = Self::fleet_dir(&t, d);
             clawfleet_mailbox::Mailbox::open(&mailbox).map_err(|e| BackendError::Failed(e.to_string()))?;
         }
-        let login = t.login.as_deref();
-        let jobs = self.jobs(login, &d.fleet).await?;
-        let mut by_slot: BTreeMap<u32, Vec<&Job>> = BTreeMap::new();
-        for j in &jobs {
-            by_slot.entry(j.slot).or_default().push(j);
-        }
-        // Extra slots go.
-        let extra: Vec<String> = jobs.iter().filter(|j| j.slot >= d.replicas && j.state != "COMPLETING").map(|j| j.id.clone()).collect();
-        self.cancel(login, &extra).await?;
-        let all_running = (0..d.replicas).all(|s| by_slot.get(&s).is_some_and(|js| js.iter().any(|j| j.state == "RUNNING")));
-        let mut replaced_one = false;
-        for slot in 0..d.replicas {
-            let mut vars = d.agent_env(slot);
-            vars.push(("program", self.config.program.display().to_string()));
-            vars.push(("target", format!("{t:?}")));
-            let key = format!("{:016x}", config_key(&vars));
-            let live: Vec<&&Job> = by_slot.get(&slot).map(|js| js.iter().filter(|j| j.state != "COMPLETING").collect()).unwrap_or_default();
-            let current = live.iter().find(|j| j.key == key);
-            let stale: Vec<String> = live.iter().filter(|j| j.key != key).map(|j| j.id.clone()).collect();
-            match current {
-                Some(_) => self.cancel(login, &stale).await?,
-                None if stale.is_empty() => self.submit(&t, d, slot, &key).await?,
-                // A changed configuration: replace one agent at a time, once all run.
-                None if all_running && !replaced_one => {
-                    replaced_one = true;
-                    self.cancel(login, &stale).await?;
-                }
-                None => {}
+        let cancel: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { instance, .. } => instance.strip_prefix("job ").map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        self.cancel(t.login.as_deref(), &cancel).await?;
+        for action in actions {
+            // A job that ended is gone from the queue by itself: `Forget` has nothing to do.
+            if let Action::Start { slot } = action {
+                self.submit(&t, d, *slot, &self.key(d, *slot).to_string()).await?;
             }
         }
         Ok(Applied::Started)
     }
 
-    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
-        let jobs = self.jobs(self.login_of(fleet).as_deref(), fleet).await?;
-        let submitted = self.submitted.lock().expect("not poisoned");
-        let mut out: BTreeMap<u32, Replica> = BTreeMap::new();
-        for j in jobs {
-            let replica = Replica {
-                slot: j.slot,
-                instance: Some(format!("job {}", j.id)),
-                state: replica_state(&j),
-                restarts: submitted.get(&(fleet.clone(), j.slot)).map_or(0, |n| n.saturating_sub(1)),
-                node: (!j.nodes.is_empty() && j.nodes != "(null)").then(|| j.nodes.clone()),
-            };
-            // A slot being replaced shows its newest job.
-            match out.get(&j.slot) {
-                Some(r) if r.state == ReplicaState::Running && replica.state != ReplicaState::Running => {}
-                _ => {
-                    out.insert(j.slot, replica);
-                }
-            }
-        }
-        Ok(out.into_values().collect())
-    }
-
-    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
-        let login = self.login_of(fleet);
-        let jobs = self.jobs(login.as_deref(), fleet).await?;
+    async fn remove(&self, d: &Deployment) -> Result<bool, BackendError> {
+        let login = self.target(d).login;
+        let jobs = self.jobs(login.as_deref(), &d.fleet).await?;
         if jobs.is_empty() {
-            self.submitted.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
+            self.submitted.lock().expect("not poisoned").retain(|(f, _), _| f != &d.fleet);
             return Ok(true);
         }
         let ids: Vec<String> = jobs.iter().filter(|j| j.state != "COMPLETING").map(|j| j.id.clone()).collect();
@@ -422,10 +394,6 @@ impl Backend for SlurmBackend {
 
     async fn shutdown(&self) {
         // Slurm jobs outlive the control plane; the next `up` finds them by name.
-    }
-
-    fn prepare(&self, d: &Deployment) {
-        self.target(d);
     }
 
     fn mailbox(&self, d: &Deployment) -> Option<PathBuf> {
@@ -450,8 +418,8 @@ mod tests {
         let jobs = parse_squeue(&fleet, text);
         assert_eq!(jobs.len(), 2);
         assert_eq!((jobs[0].id.as_str(), jobs[0].slot, jobs[0].state.as_str()), ("12", 0, "RUNNING"));
-        assert_eq!(replica_state(&jobs[1]), ReplicaState::Starting);
-        assert!(matches!(replica_state(&Job { state: "FAILED".into(), ..jobs[0].clone() }), ReplicaState::Failed(_)));
+        assert_eq!(replica_state(&jobs[1]), InstanceState::Starting);
+        assert!(matches!(replica_state(&Job { state: "FAILED".into(), ..jobs[0].clone() }), InstanceState::Failed(_)));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use clawfleet_backend::{Applied, Backend, BackendError, Credentials, Deployment, Replica, ReplicaState, env};
+use clawfleet_backend::{Action, Applied, Backend, BackendError, Credentials, Deployment, Instance, InstanceState, Rollout, env};
 use clawfleet_core::{BackendKind, FleetName};
 use serde_json::{Value, json};
 
@@ -386,7 +386,12 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
-    async fn apply(&self, d: &Deployment) -> Result<Applied, BackendError> {
+    /// Swarm's own rolling update, gated by the agent's health check, replaces agents.
+    fn rollout(&self) -> Rollout {
+        Rollout::Native
+    }
+
+    async fn execute(&self, d: &Deployment, _: &[Action]) -> Result<Applied, BackendError> {
         self.ensure_network().await?;
         let engine = &self.config.engine;
         let name = service_name(&d.fleet);
@@ -461,7 +466,8 @@ impl Backend for DockerBackend {
         Ok(Applied::Started)
     }
 
-    async fn observe(&self, fleet: &FleetName) -> Result<Vec<Replica>, BackendError> {
+    async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, BackendError> {
+        let fleet = &d.fleet;
         let name = service_name(fleet);
         let replicas = match self.config.engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
             Ok(s) => s["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(0),
@@ -495,15 +501,16 @@ impl Backend for DockerBackend {
                     };
                     if swarm_slot <= replicas {
                         // Between two tasks of a slot that stays.
-                        (*t, ReplicaState::Restarting { last_exit: "was replaced".into() })
+                        (*t, InstanceState::Restarting { last_exit: "was replaced".into() })
                     } else {
-                        (*t, ReplicaState::Stopping)
+                        (*t, InstanceState::Stopping)
                     }
                 }
             };
-            out.push(Replica {
+            out.push(Instance {
                 slot,
-                instance: task["ID"].as_str().map(str::to_owned),
+                id: task["ID"].as_str().unwrap_or_default().to_owned(),
+                key: None,
                 state,
                 restarts,
                 node: task["NodeID"].as_str().map(str::to_owned),
@@ -512,7 +519,8 @@ impl Backend for DockerBackend {
         Ok(out)
     }
 
-    async fn remove(&self, fleet: &FleetName) -> Result<bool, BackendError> {
+    async fn remove(&self, d: &Deployment) -> Result<bool, BackendError> {
+        let fleet = &d.fleet;
         let engine = &self.config.engine;
         let name = service_name(fleet);
         match engine.delete(&format!("/services/{}", query_escape(&name))).await {
@@ -566,19 +574,19 @@ impl Backend for DockerBackend {
 }
 
 /// What the task Swarm wants running in a slot is doing; `previous` is the task before it.
-fn task_state(task: &Value, previous: Option<&Value>) -> ReplicaState {
+fn task_state(task: &Value, previous: Option<&Value>) -> InstanceState {
     let status = &task["Status"];
     let err = status["Err"].as_str().unwrap_or("");
     match status["State"].as_str().unwrap_or("") {
-        "running" => ReplicaState::Running,
+        "running" => InstanceState::Running,
         "new" | "pending" | "assigned" | "accepted" | "preparing" | "ready" | "starting" => match previous {
             Some(p) if !p["Status"]["Err"].as_str().unwrap_or("").is_empty() => {
-                ReplicaState::Restarting { last_exit: explain(p["Status"]["Err"].as_str().unwrap_or("")) }
+                InstanceState::Restarting { last_exit: explain(p["Status"]["Err"].as_str().unwrap_or("")) }
             }
-            _ => ReplicaState::Starting,
+            _ => InstanceState::Starting,
         },
-        "rejected" if err.contains("No such image") || err.contains("no such image") => ReplicaState::Failed(explain(err)),
-        other => ReplicaState::Restarting { last_exit: if err.is_empty() { other.to_owned() } else { explain(err) } },
+        "rejected" if err.contains("No such image") || err.contains("no such image") => InstanceState::Failed(explain(err)),
+        other => InstanceState::Restarting { last_exit: if err.is_empty() { other.to_owned() } else { explain(err) } },
     }
 }
 
@@ -661,11 +669,11 @@ mod tests {
     #[test]
     fn task_states_map_to_replica_states() {
         let t = |state: &str, err: &str| json!({"Status": {"State": state, "Err": err}});
-        assert_eq!(task_state(&t("running", ""), None), ReplicaState::Running);
-        assert_eq!(task_state(&t("preparing", ""), None), ReplicaState::Starting);
-        assert!(matches!(task_state(&t("starting", ""), Some(&t("failed", "task: non-zero exit (1)"))), ReplicaState::Restarting { .. }));
+        assert_eq!(task_state(&t("running", ""), None), InstanceState::Running);
+        assert_eq!(task_state(&t("preparing", ""), None), InstanceState::Starting);
+        assert!(matches!(task_state(&t("starting", ""), Some(&t("failed", "task: non-zero exit (1)"))), InstanceState::Restarting { .. }));
         assert!(
-            matches!(task_state(&t("rejected", "No such image: x:1"), None), ReplicaState::Failed(m) if m.contains("clawfleet image build"))
+            matches!(task_state(&t("rejected", "No such image: x:1"), None), InstanceState::Failed(m) if m.contains("clawfleet image build"))
         );
     }
 }

@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use clawfleet_backend::{Instance, InstanceState};
 use clawfleet_core::authz::{self, Action, Principal, Target};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
@@ -310,13 +311,12 @@ async fn status(
 ) -> Result<Json<FleetStatus>, ApiError> {
     caller.may(&app, Action::Read, Target::Fleet(&name))?;
     let row = load(&app, &name).await?;
-    let observed = match app.backend(&row.backend) {
-        Ok(backend) => {
-            let fleet = row.name.parse().map_err(|e| ApiError::internal("stored fleet name", e))?;
+    let observed = match (app.backend(&row.backend), app.deployment(&row)) {
+        (Ok(backend), Ok(deployment)) => {
             // A backend that hangs (a login node that never answers) does not hang `status`:
             // the agents are then shown from their heartbeats alone.
-            match tokio::time::timeout(OBSERVE_TIMEOUT, backend.observe(&fleet)).await {
-                Ok(Ok(replicas)) => replicas,
+            match tokio::time::timeout(OBSERVE_TIMEOUT, backend.observe(&deployment)).await {
+                Ok(Ok(instances)) => instances,
                 Ok(Err(e)) => {
                     tracing::warn!(fleet = %name, error = %e, "Backend could not report");
                     Vec::new()
@@ -327,9 +327,17 @@ async fn status(
                 }
             }
         }
-        Err(_) => Vec::new(),
+        _ => Vec::new(),
     };
-    let observed: BTreeMap<u32, _> = observed.into_iter().map(|r| (r.slot, r)).collect();
+    // A slot being replaced shows its live instance that is not stopping, else its newest.
+    let mut by_slot: BTreeMap<u32, Instance> = BTreeMap::new();
+    for i in observed {
+        let rank = |i: &Instance| (i.state.is_live(), i.state != InstanceState::Stopping);
+        if by_slot.get(&i.slot).is_none_or(|seen| rank(&i) >= rank(seen)) {
+            by_slot.insert(i.slot, i);
+        }
+    }
+    let observed = by_slot;
     let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).collect();
     let now = clock::mono_ms();
     let agents = slots
@@ -339,11 +347,13 @@ async fn status(
             let replica = observed.get(&slot);
             let mut state = live.as_ref().map_or("pending", |a| a.state(now).as_str()).to_owned();
             let problem = match replica.map(|r| &r.state) {
-                Some(clawfleet_backend::ReplicaState::Failed(why)) => {
+                Some(InstanceState::Failed(why)) => {
                     state = "failed".into();
                     Some(why.clone())
                 }
-                Some(clawfleet_backend::ReplicaState::Restarting { last_exit }) => Some(format!("restarting after it {last_exit}")),
+                Some(InstanceState::Restarting { last_exit } | InstanceState::Exited { last_exit }) => {
+                    Some(format!("restarting after it {last_exit}"))
+                }
                 _ => None,
             };
             let hb = live.as_ref().map(|a| &a.hb);
@@ -351,7 +361,7 @@ async fn status(
                 slot,
                 id: format!("{}/{slot}", row.name),
                 state,
-                instance: replica.and_then(|r| r.instance.clone()),
+                instance: replica.map(|r| r.id.clone()).filter(|id| !id.is_empty()),
                 restarts: replica.map_or(0, |r| r.restarts),
                 node: replica.and_then(|r| r.node.clone()),
                 last_heartbeat: hb.map(|h| h.at.clone()),

@@ -1,6 +1,8 @@
 //! The reconcile loop: level-triggered, every second or when woken. For each stored fleet it
-//! asks the fleet's backend to match the desired state (`apply`), or to remove a terminating
-//! fleet, which is deleted once the backend reports nothing left. Each fleet's pass runs in a
+//! drives the fleet's backend one step toward the desired state (`backend::converge`: observe,
+//! `core::plan`, execute), or asks it to remove a terminating fleet, which is deleted once the
+//! backend reports nothing left. The loop owns each fleet's plan memory (what it saw, what it
+//! stopped, crashes in a row) and hands it to the fleet's pass. Each fleet's pass runs in a
 //! task of its own, bounded by [`PASS_TIMEOUT`], and a fleet whose last pass still runs is left
 //! to it: a backend that hangs (a login node that never answers) holds up only its own fleets.
 //! Changes of agents' availability become `agent_state` events on a tick of their own
@@ -10,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clawfleet_backend::Applied;
+use clawfleet_backend::{Applied, Memory, Policy};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{FleetRow, NewEvent};
@@ -22,13 +24,23 @@ use crate::clock;
 const PERIOD: Duration = Duration::from_secs(1);
 /// The longest one fleet's pass may take before it counts as the backend's failure.
 const PASS_TIMEOUT: Duration = Duration::from_secs(300);
+/// How soon a fleet whose plan acted is looked at again.
+const STEP_AGAIN: Duration = Duration::from_millis(200);
 /// How often agents' availability is looked at.
 const LIVENESS_TICK: Duration = Duration::from_millis(250);
 
+/// What the loop keeps of a fleet incarnation (name, uid) between its passes.
+type Memories = HashMap<(String, String), Memory>;
+
+/// A fleet's pass in its task: the incarnation it is for, and the task, which hands the
+/// fleet's memory back.
+type Running = HashMap<String, (String, tokio::task::JoinHandle<Memory>)>;
+
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
-    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running = Running::new();
+    let mut memories = Memories::new();
     loop {
-        if let Err(e) = once(&app, &mut running).await {
+        if let Err(e) = once(&app, &mut running, &mut memories).await {
             tracing::error!(error = %e, "Reconcile pass failed");
         }
         tokio::select! {
@@ -38,7 +50,7 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         }
     }
     // Backends shut down next: no pass may still be talking to one.
-    for pass in running.into_values() {
+    for (_, pass) in running.into_values() {
         pass.abort();
     }
 }
@@ -54,38 +66,44 @@ pub(crate) async fn watch_liveness(app: Arc<App>, mut shutdown: watch::Receiver<
     }
 }
 
-async fn once(app: &Arc<App>, running: &mut HashMap<String, tokio::task::JoinHandle<()>>) -> Result<(), clawfleet_store::StoreError> {
+async fn once(app: &Arc<App>, running: &mut Running, memories: &mut Memories) -> Result<(), clawfleet_store::StoreError> {
     let fleets = app.db.run(|s| s.fleets()).await?;
     if let Some(dynsec) = &app.dynsec {
         dynsec.sync(app, &fleets).await;
     }
-    for fleet in &fleets {
-        if let (Ok(backend), Ok(d)) = (app.backend(&fleet.backend), app.deployment(fleet)) {
-            backend.prepare(&d);
+    let finished: Vec<String> = running.iter().filter(|(_, (_, pass))| pass.is_finished()).map(|(name, _)| name.clone()).collect();
+    for name in finished {
+        let (uid, pass) = running.remove(&name).expect("listed");
+        if let Ok(memory) = pass.await {
+            memories.insert((name, uid), memory);
         }
     }
-    running.retain(|_, pass| !pass.is_finished());
+    memories.retain(|(name, uid), _| fleets.iter().any(|f| &f.name == name && &f.uid == uid));
     for fleet in fleets {
         if running.contains_key(&fleet.name) {
             continue;
         }
         let app = app.clone();
-        running.insert(fleet.name.clone(), tokio::spawn(async move { reconcile_fleet(&app, fleet).await }));
+        let (name, uid) = (fleet.name.clone(), fleet.uid.clone());
+        let memory = memories.remove(&(name.clone(), uid.clone())).unwrap_or_default();
+        running.insert(name, (uid, tokio::spawn(async move { reconcile_fleet(&app, fleet, memory).await })));
     }
     Ok(())
 }
 
-/// One pass over one fleet: its backend asked, what it said kept as the fleet's condition.
-async fn reconcile_fleet(app: &App, fleet: FleetRow) {
+/// One pass over one fleet: its backend driven one step, what it said kept as the fleet's
+/// condition. Returns the fleet's memory, once the pass's next one is due.
+async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: Memory) -> Memory {
     let pass = async {
         match fleet.state.as_str() {
-            "terminating" => remove(app, &fleet).await.map(|()| Applied::Started),
-            _ => apply(app, &fleet).await,
+            "terminating" => remove(app, &fleet).await.map(|()| (Applied::Started, None)),
+            _ => converge(app, &fleet, &mut memory).await,
         }
     };
-    let outcome = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!("the {} backend did not finish within {} s; trying again", fleet.backend, PASS_TIMEOUT.as_secs())),
+    let (outcome, next) = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
+        Ok(Ok((applied, next))) => (Ok(applied), next),
+        Ok(Err(e)) => (Err(e), None),
+        Err(_) => (Err(format!("the {} backend did not finish within {} s; trying again", fleet.backend, PASS_TIMEOUT.as_secs())), None),
     };
     let news = {
         let mut conditions = app.conditions.lock().expect("not poisoned");
@@ -123,18 +141,34 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow) {
             tracing::error!(error = %e, "Could not store a backend problem");
         }
     }
+    // Sooner than the loop's period when the plan has more to do (the next slot of a rollout,
+    // a crashed agent's backoff).
+    if let Some(next) = next.filter(|n| *n < PERIOD) {
+        tokio::time::sleep(next).await;
+        app.reconcile.notify_one();
+    }
+    memory
 }
 
-async fn apply(app: &App, fleet: &FleetRow) -> Result<Applied, String> {
+/// One reconcile step of a fleet, and when the next is due sooner than the loop's period.
+async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(Applied, Option<Duration>), String> {
     let backend = app.backend(&fleet.backend)?;
     let deployment = app.deployment(fleet)?;
-    backend.apply(&deployment).await.map_err(|e| e.to_string())
+    let step = clawfleet_backend::converge(&**backend, &deployment, memory, Policy::default(), clock::mono_ms())
+        .await
+        .map_err(|e| e.to_string())?;
+    let next = match (step.plan.actions.is_empty(), step.plan.requeue_after_ms) {
+        (false, _) => Some(STEP_AGAIN),
+        (true, Some(ms)) => Some(Duration::from_millis(ms)),
+        (true, None) => None,
+    };
+    Ok((step.applied, next))
 }
 
 async fn remove(app: &App, fleet: &FleetRow) -> Result<(), String> {
     let backend = app.backend(&fleet.backend)?;
-    let name = fleet.name.parse().map_err(|e| format!("{e}"))?;
-    if !backend.remove(&name).await.map_err(|e| e.to_string())? {
+    let deployment = app.deployment(fleet)?;
+    if !backend.remove(&deployment).await.map_err(|e| e.to_string())? {
         return Ok(());
     }
     let fname = fleet.name.clone();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clawfleet_backend::conformance::{self, Chaos, Harness};
 use clawfleet_backend::local::{LocalBackend, LocalConfig};
-use clawfleet_backend::{Credentials, Deployment, Endpoints, Replica};
+use clawfleet_backend::{Credentials, Deployment, Endpoints, Instance};
 use clawfleet_bus::broker::{BrokerConfig, EmbeddedBroker};
 use clawfleet_bus::{BusSecret, CONTROL_USER, FleetAuth};
 use clawfleet_core::BrainSpec;
@@ -16,8 +16,8 @@ struct KillPid;
 
 #[async_trait]
 impl Chaos for KillPid {
-    async fn kill(&self, replica: &Replica) {
-        let pid: i32 = replica.instance.as_deref().and_then(|i| i.strip_prefix("pid ")).and_then(|p| p.parse().ok()).expect("a pid");
+    async fn kill(&self, instance: &Instance) {
+        let pid: i32 = instance.id.strip_prefix("pid ").and_then(|p| p.parse().ok()).expect("a pid");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawfleet_backend::Replica;
+use clawfleet_backend::Instance;
 use clawfleet_backend::conformance::{self, Chaos};
 use clawfleet_docker::swarm::{DockerBackend, DockerConfig};
 use clawfleet_docker::{Engine, swarm};
@@ -50,8 +50,8 @@ struct KillContainer;
 
 #[async_trait]
 impl Chaos for KillContainer {
-    async fn kill(&self, replica: &Replica) {
-        let task = replica.instance.clone().expect("a task id");
+    async fn kill(&self, instance: &Instance) {
+        let task = instance.id.clone();
         let container = docker(&["inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", &task]);
         docker(&["kill", &container]);
     }

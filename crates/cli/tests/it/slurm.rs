@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawfleet_backend::Replica;
+use clawfleet_backend::Instance;
 use clawfleet_backend::conformance::{self, Chaos};
 use clawfleet_backend::slurm::{SlurmBackend, SlurmConfig};
 
@@ -16,8 +16,8 @@ struct KillJob;
 
 #[async_trait]
 impl Chaos for KillJob {
-    async fn kill(&self, replica: &Replica) {
-        let id = replica.instance.as_deref().and_then(|i| i.strip_prefix("job ")).expect("a job id").to_owned();
+    async fn kill(&self, instance: &Instance) {
+        let id = instance.id.strip_prefix("job ").expect("a job id").to_owned();
         let out = std::process::Command::new("scancel").args(["--full", "--signal=KILL", &id]).output().unwrap();
         assert!(out.status.success(), "scancel: {}", String::from_utf8_lossy(&out.stderr));
     }
