@@ -142,13 +142,27 @@ pub enum Applied {
     Preparing(String),
 }
 
-/// Why a backend call failed.
+/// Why a backend call failed, and so what the reconciler does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
+    /// The backend cannot work here at all (not installed, no permission, not a Swarm
+    /// manager): the fleet's problem until the operator acts.
     #[error("the {0} backend is not available here: {1}")]
     Unavailable(BackendKind, String),
+    /// Likely to pass if tried again (a login node or a controller that did not answer, a
+    /// timeout): retried with backoff.
     #[error("{0}")]
-    Failed(String),
+    Transient(String),
+    /// Fails the same way until the desired state or the cluster changes (a refused job, a
+    /// missing image): the fleet's problem.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Transient(_))
+    }
 }
 
 /// How a backend replaces agents whose configuration changed.

@@ -193,16 +193,16 @@ impl SlurmBackend {
                         cmd.as_std().get_program().to_string_lossy()
                     ),
                 ),
-                _ => BackendError::Failed(format!("cannot run {program}: {e}")),
+                _ => BackendError::Permanent(format!("cannot run {program}: {e}")),
             })?;
             if let (Some(text), Some(mut pipe)) = (&stdin, child.stdin.take()) {
                 use tokio::io::AsyncWriteExt;
-                pipe.write_all(text.as_bytes()).await.map_err(|e| BackendError::Failed(format!("{program}: writing its input: {e}")))?;
+                pipe.write_all(text.as_bytes()).await.map_err(|e| BackendError::Transient(format!("{program}: writing its input: {e}")))?;
             }
             let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
                 .await
-                .map_err(|_| BackendError::Failed(format!("{program} did not finish within 60 s")))?
-                .map_err(|e| BackendError::Failed(format!("{program}: {e}")))?;
+                .map_err(|_| BackendError::Transient(format!("{program} did not finish within 60 s")))?
+                .map_err(|e| BackendError::Permanent(format!("{program}: {e}")))?;
             if out.status.success() {
                 return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
@@ -218,7 +218,8 @@ impl SlurmBackend {
                 continue;
             }
             let via = login.map(|l| format!(" (on {l} over ssh)")).unwrap_or_default();
-            return Err(BackendError::Failed(format!("{program}{via} failed ({}): {err}", out.status)));
+            let message = format!("{program}{via} failed ({}): {err}", out.status);
+            return Err(if transient { BackendError::Transient(message) } else { BackendError::Permanent(message) });
         }
     }
 
@@ -284,8 +285,9 @@ impl SlurmBackend {
         let script = self.script(t, d, slot, &name);
         let path = ws.join("job.sh");
         if t.login.is_none() {
-            std::fs::create_dir_all(&ws).map_err(|e| BackendError::Failed(format!("cannot create the workspace {}: {e}", ws.display())))?;
-            write_private(&path, &script).map_err(|e| BackendError::Failed(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::create_dir_all(&ws)
+                .map_err(|e| BackendError::Permanent(format!("cannot create the workspace {}: {e}", ws.display())))?;
+            write_private(&path, &script).map_err(|e| BackendError::Permanent(format!("cannot write {}: {e}", path.display())))?;
             let submitted = self.run(None, "sbatch", &["--parsable".into(), path.display().to_string()], None).await;
             // Slurm keeps its own copy; this one holds credentials, in the agent's workspace.
             let _ = std::fs::remove_file(&path);
@@ -352,7 +354,7 @@ impl Backend for SlurmBackend {
     async fn execute(&self, d: &Deployment, actions: &[Action]) -> Result<Applied, BackendError> {
         let t = self.target(d);
         if t.login.is_some() && t.transport != "bus" {
-            return Err(BackendError::Failed(format!(
+            return Err(BackendError::Permanent(format!(
                 "transport '{}' needs the mailbox on a filesystem this control plane reads, but the fleet runs over ssh on {}: \
                  run clawfleet up on the login node, or give the profile \"transport\": \"bus\"",
                 t.transport,
@@ -361,7 +363,7 @@ impl Backend for SlurmBackend {
         }
         if t.login.is_none() {
             let mailbox = Self::fleet_dir(&t, d);
-            clawfleet_mailbox::Mailbox::open(&mailbox).map_err(|e| BackendError::Failed(e.to_string()))?;
+            clawfleet_mailbox::Mailbox::open(&mailbox).map_err(|e| BackendError::Permanent(e.to_string()))?;
         }
         let cancel: Vec<String> = actions
             .iter()

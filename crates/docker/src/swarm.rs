@@ -147,7 +147,7 @@ pub async fn gateway(engine: &Engine) -> Result<String, EngineError> {
 }
 
 fn failed(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(e.to_string())
+    BackendError::Permanent(e.to_string())
 }
 
 impl DockerBackend {
@@ -170,6 +170,9 @@ impl DockerBackend {
                 BackendKind::Docker,
                 "this Docker Engine is not in Swarm mode (run `docker swarm init`, or join it to a swarm as a manager)".into(),
             ),
+            // No answer, or the engine's own trouble: worth trying again.
+            EngineError::Transport { .. } | EngineError::Timeout { .. } => BackendError::Transient(e.to_string()),
+            EngineError::Api { status, .. } if status.is_server_error() => BackendError::Transient(e.to_string()),
             e => failed(e),
         }
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clawfleet_backend::{Applied, Memory, Policy};
+use clawfleet_backend::{Applied, BackendError, Memory, Policy};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{FleetRow, NewEvent};
@@ -24,17 +24,36 @@ use crate::clock;
 const PERIOD: Duration = Duration::from_secs(1);
 /// The longest one fleet's pass may take before it counts as the backend's failure.
 const PASS_TIMEOUT: Duration = Duration::from_secs(300);
+/// The first and the longest wait after a transient failure.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Transient failures in a row that make an event.
+const TRANSIENT_EVENT_AFTER: u32 = 3;
 /// How soon a fleet whose plan acted is looked at again.
 const STEP_AGAIN: Duration = Duration::from_millis(200);
 /// How often agents' availability is looked at.
 const LIVENESS_TICK: Duration = Duration::from_millis(250);
 
-/// What the loop keeps of a fleet incarnation (name, uid) between its passes.
-type Memories = HashMap<(String, String), Memory>;
+/// What the loop keeps of a fleet incarnation between its passes.
+#[derive(Debug, Default)]
+struct FleetMemory {
+    plan: Memory,
+    /// Transient failures in a row, and the monotonic time before which no pass is tried.
+    failures: u32,
+    not_before_ms: u64,
+}
+
+/// By fleet incarnation (name, uid).
+type Memories = HashMap<(String, String), FleetMemory>;
 
 /// A fleet's pass in its task: the incarnation it is for, and the task, which hands the
 /// fleet's memory back.
-type Running = HashMap<String, (String, tokio::task::JoinHandle<Memory>)>;
+type Running = HashMap<String, (String, tokio::task::JoinHandle<FleetMemory>)>;
+
+/// The wait before the next pass after `failures` transient failures in a row.
+fn retry_after(failures: u32) -> Duration {
+    (RETRY_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(10))).min(RETRY_MAX)
+}
 
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut running = Running::new();
@@ -79,12 +98,14 @@ async fn once(app: &Arc<App>, running: &mut Running, memories: &mut Memories) ->
         }
     }
     memories.retain(|(name, uid), _| fleets.iter().any(|f| &f.name == name && &f.uid == uid));
+    let now = clock::mono_ms();
     for fleet in fleets {
-        if running.contains_key(&fleet.name) {
+        let key = (fleet.name.clone(), fleet.uid.clone());
+        if running.contains_key(&fleet.name) || memories.get(&key).is_some_and(|m| now < m.not_before_ms) {
             continue;
         }
         let app = app.clone();
-        let (name, uid) = (fleet.name.clone(), fleet.uid.clone());
+        let (name, uid) = key;
         let memory = memories.remove(&(name.clone(), uid.clone())).unwrap_or_default();
         running.insert(name, (uid, tokio::spawn(async move { reconcile_fleet(&app, fleet, memory).await })));
     }
@@ -92,19 +113,30 @@ async fn once(app: &Arc<App>, running: &mut Running, memories: &mut Memories) ->
 }
 
 /// One pass over one fleet: its backend driven one step, what it said kept as the fleet's
-/// condition. Returns the fleet's memory, once the pass's next one is due.
-async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: Memory) -> Memory {
+/// condition. Returns the fleet's memory, once the pass's next one is due. A transient failure
+/// is tried again after a backoff (1 s doubling to 60 s), a permanent one on the next pass.
+async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: FleetMemory) -> FleetMemory {
     let pass = async {
         match fleet.state.as_str() {
             "terminating" => remove(app, &fleet).await.map(|()| (Applied::Started, None)),
-            _ => converge(app, &fleet, &mut memory).await,
+            _ => converge(app, &fleet, &mut memory.plan).await,
         }
     };
     let (outcome, next) = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
         Ok(Ok((applied, next))) => (Ok(applied), next),
         Ok(Err(e)) => (Err(e), None),
-        Err(_) => (Err(format!("the {} backend did not finish within {} s; trying again", fleet.backend, PASS_TIMEOUT.as_secs())), None),
+        Err(_) => (
+            Err(BackendError::Transient(format!("the {} backend did not finish within {} s", fleet.backend, PASS_TIMEOUT.as_secs()))),
+            None,
+        ),
     };
+    match &outcome {
+        Err(e) if e.is_transient() => {
+            memory.failures += 1;
+            memory.not_before_ms = clock::mono_ms() + retry_after(memory.failures).as_millis() as u64;
+        }
+        _ => memory.failures = 0,
+    }
     let news = {
         let mut conditions = app.conditions.lock().expect("not poisoned");
         match outcome {
@@ -119,7 +151,16 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: Memory) -> Memo
                 conditions.insert(fleet.name.clone(), Condition::Preparing(what));
                 None
             }
-            Err(problem) => {
+            Err(e) if e.is_transient() => {
+                let wait = retry_after(memory.failures).as_secs();
+                tracing::warn!(fleet = %fleet.name, error = %e, failures = memory.failures, "Backend failed; trying again in {wait} s");
+                let problem = format!("{e} (try {} failed; trying again in {wait} s)", memory.failures);
+                conditions.insert(fleet.name.clone(), Condition::Problem(problem.clone()));
+                // Said as an event once a streak is long enough not to be a blip.
+                (memory.failures == TRANSIENT_EVENT_AFTER).then_some(problem)
+            }
+            Err(e) => {
+                let problem = e.to_string();
                 let condition = Condition::Problem(problem.clone());
                 let new = conditions.get(&fleet.name) != Some(&condition);
                 conditions.insert(fleet.name.clone(), condition);
@@ -151,12 +192,10 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: Memory) -> Memo
 }
 
 /// One reconcile step of a fleet, and when the next is due sooner than the loop's period.
-async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(Applied, Option<Duration>), String> {
-    let backend = app.backend(&fleet.backend)?;
-    let deployment = app.deployment(fleet)?;
-    let step = clawfleet_backend::converge(&**backend, &deployment, memory, Policy::default(), clock::mono_ms())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(Applied, Option<Duration>), BackendError> {
+    let backend = app.backend(&fleet.backend).map_err(BackendError::Permanent)?;
+    let deployment = app.deployment(fleet).map_err(BackendError::Permanent)?;
+    let step = clawfleet_backend::converge(&**backend, &deployment, memory, Policy::default(), clock::mono_ms()).await?;
     let next = match (step.plan.actions.is_empty(), step.plan.requeue_after_ms) {
         (false, _) => Some(STEP_AGAIN),
         (true, Some(ms)) => Some(Duration::from_millis(ms)),
@@ -165,14 +204,17 @@ async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(A
     Ok((step.applied, next))
 }
 
-async fn remove(app: &App, fleet: &FleetRow) -> Result<(), String> {
-    let backend = app.backend(&fleet.backend)?;
-    let deployment = app.deployment(fleet)?;
-    if !backend.remove(&deployment).await.map_err(|e| e.to_string())? {
+async fn remove(app: &App, fleet: &FleetRow) -> Result<(), BackendError> {
+    let backend = app.backend(&fleet.backend).map_err(BackendError::Permanent)?;
+    let deployment = app.deployment(fleet).map_err(BackendError::Permanent)?;
+    if !backend.remove(&deployment).await? {
         return Ok(());
     }
     let fname = fleet.name.clone();
-    app.hub.write(move |s| Ok(((), vec![s.delete_fleet(&fname, &clock::now_rfc3339())?]))).await.map_err(|e| e.to_string())?;
+    app.hub
+        .write(move |s| Ok(((), vec![s.delete_fleet(&fname, &clock::now_rfc3339())?])))
+        .await
+        .map_err(|e| BackendError::Transient(format!("cannot delete the fleet's record: {e}")))?;
     app.auth.forget_fleet(&fleet.name);
     app.live.forget_fleet(&fleet.name);
     // Retained heartbeats of the removed agents would greet a future fleet of the same name.
@@ -223,5 +265,17 @@ async fn report_transitions(app: &App) {
     }
     if let Err(e) = app.hub.append(events).await {
         tracing::error!(error = %e, "Could not store agent state changes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn transient_failures_back_off_to_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|n| super::retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(super::retry_after(u32::MAX), Duration::from_secs(60));
     }
 }

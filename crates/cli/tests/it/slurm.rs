@@ -264,6 +264,7 @@ fn slurm_timeouts_and_refusals_are_clear_errors() {
         plane.json(&["status", "refused", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
     });
     assert!(problem.contains("sbatch") && problem.contains("nosuchpartition"), "{problem}");
+    assert!(!problem.contains("trying again"), "a refusal is no transient failure: {problem}");
     // A mailbox directory that cannot be made (its root is a file).
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -280,14 +281,16 @@ fn slurm_timeouts_and_refusals_are_clear_errors() {
     let problem = crate::support::eventually(Duration::from_secs(120), "the ssh failure", || {
         plane.json(&["status", "nossh", "--json"])["fleet"]["problem"].as_str().map(str::to_owned)
     });
-    assert!(problem.contains("over ssh") || problem.contains("ssh"), "{problem}");
+    // An unreachable login node is a transient failure: tried again with backoff, and said as
+    // an event once it has failed three times in a row.
+    assert!(problem.contains("over ssh") && problem.contains("trying again in"), "{problem}");
     for fleet in ["refused", "nodir", "nossh"] {
-        let ev = crate::support::events(&plane, fleet);
-        assert!(
+        crate::support::eventually(Duration::from_secs(120), "the backend's complaint as an event", || {
+            let ev = crate::support::events(&plane, fleet);
             ev.iter()
-                .any(|e| e["event"] == "agent_error" && e["data"]["message"].as_str().is_some_and(|m| m.starts_with("slurm backend:"))),
-            "{fleet}: {ev:?}"
-        );
+                .any(|e| e["event"] == "agent_error" && e["data"]["message"].as_str().is_some_and(|m| m.starts_with("slurm backend:")))
+                .then_some(())
+        });
         plane.ok(&["terminate", fleet]);
     }
 
