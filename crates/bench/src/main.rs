@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -20,6 +20,7 @@ use clawfleet_proto::event::Event;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+mod deploy;
 mod docker;
 mod model;
 mod security;
@@ -82,6 +83,11 @@ impl Plane {
         Plane::start_with(bin, heartbeat_ms, None, None, extra).await
     }
 
+    /// A control plane with more `up` arguments and environment variables.
+    async fn start_env(bin: &Path, heartbeat_ms: u64, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Plane> {
+        Plane::start_full(bin, heartbeat_ms, None, None, extra, env).await
+    }
+
     /// `docker`: the Docker host address and the network agents join (`up --docker`).
     async fn start_with(
         bin: &Path,
@@ -89,6 +95,17 @@ impl Plane {
         bus: Option<&str>,
         docker: Option<(&str, &str)>,
         extra: &[&str],
+    ) -> anyhow::Result<Plane> {
+        Plane::start_full(bin, heartbeat_ms, bus, docker, extra, &[]).await
+    }
+
+    async fn start_full(
+        bin: &Path,
+        heartbeat_ms: u64,
+        bus: Option<&str>,
+        docker: Option<(&str, &str)>,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Plane> {
         let dir = tempfile::tempdir()?;
         let http = free_port();
@@ -108,7 +125,7 @@ impl Plane {
         if let Some((host, network)) = docker {
             cmd.args(["--docker", "--docker-host", host, "--docker-network", network]);
         }
-        cmd.args(extra);
+        cmd.args(extra).envs(env.iter().copied());
         let child = cmd.spawn().context("starting clawfleet up")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !dir.path().join("server.json").exists() {
@@ -511,7 +528,9 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in [("launch", 0), ("thousand", 1), ("brokers", 2), ("security", 6), ("docker", 4), ("slurm", 5), ("model", 3)] {
+    for (name, run) in
+        [("launch", 0), ("thousand", 1), ("brokers", 2), ("security", 6), ("deploy", 7), ("docker", 4), ("slurm", 5), ("model", 3)]
+    {
         if !wanted(name) {
             continue;
         }
@@ -523,6 +542,7 @@ async fn main() -> anyhow::Result<()> {
             4 => docker::run(&a, &mut rows).await,
             5 => slurm::run(&a, &mut rows).await,
             6 => security::run(&a, &mut rows).await,
+            7 => deploy::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);

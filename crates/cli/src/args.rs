@@ -41,6 +41,12 @@ pub(crate) enum Command {
     Up(UpArgs),
     /// Launch a fleet of agents.
     Launch(LaunchArgs),
+    /// Show what applying a fleet file would change: `+` create, `~` change (old → new),
+    /// `-` terminate. Exits 0 when nothing would change, 2 when something would.
+    Diff(DiffArgs),
+    /// Make the fleets match a fleet file (fleet.toml), through the reconciler, and wait
+    /// until they do.
+    Apply(ApplyArgs),
     /// List fleets.
     Ls(LsArgs),
     /// Show every agent of a fleet.
@@ -296,11 +302,49 @@ pub(crate) struct LaunchArgs {
     /// The profile to take from a codeswarm configuration (cluster.slurm.profiles.NAME).
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub cluster_profile: String,
+    /// The most agents down at once when the fleet's configuration changes: a count or a
+    /// share of the replicas (25%) [default: 1].
+    #[arg(long, value_name = "N|P%")]
+    pub max_unavailable: Option<clawfleet_proto::api::MaxUnavailable>,
     /// Wait until every agent reports ready.
     #[arg(long)]
     pub wait: bool,
     /// Seconds --wait waits before giving up.
     #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The fleet file.
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    /// Also terminate fleets the file does not declare.
+    #[arg(long)]
+    pub prune: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// The fleet file.
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    /// Also terminate fleets the file does not declare.
+    #[arg(long)]
+    pub prune: bool,
+    /// Return once the change is stored, without waiting for the fleets to match it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the fleets before giving up.
+    #[arg(long, default_value_t = 300)]
     pub timeout: u64,
     #[arg(long)]
     pub json: bool,

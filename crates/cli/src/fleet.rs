@@ -10,7 +10,7 @@ use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, Status
 use crate::client::Client;
 use crate::output::{Progress, table};
 
-fn print_json<T: serde::Serialize>(value: &T) {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     outln!("{}", serde_json::to_string_pretty(value).expect("API types serialize"));
 }
 
@@ -34,6 +34,7 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         version: args.version.clone(),
         image: args.image.clone(),
         cluster,
+        deploy: args.max_unavailable.map(|m| clawfleet_proto::api::DeployPolicy { max_unavailable: Some(m) }),
     };
     let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
     if !args.json {
@@ -56,7 +57,7 @@ async fn wait_ready(client: &Client, name: &str, timeout: Duration) -> anyhow::R
     wait_for(client, name, timeout, "are ready", &ready).await
 }
 
-fn ready(a: &AgentStatus) -> bool {
+pub(crate) fn ready(a: &AgentStatus) -> bool {
     matches!(a.state.as_str(), "idle" | "busy")
 }
 
@@ -64,7 +65,7 @@ fn ready(a: &AgentStatus) -> bool {
 /// count is left (showing progress and what the backend prepares), its backend reports a
 /// problem (which ends the wait at once: it will not go away by itself), or `timeout` passes;
 /// `what` says what the agents are waited for.
-async fn wait_for(
+pub(crate) async fn wait_for(
     client: &Client,
     name: &str,
     timeout: Duration,

@@ -23,6 +23,7 @@ macro_rules! out {
 }
 
 mod agent;
+mod apply;
 mod args;
 pub mod client;
 mod docker;
@@ -99,6 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Command(a) => talk::command(a).await,
         Command::Scale(a) => fleet::scale(a).await,
         Command::Update(a) => fleet::update(a).await,
+        Command::Diff(a) => apply::diff(a).await,
+        Command::Apply(a) => apply::apply(a).await,
         Command::Rollback(a) => fleet::rollback(a).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

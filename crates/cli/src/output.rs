@@ -169,6 +169,7 @@ impl EventPrinter {
                 let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "the default image".into());
                 format!("updated: {} version {previous_version} -> {} version {version}", show(previous_image), show(image))
             }
+            EventBody::FleetChanged { changes } => format!("changed: {}", changes.join(", ")),
             EventBody::FleetTerminating {} => "terminating".into(),
             EventBody::FleetTerminated {} => "terminated".into(),
         };

@@ -127,6 +127,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         // Launches are answered from the launch call itself, with the request id.
         EventBody::FleetLaunched { .. }
         | EventBody::FleetUpdated { .. }
+        | EventBody::FleetChanged { .. }
         | EventBody::CommandSent { .. }
         | EventBody::CommandReply { .. } => return None,
     };
@@ -278,6 +279,7 @@ impl Router {
                     version: param("version"),
                     image: param("image"),
                     cluster,
+                    deploy: None,
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
                 let mut d = Map::new();

@@ -9,6 +9,7 @@ pub mod acl;
 pub mod authz;
 pub mod brain;
 pub mod command;
+pub mod desired;
 pub mod generation;
 pub mod liveness;
 pub mod names;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use clawfleet_proto::MAX_PROMPT_BYTES;
-use clawfleet_proto::api::LaunchRequest;
+use clawfleet_proto::api::{DeployPolicy, LaunchRequest};
 use clawfleet_proto::cluster::ClusterSpec;
 
 use crate::brain::{BrainSpec, BrainSpecError};
@@ -88,6 +88,8 @@ pub struct FleetSpec {
     pub image: Option<String>,
     /// Where and how the slurm backend runs the fleet.
     pub cluster: Option<ClusterSpec>,
+    /// How its agents are replaced when its configuration changes.
+    pub deploy: DeployPolicy,
 }
 
 /// Why a spec, a prompt or a target list was refused.
@@ -121,6 +123,23 @@ pub enum SpecError {
     NoAgents(String),
     #[error("slots must be N or A-B (A at most B), got '{0}'")]
     SlotRange(String),
+}
+
+impl SpecError {
+    /// The field of a fleet's declaration the error is about, where it is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        Some(match self {
+            SpecError::Name(_) => "name",
+            SpecError::Brain(_) => "brain",
+            SpecError::UnknownBackend(_) => "backend",
+            SpecError::Replicas(_) => "replicas",
+            SpecError::PromptTooLarge { .. } | SpecError::EmptyPrompt => "prompt",
+            SpecError::Version(_) => "version",
+            SpecError::Image(_) | SpecError::ImageNotForBackend(_) => "image",
+            SpecError::ClusterNotForBackend(_) | SpecError::Cluster(_) => "cluster",
+            SpecError::UnknownAgent { .. } | SpecError::NoAgents(_) | SpecError::SlotRange(_) => return None,
+        })
+    }
 }
 
 /// Checks a prompt's size: `what` names it in the error ("prompt", "system prompt").
@@ -170,6 +189,7 @@ impl FleetSpec {
             version,
             image: req.image.clone(),
             cluster: req.cluster.clone(),
+            deploy: req.deploy.clone().unwrap_or_default(),
         })
     }
 }

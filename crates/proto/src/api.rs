@@ -31,6 +31,168 @@ pub struct LaunchRequest {
     /// Where and how the slurm backend runs this fleet (a cluster file's profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterSpec>,
+    /// How the fleet's agents are replaced when its configuration changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployPolicy>,
+}
+
+/// How a fleet's agents are replaced when its configuration changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPolicy {
+    /// The most agents down at once during a rollout: a count (`2`) or a share of the
+    /// replicas (`"25%"`, rounded down, at least 1) [default: 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<MaxUnavailable>,
+}
+
+/// A count of agents, or a percentage of the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    Count(u32),
+    Percent(u32),
+}
+
+impl MaxUnavailable {
+    /// How many agents of `replicas` this is (at least 1).
+    pub fn of(self, replicas: u32) -> u32 {
+        match self {
+            MaxUnavailable::Count(n) => n.max(1),
+            MaxUnavailable::Percent(p) => ((u64::from(replicas) * u64::from(p) / 100) as u32).max(1),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxUnavailable::Count(n) => write!(f, "{n}"),
+            MaxUnavailable::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxUnavailable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MaxUnavailable, String> {
+        let bad = || {
+            format!(
+                "max_unavailable must be a count of at least 1 or a percentage from 1% to 100%, got '{}'",
+                s.chars().take(32).collect::<String>()
+            )
+        };
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p @ 1..=100) => Ok(MaxUnavailable::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<u32>() {
+                Ok(n @ 1..) => Ok(MaxUnavailable::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl Serialize for MaxUnavailable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxUnavailable::Count(n) => s.serialize_u32(*n),
+            MaxUnavailable::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxUnavailable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MaxUnavailable, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxUnavailable;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a count of agents (2) or a percentage of the replicas (\"25%\")")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxUnavailable, E> {
+                u32::try_from(n).map_err(|_| E::custom("max_unavailable is too large"))?.to_string().parse().map_err(E::custom)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxUnavailable, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("max_unavailable must be at least 1, got {n}")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<MaxUnavailable, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `POST /api/v1/apply`: make the fleets match these declarations (a fleet.toml), or with
+/// `dry_run` only say what would change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub fleets: Vec<LaunchRequest>,
+    /// Terminate fleets that are not declared (otherwise they are left alone).
+    #[serde(default)]
+    pub prune: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an apply changes (or, dry, would change), fleet by fleet, in name order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPlan {
+    pub changes: Vec<FleetChange>,
+    /// Fleets that exist but are not declared, left alone (no `prune`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
+    /// Whether the changes were made (`false` for a dry run).
+    pub applied: bool,
+}
+
+/// One fleet's change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetChange {
+    pub fleet: String,
+    pub op: ChangeOp,
+    /// The fields that change (for `create`, every field declared).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    Create,
+    Update,
+    Terminate,
+}
+
+impl ChangeOp {
+    /// Terraform's sign for it: `+`, `~`, `-`.
+    pub fn sign(self) -> char {
+        match self {
+            ChangeOp::Create => '+',
+            ChangeOp::Update => '~',
+            ChangeOp::Terminate => '-',
+        }
+    }
+}
+
+/// One field's old and new value, as text (`None`: unset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// `POST /api/v1/fleets/{name}/update`: a rolling update to a new image and/or version label.
@@ -68,6 +230,9 @@ pub struct Fleet {
     /// built on first use), if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preparing: Option<String>,
+    /// How its agents are replaced when its configuration changes (absent: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployPolicy>,
 }
 
 /// `GET /api/v1/fleets`

@@ -84,6 +84,9 @@ pub enum EventBody {
         previous_image: Option<String>,
         previous_version: String,
     },
+    /// Fields of a fleet's desired state other than its replicas, image and version changed
+    /// (an apply): `"brain: echo → model"`, one per field.
+    FleetChanged { changes: Vec<String> },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -109,6 +112,7 @@ impl EventBody {
             EventBody::FleetLaunched { .. } => "fleet_launched",
             EventBody::FleetScaled { .. } => "fleet_scaled",
             EventBody::FleetUpdated { .. } => "fleet_updated",
+            EventBody::FleetChanged { .. } => "fleet_changed",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -199,6 +203,7 @@ mod tests {
             EventBody::FleetLaunched { replicas: 2, backend: "local".into(), brain: "echo".into(), version: "1".into() },
             EventBody::FleetScaled { replicas: 3, previous: 2 },
             EventBody::FleetUpdated { image: Some("a:2".into()), version: "2".into(), previous_image: None, previous_version: "1".into() },
+            EventBody::FleetChanged { changes: vec!["brain: echo → model".into()] },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

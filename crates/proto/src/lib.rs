@@ -10,6 +10,7 @@ pub mod api;
 pub mod bus;
 pub mod cluster;
 pub mod event;
+pub mod fleetfile;
 pub mod mailbox;
 pub mod model;
 pub mod policy;

@@ -19,15 +19,16 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use clawfleet_backend::{Instance, InstanceState};
 use clawfleet_core::authz::{self, Action, Principal, Target};
+use clawfleet_core::desired::{self, Existing};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, AuditEntry, BusLogin, CommandRequest, CommandResponse, CommandResult, Fleet, FleetList, FleetStatus, InjectRequest,
-    InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo,
-    TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult, Fleet,
+    FleetList, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest,
+    NewToken, Role, ScaleRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{Audit, EventFilter, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
+use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,6 +49,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/info", get(info))
         .route("/api/v1/fleets", get(list).post(launch))
+        .route("/api/v1/apply", post(apply))
         .route("/api/v1/fleets/{name}", get(status).delete(terminate))
         .route("/api/v1/fleets/{name}/scale", post(scale))
         .route("/api/v1/fleets/{name}/update", post(update))
@@ -167,7 +169,13 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         ready,
         problem: app.problem(&row.name),
         preparing: app.preparing(&row.name),
+        deploy: row.deploy.is_some().then(|| crate::app::deploy_policy(row)),
     }
+}
+
+/// A new fleet incarnation's uid.
+fn new_uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 async fn load(app: &App, name: &str) -> Result<FleetRow, ApiError> {
@@ -264,22 +272,8 @@ async fn launch(
              start it with --model-url URL, or launch with --brain (e.g. echo, openai:URL#MODEL)",
         ));
     }
-    let uid = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let at = clock::now_rfc3339();
-    let row = FleetRow {
-        name: spec.name.to_string(),
-        uid,
-        backend: spec.backend.to_string(),
-        brain: spec.brain.to_string(),
-        prompt: spec.prompt.clone(),
-        version: spec.version.clone(),
-        replicas: spec.replicas,
-        state: "active".into(),
-        created_at: at.clone(),
-        image: spec.image.clone(),
-        previous: None,
-        cluster: spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster specs serialize")),
-    };
+    let row = crate::app::new_row(&spec, new_uid(), at.clone());
     let event = NewEvent {
         at,
         fleet: row.name.clone(),
@@ -302,6 +296,92 @@ async fn launch(
     app.auth.allow_fleet(&row.name, &row.uid);
     app.desired_changed(&row.name);
     Ok((StatusCode::CREATED, Json(fleet_view(&app, &row))))
+}
+
+/// Most fleets one apply may declare.
+const MAX_APPLY_FLEETS: usize = 1_000;
+
+/// Makes the fleets match a declaration (a fleet.toml) in one transaction, or with `dry_run`
+/// says what would change. Every fleet is checked before anything is written: one bad fleet
+/// refuses the whole apply. A dry run needs only read access; an apply, the right to each
+/// change (launch, scale, update, terminate).
+async fn apply(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<ApplyRequest>,
+) -> Result<Json<ApplyPlan>, ApiError> {
+    caller.may(&app, Action::Read, Target::All)?;
+    if req.fleets.len() > MAX_APPLY_FLEETS {
+        return Err(ApiError::bad_request(format!("{} fleets declared, over the {MAX_APPLY_FLEETS}-fleet limit", req.fleets.len())));
+    }
+    let mut wanted = Vec::with_capacity(req.fleets.len());
+    for declared in &req.fleets {
+        let name: String = declared.name.chars().take(64).collect();
+        let invalid = |e: &dyn std::fmt::Display, field: Option<&str>| {
+            ApiError::bad_request(format!("fleet '{name}': {}{e}", field.map(|f| format!("{f}: ")).unwrap_or_default()))
+        };
+        let spec = FleetSpec::from_request(declared, &app.default_brain).map_err(|e| invalid(&e, e.field()))?;
+        app.backend(spec.backend.as_str()).map_err(|e| invalid(&e, Some("backend")))?;
+        if spec.brain == BrainSpec::Model && app.endpoints.model_url.is_none() {
+            return Err(invalid(&"brain 'model' needs the shared model service, and this control plane has none", Some("brain")));
+        }
+        wanted.push(spec);
+    }
+    let rows = app.db.run(|s| s.fleets()).await?;
+    let existing = rows
+        .iter()
+        .map(|r| Ok(Existing { spec: app.spec(r)?, terminating: r.state == "terminating" }))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| ApiError::internal("a stored fleet", e))?;
+    let mut plan = desired::diff(&existing, &wanted, req.prune).map_err(|e| ApiError::conflict(e.to_string()))?;
+    if req.dry_run || plan.changes.is_empty() {
+        plan.applied = !req.dry_run;
+        return Ok(Json(plan));
+    }
+    let at = clock::now_rfc3339();
+    let mut changes = Vec::with_capacity(plan.changes.len());
+    for change in &plan.changes {
+        let target = Target::Fleet(&change.fleet);
+        let spec = wanted.iter().find(|s| s.name.as_str() == change.fleet);
+        let old = rows.iter().find(|r| r.name == change.fleet);
+        changes.push(match (change.op, spec, old) {
+            (ChangeOp::Create, Some(spec), _) => {
+                caller.may(&app, Action::Launch, target)?;
+                FleetApply::Create(crate::app::new_row(spec, new_uid(), at.clone()))
+            }
+            (ChangeOp::Update, Some(spec), Some(old)) => {
+                let only_scale = change.fields.iter().all(|f| f.field == "replicas");
+                caller.may(&app, if only_scale { Action::Scale } else { Action::Update }, target)?;
+                let new = crate::app::new_row(spec, old.uid.clone(), old.created_at.clone());
+                let described = change
+                    .fields
+                    .iter()
+                    .map(|f| format!("{}: {} → {}", f.field, f.from.as_deref().unwrap_or("(unset)"), f.to.as_deref().unwrap_or("(unset)")))
+                    .collect();
+                FleetApply::Update { row: FleetRow { previous: old.previous.clone(), ..new }, changes: described }
+            }
+            (ChangeOp::Terminate, _, Some(_)) => {
+                caller.may(&app, Action::Terminate, target)?;
+                FleetApply::Terminate(change.fleet.clone())
+            }
+            _ => return Err(ApiError::internal("an apply plan", format!("{change:?} does not match what is stored"))),
+        });
+    }
+    let actor = caller.0.audit_name();
+    let applied = changes.clone();
+    app.hub.write(move |s| Ok(((), s.apply_fleets(&applied, &at, &actor)?))).await?;
+    for change in &changes {
+        match change {
+            FleetApply::Create(row) => {
+                app.auth.allow_fleet(&row.name, &row.uid);
+                app.desired_changed(&row.name);
+            }
+            FleetApply::Update { row, .. } => app.desired_changed(&row.name),
+            FleetApply::Terminate(name) => app.desired_changed(name),
+        }
+    }
+    plan.applied = true;
+    Ok(Json(plan))
 }
 
 async fn status(

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use clawfleet_backend::{Backend, Deployment, Endpoints};
 use clawfleet_bus::BusClient;
-use clawfleet_core::{BackendKind, BrainSpec};
+use clawfleet_core::{BackendKind, BrainSpec, FleetSpec};
+use clawfleet_proto::api::DeployPolicy;
 use clawfleet_store::FleetRow;
 use tokio::sync::Notify;
 
@@ -116,10 +117,31 @@ impl App {
         })
     }
 
+    /// A stored fleet's desired state, as validated specs are.
+    pub(crate) fn spec(&self, row: &FleetRow) -> Result<FleetSpec, String> {
+        Ok(FleetSpec {
+            name: row.name.parse().map_err(|e| format!("stored fleet name: {e}"))?,
+            replicas: row.replicas,
+            backend: row.backend.parse().map_err(|e| format!("stored backend: {e}"))?,
+            brain: row.brain.parse().map_err(|e| format!("stored brain: {e}"))?,
+            prompt: row.prompt.clone(),
+            version: row.version.clone(),
+            image: row.image.clone(),
+            cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
+            deploy: deploy_policy(row),
+        })
+    }
+
     /// How long the fleet's agents have to take an injection (its cluster profile's).
     pub(crate) fn inject_timeout(&self, row: &FleetRow) -> Option<std::time::Duration> {
         let seconds = self.deployment(row).ok()?.cluster?.inject_timeout_seconds?;
         Some(std::time::Duration::from_secs(seconds))
+    }
+
+    /// The plan's policy for a fleet: its deploy policy resolved against its replicas.
+    pub(crate) fn policy(&self, row: &FleetRow) -> clawfleet_backend::Policy {
+        let max = deploy_policy(row).max_unavailable.map_or(1, |m| m.of(row.replicas));
+        clawfleet_backend::Policy { max_unavailable: max }
     }
 
     pub(crate) fn backend(&self, kind: &str) -> Result<&Arc<dyn Backend>, String> {
@@ -133,5 +155,29 @@ impl App {
         let mut names: Vec<String> = self.backends.keys().map(|k| k.to_string()).collect();
         names.sort();
         names
+    }
+}
+
+/// A stored deploy policy (the defaults when none, or when unreadable).
+pub(crate) fn deploy_policy(row: &FleetRow) -> DeployPolicy {
+    row.deploy.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default()
+}
+
+/// A validated spec as a stored row of a new fleet incarnation.
+pub(crate) fn new_row(spec: &FleetSpec, uid: String, created_at: String) -> FleetRow {
+    FleetRow {
+        name: spec.name.to_string(),
+        uid,
+        backend: spec.backend.to_string(),
+        brain: spec.brain.to_string(),
+        prompt: spec.prompt.clone(),
+        version: spec.version.clone(),
+        replicas: spec.replicas,
+        state: "active".into(),
+        created_at,
+        image: spec.image.clone(),
+        previous: None,
+        cluster: spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster specs serialize")),
+        deploy: (spec.deploy != DeployPolicy::default()).then(|| serde_json::to_string(&spec.deploy).expect("policies serialize")),
     }
 }

@@ -83,6 +83,23 @@ pub struct FleetRow {
     pub previous: Option<(Option<String>, String)>,
     /// The cluster profile of a slurm fleet, as JSON (`launch --cluster`).
     pub cluster: Option<String>,
+    /// Its deploy policy, as JSON (`None`: the defaults).
+    pub deploy: Option<String>,
+}
+
+/// One fleet's part of an apply (see [`Store::apply_fleets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetApply {
+    /// A new fleet, with its `fleet_launched` event.
+    Create(FleetRow),
+    /// New values of the fields that change; its name picks the fleet (its uid, backend,
+    /// state and creation time stay). `changes` describes them, for the audit log and the
+    /// `fleet_changed` event.
+    Update {
+        row: FleetRow,
+        changes: Vec<String>,
+    },
+    Terminate(String),
 }
 
 /// An event to store; the store assigns its id.
@@ -388,29 +405,45 @@ impl Store {
     pub fn insert_fleet(&self, fleet: &FleetRow, event: NewEvent, audit: &Audit<'_>) -> Result<Event> {
         self.tx(|tx| {
             write_audit(tx, audit)?;
-            let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&fleet.name], |r| r.get(0))?;
-            if exists {
-                return Err(StoreError::FleetExists(fleet.name.clone()));
+            insert_fleet(tx, fleet, event)
+        })
+    }
+
+    /// Makes every change of an apply, or none: new fleets, changed ones, terminated ones, an
+    /// audit line each (`actor` made them at `at`). Returns the events, in order.
+    pub fn apply_fleets(&self, changes: &[FleetApply], at: &str, actor: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let mut events = Vec::new();
+            for change in changes {
+                let audit = |action, target, detail| Audit { at, actor, action, target, detail };
+                match change {
+                    FleetApply::Create(row) => {
+                        write_audit(tx, &audit("apply: create", &row.name, format!("{} agents, {} backend", row.replicas, row.backend)))?;
+                        let event = NewEvent {
+                            at: at.to_owned(),
+                            fleet: row.name.clone(),
+                            agent: None,
+                            injection_id: None,
+                            body: EventBody::FleetLaunched {
+                                replicas: row.replicas,
+                                backend: row.backend.clone(),
+                                brain: row.brain.clone(),
+                                version: row.version.clone(),
+                            },
+                        };
+                        events.push(insert_fleet(tx, row, event)?);
+                    }
+                    FleetApply::Update { row, changes } => {
+                        write_audit(tx, &audit("apply: update", &row.name, changes.join(", ")))?;
+                        events.extend(update_spec(tx, row, changes, at)?);
+                    }
+                    FleetApply::Terminate(name) => {
+                        write_audit(tx, &audit("apply: terminate", name, String::new()))?;
+                        events.extend(mark_terminating(tx, name, at)?);
+                    }
+                }
             }
-            tx.execute(
-                "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image, cluster)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    fleet.name,
-                    fleet.uid,
-                    fleet.backend,
-                    fleet.brain,
-                    fleet.prompt,
-                    fleet.version,
-                    fleet.replicas,
-                    fleet.state,
-                    fleet.created_at,
-                    fleet.image,
-                    fleet.cluster
-                ],
-            )?;
-            let id = insert_event(tx, &event, None)?;
-            Ok(event.stored(id))
+            Ok(events)
         })
     }
 
@@ -496,22 +529,8 @@ impl Store {
     /// Marks a fleet as terminating; pending directives fail with `inject_failed`.
     pub fn mark_terminating(&self, name: &str, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
         self.tx(|tx| {
-            let n = tx.execute("UPDATE fleets SET state = 'terminating' WHERE name = ?1", [name])?;
-            if n == 0 {
-                return Err(StoreError::NoFleet(name.to_owned()));
-            }
             write_audit(tx, audit)?;
-            let ev = NewEvent {
-                at: at.to_owned(),
-                fleet: name.to_owned(),
-                agent: None,
-                injection_id: None,
-                body: EventBody::FleetTerminating {},
-            };
-            let id = insert_event(tx, &ev, None)?;
-            let mut events = vec![ev.stored(id)];
-            events.extend(fail_outbox(tx, name, 0, at, "fleet terminated")?);
-            Ok(events)
+            mark_terminating(tx, name, at)
         })
     }
 
@@ -907,9 +926,110 @@ impl Store {
     }
 }
 
+fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Result<Event> {
+    let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&fleet.name], |r| r.get(0))?;
+    if exists {
+        return Err(StoreError::FleetExists(fleet.name.clone()));
+    }
+    tx.execute(
+        "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image, cluster, deploy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            fleet.name,
+            fleet.uid,
+            fleet.backend,
+            fleet.brain,
+            fleet.prompt,
+            fleet.version,
+            fleet.replicas,
+            fleet.state,
+            fleet.created_at,
+            fleet.image,
+            fleet.cluster,
+            fleet.deploy
+        ],
+    )?;
+    let id = insert_event(tx, &event, None)?;
+    Ok(event.stored(id))
+}
+
+/// A fleet's desired state set to `new`'s: `fleet_scaled` (with the outbox of removed slots
+/// failed), `fleet_updated` (remembering the image and version it replaces, for rollback) and
+/// `fleet_changed` (the rest) as they apply.
+fn update_spec(tx: &Transaction<'_>, new: &FleetRow, changes: &[String], at: &str) -> Result<Vec<Event>> {
+    let old = tx
+        .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [&new.name], fleet_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NoFleet(new.name.clone()))?;
+    let moved = old.image != new.image || old.version != new.version;
+    let (previous_image, previous_version) = match (&old.previous, moved) {
+        (_, true) => (old.image.clone(), Some(old.version.clone())),
+        (Some((image, version)), false) => (image.clone(), Some(version.clone())),
+        (None, false) => (None, None),
+    };
+    tx.execute(
+        "UPDATE fleets SET brain = ?2, prompt = ?3, version = ?4, replicas = ?5, image = ?6, cluster = ?7, deploy = ?8,
+         previous_image = ?9, previous_version = ?10 WHERE name = ?1",
+        params![
+            new.name,
+            new.brain,
+            new.prompt,
+            new.version,
+            new.replicas,
+            new.image,
+            new.cluster,
+            new.deploy,
+            previous_image,
+            previous_version
+        ],
+    )?;
+    let mut events = Vec::new();
+    let mut push = |tx: &Transaction<'_>, body| -> Result<()> {
+        let event = NewEvent { at: at.to_owned(), fleet: new.name.clone(), agent: None, injection_id: None, body };
+        let id = insert_event(tx, &event, None)?;
+        events.push(event.stored(id));
+        Ok(())
+    };
+    if old.replicas != new.replicas {
+        push(tx, EventBody::FleetScaled { replicas: new.replicas, previous: old.replicas })?;
+    }
+    if moved {
+        push(
+            tx,
+            EventBody::FleetUpdated {
+                image: new.image.clone(),
+                version: new.version.clone(),
+                previous_image: old.image.clone(),
+                previous_version: old.version.clone(),
+            },
+        )?;
+    }
+    let rest: Vec<String> =
+        changes.iter().filter(|c| !["replicas:", "version:", "image:"].iter().any(|f| c.starts_with(f))).cloned().collect();
+    if !rest.is_empty() {
+        push(tx, EventBody::FleetChanged { changes: rest })?;
+    }
+    if old.replicas > new.replicas {
+        events.extend(fail_outbox(tx, &new.name, new.replicas, at, "agent removed by a scale-down")?);
+    }
+    Ok(events)
+}
+
+fn mark_terminating(tx: &Transaction<'_>, name: &str, at: &str) -> Result<Vec<Event>> {
+    let n = tx.execute("UPDATE fleets SET state = 'terminating' WHERE name = ?1", [name])?;
+    if n == 0 {
+        return Err(StoreError::NoFleet(name.to_owned()));
+    }
+    let ev = NewEvent { at: at.to_owned(), fleet: name.to_owned(), agent: None, injection_id: None, body: EventBody::FleetTerminating {} };
+    let id = insert_event(tx, &ev, None)?;
+    let mut events = vec![ev.stored(id)];
+    events.extend(fail_outbox(tx, name, 0, at, "fleet terminated")?);
+    Ok(events)
+}
+
 macro_rules! fleet_columns {
     () => {
-        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster"
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy"
     };
 }
 use fleet_columns;
@@ -931,6 +1051,7 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
             _ => None,
         },
         cluster: r.get(12)?,
+        deploy: r.get(13)?,
     })
 }
 

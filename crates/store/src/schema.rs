@@ -113,6 +113,11 @@ CREATE TABLE tokens (
     created_by TEXT NOT NULL
 );
 "#,
+    r#"
+-- How a fleet's agents are replaced when its configuration changes (a deploy policy, JSON;
+-- NULL: the defaults).
+ALTER TABLE fleets ADD COLUMN deploy TEXT;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

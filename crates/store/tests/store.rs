@@ -3,7 +3,7 @@
 
 use clawfleet_proto::event::EventBody;
 use clawfleet_store::{
-    AgentEvent, Audit, EventFilter, FleetRow, FleetUpdate, Ingested, NewEvent, NewInjection, Pending, Store, StoreError,
+    AgentEvent, Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, Ingested, NewEvent, NewInjection, Pending, Store, StoreError,
 };
 
 fn audit(action: &'static str) -> Audit<'static> {
@@ -24,6 +24,7 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         image: None,
         previous: None,
         cluster: None,
+        deploy: None,
     }
 }
 
@@ -57,6 +58,45 @@ fn updates_remember_what_they_replaced_and_rollback_swaps_back() {
     store.update_fleet("squad", FleetUpdate::Rollback, "t4", &audit("rollback")).unwrap();
     assert_eq!(store.fleet("squad").unwrap().unwrap().version, "3");
     assert!(matches!(store.update_fleet("nope", FleetUpdate::Rollback, "t5", &audit("rollback")), Err(StoreError::NoFleet(_))));
+}
+
+#[test]
+fn an_apply_is_made_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store.insert_fleet(&fleet("web", 2), launched("web"), &audit("launch")).unwrap();
+    store.insert_fleet(&fleet("old", 1), launched("old"), &audit("launch")).unwrap();
+    let changed = FleetRow {
+        replicas: 4,
+        version: "2".into(),
+        brain: "model".into(),
+        deploy: Some(r#"{"max_unavailable":"25%"}"#.into()),
+        ..fleet("web", 0)
+    };
+    let changes = vec![
+        FleetApply::Create(fleet("new", 1)),
+        FleetApply::Update {
+            row: changed.clone(),
+            changes: vec!["replicas: 2 → 4".into(), "brain: echo → model".into(), "version: 1 → 2".into()],
+        },
+        FleetApply::Terminate("old".into()),
+    ];
+    // One change that cannot be made (a fleet that exists) and nothing is.
+    let failing = [changes.clone(), vec![FleetApply::Create(fleet("web", 9))]].concat();
+    assert!(matches!(store.apply_fleets(&failing, "t1", "operator"), Err(StoreError::FleetExists(_))));
+    assert_eq!(store.fleets().unwrap().iter().map(|f| (f.name.as_str(), f.replicas)).collect::<Vec<_>>(), [("old", 1), ("web", 2)]);
+
+    let events = store.apply_fleets(&changes, "t1", "operator").unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.body.name()).collect();
+    assert_eq!(names, ["fleet_launched", "fleet_scaled", "fleet_updated", "fleet_changed", "fleet_terminating"]);
+    assert_eq!(events[3].body, EventBody::FleetChanged { changes: vec!["brain: echo → model".into()] });
+    let web = store.fleet("web").unwrap().unwrap();
+    assert_eq!((web.replicas, web.version.as_str(), web.brain.as_str(), web.uid.as_str()), (4, "2", "model", "u1"));
+    assert_eq!(web.deploy, changed.deploy);
+    assert_eq!(web.previous, Some((None, "1".into())), "what the update replaced, for rollback");
+    assert_eq!(store.fleet("old").unwrap().unwrap().state, "terminating");
+    let audit = store.audit_log(10).unwrap();
+    assert_eq!(audit.iter().filter(|a| a.action.starts_with("apply: ")).count(), 3);
 }
 
 fn launched(name: &str) -> NewEvent {

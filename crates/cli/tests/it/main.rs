@@ -6,6 +6,7 @@ mod bad_input;
 mod brains;
 mod conformance;
 mod dashboard;
+mod desired;
 mod docker;
 mod faults;
 mod join;

@@ -325,6 +325,8 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let command = Some(r#"{"command": "health-check", "timeout_ms": 100}"#);
     let update = Some(r#"{"version": "2"}"#);
     let inject = Some(r#"{"prompt": "hi"}"#);
+    let apply_web = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}]}"#);
+    let apply_dry = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}], "dry_run": true}"#);
     let (op, obs, adm, agent) = (Some(operator.as_str()), Some(observer.as_str()), Some(web_admin.as_str()), Some(ops0.as_str()));
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
@@ -348,6 +350,8 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (obs, "GET", "/api/v1/fleets/web/join", None, 403, "the observer token 'watcher' may not join fleet 'web'"),
         (obs, "DELETE", "/api/v1/fleets/web", None, 403, "the observer token 'watcher' may not terminate fleet 'web'"),
         (obs, "GET", "/api/v1/tokens", None, 403, "the observer token 'watcher' may not manage-tokens everything"),
+        (obs, "POST", "/api/v1/apply", apply_dry, 200, ""),
+        (obs, "POST", "/api/v1/apply", apply_web, 403, "the observer token 'watcher' may not scale fleet 'web'"),
         // An operator of one fleet: that fleet only.
         (adm, "POST", "/api/v1/fleets/web/scale", scale, 200, ""),
         (adm, "POST", "/api/v1/fleets/web/update", update, 200, ""),
@@ -356,6 +360,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (adm, "GET", "/api/v1/events?follow=false", None, 403, "the operator token 'web-admin' may not read everything"),
         (adm, "GET", "/api/v1/events?fleet=web&follow=false", None, 200, ""),
         (adm, "GET", "/api/v1/audit", None, 403, "the operator token 'web-admin' may not read-audit everything"),
+        (adm, "POST", "/api/v1/apply", apply_dry, 403, "the operator token 'web-admin' may not read everything"),
         (adm, "POST", "/api/v1/tokens", Some(r#"{"role": "operator"}"#), 403, "the operator token 'web-admin' may not manage-tokens"),
         // An agent: its own fleet to read, never to deploy; other fleets as the policy says.
         (agent, "GET", "/api/v1/fleets/ops", None, 200, ""),
@@ -373,6 +378,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/fleets/web/join", None, 403, "the agent token 'agent ops/0' may not join fleet 'web'"),
         (agent, "GET", "/api/v1/audit", None, 403, "the agent token 'agent ops/0' may not read-audit everything"),
         (agent, "GET", "/api/v1/tokens", None, 403, "the agent token 'agent ops/0' may not manage-tokens everything"),
+        (agent, "POST", "/api/v1/apply", apply_web, 403, "the agent token 'agent ops/0' may not read everything"),
         // Tokens: bad requests are named.
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "root"}"#), 400, "invalid request body: role: unknown variant `root`"),
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "agent"}"#), 400, "an agent token acts as an agent of one fleet"),
