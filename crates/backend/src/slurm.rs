@@ -35,6 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clawfleet_core::{BackendKind, FleetName};
 use clawfleet_proto::api::Isolation;
+use clawfleet_proto::cluster::TransportMode;
 use tokio::process::Command;
 
 use crate::{Action, Applied, Backend, BackendError, ConfigKey, Deployment, Instance, InstanceState, config_key, env};
@@ -49,8 +50,8 @@ pub struct SlurmConfig {
     pub partition: Option<String>,
     /// Run Slurm's commands on this ssh host (an alias of ~/.ssh/config) instead of here.
     pub login: Option<String>,
-    /// `bus`, `mailbox` or `auto`, for fleets whose profile does not say.
-    pub transport: String,
+    /// For fleets whose profile does not say.
+    pub transport: TransportMode,
 }
 
 /// Where and how one fleet's jobs run: the backend's defaults under the fleet's profile.
@@ -62,7 +63,7 @@ struct Target {
     qos: Option<String>,
     time_limit: Option<String>,
     root: PathBuf,
-    transport: String,
+    transport: TransportMode,
 }
 
 pub struct SlurmBackend {
@@ -146,7 +147,7 @@ impl SlurmBackend {
         };
         let login = c.login_host.or_else(|| self.config.login.clone());
         // Over ssh the control plane cannot read the mailbox: agents must use the bus.
-        let transport = c.transport.unwrap_or_else(|| if login.is_some() { "bus".into() } else { self.config.transport.clone() });
+        let transport = c.transport.unwrap_or(if login.is_some() { TransportMode::Bus } else { self.config.transport });
         Target {
             login,
             partition: c.partition.or_else(|| self.config.partition.clone()),
@@ -263,7 +264,7 @@ impl SlurmBackend {
         s.push_str("CLAWFLEET_SECRETS\n");
         s.push_str(&format!("export {}={}\n", env::SECRETS_FILE, q(&secrets_file)));
         s.push_str(&format!("export {}={}\n", env::WORKSPACE, q(&ws)));
-        s.push_str(&format!("export {}={}\n", env::TRANSPORT, shell_quote(&t.transport)));
+        s.push_str(&format!("export {}={}\n", env::TRANSPORT, t.transport));
         s.push_str(&format!("export {}={}\n", env::MAILBOX, q(&base)));
         // The agent is the shell's child: Slurm's early SIGTERM reaches the batch shell only.
         s.push_str(&format!("{} agent &\n", shell_quote(&self.config.program.display().to_string())));
@@ -353,7 +354,7 @@ impl Backend for SlurmBackend {
 
     async fn execute(&self, d: &Deployment, actions: &[Action]) -> Result<Applied, BackendError> {
         let t = self.target(d);
-        if t.login.is_some() && t.transport != "bus" {
+        if t.login.is_some() && t.transport != TransportMode::Bus {
             return Err(BackendError::Permanent(format!(
                 "transport '{}' needs the mailbox on a filesystem this control plane reads, but the fleet runs over ssh on {}: \
                  run clawfleet up on the login node, or give the profile \"transport\": \"bus\"",

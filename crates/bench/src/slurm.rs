@@ -114,7 +114,7 @@ async fn launch(plane: &Plane, name: &str, replicas: u32, transport: &str) -> an
         replicas,
         backend: Some("slurm".into()),
         brain: Some("echo".into()),
-        cluster: Some(ClusterSpec { transport: Some(transport.into()), ..ClusterSpec::default() }),
+        cluster: Some(ClusterSpec { transport: Some(transport.parse().map_err(anyhow::Error::msg)?), ..ClusterSpec::default() }),
         ..LaunchRequest::default()
     };
     let _: Value = plane.client.post("/api/v1/fleets", &req).await?;

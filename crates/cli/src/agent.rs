@@ -12,6 +12,7 @@ use clawfleet_agent::{AgentConfig, MailboxSpec, Transport, runtime, sandbox};
 use clawfleet_bus::{BusUrl, FleetKey};
 use clawfleet_core::{AgentRef, BrainSpec, FleetName};
 use clawfleet_proto::api::JoinResponse;
+use clawfleet_proto::cluster::TransportMode;
 use tokio::sync::watch;
 
 use crate::args::AgentArgs;
@@ -94,10 +95,10 @@ async fn transport(args: &AgentArgs, c: &AgentConfig) -> anyhow::Result<Transpor
             .ok_or_else(|| anyhow!("the mailbox transport needs --mailbox-job ID (SLURM_JOB_ID): a run id without '/'"))?;
         Ok(Transport::Mailbox(MailboxSpec { base, job_id, node: c.agent.slot }))
     };
-    match args.transport.as_str() {
-        "bus" => Ok(Transport::Bus),
-        "mailbox" => mailbox(),
-        "auto" => {
+    match args.transport {
+        TransportMode::Bus => Ok(Transport::Bus),
+        TransportMode::Mailbox => mailbox(),
+        TransportMode::Auto => {
             let addr = (c.bus_host.as_str(), c.bus_port);
             match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Ok(Transport::Bus),
@@ -111,7 +112,6 @@ async fn transport(args: &AgentArgs, c: &AgentConfig) -> anyhow::Result<Transpor
                 }
             }
         }
-        other => bail!("unknown transport '{other}' (expected bus, mailbox or auto)"),
     }
 }
 

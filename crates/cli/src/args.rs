@@ -47,6 +47,8 @@ pub(crate) enum Command {
     /// Make the fleets match a fleet file (fleet.toml), through the reconciler, and wait
     /// until they do.
     Apply(ApplyArgs),
+    /// Turn hatchery's fleet.json or clawdinators' instances.json into a fleet.toml.
+    Import(ImportArgs),
     /// List fleets.
     Ls(LsArgs),
     /// Show every agent of a fleet.
@@ -229,8 +231,8 @@ pub(crate) struct UpArgs {
     pub slurm_program: Option<PathBuf>,
     /// How slurm agents reach this control plane when their fleet's cluster file does not say:
     /// bus, mailbox (files under the workspace root) or auto (the bus if it answers, else the mailbox).
-    #[arg(long, default_value = "auto", value_parser = ["bus", "mailbox", "auto"])]
-    pub slurm_transport: String,
+    #[arg(long, default_value = "auto")]
+    pub slurm_transport: clawfleet_proto::cluster::TransportMode,
     /// Milliseconds between two looks at every mailbox outbox (polling works on NFS and Lustre).
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub mailbox_poll_ms: u64,
@@ -350,6 +352,18 @@ pub(crate) struct ApplyArgs {
     pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The registry: hatchery's fleet.json or clawdinators' instances.json.
+    pub file: PathBuf,
+    /// The fleet's name [default: hatchery or clawdinators].
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Write the fleet.toml here instead of to stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -768,7 +782,7 @@ pub(crate) struct AgentArgs {
     /// How to reach the control plane: bus, mailbox (files under --mailbox, for nodes with no
     /// route to the bus) or auto (the bus if it answers within a few seconds, else the mailbox).
     #[arg(long, env = clawfleet_backend::env::TRANSPORT, default_value = "bus")]
-    pub transport: String,
+    pub transport: clawfleet_proto::cluster::TransportMode,
     /// The shared directory holding `mailbox/{inbox,outbox,archive}`.
     #[arg(long, env = clawfleet_backend::env::MAILBOX)]
     pub mailbox: Option<PathBuf>,

@@ -130,7 +130,7 @@ pub(crate) async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
             vec![
                 f.name.clone(),
                 format!("{}/{}", f.ready, f.replicas),
-                f.state.clone(),
+                f.state.to_string(),
                 f.backend.clone(),
                 f.brain.clone(),
                 f.version.clone(),

@@ -28,6 +28,7 @@ mod args;
 pub mod client;
 mod docker;
 mod fleet;
+mod import;
 mod mailbox;
 mod model;
 mod output;
@@ -102,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Update(a) => fleet::update(a).await,
         Command::Diff(a) => apply::diff(a).await,
         Command::Apply(a) => apply::apply(a).await,
+        Command::Import(a) => import::run(a),
         Command::Rollback(a) => fleet::rollback(a).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
-use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
+use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons};
 use futures_util::StreamExt;
@@ -168,7 +168,7 @@ fn swarm_status(s: &FleetStatus, status: Option<&str>) -> Map<String, Value> {
     d.insert("swarm_id".into(), json!(fleet.name));
     d.insert("job_id".into(), json!(fleet.name));
     d.insert("node_count".into(), json!(fleet.replicas));
-    let running = if fleet.state == "active" { "running" } else { "terminating" };
+    let running = if fleet.state == FleetState::Active { "running" } else { "terminating" };
     d.insert("status".into(), json!(status.unwrap_or(running)));
     d.insert("nodes_ready".into(), json!(fleet.ready));
     d.insert("node_states".into(), json!(s.agents.iter().map(|a| a.state.as_str()).collect::<Vec<_>>()));
@@ -229,7 +229,7 @@ impl Router {
     /// words (`unknown` or `terminating`) when there is none to talk to.
     async fn fleet_of(&self, rid: &Option<String>, swarm: &str, words: FleetWords) -> anyhow::Result<FleetStatus> {
         match self.client.get::<FleetStatus>(&format!("/api/v1/fleets/{swarm}")).await {
-            Ok(s) if words.terminating.is_some() && s.fleet.state != "active" => {
+            Ok(s) if words.terminating.is_some() && s.fleet.state != FleetState::Active => {
                 let reason = words.terminating.unwrap_or_default();
                 Err(Rejection::with_detail(rid, reason, format!("fleet '{swarm}' is {}", s.fleet.state)).into())
             }
@@ -339,7 +339,7 @@ impl Router {
                     .fleets
                     .into_iter()
                     .map(|f| {
-                        let status = if f.state == "active" { "running" } else { "terminating" };
+                        let status = if f.state == FleetState::Active { "running" } else { "terminating" };
                         let mut v = Map::new();
                         v.insert("job_id".into(), json!(f.name));
                         v.insert("node_count".into(), json!(f.replicas));

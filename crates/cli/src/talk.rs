@@ -161,7 +161,11 @@ pub(crate) async fn monitor(args: MonitorArgs) -> anyhow::Result<ExitCode> {
             Some(name) => vec![name.clone()],
             None => {
                 let list: clawfleet_proto::api::FleetList = client.get("/api/v1/fleets").await?;
-                list.fleets.into_iter().filter(|f| f.state == "active" && f.replicas > 0).map(|f| f.name).collect()
+                list.fleets
+                    .into_iter()
+                    .filter(|f| f.state == clawfleet_proto::api::FleetState::Active && f.replicas > 0)
+                    .map(|f| f.name)
+                    .collect()
             }
         };
         let mut results = Vec::new();

@@ -67,7 +67,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             root: args.slurm_root.clone().unwrap_or_else(|| data.join("slurm")),
             partition: args.slurm_partition.clone(),
             login: args.slurm_login.clone(),
-            transport: args.slurm_transport.clone(),
+            transport: args.slurm_transport,
         };
         std::sync::Arc::new(clawfleet_backend::slurm::SlurmBackend::new(config)) as std::sync::Arc<dyn clawfleet_backend::Backend>
     });

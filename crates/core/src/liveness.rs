@@ -47,6 +47,43 @@ impl AgentState {
     }
 }
 
+/// An agent's availability, as `agent_state` events report it: not every idle/busy flip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Starting,
+    /// Idle or busy: it takes directives.
+    Online,
+    Stopping,
+    Stopped,
+    Lost,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Starting => "starting",
+            Availability::Online => "online",
+            Availability::Stopping => "stopping",
+            Availability::Stopped => "stopped",
+            Availability::Lost => "lost",
+        }
+    }
+}
+
+impl AgentState {
+    /// Its availability (`None` while no heartbeat came).
+    pub fn availability(self) -> Option<Availability> {
+        Some(match self {
+            AgentState::Pending => return None,
+            AgentState::Starting => Availability::Starting,
+            AgentState::Idle | AgentState::Busy => Availability::Online,
+            AgentState::Stopping => Availability::Stopping,
+            AgentState::Stopped => Availability::Stopped,
+            AgentState::Lost => Availability::Lost,
+        })
+    }
+}
+
 /// Classifies an agent at `now_ms`.
 pub fn state(last: Option<LastBeat>, now_ms: u64) -> AgentState {
     let Some(beat) = last else { return AgentState::Pending };
@@ -65,6 +102,21 @@ pub fn state(last: Option<LastBeat>, now_ms: u64) -> AgentState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn availability_is_what_events_report() {
+        let all = [
+            AgentState::Pending,
+            AgentState::Starting,
+            AgentState::Idle,
+            AgentState::Busy,
+            AgentState::Stopping,
+            AgentState::Stopped,
+            AgentState::Lost,
+        ];
+        let shown: Vec<Option<&str>> = all.iter().map(|s| s.availability().map(Availability::as_str)).collect();
+        assert_eq!(shown, [None, Some("starting"), Some("online"), Some("online"), Some("stopping"), Some("stopped"), Some("lost")]);
+    }
 
     fn beat(activity: AgentActivity, received_ms: u64) -> Option<LastBeat> {
         Some(LastBeat { activity, received_ms, interval_ms: 1000 })

@@ -218,8 +218,7 @@ pub struct Fleet {
     pub image: Option<String>,
     /// Desired number of agents.
     pub replicas: u32,
-    /// `active` or `terminating`.
-    pub state: String,
+    pub state: FleetState,
     pub created_at: String,
     /// Agents whose last heartbeat is fresh and who are idle or busy.
     pub ready: u32,
@@ -233,6 +232,42 @@ pub struct Fleet {
     /// How its agents are replaced when its configuration changes (absent: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployPolicy>,
+}
+
+/// Whether a fleet is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetState {
+    Active,
+    /// Its agents are being stopped; then it is deleted.
+    Terminating,
+}
+
+impl FleetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Active => "active",
+            FleetState::Terminating => "terminating",
+        }
+    }
+}
+
+impl std::fmt::Display for FleetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FleetState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FleetState, String> {
+        match s {
+            "active" => Ok(FleetState::Active),
+            "terminating" => Ok(FleetState::Terminating),
+            other => Err(format!("unknown fleet state '{other}'")),
+        }
+    }
 }
 
 /// `GET /api/v1/fleets`

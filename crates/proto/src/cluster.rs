@@ -36,9 +36,9 @@ pub struct ClusterSpec {
     /// An injection its agent has not taken within this many seconds fails with `"timeout"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_timeout_seconds: Option<u64>,
-    /// `bus`, `mailbox` or `auto` (the bus when the node reaches it, else the mailbox).
+    /// How agents reach the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<String>,
+    pub transport: Option<TransportMode>,
     // Read from codeswarm's files, not used by clawfleet (its own retries apply).
     #[serde(default, skip_serializing)]
     pub ssh_retry_attempts: Option<Value>,
@@ -46,7 +46,45 @@ pub struct ClusterSpec {
     pub ssh_retry_delay_seconds: Option<Value>,
 }
 
-pub const TRANSPORTS: [&str; 3] = ["bus", "mailbox", "auto"];
+/// How an agent reaches the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportMode {
+    Bus,
+    /// Files on a filesystem the nodes share, for nodes with no route to the bus.
+    Mailbox,
+    /// The bus when the node reaches it, else the mailbox.
+    Auto,
+}
+
+impl TransportMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportMode::Bus => "bus",
+            TransportMode::Mailbox => "mailbox",
+            TransportMode::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TransportMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TransportMode, String> {
+        match s {
+            "bus" => Ok(TransportMode::Bus),
+            "mailbox" => Ok(TransportMode::Mailbox),
+            "auto" => Ok(TransportMode::Auto),
+            other => Err(format!("unknown transport '{}' (expected bus, mailbox or auto)", other.chars().take(32).collect::<String>())),
+        }
+    }
+}
 
 /// Why a cluster file was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,11 +120,6 @@ pub fn parse_cluster_file(text: &str, profile: &str) -> Result<ClusterSpec, Clus
 impl ClusterSpec {
     /// The rules a profile follows beyond its shape.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(t) = &self.transport
-            && !TRANSPORTS.contains(&t.as_str())
-        {
-            return Err(format!("transport '{t}' is not one of {}", TRANSPORTS.join(", ")));
-        }
         if self.inject_timeout_seconds == Some(0) {
             return Err("inject_timeout_seconds must be at least 1".into());
         }
@@ -146,7 +179,7 @@ mod tests {
         let err = |t: &str| parse_cluster_file(t, "default").unwrap_err().to_string();
         assert!(err("{").starts_with("not JSON"));
         assert!(err(r#"{"partiton":"x"}"#).contains("unknown field `partiton`"), "{}", err(r#"{"partiton":"x"}"#));
-        assert!(err(r#"{"transport":"pigeon"}"#).contains("transport 'pigeon' is not one of bus, mailbox, auto"));
+        assert!(err(r#"{"transport":"pigeon"}"#).contains("unknown variant `pigeon`, expected one of `bus`, `mailbox`, `auto`"));
         assert!(err(r#"{"inject_timeout_seconds":0}"#).contains("at least 1"));
         assert!(
             err(r#"{"inject_timeout_seconds":-3}"#).contains("inject_timeout_seconds")

@@ -24,8 +24,8 @@ use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
     Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult, Fleet,
-    FleetList, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest,
-    NewToken, Role, ScaleRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse,
+    LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
@@ -164,7 +164,7 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         version: row.version.clone(),
         image: row.image.clone(),
         replicas: row.replicas,
-        state: row.state.clone(),
+        state: row.state,
         created_at: row.created_at.clone(),
         ready,
         problem: app.problem(&row.name),
@@ -185,7 +185,7 @@ async fn load(app: &App, name: &str) -> Result<FleetRow, ApiError> {
 
 async fn load_active(app: &App, name: &str) -> Result<FleetRow, ApiError> {
     let row = load(app, name).await?;
-    if row.state != "active" {
+    if row.state != FleetState::Active {
         return Err(ApiError::conflict(format!("fleet '{name}' is terminating")));
     }
     Ok(row)
@@ -330,7 +330,7 @@ async fn apply(
     let rows = app.db.run(|s| s.fleets()).await?;
     let existing = rows
         .iter()
-        .map(|r| Ok(Existing { spec: app.spec(r)?, terminating: r.state == "terminating" }))
+        .map(|r| Ok(Existing { spec: app.spec(r)?, terminating: r.state == FleetState::Terminating }))
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| ApiError::internal("a stored fleet", e))?;
     let mut plan = desired::diff(&existing, &wanted, req.prune).map_err(|e| ApiError::conflict(e.to_string()))?;
@@ -543,7 +543,7 @@ async fn terminate(
     caller.may(&app, Action::Terminate, Target::Fleet(&name))?;
     let actor = caller.0.audit_name();
     let row = load(&app, &name).await?;
-    if row.state == "active" {
+    if row.state == FleetState::Active {
         let n = name.clone();
         app.hub
             .write(move |s| {

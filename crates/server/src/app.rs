@@ -10,7 +10,7 @@ use std::time::Instant;
 use clawfleet_backend::{Backend, Deployment, Endpoints};
 use clawfleet_bus::BusClient;
 use clawfleet_core::{BackendKind, BrainSpec, FleetSpec};
-use clawfleet_proto::api::DeployPolicy;
+use clawfleet_proto::api::{DeployPolicy, FleetState};
 use clawfleet_store::FleetRow;
 use tokio::sync::Notify;
 
@@ -49,7 +49,8 @@ pub(crate) struct App {
     pub embedded_bus: bool,
     pub metrics: Metrics,
     /// Mailbox fleets and their agents' current jobs.
-    pub mailboxes: crate::mailbox::Routes,
+    /// Where directives leave: the bus, and mailbox agents' inboxes.
+    pub outbound: crate::outbound::Outbound,
     /// With Mosquitto's dynamic-security plugin: the agent logins it has been given.
     pub dynsec: Option<crate::dynsec::Dynsec>,
 }
@@ -173,7 +174,7 @@ pub(crate) fn new_row(spec: &FleetSpec, uid: String, created_at: String) -> Flee
         prompt: spec.prompt.clone(),
         version: spec.version.clone(),
         replicas: spec.replicas,
-        state: "active".into(),
+        state: FleetState::Active,
         created_at,
         image: spec.image.clone(),
         previous: None,

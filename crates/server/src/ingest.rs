@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clawfleet_bus::BusEvent;
-use clawfleet_proto::bus::{self as wire, Directive, Heartbeat};
+use clawfleet_proto::bus::{self as wire, AgentEnvelope, Directive, Heartbeat};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{AgentEvent, Cursor, Ingested, NewEvent};
@@ -35,9 +35,16 @@ struct AgentTrack {
 
 type Key = (String, u32);
 
-/// Reads the bus (`rx`) and what the mailbox loop read from outboxes (`mail`, the same
-/// messages); ends when the bus connection closes.
-pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mail: mpsc::Receiver<BusEvent>) {
+/// What ingest reads besides the bus: what the mailbox loop read from agents' outboxes, the
+/// same messages as agents publish, already decoded.
+pub(crate) enum Inbound {
+    Event { fleet: String, slot: u32, envelope: AgentEnvelope },
+    Heartbeat { fleet: String, slot: u32, heartbeat: Heartbeat },
+}
+
+/// Reads the bus (`rx`) and what the mailbox loop read (`mail`); ends when the bus connection
+/// closes.
+pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mail: mpsc::Receiver<Inbound>) {
     let mut tracks: HashMap<Key, AgentTrack> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut mailed = Vec::with_capacity(BATCH);
@@ -45,16 +52,9 @@ pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mai
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-            n = mail.recv_many(&mut mailed, BATCH), if mail_open => {
-                if n == 0 {
-                    mail_open = false;
-                    continue;
-                }
-                batch.append(&mut mailed);
-            }
+            n = mail.recv_many(&mut mailed, BATCH), if mail_open => if n == 0 { mail_open = false },
         }
-        let mut events: Vec<AgentEvent> = Vec::new();
-        let mut beats: Vec<(Key, Heartbeat)> = Vec::new();
+        let mut inbound = Vec::with_capacity(batch.len() + mailed.len());
         for ev in batch.drain(..) {
             match ev {
                 BusEvent::Connected { session_present } => tracing::info!(session_present, "Control plane connected to the bus"),
@@ -62,12 +62,18 @@ pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mai
                 BusEvent::Closed => tracing::info!("Control plane disconnected from the bus"),
                 BusEvent::Message { topic, payload } => {
                     app.metrics.bus_messages.fetch_add(1, Ordering::Relaxed);
-                    match accept(&app, &mut tracks, &topic, &payload) {
-                        Some(Accepted::Event(e)) => events.push(e),
-                        Some(Accepted::Heartbeat(key, hb)) => beats.push((key, hb)),
-                        None => {}
-                    }
+                    inbound.extend(decode(&app, &topic, &payload));
                 }
+            }
+        }
+        inbound.append(&mut mailed);
+        let mut events: Vec<AgentEvent> = Vec::new();
+        let mut beats: Vec<(Key, Heartbeat)> = Vec::new();
+        for item in inbound {
+            match accept(&app, &mut tracks, item) {
+                Some(Accepted::Event(e)) => events.push(e),
+                Some(Accepted::Heartbeat(key, hb)) => beats.push((key, hb)),
+                None => {}
             }
         }
         if !events.is_empty() {
@@ -103,8 +109,8 @@ async fn heartbeat(app: &App, tracks: &mut HashMap<Key, AgentTrack>, key: Key, h
     }
 }
 
-/// Validates one bus message.
-fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, topic: &str, payload: &[u8]) -> Option<Accepted> {
+/// Decodes one bus message from an agent.
+fn decode(app: &App, topic: &str, payload: &[u8]) -> Option<Inbound> {
     if topic == clawfleet_bus::dynsec::RESPONSE_TOPIC {
         crate::dynsec::response(payload);
         return None;
@@ -112,41 +118,43 @@ fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, topic: &str, payload
     let Some(t) = topic::parse_agent(topic) else {
         return reject(app, topic, "not an agent topic");
     };
-    if !app.auth.knows(t.fleet) {
-        // A leftover agent of a fleet that no longer exists (or an empty retained message).
+    if payload.is_empty() || !app.auth.knows(t.fleet) {
+        // An empty retained message, or a leftover agent of a fleet that no longer exists.
         return None;
     }
-    if payload.is_empty() {
-        return None;
-    }
-    let key = (t.fleet.to_owned(), t.slot);
+    let (fleet, slot) = (t.fleet.to_owned(), t.slot);
     match t.channel {
         Channel::Heartbeat => match wire::decode_heartbeat(payload) {
-            Ok(hb) => Some(Accepted::Heartbeat(key, hb)),
+            Ok(heartbeat) => Some(Inbound::Heartbeat { fleet, slot, heartbeat }),
             Err(e) => reject(app, topic, &e.to_string()),
         },
-        Channel::Events => {
-            let envelope = match wire::decode_envelope(payload) {
-                Ok(e) => e,
-                Err(e) => return reject(app, topic, &e.to_string()),
-            };
-            if !envelope.body.is_agent_reportable() {
-                return reject(app, topic, &format!("an agent may not report '{}' events", envelope.body.name()));
+        Channel::Events => match wire::decode_envelope(payload) {
+            Ok(envelope) => Some(Inbound::Event { fleet, slot, envelope }),
+            Err(e) => reject(app, topic, &e.to_string()),
+        },
+        Channel::Cmd => None,
+    }
+}
+
+/// Validates what an agent said, from the bus or its mailbox.
+fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, item: Inbound) -> Option<Accepted> {
+    match item {
+        Inbound::Heartbeat { fleet, slot, heartbeat } => app.auth.knows(&fleet).then(|| Accepted::Heartbeat((fleet, slot), heartbeat)),
+        Inbound::Event { fleet, slot, envelope } => {
+            if !app.auth.knows(&fleet) {
+                return None;
             }
-            tracks.entry(key).or_default().last_event = Some(Instant::now());
+            if !envelope.body.is_agent_reportable() {
+                let topic = topic::agent(&fleet, slot, Channel::Events);
+                return reject(app, &topic, &format!("an agent may not report '{}' events", envelope.body.name()));
+            }
+            tracks.entry((fleet.clone(), slot)).or_default().last_event = Some(Instant::now());
             Some(Accepted::Event(AgentEvent {
                 epoch: envelope.epoch,
                 seq: envelope.seq,
-                event: NewEvent {
-                    at: envelope.at,
-                    fleet: t.fleet.to_owned(),
-                    agent: Some(t.slot),
-                    injection_id: envelope.injection_id,
-                    body: envelope.body,
-                },
+                event: NewEvent { at: envelope.at, fleet, agent: Some(slot), injection_id: envelope.injection_id, body: envelope.body },
             }))
         }
-        Channel::Cmd => None,
     }
 }
 
@@ -184,9 +192,7 @@ async fn request_replay(app: &App, track: &mut AgentTrack, key: &Key, epoch: &st
     track.replays += 1;
     app.metrics.replays_requested.fetch_add(1, Ordering::Relaxed);
     tracing::info!(fleet = %key.0, slot = key.1, after, upto, "Asking an agent to replay its journal");
-    let directive = Directive::Replay { after_seq: after };
-    crate::mailbox::deliver(app, &key.0, &[key.1], &directive);
-    let _ = app.bus.publish(topic::agent(&key.0, key.1, Channel::Cmd), wire::encode(&directive), false).await;
+    app.outbound.to_agents(&key.0, &[key.1], &Directive::Replay { after_seq: after }).await;
 }
 
 async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<AgentEvent>) {

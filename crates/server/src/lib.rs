@@ -23,6 +23,7 @@ mod hub;
 mod ingest;
 mod live;
 mod mailbox;
+mod outbound;
 mod outbox;
 mod reconcile;
 mod tls;
@@ -261,6 +262,7 @@ impl Server {
             hub: Hub::new(db.clone()),
             db,
             live: Live::default(),
+            outbound: outbound::Outbound::new(bus.clone()),
             bus,
             backends: [local, Arc::new(clawfleet_backend::external::ExternalBackend) as Arc<dyn Backend>]
                 .into_iter()
@@ -290,7 +292,6 @@ impl Server {
             bus_url,
             embedded_bus: embedded,
             metrics: Default::default(),
-            mailboxes: Default::default(),
             dynsec: dynsec.then(|| dynsec::Dynsec::new(secret.clone())),
         });
 

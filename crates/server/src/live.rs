@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use clawfleet_core::liveness::{self, AgentState, LastBeat};
+use clawfleet_core::liveness::{self, AgentState, Availability, LastBeat};
 use clawfleet_proto::bus::Heartbeat;
 
 #[derive(Debug, Clone)]
@@ -13,7 +13,7 @@ pub(crate) struct LiveAgent {
     pub hb: Heartbeat,
     pub received_ms: u64,
     /// The availability last reported as an `agent_state` event.
-    reported: Option<&'static str>,
+    reported: Option<Availability>,
 }
 
 impl LiveAgent {
@@ -22,25 +22,13 @@ impl LiveAgent {
     }
 }
 
-/// What `agent_state` events report: availability, not every idle/busy flip.
-fn availability(state: AgentState) -> Option<&'static str> {
-    match state {
-        AgentState::Pending => None,
-        AgentState::Starting => Some("starting"),
-        AgentState::Idle | AgentState::Busy => Some("online"),
-        AgentState::Stopping => Some("stopping"),
-        AgentState::Stopped => Some("stopped"),
-        AgentState::Lost => Some("lost"),
-    }
-}
-
 /// A change of an agent's availability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Transition {
     pub fleet: String,
     pub slot: u32,
-    pub state: &'static str,
-    pub previous: Option<&'static str>,
+    pub state: Availability,
+    pub previous: Option<Availability>,
     /// The turn the agent's last heartbeat said it was in.
     pub injection: Option<String>,
 }
@@ -87,7 +75,7 @@ impl Live {
         let mut agents = self.agents.lock().expect("not poisoned");
         let mut out = Vec::new();
         for ((fleet, slot), a) in agents.iter_mut() {
-            let Some(now) = availability(a.state(now_ms)) else { continue };
+            let Some(now) = a.state(now_ms).availability() else { continue };
             if Some(now) != a.reported {
                 let injection = a.hb.current_injection.clone();
                 out.push(Transition { fleet: fleet.clone(), slot: *slot, state: now, previous: a.reported, injection });
@@ -143,17 +131,26 @@ mod tests {
     fn transitions_are_reported_once() {
         let live = Live::default();
         live.heartbeat("s", 0, hb(AgentActivity::Idle), 0);
-        assert_eq!(live.scan(10), vec![Transition { fleet: "s".into(), slot: 0, state: "online", previous: None, injection: None }]);
+        assert_eq!(
+            live.scan(10),
+            vec![Transition { fleet: "s".into(), slot: 0, state: Availability::Online, previous: None, injection: None }]
+        );
         live.heartbeat("s", 0, hb(AgentActivity::Busy), 500);
         assert_eq!(live.scan(600), vec![], "idle to busy is not an availability change");
         assert_eq!(
             live.scan(3501),
-            vec![Transition { fleet: "s".into(), slot: 0, state: "lost", previous: Some("online"), injection: None }]
+            vec![Transition {
+                fleet: "s".into(),
+                slot: 0,
+                state: Availability::Lost,
+                previous: Some(Availability::Online),
+                injection: None
+            }]
         );
         assert!(!live.reachable("s", 0, 3501));
         live.heartbeat("s", 0, hb(AgentActivity::Idle), 4000);
-        assert_eq!(live.scan(4000)[0].state, "online");
+        assert_eq!(live.scan(4000)[0].state, Availability::Online);
         live.heartbeat("s", 0, hb(AgentActivity::Disconnected), 4100);
-        assert_eq!(live.scan(4100)[0].state, "lost");
+        assert_eq!(live.scan(4100)[0].state, Availability::Lost);
     }
 }

@@ -2,29 +2,27 @@
 //! bus (`crates/mailbox` has the files, `proto::mailbox` the lines).
 //!
 //! For every fleet whose backend keeps a mailbox, the loop follows the outboxes (polling, with
-//! an inotify hint on local disks): events and heartbeats go to [`crate::ingest`] exactly as if
-//! they had come over the bus (so they are stored once, by journal position, and a gap gets a
-//! replay), and `worker_error` lines and lines it cannot read become `agent_error` events. Only
-//! then are the follower's offsets committed. Directives go the other way through [`deliver`],
-//! appended to the inbox of each agent's current job (the newest outbox of its slot).
+//! an inotify hint on local disks): events and heartbeats go to [`crate::ingest`] as
+//! [`Inbound`] items, checked and stored exactly as those from the bus (once, by journal
+//! position, and a gap gets a replay), and `worker_error` lines and lines it cannot read become
+//! `agent_error` events. Only then are the follower's offsets committed. Directives go the
+//! other way through [`crate::outbound`], to which this loop gives each slot's route: the inbox
+//! of its current job (the newest outbox of its slot).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use clawfleet_bus::BusEvent;
 use clawfleet_mailbox::{Follower, Mailbox, Record};
-use clawfleet_proto::bus::{self as wire, Directive};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::mailbox::{self as lines, OutboxItem};
-use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::NewEvent;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::app::App;
 use crate::clock;
+use crate::ingest::Inbound;
 
 /// How the control plane follows mailboxes.
 #[derive(Debug, Clone, Copy)]
@@ -41,33 +39,6 @@ impl Default for MailboxOptions {
     }
 }
 
-/// Each slot's current job id.
-type Jobs = HashMap<u32, String>;
-
-/// Each mailbox fleet's mailbox and its agents' current jobs, shared with [`deliver`].
-#[derive(Default)]
-pub(crate) struct Routes {
-    fleets: Mutex<HashMap<String, (Mailbox, Jobs)>>,
-}
-
-/// Appends `directive` to the inbox of each of `slots` that talks through a mailbox (agents on
-/// the bus have no outbox, so no route, and get nothing here). Not acknowledged until the agent
-/// answers, so the outbox loop sends it again if this is lost.
-pub(crate) fn deliver(app: &App, fleet: &str, slots: &[u32], directive: &Directive) {
-    // The routes are copied out: no file is written under the lock.
-    let (mailbox, routes): (Mailbox, Vec<(u32, String)>) = {
-        let fleets = app.mailboxes.fleets.lock().expect("not poisoned");
-        let Some((mailbox, jobs)) = fleets.get(fleet) else { return };
-        (mailbox.clone(), slots.iter().filter_map(|s| Some((*s, jobs.get(s)?.clone()))).collect())
-    };
-    let line = lines::inbox_line(directive);
-    for (slot, job) in routes {
-        if let Err(e) = mailbox.append_inbox(&job, slot, &line) {
-            tracing::warn!(fleet, slot, error = %e, "Could not append to an agent's inbox; will retry");
-        }
-    }
-}
-
 struct Followed {
     uid: String,
     mailbox: Mailbox,
@@ -81,7 +52,7 @@ struct Followed {
 /// How often the fleets are looked at for mailboxes to follow (a new fleet's agents wait for it).
 const RESCAN: Duration = Duration::from_millis(250);
 
-pub(crate) async fn run(app: Arc<App>, tx: mpsc::Sender<BusEvent>, options: MailboxOptions, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(app: Arc<App>, tx: mpsc::Sender<Inbound>, options: MailboxOptions, mut shutdown: watch::Receiver<bool>) {
     let wake = Arc::new(Notify::new());
     let mut followed: HashMap<String, Followed> = HashMap::new();
     let mut unusable: HashMap<String, String> = HashMap::new();
@@ -121,7 +92,7 @@ async fn rescan(
     }
     followed.retain(|name, f| wanted.get(name).is_some_and(|(uid, _)| *uid == f.uid));
     unusable.retain(|name, _| wanted.contains_key(name));
-    app.mailboxes.fleets.lock().expect("not poisoned").retain(|name, _| followed.contains_key(name));
+    app.outbound.keep_routes(|name| followed.contains_key(name));
     for (name, (uid, dir)) in wanted {
         if followed.contains_key(&name) {
             continue;
@@ -141,7 +112,7 @@ async fn rescan(
                 }
                 tracing::info!(fleet = %name, dir = %dir.display(), "Following the fleet's mailbox");
                 unusable.remove(&name);
-                app.mailboxes.fleets.lock().expect("not poisoned").insert(name.clone(), (mailbox.clone(), HashMap::new()));
+                app.outbound.route(&name, mailbox.clone(), HashMap::new());
                 followed.insert(name, Followed { uid, mailbox, follower, problem: None, turns: HashMap::new() });
             }
             // Said by the backend too (it creates the mailbox before submitting jobs).
@@ -156,7 +127,7 @@ async fn rescan(
 }
 
 /// One look at a fleet's outboxes.
-async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Followed) {
+async fn follow(app: &App, tx: &mpsc::Sender<Inbound>, fleet: &str, f: &mut Followed) {
     let records = match f.follower.poll() {
         Ok(r) => r,
         Err(e) => {
@@ -180,7 +151,7 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
     for Record { job_id, node, offset, line } in records {
         let source = || format!("{}, byte {offset}", Mailbox::file_name(&job_id, node));
         let item = line.into_value().and_then(|v| lines::parse_outbox(&v).map_err(|e| e.to_string()));
-        let (channel, payload) = match item {
+        let inbound = match item {
             Ok(OutboxItem::Event(e)) => {
                 match (&e.body, &e.injection_id) {
                     (EventBody::TurnStarted {}, Some(id)) => {
@@ -193,9 +164,9 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
                     }
                     _ => {}
                 }
-                (Channel::Events, wire::encode(&e))
+                Inbound::Event { fleet: fleet.to_owned(), slot: node, envelope: e }
             }
-            Ok(OutboxItem::Heartbeat(hb)) => (Channel::Heartbeat, wire::encode(&hb)),
+            Ok(OutboxItem::Heartbeat(heartbeat)) => Inbound::Heartbeat { fleet: fleet.to_owned(), slot: node, heartbeat },
             Ok(OutboxItem::Start { hostname, .. }) => {
                 tracing::info!(fleet, slot = node, job = %job_id, %hostname, "An agent started on the mailbox");
                 continue;
@@ -217,8 +188,7 @@ async fn follow(app: &App, tx: &mpsc::Sender<BusEvent>, fleet: &str, f: &mut Fol
                 continue;
             }
         };
-        let msg = BusEvent::Message { topic: topic::agent(fleet, node, channel), payload: payload.into() };
-        if tx.send(msg).await.is_err() {
+        if tx.send(inbound).await.is_err() {
             return;
         }
     }
@@ -252,7 +222,5 @@ fn update_routes(app: &App, fleet: &str, mailbox: &Mailbox) {
             newest.insert(node, (modified, job));
         }
     }
-    if let Some((_, jobs)) = app.mailboxes.fleets.lock().expect("not poisoned").get_mut(fleet) {
-        *jobs = newest.into_iter().map(|(node, (_, job))| (node, job)).collect();
-    }
+    app.outbound.route(fleet, mailbox.clone(), newest.into_iter().map(|(node, (_, job))| (node, job)).collect());
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use clawfleet_proto::bus::{self as wire, Directive};
-use clawfleet_proto::topic::{self, Channel};
+use clawfleet_proto::bus::Directive;
 use clawfleet_store::{OutboxRow, Pending};
 use tokio::sync::watch;
 
@@ -36,8 +35,8 @@ pub(crate) fn expires_at(accepted: SystemTime, timeout: Option<Duration>) -> Opt
     timeout.map(|t| humantime::format_rfc3339_millis(accepted + t).to_string())
 }
 
-/// Publishes a new directive to its targets right away (one fleet broadcast when it goes to
-/// every agent, else one message per agent) and notes the rows as sent.
+/// Sends a new directive to its targets right away (one fleet broadcast when it goes to every
+/// agent, else one message per agent) and notes the rows as sent.
 pub(crate) async fn send_now(
     app: &App,
     fleet: &str,
@@ -47,16 +46,12 @@ pub(crate) async fn send_now(
     rows: &[i64],
     expires: Option<String>,
 ) {
-    crate::mailbox::deliver(app, fleet, targets, &directive(pending, None, expires.clone()));
     let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
+    let d = directive(pending, None, expires);
     if whole_fleet {
-        let payload = wire::encode(&directive(pending, Some(targets.to_vec()), expires));
-        let _ = app.bus.publish(topic::fleet_cmd(fleet), payload, false).await;
+        app.outbound.to_fleet(fleet, targets, &d).await;
     } else {
-        let payload = wire::encode(&directive(pending, None, expires));
-        for &slot in targets {
-            let _ = app.bus.publish(topic::agent(fleet, slot, Channel::Cmd), payload.clone(), false).await;
-        }
+        app.outbound.to_agents(fleet, targets, &d).await;
     }
     app.metrics.directives_sent.fetch_add(if whole_fleet { 1 } else { targets.len() as u64 }, Ordering::Relaxed);
     let now = Instant::now();
@@ -124,9 +119,7 @@ async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
     for row in due {
         let accepted = humantime::parse_rfc3339_weak(&row.created_at).unwrap_or_else(|_| SystemTime::now());
         let d = directive(&row.directive, None, expires_at(accepted, timeouts.get(&row.fleet).copied()));
-        crate::mailbox::deliver(app, &row.fleet, &[row.slot], &d);
-        let payload = wire::encode(&d);
-        if app.bus.publish(topic::agent(&row.fleet, row.slot, Channel::Cmd), payload, false).await.is_ok() {
+        if app.outbound.to_agents(&row.fleet, &[row.slot], &d).await {
             app.metrics.directives_sent.fetch_add(1, Ordering::Relaxed);
             app.sent.lock().expect("not poisoned").insert(row.id, Instant::now());
             ids.push(row.id);

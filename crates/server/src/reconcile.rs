@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawfleet_backend::{Applied, BackendError, Memory};
+use clawfleet_core::liveness::Availability;
+use clawfleet_proto::api::FleetState;
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::topic::{self, Channel};
 use clawfleet_store::{FleetRow, NewEvent};
@@ -117,9 +119,9 @@ async fn once(app: &Arc<App>, running: &mut Running, memories: &mut Memories) ->
 /// is tried again after a backoff (1 s doubling to 60 s), a permanent one on the next pass.
 async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: FleetMemory) -> FleetMemory {
     let pass = async {
-        match fleet.state.as_str() {
-            "terminating" => remove(app, &fleet).await.map(|()| (Applied::Started, None)),
-            _ => converge(app, &fleet, &mut memory.plan).await,
+        match fleet.state {
+            FleetState::Terminating => remove(app, &fleet).await.map(|()| (Applied::Started, None)),
+            FleetState::Active => converge(app, &fleet, &mut memory.plan).await,
         }
     };
     let (outcome, next) = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
@@ -234,7 +236,7 @@ async fn report_transitions(app: &App) {
     let at = clock::now_rfc3339();
     let mut events = Vec::new();
     for t in transitions.into_iter().filter(|t| app.auth.knows(&t.fleet)) {
-        if t.state == "lost" {
+        if t.state == Availability::Lost {
             tracing::warn!(fleet = %t.fleet, slot = t.slot, "Agent lost");
             // A worker that died in a turn: the turn ends here, for whoever waits on it (unless
             // it already did: a worker_error, or the agent's own last words).
@@ -260,7 +262,7 @@ async fn report_transitions(app: &App) {
             fleet: t.fleet,
             agent: Some(t.slot),
             injection_id: None,
-            body: EventBody::AgentState { state: t.state.to_owned(), previous: t.previous.map(str::to_owned) },
+            body: EventBody::AgentState { state: t.state.as_str().to_owned(), previous: t.previous.map(|p| p.as_str().to_owned()) },
         });
     }
     if let Err(e) = app.hub.append(events).await {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use clawfleet_proto::api::FleetState;
 use clawfleet_proto::event::{Event, EventBody};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -74,8 +75,7 @@ pub struct FleetRow {
     pub prompt: Option<String>,
     pub version: String,
     pub replicas: u32,
-    /// `active` or `terminating`.
-    pub state: String,
+    pub state: FleetState,
     pub created_at: String,
     /// The container image (container backends; `None`: the backend's default).
     pub image: Option<String>,
@@ -942,7 +942,7 @@ fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Resu
             fleet.prompt,
             fleet.version,
             fleet.replicas,
-            fleet.state,
+            fleet.state.as_str(),
             fleet.created_at,
             fleet.image,
             fleet.cluster,
@@ -1043,7 +1043,10 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         prompt: r.get(4)?,
         version: r.get(5)?,
         replicas: r.get(6)?,
-        state: r.get(7)?,
+        state: r
+            .get::<_, String>(7)?
+            .parse()
+            .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into()))?,
         created_at: r.get(8)?,
         image: r.get(9)?,
         previous: match (r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?) {

@@ -1,6 +1,7 @@
 //! The store's promises: atomic injections, exactly-once ingest, outbox acknowledgement,
 //! failed directives on scale-down, durability across reopen.
 
+use clawfleet_proto::api::FleetState;
 use clawfleet_proto::event::EventBody;
 use clawfleet_store::{
     AgentEvent, Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, Ingested, NewEvent, NewInjection, Pending, Store, StoreError,
@@ -19,7 +20,7 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         prompt: None,
         version: "1".into(),
         replicas,
-        state: "active".into(),
+        state: FleetState::Active,
         created_at: "t0".into(),
         image: None,
         previous: None,
@@ -94,7 +95,7 @@ fn an_apply_is_made_whole_or_not_at_all() {
     assert_eq!((web.replicas, web.version.as_str(), web.brain.as_str(), web.uid.as_str()), (4, "2", "model", "u1"));
     assert_eq!(web.deploy, changed.deploy);
     assert_eq!(web.previous, Some((None, "1".into())), "what the update replaced, for rollback");
-    assert_eq!(store.fleet("old").unwrap().unwrap().state, "terminating");
+    assert_eq!(store.fleet("old").unwrap().unwrap().state, FleetState::Terminating);
     let audit = store.audit_log(10).unwrap();
     assert_eq!(audit.iter().filter(|a| a.action.starts_with("apply: ")).count(), 3);
 }
@@ -329,7 +330,7 @@ fn terminate_then_delete() {
     inject(&store, "i1", &[0]);
     let events = store.mark_terminating("squad", "t", &audit("terminate")).unwrap();
     assert_eq!(events.iter().map(|e| e.body.name()).collect::<Vec<_>>(), vec!["fleet_terminating", "inject_failed"]);
-    assert_eq!(store.fleet("squad").unwrap().unwrap().state, "terminating");
+    assert_eq!(store.fleet("squad").unwrap().unwrap().state, FleetState::Terminating);
     store.delete_fleet("squad", "t").unwrap();
     assert!(store.fleet("squad").unwrap().is_none());
     // The name can be launched again.

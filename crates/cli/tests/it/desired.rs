@@ -120,3 +120,28 @@ fn a_bad_fleet_file_changes_nothing_and_says_where() {
     let err = plane.fails(&["diff", "-f", &file]);
     assert!(err.contains("fleet 'hpc': backend: the slurm backend is not enabled"), "{err}");
 }
+
+#[test]
+fn a_hatchery_registry_is_imported_as_a_fleet_file_the_control_plane_plans() {
+    let plane = Plane::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("fleet.json");
+    std::fs::write(
+        &registry,
+        r#"{"instances": {"alice": {"port": 18789, "host": "nas", "status": "running", "version": "3"},
+                          "bob": {"port": 18790, "host": "nas", "status": "running", "version": "3"}}}"#,
+    )
+    .unwrap();
+    let file = dir.path().join("fleet.toml").display().to_string();
+    let out = plane.cli(&["import", &registry.display().to_string(), "--fleet", "hatch", "-o", &file]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, plan) = diff(&plane, &file, &[]);
+    // This control plane has no docker backend: the plan names it.
+    assert_eq!(code, 1, "{plan}");
+    let err = plane.fails(&["diff", "-f", &file]);
+    assert!(err.contains("fleet 'hatch': backend: the docker backend is not enabled"), "{err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("[fleets.hatch]\nbackend = \"docker\"\nreplicas = 2\nversion = \"3\"\n"), "{text}");
+    let err = plane.fails(&["import", "/nonexistent/fleet.json"]);
+    assert!(err.contains("reading /nonexistent/fleet.json"), "{err}");
+}

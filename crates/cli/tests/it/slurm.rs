@@ -74,7 +74,7 @@ fn slurm_backend_passes_the_conformance_suite() {
             root: root.path().to_owned(),
             partition: None,
             login: None,
-            transport: "bus".into(),
+            transport: clawfleet_proto::cluster::TransportMode::Bus,
         }));
         let (_broker, harness) = crate::conformance::harness("127.0.0.1", "sconf", 300, Arc::new(KillJob), Duration::from_secs(90));
         let result = conformance::run(backend.clone(), harness).await;
