@@ -68,6 +68,12 @@ pub(crate) enum Command {
     Update(UpdateArgs),
     /// Return a fleet to the image and version its last update replaced.
     Rollback(RollbackArgs),
+    /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
+    /// max_unavailable, each counted once it heartbeats the new version and answers a
+    /// health-check; reverted by itself when one fails or it stops progressing.
+    Deploy(DeployArgs),
+    /// Every deploy of a fleet (or of all): versions, who, when, outcome, reason.
+    History(HistoryArgs),
     /// Agent container images: build one locally from this binary (nothing is pulled).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -348,6 +354,66 @@ pub(crate) struct ApplyArgs {
     /// Seconds to wait for the fleets before giving up.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct DeployArgs {
+    #[command(subcommand)]
+    pub action: Option<DeployAction>,
+    /// `all`, or a fleet.
+    pub target: Option<String>,
+    /// The new version label [default: each fleet's current one plus one].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The new image (docker fleets).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Seconds the deploy may go without one more agent passing its gate before it reverts.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub deadline: u64,
+    /// When another deploy runs, wait for it to end, then start (instead of failing).
+    #[arg(long)]
+    pub wait: bool,
+    /// Return once the deploy has started, without following it.
+    #[arg(long)]
+    pub detach: bool,
+    /// Seconds to follow the deploy (and to wait for another one with --wait) before giving up.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeployAction {
+    /// Stop the running deploy of a target and return its fleets to their versions before.
+    Abort(DeployAbortArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeployAbortArgs {
+    /// `all`, or a fleet.
+    pub target: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    /// `all`, or a fleet.
+    pub target: String,
+    /// How many deploys, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -26,6 +26,7 @@ mod agent;
 mod apply;
 mod args;
 pub mod client;
+mod deploy;
 mod docker;
 mod fleet;
 mod import;
@@ -104,6 +105,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => apply::diff(a).await,
         Command::Apply(a) => apply::apply(a).await,
         Command::Import(a) => import::run(a),
+        Command::Deploy(a) => deploy::run(a).await,
+        Command::History(a) => deploy::history(a).await,
         Command::Rollback(a) => fleet::rollback(a).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

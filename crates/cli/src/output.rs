@@ -170,6 +170,11 @@ impl EventPrinter {
                 format!("updated: {} version {previous_version} -> {} version {version}", show(previous_image), show(image))
             }
             EventBody::FleetChanged { changes } => format!("changed: {}", changes.join(", ")),
+            EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
+            EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
+            EventBody::DeployFinished { deploy, outcome, reason } => {
+                format!("deploy #{deploy} {outcome}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())
+            }
             EventBody::FleetTerminating {} => "terminating".into(),
             EventBody::FleetTerminated {} => "terminated".into(),
         };

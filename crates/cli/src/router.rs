@@ -128,6 +128,9 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         EventBody::FleetLaunched { .. }
         | EventBody::FleetUpdated { .. }
         | EventBody::FleetChanged { .. }
+        | EventBody::DeployStarted { .. }
+        | EventBody::DeployProgress { .. }
+        | EventBody::DeployFinished { .. }
         | EventBody::CommandSent { .. }
         | EventBody::CommandReply { .. } => return None,
     };

@@ -132,6 +132,114 @@ impl<'de> Deserialize<'de> for MaxUnavailable {
     }
 }
 
+/// `POST /api/v1/deploys`: move fleets to a new version (and image), gated by their agents'
+/// health, reverted by itself when it fails.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// `all` or a fleet (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The new version label [default: the current one plus one].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The new image (docker fleets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Seconds the deploy may go without an agent more passing the gate before it reverts
+    /// [default: 120].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<u64>,
+}
+
+/// Where a deploy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    /// Agents are being replaced and checked.
+    Running,
+    /// Every agent runs the new version and answered its health check.
+    Succeeded,
+    /// It failed its gate or its deadline: the fleets were returned to their versions before.
+    Reverted,
+    /// Stopped by an operator: the fleets were returned to their versions before.
+    Aborted,
+    /// It could not go on (a fleet was terminated under it); nothing was reverted.
+    Failed,
+}
+
+impl DeployState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployState::Running => "running",
+            DeployState::Succeeded => "succeeded",
+            DeployState::Reverted => "reverted",
+            DeployState::Aborted => "aborted",
+            DeployState::Failed => "failed",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        self == DeployState::Running
+    }
+}
+
+impl std::fmt::Display for DeployState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeployState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DeployState, String> {
+        [DeployState::Running, DeployState::Succeeded, DeployState::Reverted, DeployState::Aborted, DeployState::Failed]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown deploy state '{s}'"))
+    }
+}
+
+/// One fleet of a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployFleet {
+    pub fleet: String,
+    pub from_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    pub to_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_image: Option<String>,
+    /// Agents on the new version that answered their health check, of `replicas`.
+    pub ready: u32,
+    pub replicas: u32,
+}
+
+/// A deploy, running or done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub id: u64,
+    pub target: String,
+    /// Who asked for it (the token's name and role).
+    pub actor: String,
+    pub state: DeployState,
+    /// Why it ended as it did, when not a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub deadline_s: u64,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub fleets: Vec<DeployFleet>,
+}
+
+/// `GET /api/v1/deploys`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployList {
+    pub deploys: Vec<Deploy>,
+}
+
 /// `POST /api/v1/apply`: make the fleets match these declarations (a fleet.toml), or with
 /// `dry_run` only say what would change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -87,6 +87,23 @@ pub enum EventBody {
     /// Fields of a fleet's desired state other than its replicas, image and version changed
     /// (an apply): `"brain: echo → model"`, one per field.
     FleetChanged { changes: Vec<String> },
+    /// A deploy started to move this fleet to a new version.
+    DeployStarted {
+        deploy: u64,
+        target: String,
+        version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
+    },
+    /// More (or fewer) of the fleet's agents passed the deploy's gate.
+    DeployProgress { deploy: u64, ready: u32, replicas: u32 },
+    /// A deploy ended for this fleet: `succeeded`, or why not.
+    DeployFinished {
+        deploy: u64,
+        outcome: crate::api::DeployState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -113,6 +130,9 @@ impl EventBody {
             EventBody::FleetScaled { .. } => "fleet_scaled",
             EventBody::FleetUpdated { .. } => "fleet_updated",
             EventBody::FleetChanged { .. } => "fleet_changed",
+            EventBody::DeployStarted { .. } => "deploy_started",
+            EventBody::DeployProgress { .. } => "deploy_progress",
+            EventBody::DeployFinished { .. } => "deploy_finished",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -204,6 +224,9 @@ mod tests {
             EventBody::FleetScaled { replicas: 3, previous: 2 },
             EventBody::FleetUpdated { image: Some("a:2".into()), version: "2".into(), previous_image: None, previous_version: "1".into() },
             EventBody::FleetChanged { changes: vec!["brain: echo → model".into()] },
+            EventBody::DeployStarted { deploy: 3, target: "all".into(), version: "2".into(), image: None },
+            EventBody::DeployProgress { deploy: 3, ready: 1, replicas: 2 },
+            EventBody::DeployFinished { deploy: 3, outcome: crate::api::DeployState::Reverted, reason: Some("no progress".into()) },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

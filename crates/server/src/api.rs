@@ -23,9 +23,10 @@ use clawfleet_core::desired::{self, Existing};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult, Fleet,
-    FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse,
-    LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult, Deploy,
+    DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse,
+    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo, TokenInfo,
+    TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
@@ -50,6 +51,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/info", get(info))
         .route("/api/v1/fleets", get(list).post(launch))
         .route("/api/v1/apply", post(apply))
+        .route("/api/v1/deploys", get(deploy_list).post(deploy_start))
+        .route("/api/v1/deploys/{id}", get(deploy_get))
+        .route("/api/v1/deploys/{id}/abort", post(deploy_abort))
         .route("/api/v1/fleets/{name}", get(status).delete(terminate))
         .route("/api/v1/fleets/{name}/scale", post(scale))
         .route("/api/v1/fleets/{name}/update", post(update))
@@ -382,6 +386,164 @@ async fn apply(
     }
     plan.applied = true;
     Ok(Json(plan))
+}
+
+/// The longest a deploy may go without progress, and its default.
+const MAX_DEPLOY_DEADLINE_S: u64 = 3_600;
+const DEPLOY_DEADLINE_S: u64 = 120;
+
+/// Starts a deploy of `all` fleets or of one: each moves to its new version (and image) at
+/// once, its agents replaced within its `max_unavailable`, and the deploy loop gates it.
+async fn deploy_start(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<DeployRequest>,
+) -> Result<(StatusCode, Json<Deploy>), ApiError> {
+    let target = req
+        .target
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "target_required", "target required: all, or a fleet"))?;
+    let target: String = target.chars().take(128).collect();
+    let rows = if target == "all" {
+        caller.may(&app, Action::Update, Target::All)?;
+        let rows: Vec<FleetRow> = app.db.run(|s| s.fleets()).await?.into_iter().filter(|r| r.state == FleetState::Active).collect();
+        if rows.is_empty() {
+            return Err(ApiError::bad_request("there is no fleet to deploy"));
+        }
+        rows
+    } else if target.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "'{target}' names one agent: deploying a single agent is not supported yet; deploy its fleet"
+        )));
+    } else {
+        caller.may(&app, Action::Update, Target::Fleet(&target))?;
+        vec![load_active(&app, &target).await?]
+    };
+    let deadline_s = req.deadline_s.unwrap_or(DEPLOY_DEADLINE_S);
+    if !(1..=MAX_DEPLOY_DEADLINE_S).contains(&deadline_s) {
+        return Err(ApiError::bad_request(format!("deadline_s must be between 1 and {MAX_DEPLOY_DEADLINE_S} seconds, got {deadline_s}")));
+    }
+    if let Some(image) = &req.image {
+        spec::check_image(image)?;
+    }
+    if let Some(version) = &req.version {
+        spec::check_version(version)?;
+    }
+    let mut fleets = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if req.image.is_some() && row.backend != clawfleet_core::BackendKind::Docker.as_str() {
+            return Err(ApiError::bad_request(format!("fleet '{}' runs on {}: an image is for docker fleets", row.name, row.backend)));
+        }
+        let to_version = req.version.clone().unwrap_or_else(|| next_version(&row.version));
+        let to_image = req.image.clone().or_else(|| row.image.clone());
+        if to_version == row.version && to_image == row.image {
+            return Err(ApiError::conflict(format!("fleet '{}' already runs version {to_version}", row.name)));
+        }
+        fleets.push(DeployFleet {
+            fleet: row.name.clone(),
+            from_version: row.version.clone(),
+            from_image: row.image.clone(),
+            to_version,
+            to_image,
+            ready: 0,
+            replicas: row.replicas,
+        });
+    }
+    let actor = caller.0.audit_name();
+    let deploy = Deploy {
+        id: 0,
+        target: target.clone(),
+        actor: actor.clone(),
+        state: DeployState::Running,
+        reason: None,
+        deadline_s,
+        created_at: clock::now_rfc3339(),
+        finished_at: None,
+        fleets,
+    };
+    let (deploy, _) = app
+        .hub
+        .write(move |s| {
+            let detail =
+                deploy.fleets.iter().map(|f| format!("{} {} -> {}", f.fleet, f.from_version, f.to_version)).collect::<Vec<_>>().join(", ");
+            let (d, events) = s.start_deploy(&deploy, &audit(&deploy.created_at, &actor, "deploy", &deploy.target, detail))?;
+            Ok((d, events))
+        })
+        .await?;
+    for f in &deploy.fleets {
+        app.desired_changed(&f.fleet);
+    }
+    Ok((StatusCode::CREATED, Json(deploy)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    fleet: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn deploy_list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<DeployQuery>,
+) -> Result<Json<DeployList>, ApiError> {
+    match &q.fleet {
+        Some(f) if f != "all" => caller.may(&app, Action::Read, Target::Fleet(f))?,
+        _ => caller.may(&app, Action::Read, Target::All)?,
+    }
+    let fleet = q.fleet.filter(|f| f != "all");
+    let limit = q.limit.unwrap_or(100).min(1_000);
+    let deploys = app.db.run(move |s| s.deploys(fleet.as_deref(), limit)).await?;
+    Ok(Json(DeployList { deploys }))
+}
+
+async fn load_deploy(app: &App, caller: &Caller, id: &str, action: Action) -> Result<Deploy, ApiError> {
+    let n: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("a deploy id is a number, got '{}'", id.chars().take(32).collect::<String>())))?;
+    let deploy = app
+        .db
+        .run(move |s| s.deploy(n))
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_deploy", format!("no deploy #{n}")))?;
+    match deploy.fleets.as_slice() {
+        [one] if deploy.target != "all" => caller.may(app, action, Target::Fleet(&one.fleet))?,
+        _ => caller.may(app, action, Target::All)?,
+    }
+    Ok(deploy)
+}
+
+async fn deploy_get(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(id): P<String>) -> Result<Json<Deploy>, ApiError> {
+    Ok(Json(load_deploy(&app, &caller, &id, Action::Read).await?))
+}
+
+/// Stops a running deploy and returns its fleets to their versions before.
+async fn deploy_abort(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> Result<Json<Deploy>, ApiError> {
+    let deploy = load_deploy(&app, &caller, &id, Action::Update).await?;
+    let actor = caller.0.audit_name();
+    let (n, target) = (deploy.id, deploy.target.clone());
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let reason = format!("aborted by {actor}");
+            Ok((
+                (),
+                s.finish_deploy(n, DeployState::Aborted, Some(&reason), &at, &audit(&at, &actor, "deploy abort", &target, String::new()))?,
+            ))
+        })
+        .await?;
+    for f in &deploy.fleets {
+        app.desired_changed(&f.fleet);
+    }
+    let deploy = app.db.run(move |s| s.deploy(n)).await?.ok_or_else(|| ApiError::internal("a deploy", "vanished"))?;
+    Ok(Json(deploy))
 }
 
 async fn status(

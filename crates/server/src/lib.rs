@@ -17,6 +17,7 @@ mod app;
 mod auth;
 mod clock;
 mod db;
+mod deploy;
 mod dynsec;
 mod error;
 mod hub;
@@ -304,6 +305,7 @@ impl Server {
         let loops = vec![
             tokio::spawn(mailbox::run(app.clone(), mail_tx, config.mailbox, shutdown_rx.clone())),
             tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(deploy::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use clawfleet_proto::api::FleetState;
+use clawfleet_proto::api::{Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -35,6 +35,12 @@ pub enum StoreError {
     NothingToRollBack(String),
     #[error("the database at {path} was written by a newer clawfleet (schema {found}, this one knows up to {known})")]
     TooNew { path: String, found: i64, known: i64 },
+    #[error("deploy #{} of {} (by {}) is running: wait for it (--wait) or abort it", .0.id, .0.target, .0.actor)]
+    DeployRunning(Box<Deploy>),
+    #[error("no deploy #{0}")]
+    NoDeploy(u64),
+    #[error("deploy #{0} is over ({1})")]
+    DeployDone(u64, DeployState),
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -488,41 +494,130 @@ impl Store {
     /// `rollback: true` returns to the remembered ones instead (and remembers the current ones,
     /// so a second rollback undoes the first).
     pub fn update_fleet(&self, name: &str, change: FleetUpdate, at: &str, audit: &Audit<'_>) -> Result<Event> {
+        self.tx(|tx| update_fleet(tx, name, change, at, audit))
+    }
+
+    // ---- deploys ----
+
+    /// Starts a deploy: its record, and each of its fleets moved to its new version, in one
+    /// transaction; refused while another deploy runs (one at a time per control plane).
+    pub fn start_deploy(&self, deploy: &Deploy, audit: &Audit<'_>) -> Result<(Deploy, Vec<Event>)> {
         self.tx(|tx| {
-            let row = tx
-                .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [name], fleet_row)
-                .optional()?
-                .ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
-            let (image, version) = match change {
-                FleetUpdate::To { image, version } => (image.or(row.image.clone()), version),
-                FleetUpdate::Rollback => row.previous.clone().ok_or_else(|| StoreError::NothingToRollBack(name.to_owned()))?,
-            };
-            let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "default".into());
-            write_audit(
-                tx,
-                &Audit {
-                    detail: format!("image {} -> {}, version {} -> {version}", show(&row.image), show(&image), row.version),
-                    ..audit.clone()
-                },
-            )?;
+            if let Some(running) = active_deploy(tx)? {
+                return Err(StoreError::DeployRunning(Box::new(running)));
+            }
+            let fleets = serde_json::to_string(&deploy.fleets).expect("deploys serialize");
             tx.execute(
-                "UPDATE fleets SET image = ?2, version = ?3, previous_image = ?4, previous_version = ?5 WHERE name = ?1",
-                params![name, image, version, row.image, row.version],
+                "INSERT INTO deploys (target, actor, state, reason, deadline_s, created_at, finished_at, fleets)
+                 VALUES (?1, ?2, ?3, NULL, ?4, ?5, NULL, ?6)",
+                params![deploy.target, deploy.actor, DeployState::Running.as_str(), deploy.deadline_s, deploy.created_at, fleets],
             )?;
-            let event = NewEvent {
-                at: at.to_owned(),
-                fleet: name.to_owned(),
-                agent: None,
-                injection_id: None,
-                body: EventBody::FleetUpdated {
-                    image: image.clone(),
-                    version: version.clone(),
-                    previous_image: row.image,
-                    previous_version: row.version,
-                },
-            };
-            let id = insert_event(tx, &event, None)?;
-            Ok(event.stored(id))
+            let id = tx.last_insert_rowid() as u64;
+            write_audit(tx, &Audit { detail: format!("deploy #{id} {}", audit.detail), ..audit.clone() })?;
+            let mut events = Vec::new();
+            for f in &deploy.fleets {
+                let body = EventBody::DeployStarted {
+                    deploy: id,
+                    target: deploy.target.clone(),
+                    version: f.to_version.clone(),
+                    image: f.to_image.clone(),
+                };
+                events.push(fleet_event(tx, &f.fleet, &deploy.created_at, body)?);
+                let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
+                events.push(update_fleet(
+                    tx,
+                    &f.fleet,
+                    to,
+                    &deploy.created_at,
+                    &Audit { detail: format!("deploy #{id}"), ..audit.clone() },
+                )?);
+            }
+            Ok((Deploy { id, state: DeployState::Running, ..deploy.clone() }, events))
+        })
+    }
+
+    /// The deploy that runs, if one does.
+    pub fn active_deploy(&self) -> Result<Option<Deploy>> {
+        self.with(|c| active_deploy(c))
+    }
+
+    pub fn deploy(&self, id: u64) -> Result<Option<Deploy>> {
+        self.with(|c| Ok(c.query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE id = ?1"), [id], deploy_row).optional()?))
+    }
+
+    /// The newest `limit` deploys, newest first, of `fleet` (a deploy of `all` included) or of all.
+    pub fn deploys(&self, fleet: Option<&str>, limit: usize) -> Result<Vec<Deploy>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC"))?;
+            let rows = stmt.query_map([], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter(|d| fleet.is_none_or(|f| d.fleets.iter().any(|x| x.fleet == f))).take(limit).collect())
+        })
+    }
+
+    /// Notes how many agents of each fleet passed the gate; a `deploy_progress` event for each
+    /// fleet whose count changed.
+    pub fn deploy_progress(&self, id: u64, ready: &[(String, u32)], at: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let mut deploy = tx
+                .query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE id = ?1"), [id], deploy_row)
+                .optional()?
+                .ok_or(StoreError::NoDeploy(id))?;
+            let mut events = Vec::new();
+            for f in &mut deploy.fleets {
+                let Some((_, n)) = ready.iter().find(|(name, _)| *name == f.fleet) else { continue };
+                if *n != f.ready {
+                    f.ready = *n;
+                    let body = EventBody::DeployProgress { deploy: id, ready: f.ready, replicas: f.replicas };
+                    events.push(fleet_event(tx, &f.fleet, at, body)?);
+                }
+            }
+            if !events.is_empty() {
+                tx.execute(
+                    "UPDATE deploys SET fleets = ?2 WHERE id = ?1",
+                    params![id, serde_json::to_string(&deploy.fleets).expect("serializes")],
+                )?;
+            }
+            Ok(events)
+        })
+    }
+
+    /// Ends a running deploy as `outcome`; `Reverted` and `Aborted` return each fleet that
+    /// still exists to the version and image it had before, in the same transaction.
+    pub fn finish_deploy(&self, id: u64, outcome: DeployState, reason: Option<&str>, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let deploy = tx
+                .query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE id = ?1"), [id], deploy_row)
+                .optional()?
+                .ok_or(StoreError::NoDeploy(id))?;
+            if !deploy.state.is_active() {
+                return Err(StoreError::DeployDone(id, deploy.state));
+            }
+            tx.execute(
+                "UPDATE deploys SET state = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+                params![id, outcome.as_str(), reason, at],
+            )?;
+            let detail = format!("deploy #{id} {outcome}{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
+            write_audit(tx, &Audit { detail: detail.chars().take(500).collect(), ..audit.clone() })?;
+            let mut events = Vec::new();
+            for f in &deploy.fleets {
+                let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&f.fleet], |r| r.get(0))?;
+                if !exists {
+                    continue;
+                }
+                if matches!(outcome, DeployState::Reverted | DeployState::Aborted) {
+                    let back = FleetUpdate::To { image: f.from_image.clone(), version: f.from_version.clone() };
+                    events.push(update_fleet(
+                        tx,
+                        &f.fleet,
+                        back,
+                        at,
+                        &Audit { detail: format!("deploy #{id} reverted"), ..audit.clone() },
+                    )?);
+                }
+                let body = EventBody::DeployFinished { deploy: id, outcome, reason: reason.map(str::to_owned) };
+                events.push(fleet_event(tx, &f.fleet, at, body)?);
+            }
+            Ok(events)
         })
     }
 
@@ -924,6 +1019,68 @@ impl Store {
             Ok(rows)
         })
     }
+}
+
+/// Moves a fleet to a new image and version, remembering the ones it replaces (or back to those).
+fn update_fleet(tx: &Transaction<'_>, name: &str, change: FleetUpdate, at: &str, audit: &Audit<'_>) -> Result<Event> {
+    let row = tx
+        .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [name], fleet_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
+    let (image, version) = match change {
+        FleetUpdate::To { image, version } => (image.or(row.image.clone()), version),
+        FleetUpdate::Rollback => row.previous.clone().ok_or_else(|| StoreError::NothingToRollBack(name.to_owned()))?,
+    };
+    let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "default".into());
+    write_audit(
+        tx,
+        &Audit { detail: format!("image {} -> {}, version {} -> {version}", show(&row.image), show(&image), row.version), ..audit.clone() },
+    )?;
+    tx.execute(
+        "UPDATE fleets SET image = ?2, version = ?3, previous_image = ?4, previous_version = ?5 WHERE name = ?1",
+        params![name, image, version, row.image, row.version],
+    )?;
+    let body = EventBody::FleetUpdated {
+        image: image.clone(),
+        version: version.clone(),
+        previous_image: row.image,
+        previous_version: row.version,
+    };
+    fleet_event(tx, name, at, body)
+}
+
+/// Stores an event of a fleet (not of one of its agents).
+fn fleet_event(tx: &Transaction<'_>, fleet: &str, at: &str, body: EventBody) -> Result<Event> {
+    let event = NewEvent { at: at.to_owned(), fleet: fleet.to_owned(), agent: None, injection_id: None, body };
+    let id = insert_event(tx, &event, None)?;
+    Ok(event.stored(id))
+}
+
+macro_rules! deploy_columns {
+    () => {
+        "id, target, actor, state, reason, deadline_s, created_at, finished_at, fleets"
+    };
+}
+use deploy_columns;
+
+fn deploy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
+    let corrupt = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
+    Ok(Deploy {
+        id: r.get::<_, i64>(0)? as u64,
+        target: r.get(1)?,
+        actor: r.get(2)?,
+        state: r.get::<_, String>(3)?.parse().map_err(|e| corrupt(3, e))?,
+        reason: r.get(4)?,
+        deadline_s: r.get::<_, i64>(5)? as u64,
+        created_at: r.get(6)?,
+        finished_at: r.get(7)?,
+        fleets: serde_json::from_str(&r.get::<_, String>(8)?).map_err(|e| corrupt(8, e.to_string()))?,
+    })
+}
+
+fn active_deploy(c: &Connection) -> Result<Option<Deploy>> {
+    Ok(c.query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE state = 'running' ORDER BY id LIMIT 1"), [], deploy_row)
+        .optional()?)
 }
 
 fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Result<Event> {

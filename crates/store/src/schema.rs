@@ -118,6 +118,22 @@ CREATE TABLE tokens (
 -- NULL: the defaults).
 ALTER TABLE fleets ADD COLUMN deploy TEXT;
 "#,
+    r#"
+-- Deploys, running and done (the history): what each moved, from which version to which, who
+-- asked, how it ended and why. At most one is 'running'.
+CREATE TABLE deploys (
+    id          INTEGER PRIMARY KEY,
+    target      TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    deadline_s  INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    finished_at TEXT,
+    -- JSON: [{fleet, from_version, from_image, to_version, to_image, ready, replicas}]
+    fleets      TEXT NOT NULL
+);
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -6,6 +6,7 @@ mod bad_input;
 mod brains;
 mod conformance;
 mod dashboard;
+mod deploys;
 mod desired;
 mod docker;
 mod faults;

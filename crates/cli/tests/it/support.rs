@@ -219,6 +219,20 @@ impl Plane {
         cmd.output().unwrap()
     }
 
+    /// Starts the CLI in the background, its output piped.
+    pub fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .args(args)
+            .env("CLAWFLEET_DATA", self.data())
+            .env_remove("CLAWFLEET_TOKEN")
+            .env_remove("CLAWFLEET_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the CLI and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
