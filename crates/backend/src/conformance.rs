@@ -1,7 +1,8 @@
 //! The conformance suite every backend passes, driven through [`converge`] as the control
 //! plane drives it: launch, idempotent convergence, scale up and down keeping the agents that
 //! stay, restart after a crash, a rolling replacement on a changed configuration (one slot
-//! down at most), remove. "Running" is checked twice:
+//! down at most), a canary that moves only its agent (backends whose rollout is planned),
+//! remove. "Running" is checked twice:
 //! by the backend's own report and by each agent's heartbeat on the bus, so a backend that
 //! starts processes that cannot reach the bus fails.
 //!
@@ -169,7 +170,39 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // 7. Remove: everything goes, and removing again is fine.
+    // 7. A canary: only its slot moves to another version; the other agent stays as it was.
+    //    (A backend that rolls out by itself, as Swarm does, replaces a fleet as a whole.)
+    let next = if backend.rollout() == crate::Rollout::Planned {
+        let before = instances(&fleet.observe(&next).await?);
+        let canary = crate::Canary { slots: vec![0], version: format!("{}-canary", next.version), image: None };
+        let with_canary = Deployment { canary: Some(canary.clone()), ..next.clone() };
+        let started = Instant::now();
+        let deadline = started + t;
+        loop {
+            fleet.step(&with_canary).await.map_err(|e| format!("canary: {e}"))?;
+            let replicas = fleet.observe(&with_canary).await?;
+            watcher.drain();
+            let now = instances(&replicas);
+            let moved = now.get(&0).is_some_and(|i| Some(i) != before.get(&0))
+                && watcher.idle_since(0, started)
+                && watcher.latest.get(&0).is_some_and(|(hb, _)| hb.fleet_version == canary.version);
+            if now.get(&1) != before.get(&1) {
+                return Err(format!("canary: agent 1 was replaced too: {before:?} became {now:?}"));
+            }
+            if moved {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("canary: agent 0 not on {} after {t:?}: {replicas:?}", canary.version));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        with_canary
+    } else {
+        next
+    };
+
+    // 8. Remove: everything goes, and removing again is fine.
     let deadline = Instant::now() + t;
     while !backend.remove(&next).await.map_err(|e| format!("remove: {e}"))? {
         if Instant::now() > deadline {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use clawfleet_bus::BusSecret;
 pub use clawfleet_core::plan::{Action, ConfigKey, Instance, InstanceState, Memory, Plan, Policy, StopReason};
 use clawfleet_core::{AgentRef, BackendKind, BrainSpec, FleetName};
-pub use clawfleet_proto::api::Isolation;
+pub use clawfleet_proto::api::{Canary, Isolation};
 use clawfleet_proto::cluster::ClusterSpec;
 
 /// Everything a backend needs to run a fleet's agents.
@@ -42,6 +42,8 @@ pub struct Deployment {
     pub image: Option<String>,
     /// Where and how the slurm backend runs the fleet (`None`: the backend's defaults).
     pub cluster: Option<ClusterSpec>,
+    /// Agents that run another version than `version` (a deploy's canaries).
+    pub canary: Option<Canary>,
     pub endpoints: Endpoints,
 }
 
@@ -79,6 +81,14 @@ impl Deployment {
         AgentRef { fleet: self.fleet.clone(), slot }
     }
 
+    /// The version one agent runs: its canary's, or the fleet's.
+    pub fn version_of(&self, slot: u32) -> &str {
+        match &self.canary {
+            Some(c) if c.slots.contains(&slot) => &c.version,
+            _ => &self.version,
+        }
+    }
+
     /// The environment of one agent runtime (see [`env`]).
     pub fn agent_env(&self, slot: u32) -> Vec<(&'static str, String)> {
         let e = &self.endpoints;
@@ -88,7 +98,7 @@ impl Deployment {
             (env::FLEET_UID, self.uid.clone()),
             (env::BUS, format!("{}://{}:{}", if e.bus_tls { "mqtts" } else { "mqtt" }, bracket(&e.bus_host), e.bus_port)),
             (env::BRAIN, self.brain.to_string()),
-            (env::FLEET_VERSION, self.version.clone()),
+            (env::FLEET_VERSION, self.version_of(slot).to_owned()),
             (env::HEARTBEAT_MS, e.heartbeat_ms.to_string()),
             (env::MODEL_NAME, e.model_name.clone()),
         ];

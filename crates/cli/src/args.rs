@@ -365,7 +365,7 @@ pub(crate) struct ApplyArgs {
 pub(crate) struct DeployArgs {
     #[command(subcommand)]
     pub action: Option<DeployAction>,
-    /// `all`, or a fleet.
+    /// `all`, a fleet, or one agent (`fleet/slot`).
     pub target: Option<String>,
     /// The new version label [default: each fleet's current one plus one].
     #[arg(long)]
@@ -376,6 +376,9 @@ pub(crate) struct DeployArgs {
     /// Seconds the deploy may go without one more agent passing its gate before it reverts.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub deadline: u64,
+    /// Move this many agents of each fleet first, then wait for `deploy promote` or `abort`.
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
     /// When another deploy runs, wait for it to end, then start (instead of failing).
     #[arg(long)]
     pub wait: bool,
@@ -395,6 +398,8 @@ pub(crate) struct DeployArgs {
 pub(crate) enum DeployAction {
     /// Stop the running deploy of a target and return its fleets to their versions before.
     Abort(DeployAbortArgs),
+    /// A deploy whose canaries passed goes on to every agent (gated as before).
+    Promote(DeployAbortArgs),
 }
 
 #[derive(Debug, Args)]

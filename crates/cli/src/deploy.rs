@@ -12,11 +12,13 @@ use crate::fleet::print_json;
 use crate::output::{Progress, table};
 
 pub(crate) async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    if let Some(DeployAction::Abort(a)) = args.action {
-        return abort(a).await;
+    match args.action {
+        Some(DeployAction::Abort(a)) => return end(a, "abort").await,
+        Some(DeployAction::Promote(a)) => return end(a, "promote").await,
+        None => {}
     }
-    if let Some(t) = args.target.as_deref().filter(|t| *t != "all" && !t.contains('/')) {
-        t.parse::<clawfleet_core::FleetName>()?;
+    if let Some(t) = args.target.as_deref() {
+        check_target(t.split_once('/').map_or(t, |(fleet, _)| fleet))?;
     }
     let client = args.client.client()?;
     let started = Instant::now();
@@ -26,6 +28,7 @@ pub(crate) async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         version: args.version.clone(),
         image: args.image.clone(),
         deadline_s: Some(args.deadline),
+        canary: args.canary,
     };
     let mut said_waiting = false;
     let deploy: Deploy = loop {
@@ -55,7 +58,7 @@ pub(crate) async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         print_json(&deploy);
     }
     match deploy.state {
-        DeployState::Running | DeployState::Succeeded => Ok(ExitCode::SUCCESS),
+        DeployState::Running | DeployState::Paused | DeployState::Succeeded => Ok(ExitCode::SUCCESS),
         outcome => bail!("deploy #{} {outcome}: {}", deploy.id, deploy.reason.as_deref().unwrap_or("no reason given")),
     }
 }
@@ -73,6 +76,14 @@ async fn follow(client: &Client, mut deploy: Deploy, timeout: Duration) -> anyho
     loop {
         let passed: u32 = deploy.fleets.iter().map(|f| f.ready).sum();
         progress.set(u64::from(passed));
+        if deploy.state == DeployState::Paused {
+            progress.finish();
+            eprintln!(
+                "deploy #{} paused: its {passed} canaries run the new version and pass; go on with `clawfleet deploy promote {}`, or `abort`",
+                deploy.id, deploy.target
+            );
+            return Ok(deploy);
+        }
         if !deploy.state.is_active() {
             progress.finish();
             if deploy.state == DeployState::Succeeded {
@@ -104,14 +115,17 @@ async fn running(client: &Client, target: &str) -> anyhow::Result<Deploy> {
     }
 }
 
-async fn abort(args: DeployAbortArgs) -> anyhow::Result<ExitCode> {
+/// `abort` or `promote` the running deploy of a target.
+async fn end(args: DeployAbortArgs, verb: &str) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let deploy = running(&client, &args.target).await?;
-    let deploy: Deploy = client.post(&format!("/api/v1/deploys/{}/abort", deploy.id), &serde_json::json!({})).await?;
+    let deploy: Deploy = client.post(&format!("/api/v1/deploys/{}/{verb}", deploy.id), &serde_json::json!({})).await?;
     if args.json {
         print_json(&deploy);
-    } else {
+    } else if verb == "abort" {
         outln!("deploy #{} aborted: its fleets return to their versions before", deploy.id);
+    } else {
+        outln!("deploy #{} promoted: every agent moves to the new version (follow it: clawfleet history {})", deploy.id, deploy.target);
     }
     Ok(ExitCode::SUCCESS)
 }

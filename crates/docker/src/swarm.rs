@@ -620,6 +620,7 @@ mod tests {
             version: "1".into(),
             image: None,
             cluster: None,
+            canary: None,
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,

@@ -150,6 +150,21 @@ pub struct DeployRequest {
     /// [default: 120].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<u64>,
+    /// Move only this many agents of each fleet (slots 0..N) first; the deploy then waits for
+    /// `promote` (the rest follow) or `abort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+}
+
+/// Agents of a fleet that run another version than the fleet's: a deploy's canaries, or one
+/// agent deployed on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub slots: Vec<u32>,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Where a deploy is.
@@ -158,6 +173,8 @@ pub struct DeployRequest {
 pub enum DeployState {
     /// Agents are being replaced and checked.
     Running,
+    /// Its canaries passed: it waits for `promote` (the rest follow) or `abort`.
+    Paused,
     /// Every agent runs the new version and answered its health check.
     Succeeded,
     /// It failed its gate or its deadline: the fleets were returned to their versions before.
@@ -172,6 +189,7 @@ impl DeployState {
     pub fn as_str(self) -> &'static str {
         match self {
             DeployState::Running => "running",
+            DeployState::Paused => "paused",
             DeployState::Succeeded => "succeeded",
             DeployState::Reverted => "reverted",
             DeployState::Aborted => "aborted",
@@ -179,8 +197,9 @@ impl DeployState {
         }
     }
 
+    /// Running or paused: not over.
     pub fn is_active(self) -> bool {
-        self == DeployState::Running
+        matches!(self, DeployState::Running | DeployState::Paused)
     }
 }
 
@@ -194,10 +213,17 @@ impl std::str::FromStr for DeployState {
     type Err = String;
 
     fn from_str(s: &str) -> Result<DeployState, String> {
-        [DeployState::Running, DeployState::Succeeded, DeployState::Reverted, DeployState::Aborted, DeployState::Failed]
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| format!("unknown deploy state '{s}'"))
+        [
+            DeployState::Running,
+            DeployState::Paused,
+            DeployState::Succeeded,
+            DeployState::Reverted,
+            DeployState::Aborted,
+            DeployState::Failed,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+        .ok_or_else(|| format!("unknown deploy state '{s}'"))
     }
 }
 
@@ -211,9 +237,13 @@ pub struct DeployFleet {
     pub to_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_image: Option<String>,
-    /// Agents on the new version that answered their health check, of `replicas`.
+    /// Agents on the new version that answered their health check, of `replicas` (of
+    /// `slots`' while only they move).
     pub ready: u32,
     pub replicas: u32,
+    /// Only these agents move (canaries, or the one agent deployed); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<u32>>,
 }
 
 /// A deploy, running or done.
@@ -340,6 +370,9 @@ pub struct Fleet {
     /// How its agents are replaced when its configuration changes (absent: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployPolicy>,
+    /// Agents that run another version than the fleet's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
 }
 
 /// Whether a fleet is wanted.

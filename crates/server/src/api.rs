@@ -54,6 +54,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/deploys", get(deploy_list).post(deploy_start))
         .route("/api/v1/deploys/{id}", get(deploy_get))
         .route("/api/v1/deploys/{id}/abort", post(deploy_abort))
+        .route("/api/v1/deploys/{id}/promote", post(deploy_promote))
         .route("/api/v1/fleets/{name}", get(status).delete(terminate))
         .route("/api/v1/fleets/{name}/scale", post(scale))
         .route("/api/v1/fleets/{name}/update", post(update))
@@ -174,6 +175,7 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         problem: app.problem(&row.name),
         preparing: app.preparing(&row.name),
         deploy: row.deploy.is_some().then(|| crate::app::deploy_policy(row)),
+        canary: crate::app::canary(row),
     }
 }
 
@@ -406,6 +408,8 @@ async fn deploy_start(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "target_required", "target required: all, or a fleet"))?;
     let target: String = target.chars().take(128).collect();
+    // One agent (`fleet/slot`) moves on its own: a canary that stays.
+    let mut agent: Option<u32> = None;
     let rows = if target == "all" {
         caller.may(&app, Action::Update, Target::All)?;
         let rows: Vec<FleetRow> = app.db.run(|s| s.fleets()).await?.into_iter().filter(|r| r.state == FleetState::Active).collect();
@@ -413,10 +417,13 @@ async fn deploy_start(
             return Err(ApiError::bad_request("there is no fleet to deploy"));
         }
         rows
-    } else if target.contains('/') {
-        return Err(ApiError::bad_request(format!(
-            "'{target}' names one agent: deploying a single agent is not supported yet; deploy its fleet"
-        )));
+    } else if let Some((fleet, slot)) = target.split_once('/') {
+        caller.may(&app, Action::Update, Target::Fleet(fleet))?;
+        let row = load_active(&app, fleet).await?;
+        let slot: u32 = slot.parse().map_err(|_| ApiError::bad_request(format!("'{target}': an agent is FLEET/SLOT, SLOT a number")))?;
+        spec::resolve_targets(fleet, row.replicas, Some(&[slot]))?;
+        agent = Some(slot);
+        vec![row]
     } else {
         caller.may(&app, Action::Update, Target::Fleet(&target))?;
         vec![load_active(&app, &target).await?]
@@ -431,8 +438,31 @@ async fn deploy_start(
     if let Some(version) = &req.version {
         spec::check_version(version)?;
     }
+    if req.canary == Some(0) {
+        return Err(ApiError::bad_request("canary must be at least 1 agent"));
+    }
+    if req.canary.is_some() && agent.is_some() {
+        return Err(ApiError::bad_request("a deploy of one agent has no canaries: it is one"));
+    }
     let mut fleets = Vec::with_capacity(rows.len());
     for row in &rows {
+        let slots = match (agent, req.canary) {
+            (Some(slot), _) => Some(vec![slot]),
+            (None, Some(n)) if n >= row.replicas => {
+                return Err(ApiError::bad_request(format!(
+                    "canary {n} of fleet '{}', which has {} agents: canaries are fewer than its agents",
+                    row.name, row.replicas
+                )));
+            }
+            (None, Some(n)) => Some((0..n).collect()),
+            (None, None) => None,
+        };
+        if slots.is_some() && app.backend(&row.backend).is_ok_and(|b| b.rollout() == clawfleet_backend::Rollout::Native) {
+            return Err(ApiError::bad_request(format!(
+                "fleet '{}' runs on {}, which replaces its agents as a whole: no canary or single agent there",
+                row.name, row.backend
+            )));
+        }
         if req.image.is_some() && row.backend != clawfleet_core::BackendKind::Docker.as_str() {
             return Err(ApiError::bad_request(format!("fleet '{}' runs on {}: an image is for docker fleets", row.name, row.backend)));
         }
@@ -449,6 +479,7 @@ async fn deploy_start(
             to_image,
             ready: 0,
             replicas: row.replicas,
+            slots,
         });
     }
     let actor = caller.0.audit_name();
@@ -518,6 +549,28 @@ async fn load_deploy(app: &App, caller: &Caller, id: &str, action: Action) -> Re
 
 async fn deploy_get(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(id): P<String>) -> Result<Json<Deploy>, ApiError> {
     Ok(Json(load_deploy(&app, &caller, &id, Action::Read).await?))
+}
+
+/// A paused deploy (its canaries passed) goes on to every agent.
+async fn deploy_promote(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> Result<Json<Deploy>, ApiError> {
+    let deploy = load_deploy(&app, &caller, &id, Action::Update).await?;
+    let actor = caller.0.audit_name();
+    let (n, target) = (deploy.id, deploy.target.clone());
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            Ok(((), s.promote_deploy(n, &at, &audit(&at, &actor, "deploy promote", &target, String::new()))?))
+        })
+        .await?;
+    for f in &deploy.fleets {
+        app.desired_changed(&f.fleet);
+    }
+    let deploy = app.db.run(move |s| s.deploy(n)).await?.ok_or_else(|| ApiError::internal("a deploy", "vanished"))?;
+    Ok(Json(deploy))
 }
 
 /// Stops a running deploy and returns its fleets to their versions before.

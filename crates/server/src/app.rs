@@ -114,6 +114,7 @@ impl App {
             version: row.version.clone(),
             image: row.image.clone(),
             cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
+            canary: canary(row),
             endpoints: self.endpoints.clone(),
         })
     }
@@ -159,6 +160,11 @@ impl App {
     }
 }
 
+/// A fleet's agents on another version (none when unreadable).
+pub(crate) fn canary(row: &FleetRow) -> Option<clawfleet_proto::api::Canary> {
+    row.canary.as_deref().and_then(|c| serde_json::from_str(c).ok())
+}
+
 /// A stored deploy policy (the defaults when none, or when unreadable).
 pub(crate) fn deploy_policy(row: &FleetRow) -> DeployPolicy {
     row.deploy.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default()
@@ -180,5 +186,6 @@ pub(crate) fn new_row(spec: &FleetSpec, uid: String, created_at: String) -> Flee
         previous: None,
         cluster: spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster specs serialize")),
         deploy: (spec.deploy != DeployPolicy::default()).then(|| serde_json::to_string(&spec.deploy).expect("policies serialize")),
+        canary: None,
     }
 }

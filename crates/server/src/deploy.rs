@@ -4,7 +4,8 @@
 //! healthy brain; the backends replace the agents meanwhile, within each fleet's
 //! `max_unavailable`. A deploy whose every agent passed succeeds; one with an agent that fails its
 //! health check, or that goes `deadline_s` without one more agent passing, is reverted: its
-//! fleets return to their versions before, and it says why.
+//! fleets return to their versions before, and it says why. A deploy with canaries gates only
+//! them, then pauses until `promote` moves every agent (and gates them all) or `abort` reverts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +88,11 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         *tracking = None;
         return Ok(());
     };
+    if deploy.state == DeployState::Paused {
+        // Its canaries passed: nothing moves until promote or abort.
+        *tracking = None;
+        return Ok(());
+    }
     let t = match tracking {
         Some(t) if t.id == deploy.id => t,
         _ => {
@@ -107,7 +113,11 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         };
         let mut fleet_passed = 0;
         let mut to_check = Vec::new();
-        for slot in 0..row.replicas {
+        let slots: Vec<u32> = match &f.slots {
+            Some(slots) => slots.iter().copied().filter(|s| *s < row.replicas).collect(),
+            None => (0..row.replicas).collect(),
+        };
+        for &slot in &slots {
             let Some(agent) = app.live.get(&row.name, slot) else { continue };
             if !agent.state(now).is_ready() || agent.hb.fleet_version != f.to_version {
                 continue;
@@ -132,7 +142,7 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         }
         ready.push((f.fleet.clone(), fleet_passed));
         passed += fleet_passed;
-        total += row.replicas;
+        total += slots.len() as u32;
     }
     let id = deploy.id;
     app.hub.write(move |s| Ok(((), s.deploy_progress(id, &ready, &clock::now_rfc3339())?))).await?;
@@ -141,6 +151,13 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         t.progressed = Instant::now();
     }
     if passed == total {
+        // A deploy's canaries wait for promote; one agent deployed on its own stays so.
+        let canaries = deploy.fleets.iter().any(|f| f.slots.is_some()) && !deploy.target.contains('/');
+        if canaries {
+            tracing::info!(deploy = id, "Deploy's canaries passed; waiting for promote");
+            app.hub.write(move |s| Ok(((), s.pause_deploy(id, &clock::now_rfc3339())?))).await?;
+            return Ok(());
+        }
         return finish(app, &deploy, DeployState::Succeeded, None).await;
     }
     if t.progressed.elapsed() > Duration::from_secs(deploy.deadline_s) {

@@ -62,7 +62,7 @@ impl From<StoreError> for ApiError {
             StoreError::NoFleet(name) => ApiError::no_fleet(&name),
             StoreError::NothingToRollBack(_) => ApiError::conflict(e.to_string()),
             StoreError::DeployRunning(_) => ApiError::new(StatusCode::CONFLICT, "deploy_running", e.to_string()),
-            StoreError::DeployDone(..) => ApiError::conflict(e.to_string()),
+            StoreError::DeployDone(..) | StoreError::NotPaused(..) => ApiError::conflict(e.to_string()),
             StoreError::NoDeploy(_) => ApiError::new(StatusCode::NOT_FOUND, "no_deploy", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use clawfleet_proto::api::{Deploy, DeployState, FleetState};
+use clawfleet_proto::api::{Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -39,6 +39,8 @@ pub enum StoreError {
     DeployRunning(Box<Deploy>),
     #[error("no deploy #{0}")]
     NoDeploy(u64),
+    #[error("deploy #{0} is {1}, not paused: only a deploy waiting on its canaries is promoted")]
+    NotPaused(u64, DeployState),
     #[error("deploy #{0} is over ({1})")]
     DeployDone(u64, DeployState),
     #[error("stored {what} is corrupt: {reason}")]
@@ -91,6 +93,8 @@ pub struct FleetRow {
     pub cluster: Option<String>,
     /// Its deploy policy, as JSON (`None`: the defaults).
     pub deploy: Option<String>,
+    /// Agents on another version than the fleet's, as JSON (`proto::api::Canary`).
+    pub canary: Option<String>,
 }
 
 /// One fleet's part of an apply (see [`Store::apply_fleets`]).
@@ -523,16 +527,62 @@ impl Store {
                     image: f.to_image.clone(),
                 };
                 events.push(fleet_event(tx, &f.fleet, &deploy.created_at, body)?);
-                let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
-                events.push(update_fleet(
-                    tx,
-                    &f.fleet,
-                    to,
-                    &deploy.created_at,
-                    &Audit { detail: format!("deploy #{id}"), ..audit.clone() },
-                )?);
+                match &f.slots {
+                    // Only these agents move: the fleet keeps its version.
+                    Some(slots) => {
+                        let canary = Canary { slots: slots.clone(), version: f.to_version.clone(), image: f.to_image.clone() };
+                        set_canary(tx, &f.fleet, Some(&canary))?;
+                    }
+                    None => {
+                        set_canary(tx, &f.fleet, None)?;
+                        let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
+                        let audit = Audit { detail: format!("deploy #{id}"), ..audit.clone() };
+                        events.push(update_fleet(tx, &f.fleet, to, &deploy.created_at, &audit)?);
+                    }
+                }
             }
             Ok((Deploy { id, state: DeployState::Running, ..deploy.clone() }, events))
+        })
+    }
+
+    /// A running deploy whose canaries passed waits for `promote`.
+    pub fn pause_deploy(&self, id: u64, at: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let deploy = load_deploy(tx, id)?;
+            tx.execute("UPDATE deploys SET state = 'paused' WHERE id = ?1 AND state = 'running'", [id])?;
+            deploy
+                .fleets
+                .iter()
+                .map(|f| {
+                    let reason = Some("its canaries passed: waiting for promote (or abort)".to_owned());
+                    fleet_event(tx, &f.fleet, at, EventBody::DeployFinished { deploy: id, outcome: DeployState::Paused, reason })
+                })
+                .collect()
+        })
+    }
+
+    /// A paused deploy goes on: its fleets move to the new version as a whole (their canaries
+    /// join them), and it runs again, gated as before.
+    pub fn promote_deploy(&self, id: u64, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let mut deploy = load_deploy(tx, id)?;
+            if deploy.state != DeployState::Paused {
+                return Err(StoreError::NotPaused(id, deploy.state));
+            }
+            write_audit(tx, &Audit { detail: format!("deploy #{id} promoted"), ..audit.clone() })?;
+            let mut events = Vec::new();
+            for f in &mut deploy.fleets {
+                f.slots = None;
+                f.ready = 0;
+                set_canary(tx, &f.fleet, None)?;
+                let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
+                events.push(update_fleet(tx, &f.fleet, to, at, &Audit { detail: format!("deploy #{id} promoted"), ..audit.clone() })?);
+            }
+            tx.execute(
+                "UPDATE deploys SET state = 'running', fleets = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&deploy.fleets).expect("serializes")],
+            )?;
+            Ok(events)
         })
     }
 
@@ -605,14 +655,12 @@ impl Store {
                     continue;
                 }
                 if matches!(outcome, DeployState::Reverted | DeployState::Aborted) {
-                    let back = FleetUpdate::To { image: f.from_image.clone(), version: f.from_version.clone() };
-                    events.push(update_fleet(
-                        tx,
-                        &f.fleet,
-                        back,
-                        at,
-                        &Audit { detail: format!("deploy #{id} reverted"), ..audit.clone() },
-                    )?);
+                    set_canary(tx, &f.fleet, None)?;
+                    if f.slots.is_none() {
+                        let back = FleetUpdate::To { image: f.from_image.clone(), version: f.from_version.clone() };
+                        let audit = Audit { detail: format!("deploy #{id} reverted"), ..audit.clone() };
+                        events.push(update_fleet(tx, &f.fleet, back, at, &audit)?);
+                    }
                 }
                 let body = EventBody::DeployFinished { deploy: id, outcome, reason: reason.map(str::to_owned) };
                 events.push(fleet_event(tx, &f.fleet, at, body)?);
@@ -1079,8 +1127,24 @@ fn deploy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
 }
 
 fn active_deploy(c: &Connection) -> Result<Option<Deploy>> {
-    Ok(c.query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE state = 'running' ORDER BY id LIMIT 1"), [], deploy_row)
-        .optional()?)
+    Ok(c.query_row(
+        concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE state IN ('running', 'paused') ORDER BY id LIMIT 1"),
+        [],
+        deploy_row,
+    )
+    .optional()?)
+}
+
+fn load_deploy(c: &Connection, id: u64) -> Result<Deploy> {
+    c.query_row(concat!("SELECT ", deploy_columns!(), " FROM deploys WHERE id = ?1"), [id], deploy_row)
+        .optional()?
+        .ok_or(StoreError::NoDeploy(id))
+}
+
+fn set_canary(tx: &Transaction<'_>, fleet: &str, canary: Option<&Canary>) -> Result<()> {
+    let json = canary.map(|c| serde_json::to_string(c).expect("canaries serialize"));
+    tx.execute("UPDATE fleets SET canary = ?2 WHERE name = ?1", params![fleet, json])?;
+    Ok(())
 }
 
 fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Result<Event> {
@@ -1186,7 +1250,7 @@ fn mark_terminating(tx: &Transaction<'_>, name: &str, at: &str) -> Result<Vec<Ev
 
 macro_rules! fleet_columns {
     () => {
-        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy"
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy, canary"
     };
 }
 use fleet_columns;
@@ -1212,6 +1276,7 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         },
         cluster: r.get(12)?,
         deploy: r.get(13)?,
+        canary: r.get(14)?,
     })
 }
 

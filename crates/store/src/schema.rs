@@ -130,9 +130,14 @@ CREATE TABLE deploys (
     deadline_s  INTEGER NOT NULL,
     created_at  TEXT NOT NULL,
     finished_at TEXT,
-    -- JSON: [{fleet, from_version, from_image, to_version, to_image, ready, replicas}]
+    -- JSON: [{fleet, from_version, from_image, to_version, to_image, ready, replicas, slots}]
     fleets      TEXT NOT NULL
 );
+"#,
+    r#"
+-- Agents of a fleet on another version than the fleet's (a deploy's canaries, or one agent
+-- deployed on its own), JSON: {slots, version, image}.
+ALTER TABLE fleets ADD COLUMN canary TEXT;
 "#,
 ];
 

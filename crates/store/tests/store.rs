@@ -26,6 +26,7 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         previous: None,
         cluster: None,
         deploy: None,
+        canary: None,
     }
 }
 

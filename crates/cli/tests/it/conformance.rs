@@ -39,6 +39,7 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
         version: "1".into(),
         image: None,
         cluster: None,
+        canary: None,
         endpoints: Endpoints {
             bus_host: host.into(),
             bus_port: port,

@@ -1,7 +1,8 @@
 //! Deploys on the local backend: a target is required, a deploy is gated by each new agent's
 //! heartbeat and health check, reverts by itself when an agent fails its check or progress
 //! stops, runs one at a time (a second is refused, or queued with --wait), survives a killed
-//! control plane, and is refused to an agent's own token; `history` keeps every one.
+//! control plane, and is refused to an agent's own token; canaries wait for promote or abort,
+//! and one agent can be deployed on its own; `history` keeps every deploy.
 
 use std::time::Duration;
 
@@ -22,8 +23,6 @@ fn a_deploy_is_gated_reverted_by_itself_and_kept_in_history() {
     assert!(err.contains("target required: all, or a fleet"), "{err}");
     let err = plane.fails(&["deploy", "nosuch", "--version", "2"]);
     assert!(err.contains("no fleet named 'nosuch'"), "{err}");
-    let err = plane.fails(&["deploy", "web/1", "--version", "2"]);
-    assert!(err.contains("names one agent"), "{err}");
     let err = plane.fails(&["deploy", "web", "--image", "x:1"]);
     assert!(err.contains("fleet 'web' runs on local: an image is for docker fleets"), "{err}");
     let err = plane.fails(&["deploy", "web", "--version", "1"]);
@@ -109,4 +108,56 @@ fn deploys_run_one_at_a_time_survive_a_killed_control_plane_and_are_refused_to_t
     plane.ok(&["deploy", "abort", "other"]);
     let err = plane.fails(&["deploy", "ext", "--version", "2", "--deadline", "2"]);
     assert!(err.contains("reverted: no progress in 2 s: 0 of 1 agents run version 2 and answered their health check"), "{err}");
+}
+
+/// Each agent's `fleet_version`, by slot.
+fn versions(plane: &Plane, fleet: &str) -> Vec<String> {
+    let status = plane.json(&["status", fleet, "--json"]);
+    status["agents"].as_array().unwrap().iter().map(|a| a["fleet_version"].as_str().unwrap_or("-").to_owned()).collect()
+}
+
+#[test]
+fn canaries_wait_for_promote_and_one_agent_deploys_on_its_own() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "web", "--replicas", "3", "--brain", "echo", "--wait"]);
+    let err = plane.fails(&["deploy", "web", "--canary", "3"]);
+    assert!(err.contains("canaries are fewer than its agents"), "{err}");
+
+    // Canaries: the first agent moves, passes its gate, and the deploy waits.
+    let out = plane.ok(&["deploy", "web", "--version", "2", "--canary", "1", "--json"]);
+    let deploy: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(deploy["state"], "paused", "{deploy}");
+    assert_eq!(versions(&plane, "web"), ["2", "1", "1"]);
+    let status = plane.json(&["status", "web", "--json"]);
+    assert_eq!((status["fleet"]["version"].as_str(), status["fleet"]["canary"]["slots"].clone()), (Some("1"), serde_json::json!([0])));
+    // Paused is still running: no second deploy meanwhile.
+    let err = plane.fails(&["deploy", "all", "--version", "9"]);
+    assert!(err.contains("is running: wait for it"), "{err}");
+    assert!(plane.ok(&["deploy", "promote", "web"]).contains("promoted"));
+    crate::support::eventually(Duration::from_secs(60), "the promoted deploy to succeed", || {
+        (history(&plane, "web")[0]["state"] == "succeeded").then_some(())
+    });
+    assert_eq!(versions(&plane, "web"), ["2", "2", "2"]);
+    let err = plane.fails(&["deploy", "promote", "web"]);
+    assert!(err.contains("no deploy of web is running"), "{err}");
+
+    // Canaries aborted: they go back, the fleet never moved.
+    let deploy: serde_json::Value = serde_json::from_str(&plane.ok(&["deploy", "web", "--canary", "2", "--json"])).unwrap();
+    assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["to_version"].as_str()), (Some("paused"), Some("3")));
+    assert_eq!(versions(&plane, "web"), ["3", "3", "2"]);
+    plane.ok(&["deploy", "abort", "web"]);
+    crate::support::eventually(Duration::from_secs(60), "the canaries back on version 2", || {
+        (versions(&plane, "web") == ["2", "2", "2"]).then_some(())
+    });
+    assert!(plane.json(&["status", "web", "--json"])["fleet"]["canary"].is_null());
+
+    // One agent on its own: it moves and stays moved; the others do not.
+    let deploy: serde_json::Value = serde_json::from_str(&plane.ok(&["deploy", "web/1", "--version", "5", "--json"])).unwrap();
+    assert_eq!(deploy["state"], "succeeded", "{deploy}");
+    assert_eq!(versions(&plane, "web"), ["2", "5", "2"]);
+    let err = plane.fails(&["deploy", "web/7"]);
+    assert!(err.contains("fleet 'web' has no agent 7"), "{err}");
+    // A deploy of the whole fleet brings that agent along.
+    plane.ok(&["deploy", "web", "--version", "6"]);
+    assert_eq!(versions(&plane, "web"), ["6", "6", "6"]);
 }

@@ -203,6 +203,11 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     });
     // A good update goes through, one agent at a time.
     plane.ok(&["update", fleet, "--version", "3", "--wait", "--timeout", "240"]);
+    // A deploy: Swarm replaces the agents, clawfleet's gate checks each one's health.
+    let deploy = plane.json(&["deploy", fleet, "--version", "4", "--deadline", "240", "--json"]);
+    assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["ready"].as_u64()), (Some("succeeded"), Some(3)), "{deploy}");
+    let err = plane.fails(&["deploy", fleet, "--canary", "1"]);
+    assert!(err.contains("replaces its agents as a whole: no canary or single agent there"), "{err}");
 
     plane.ok(&["terminate", fleet, "--wait"]);
     let left = docker(&["volume", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);

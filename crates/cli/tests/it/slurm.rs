@@ -58,6 +58,22 @@ fn a_slurm_fleet_launches_answers_and_terminates() {
             assert!(!ws.join(file).exists(), "{} is still there", ws.join(file).display());
         }
     }
+    // A deploy: each job replaced by one on the new version, each new agent health-checked.
+    let deploy = plane.json(&["deploy", "hpc", "--version", "2", "--deadline", "120", "--json"]);
+    assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["ready"].as_u64()), (Some("succeeded"), Some(2)), "{deploy}");
+    // A canary on Slurm: only the first job moves, then the deploy waits; abort brings it back.
+    let deploy = plane.json(&["deploy", "hpc", "--version", "3", "--canary", "1", "--deadline", "120", "--json"]);
+    assert_eq!(deploy["state"], "paused", "{deploy}");
+    plane.ok(&["deploy", "abort", "hpc"]);
+    crate::support::eventually(Duration::from_secs(120), "the canary back on version 2", || {
+        let s = plane.json(&["status", "hpc", "--json"]);
+        s["agents"].as_array().unwrap().iter().all(|a| a["fleet_version"] == "2" && a["state"] == "idle").then_some(())
+    });
+    // A deploy whose new agent fails its health check (its brain answers no probe) reverts.
+    plane.ok(&["launch", "sick", "--backend", "slurm", "--replicas", "1", "--brain", "openai:http://127.0.0.1:9/v1#none", "--wait"]);
+    let err = plane.fails(&["deploy", "sick", "--version", "2", "--deadline", "120"]);
+    assert!(err.contains("reverted: agent sick/0 on version 2 failed its health check"), "{err}");
+    plane.ok(&["terminate", "sick", "--wait"]);
     plane.ok(&["terminate", "hpc", "--wait"]);
     let left = std::process::Command::new("squeue").args(["-h", "-o", "%j"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&left.stdout).contains("cf.hpc."), "jobs left after terminate");
