@@ -20,7 +20,7 @@ use clawfleet_proto::topic::{self, Channel};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::{Backend, Deployment, Instance, InstanceState, Memory, Policy, converge};
+use crate::{Backend, Deployment, Instance, InstanceState, Memory, converge};
 
 /// Crashes an agent the way a fault would.
 #[async_trait]
@@ -230,7 +230,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     async fn step(&mut self, d: &Deployment) -> Result<(), crate::BackendError> {
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        converge(self.backend, d, &mut self.memory, Policy::default(), now_ms).await.map(drop)
+        converge(self.backend, d, &mut self.memory, now_ms).await.map(drop)
     }
 
     async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, String> {

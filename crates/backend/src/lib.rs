@@ -44,6 +44,8 @@ pub struct Deployment {
     pub cluster: Option<ClusterSpec>,
     /// Agents that run another version than `version` (a deploy's canaries).
     pub canary: Option<Canary>,
+    /// How its agents are replaced (by the plan, or by a backend that rolls out by itself).
+    pub policy: Policy,
     pub endpoints: Endpoints,
 }
 
@@ -216,6 +218,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// [`Applied::Preparing`] says what comes before the first agent can start.
     async fn execute(&self, deployment: &Deployment, actions: &[Action]) -> Result<Applied, BackendError>;
 
+    /// Whether a rollout the backend runs by itself (Swarm's update) is over: a deploy is not
+    /// called a success while the backend may still roll it back. Planned backends have none.
+    async fn settled(&self, _deployment: &Deployment) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
     /// Stops every agent of the fleet (gracefully, then by force) and releases what it held.
     /// Returns `true` once nothing of the fleet is left; called again until then.
     async fn remove(&self, deployment: &Deployment) -> Result<bool, BackendError>;
@@ -243,21 +251,16 @@ pub struct Step {
     pub plan: Plan,
 }
 
-/// One reconcile step of a fleet, the same for every backend: observe, plan, execute.
-/// `memory` is the fleet's (kept by the caller between steps), `now_ms` a monotonic clock.
-pub async fn converge(
-    backend: &dyn Backend,
-    deployment: &Deployment,
-    memory: &mut Memory,
-    policy: Policy,
-    now_ms: u64,
-) -> Result<Step, BackendError> {
+/// One reconcile step of a fleet, the same for every backend: observe, plan (with the
+/// deployment's policy), execute. `memory` is the fleet's (kept by the caller between steps),
+/// `now_ms` a monotonic clock.
+pub async fn converge(backend: &dyn Backend, deployment: &Deployment, memory: &mut Memory, now_ms: u64) -> Result<Step, BackendError> {
     let plan = match backend.rollout() {
         Rollout::Native => Plan::default(),
         Rollout::Planned => {
             let observed = backend.observe(deployment).await?;
             let desired: Vec<ConfigKey> = (0..deployment.replicas).map(|slot| backend.key(deployment, slot)).collect();
-            clawfleet_core::plan::plan(memory, &desired, &observed, policy, now_ms)
+            clawfleet_core::plan::plan(memory, &desired, &observed, deployment.policy, now_ms)
         }
     };
     for action in &plan.actions {

@@ -1,7 +1,9 @@
 //! Desired state and rollouts (issue #12): a rollout of 50 local agents to a new version with
 //! `max_unavailable` 1 and 25 %, side by side; planning and applying a declaration of 100
-//! fleets; and how late a lost local agent is noticed while another fleet's backend hangs,
-//! against the same control plane with no hanging fleet.
+//! fleets; how late a lost local agent is noticed while another fleet's backend hangs, against
+//! the same control plane with no hanging fleet; and a deploy of 20 docker agents with
+//! `max_unavailable` 2 against `docker service update --update-parallelism 2` of the same
+//! service (same image, same health check).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,8 @@ use crate::{Args, Plane, Row, median};
 pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     rollout(a, rows).await?;
     plan_hundred(a, rows).await?;
-    detection_beside_a_hang(a, rows).await
+    detection_beside_a_hang(a, rows).await?;
+    docker_rollout(a, rows).await
 }
 
 /// Seconds from `update --version 2` until every agent of the fleet is ready on version 2.
@@ -207,6 +210,131 @@ async fn detection_beside_a_hang(a: &Args, rows: &mut Vec<Row>) -> anyhow::Resul
         notes: format!(
             "median of {runs} each; heartbeats every 200 ms (lost after 3 missed), status polled every 20 ms; \
              the hanging fleet's pass waits on ssh (timeout 300 s)"
+        ),
+    });
+    Ok(())
+}
+
+const DOCKER_IMAGE: &str = "clawfleet-agent:bench";
+const DOCKER_NETWORK: &str = "clawfleet-bench-deploy";
+
+/// Waits until `docker service inspect` says the service's update completed; returns the
+/// update's own duration, as Swarm recorded it (from its start to its completion).
+async fn swarm_update_completed(service: &str, since: Instant, timeout: Duration) -> anyhow::Result<f64> {
+    loop {
+        let out = std::process::Command::new("docker")
+            .args([
+                "service",
+                "inspect",
+                "--format",
+                "{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt.UnixNano}} {{.UpdateStatus.CompletedAt.UnixNano}}",
+                service,
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let f: Vec<&str> = text.split_whitespace().collect();
+        match f.first().copied() {
+            Some("completed") if f.len() == 3 => {
+                let (start, end): (i128, i128) = (f[1].parse()?, f[2].parse()?);
+                return Ok((end - start) as f64 / 1e9);
+            }
+            Some(s @ ("paused" | "rollback_started" | "rollback_completed" | "rollback_paused")) => {
+                bail!("the service's update did not complete: {s}")
+            }
+            _ if since.elapsed() > timeout => bail!("the service's update did not complete in {timeout:?}: {text}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn docker_rollout(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let engine = clawfleet_docker::Engine::from_env();
+    let swarm_on = engine.get::<serde_json::Value>("/info").await.is_ok_and(|i| i["Swarm"]["LocalNodeState"] == "active");
+    if !swarm_on {
+        rows.push(Row {
+            name: "deploy 20 docker agents, max_unavailable 2, against docker service update --update-parallelism 2",
+            result: "not measured".into(),
+            goal: "ratio near 1",
+            notes: "no Docker Engine in Swarm mode here".into(),
+        });
+        return Ok(());
+    }
+    let host = clawfleet_docker::swarm::gateway(&engine).await?;
+    let out = std::process::Command::new(&a.bin).args(["image", "build", "--tag", DOCKER_IMAGE]).output()?;
+    if !out.status.success() {
+        bail!("image build failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let replicas = if a.quick { 6 } else { 20 };
+    let plane = Plane::start_with(&a.bin, 1000, None, Some((&host, DOCKER_NETWORK)), &[]).await?;
+    let result = async {
+        let req = LaunchRequest {
+            name: "dr".into(),
+            replicas,
+            backend: Some("docker".into()),
+            brain: Some("echo".into()),
+            image: Some(DOCKER_IMAGE.into()),
+            deploy: Some(DeployPolicy { max_unavailable: Some(MaxUnavailable::Count(2)) }),
+            ..LaunchRequest::default()
+        };
+        let _: serde_json::Value = plane.client.post("/api/v1/fleets", &req).await?;
+        plane.wait_ready("dr", replicas, Duration::from_secs(600)).await?;
+        let service = clawfleet_docker::swarm::service_name(&"dr".parse()?);
+        let timeout = Duration::from_secs(900);
+
+        // clawfleet: a deploy, done when every agent runs the new version and answered its
+        // health check (Swarm replaces the tasks two at a time underneath).
+        let t0 = Instant::now();
+        let deploy: clawfleet_proto::api::Deploy = plane
+            .client
+            .post(
+                "/api/v1/deploys",
+                &clawfleet_proto::api::DeployRequest {
+                    target: Some("dr".into()),
+                    version: Some("2".into()),
+                    deadline_s: Some(600),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (clawfleet_s, swarm_part_s) = loop {
+            let d: clawfleet_proto::api::Deploy = plane.client.get(&format!("/api/v1/deploys/{}", deploy.id)).await?;
+            match d.state {
+                clawfleet_proto::api::DeployState::Succeeded => {
+                    break (t0.elapsed().as_secs_f64(), swarm_update_completed(&service, t0, timeout).await?);
+                }
+                clawfleet_proto::api::DeployState::Running => {}
+                other => bail!("the docker deploy ended {other}: {:?}", d.reason),
+            }
+            if t0.elapsed() > timeout {
+                bail!("the docker deploy did not end in {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+
+        // The peer: Swarm alone, on the same service, two tasks at a time.
+        let t1 = Instant::now();
+        let out = std::process::Command::new("docker")
+            .args(["service", "update", "--detach", "--update-parallelism", "2", "--env-add", "CLAWFLEET_BENCH_ROUND=2", &service])
+            .output()?;
+        if !out.status.success() {
+            bail!("docker service update failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let docker_s = swarm_update_completed(&service, t1, timeout).await?;
+        Ok::<_, anyhow::Error>((clawfleet_s, swarm_part_s, docker_s))
+    }
+    .await;
+    let _ = plane.terminate("dr").await;
+    plane.stop().await;
+    let _ = std::process::Command::new("docker").args(["network", "rm", DOCKER_NETWORK]).output();
+    let (clawfleet_s, swarm_part_s, docker_s) = result?;
+    rows.push(Row {
+        name: "deploy 20 docker agents, max_unavailable 2, against docker service update --update-parallelism 2",
+        result: format!("{replicas} agents: clawfleet {clawfleet_s:.1} s, docker {docker_s:.1} s ({:.2}×)", clawfleet_s / docker_s),
+        goal: "ratio near 1",
+        notes: format!(
+            "the same service, image and health check, stop-first, Swarm's monitor as clawfleet sets it; clawfleet is done when every \
+             agent heartbeats the new version and answered a health-check and Swarm's update under it completed ({swarm_part_s:.1} s by \
+             Swarm's record); docker: the update's duration as Swarm records it (started to completed)"
         ),
     });
     Ok(())

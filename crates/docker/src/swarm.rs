@@ -3,8 +3,9 @@
 //! a volume of its own (`clawfleet-<fleet>-<uid>-<slot>`), so a replaced container finds its
 //! conversation and journal again.
 //!
-//! `apply` creates the service or updates it: a scale only changes its replica count; a new
-//! image or configuration is a rolling update, one task at a time, gated by the image's
+//! `execute` creates the service or updates it (its rollout is Swarm's own, `Rollout::Native`):
+//! a scale only changes its replica count; a new image or configuration is a rolling update,
+//! the fleet's `max_unavailable` tasks at a time (stop first), gated by the image's
 //! health check (the agent is healthy once it has reached the bus and its loop turns), which
 //! Swarm rolls back by itself when a new task fails. A rolled-back update is reported as the
 //! fleet's problem instead of being pushed again (until the control plane restarts: Swarm keeps
@@ -288,8 +289,9 @@ impl DockerBackend {
             "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid, LABEL_KEY: key },
             "TaskTemplate": template,
             "Mode": { "Replicated": { "Replicas": d.replicas } },
-            "UpdateConfig": { "Parallelism": 1, "Delay": 0, "FailureAction": "rollback", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
-            "RollbackConfig": { "Parallelism": 1, "Delay": 0, "FailureAction": "pause", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
+            // The fleet's max_unavailable: stop-first, so that many agents are down at once.
+            "UpdateConfig": { "Parallelism": d.policy.max_unavailable.max(1), "Delay": 0, "FailureAction": "rollback", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
+            "RollbackConfig": { "Parallelism": d.policy.max_unavailable.max(1), "Delay": 0, "FailureAction": "pause", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
         })
     }
 
@@ -469,6 +471,19 @@ impl Backend for DockerBackend {
         Ok(Applied::Started)
     }
 
+    /// Swarm's update is over (or there was none): it watches new tasks for its monitor period
+    /// before it calls an update complete, and may still roll it back until then.
+    async fn settled(&self, d: &Deployment) -> Result<bool, BackendError> {
+        let name = service_name(&d.fleet);
+        match self.config.engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
+            Ok(s) => {
+                Ok(!matches!(s["UpdateStatus"]["State"].as_str(), Some("updating" | "rollback_started" | "paused" | "rollback_paused")))
+            }
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
     async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, BackendError> {
         let fleet = &d.fleet;
         let name = service_name(fleet);
@@ -621,6 +636,7 @@ mod tests {
             image: None,
             cluster: None,
             canary: None,
+            policy: clawfleet_backend::Policy::default(),
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,
@@ -654,6 +670,10 @@ mod tests {
             || e.starts_with("CLAWFLEET_SLOT=")));
         assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"], "clawfleet-squad-0190abc-{{.Task.Slot}}");
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
+        assert_eq!(spec["UpdateConfig"]["Parallelism"], 1);
+        let wide = Deployment { policy: clawfleet_backend::Policy { max_unavailable: 3 }, ..deployment() };
+        let spec = b.spec(&wide, None);
+        assert_eq!((spec["UpdateConfig"]["Parallelism"].as_u64(), spec["RollbackConfig"]["Parallelism"].as_u64()), (Some(3), Some(3)));
         // The key ignores the replica count and follows the template.
         let key = |d: &Deployment| b.spec(d, Some(&secret))["Labels"][LABEL_KEY].clone();
         let d = deployment();

@@ -115,6 +115,7 @@ impl App {
             image: row.image.clone(),
             cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
             canary: canary(row),
+            policy: self.policy(row),
             endpoints: self.endpoints.clone(),
         })
     }

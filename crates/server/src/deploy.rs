@@ -2,8 +2,8 @@
 //! plane picks it up where it was) and gates it, the same way for every backend. An agent counts
 //! for the deploy only once it heartbeats the new version and answers a `health-check` with a
 //! healthy brain; the backends replace the agents meanwhile, within each fleet's
-//! `max_unavailable`. A deploy whose every agent passed succeeds; one with an agent that fails its
-//! health check, or that goes `deadline_s` without one more agent passing, is reverted: its
+//! `max_unavailable`. A deploy whose every agent passed succeeds once the backend's own rollout
+//! (Swarm's) is over too; one with an agent that fails its health check, or that goes `deadline_s` without one more agent passing, is reverted: its
 //! fleets return to their versions before, and it says why. A deploy with canaries gates only
 //! them, then pauses until `promote` moves every agent (and gates them all) or `abort` reverts.
 
@@ -158,6 +158,12 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
             app.hub.write(move |s| Ok(((), s.pause_deploy(id, &clock::now_rfc3339())?))).await?;
             return Ok(());
         }
+        // A backend that rolls out by itself (Swarm) may still roll back until it is done.
+        for f in &deploy.fleets {
+            if !settled(app, &f.fleet).await {
+                return Ok(());
+            }
+        }
         return finish(app, &deploy, DeployState::Succeeded, None).await;
     }
     if t.progressed.elapsed() > Duration::from_secs(deploy.deadline_s) {
@@ -169,6 +175,15 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         return finish(app, &deploy, DeployState::Reverted, Some(reason)).await;
     }
     Ok(())
+}
+
+/// Whether the fleet's backend has finished its own rollout (unknown: not yet).
+async fn settled(app: &App, fleet: &str) -> bool {
+    let name = fleet.to_owned();
+    let Ok(Some(row)) = app.db.run(move |s| s.fleet(&name)).await else { return false };
+    let (Ok(backend), Ok(d)) = (app.backend(&row.backend), app.deployment(&row)) else { return false };
+    // A backend that hangs holds up only this deploy's end, not the loop for long.
+    matches!(tokio::time::timeout(Duration::from_secs(10), backend.settled(&d)).await, Ok(Ok(true)))
 }
 
 /// Sends a `health-check` to one agent, as the deploy; returns the command's id.

@@ -1,12 +1,16 @@
 //! The clawfleet control plane: `clawfleet up`.
 //!
 //! [`Server::start`] opens the data directory (database, operator token), starts the embedded
-//! MQTT broker (or connects to an external one), and runs four loops on one runtime:
+//! MQTT broker (or connects to an external one), and runs six loops on one runtime, each owning
+//! its own state:
 //!
-//! - **ingest** ([`ingest`]): bus → store, exactly once per agent event, then broadcast;
+//! - **ingest** ([`ingest`]): bus and mailboxes → store, exactly once per agent event, then
+//!   broadcast;
+//! - **mailbox** ([`mailbox`]): follows slurm fleets' mailboxes into ingest;
 //! - **outbox** ([`outbox`]): resends directives until their agent acknowledges them;
-//! - **reconcile** ([`reconcile`]): drives each fleet's backend toward its desired state and
-//!   reports agents' availability changes;
+//! - **deploy** ([`deploy`]): gates the running deploy, reverts it when it fails;
+//! - **reconcile** ([`reconcile`]): drives each fleet's backend toward its desired state, and
+//!   on a tick of its own reports agents' availability changes;
 //! - **HTTP** ([`api`]): the API, the dashboard, `/healthz`, `/metrics`.
 //!
 //! **Architecture invariant:** every event is persisted before anyone sees it, and is seen in

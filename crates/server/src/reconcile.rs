@@ -197,7 +197,7 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: FleetMemory) ->
 async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(Applied, Option<Duration>), BackendError> {
     let backend = app.backend(&fleet.backend).map_err(BackendError::Permanent)?;
     let deployment = app.deployment(fleet).map_err(BackendError::Permanent)?;
-    let step = clawfleet_backend::converge(&**backend, &deployment, memory, app.policy(fleet), clock::mono_ms()).await?;
+    let step = clawfleet_backend::converge(&**backend, &deployment, memory, clock::mono_ms()).await?;
     let next = match (step.plan.actions.is_empty(), step.plan.requeue_after_ms) {
         (false, _) => Some(STEP_AGAIN),
         (true, Some(ms)) => Some(Duration::from_millis(ms)),

@@ -40,6 +40,7 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
         image: None,
         cluster: None,
         canary: None,
+        policy: clawfleet_backend::Policy::default(),
         endpoints: Endpoints {
             bus_host: host.into(),
             bus_port: port,
