@@ -2,12 +2,19 @@
 #![no_main]
 
 use clawfleet_core::{BrainSpec, FleetName, FleetSpec};
-use clawfleet_proto::api::{CommandRequest, InjectRequest, LaunchRequest, ScaleRequest, UpdateRequest};
+use clawfleet_proto::api::{ApplyRequest, CommandRequest, DeployRequest, InjectRequest, LaunchRequest, MaxUnavailable, ScaleRequest, UpdateRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<LaunchRequest>(data) {
         let _ = FleetSpec::from_request(&req, &BrainSpec::Echo);
+    }
+    if let Ok(req) = serde_json::from_slice::<ApplyRequest>(data) {
+        let specs: Vec<FleetSpec> = req.fleets.iter().filter_map(|r| FleetSpec::from_request(r, &BrainSpec::Echo).ok()).collect();
+        let _ = clawfleet_core::desired::diff(&[], &specs, req.prune);
+    }
+    if let Ok(req) = serde_json::from_slice::<DeployRequest>(data) {
+        let _ = req.version.as_deref().map(clawfleet_core::spec::check_version);
     }
     let _ = serde_json::from_slice::<InjectRequest>(data);
     let _ = serde_json::from_slice::<CommandRequest>(data);
@@ -21,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(brain) = s.parse::<BrainSpec>() {
         let _ = brain.kind();
         let _ = brain.to_string();
+    }
+    if let Ok(m) = s.parse::<MaxUnavailable>() {
+        assert_eq!(m.to_string().parse::<MaxUnavailable>(), Ok(m), "max_unavailable {s:?} survives being written and read");
+        assert!(m.of(0) >= 1 && m.of(10_000) >= 1);
     }
     if let Ok(name) = s.parse::<FleetName>() {
         let _ = name.to_string();

@@ -218,6 +218,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// [`Applied::Preparing`] says what comes before the first agent can start.
     async fn execute(&self, deployment: &Deployment, actions: &[Action]) -> Result<Applied, BackendError>;
 
+    /// Checks, before a change is stored, what the backend can tell will not work for
+    /// `deployment` (an image this Docker Engine does not have); the error says what to do.
+    async fn check(&self, _deployment: &Deployment) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Whether a rollout the backend runs by itself (Swarm's update) is over: a deploy is not
     /// called a success while the backend may still roll it back. Planned backends have none.
     async fn settled(&self, _deployment: &Deployment) -> Result<bool, BackendError> {

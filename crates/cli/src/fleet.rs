@@ -183,6 +183,24 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &f.preparing {
         outln!("preparing: {p}");
     }
+    if let Some(c) = &f.canary {
+        let slots: Vec<String> = c.slots.iter().map(u32::to_string).collect();
+        outln!("canary: agents {} on version {}", slots.join(", "), c.version);
+    }
+    if let Some(d) = &s.deploy
+        && let Some(mine) = d.fleets.iter().find(|x| x.fleet == f.name)
+    {
+        let of = mine.slots.as_ref().map_or(mine.replicas, |s| s.len() as u32);
+        outln!(
+            "deploy #{} ({}): version {} → {}, {}/{of} agents passed (by {})",
+            d.id,
+            d.state,
+            mine.from_version,
+            mine.to_version,
+            mine.ready,
+            d.actor
+        );
+    }
     let rows: Vec<Vec<String>> = s
         .agents
         .iter()

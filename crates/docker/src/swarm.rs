@@ -471,6 +471,19 @@ impl Backend for DockerBackend {
         Ok(Applied::Started)
     }
 
+    /// An image other than the default one (which is built on first use) must be here:
+    /// nothing is pulled.
+    async fn check(&self, d: &Deployment) -> Result<(), BackendError> {
+        let Some(image) = d.image.as_deref().filter(|i| *i != self.config.default_image) else { return Ok(()) };
+        match image::exists(&self.config.engine, image).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(failed(format!(
+                "the image '{image}' is not on this Docker Engine (nothing is pulled): build it with `clawfleet image build --tag {image}`, or `docker load` it"
+            ))),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
     /// Swarm's update is over (or there was none): it watches new tasks for its monitor period
     /// before it calls an update complete, and may still roll it back until then.
     async fn settled(&self, d: &Deployment) -> Result<bool, BackendError> {

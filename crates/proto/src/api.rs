@@ -425,6 +425,9 @@ pub struct FleetStatus {
     /// from each other.
     pub isolation: Isolation,
     pub agents: Vec<AgentStatus>,
+    /// The deploy that moves this fleet now, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
 }
 
 /// How a backend confines its agents.

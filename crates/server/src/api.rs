@@ -471,6 +471,12 @@ async fn deploy_start(
         if to_version == row.version && to_image == row.image {
             return Err(ApiError::conflict(format!("fleet '{}' already runs version {to_version}", row.name)));
         }
+        // What the backend can tell will fail (an image it does not have) is refused now,
+        // not found out by the gate.
+        if let (Ok(backend), Ok(d)) = (app.backend(&row.backend), app.deployment(row)) {
+            let next = clawfleet_backend::Deployment { version: to_version.clone(), image: to_image.clone(), ..d };
+            backend.check(&next).await.map_err(|e| ApiError::bad_request(format!("fleet '{}': {e}", row.name)))?;
+        }
         fleets.push(DeployFleet {
             fleet: row.name.clone(),
             from_version: row.version.clone(),
@@ -675,7 +681,8 @@ async fn status(
         })
         .collect();
     let isolation = app.backend(&row.backend).map_or(clawfleet_proto::api::Isolation::None, |b| b.isolation());
-    Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), isolation, agents }))
+    let deploy = app.db.run(|s| s.active_deploy()).await?.filter(|d| d.fleets.iter().any(|f| f.fleet == row.name));
+    Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), isolation, agents, deploy }))
 }
 
 async fn update(

@@ -127,6 +127,15 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     }
     assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
+    // A deploy's progress: its canary passed, the deploy waits, the canary's tile shows its version.
+    plane.ok(&["deploy", "web", "--version", "2", "--canary", "1"]);
+    eventually(Duration::from_secs(30), "the paused deploy", || {
+        browser.text("#deploy").filter(|t| t.contains("deploy #1 paused: version 1 → 2, 1/1 agents passed"))
+    });
+    eventually(Duration::from_secs(30), "the canary's version on its tile", || {
+        browser.text(".tile[data-agent=\"web/0\"]").filter(|t| t.contains("v2"))
+    });
+
     // A bad token shows the login form instead of data.
     browser.session(
         "POST",

@@ -130,6 +130,8 @@ fn canaries_wait_for_promote_and_one_agent_deploys_on_its_own() {
     assert_eq!(versions(&plane, "web"), ["2", "1", "1"]);
     let status = plane.json(&["status", "web", "--json"]);
     assert_eq!((status["fleet"]["version"].as_str(), status["fleet"]["canary"]["slots"].clone()), (Some("1"), serde_json::json!([0])));
+    let text = plane.ok(&["status", "web"]);
+    assert!(text.contains("canary: agents 0 on version 2") && text.contains("(paused): version 1 → 2, 1/1 agents passed"), "{text}");
     // Paused is still running: no second deploy meanwhile.
     let err = plane.fails(&["deploy", "all", "--version", "9"]);
     assert!(err.contains("is running: wait for it"), "{err}");

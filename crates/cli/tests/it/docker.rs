@@ -259,6 +259,10 @@ fn docker_bad_input_gets_clear_errors() {
     assert!(problem.contains("clawfleet image build"), "{problem}");
     let err = plane.fails(&["rollback", "bad3"]);
     assert!(err.contains("no earlier image or version"), "{err}");
+    // A deploy to an image that is not here is refused before anything changes.
+    let err = plane.fails(&["deploy", "bad3", "--image", "clawfleet-agent:does-not-exist-either"]);
+    assert!(err.contains("fleet 'bad3': the image 'clawfleet-agent:does-not-exist-either' is not on this Docker Engine"), "{err}");
+    assert!(plane.json(&["history", "bad3", "--json"])["deploys"].as_array().unwrap().is_empty());
     plane.ok(&["terminate", "bad3", "--wait"]);
     let _ = Command::new("docker").args(["network", "rm", &network]).output();
 }
