@@ -208,6 +208,15 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["ready"].as_u64()), (Some("succeeded"), Some(3)), "{deploy}");
     let err = plane.fails(&["deploy", fleet, "--canary", "1"]);
     assert!(err.contains("replaces its agents as a whole: no canary or single agent there"), "{err}");
+    // A deploy whose new agents never pass the gate reverts by itself at its deadline, on
+    // Docker as anywhere (Swarm has rolled its own update back by then, too).
+    let err = plane.fails(&["deploy", fleet, "--image", broken, "--version", "5", "--deadline", "45"]);
+    assert!(err.contains("reverted: no progress in 45 s: 0 of 3 agents run version 5"), "{err}");
+    eventually(Duration::from_secs(180), "the fleet back on version 4, every agent idle", || {
+        let s = plane.json(&["status", fleet, "--json"]);
+        let back = s["fleet"]["version"] == "4" && s["fleet"]["problem"].is_null();
+        (back && s["agents"].as_array().unwrap().iter().all(|a| a["state"] == "idle" && a["fleet_version"] == "4")).then_some(())
+    });
 
     plane.ok(&["terminate", fleet, "--wait"]);
     let left = docker(&["volume", "ls", "-q", "--filter", &format!("label=org.clawfleet.fleet={fleet}")]);
