@@ -29,7 +29,7 @@ use clawfleet_proto::api::{
     TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
+use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewInjection, Pending, TokenRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -280,18 +280,7 @@ async fn launch(
     }
     let at = clock::now_rfc3339();
     let row = crate::app::new_row(&spec, new_uid(), at.clone());
-    let event = NewEvent {
-        at,
-        fleet: row.name.clone(),
-        agent: None,
-        injection_id: None,
-        body: EventBody::FleetLaunched {
-            replicas: row.replicas,
-            backend: row.backend.clone(),
-            brain: row.brain.clone(),
-            version: row.version.clone(),
-        },
-    };
+    let event = row.launched(&at);
     let r = row.clone();
     app.hub
         .write(move |s| {
@@ -563,20 +552,10 @@ async fn deploy_promote(
     Extension(caller): Extension<Caller>,
     P(id): P<String>,
 ) -> Result<Json<Deploy>, ApiError> {
-    let deploy = load_deploy(&app, &caller, &id, Action::Update).await?;
-    let actor = caller.0.audit_name();
-    let (n, target) = (deploy.id, deploy.target.clone());
-    app.hub
-        .write(move |s| {
-            let at = clock::now_rfc3339();
-            Ok(((), s.promote_deploy(n, &at, &audit(&at, &actor, "deploy promote", &target, String::new()))?))
-        })
-        .await?;
-    for f in &deploy.fleets {
-        app.desired_changed(&f.fleet);
-    }
-    let deploy = app.db.run(move |s| s.deploy(n)).await?.ok_or_else(|| ApiError::internal("a deploy", "vanished"))?;
-    Ok(Json(deploy))
+    change_deploy(&app, &caller, &id, |s, n, at, actor, target| {
+        s.promote_deploy(n, at, &audit(at, actor, "deploy promote", target, String::new()))
+    })
+    .await
 }
 
 /// Stops a running deploy and returns its fleets to their versions before.
@@ -585,19 +564,25 @@ async fn deploy_abort(
     Extension(caller): Extension<Caller>,
     P(id): P<String>,
 ) -> Result<Json<Deploy>, ApiError> {
-    let deploy = load_deploy(&app, &caller, &id, Action::Update).await?;
+    change_deploy(&app, &caller, &id, |s, n, at, actor, target| {
+        let reason = format!("aborted by {actor}");
+        s.finish_deploy(n, DeployState::Aborted, Some(&reason), at, &audit(at, actor, "deploy abort", target, String::new()))
+    })
+    .await
+}
+
+/// Makes `change` (given the store, the deploy's id, the time, the caller's audit name and the
+/// deploy's target) to a deploy the caller may update; its fleets' desired state changed.
+async fn change_deploy(
+    app: &Arc<App>,
+    caller: &Caller,
+    id: &str,
+    change: impl FnOnce(&clawfleet_store::Store, u64, &str, &str, &str) -> Result<Vec<Event>, clawfleet_store::StoreError> + Send + 'static,
+) -> Result<Json<Deploy>, ApiError> {
+    let deploy = load_deploy(app, caller, id, Action::Update).await?;
     let actor = caller.0.audit_name();
     let (n, target) = (deploy.id, deploy.target.clone());
-    app.hub
-        .write(move |s| {
-            let at = clock::now_rfc3339();
-            let reason = format!("aborted by {actor}");
-            Ok((
-                (),
-                s.finish_deploy(n, DeployState::Aborted, Some(&reason), &at, &audit(&at, &actor, "deploy abort", &target, String::new()))?,
-            ))
-        })
-        .await?;
+    app.hub.write(move |s| Ok(((), change(s, n, &clock::now_rfc3339(), &actor, &target)?))).await?;
     for f in &deploy.fleets {
         app.desired_changed(&f.fleet);
     }

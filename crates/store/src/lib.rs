@@ -97,6 +97,24 @@ pub struct FleetRow {
     pub canary: Option<String>,
 }
 
+impl FleetRow {
+    /// The `fleet_launched` event of a new fleet.
+    pub fn launched(&self, at: &str) -> NewEvent {
+        NewEvent {
+            at: at.to_owned(),
+            fleet: self.name.clone(),
+            agent: None,
+            injection_id: None,
+            body: EventBody::FleetLaunched {
+                replicas: self.replicas,
+                backend: self.backend.clone(),
+                brain: self.brain.clone(),
+                version: self.version.clone(),
+            },
+        }
+    }
+}
+
 /// One fleet's part of an apply (see [`Store::apply_fleets`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetApply {
@@ -429,19 +447,7 @@ impl Store {
                 match change {
                     FleetApply::Create(row) => {
                         write_audit(tx, &audit("apply: create", &row.name, format!("{} agents, {} backend", row.replicas, row.backend)))?;
-                        let event = NewEvent {
-                            at: at.to_owned(),
-                            fleet: row.name.clone(),
-                            agent: None,
-                            injection_id: None,
-                            body: EventBody::FleetLaunched {
-                                replicas: row.replicas,
-                                backend: row.backend.clone(),
-                                brain: row.brain.clone(),
-                                version: row.version.clone(),
-                            },
-                        };
-                        events.push(insert_fleet(tx, row, event)?);
+                        events.push(insert_fleet(tx, row, row.launched(at))?);
                     }
                     FleetApply::Update { row, changes } => {
                         write_audit(tx, &audit("apply: update", &row.name, changes.join(", ")))?;
