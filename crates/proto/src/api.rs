@@ -167,63 +167,28 @@ pub struct Canary {
     pub image: Option<String>,
 }
 
-/// Where a deploy is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployState {
-    /// Agents are being replaced and checked.
-    Running,
-    /// Its canaries passed: it waits for `promote` (the rest follow) or `abort`.
-    Paused,
-    /// Every agent runs the new version and answered its health check.
-    Succeeded,
-    /// It failed its gate or its deadline: the fleets were returned to their versions before.
-    Reverted,
-    /// Stopped by an operator: the fleets were returned to their versions before.
-    Aborted,
-    /// It could not go on (a fleet was terminated under it); nothing was reverted.
-    Failed,
+crate::named_enum! {
+    /// Where a deploy is.
+    pub enum DeployState ("deploy state") {
+        /// Agents are being replaced and checked.
+        Running = "running",
+        /// Its canaries passed: it waits for `promote` (the rest follow) or `abort`.
+        Paused = "paused",
+        /// Every agent runs the new version and answered its health check.
+        Succeeded = "succeeded",
+        /// It failed its gate or its deadline: the fleets were returned to their versions before.
+        Reverted = "reverted",
+        /// Stopped by an operator: the fleets were returned to their versions before.
+        Aborted = "aborted",
+        /// It could not go on (a fleet was terminated under it); nothing was reverted.
+        Failed = "failed",
+    }
 }
 
 impl DeployState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployState::Running => "running",
-            DeployState::Paused => "paused",
-            DeployState::Succeeded => "succeeded",
-            DeployState::Reverted => "reverted",
-            DeployState::Aborted => "aborted",
-            DeployState::Failed => "failed",
-        }
-    }
-
     /// Running or paused: not over.
     pub fn is_active(self) -> bool {
         matches!(self, DeployState::Running | DeployState::Paused)
-    }
-}
-
-impl std::fmt::Display for DeployState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for DeployState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<DeployState, String> {
-        [
-            DeployState::Running,
-            DeployState::Paused,
-            DeployState::Succeeded,
-            DeployState::Reverted,
-            DeployState::Aborted,
-            DeployState::Failed,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == s)
-        .ok_or_else(|| format!("unknown deploy state '{s}'"))
     }
 }
 
@@ -375,39 +340,12 @@ pub struct Fleet {
     pub canary: Option<Canary>,
 }
 
-/// Whether a fleet is wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FleetState {
-    Active,
-    /// Its agents are being stopped; then it is deleted.
-    Terminating,
-}
-
-impl FleetState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FleetState::Active => "active",
-            FleetState::Terminating => "terminating",
-        }
-    }
-}
-
-impl std::fmt::Display for FleetState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for FleetState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<FleetState, String> {
-        match s {
-            "active" => Ok(FleetState::Active),
-            "terminating" => Ok(FleetState::Terminating),
-            other => Err(format!("unknown fleet state '{other}'")),
-        }
+crate::named_enum! {
+    /// Whether a fleet is wanted.
+    pub enum FleetState ("fleet state") {
+        Active = "active",
+        /// Its agents are being stopped; then it is deleted.
+        Terminating = "terminating",
     }
 }
 

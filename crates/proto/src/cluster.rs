@@ -46,43 +46,14 @@ pub struct ClusterSpec {
     pub ssh_retry_delay_seconds: Option<Value>,
 }
 
-/// How an agent reaches the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TransportMode {
-    Bus,
-    /// Files on a filesystem the nodes share, for nodes with no route to the bus.
-    Mailbox,
-    /// The bus when the node reaches it, else the mailbox.
-    Auto,
-}
-
-impl TransportMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportMode::Bus => "bus",
-            TransportMode::Mailbox => "mailbox",
-            TransportMode::Auto => "auto",
-        }
-    }
-}
-
-impl std::fmt::Display for TransportMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for TransportMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<TransportMode, String> {
-        match s {
-            "bus" => Ok(TransportMode::Bus),
-            "mailbox" => Ok(TransportMode::Mailbox),
-            "auto" => Ok(TransportMode::Auto),
-            other => Err(format!("unknown transport '{}' (expected bus, mailbox or auto)", other.chars().take(32).collect::<String>())),
-        }
+crate::named_enum! {
+    /// How an agent reaches the control plane.
+    pub enum TransportMode ("transport") {
+        Bus = "bus",
+        /// Files on a filesystem the nodes share, for nodes with no route to the bus.
+        Mailbox = "mailbox",
+        /// The bus when the node reaches it, else the mailbox.
+        Auto = "auto",
     }
 }
 

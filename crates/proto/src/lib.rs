@@ -6,6 +6,54 @@
 //! ([`topic`]) and payloads ([`bus`]), and the codeswarm router lines ([`router`]).
 //! It does no IO and knows no domain rules; `clawfleet-core` validates what is decoded here.
 
+/// An enum of names: each variant has one, as on the wire (serde's, snake_case). Gives
+/// `ALL`, `as_str`, `Display` and a `FromStr` whose error names what it expected.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<$name, String> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    let (last, rest) = names.split_last().expect("an enum has variants");
+                    let expected = if rest.is_empty() { (*last).to_owned() } else { format!("{} or {last}", rest.join(", ")) };
+                    format!("unknown {} '{}' (expected {expected})", $what, s.chars().take(32).collect::<String>())
+                })
+            }
+        }
+    };
+}
+pub(crate) use named_enum;
+
 pub mod api;
 pub mod bus;
 pub mod cluster;
@@ -33,3 +81,32 @@ pub const MAX_ROUTER_LINE_BYTES: usize = 1024 * 1024;
 /// causes (one `inject_ack` per agent), so it is bounded like every stored string (codeswarm's
 /// clients send UUIDs, 36 bytes).
 pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
+#[cfg(test)]
+mod named_enum_tests {
+    use crate::api::{DeployState, FleetState};
+    use crate::cluster::TransportMode;
+
+    /// Each variant's name is its serde name, and parses back.
+    fn check<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + serde::Serialize + std::str::FromStr + std::fmt::Display,
+    {
+        for v in all {
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(v.to_string()), "{v:?}");
+            assert!(v.to_string().parse::<T>().is_ok_and(|back| back == *v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_the_wire_names_and_parse_back() {
+        check(FleetState::ALL);
+        check(DeployState::ALL);
+        check(TransportMode::ALL);
+        assert_eq!("pigeon".parse::<TransportMode>().unwrap_err(), "unknown transport 'pigeon' (expected bus, mailbox or auto)");
+        assert_eq!(
+            "x".repeat(100).parse::<FleetState>().unwrap_err(),
+            format!("unknown fleet state '{}' (expected active or terminating)", "x".repeat(32))
+        );
+    }
+}
