@@ -145,7 +145,11 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         total += slots.len() as u32;
     }
     let id = deploy.id;
-    app.hub.write(move |s| Ok(((), s.deploy_progress(id, &ready, &clock::now_rfc3339())?))).await?;
+    // Written (with its fsync) only when a count changed, not on every tick.
+    let changed = ready.iter().any(|(name, n)| deploy.fleets.iter().any(|f| f.fleet == *name && f.ready != *n));
+    if changed {
+        app.hub.write(move |s| Ok(((), s.deploy_progress(id, &ready, &clock::now_rfc3339())?))).await?;
+    }
     if passed > t.passed {
         t.passed = passed;
         t.progressed = Instant::now();

@@ -604,9 +604,20 @@ impl Store {
     /// The newest `limit` deploys, newest first, of `fleet` (a deploy of `all` included) or of all.
     pub fn deploys(&self, fleet: Option<&str>, limit: usize) -> Result<Vec<Deploy>> {
         self.with(|c| {
-            let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC"))?;
-            let rows = stmt.query_map([], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows.into_iter().filter(|d| fleet.is_none_or(|f| d.fleets.iter().any(|x| x.fleet == f))).take(limit).collect())
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = match fleet {
+                None => {
+                    let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC LIMIT ?1"))?;
+                    stmt.query_map([limit], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?
+                }
+                // A fleet's deploys: its name is inside each deploy's JSON list of fleets.
+                Some(f) => {
+                    let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC"))?;
+                    let all = stmt.query_map([], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+                    all.into_iter().filter(|d| d.fleets.iter().any(|x| x.fleet == f)).take(limit as usize).collect()
+                }
+            };
+            Ok(rows)
         })
     }
 
