@@ -1,8 +1,7 @@
 //! The conformance suite every backend passes, driven through [`converge`] as the control
 //! plane drives it: launch, idempotent convergence, scale up and down keeping the agents that
 //! stay, restart after a crash, a rolling replacement on a changed configuration (one slot
-//! down at most), a canary that moves only its agent (backends whose rollout is planned),
-//! remove. "Running" is checked twice:
+//! down at most), a canary that moves one agent and holds there, its abort, remove. "Running" is checked twice:
 //! by the backend's own report and by each agent's heartbeat on the bus, so a backend that
 //! starts processes that cannot reach the bus fails.
 //!
@@ -170,39 +169,71 @@ pub async fn run(backend: Arc<dyn Backend>, harness: Harness) -> Result<(), Stri
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // 7. A canary: only its slot moves to another version; the other agent stays as it was.
-    //    (A backend that rolls out by itself, as Swarm does, replaces a fleet as a whole.)
-    let next = if backend.rollout() == crate::Rollout::Planned {
-        let before = instances(&fleet.observe(&next).await?);
-        let canary = crate::Canary { slots: vec![0], version: format!("{}-canary", next.version), image: None };
-        let with_canary = Deployment { canary: Some(canary.clone()), ..next.clone() };
-        let started = Instant::now();
-        let deadline = started + t;
-        loop {
-            fleet.step(&with_canary).await.map_err(|e| format!("canary: {e}"))?;
-            let replicas = fleet.observe(&with_canary).await?;
-            watcher.drain();
-            let now = instances(&replicas);
-            let moved = now.get(&0).is_some_and(|i| Some(i) != before.get(&0))
-                && watcher.idle_since(0, started)
-                && watcher.latest.get(&0).is_some_and(|(hb, _)| hb.fleet_version == canary.version);
-            if now.get(&1) != before.get(&1) {
-                return Err(format!("canary: agent 1 was replaced too: {before:?} became {now:?}"));
-            }
-            if moved {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("canary: agent 0 not on {} after {t:?}: {replicas:?}", canary.version));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        with_canary
-    } else {
-        next
+    // 7. A canary: one agent moves to another version, the other stays as it was (the plan
+    //    moves slot 0; a backend that rolls out by itself moves one of its choosing).
+    let before = instances(&fleet.observe(&next).await?);
+    let version = format!("{}-canary", next.version);
+    let canary = match backend.rollout() {
+        crate::Rollout::Planned => crate::Canary { slots: vec![0], count: None, version: version.clone(), image: None },
+        crate::Rollout::Native => crate::Canary { slots: vec![], count: Some(1), version: version.clone(), image: None },
     };
+    let with_canary = Deployment { canary: Some(canary), ..next.clone() };
+    let on = |watcher: &Watcher, slot: u32, version: &str, since: Instant| {
+        watcher.idle_since(slot, since) && watcher.latest.get(&slot).is_some_and(|(hb, _)| hb.fleet_version == version)
+    };
+    let started = Instant::now();
+    let deadline = started + t;
+    let moved = loop {
+        fleet.step(&with_canary).await.map_err(|e| format!("canary: {e}"))?;
+        let now = instances(&fleet.observe(&with_canary).await?);
+        watcher.drain();
+        let moved: Vec<u32> = (0..2).filter(|&s| now.get(&s) != before.get(&s)).collect();
+        if moved.len() > 1 {
+            return Err(format!("canary: both agents were replaced: {before:?} became {now:?}"));
+        }
+        if let [slot] = moved[..]
+            && now.contains_key(&slot)
+            && on(&watcher, slot, &version, started)
+        {
+            break slot;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("canary: no agent on {version} after {t:?}: {now:?}, before {before:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // It stays so: the other agent is not replaced while the canary runs.
+    let other = 1 - moved;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        fleet.step(&with_canary).await.map_err(|e| format!("canary: {e}"))?;
+        let now = instances(&fleet.observe(&with_canary).await?);
+        if now.get(&other) != before.get(&other) {
+            return Err(format!("canary: agent {other} was replaced too: {before:?} became {now:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
-    // 8. Remove: everything goes, and removing again is fine.
+    // 8. An aborted canary: its agent returns to the fleet's version; the other stays.
+    let aborted_at = Instant::now();
+    let deadline = aborted_at + t;
+    loop {
+        fleet.step(&next).await.map_err(|e| format!("abort: {e}"))?;
+        let now = instances(&fleet.observe(&next).await?);
+        watcher.drain();
+        if now.get(&other) != before.get(&other) {
+            return Err(format!("abort: agent {other} was replaced: {before:?} became {now:?}"));
+        }
+        if now.contains_key(&moved) && on(&watcher, moved, &next.version, aborted_at) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("abort: agent {moved} not back on {} after {t:?}: {now:?}", next.version));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 9. Remove: everything goes, and removing again is fine.
     let deadline = Instant::now() + t;
     while !backend.remove(&next).await.map_err(|e| format!("remove: {e}"))? {
         if Instant::now() > deadline {

@@ -69,7 +69,7 @@ pub enum SandboxError {
 
 /// The Landlock ABI of the running kernel (0 without Landlock): the newest ABI whose every
 /// filesystem right it takes.
-fn landlock_abi() -> u32 {
+pub fn landlock_abi() -> u32 {
     let known = [(ABI::V6, 6), (ABI::V5, 5), (ABI::V4, 4), (ABI::V3, 3), (ABI::V2, 2), (ABI::V1, 1)];
     known
         .into_iter()

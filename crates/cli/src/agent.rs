@@ -17,6 +17,16 @@ use tokio::sync::watch;
 
 use crate::args::AgentArgs;
 
+/// Reads the fleet's key from its file (a Docker secret) into the arguments, before the agent
+/// confines itself away from that file.
+pub(crate) fn read_key_file(args: &mut AgentArgs) -> anyhow::Result<()> {
+    if let (None, Some(path)) = (&args.bus_fleet_key, args.bus_fleet_key_file.take()) {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the fleet's key from {}", path.display()))?;
+        args.bus_fleet_key = Some(text.trim().to_owned());
+    }
+    Ok(())
+}
+
 /// Confines this agent process with Landlock when its backend asked (`--sandbox-hide`). Runs
 /// before any other thread exists; an agent that cannot be confined does not run.
 pub(crate) fn confine(args: &AgentArgs) -> anyhow::Result<()> {
@@ -177,13 +187,12 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
         Some(s) => s - 1,
         None => args.slot,
     };
-    let key = match (&args.bus_fleet_key, &args.bus_fleet_key_file) {
-        (Some(hex), _) => Some(FleetKey::from_hex(hex).ok_or_else(|| anyhow!("CLAWFLEET_BUS_FLEET_KEY is not 64 hex digits"))?),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading the fleet's key from {}", path.display()))?;
-            Some(FleetKey::from_hex(text.trim()).ok_or_else(|| anyhow!("{} does not hold 64 hex digits", path.display()))?)
-        }
-        (None, None) => None,
+    // A key file was read before the agent confined itself (`read_key_file`).
+    let key = match &args.bus_fleet_key {
+        Some(hex) => Some(
+            FleetKey::from_hex(hex).ok_or_else(|| anyhow!("the fleet's key (CLAWFLEET_BUS_FLEET_KEY or its file) is not 64 hex digits"))?,
+        ),
+        None => None,
     };
     let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
     let (mut bus_password, mut api_token) = (args.bus_password.clone(), args.agent_token.clone());

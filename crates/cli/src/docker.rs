@@ -58,6 +58,8 @@ pub(crate) async fn backend_for_up(args: &UpArgs) -> anyhow::Result<UpDocker> {
     }
     // The default image is made from this binary, on first use.
     config.build_from = Some(std::env::current_exe().context("finding this clawfleet binary")?);
+    // Swarm's nodes are this one here; a kernel without Landlock would stop every agent.
+    config.sandbox_brains = args.agent_sandbox != clawfleet_server::SandboxMode::Off && clawfleet_backend::sandbox::landlock_abi() > 0;
     // Swarm watches each updated agent for a few heartbeats before it moves on.
     config.update_monitor = Duration::from_millis(args.heartbeat_ms.max(100) * 5).max(Duration::from_secs(15));
     let image_state = match image::exists(&engine, &config.default_image).await {

@@ -184,13 +184,18 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         outln!("preparing: {p}");
     }
     if let Some(c) = &f.canary {
-        let slots: Vec<String> = c.slots.iter().map(u32::to_string).collect();
-        outln!("canary: agents {} on version {}", slots.join(", "), c.version);
+        match c.count {
+            Some(n) => outln!("canary: {n} agents (the backend's choice) on version {}", c.version),
+            None => {
+                let slots: Vec<String> = c.slots.iter().map(u32::to_string).collect();
+                outln!("canary: agents {} on version {}", slots.join(", "), c.version);
+            }
+        }
     }
     if let Some(d) = &s.deploy
         && let Some(mine) = d.fleets.iter().find(|x| x.fleet == f.name)
     {
-        let of = mine.slots.as_ref().map_or(mine.replicas, |s| s.len() as u32);
+        let of = mine.gated();
         outln!(
             "deploy #{} ({}): version {} → {}, {}/{of} agents passed (by {})",
             d.id,

@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
         // Before the runtime starts any thread: Landlock confines only the calling thread and
         // what it starts afterwards.
         Command::Agent(a) => {
-            if let Err(e) = agent::confine(a) {
+            if let Err(e) = agent::read_key_file(a).and_then(|()| agent::confine(a)) {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }

@@ -573,8 +573,11 @@ async fn serve(
     let mut first = matches!(admission, Admission::NotHttp);
     loop {
         let line = read_line(&mut reader, &mut buf).await;
-        if std::mem::take(&mut first) && matches!(&line, Ok(Some(Ok(l))) if proto::looks_like_http(l)) {
-            tracing::warn!("Closed a router client that sent an HTTP request (a web page can make a browser do that)");
+        // A first line that is an HTTP request, or that cannot be read as a line (an HTTP
+        // request line over the limit, bytes that are not UTF-8), closes the connection: the
+        // lines after it may be a request's body.
+        if std::mem::take(&mut first) && !matches!(&line, Ok(Some(Ok(l))) if !proto::looks_like_http(l)) {
+            tracing::warn!("Closed a router client whose first line was HTTP or unreadable (a web page can make a browser send that)");
             // Dropping the writer shuts the connection's sending half.
             writer_task.abort();
             let _ = writer_task.await;

@@ -36,6 +36,14 @@ pub const LABEL_FLEET: &str = "org.clawfleet.fleet";
 pub const LABEL_UID: &str = "org.clawfleet.uid";
 /// A digest of everything in the task template; a change means a rolling update.
 pub const LABEL_KEY: &str = "org.clawfleet.key";
+/// How many canaries the service's held update moved (absent: no canary).
+pub const LABEL_CANARY: &str = "org.clawfleet.canary";
+/// The pause after each updated task of a canary's update: Swarm's updater moves one task per
+/// parallel worker, then each waits this long, so the update holds at the canaries until a
+/// new spec (promote, or abort) replaces it.
+const CANARY_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Where Docker mounts a task's secrets.
+const SECRETS_DIR: &str = "/run/secrets";
 /// The environment variable that carries the Swarm slot (1-based) into the agent.
 pub const SWARM_SLOT_ENV: &str = "CLAWFLEET_SWARM_SLOT";
 /// The fleet's password key (see `clawfleet_bus::FleetKey`), for agents given it directly.
@@ -70,6 +78,10 @@ pub struct DockerConfig {
     /// The `clawfleet` binary to build the default image from when it is missing (`None`: a
     /// missing default image is the fleet's problem, as any missing image is).
     pub build_from: Option<PathBuf>,
+    /// Each agent confines itself with Landlock away from its Docker secrets (once it read
+    /// them), and its brains with it, each in a nested domain that cannot reach the agent's
+    /// memory. Off only where the kernel has no Landlock, or with `--agent-sandbox off`.
+    pub sandbox_brains: bool,
 }
 
 impl DockerConfig {
@@ -82,6 +94,7 @@ impl DockerConfig {
             grace: Duration::from_secs(10),
             update_monitor: Duration::from_secs(20),
             build_from: None,
+            sandbox_brains: true,
         }
     }
 }
@@ -228,6 +241,15 @@ impl DockerBackend {
 
     /// The service spec of a deployment; `key` is the Docker secret with the fleet's key.
     pub fn spec(&self, d: &Deployment, key: Option<&SecretRef>) -> Value {
+        // Canaries are the whole service on the new version, its update held after them.
+        // (Canaries by slot are the plan's: Swarm cannot place them, and they are not asked of it.)
+        let canary = d.canary.as_ref().and_then(|c| Some((c.count?, c)));
+        let d = &match canary {
+            Some((_, c)) => {
+                Deployment { version: c.version.clone(), image: c.image.clone().or_else(|| d.image.clone()), canary: None, ..d.clone() }
+            }
+            None => Deployment { canary: None, ..d.clone() },
+        };
         let image = d.image.clone().unwrap_or_else(|| self.config.default_image.clone());
         let mut env: Vec<String> = d
             .agent_env(0)
@@ -261,6 +283,11 @@ impl DockerBackend {
         }
         env.push(format!("{SWARM_SLOT_ENV}={{{{.Task.Slot}}}}"));
         env.push(format!("{}={}", env::WORKSPACE, image::WORKSPACE));
+        if self.config.sandbox_brains {
+            // The fleet's key derives every agent's logins: no brain may read it.
+            env.push(format!("{}={SECRETS_DIR}", env::SANDBOX_HIDE));
+            env.push(format!("{}={}:/tmp", env::SANDBOX_WRITE, image::WORKSPACE));
+        }
         env.sort();
         let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
         let template = json!({
@@ -284,13 +311,21 @@ impl DockerBackend {
         });
         let key = format!("{:016x}", clawfleet_backend::stable_hash(template.to_string().into_bytes()));
         let monitor = self.config.update_monitor.as_nanos() as u64;
+        let mut labels = json!({ LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid, LABEL_KEY: key });
+        // The fleet's max_unavailable: stop-first, so that many agents are down at once.
+        let (parallelism, delay) = match canary {
+            Some((n, _)) => {
+                labels[LABEL_CANARY] = json!(n.to_string());
+                (n.max(1), CANARY_HOLD.as_nanos() as u64)
+            }
+            None => (d.policy.max_unavailable.max(1), 0),
+        };
         json!({
             "Name": service_name(&d.fleet),
-            "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid, LABEL_KEY: key },
+            "Labels": labels,
             "TaskTemplate": template,
             "Mode": { "Replicated": { "Replicas": d.replicas } },
-            // The fleet's max_unavailable: stop-first, so that many agents are down at once.
-            "UpdateConfig": { "Parallelism": d.policy.max_unavailable.max(1), "Delay": 0, "FailureAction": "rollback", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
+            "UpdateConfig": { "Parallelism": parallelism, "Delay": delay, "FailureAction": "rollback", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
             "RollbackConfig": { "Parallelism": d.policy.max_unavailable.max(1), "Delay": 0, "FailureAction": "pause", "Monitor": monitor, "MaxFailureRatio": 0.0, "Order": "stop-first" },
         })
     }
@@ -424,7 +459,10 @@ impl Backend for DockerBackend {
         }
         let replicas = current["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64();
         let same_template = labels[LABEL_KEY].as_str() == Some(key.as_str());
-        if same_template && replicas == Some(u64::from(d.replicas)) {
+        // An update held at its canaries ends when the spec changes: it is not waited for.
+        let holding = labels[LABEL_CANARY].as_str().map(str::to_owned);
+        let same_hold = holding.as_deref() == spec["Labels"][LABEL_CANARY].as_str();
+        if same_template && same_hold && replicas == Some(u64::from(d.replicas)) {
             return Ok(Applied::Started);
         }
         let status = current["UpdateStatus"]["State"].as_str().unwrap_or("");
@@ -451,7 +489,7 @@ impl Backend for DockerBackend {
                     d.fleet
                 )));
             }
-            if status == "updating" || status == "rollback_started" {
+            if (status == "updating" && holding.is_none()) || status == "rollback_started" {
                 // One update at a time: the next pass brings the newest spec.
                 return Ok(Applied::Started);
             }
@@ -460,9 +498,13 @@ impl Backend for DockerBackend {
                 return Ok(ready);
             }
         } else {
-            // Only the replica count changes: keep the running template exactly.
+            // Only the replica count or the hold changes: keep the running template exactly
+            // (a promote's canaries stay as they are; the update goes on with the rest).
+            let (labels, update) = (spec["Labels"].take(), spec["UpdateConfig"].take());
             spec = current["Spec"].clone();
             spec["Mode"]["Replicated"]["Replicas"] = json!(d.replicas);
+            spec["Labels"] = labels;
+            spec["UpdateConfig"] = update;
         }
         engine.post::<Value>(&format!("/services/{id}/update?version={version}"), &spec).await.map_err(|e| self.unavailable(e))?;
         if !same_template {
@@ -677,6 +719,11 @@ mod tests {
         assert!(env.contains(&"CLAWFLEET_BUS_FLEET_KEY_FILE=/run/secrets/clawfleet-fleet-key"), "{env:?}");
         assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_FLEET_KEY=")));
         assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretID"], "sec1");
+        // The agent hides its secrets from itself (once read) and its brains.
+        assert!(
+            env.contains(&"CLAWFLEET_SANDBOX_HIDE=/run/secrets") && env.contains(&"CLAWFLEET_SANDBOX_WRITE=/workspace:/tmp"),
+            "{env:?}"
+        );
         assert_eq!(DockerBackend::key_secret_name(&deployment()), "clawfleet-squad-0190abc-key");
         assert!(!env.iter().any(|e| e.starts_with("CLAWFLEET_BUS_PASSWORD=")
             || e.starts_with("CLAWFLEET_AGENT_TOKEN=")
@@ -692,6 +739,27 @@ mod tests {
         let d = deployment();
         assert_eq!(key(&d), key(&Deployment { replicas: 9, ..d.clone() }));
         assert_ne!(key(&d), key(&Deployment { image: Some("other:1".into()), ..d.clone() }));
+    }
+
+    #[test]
+    fn canaries_are_the_new_template_with_its_update_held() {
+        let b = backend();
+        let canary = clawfleet_backend::Canary { slots: vec![], count: Some(2), version: "2".into(), image: Some("next:2".into()) };
+        let held = b.spec(&Deployment { canary: Some(canary), ..deployment() }, None);
+        let promoted = b.spec(&Deployment { version: "2".into(), image: Some("next:2".into()), ..deployment() }, None);
+        // The template is the promoted one's, so a promote keeps the canaries' tasks.
+        assert_eq!(held["TaskTemplate"], promoted["TaskTemplate"]);
+        assert_eq!(held["Labels"][LABEL_KEY], promoted["Labels"][LABEL_KEY]);
+        let env = held["TaskTemplate"]["ContainerSpec"]["Env"].as_array().unwrap();
+        assert!(env.contains(&json!("CLAWFLEET_FLEET_VERSION=2")), "{env:?}");
+        // Two tasks move, then each of the two workers waits out the hold.
+        assert_eq!(held["UpdateConfig"]["Parallelism"], 2);
+        assert_eq!(held["UpdateConfig"]["Delay"].as_u64(), Some(CANARY_HOLD.as_nanos() as u64));
+        assert_eq!(held["Labels"][LABEL_CANARY], "2");
+        assert_eq!((promoted["UpdateConfig"]["Delay"].as_u64(), promoted["Labels"].get(LABEL_CANARY)), (Some(0), None));
+        // Canaries by slot are the plan's; Swarm's spec ignores them.
+        let by_slot = clawfleet_backend::Canary { slots: vec![0], count: None, version: "2".into(), image: None };
+        assert_eq!(b.spec(&Deployment { canary: Some(by_slot), ..deployment() }, None), b.spec(&deployment(), None));
     }
 
     #[test]

@@ -150,8 +150,9 @@ pub struct DeployRequest {
     /// [default: 120].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<u64>,
-    /// Move only this many agents of each fleet (slots 0..N) first; the deploy then waits for
-    /// `promote` (the rest follow) or `abort`.
+    /// Move only this many agents of each fleet first (slots 0..N; on a backend that rolls out
+    /// by itself, N of its choosing); the deploy then waits for `promote` (the rest follow) or
+    /// `abort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<u32>,
 }
@@ -161,7 +162,13 @@ pub struct DeployRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
+    /// The agents that move (none when `count` is given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slots: Vec<u32>,
+    /// How many agents move, chosen by a backend that rolls out by itself (Swarm updates that
+    /// many tasks, then holds its update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -209,6 +216,25 @@ pub struct DeployFleet {
     /// Only these agents move (canaries, or the one agent deployed); all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<Vec<u32>>,
+    /// Only this many canaries move, which the backend picks (Swarm's); `slots` is absent then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canaries: Option<u32>,
+}
+
+impl DeployFleet {
+    /// Whether only some of its agents move (canaries, or one agent).
+    pub fn partial(&self) -> bool {
+        self.slots.is_some() || self.canaries.is_some()
+    }
+
+    /// How many of its agents this deploy gates now.
+    pub fn gated(&self) -> u32 {
+        match (&self.slots, self.canaries) {
+            (Some(slots), _) => slots.len() as u32,
+            (None, Some(n)) => n,
+            (None, None) => self.replicas,
+        }
+    }
 }
 
 /// A deploy, running or done.

@@ -435,23 +435,27 @@ async fn deploy_start(
     }
     let mut fleets = Vec::with_capacity(rows.len());
     for row in &rows {
-        let slots = match (agent, req.canary) {
-            (Some(slot), _) => Some(vec![slot]),
-            (None, Some(n)) if n >= row.replicas => {
-                return Err(ApiError::bad_request(format!(
-                    "canary {n} of fleet '{}', which has {} agents: canaries are fewer than its agents",
-                    row.name, row.replicas
-                )));
-            }
-            (None, Some(n)) => Some((0..n).collect()),
-            (None, None) => None,
-        };
-        if slots.is_some() && app.backend(&row.backend).is_ok_and(|b| b.rollout() == clawfleet_backend::Rollout::Native) {
+        if let Some(n) = req.canary.filter(|n| *n >= row.replicas) {
             return Err(ApiError::bad_request(format!(
-                "fleet '{}' runs on {}, which replaces its agents as a whole: no canary or single agent there",
-                row.name, row.backend
+                "canary {n} of fleet '{}', which has {} agents: canaries are fewer than its agents",
+                row.name, row.replicas
             )));
         }
+        // Swarm replaces a service's tasks in an order of its own: it moves N canaries of its
+        // choosing, and no agent by its slot.
+        let native = app.backend(&row.backend).is_ok_and(|b| b.rollout() == clawfleet_backend::Rollout::Native);
+        let (slots, canaries) = match (agent, req.canary) {
+            (Some(_), _) if native => {
+                return Err(ApiError::bad_request(format!(
+                    "fleet '{}' runs on {}, which picks the agents it replaces: deploy {} --canary 1 moves one of them",
+                    row.name, row.backend, row.name
+                )));
+            }
+            (Some(slot), _) => (Some(vec![slot]), None),
+            (None, Some(n)) if native => (None, Some(n)),
+            (None, Some(n)) => (Some((0..n).collect()), None),
+            (None, None) => (None, None),
+        };
         if req.image.is_some() && row.backend != clawfleet_core::BackendKind::Docker.as_str() {
             return Err(ApiError::bad_request(format!("fleet '{}' runs on {}: an image is for docker fleets", row.name, row.backend)));
         }
@@ -475,6 +479,7 @@ async fn deploy_start(
             ready: 0,
             replicas: row.replicas,
             slots,
+            canaries,
         });
     }
     let actor = caller.0.audit_name();

@@ -5,14 +5,16 @@
 //! `max_unavailable`. A deploy whose every agent passed succeeds once the backend's own rollout
 //! (Swarm's) is over too; one with an agent that fails its health check, or that goes `deadline_s` without one more agent passing, is reverted: its
 //! fleets return to their versions before, and it says why. A deploy with canaries gates only
-//! them, then pauses until `promote` moves every agent (and gates them all) or `abort` reverts.
+//! them (the given slots, or as many agents on the new version as a backend that rolls out by
+//! itself moved), then pauses until `promote` moves every agent (and gates them all) or `abort`
+//! reverts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawfleet_core::CommandName;
-use clawfleet_proto::api::{Deploy, DeployState, FleetState};
+use clawfleet_proto::api::{Deploy, DeployFleet, DeployState, FleetState};
 use clawfleet_proto::event::EventBody;
 use clawfleet_store::{Audit, Pending, StoreError};
 use tokio::sync::{broadcast, watch};
@@ -113,10 +115,13 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
         };
         let mut fleet_passed = 0;
         let mut to_check = Vec::new();
+        // The agents that move: the given ones, or any of the fleet (all, or as many canaries
+        // as its backend picked).
         let slots: Vec<u32> = match &f.slots {
             Some(slots) => slots.iter().copied().filter(|s| *s < row.replicas).collect(),
             None => (0..row.replicas).collect(),
         };
+        let gated = f.gated().min(slots.len() as u32);
         for &slot in &slots {
             let Some(agent) = app.live.get(&row.name, slot) else { continue };
             if !agent.state(now).is_ready() || agent.hb.fleet_version != f.to_version {
@@ -140,9 +145,10 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
             let command_id = health_check(app, &row.name, row.replicas, slot, deploy.id).await?;
             t.checks.insert((row.name.clone(), slot), Check { command_id, epoch, sent: Instant::now(), answer: None });
         }
+        let fleet_passed = fleet_passed.min(gated);
         ready.push((f.fleet.clone(), fleet_passed));
         passed += fleet_passed;
-        total += slots.len() as u32;
+        total += gated;
     }
     let id = deploy.id;
     // Written (with its fsync) only when a count changed, not on every tick.
@@ -156,7 +162,7 @@ async fn step(app: &App, tracking: &mut Option<Tracking>) -> Result<(), StoreErr
     }
     if passed == total {
         // A deploy's canaries wait for promote; one agent deployed on its own stays so.
-        let canaries = deploy.fleets.iter().any(|f| f.slots.is_some()) && !deploy.target.contains('/');
+        let canaries = deploy.fleets.iter().any(DeployFleet::partial) && !deploy.target.contains('/');
         if canaries {
             tracing::info!(deploy = id, "Deploy's canaries passed; waiting for promote");
             app.hub.write(move |s| Ok(((), s.pause_deploy(id, &clock::now_rfc3339())?))).await?;

@@ -533,13 +533,18 @@ impl Store {
                     image: f.to_image.clone(),
                 };
                 events.push(fleet_event(tx, &f.fleet, &deploy.created_at, body)?);
-                match &f.slots {
-                    // Only these agents move: the fleet keeps its version.
-                    Some(slots) => {
-                        let canary = Canary { slots: slots.clone(), version: f.to_version.clone(), image: f.to_image.clone() };
+                match (&f.slots, f.canaries) {
+                    // Only some agents move: the fleet keeps its version.
+                    (Some(_), _) | (None, Some(_)) => {
+                        let canary = Canary {
+                            slots: f.slots.clone().unwrap_or_default(),
+                            count: f.canaries,
+                            version: f.to_version.clone(),
+                            image: f.to_image.clone(),
+                        };
                         set_canary(tx, &f.fleet, Some(&canary))?;
                     }
-                    None => {
+                    (None, None) => {
                         set_canary(tx, &f.fleet, None)?;
                         let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
                         let audit = Audit { detail: format!("deploy #{id}"), ..audit.clone() };
@@ -579,6 +584,7 @@ impl Store {
             let mut events = Vec::new();
             for f in &mut deploy.fleets {
                 f.slots = None;
+                f.canaries = None;
                 f.ready = 0;
                 set_canary(tx, &f.fleet, None)?;
                 let to = FleetUpdate::To { image: f.to_image.clone(), version: f.to_version.clone() };
@@ -673,7 +679,7 @@ impl Store {
                 }
                 if matches!(outcome, DeployState::Reverted | DeployState::Aborted) {
                     set_canary(tx, &f.fleet, None)?;
-                    if f.slots.is_none() {
+                    if !f.partial() {
                         let back = FleetUpdate::To { image: f.from_image.clone(), version: f.from_version.clone() };
                         let audit = Audit { detail: format!("deploy #{id} reverted"), ..audit.clone() };
                         events.push(update_fleet(tx, &f.fleet, back, at, &audit)?);

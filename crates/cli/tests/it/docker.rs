@@ -206,16 +206,42 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     // A deploy: Swarm replaces the agents, clawfleet's gate checks each one's health.
     let deploy = plane.json(&["deploy", fleet, "--version", "4", "--deadline", "240", "--json"]);
     assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["ready"].as_u64()), (Some("succeeded"), Some(3)), "{deploy}");
-    let err = plane.fails(&["deploy", fleet, "--canary", "1"]);
-    assert!(err.contains("replaces its agents as a whole: no canary or single agent there"), "{err}");
+    // Canaries: Swarm moves one agent of its choosing, the gate passes it, and Swarm's update
+    // holds there until promote; the others stay on version 4.
+    let versions = || -> Vec<String> {
+        let mut v: Vec<String> =
+            agent_status(&plane, fleet).iter().map(|a| a["fleet_version"].as_str().unwrap_or("?").to_owned()).collect();
+        v.sort();
+        v
+    };
+    let err = plane.fails(&["deploy", &format!("{fleet}/1")]);
+    assert!(err.contains("picks the agents it replaces") && err.contains("--canary 1"), "{err}");
+    let deploy = plane.json(&["deploy", fleet, "--version", "5", "--canary", "1", "--deadline", "240", "--json"]);
+    assert_eq!((deploy["state"].as_str(), deploy["fleets"][0]["ready"].as_u64()), (Some("paused"), Some(1)), "{deploy}");
+    assert_eq!(versions(), ["4", "4", "5"]);
+    let text = plane.ok(&["status", fleet]);
+    assert!(text.contains("canary: 1 agents (the backend's choice) on version 5") && text.contains("1/1 agents passed"), "{text}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(versions(), ["4", "4", "5"], "the update holds at its canary");
+    assert!(plane.ok(&["deploy", "promote", fleet]).contains("promoted"));
+    eventually(Duration::from_secs(240), "the promoted deploy to succeed", || {
+        (plane.json(&["history", fleet, "--json"])["deploys"][0]["state"] == "succeeded").then_some(())
+    });
+    assert_eq!(versions(), ["5", "5", "5"]);
+    // Aborted canaries go back; the others never moved.
+    let deploy = plane.json(&["deploy", fleet, "--version", "6", "--canary", "2", "--deadline", "240", "--json"]);
+    assert_eq!(deploy["state"], "paused", "{deploy}");
+    assert_eq!(versions(), ["5", "6", "6"]);
+    plane.ok(&["deploy", "abort", fleet]);
+    eventually(Duration::from_secs(180), "the canaries back on version 5", || (versions() == ["5", "5", "5"]).then_some(()));
     // A deploy whose new agents never pass the gate reverts by itself at its deadline, on
     // Docker as anywhere (Swarm has rolled its own update back by then, too).
-    let err = plane.fails(&["deploy", fleet, "--image", broken, "--version", "5", "--deadline", "45"]);
-    assert!(err.contains("reverted: no progress in 45 s: 0 of 3 agents run version 5"), "{err}");
-    eventually(Duration::from_secs(180), "the fleet back on version 4, every agent idle", || {
+    let err = plane.fails(&["deploy", fleet, "--image", broken, "--version", "7", "--deadline", "45"]);
+    assert!(err.contains("reverted: no progress in 45 s: 0 of 3 agents run version 7"), "{err}");
+    eventually(Duration::from_secs(180), "the fleet back on version 5, every agent idle", || {
         let s = plane.json(&["status", fleet, "--json"]);
-        let back = s["fleet"]["version"] == "4" && s["fleet"]["problem"].is_null();
-        (back && s["agents"].as_array().unwrap().iter().all(|a| a["state"] == "idle" && a["fleet_version"] == "4")).then_some(())
+        let back = s["fleet"]["version"] == "5" && s["fleet"]["problem"].is_null();
+        (back && s["agents"].as_array().unwrap().iter().all(|a| a["state"] == "idle" && a["fleet_version"] == "5")).then_some(())
     });
 
     plane.ok(&["terminate", fleet, "--wait"]);
@@ -297,4 +323,58 @@ fn the_first_docker_fleet_builds_the_default_image() {
     assert!(err.contains("building the agent image"), "the build is shown: {err}");
     assert!(err.contains("all 2 agents of 'dauto' are ready"), "{err}");
     assert!(!built.is_empty(), "the image {tag} was built");
+}
+
+/// The agent image with a shell and the tools a `cmd:` brain probes with (the default image
+/// holds only the agent).
+fn build_with_shell(tag: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let mut files = vec![std::path::PathBuf::from("/bin/sh"), "/bin/cat".into(), "/usr/bin/head".into()];
+    for program in files.clone() {
+        let ldd = Command::new("ldd").arg(&program).output().unwrap();
+        let text = String::from_utf8_lossy(&ldd.stdout).into_owned();
+        files.extend(text.split_whitespace().filter(|w| w.starts_with('/')).map(std::path::PathBuf::from));
+    }
+    for file in &files {
+        let to = rootfs.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(file.canonicalize().unwrap(), &to).unwrap();
+    }
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {IMAGE}\nCOPY rootfs/ /\n")).unwrap();
+    let out = Command::new("docker").args(["build", "-q", "-t", tag]).arg(dir.path()).env("DOCKER_BUILDKIT", "0").output().unwrap();
+    assert!(out.status.success(), "building {tag}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A docker agent's fleet key (a Docker secret, /run/secrets) derives every agent's bus login
+/// and API token of its fleet: a brain read it with `cat`. The agent reads it, then confines
+/// itself (Landlock) away from it, and runs its brains in nested domains, out of its memory.
+#[test]
+fn a_docker_brain_cannot_read_its_agents_secrets() {
+    let host = setup();
+    let shell = "clawfleet-agent:it-shell";
+    build_with_shell(shell);
+    let network = format!("cf-nosy-{}", std::process::id());
+    let plane = Plane::with(PlaneOptions { docker: Some((host, network.clone())), ..PlaneOptions::default() });
+    let fleet = "dnosy";
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["service", "rm", "clawfleet-dnosy"]).output();
+            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+        }
+    }
+    let _guard = Guard(network);
+    let probe = "cat /run/secrets/clawfleet-fleet-key 2>&1; head -c 1 /proc/$PPID/mem 2>&1; echo ok > note && cat note";
+    let brain = format!("cmd:{probe}");
+    plane.ok(&["launch", fleet, "--backend", "docker", "--image", shell, "--brain", &brain, "--wait", "--timeout", "180"]);
+    let out = plane.cli(&["inject", fleet, "go", "--wait", "--timeout", "60"]);
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(answer.contains("/run/secrets/clawfleet-fleet-key: Permission denied"), "{answer}");
+    let mem = answer.lines().find(|l| l.contains("/mem")).unwrap_or_default();
+    assert!(mem.contains("Permission denied") || mem.contains("Operation not permitted"), "{answer}");
+    assert!(answer.trim_end().ends_with("ok"), "its workspace is its own to write: {answer}");
+    let hex_run = answer.split(|c: char| !c.is_ascii_hexdigit()).any(|w| w.len() >= 64);
+    assert!(!hex_run, "the fleet's key leaked: {answer}");
+    plane.ok(&["terminate", fleet, "--wait"]);
 }

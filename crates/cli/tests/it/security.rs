@@ -128,6 +128,15 @@ fn the_tcp_router_runs_nothing_smuggled_in_http_and_needs_a_token_beyond_loopbac
     std::thread::sleep(std::time::Duration::from_millis(300));
     write!(browser, "Host: 127.0.0.1:{port}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     assert_eq!(read_to_close(browser), "", "closed at once, with nothing said");
+    // A request line too long to read as one (a page can fetch a URL of megabytes), or one that
+    // is not UTF-8, closes the connection too: the body's lines never run.
+    let long = format!("POST /{} HTTP/1.1\r\n", "a".repeat(1_100_000));
+    for first in [long.into_bytes(), b"\xff\xfe / HTTP/1.1\r\n".to_vec()] {
+        let mut browser = connect(port);
+        browser.write_all(&first).unwrap();
+        let _ = write!(browser, "Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        assert_eq!(read_to_close(browser), "", "closed, with nothing said");
+    }
     std::thread::sleep(std::time::Duration::from_secs(1));
     let fleets = plane.json(&["ls", "--json"]);
     assert_eq!(fleets["fleets"], serde_json::json!([]), "nothing was launched: {fleets}");
