@@ -51,6 +51,12 @@ pub fn main() -> ExitCode {
         // Before the runtime starts any thread: Landlock confines only the calling thread and
         // what it starts afterwards.
         Command::Agent(a) => {
+            // Its memory will hold its bus password and API token: a process of its own uid (a
+            // brain of an agent sandboxed by uid, or on a cluster) may not read it.
+            if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+                eprintln!("error: cannot keep this agent's memory private: {e}");
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = agent::read_key_file(a).and_then(|()| agent::confine(a)) {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;

@@ -25,12 +25,26 @@ pub enum BrainSpec {
     Echo,
 }
 
+/// The longest brain spec (it is stored with its fleet).
+pub const MAX_BRAIN_SPEC_BYTES: usize = 4096;
+
 /// Why a brain spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND or echo)")]
 pub struct BrainSpecError {
+    /// The spec, cut to its first 80 characters.
     pub spec: String,
     pub reason: String,
+}
+
+impl BrainSpecError {
+    fn new(spec: &str, reason: impl Into<String>) -> BrainSpecError {
+        let mut shown: String = spec.chars().take(80).collect();
+        if shown.len() < spec.len() {
+            shown.push('…');
+        }
+        BrainSpecError { spec: shown, reason: reason.into() }
+    }
 }
 
 impl BrainSpec {
@@ -49,7 +63,7 @@ impl BrainSpec {
 }
 
 fn url_and_model(spec: &str, rest: &str) -> Result<(String, String), BrainSpecError> {
-    let err = |reason: &str| BrainSpecError { spec: spec.to_owned(), reason: reason.to_owned() };
+    let err = |reason: &str| BrainSpecError::new(spec, reason);
     let (url, model) = rest.rsplit_once('#').ok_or_else(|| err("missing '#MODEL' after the URL"))?;
     let Some(after_scheme) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
         return Err(err("the URL must start with http:// or https://"));
@@ -68,7 +82,7 @@ fn optional_model(spec: &str, rest: &str) -> Result<Option<String>, BrainSpecErr
     match rest.strip_prefix('#') {
         None if rest.is_empty() => Ok(None),
         Some(m) if !m.is_empty() => Ok(Some(m.to_owned())),
-        _ => Err(BrainSpecError { spec: spec.to_owned(), reason: "expected nothing or '#MODEL' after the name".into() }),
+        _ => Err(BrainSpecError::new(spec, "expected nothing or '#MODEL' after the name")),
     }
 }
 
@@ -76,6 +90,9 @@ impl FromStr for BrainSpec {
     type Err = BrainSpecError;
 
     fn from_str(spec: &str) -> Result<Self, BrainSpecError> {
+        if spec.len() > MAX_BRAIN_SPEC_BYTES {
+            return Err(BrainSpecError::new(spec, format!("it is {} bytes, over the {MAX_BRAIN_SPEC_BYTES}-byte limit", spec.len())));
+        }
         if spec == "model" {
             return Ok(BrainSpec::Model);
         }
@@ -98,11 +115,11 @@ impl FromStr for BrainSpec {
         }
         if let Some(command) = spec.strip_prefix("cmd:") {
             if command.trim().is_empty() {
-                return Err(BrainSpecError { spec: spec.to_owned(), reason: "the command after 'cmd:' is empty".into() });
+                return Err(BrainSpecError::new(spec, "the command after 'cmd:' is empty"));
             }
             return Ok(BrainSpec::Cmd { command: command.to_owned() });
         }
-        Err(BrainSpecError { spec: spec.to_owned(), reason: "unknown kind".into() })
+        Err(BrainSpecError::new(spec, "unknown kind"))
     }
 }
 
@@ -152,6 +169,12 @@ mod tests {
     fn bad_specs_say_why() {
         let reason = |s: &str| s.parse::<BrainSpec>().unwrap_err().reason;
         assert_eq!(reason("gpt"), "unknown kind");
+        // Stored with its fleet: bounded, and an error does not echo all of it.
+        let long = format!("cmd:{}", "x".repeat(MAX_BRAIN_SPEC_BYTES));
+        let err = long.parse::<BrainSpec>().unwrap_err();
+        assert_eq!(err.reason, format!("it is {} bytes, over the 4096-byte limit", MAX_BRAIN_SPEC_BYTES + 4));
+        assert_eq!(err.spec.chars().count(), 81, "80 characters and an ellipsis");
+        assert!(format!("cmd:{}", "x".repeat(MAX_BRAIN_SPEC_BYTES - 4)).parse::<BrainSpec>().is_ok());
         assert_eq!(reason("openai:http://x"), "missing '#MODEL' after the URL");
         assert_eq!(reason("openai:ftp://x#m"), "the URL must start with http:// or https://");
         assert_eq!(reason("ollama:http://x#"), "the model name after '#' is empty");

@@ -57,6 +57,11 @@ crate::named_enum! {
     }
 }
 
+/// The longest host or Slurm name a profile may hold.
+pub const MAX_NAME_BYTES: usize = 256;
+/// The longest path a profile may hold.
+pub const MAX_PATH_BYTES: usize = 1024;
+
 /// Why a cluster file was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClusterFileError {
@@ -91,6 +96,24 @@ pub fn parse_cluster_file(text: &str, profile: &str) -> Result<ClusterSpec, Clus
 impl ClusterSpec {
     /// The rules a profile follows beyond its shape.
     pub fn check(&self) -> Result<(), String> {
+        // Stored with the fleet: every string is bounded.
+        let names = [("login_host", &self.login_host), ("partition", &self.partition), ("account", &self.account), ("qos", &self.qos)];
+        let paths = [("workspace_root", &self.workspace_root), ("cluster_subdir", &self.cluster_subdir)];
+        for (field, value, max) in
+            names.iter().map(|(f, v)| (f, v, MAX_NAME_BYTES)).chain(paths.iter().map(|(f, v)| (f, v, MAX_PATH_BYTES)))
+        {
+            if let Some(v) = value.as_deref().filter(|v| v.len() > max) {
+                return Err(format!("{field} is {} bytes, over the {max}-byte limit", v.len()));
+            }
+        }
+        for (field, value) in [("ssh_retry_attempts", &self.ssh_retry_attempts), ("ssh_retry_delay_seconds", &self.ssh_retry_delay_seconds)]
+        {
+            if let Some(v) = value
+                && !(v.is_number() || v.as_str().is_some_and(|s| s.len() <= 20 && s.parse::<f64>().is_ok()))
+            {
+                return Err(format!("{field} must be a number"));
+            }
+        }
         if self.inject_timeout_seconds == Some(0) {
             return Err("inject_timeout_seconds must be at least 1".into());
         }
@@ -162,5 +185,12 @@ mod tests {
         assert!(err(r#"{"workspace_root":"/w","cluster_subdir":"../up"}"#).contains("cluster_subdir"));
         assert!(err(r#"{"time_limit":"soon"}"#).contains("time_limit"));
         assert!(err(r#"{"cluster":{}}"#).contains("no profile"));
+        // Stored with the fleet: bounded.
+        let long = format!(r#"{{"partition":"{}"}}"#, "p".repeat(MAX_NAME_BYTES + 1));
+        assert_eq!(err(&long), "profile 'default': partition is 257 bytes, over the 256-byte limit");
+        let deep = format!(r#"{{"workspace_root":"/{}"}}"#, "w".repeat(MAX_PATH_BYTES));
+        assert!(err(&deep).contains("workspace_root is 1025 bytes, over the 1024-byte limit"), "{}", err(&deep));
+        assert_eq!(err(r#"{"ssh_retry_attempts":{"a":[1,2,3]}}"#), "profile 'default': ssh_retry_attempts must be a number");
+        assert!(parse_cluster_file(r#"{"ssh_retry_attempts":"4","ssh_retry_delay_seconds":0.5}"#, "default").is_ok());
     }
 }

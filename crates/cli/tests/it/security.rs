@@ -290,6 +290,9 @@ fn as_root_agents_can_run_as_users_of_their_own() {
     let answer = probe(&plane, "own", &format!("id -u; echo ok > note && cat note; cat {}/token", data.display()));
     let lines: Vec<&str> = answer.lines().collect();
     assert!(lines[0].starts_with("own/0 failed:"), "reading the token fails: {answer}");
+    // Its brain runs as its uid; the agent's memory (its bus password) stays its own.
+    let answer = probe(&plane, "peek", "head -c 1 /proc/$PPID/mem");
+    assert!(answer.contains("failed:") && answer.contains("Permission denied"), "{answer}");
     let workspace =
         std::fs::read_dir(data.join("agents")).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("own-")).unwrap();
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(workspace.path().join("0")).unwrap());
@@ -306,7 +309,7 @@ type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<&'a str>, u16, &'a st
 #[test]
 fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let policy = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}]}"#).unwrap();
+    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}, {"from": "ops", "to": ["spare"], "actions": ["update"]}]}"#).unwrap();
     let plane = Plane::with(PlaneOptions {
         up_args: vec!["--agent-policy".into(), policy.path().to_str().unwrap().into()],
         ..PlaneOptions::default()
@@ -321,6 +324,12 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let brief = create(&["--role", "operator", "--name", "brief", "--expires", "1s"]);
     let ops0 = plane.json_get("/api/v1/fleets/ops/join?slots=0")["agents"][0]["token"].as_str().unwrap().to_owned();
     let operator = plane.token();
+    // The database keeps tokens' hashes, never the tokens.
+    let db: Vec<u8> =
+        ["clawfleet.db", "clawfleet.db-wal"].iter().flat_map(|f| std::fs::read(plane.data().join(f)).unwrap_or_default()).collect();
+    for token in [&observer, &web_admin, &doomed, &brief, &operator] {
+        assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "a token is stored as it is");
+    }
     let list = plane.json(&["token", "list", "--json"]);
     let names: Vec<&str> = list["tokens"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["brief", "doomed", "operator", "watcher", "web-admin"], "{list}");
@@ -334,6 +343,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let command = Some(r#"{"command": "health-check", "timeout_ms": 100}"#);
     let update = Some(r#"{"version": "2"}"#);
     let inject = Some(r#"{"prompt": "hi"}"#);
+    let launch = Some(r#"{"name": "fresh", "backend": "external", "replicas": 1}"#);
     let apply_web = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}]}"#);
     let apply_dry = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}], "dry_run": true}"#);
     let (op, obs, adm, agent) = (Some(operator.as_str()), Some(observer.as_str()), Some(web_admin.as_str()), Some(ops0.as_str()));
@@ -388,6 +398,24 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/audit", None, 403, "the agent token 'agent ops/0' may not read-audit everything"),
         (agent, "GET", "/api/v1/tokens", None, 403, "the agent token 'agent ops/0' may not manage-tokens everything"),
         (agent, "POST", "/api/v1/apply", apply_web, 403, "the agent token 'agent ops/0' may not read everything"),
+        // Launch, rollback, deploys and the observer's bus login, by role.
+        (obs, "POST", "/api/v1/fleets", launch, 403, "the observer token 'watcher' may not launch fleet 'fresh'"),
+        (adm, "POST", "/api/v1/fleets", launch, 403, "the operator token 'web-admin' may not launch fleet 'fresh'"),
+        (agent, "POST", "/api/v1/fleets", launch, 403, "no policy lets the agents of 'ops' launch 'fresh'"),
+        (obs, "POST", "/api/v1/fleets/web/rollback", None, 403, "the observer token 'watcher' may not update fleet 'web'"),
+        (agent, "POST", "/api/v1/fleets/ops/rollback", None, 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (obs, "GET", "/api/v1/deploys", None, 200, ""),
+        (agent, "GET", "/api/v1/deploys", None, 403, "the agent token 'agent ops/0' may not read everything"),
+        (obs, "POST", "/api/v1/deploys", Some(r#"{"target": "web"}"#), 403, "the observer token 'watcher' may not update fleet 'web'"),
+        (adm, "POST", "/api/v1/deploys", Some(r#"{"target": "all"}"#), 403, "the operator token 'web-admin' may not update everything"),
+        (agent, "POST", "/api/v1/deploys", Some(r#"{"target": "ops"}"#), 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (agent, "POST", "/api/v1/deploys", Some(r#"{"target": "ops/1"}"#), 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (agent, "POST", "/api/v1/deploys", Some(r#"{"target": "web"}"#), 403, "no policy lets the agents of 'ops' update 'web'"),
+        (agent, "POST", "/api/v1/deploys", Some(r#"{"target": "spare", "deadline_s": 1}"#), 201, ""),
+        (op, "GET", "/api/v1/bus/observer", None, 200, ""),
+        (obs, "GET", "/api/v1/bus/observer", None, 403, "the observer token 'watcher' may not"),
+        (adm, "GET", "/api/v1/bus/observer", None, 403, "the operator token 'web-admin' may not"),
+        (agent, "GET", "/api/v1/bus/observer", None, 403, "the agent token 'agent ops/0' may not"),
         // Tokens: bad requests are named.
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "root"}"#), 400, "invalid request body: role: unknown variant `root`"),
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "agent"}"#), 400, "an agent token acts as an agent of one fleet"),
