@@ -222,7 +222,8 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
             let Some(own) = &who.fleet else { return Err(role_denies()) };
             let own = own.as_str();
             match (action, target) {
-                (Action::Read, Target::Fleet(f)) if f == own => Ok(()),
+                // An agent's own token reads its own agent; a token made for a fleet, all of it.
+                (Action::Read, Target::Fleet(f)) if f == own && who.slot.is_none() => Ok(()),
                 (Action::Read, Target::Agent(f, s)) if f == own && who.slot.is_none_or(|mine| mine == s) => Ok(()),
                 (a, Target::Fleet(f) | Target::Agent(f, _)) if f == own && a.deploys() => {
                     Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
@@ -266,6 +267,8 @@ mod tests {
         let scoped = Principal { name: "web-admin".into(), role: Role::Operator, fleet: Some(fleet("web")), slot: None };
         let observer = Principal { name: "grafana".into(), role: Role::Observer, fleet: None, slot: None };
         let ops3 = Principal::agent(&"ops/3".parse().unwrap());
+        // A token made for the agents of a fleet (`token create --role agent --fleet ops`).
+        let ops_any = Principal { name: "ops-bot".into(), slot: None, ..ops3.clone() };
         let p = policy();
         use Action::*;
         let cases: &[(&Principal, Action, Target<'_>, Result<(), &str>)] = &[
@@ -282,7 +285,10 @@ mod tests {
             (&observer, Join, Target::Fleet("web"), Err("the observer token 'grafana' may not join fleet 'web'")),
             (&observer, Inject, Target::Fleet("web"), Err("the observer token 'grafana' may not inject fleet 'web'")),
             (&observer, ManageTokens, Target::All, Err("the observer token 'grafana' may not manage-tokens everything")),
-            (&ops3, Read, Target::Fleet("ops"), Ok(())),
+            (&ops3, Read, Target::Fleet("ops"), Err("the agent token 'agent ops/3' may not read fleet 'ops'")),
+            (&ops_any, Read, Target::Fleet("ops"), Ok(())),
+            (&ops_any, Read, Target::Agent("ops", 2), Ok(())),
+            (&ops_any, Scale, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not scale its own fleet 'ops'")),
             (&ops3, Read, Target::Agent("ops", 3), Ok(())),
             (&ops3, Read, Target::Agent("ops", 2), Err("the agent token 'agent ops/3' may not read agent ops/2")),
             (&ops3, Read, Target::Fleet("web"), Err("the agent token 'agent ops/3' may not read fleet 'web'")),

@@ -92,6 +92,20 @@ impl Caller {
     fn may(&self, app: &App, action: Action, target: Target<'_>) -> Result<(), ApiError> {
         authz::authorize(&self.0, action, target, &app.policy).map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
     }
+
+    /// What of `fleet` the caller may read: all of it (`None`), or only its own agent (an
+    /// agent's own token); 403 when neither.
+    fn reads(&self, app: &App, fleet: &str) -> Result<Option<u32>, ApiError> {
+        match self.may(app, Action::Read, Target::Fleet(fleet)) {
+            Ok(()) => Ok(None),
+            Err(denied) => {
+                let own = self.0.slot.filter(|_| self.0.fleet.as_ref().is_some_and(|f| f.as_str() == fleet));
+                let slot = own.ok_or(denied)?;
+                self.may(app, Action::Read, Target::Agent(fleet, slot))?;
+                Ok(Some(slot))
+            }
+        }
+    }
 }
 
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -600,7 +614,8 @@ async fn status(
     Extension(caller): Extension<Caller>,
     P(name): P<String>,
 ) -> Result<Json<FleetStatus>, ApiError> {
-    caller.may(&app, Action::Read, Target::Fleet(&name))?;
+    // An agent's own token sees its own agent only.
+    let only = caller.reads(&app, &name)?;
     let row = load(&app, &name).await?;
     let observed = match (app.backend(&row.backend), app.deployment(&row)) {
         (Ok(backend), Ok(deployment)) => {
@@ -629,7 +644,7 @@ async fn status(
         }
     }
     let observed = by_slot;
-    let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).collect();
+    let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).filter(|s| only.is_none_or(|mine| mine == *s)).collect();
     let now = clock::mono_ms();
     let agents = slots
         .into_iter()
@@ -941,11 +956,12 @@ async fn injection(
         .await?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_injection", format!("no injection with id '{id}'"));
     let (row, events) = found.ok_or_else(not_found)?;
-    // Another fleet's injection is no different from one that does not exist.
-    caller.may(&app, Action::Read, Target::Fleet(&row.fleet)).map_err(|_| not_found())?;
+    // Another fleet's injection is no different from one that does not exist; an agent's own
+    // token sees only its own agent's part.
+    let only = caller.reads(&app, &row.fleet).map_err(|_| not_found())?;
     let mut agents: BTreeMap<u32, InjectionTarget> = BTreeMap::new();
     for e in events {
-        let Some(agent) = e.agent else { continue };
+        let Some(agent) = e.agent.filter(|a| only.is_none_or(|mine| mine == *a)) else { continue };
         let t = agents.entry(agent).or_insert(InjectionTarget { agent, state: "queued".into(), answer: None, error: None, usage: None });
         match e.body {
             EventBody::InjectDelivered {} if t.state == "queued" => t.state = "delivered".into(),
@@ -963,6 +979,10 @@ async fn injection(
             }
             _ => {}
         }
+    }
+    if only.is_some() && agents.is_empty() {
+        // Not sent to this agent: not its to see.
+        return Err(not_found());
     }
     Ok(Json(InjectionStatus {
         injection_id: row.id,

@@ -386,6 +386,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/events?fleet=ops&agent=0&follow=false", None, 200, ""),
         (agent, "GET", "/api/v1/events?fleet=ops&agent=1&follow=false", None, 403, "the agent token 'agent ops/0' may not read agent ops/1"),
         (agent, "GET", "/api/v1/events?follow=false", None, 403, "the agent token 'agent ops/0' may not read everything"),
+        (agent, "GET", "/api/v1/events?fleet=ops&follow=false", None, 403, "the agent token 'agent ops/0' may not read fleet 'ops'"),
         (agent, "GET", "/api/v1/fleets/web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
         (agent, "POST", "/api/v1/fleets/ops/scale", scale, 403, "refusing self-deploy: an agent token may not scale its own fleet 'ops'"),
         (agent, "POST", "/api/v1/fleets/ops/update", update, 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
@@ -442,6 +443,18 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
             assert!(v["error"].as_str().unwrap().len() < 500, "{who} {method} {path}: an error echoes too much");
         }
     }
+    // An agent's own token sees its own agent only: in its fleet's status, and in an injection
+    // sent to it (one sent to its siblings alone is not found).
+    let (_, status) = plane.http("GET", "/api/v1/fleets/ops", agent, None);
+    let slots: Vec<u64> = status["agents"].as_array().unwrap().iter().map(|a| a["slot"].as_u64().unwrap()).collect();
+    assert_eq!(slots, [0], "{status}");
+    let to_sibling = plane.json(&["inject", "ops", "psst", "--agent", "1", "--json"]);
+    let (code, v) = plane.http("GET", &format!("/api/v1/injections/{}", to_sibling["injection_id"].as_str().unwrap()), agent, None);
+    assert_eq!(code, 404, "{v}");
+    let to_all = plane.json(&["inject", "ops", "all hands", "--json"]);
+    let (code, v) = plane.http("GET", &format!("/api/v1/injections/{}", to_all["injection_id"].as_str().unwrap()), agent, None);
+    let seen: Vec<u64> = v["agents"].as_array().unwrap().iter().map(|a| a["agent"].as_u64().unwrap()).collect();
+    assert_eq!((code, seen), (200, vec![0]), "{v}");
     // A token bound to one fleet works the CLI on it, `inject --wait` included.
     // (The external fleet has no agents running: the wait times out, but it may follow the fleet.)
     let out = plane.cli_with(&["inject", "web", "hi", "--agent", "0", "--wait", "--timeout", "2"], &[("CLAWFLEET_TOKEN", &web_admin)]);
