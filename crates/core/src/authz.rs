@@ -229,14 +229,16 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
                     Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
                 }
                 (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens, _) => Err(role_denies()),
-                (a, Target::Fleet(f) | Target::Agent(f, _)) if f != own => {
+                // Another fleet, or its own for what does not deploy it (a command to its
+                // siblings, say): as the policy says (a rule may name the agents' own fleet).
+                (a, Target::Fleet(f) | Target::Agent(f, _)) => {
                     if policy.allows(own, a, f) {
                         Ok(())
                     } else {
                         Err(Denied::Policy { from: own.to_owned(), action: a.as_str(), to: f.to_owned() })
                     }
                 }
-                _ => Err(role_denies()),
+                (_, Target::All) => Err(role_denies()),
             }
         }
     }
@@ -252,11 +254,15 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            rules: vec![PolicyRule {
-                from: fleet("ops"),
-                to: vec![fleet("web")],
-                actions: [Action::Scale, Action::Update, Action::Command].into_iter().collect(),
-            }],
+            rules: vec![
+                PolicyRule {
+                    from: fleet("ops"),
+                    to: vec![fleet("web")],
+                    actions: [Action::Scale, Action::Update, Action::Command].into_iter().collect(),
+                },
+                // Its own fleet: it may restart (command) its siblings, and still never deploy it.
+                PolicyRule { from: fleet("ops"), to: vec![fleet("ops")], actions: [Action::Command, Action::Scale].into_iter().collect() },
+            ],
         }
     }
 
@@ -298,6 +304,14 @@ mod tests {
             (&ops3, Update, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not update its own fleet 'ops'")),
             (&ops3, Terminate, Target::Fleet("ops"), Err("refusing self-deploy: an agent token may not terminate its own fleet 'ops'")),
             (&ops3, Scale, Target::Fleet("web"), Ok(())),
+            (&ops3, Command, Target::Agent("ops", 1), Ok(())),
+            (&ops3, Scale, Target::Agent("ops", 1), Err("refusing self-deploy: an agent token may not scale its own fleet 'ops'")),
+            (
+                &ops3,
+                Inject,
+                Target::Fleet("ops"),
+                Err("no policy lets the agents of 'ops' inject 'ops' (the control plane's --agent-policy)"),
+            ),
             (&ops3, Update, Target::Fleet("web"), Ok(())),
             (&ops3, Command, Target::Agent("web", 0), Ok(())),
             (
@@ -308,7 +322,6 @@ mod tests {
             ),
             (&ops3, Scale, Target::Fleet("db"), Err("no policy lets the agents of 'ops' scale 'db' (the control plane's --agent-policy)")),
             (&ops3, Join, Target::Fleet("web"), Err("the agent token 'agent ops/3' may not join fleet 'web'")),
-            (&ops3, Inject, Target::Fleet("ops"), Err("the agent token 'agent ops/3' may not inject fleet 'ops'")),
         ];
         for (who, action, target, expected) in cases {
             let got = authorize(who, *action, *target, &p).map_err(|e| e.to_string());
@@ -326,7 +339,9 @@ mod tests {
             to: to.iter().map(|s| s.to_string()).collect(),
             actions: actions.iter().map(|s| s.to_string()).collect(),
         };
-        let ok = PolicyFile { rules: vec![rule("ops", &["web"], &["scale", "update", "command"])] };
+        let ok = PolicyFile {
+            rules: vec![rule("ops", &["web"], &["scale", "update", "command"]), rule("ops", &["ops"], &["command", "scale"])],
+        };
         assert_eq!(Policy::from_file(&ok).unwrap(), policy());
         let cases = [
             (rule("Ops", &["web"], &["scale"]), "rule 1: fleet name"),

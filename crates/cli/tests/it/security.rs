@@ -309,7 +309,7 @@ type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<&'a str>, u16, &'a st
 #[test]
 fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let policy = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}, {"from": "ops", "to": ["spare"], "actions": ["update"]}]}"#).unwrap();
+    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}, {"from": "ops", "to": ["spare"], "actions": ["update"]}, {"from": "ops", "to": ["ops"], "actions": ["command"]}]}"#).unwrap();
     let plane = Plane::with(PlaneOptions {
         up_args: vec!["--agent-policy".into(), policy.path().to_str().unwrap().into()],
         ..PlaneOptions::default()
@@ -393,6 +393,9 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "DELETE", "/api/v1/fleets/ops", None, 403, "refusing self-deploy: an agent token may not terminate its own fleet 'ops'"),
         (agent, "POST", "/api/v1/fleets/web/scale", Some(r#"{"replicas": 4}"#), 200, ""),
         (agent, "POST", "/api/v1/fleets/web/command", command, 200, ""),
+        // Its own fleet's agents, where a rule names the fleet itself: a command, never a deploy.
+        (agent, "POST", "/api/v1/fleets/ops/command", command, 200, ""),
+        (agent, "POST", "/api/v1/fleets/ops/inject", inject, 403, "no policy lets the agents of 'ops' inject 'ops'"),
         (agent, "POST", "/api/v1/fleets/web/update", update, 403, "no policy lets the agents of 'ops' update 'web'"),
         (agent, "DELETE", "/api/v1/fleets/spare", None, 403, "no policy lets the agents of 'ops' terminate 'spare'"),
         (agent, "GET", "/api/v1/fleets/web/join", None, 403, "the agent token 'agent ops/0' may not join fleet 'web'"),
