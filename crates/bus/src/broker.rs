@@ -170,6 +170,32 @@ impl Drop for EmbeddedBroker {
     }
 }
 
+/// What the broker answers a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// Admitted as this identity (the control plane is the broker's superuser).
+    Admitted(BusIdentity),
+    /// Its credentials are good, but its last will is not its to publish (or to retain).
+    WillRefused,
+    /// Unknown credentials, or an agent's password under another agent's username.
+    Refused,
+}
+
+/// Decides a CONNECT: its credentials, then its last will (`(topic, retain)`), which the broker
+/// would otherwise publish unchecked when the client drops.
+pub fn login(auth: &dyn Authenticator, client_id: &str, username: &str, password: &[u8], will: Option<(&str, bool)>) -> Login {
+    let Some(who) = auth.authenticate(client_id, username, password) else { return Login::Refused };
+    if let BusIdentity::Agent(agent) = &who
+        && acl::agent_username(agent) != username
+    {
+        return Login::Refused;
+    }
+    match will {
+        Some((topic, retain)) if !acl::may_will(&who, topic, retain) => Login::WillRefused,
+        _ => Login::Admitted(who),
+    }
+}
+
 /// Answers rmqtt's authentication and ACL hooks from the [`Authenticator`] and core's rules.
 struct AclHook {
     auth: Arc<dyn Authenticator>,
@@ -191,21 +217,19 @@ impl Handler for AclHook {
                 let id = info.id();
                 let username = info.username().map(|u| u.as_ref()).unwrap_or("");
                 let password = info.password().map(|p| p.as_ref()).unwrap_or(b"");
-                let who = self.auth.authenticate(&id.client_id, username, password);
                 let will = info.last_will().map(|w| match w {
                     LastWill::V3(w) => (w.topic.to_string(), w.retain),
                     LastWill::V5(w) => (w.topic.to_string(), w.retain),
                 });
-                let result = match who {
-                    Some(who) if will.as_ref().is_some_and(|(topic, retain)| !acl::may_will(&who, topic, *retain)) => {
-                        let (topic, retain) = will.expect("checked");
+                let result = match login(&*self.auth, &id.client_id, username, password, will.as_ref().map(|(t, r)| (t.as_str(), *r))) {
+                    Login::Admitted(BusIdentity::Control) => AuthResult::Allow(true, None),
+                    Login::Admitted(_) => AuthResult::Allow(false, None),
+                    Login::WillRefused => {
+                        let (topic, retain) = will.expect("a will was refused");
                         tracing::warn!(client_id = %id.client_id, username, %topic, retain, "Bus login refused: its last will is not its to publish");
                         AuthResult::NotAuthorized
                     }
-                    Some(BusIdentity::Control) => AuthResult::Allow(true, None),
-                    Some(BusIdentity::Observer) => AuthResult::Allow(false, None),
-                    Some(BusIdentity::Agent(agent)) if acl::agent_username(&agent) == username => AuthResult::Allow(false, None),
-                    _ => {
+                    Login::Refused => {
                         tracing::warn!(client_id = %id.client_id, username, remote = ?id.remote_addr, "Bus login refused");
                         AuthResult::BadUsernameOrPassword
                     }

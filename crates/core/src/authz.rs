@@ -184,6 +184,40 @@ impl Policy {
     }
 }
 
+/// The longest token name.
+pub const MAX_TOKEN_NAME: usize = 64;
+/// The longest a token may be valid.
+pub const MAX_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A token's name (`token create --name`): 1-64 of a-z, 0-9, `-`, `_`, `.`, starting with a
+/// letter or digit. The error shows 80 characters of it at most.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_TOKEN_NAME
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "token name '{}' must be 1-{MAX_TOKEN_NAME} of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
+        name.chars().take(80).collect::<String>()
+    ))
+}
+
+/// How long a token lives (`--expires 30d`): between a second and ten years. The error shows
+/// 40 characters of it at most.
+pub fn token_lifetime(expires: &str) -> Result<std::time::Duration, String> {
+    let shown: String = expires.chars().take(40).collect();
+    // humantime's errors quote what they could not read, however long: a line of it at most.
+    let life = humantime::parse_duration(expires)
+        .map_err(|e| format!("expires '{shown}': {} (e.g. 30d, 12h)", e.to_string().chars().take(80).collect::<String>()))?;
+    if life.is_zero() || life > MAX_TOKEN_LIFE {
+        return Err(format!("expires '{shown}' must be between 1s and 10 years"));
+    }
+    Ok(life)
+}
+
 /// Why a request is forbidden (403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
@@ -329,6 +363,19 @@ mod tests {
         }
         // Without a policy, agents touch nothing but their own reads.
         assert!(authorize(&ops3, Scale, Target::Fleet("web"), &Policy::default()).is_err());
+    }
+
+    #[test]
+    fn token_names_and_lifetimes_are_checked() {
+        assert!(check_token_name("ci-bot.1").is_ok());
+        for bad in ["", "Bad", "-x", &"a".repeat(MAX_TOKEN_NAME + 1)] {
+            assert!(check_token_name(bad).unwrap_err().starts_with("token name '"), "{bad}");
+        }
+        assert_eq!(token_lifetime("30d").unwrap().as_secs(), 30 * 86400);
+        assert_eq!(token_lifetime("0s").unwrap_err(), "expires '0s' must be between 1s and 10 years");
+        // An error quotes a line of what it could not read, however long that is.
+        let long = format!("1{}", "z".repeat(10_000));
+        assert!(token_lifetime(&long).unwrap_err().len() < 200, "{}", token_lifetime(&long).unwrap_err());
     }
 
     #[test]

@@ -1102,11 +1102,6 @@ async fn bus_observer(State(app): State<Arc<App>>, Extension(caller): Extension<
     }))
 }
 
-/// The longest token name.
-const MAX_TOKEN_NAME: usize = 64;
-/// The longest a token may be valid.
-const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 fn token_info(row: &TokenRow) -> Result<TokenInfo, ApiError> {
     Ok(TokenInfo {
         name: row.name.clone(),
@@ -1134,16 +1129,7 @@ async fn token_create(
         Some(n) => n,
         None => format!("{}-{}", req.role, &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
-    let name_ok = !name.is_empty()
-        && name.len() <= MAX_TOKEN_NAME
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if !name_ok {
-        return Err(ApiError::bad_request(format!(
-            "token name '{}' must be 1-{MAX_TOKEN_NAME} of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        )));
-    }
+    authz::check_token_name(&name).map_err(ApiError::bad_request)?;
     if name == crate::auth::FILE_TOKEN_NAME {
         return Err(ApiError::conflict(format!("'{name}' is the token file's token; choose another name")));
     }
@@ -1154,17 +1140,7 @@ async fn token_create(
     }
     let expires_at = match req.expires.as_deref() {
         None => None,
-        Some(whole) => {
-            // Echoed in errors: never more than a line of it.
-            let text: String = whole.chars().take(40).collect();
-            let text = text.as_str();
-            let life =
-                humantime::parse_duration(whole).map_err(|e| ApiError::bad_request(format!("expires '{text}': {e} (e.g. 30d, 12h)")))?;
-            if life.is_zero() || life > MAX_TOKEN_LIFE {
-                return Err(ApiError::bad_request(format!("expires '{text}' must be between 1s and 10 years")));
-            }
-            Some(clock::unix_now() + life.as_secs() as i64)
-        }
+        Some(expires) => Some(clock::unix_now() + authz::token_lifetime(expires).map_err(ApiError::bad_request)?.as_secs() as i64),
     };
     let token = crate::auth::new_token();
     let row = TokenRow {
