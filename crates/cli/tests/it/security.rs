@@ -709,6 +709,10 @@ fn on_mosquitto_every_agent_has_its_own_login_and_acl() {
     let events = crate::support::events(&plane, "victim");
     assert!(events.iter().all(|e| e["injection_id"] != "willed" && e["data"]["content"] != "forged"));
     assert_eq!(plane.ok(&["inject", "victim", "third", "--wait"]).trim(), "victim/0: third");
+    // A scaled fleet's new agents get logins of their own (and lose them when scaled away).
+    plane.ok(&["scale", "victim", "2", "--wait"]);
+    let answers = plane.ok(&["inject", "victim", "fourth", "--wait"]);
+    assert!(answers.contains("victim/0: fourth") && answers.contains("victim/1: fourth"), "{answers}");
     // A terminated fleet's logins go.
     plane.ok(&["terminate", "evil", "--wait"]);
     crate::support::eventually(Duration::from_secs(10), "the terminated fleet's login to go", || {
