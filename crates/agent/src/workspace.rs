@@ -111,16 +111,15 @@ pub struct Message {
 }
 
 /// The file [`Workspace::mark_alive`] writes.
-pub const ALIVE: &str = "alive";
+pub const ALIVE: &str = clawfleet_proto::alive::FILE;
 
 /// The health check of the agent whose workspace is `dir`: healthy when its loop marked itself
 /// alive within `max_age` and it has reached the bus since it started.
 pub fn check_alive(dir: &Path, max_age: std::time::Duration) -> Result<(), String> {
     let path = dir.join(ALIVE);
     let text = fs::read_to_string(&path).map_err(|e| format!("no sign of life in {}: {e}", path.display()))?;
-    let mut parts = text.split_whitespace();
-    let at: u128 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(|| format!("{} is garbled: {text:?}", path.display()))?;
-    let connected = parts.next() == Some("1");
+    let alive = clawfleet_proto::alive::Alive::parse(&text).ok_or_else(|| format!("{} is garbled: {text:?}", path.display()))?;
+    let (at, connected) = (alive.at_ms, alive.connected);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let age = now.saturating_sub(at);
     if age > max_age.as_millis() {
@@ -222,7 +221,7 @@ impl Workspace {
     /// the bus: what `clawfleet agent --health` checks.
     pub fn mark_alive(&self, connected_once: bool) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-        let _ = fs::write(self.dir.join(ALIVE), format!("{now} {}\n", u8::from(connected_once)));
+        let _ = fs::write(self.dir.join(ALIVE), clawfleet_proto::alive::Alive { at_ms: now, connected: connected_once }.render());
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,7 +1,9 @@
 //! The local backend: each agent is a child process (`clawfleet agent`), supervised.
 //!
 //! A slot holds at most one agent. `Start` runs it with its environment, its output appended
-//! to `agent.log` in its workspace, and a task of its own watches it: an agent that exits is
+//! to `agent.log` in its workspace, and a task of its own watches it: a started agent is
+//! `Starting` until its `alive` file says it reached the bus (so a rollout's `max_unavailable`
+//! counts agents that are up, not processes), then `Running`; an agent that exits is
 //! `Exited` until the plan starts its successor (after the plan's backoff); `Stop` sends it
 //! SIGTERM, then SIGKILL after a grace period. Agents run in process groups of their own, so a
 //! Ctrl-C in the control plane's terminal reaches only the control plane, which then stops them
@@ -16,12 +18,14 @@
 //! <root>/<fleet>-<uid>/<slot>/   the agent's workspace (see clawfleet-agent)
 //!                     agent.pid  "<pid> <start time> <config key>"
 //!                     agent.log  the agent's stdout and stderr
+//!                     alive      written by the agent: when its loop last turned, whether it reached the bus
 //!                     agent.secrets  its bus password, until the agent has read (and removed) it
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +86,12 @@ struct Agent {
     state: Arc<Mutex<InstanceState>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Its workspace, where it says when it reached the bus.
+    workspace: PathBuf,
+    /// When it was started (Unix ms; 0 for an adopted one, up already).
+    started_ms: u128,
+    /// It has reached the bus since it was started.
+    up: AtomicBool,
 }
 
 impl Agent {
@@ -89,6 +99,28 @@ impl Agent {
     fn gone(&self) -> bool {
         *self.stop.borrow() && self.task.is_finished()
     }
+
+    /// What it is doing: a running process is `Starting` until it has reached the bus (its
+    /// `alive` file says so, written after it was started), so a rollout's `max_unavailable`
+    /// counts agents that are up, not processes that exist.
+    fn state(&self) -> InstanceState {
+        let state = self.state.lock().expect("not poisoned").clone();
+        if state != InstanceState::Running || self.up.load(Ordering::Relaxed) {
+            return state;
+        }
+        let text = std::fs::read_to_string(self.workspace.join(clawfleet_proto::alive::FILE)).unwrap_or_default();
+        match clawfleet_proto::alive::Alive::parse(&text) {
+            Some(a) if a.connected && a.at_ms >= self.started_ms => {
+                self.up.store(true, Ordering::Relaxed);
+                InstanceState::Running
+            }
+            _ => InstanceState::Starting,
+        }
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
 }
 
 impl LocalBackend {
@@ -114,7 +146,16 @@ impl LocalBackend {
             let state = Arc::new(Mutex::new(InstanceState::Running));
             let (stop, stop_rx) = watch::channel(false);
             let watch = Watch { pid, pidfile, grace: self.config.grace, state: state.clone(), stop: stop_rx, label };
-            let agent = Agent { id: format!("pid {pid}"), key, state, stop, task: tokio::spawn(watch.adopted()) };
+            let agent = Agent {
+                id: format!("pid {pid}"),
+                key,
+                state,
+                stop,
+                task: tokio::spawn(watch.adopted()),
+                workspace: dir.path(),
+                started_ms: 0,
+                up: AtomicBool::new(true),
+            };
             slots.insert(slot, Slot { agent: Some(agent), starts: 1 });
         }
         slots
@@ -126,17 +167,20 @@ impl LocalBackend {
         let workspace = self.workspace(&d.fleet, &d.uid, slot);
         let label = format!("{}/{slot}", d.fleet);
         let (stop, stop_rx) = watch::channel(false);
+        let started_ms = unix_ms();
         match self.spawn(d, slot, &workspace, key) {
             Ok((child, pid)) => {
                 let state = Arc::new(Mutex::new(InstanceState::Running));
                 let pidfile = workspace.join("agent.pid");
                 let watch = Watch { pid, pidfile, grace: self.config.grace, state: state.clone(), stop: stop_rx, label };
-                Agent { id: format!("pid {pid}"), key, state, stop, task: tokio::spawn(watch.child(child)) }
+                let task = tokio::spawn(watch.child(child));
+                Agent { id: format!("pid {pid}"), key, state, stop, task, workspace, started_ms, up: AtomicBool::new(false) }
             }
             Err(reason) => {
                 tracing::error!(agent = %label, %reason, "Could not start an agent");
                 let state = Arc::new(Mutex::new(InstanceState::Failed(reason)));
-                Agent { id: format!("start {attempt} (failed)"), key, state, stop, task: tokio::spawn(async {}) }
+                let task = tokio::spawn(async {});
+                Agent { id: format!("start {attempt} (failed)"), key, state, stop, task, workspace, started_ms, up: AtomicBool::new(false) }
             }
         }
     }
@@ -221,7 +265,7 @@ impl Backend for LocalBackend {
                     slot,
                     id: agent.id.clone(),
                     key: Some(agent.key),
-                    state: agent.state.lock().expect("not poisoned").clone(),
+                    state: agent.state(),
                     restarts: s.starts.saturating_sub(1),
                     node: None,
                 })
@@ -412,6 +456,36 @@ fn running_agent(pidfile: &Path) -> Option<(u32, ConfigKey)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_started_agent_is_starting_until_it_says_it_reached_the_bus() {
+        use clawfleet_proto::alive::{Alive, FILE};
+        let dir = tempfile::tempdir().unwrap();
+        let started_ms = unix_ms();
+        let (stop, _) = watch::channel(false);
+        let agent = Agent {
+            id: "pid 1".into(),
+            key: ConfigKey(1),
+            state: Arc::new(Mutex::new(InstanceState::Running)),
+            stop,
+            task: tokio::spawn(async {}),
+            workspace: dir.path().to_owned(),
+            started_ms,
+            up: AtomicBool::new(false),
+        };
+        let write = |at_ms, connected| std::fs::write(dir.path().join(FILE), Alive { at_ms, connected }.render()).unwrap();
+        assert_eq!(agent.state(), InstanceState::Starting, "no sign of life yet");
+        write(started_ms - 5_000, true);
+        assert_eq!(agent.state(), InstanceState::Starting, "the previous agent's sign of life");
+        write(started_ms + 10, false);
+        assert_eq!(agent.state(), InstanceState::Starting, "running, not on the bus yet");
+        write(started_ms + 20, true);
+        assert_eq!(agent.state(), InstanceState::Running);
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
+        assert_eq!(agent.state(), InstanceState::Running, "once up, up");
+        *agent.state.lock().unwrap() = InstanceState::Stopping;
+        assert_eq!(agent.state(), InstanceState::Stopping);
+    }
 
     #[test]
     fn start_time_of_self() {

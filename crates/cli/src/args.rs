@@ -554,6 +554,7 @@ pub(crate) struct UpdateArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RollbackArgs {
+    /// A fleet, or `all` (every fleet that has a version to return to).
     pub name: String,
     #[arg(long)]
     pub json: bool,

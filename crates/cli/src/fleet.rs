@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clawfleet_proto::api::{Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest};
+use clawfleet_proto::api::{
+    Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetState, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest,
+};
 
 use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
 use crate::client::Client;
@@ -281,8 +283,30 @@ pub(crate) async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
-    let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/rollback", args.name), &serde_json::json!({})).await?;
-    after_change(&client, fleet, "rolling back", false, 0, args.json).await
+    if args.name != "all" {
+        let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/rollback", args.name), &serde_json::json!({})).await?;
+        return after_change(&client, fleet, "rolling back", false, 0, args.json).await;
+    }
+    // Every fleet that has a version to return to; the others are named and left alone.
+    let list: FleetList = client.get("/api/v1/fleets").await?;
+    let mut moved = Vec::new();
+    for f in list.fleets.iter().filter(|f| f.state == FleetState::Active) {
+        if f.rollback_to.is_none() {
+            if !args.json {
+                eprintln!("fleet '{}': nothing to roll back to (it runs version {})", f.name, f.version);
+            }
+            continue;
+        }
+        let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/rollback", f.name), &serde_json::json!({})).await?;
+        if !args.json {
+            eprintln!("fleet '{}': rolling back to version {}, one agent at a time", fleet.name, fleet.version);
+        }
+        moved.push(fleet);
+    }
+    if args.json {
+        print_json(&FleetList { fleets: moved });
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn after_change(client: &Client, fleet: Fleet, doing: &str, wait: bool, timeout: u64, json: bool) -> anyhow::Result<ExitCode> {

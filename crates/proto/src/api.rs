@@ -219,6 +219,10 @@ pub struct DeployFleet {
     /// Only this many canaries move, which the backend picks (Swarm's); `slots` is absent then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canaries: Option<u32>,
+    /// What `rollback` returned the fleet to before this deploy (its version, and image), which
+    /// a revert restores: a rollback after a revert never goes to the version that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<(String, Option<String>)>,
 }
 
 impl DeployFleet {
@@ -364,6 +368,9 @@ pub struct Fleet {
     /// Agents that run another version than the fleet's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// The version `rollback` returns to (absent: there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
 }
 
 crate::named_enum! {

@@ -54,6 +54,7 @@ macro_rules! named_enum {
 }
 pub(crate) use named_enum;
 
+pub mod alive;
 pub mod api;
 pub mod bus;
 pub mod cluster;

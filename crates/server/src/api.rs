@@ -190,6 +190,7 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         preparing: app.preparing(&row.name),
         deploy: row.deploy.is_some().then(|| crate::app::deploy_policy(row)),
         canary: crate::app::canary(row),
+        rollback_to: row.previous.as_ref().map(|(_, version)| version.clone()),
     }
 }
 
@@ -494,6 +495,7 @@ async fn deploy_start(
             replicas: row.replicas,
             slots,
             canaries,
+            rollback_to: None,
         });
     }
     let actor = caller.0.audit_name();

@@ -516,6 +516,15 @@ impl Store {
             if let Some(running) = active_deploy(tx)? {
                 return Err(StoreError::DeployRunning(Box::new(running)));
             }
+            let mut deploy = deploy.clone();
+            for f in &mut deploy.fleets {
+                let row = tx
+                    .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [&f.fleet], fleet_row)
+                    .optional()?
+                    .ok_or_else(|| StoreError::NoFleet(f.fleet.clone()))?;
+                f.rollback_to = row.previous.map(|(image, version)| (version, image));
+            }
+            let deploy = &deploy;
             let fleets = serde_json::to_string(&deploy.fleets).expect("deploys serialize");
             tx.execute(
                 "INSERT INTO deploys (target, actor, state, reason, deadline_s, created_at, finished_at, fleets)
@@ -523,6 +532,9 @@ impl Store {
                 params![deploy.target, deploy.actor, DeployState::Running.as_str(), deploy.deadline_s, deploy.created_at, fleets],
             )?;
             let id = tx.last_insert_rowid() as u64;
+            for f in &deploy.fleets {
+                tx.execute("INSERT OR IGNORE INTO deploy_fleets (fleet, deploy) VALUES (?1, ?2)", params![f.fleet, id])?;
+            }
             write_audit(tx, &Audit { detail: format!("deploy #{id} {}", audit.detail), ..audit.clone() })?;
             let mut events = Vec::new();
             for f in &deploy.fleets {
@@ -616,11 +628,13 @@ impl Store {
                     let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC LIMIT ?1"))?;
                     stmt.query_map([limit], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?
                 }
-                // A fleet's deploys: its name is inside each deploy's JSON list of fleets.
                 Some(f) => {
-                    let mut stmt = c.prepare(concat!("SELECT ", deploy_columns!(), " FROM deploys ORDER BY id DESC"))?;
-                    let all = stmt.query_map([], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-                    all.into_iter().filter(|d| d.fleets.iter().any(|x| x.fleet == f)).take(limit as usize).collect()
+                    let mut stmt = c.prepare(concat!(
+                        "SELECT ",
+                        deploy_columns!(),
+                        " FROM deploys WHERE id IN (SELECT deploy FROM deploy_fleets WHERE fleet = ?1) ORDER BY id DESC LIMIT ?2"
+                    ))?;
+                    stmt.query_map(params![f, limit], deploy_row)?.collect::<rusqlite::Result<Vec<_>>>()?
                 }
             };
             Ok(rows)
@@ -683,6 +697,12 @@ impl Store {
                         let back = FleetUpdate::To { image: f.from_image.clone(), version: f.from_version.clone() };
                         let audit = Audit { detail: format!("deploy #{id} reverted"), ..audit.clone() };
                         events.push(update_fleet(tx, &f.fleet, back, at, &audit)?);
+                        // As if the deploy had not been: `rollback` goes where it went before.
+                        let (version, image) = f.rollback_to.clone().map_or((None, None), |(v, i)| (Some(v), i));
+                        tx.execute(
+                            "UPDATE fleets SET previous_image = ?2, previous_version = ?3 WHERE name = ?1",
+                            params![f.fleet, image, version],
+                        )?;
                     }
                 }
                 let body = EventBody::DeployFinished { deploy: id, outcome, reason: reason.map(str::to_owned) };

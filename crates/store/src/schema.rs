@@ -139,6 +139,16 @@ CREATE TABLE deploys (
 -- deployed on its own), JSON: {slots, version, image}.
 ALTER TABLE fleets ADD COLUMN canary TEXT;
 "#,
+    r#"
+-- The fleets each deploy moved, so a fleet's history is a query, not a scan of every deploy.
+CREATE TABLE deploy_fleets (
+    fleet  TEXT NOT NULL,
+    deploy INTEGER NOT NULL REFERENCES deploys(id),
+    PRIMARY KEY (fleet, deploy)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO deploy_fleets (fleet, deploy)
+    SELECT json_extract(f.value, '$.fleet'), d.id FROM deploys d, json_each(d.fleets) f;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -62,6 +62,62 @@ fn updates_remember_what_they_replaced_and_rollback_swaps_back() {
     assert!(matches!(store.update_fleet("nope", FleetUpdate::Rollback, "t5", &audit("rollback")), Err(StoreError::NoFleet(_))));
 }
 
+fn deploy_of(fleets: &[&str]) -> clawfleet_proto::api::Deploy {
+    use clawfleet_proto::api::{Deploy, DeployFleet, DeployState};
+    Deploy {
+        id: 0,
+        target: fleets.join(","),
+        actor: "operator".into(),
+        state: DeployState::Running,
+        reason: None,
+        deadline_s: 60,
+        created_at: "t".into(),
+        finished_at: None,
+        fleets: fleets
+            .iter()
+            .map(|f| DeployFleet {
+                fleet: (*f).into(),
+                from_version: "2".into(),
+                from_image: None,
+                to_version: "3".into(),
+                to_image: None,
+                ready: 0,
+                replicas: 1,
+                slots: None,
+                canaries: None,
+                rollback_to: None,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_reverted_deploy_leaves_rollback_where_it_was_and_each_fleet_has_its_history() {
+    use clawfleet_proto::api::DeployState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    for name in ["a", "b"] {
+        store.insert_fleet(&fleet(name, 1), launched(name), &audit("launch")).unwrap();
+        store.update_fleet(name, FleetUpdate::To { image: None, version: "2".into() }, "t", &audit("update")).unwrap();
+    }
+    // a and b: 1 -> 2 by an update; then a deploy to 3, reverted.
+    let (d, _) = store.start_deploy(&deploy_of(&["a", "b"]), &audit("deploy")).unwrap();
+    assert_eq!(d.fleets[0].rollback_to, Some(("1".into(), None)), "what rollback went to before");
+    assert_eq!(store.fleet("a").unwrap().unwrap().previous, Some((None, "2".into())));
+    store.finish_deploy(d.id, DeployState::Reverted, Some("sick"), "t", &audit("deploy")).unwrap();
+    let a = store.fleet("a").unwrap().unwrap();
+    assert_eq!((a.version.as_str(), a.previous), ("2", Some((None, "1".into()))), "rollback goes to 1, not to the 3 that failed");
+    // A second deploy, of a alone.
+    let (second, _) = store.start_deploy(&deploy_of(&["a"]), &audit("deploy")).unwrap();
+    store.finish_deploy(second.id, DeployState::Succeeded, None, "t", &audit("deploy")).unwrap();
+    let ids = |fleet: Option<&str>, limit| store.deploys(fleet, limit).unwrap().iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(Some("a"), 10), [second.id, d.id], "newest first");
+    assert_eq!(ids(Some("a"), 1), [second.id]);
+    assert_eq!(ids(Some("b"), 10), [d.id]);
+    assert_eq!(ids(Some("c"), 10), Vec::<u64>::new());
+    assert_eq!(ids(None, 10), [second.id, d.id]);
+}
+
 #[test]
 fn an_apply_is_made_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,21 @@ fn a_deploy_is_gated_reverted_by_itself_and_kept_in_history() {
         (s["fleet"]["version"] == "1" && s["agents"][0]["fleet_version"] == "1").then_some(())
     });
 
+    // The revert undid the deploy: `rollback` does not go to the version that failed.
+    let err = plane.fails(&["rollback", "sick"]);
+    assert!(err.contains("no earlier image or version"), "{err}");
+    assert!(plane.json(&["status", "sick", "--json"])["fleet"]["rollback_to"].is_null());
+    // `rollback all` returns every fleet that has a version to return to, and names the others.
+    let out = plane.cli(&["rollback", "all"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("fleet 'web': rolling back to version 1") && said.contains("fleet 'sick': nothing to roll back to"), "{said}");
+    crate::support::eventually(Duration::from_secs(60), "web back on version 1", || {
+        let s = plane.json(&["status", "web", "--json"]);
+        s["agents"].as_array().unwrap().iter().all(|a| a["fleet_version"] == "1" && a["state"] == "idle").then_some(())
+    });
+    assert_eq!(plane.json(&["status", "web", "--json"])["fleet"]["rollback_to"], "2");
+
     let web = history(&plane, "web");
     assert_eq!(web.len(), 1);
     assert_eq!(
