@@ -2,12 +2,26 @@
 #![no_main]
 
 use clawfleet_core::{BrainSpec, FleetName, FleetSpec};
-use clawfleet_proto::api::{ApplyRequest, CommandRequest, DeployRequest, InjectRequest, LaunchRequest, MaxUnavailable, ScaleRequest, UpdateRequest};
+use clawfleet_proto::api::{
+    ApplyRequest, CommandRequest, DeployRequest, InjectRequest, LaunchRequest, MaxUnavailable, ScaleRequest, SecretRequest, UpdateRequest,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(req) = serde_json::from_slice::<SecretRequest>(data)
+        && clawfleet_core::spec::check_secret_value("X", &req.value).is_ok()
+    {
+        assert!(req.value.len() <= clawfleet_core::spec::MAX_SECRET_BYTES && !req.value.contains('\0'));
+    }
     if let Ok(req) = serde_json::from_slice::<LaunchRequest>(data) {
-        let _ = FleetSpec::from_request(&req, &BrainSpec::Echo);
+        // A brain's environment is bounded and never clawfleet's own.
+        if let Ok(spec) = FleetSpec::from_request(&req, &BrainSpec::Echo) {
+            assert!(spec.env.len() + spec.secrets.len() <= clawfleet_core::spec::MAX_BRAIN_VARS);
+            for name in spec.env.keys().chain(&spec.secrets) {
+                assert!(!name.to_ascii_uppercase().starts_with("CLAWFLEET_") && !name.is_empty() && name.len() <= 128, "{name}");
+            }
+            assert!(spec.env.values().all(|v| v.len() <= clawfleet_core::spec::MAX_ENV_VALUE_BYTES));
+        }
     }
     if let Ok(req) = serde_json::from_slice::<ApplyRequest>(data) {
         let specs: Vec<FleetSpec> = req.fleets.iter().filter_map(|r| FleetSpec::from_request(r, &BrainSpec::Echo).ok()).collect();

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     /// When the agent is sandboxed: the program that runs each brain process in a sandbox
     /// nested in the agent's (`clawfleet`, as `clawfleet brain-exec PROGRAM ARGS...`).
     pub brain_exec: Option<PathBuf>,
+    /// What its brains get in their environment: the fleet's variables and secrets.
+    pub brain_env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -71,6 +73,7 @@ impl AgentConfig {
             watchdog: Duration::from_secs(300),
             transport: Transport::Bus,
             brain_exec: None,
+            brain_env: Vec::new(),
         }
     }
 

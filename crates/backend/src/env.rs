@@ -33,9 +33,17 @@ pub const MAILBOX: &str = "CLAWFLEET_MAILBOX";
 /// and removes it before it starts any brain; its backend writes it again before each start.
 pub const SECRETS_FILE: &str = "CLAWFLEET_SECRETS_FILE";
 
-/// The variables of [`Deployment::agent_env`](crate::Deployment::agent_env) that local agents
-/// get through [`SECRETS_FILE`] instead.
-pub const SECRET_VARS: &[&str] = &[BUS_PASSWORD, AGENT_TOKEN];
+/// The variables a fleet's brains get (`env` in fleet.toml), as a JSON object.
+pub const BRAIN_ENV: &str = "CLAWFLEET_BRAIN_ENV";
+/// The secrets a fleet's brains get (`secrets` in fleet.toml), as a JSON object of their
+/// values: a secret variable, never in an agent's environment.
+pub const BRAIN_SECRETS: &str = "CLAWFLEET_BRAIN_SECRETS";
+/// Where a docker agent finds [`BRAIN_SECRETS`]: a Docker secret mounted into its task.
+pub const BRAIN_SECRETS_FILE: &str = "CLAWFLEET_BRAIN_SECRETS_FILE";
+
+/// The variables of [`Deployment::agent_env`](crate::Deployment::agent_env) that local and
+/// slurm agents get through [`SECRETS_FILE`] instead, and docker agents through a Docker secret.
+pub const SECRET_VARS: &[&str] = &[BUS_PASSWORD, AGENT_TOKEN, BRAIN_SECRETS];
 
 /// The directory a sandboxed agent must not see (the control plane's data directory): set, the
 /// agent confines itself with Landlock before anything else, or refuses to run.

@@ -47,6 +47,25 @@ pub struct Deployment {
     /// How its agents are replaced (by the plan, or by a backend that rolls out by itself).
     pub policy: Policy,
     pub endpoints: Endpoints,
+    /// What its brains get in their environment beyond clawfleet's own.
+    pub brain_env: BrainEnvironment,
+}
+
+/// A fleet's brains' environment: its variables, and its secrets with their values (which
+/// travel only through each backend's secret channel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrainEnvironment {
+    pub vars: Vec<(String, String)>,
+    pub secrets: Vec<(String, String)>,
+}
+
+impl BrainEnvironment {
+    fn json(pairs: &[(String, String)]) -> Option<String> {
+        (!pairs.is_empty()).then(|| {
+            let map: std::collections::BTreeMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            serde_json::to_string(&map).expect("string maps serialize")
+        })
+    }
 }
 
 /// How agents reach the control plane's services.
@@ -128,6 +147,12 @@ impl Deployment {
         }
         if let Some(prompt) = &self.prompt {
             vars.push((env::SYSTEM_PROMPT, prompt.clone()));
+        }
+        if let Some(json) = BrainEnvironment::json(&self.brain_env.vars) {
+            vars.push((env::BRAIN_ENV, json));
+        }
+        if let Some(json) = BrainEnvironment::json(&self.brain_env.secrets) {
+            vars.push((env::BRAIN_SECRETS, json));
         }
         vars
     }

@@ -24,6 +24,10 @@ pub(crate) fn read_key_file(args: &mut AgentArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading the fleet's key from {}", path.display()))?;
         args.bus_fleet_key = Some(text.trim().to_owned());
     }
+    if let (None, Some(path)) = (&args.brain_secrets, args.brain_secrets_file.take()) {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the brains' secrets from {}", path.display()))?;
+        args.brain_secrets = Some(text.trim().to_owned());
+    }
     Ok(())
 }
 
@@ -159,6 +163,14 @@ fn base(agent: AgentRef, uid: &str, bus: &BusUrl, ca: Option<&str>, workspace: P
     Ok(c)
 }
 
+/// A JSON object of variables for the brains (`what` names where it came from, for errors).
+fn vars(what: &str, json: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(json) = json.filter(|j| !j.is_empty()) else { return Ok(Vec::new()) };
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| anyhow!("{what} is not a JSON object of strings: {e}"))?;
+    Ok(map.into_iter().collect())
+}
+
 /// Reads the `NAME=value` lines of a secrets file, then removes it: what the agent's brains
 /// will start later must not find it.
 fn take_secrets(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -196,15 +208,20 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
     };
     let last = first.checked_add(args.count - 1).ok_or_else(|| anyhow!("--slot plus --count is too large"))?;
     let (mut bus_password, mut api_token) = (args.bus_password.clone(), args.agent_token.clone());
+    // A docker agent read its brains' secrets from their Docker secret before it confined itself.
+    let mut brain_secrets = args.brain_secrets.clone();
     if let Some(path) = &args.secrets_file {
         for (name, value) in take_secrets(path)? {
             match name.as_str() {
                 clawfleet_backend::env::BUS_PASSWORD => bus_password = Some(value),
                 clawfleet_backend::env::AGENT_TOKEN => api_token = Some(value),
+                clawfleet_backend::env::BRAIN_SECRETS => brain_secrets = Some(value),
                 other => tracing::warn!(name = other, "Ignoring an unknown secret"),
             }
         }
     }
+    let mut brain_env = vars(clawfleet_backend::env::BRAIN_ENV, args.brain_env.as_deref())?;
+    brain_env.extend(vars(clawfleet_backend::env::BRAIN_SECRETS, brain_secrets.as_deref())?);
     (first..=last)
         .map(|slot| {
             let workspace = match (&args.workspace, args.count) {
@@ -216,6 +233,7 @@ fn from_env(args: &AgentArgs) -> anyhow::Result<Vec<AgentConfig>> {
             c.bus_username = args.bus_username.clone();
             c.bus_password = bus_password.clone();
             c.api_token = api_token.clone();
+            c.brain_env = brain_env.clone();
             if let (Some(key), None) = (&key, &c.bus_password) {
                 c.bus_username = Some(clawfleet_core::acl::agent_username(&c.agent));
                 c.bus_password = Some(key.agent_password(slot));

@@ -90,6 +90,9 @@ pub(crate) enum Command {
     /// API tokens with roles: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Secrets the brains of fleets get as environment variables (operators only).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The bus: logins for MQTT clients.
     #[command(subcommand)]
     Bus(BusCommand),
@@ -314,6 +317,13 @@ pub(crate) struct LaunchArgs {
     /// share of the replicas (25%) [default: 1].
     #[arg(long, value_name = "N|P%")]
     pub max_unavailable: Option<clawfleet_proto::api::MaxUnavailable>,
+    /// An environment variable for the fleet's brains (repeat it for more).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// A secret (`clawfleet secret set NAME`) the fleet's brains get as the variable NAME
+    /// (repeat it for more).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Wait until every agent reports ready.
     #[arg(long)]
     pub wait: bool,
@@ -708,6 +718,27 @@ pub(crate) struct BusCredentialsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Set a secret (its value from standard input, or --from-file) that fleets' brains get
+    /// by name (`secrets = ["NAME"]` in fleet.toml, or launch --secret NAME).
+    Set(SecretSetArgs),
+    /// List secrets: names, sizes, the fleets that get them; never their values.
+    List(TokenListArgs),
+    /// Remove a secret no fleet gets.
+    Rm(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SecretSetArgs {
+    pub name: String,
+    /// Read the value from this file instead of standard input (a final newline is dropped).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
     /// Make an API token bound to a role (shown once; the control plane keeps only its hash).
     Create(TokenCreateArgs),
@@ -844,6 +875,17 @@ pub(crate) struct AgentArgs {
     pub model_builtin: bool,
     #[arg(long, env = clawfleet_backend::env::SYSTEM_PROMPT)]
     pub system_prompt: Option<String>,
+    /// The variables its brains get, a JSON object (a backend sets it).
+    #[arg(long, env = clawfleet_backend::env::BRAIN_ENV, hide = true)]
+    pub brain_env: Option<String>,
+    /// The secrets its brains get, a JSON object (given in --secrets-file, never in the
+    /// environment, by the local and slurm backends).
+    #[arg(long, env = clawfleet_backend::env::BRAIN_SECRETS, hide = true, hide_env_values = true)]
+    pub brain_secrets: Option<String>,
+    /// A file holding the secrets its brains get (a Docker secret), read before the agent
+    /// confines itself away from it.
+    #[arg(long, env = clawfleet_backend::env::BRAIN_SECRETS_FILE, hide = true)]
+    pub brain_secrets_file: Option<PathBuf>,
     #[arg(long, env = clawfleet_backend::env::FLEET_VERSION, default_value = "1")]
     pub fleet_version: String,
     #[arg(long, env = clawfleet_backend::env::HEARTBEAT_MS, default_value_t = 2000)]
@@ -885,4 +927,9 @@ pub(crate) struct BrainExecArgs {
     /// The brain's program, then its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `NAME=VALUE`, for `--env`.
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("'{s}' is not NAME=VALUE"))
 }

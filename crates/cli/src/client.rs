@@ -141,6 +141,11 @@ impl Client {
         resp.json().await.with_context(|| format!("reading the answer to POST {path}"))
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let resp = self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await?;
+        resp.json().await.with_context(|| format!("reading the answer to PUT {path}"))
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.send(self.http.delete(format!("{}{path}", self.base))).await?;
         resp.json().await.with_context(|| format!("reading the answer to DELETE {path}"))

@@ -37,6 +37,8 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         image: args.image.clone(),
         cluster,
         deploy: args.max_unavailable.map(|m| clawfleet_proto::api::DeployPolicy { max_unavailable: Some(m) }),
+        env: args.env.iter().cloned().collect(),
+        secrets: args.secrets.clone(),
     };
     let mut fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
     if !args.json {
@@ -179,6 +181,12 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         f.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default()
     );
     outln!("isolation: {}", s.isolation);
+    if !f.env.is_empty() {
+        outln!("brain env: {}", f.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    }
+    if !f.secrets.is_empty() {
+        outln!("brain secrets: {} (values never shown)", f.secrets.join(", "));
+    }
     if let Some(p) = &f.problem {
         outln!("problem: {p}");
     }

@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => fleet::audit(a).await,
         Command::Router(a) => router::run(a).await,
         Command::Token(c) => token::run(c).await,
+        Command::Secret(c) => token::secret(c).await,
         Command::Certs(a) => token::certs(a),
         Command::Bus(crate::args::BusCommand::Credentials(a)) => token::bus_credentials(a).await,
         Command::Bus(crate::args::BusCommand::Config(a)) => token::bus_config(a),

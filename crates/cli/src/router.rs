@@ -282,7 +282,7 @@ impl Router {
                     version: param("version"),
                     image: param("image"),
                     cluster,
-                    deploy: None,
+                    ..LaunchRequest::default()
                 };
                 let fleet: Fleet = self.client.post("/api/v1/fleets", &launch).await?;
                 let mut d = Map::new();

@@ -1,13 +1,13 @@
-//! `clawfleet token`: API tokens bound to roles; `clawfleet bus`: bus logins, and a Mosquitto
+//! `clawfleet token`: API tokens bound to roles; `clawfleet secret`: secrets brains get; `clawfleet bus`: bus logins, and a Mosquitto
 //! configured with them.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use clawfleet_proto::api::{Ack, BusLogin, NewToken, TokenList, TokenRequest};
+use clawfleet_proto::api::{Ack, BusLogin, NewToken, SecretList, SecretRequest, TokenList, TokenRequest};
 
-use crate::args::{BusConfigArgs, BusCredentialsArgs, CertsArgs, TokenCommand};
+use crate::args::{BusConfigArgs, BusCredentialsArgs, CertsArgs, SecretCommand, TokenCommand};
 use crate::output::table;
 
 pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -51,6 +51,44 @@ pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Revoke(a) => {
             let ack: Ack = a.client.client()?.delete(&format!("/api/v1/tokens/{}", a.name)).await?;
+            outln!("{}", ack.message);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clawfleet secret set|list|rm`.
+pub(crate) async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SecretCommand::Set(a) => {
+            let value = match &a.from_file {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the secret from {}", path.display()))?,
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("the value of secret '{}', then Ctrl-D:", a.name);
+                    }
+                    std::io::read_to_string(std::io::stdin()).context("reading the secret from standard input")?
+                }
+            };
+            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_owned();
+            let ack: Ack = a.client.client()?.put(&format!("/api/v1/secrets/{}", a.name), &SecretRequest { value }).await?;
+            outln!("{}", ack.message);
+        }
+        SecretCommand::List(a) => {
+            let list: SecretList = a.client.client()?.get("/api/v1/secrets").await?;
+            if a.json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .secrets
+                    .into_iter()
+                    .map(|s| vec![s.name, s.bytes.to_string(), s.fleets.join(","), s.updated_at, s.updated_by])
+                    .collect();
+                out!("{}", table(&["NAME", "BYTES", "FLEETS", "UPDATED", "BY"], &rows));
+            }
+        }
+        SecretCommand::Rm(a) => {
+            let ack: Ack = a.client.client()?.delete(&format!("/api/v1/secrets/{}", a.name)).await?;
             outln!("{}", ack.message);
         }
     }

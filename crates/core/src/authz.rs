@@ -63,6 +63,8 @@ pub enum Action {
     Command,
     /// Creating, listing and revoking tokens.
     ManageTokens,
+    /// Setting, listing (names only) and removing the secrets brains get.
+    ManageSecrets,
 }
 
 impl Action {
@@ -78,6 +80,7 @@ impl Action {
             Action::Inject => "inject",
             Action::Command => "command",
             Action::ManageTokens => "manage-tokens",
+            Action::ManageSecrets => "manage-secrets",
         }
     }
 
@@ -95,7 +98,7 @@ impl std::str::FromStr for Action {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Action, String> {
-        const ALL: [Action; 10] = [
+        const ALL: [Action; 11] = [
             Action::Read,
             Action::ReadAudit,
             Action::Join,
@@ -106,6 +109,7 @@ impl std::str::FromStr for Action {
             Action::Inject,
             Action::Command,
             Action::ManageTokens,
+            Action::ManageSecrets,
         ];
         ALL.into_iter()
             .find(|a| a.as_str() == s)
@@ -163,7 +167,7 @@ impl Policy {
             let mut actions = BTreeSet::new();
             for a in &r.actions {
                 let action: Action = a.parse().map_err(|e| format!("rule {}: {e}", i + 1))?;
-                if matches!(action, Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens) {
+                if matches!(action, Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets) {
                     return Err(format!(
                         "rule {}: '{a}' cannot be granted to agents (only launch, scale, update, terminate, inject, command)",
                         i + 1
@@ -247,7 +251,7 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
         (Some(_), None) => false,
     };
     match who.role {
-        Role::Operator if action == Action::ManageTokens && who.fleet.is_some() => Err(role_denies()),
+        Role::Operator if matches!(action, Action::ManageTokens | Action::ManageSecrets) && who.fleet.is_some() => Err(role_denies()),
         Role::Operator if in_scope(&who.fleet) => Ok(()),
         Role::Operator => Err(role_denies()),
         Role::Observer if action.is_read() && in_scope(&who.fleet) => Ok(()),
@@ -262,7 +266,7 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
                 (a, Target::Fleet(f) | Target::Agent(f, _)) if f == own && a.deploys() => {
                     Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
                 }
-                (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens, _) => Err(role_denies()),
+                (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets, _) => Err(role_denies()),
                 // Another fleet, or its own for what does not deploy it (a command to its
                 // siblings, say): as the policy says (a rule may name the agents' own fleet).
                 (a, Target::Fleet(f) | Target::Agent(f, _)) => {
@@ -325,6 +329,10 @@ mod tests {
             (&observer, Join, Target::Fleet("web"), Err("the observer token 'grafana' may not join fleet 'web'")),
             (&observer, Inject, Target::Fleet("web"), Err("the observer token 'grafana' may not inject fleet 'web'")),
             (&observer, ManageTokens, Target::All, Err("the observer token 'grafana' may not manage-tokens everything")),
+            (&observer, ManageSecrets, Target::All, Err("the observer token 'grafana' may not manage-secrets everything")),
+            (&scoped, ManageSecrets, Target::All, Err("the operator token 'web-admin' may not manage-secrets everything")),
+            (&operator, ManageSecrets, Target::All, Ok(())),
+            (&ops3, ManageSecrets, Target::All, Err("the agent token 'agent ops/3' may not manage-secrets everything")),
             (&ops3, Read, Target::Fleet("ops"), Err("the agent token 'agent ops/3' may not read fleet 'ops'")),
             (&ops_any, Read, Target::Fleet("ops"), Ok(())),
             (&ops_any, Read, Target::Agent("ops", 2), Ok(())),

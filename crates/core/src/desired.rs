@@ -52,6 +52,8 @@ fn fields(spec: &FleetSpec) -> Vec<(&'static str, Option<String>)> {
         ("image", spec.image.clone()),
         ("cluster", spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster profiles serialize"))),
         ("deploy.max_unavailable", Some(spec.deploy.max_unavailable.unwrap_or(MaxUnavailable::Count(1)).to_string())),
+        ("env", (!spec.env.is_empty()).then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))),
+        ("secrets", (!spec.secrets.is_empty()).then(|| spec.secrets.join(","))),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! A fleet's desired state, validated from what a user asked for.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -90,6 +91,41 @@ pub struct FleetSpec {
     pub cluster: Option<ClusterSpec>,
     /// How its agents are replaced when its configuration changes.
     pub deploy: DeployPolicy,
+    /// Environment variables its brains get.
+    pub env: BTreeMap<String, String>,
+    /// The control-plane secrets its brains get, by name (sorted, each once).
+    pub secrets: Vec<String>,
+}
+
+/// The most environment variables and secrets a fleet's brains get.
+pub const MAX_BRAIN_VARS: usize = 64;
+/// The longest value of one of them.
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+/// The longest secret's value.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// An environment variable's name for a brain: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes,
+/// not one of clawfleet's own (`CLAWFLEET_*`). Also a secret's name.
+pub fn check_var_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !ok {
+        return Err(SpecError::VarName(name.chars().take(80).collect()));
+    }
+    if name.to_ascii_uppercase().starts_with("CLAWFLEET_") {
+        return Err(SpecError::ReservedVar(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// A secret's value: at most 64 KiB, and no NUL (it becomes an environment variable).
+pub fn check_secret_value(name: &str, value: &str) -> Result<(), SpecError> {
+    if value.len() > MAX_SECRET_BYTES || value.contains('\0') {
+        return Err(SpecError::SecretValue(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// Why a spec, a prompt or a target list was refused.
@@ -123,6 +159,18 @@ pub enum SpecError {
     NoAgents(String),
     #[error("slots must be N or A-B (A at most B), got '{0}'")]
     SlotRange(String),
+    #[error("'{0}' is not an environment variable name (letters, digits and '_', not starting with a digit, at most 128)")]
+    VarName(String),
+    #[error("'{0}' is clawfleet's own: a brain's variables may not start with CLAWFLEET_")]
+    ReservedVar(String),
+    #[error("env {0}: the value is over {MAX_ENV_VALUE_BYTES} bytes or holds a NUL")]
+    EnvValue(String),
+    #[error("{0} variables and secrets, over the limit of {MAX_BRAIN_VARS}")]
+    TooManyVars(usize),
+    #[error("'{0}' is both an env variable and a secret")]
+    VarTwice(String),
+    #[error("secret {0}: the value is over {MAX_SECRET_BYTES} bytes or holds a NUL")]
+    SecretValue(String),
 }
 
 impl SpecError {
@@ -137,7 +185,10 @@ impl SpecError {
             SpecError::Version(_) => "version",
             SpecError::Image(_) | SpecError::ImageNotForBackend(_) => "image",
             SpecError::ClusterNotForBackend(_) | SpecError::Cluster(_) => "cluster",
-            SpecError::UnknownAgent { .. } | SpecError::NoAgents(_) | SpecError::SlotRange(_) => return None,
+            SpecError::EnvValue(_) => "env",
+            SpecError::VarName(_) | SpecError::ReservedVar(_) | SpecError::TooManyVars(_) => "env",
+            SpecError::VarTwice(_) => "secrets",
+            SpecError::UnknownAgent { .. } | SpecError::NoAgents(_) | SpecError::SlotRange(_) | SpecError::SecretValue(_) => return None,
         })
     }
 }
@@ -180,6 +231,22 @@ impl FleetSpec {
                 return Err(SpecError::ClusterNotForBackend(backend));
             }
         }
+        for (k, v) in &req.env {
+            check_var_name(k)?;
+            if v.len() > MAX_ENV_VALUE_BYTES || v.contains('\0') {
+                return Err(SpecError::EnvValue(k.clone()));
+            }
+        }
+        let secrets: Vec<String> = req.secrets.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        for s in &secrets {
+            check_var_name(s)?;
+            if req.env.contains_key(s) {
+                return Err(SpecError::VarTwice(s.clone()));
+            }
+        }
+        if req.env.len() + secrets.len() > MAX_BRAIN_VARS {
+            return Err(SpecError::TooManyVars(req.env.len() + secrets.len()));
+        }
         Ok(FleetSpec {
             name,
             replicas: check_replicas(req.replicas)?,
@@ -190,6 +257,8 @@ impl FleetSpec {
             image: req.image.clone(),
             cluster: req.cluster.clone(),
             deploy: req.deploy.clone().unwrap_or_default(),
+            env: req.env.clone(),
+            secrets,
         })
     }
 }

@@ -42,6 +42,8 @@ pub const LABEL_CANARY: &str = "org.clawfleet.canary";
 /// parallel worker, then each waits this long, so the update holds at the canaries until a
 /// new spec (promote, or abort) replaces it.
 const CANARY_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The file (in `/run/secrets`) with the secrets a fleet's brains get.
+const BRAIN_SECRETS_FILE: &str = "clawfleet-brain-secrets";
 /// Where Docker mounts a task's secrets.
 const SECRETS_DIR: &str = "/run/secrets";
 /// The environment variable that carries the Swarm slot (1-based) into the agent.
@@ -239,8 +241,30 @@ impl DockerBackend {
         Ok(Some(SecretRef { id: id.to_owned(), name }))
     }
 
-    /// The service spec of a deployment; `key` is the Docker secret with the fleet's key.
-    pub fn spec(&self, d: &Deployment, key: Option<&SecretRef>) -> Value {
+    /// The Docker secret with the secrets the fleet's brains get (`None`: they get none). A
+    /// secret's data cannot change, so its name carries a digest of it: new values, a new
+    /// secret (and a rolling update); all go with the fleet.
+    async fn ensure_brain_secret(&self, d: &Deployment) -> Result<Option<SecretRef>, BackendError> {
+        let Some((_, json)) = d.agent_env(0).into_iter().find(|(k, _)| *k == env::BRAIN_SECRETS) else { return Ok(None) };
+        let engine = &self.config.engine;
+        let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let digest = clawfleet_backend::stable_hash(json.bytes());
+        let name = format!("clawfleet-{}-{uid_short}-brain-{:08x}", d.fleet, digest as u32);
+        let found: Vec<Value> = engine.get(&format!("/secrets?{}", filters(&[("name", &name)]))).await.map_err(|e| self.unavailable(e))?;
+        if let Some(id) = found.iter().find(|s| s["Spec"]["Name"] == name.as_str()).and_then(|s| s["ID"].as_str()) {
+            return Ok(Some(SecretRef { id: id.to_owned(), name }));
+        }
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(json);
+        let body = json!({ "Name": name, "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid }, "Data": data });
+        let made: Value = engine.post("/secrets/create", &body).await.map_err(|e| self.unavailable(e))?;
+        let id = made["ID"].as_str().ok_or_else(|| failed("the Docker Engine created a secret without an ID"))?;
+        Ok(Some(SecretRef { id: id.to_owned(), name }))
+    }
+
+    /// The service spec of a deployment; `key` is the Docker secret with the fleet's key,
+    /// `brain` the one with its brains' secrets.
+    pub fn spec(&self, d: &Deployment, key: Option<&SecretRef>, brain: Option<&SecretRef>) -> Value {
         // Canaries are the whole service on the new version, its update held after them.
         // (Canaries by slot are the plan's: Swarm cannot place them, and they are not asked of it.)
         let canary = d.canary.as_ref().and_then(|c| Some((c.count?, c)));
@@ -254,7 +278,10 @@ impl DockerBackend {
         let mut env: Vec<String> = d
             .agent_env(0)
             .into_iter()
-            .filter(|(k, _)| ![env::SLOT, env::BUS_USERNAME, env::BUS_PASSWORD, env::AGENT_TOKEN, env::BUS, env::MODEL_URL].contains(k))
+            .filter(|(k, _)| {
+                ![env::SLOT, env::BUS_USERNAME, env::BUS_PASSWORD, env::AGENT_TOKEN, env::BRAIN_SECRETS, env::BUS, env::MODEL_URL]
+                    .contains(k)
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let e = &d.endpoints;
@@ -280,6 +307,14 @@ impl DockerBackend {
                 env.push(format!("{}={password}", env::BUS_PASSWORD));
             }
             Credentials::Anonymous => {}
+        }
+        if let Some(s) = brain {
+            env.push(format!("{}=/run/secrets/{BRAIN_SECRETS_FILE}", env::BRAIN_SECRETS_FILE));
+            secrets.push(json!({
+                "File": { "Name": BRAIN_SECRETS_FILE, "UID": "0", "GID": "0", "Mode": 0o400 },
+                "SecretID": s.id,
+                "SecretName": s.name,
+            }));
         }
         env.push(format!("{SWARM_SLOT_ENV}={{{{.Task.Slot}}}}"));
         env.push(format!("{}={}", env::WORKSPACE, image::WORKSPACE));
@@ -436,7 +471,8 @@ impl Backend for DockerBackend {
         let engine = &self.config.engine;
         let name = service_name(&d.fleet);
         let key_secret = self.ensure_key_secret(d).await?;
-        let mut spec = self.spec(d, key_secret.as_ref());
+        let brain_secret = self.ensure_brain_secret(d).await?;
+        let mut spec = self.spec(d, key_secret.as_ref(), brain_secret.as_ref());
         let key = spec["Labels"][LABEL_KEY].as_str().unwrap_or_default().to_owned();
         let image = spec["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap_or_default().to_owned();
         let current = match engine.get::<Value>(&format!("/services/{}", query_escape(&name))).await {
@@ -692,6 +728,7 @@ mod tests {
             cluster: None,
             canary: None,
             policy: clawfleet_backend::Policy::default(),
+            brain_env: Default::default(),
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,
@@ -710,7 +747,7 @@ mod tests {
     fn the_spec_reaches_the_host_and_gives_each_slot_a_volume() {
         let b = backend();
         let secret = SecretRef { id: "sec1".into(), name: "clawfleet-squad-0190abc-key".into() };
-        let spec = b.spec(&deployment(), Some(&secret));
+        let spec = b.spec(&deployment(), Some(&secret), None);
         let env: Vec<&str> = spec["TaskTemplate"]["ContainerSpec"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert!(env.contains(&"CLAWFLEET_BUS=mqtt://172.18.0.1:1883"), "{env:?}");
         assert!(env.contains(&"CLAWFLEET_MODEL_URL=http://172.18.0.1:11435/v1"), "{env:?}");
@@ -732,21 +769,39 @@ mod tests {
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
         assert_eq!(spec["UpdateConfig"]["Parallelism"], 1);
         let wide = Deployment { policy: clawfleet_backend::Policy { max_unavailable: 3 }, ..deployment() };
-        let spec = b.spec(&wide, None);
+        let spec = b.spec(&wide, None, None);
         assert_eq!((spec["UpdateConfig"]["Parallelism"].as_u64(), spec["RollbackConfig"]["Parallelism"].as_u64()), (Some(3), Some(3)));
         // The key ignores the replica count and follows the template.
-        let key = |d: &Deployment| b.spec(d, Some(&secret))["Labels"][LABEL_KEY].clone();
+        let key = |d: &Deployment| b.spec(d, Some(&secret), None)["Labels"][LABEL_KEY].clone();
         let d = deployment();
         assert_eq!(key(&d), key(&Deployment { replicas: 9, ..d.clone() }));
         assert_ne!(key(&d), key(&Deployment { image: Some("other:1".into()), ..d.clone() }));
     }
 
     #[test]
+    fn brains_get_their_variables_in_the_spec_and_their_secrets_as_a_docker_secret() {
+        let b = backend();
+        let brain_env = clawfleet_backend::BrainEnvironment {
+            vars: vec![("PROJECT".into(), "climate".into())],
+            secrets: vec![("API_KEY".into(), "s3cr3t-value".into())],
+        };
+        let d = Deployment { brain_env, ..deployment() };
+        let brain = SecretRef { id: "sec2".into(), name: "clawfleet-squad-0190abc-brain-1234abcd".into() };
+        let spec = b.spec(&d, None, Some(&brain));
+        let text = spec.to_string();
+        assert!(!text.contains("s3cr3t-value"), "a secret is in the service spec: {text}");
+        let env = &spec["TaskTemplate"]["ContainerSpec"]["Env"];
+        assert!(env.as_array().unwrap().contains(&json!(r#"CLAWFLEET_BRAIN_ENV={"PROJECT":"climate"}"#)), "{env}");
+        assert!(env.as_array().unwrap().contains(&json!("CLAWFLEET_BRAIN_SECRETS_FILE=/run/secrets/clawfleet-brain-secrets")), "{env}");
+        assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretID"], "sec2");
+    }
+
+    #[test]
     fn canaries_are_the_new_template_with_its_update_held() {
         let b = backend();
         let canary = clawfleet_backend::Canary { slots: vec![], count: Some(2), version: "2".into(), image: Some("next:2".into()) };
-        let held = b.spec(&Deployment { canary: Some(canary), ..deployment() }, None);
-        let promoted = b.spec(&Deployment { version: "2".into(), image: Some("next:2".into()), ..deployment() }, None);
+        let held = b.spec(&Deployment { canary: Some(canary), ..deployment() }, None, None);
+        let promoted = b.spec(&Deployment { version: "2".into(), image: Some("next:2".into()), ..deployment() }, None, None);
         // The template is the promoted one's, so a promote keeps the canaries' tasks.
         assert_eq!(held["TaskTemplate"], promoted["TaskTemplate"]);
         assert_eq!(held["Labels"][LABEL_KEY], promoted["Labels"][LABEL_KEY]);
@@ -759,7 +814,7 @@ mod tests {
         assert_eq!((promoted["UpdateConfig"]["Delay"].as_u64(), promoted["Labels"].get(LABEL_CANARY)), (Some(0), None));
         // Canaries by slot are the plan's; Swarm's spec ignores them.
         let by_slot = clawfleet_backend::Canary { slots: vec![0], count: None, version: "2".into(), image: None };
-        assert_eq!(b.spec(&Deployment { canary: Some(by_slot), ..deployment() }, None), b.spec(&deployment(), None));
+        assert_eq!(b.spec(&Deployment { canary: Some(by_slot), ..deployment() }, None, None), b.spec(&deployment(), None, None));
     }
 
     #[test]

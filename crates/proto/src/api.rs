@@ -4,6 +4,8 @@
 //! with an HTTP status that fits (400 bad input, 401 token, 404 unknown fleet or agent,
 //! 409 conflict, 413 too large, 500 internal).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -34,6 +36,60 @@ pub struct LaunchRequest {
     /// How the fleet's agents are replaced when its configuration changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployPolicy>,
+    /// Environment variables its brains get (not secret: shown in status and kept in files).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Control-plane secrets (`clawfleet secret set NAME`) its brains get as environment
+    /// variables of the same names; only the names are stored with the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// What a fleet's brains get in their environment beyond clawfleet's own: variables, and the
+/// names of the secrets they get (their values stay in the `secrets` table).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrainEnv {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+impl BrainEnv {
+    /// The column's value: `None` when there is nothing.
+    pub fn to_column(&self) -> Option<String> {
+        (self != &BrainEnv::default()).then(|| serde_json::to_string(self).expect("brain environments serialize"))
+    }
+
+    pub fn from_column(column: Option<&str>) -> BrainEnv {
+        column.and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default()
+    }
+}
+
+/// `PUT /api/v1/secrets/{name}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    pub value: String,
+}
+
+/// A secret, as listed: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    /// Its value's length in bytes.
+    pub bytes: usize,
+    pub updated_at: String,
+    pub updated_by: String,
+    /// The fleets whose brains get it.
+    pub fleets: Vec<String>,
+}
+
+/// `GET /api/v1/secrets`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    pub secrets: Vec<SecretInfo>,
 }
 
 /// How a fleet's agents are replaced when its configuration changes.
@@ -371,6 +427,12 @@ pub struct Fleet {
     /// The version `rollback` returns to (absent: there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<String>,
+    /// Environment variables its brains get.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The secrets its brains get (names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 crate::named_enum! {

@@ -12,6 +12,8 @@
 //! replicas = 8
 //! cluster = { partition = "debug", time_limit = "01:00:00" }
 //! deploy = { max_unavailable = "25%" }
+//! env = { PROJECT = "climate" }
+//! secrets = ["OPENAI_API_KEY"]     # clawfleet secret set OPENAI_API_KEY
 //! ```
 //!
 //! [`parse`] reads the shape (unknown fields and wrong types are refused, each error with the
@@ -54,6 +56,10 @@ struct Decl {
     cluster: Option<Spanned<ClusterSpec>>,
     #[serde(default)]
     deploy: Option<Spanned<DeployPolicy>>,
+    #[serde(default)]
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    secrets: Option<Spanned<Vec<String>>>,
 }
 
 /// A line and a column (both from 1) in the file.
@@ -135,6 +141,8 @@ pub fn parse(text: &str) -> Result<Vec<Declared>, FileError> {
             take("image", decl.image.as_ref().map(Spanned::span));
             take("cluster", decl.cluster.as_ref().map(Spanned::span));
             take("deploy", decl.deploy.as_ref().map(Spanned::span));
+            take("env", decl.env.as_ref().map(Spanned::span));
+            take("secrets", decl.secrets.as_ref().map(Spanned::span));
             let request = LaunchRequest {
                 name: name.into_inner(),
                 replicas: decl.replicas.into_inner(),
@@ -145,6 +153,8 @@ pub fn parse(text: &str) -> Result<Vec<Declared>, FileError> {
                 image: decl.image.map(Spanned::into_inner),
                 cluster: decl.cluster.map(Spanned::into_inner),
                 deploy: decl.deploy.map(Spanned::into_inner),
+                env: decl.env.map(Spanned::into_inner).unwrap_or_default(),
+                secrets: decl.secrets.map(Spanned::into_inner).unwrap_or_default(),
             };
             Declared { request, at, fields }
         })

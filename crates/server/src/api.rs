@@ -23,10 +23,10 @@ use clawfleet_core::desired::{self, Existing};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult, Deploy,
-    DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse,
-    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, ServerInfo, TokenInfo,
-    TokenList, TokenRequest, UpdateRequest,
+    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult,
+    Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse,
+    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, SecretInfo, SecretList,
+    SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewInjection, Pending, TokenRow};
@@ -68,6 +68,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/tokens", get(token_list).post(token_create))
         .route("/api/v1/bus/observer", get(bus_observer))
         .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
+        .route("/api/v1/secrets", get(secret_list))
+        .route("/api/v1/secrets/{name}", axum::routing::put(secret_set).delete(secret_delete))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(api)
@@ -191,6 +193,8 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         deploy: row.deploy.is_some().then(|| crate::app::deploy_policy(row)),
         canary: crate::app::canary(row),
         rollback_to: row.previous.as_ref().map(|(_, version)| version.clone()),
+        env: BrainEnv::from_column(row.brain_env.as_deref()).env,
+        secrets: BrainEnv::from_column(row.brain_env.as_deref()).secrets,
     }
 }
 
@@ -1119,6 +1123,81 @@ async fn token_list(State(app): State<Arc<App>>, Extension(caller): Extension<Ca
     caller.may(&app, Action::ManageTokens, Target::All)?;
     let rows = app.db.run(|s| s.tokens()).await?;
     Ok(Json(TokenList { tokens: rows.iter().map(token_info).collect::<Result<_, _>>()? }))
+}
+
+async fn secret_list(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<SecretList>, ApiError> {
+    caller.may(&app, Action::ManageSecrets, Target::All)?;
+    let (rows, fleets) = app.db.run(|s| Ok((s.secrets()?, s.fleets()?))).await?;
+    let secrets = rows
+        .into_iter()
+        .map(|r| SecretInfo {
+            fleets: fleets
+                .iter()
+                .filter(|f| BrainEnv::from_column(f.brain_env.as_deref()).secrets.contains(&r.name))
+                .map(|f| f.name.clone())
+                .collect(),
+            name: r.name,
+            bytes: r.bytes,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+        })
+        .collect();
+    Ok(Json(SecretList { secrets }))
+}
+
+/// Sets a secret; fleets whose brains get it are replaced (their configuration changed).
+async fn secret_set(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(req): JsonBody<SecretRequest>,
+) -> Result<Json<Ack>, ApiError> {
+    caller.may(&app, Action::ManageSecrets, Target::All)?;
+    spec::check_var_name(&name)?;
+    spec::check_secret_value(&name, &req.value)?;
+    let actor = caller.0.audit_name();
+    let (n, value) = (name.clone(), req.value.clone());
+    let users = app
+        .db
+        .run(move |s| {
+            let at = clock::now_rfc3339();
+            s.set_secret(&n, &value, &at, &audit(&at, &actor, "secret-set", &n, format!("{} bytes", value.len())))?;
+            Ok(s.fleets()?.into_iter().filter(|f| BrainEnv::from_column(f.brain_env.as_deref()).secrets.contains(&n)).collect::<Vec<_>>())
+        })
+        .await?;
+    let bytes = req.value.len();
+    app.secrets.write().expect("not poisoned").insert(name.clone(), req.value);
+    for f in &users {
+        app.desired_changed(&f.name);
+    }
+    let names: Vec<&str> = users.iter().map(|f| f.name.as_str()).collect();
+    let message = match names.is_empty() {
+        true => format!("secret '{name}' set ({bytes} bytes)"),
+        false => format!("secret '{name}' set ({bytes} bytes); the agents of {} get it as they are replaced", names.join(", ")),
+    };
+    Ok(Json(Ack { ok: true, message }))
+}
+
+async fn secret_delete(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+) -> Result<Json<Ack>, ApiError> {
+    caller.may(&app, Action::ManageSecrets, Target::All)?;
+    let actor = caller.0.audit_name();
+    let n = name.clone();
+    app.db
+        .run(move |s| {
+            let at = clock::now_rfc3339();
+            s.delete_secret(&n, &audit(&at, &actor, "secret-remove", &n, String::new()))
+        })
+        .await
+        .map_err(|e| match e {
+            clawfleet_store::StoreError::NoSecret(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_secret", e.to_string()),
+            other => other.into(),
+        })?;
+    app.secrets.write().expect("not poisoned").remove(&name);
+    Ok(Json(Ack { ok: true, message: format!("secret '{name}' removed") }))
 }
 
 async fn token_create(

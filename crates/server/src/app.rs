@@ -10,7 +10,7 @@ use std::time::Instant;
 use clawfleet_backend::{Backend, Deployment, Endpoints};
 use clawfleet_bus::BusClient;
 use clawfleet_core::{BackendKind, BrainSpec, FleetSpec};
-use clawfleet_proto::api::{DeployPolicy, FleetState};
+use clawfleet_proto::api::{BrainEnv, DeployPolicy, FleetState};
 use clawfleet_store::FleetRow;
 use tokio::sync::Notify;
 
@@ -44,6 +44,8 @@ pub(crate) struct App {
     /// What a fleet's backend last said that the operator should see in `ls` and `status`:
     /// a complaint, or what it prepares. Cleared when the fleet's desired state changes.
     pub conditions: Mutex<HashMap<String, Condition>>,
+    /// Every secret's value (`clawfleet secret set`), as stored: what brains get by name.
+    pub secrets: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
     pub data_dir: PathBuf,
     pub bus_url: String,
     pub embedded_bus: bool,
@@ -117,7 +119,23 @@ impl App {
             canary: canary(row),
             policy: self.policy(row),
             endpoints: self.endpoints.clone(),
+            brain_env: self.brain_env(row)?,
         })
+    }
+
+    /// What a fleet's brains get: its variables, and its secrets' values.
+    fn brain_env(&self, row: &FleetRow) -> Result<clawfleet_backend::BrainEnvironment, String> {
+        let declared = BrainEnv::from_column(row.brain_env.as_deref());
+        let values = self.secrets.read().expect("not poisoned");
+        let secrets = declared
+            .secrets
+            .iter()
+            .map(|name| match values.get(name) {
+                Some(v) => Ok((name.clone(), v.clone())),
+                None => Err(format!("the secret '{name}' its brains get is not set: clawfleet secret set {name}")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(clawfleet_backend::BrainEnvironment { vars: declared.env.into_iter().collect(), secrets })
     }
 
     /// A stored fleet's desired state, as validated specs are.
@@ -132,6 +150,8 @@ impl App {
             image: row.image.clone(),
             cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
             deploy: deploy_policy(row),
+            env: BrainEnv::from_column(row.brain_env.as_deref()).env,
+            secrets: BrainEnv::from_column(row.brain_env.as_deref()).secrets,
         })
     }
 
@@ -188,5 +208,6 @@ pub(crate) fn new_row(spec: &FleetSpec, uid: String, created_at: String) -> Flee
         cluster: spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster specs serialize")),
         deploy: (spec.deploy != DeployPolicy::default()).then(|| serde_json::to_string(&spec.deploy).expect("policies serialize")),
         canary: None,
+        brain_env: BrainEnv { env: spec.env.clone(), secrets: spec.secrets.clone() }.to_column(),
     }
 }

@@ -64,6 +64,8 @@ impl From<StoreError> for ApiError {
             StoreError::DeployRunning(_) => ApiError::new(StatusCode::CONFLICT, "deploy_running", e.to_string()),
             StoreError::DeployDone(..) | StoreError::NotPaused(..) => ApiError::conflict(e.to_string()),
             StoreError::NoDeploy(_) => ApiError::new(StatusCode::NOT_FOUND, "no_deploy", e.to_string()),
+            StoreError::NoSecret(_) => ApiError::new(StatusCode::BAD_REQUEST, "unknown_secret", e.to_string()),
+            StoreError::SecretInUse(..) => ApiError::conflict(e.to_string()),
             other => ApiError::internal("the database failed", other),
         }
     }

@@ -262,6 +262,7 @@ impl Server {
             sandbox: Arc::new(sandbox),
         }));
         let store_tokens = store.tokens()?;
+        let secrets = store.secret_values()?;
         let db = Db::new(store);
         let app = Arc::new(App {
             hub: Hub::new(db.clone()),
@@ -293,6 +294,7 @@ impl Server {
             reconcile: Notify::new(),
             sent: Default::default(),
             conditions: Default::default(),
+            secrets: std::sync::RwLock::new(secrets),
             data_dir: dir.clone(),
             bus_url,
             embedded_bus: embedded,

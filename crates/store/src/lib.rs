@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use clawfleet_proto::api::{Canary, Deploy, DeployState, FleetState};
+use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -45,6 +45,10 @@ pub enum StoreError {
     DeployDone(u64, DeployState),
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error("no secret named '{0}': set it first (clawfleet secret set {0})")]
+    NoSecret(String),
+    #[error("the secret '{0}' is used by fleet(s) {1}: change them first")]
+    SecretInUse(String, String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -95,6 +99,17 @@ pub struct FleetRow {
     pub deploy: Option<String>,
     /// Agents on another version than the fleet's, as JSON (`proto::api::Canary`).
     pub canary: Option<String>,
+    /// What its brains get in their environment, as JSON (`BrainEnv`; `None`: nothing).
+    pub brain_env: Option<String>,
+}
+
+/// A secret as listed (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub name: String,
+    pub bytes: usize,
+    pub updated_at: String,
+    pub updated_by: String,
 }
 
 impl FleetRow {
@@ -505,6 +520,58 @@ impl Store {
     /// so a second rollback undoes the first).
     pub fn update_fleet(&self, name: &str, change: FleetUpdate, at: &str, audit: &Audit<'_>) -> Result<Event> {
         self.tx(|tx| update_fleet(tx, name, change, at, audit))
+    }
+
+    // ---- secrets ----
+
+    /// Sets a secret's value (new, or replacing the old one). The audit line names it, never
+    /// its value.
+    pub fn set_secret(&self, name: &str, value: &str, at: &str, audit: &Audit<'_>) -> Result<()> {
+        self.tx(|tx| {
+            write_audit(tx, audit)?;
+            tx.execute(
+                "INSERT INTO secrets (name, value, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET value = ?2, updated_at = ?3, updated_by = ?4",
+                params![name, value, at, audit.actor],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a secret no fleet uses.
+    pub fn delete_secret(&self, name: &str, audit: &Audit<'_>) -> Result<()> {
+        self.tx(|tx| {
+            let users: Vec<String> = fleets_using(tx, name)?;
+            if !users.is_empty() {
+                return Err(StoreError::SecretInUse(name.to_owned(), users.join(", ")));
+            }
+            if tx.execute("DELETE FROM secrets WHERE name = ?1", [name])? == 0 {
+                return Err(StoreError::NoSecret(name.to_owned()));
+            }
+            write_audit(tx, audit)
+        })
+    }
+
+    /// Every secret, by name, without its value.
+    pub fn secrets(&self) -> Result<Vec<SecretRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, length(CAST(value AS BLOB)), updated_at, updated_by FROM secrets ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(SecretRow { name: r.get(0)?, bytes: r.get::<_, i64>(1)? as usize, updated_at: r.get(2)?, updated_by: r.get(3)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Every secret's value, by name: what the control plane hands to agents.
+    pub fn secret_values(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, value FROM secrets")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
     }
 
     // ---- deploys ----
@@ -1190,14 +1257,38 @@ fn set_canary(tx: &Transaction<'_>, fleet: &str, canary: Option<&Canary>) -> Res
     Ok(())
 }
 
+/// The fleets whose brains get the secret `name`.
+fn fleets_using(tx: &Transaction<'_>, name: &str) -> Result<Vec<String>> {
+    let mut stmt = tx.prepare("SELECT name, brain_env FROM fleets WHERE brain_env IS NOT NULL ORDER BY name")?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, env)| BrainEnv::from_column(env.as_deref()).secrets.iter().any(|s| s == name))
+        .map(|(f, _)| f)
+        .collect())
+}
+
+/// Refuses a fleet whose brains would get a secret that is not set.
+fn check_secrets(tx: &Transaction<'_>, fleet: &FleetRow) -> Result<()> {
+    for name in BrainEnv::from_column(fleet.brain_env.as_deref()).secrets {
+        let known: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM secrets WHERE name = ?1)", [&name], |r| r.get(0))?;
+        if !known {
+            return Err(StoreError::NoSecret(name));
+        }
+    }
+    Ok(())
+}
+
 fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Result<Event> {
     let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM fleets WHERE name = ?1)", [&fleet.name], |r| r.get(0))?;
     if exists {
         return Err(StoreError::FleetExists(fleet.name.clone()));
     }
+    check_secrets(tx, fleet)?;
     tx.execute(
-        "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image, cluster, deploy)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO fleets (name, uid, backend, brain, prompt, version, replicas, state, created_at, image, cluster, deploy, brain_env)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             fleet.name,
             fleet.uid,
@@ -1210,7 +1301,8 @@ fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Resu
             fleet.created_at,
             fleet.image,
             fleet.cluster,
-            fleet.deploy
+            fleet.deploy,
+            fleet.brain_env
         ],
     )?;
     let id = insert_event(tx, &event, None)?;
@@ -1221,6 +1313,7 @@ fn insert_fleet(tx: &Transaction<'_>, fleet: &FleetRow, event: NewEvent) -> Resu
 /// failed), `fleet_updated` (remembering the image and version it replaces, for rollback) and
 /// `fleet_changed` (the rest) as they apply.
 fn update_spec(tx: &Transaction<'_>, new: &FleetRow, changes: &[String], at: &str) -> Result<Vec<Event>> {
+    check_secrets(tx, new)?;
     let old = tx
         .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [&new.name], fleet_row)
         .optional()?
@@ -1233,7 +1326,7 @@ fn update_spec(tx: &Transaction<'_>, new: &FleetRow, changes: &[String], at: &st
     };
     tx.execute(
         "UPDATE fleets SET brain = ?2, prompt = ?3, version = ?4, replicas = ?5, image = ?6, cluster = ?7, deploy = ?8,
-         previous_image = ?9, previous_version = ?10 WHERE name = ?1",
+         previous_image = ?9, previous_version = ?10, brain_env = ?11 WHERE name = ?1",
         params![
             new.name,
             new.brain,
@@ -1244,7 +1337,8 @@ fn update_spec(tx: &Transaction<'_>, new: &FleetRow, changes: &[String], at: &st
             new.cluster,
             new.deploy,
             previous_image,
-            previous_version
+            previous_version,
+            new.brain_env
         ],
     )?;
     let mut events = Vec::new();
@@ -1293,7 +1387,7 @@ fn mark_terminating(tx: &Transaction<'_>, name: &str, at: &str) -> Result<Vec<Ev
 
 macro_rules! fleet_columns {
     () => {
-        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy, canary"
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy, canary, brain_env"
     };
 }
 use fleet_columns;
@@ -1320,6 +1414,7 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         cluster: r.get(12)?,
         deploy: r.get(13)?,
         canary: r.get(14)?,
+        brain_env: r.get(15)?,
     })
 }
 

@@ -149,6 +149,18 @@ CREATE TABLE deploy_fleets (
 INSERT OR IGNORE INTO deploy_fleets (fleet, deploy)
     SELECT json_extract(f.value, '$.fleet'), d.id FROM deploys d, json_each(d.fleets) f;
 "#,
+    r#"
+-- What a fleet's brains get in their environment, JSON: {env: {NAME: value}, secrets: [NAME]}.
+ALTER TABLE fleets ADD COLUMN brain_env TEXT;
+-- Secrets brains get by name (`clawfleet secret set`). Like the bus secret in meta, they never
+-- leave the control plane but through an agent's secret channel.
+CREATE TABLE secrets (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -27,6 +27,7 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         cluster: None,
         deploy: None,
         canary: None,
+        brain_env: None,
     }
 }
 
@@ -392,4 +393,27 @@ fn terminate_then_delete() {
     assert!(store.fleet("squad").unwrap().is_none());
     // The name can be launched again.
     store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
+}
+
+#[test]
+fn a_fleet_names_only_secrets_that_are_set_and_a_used_secret_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let env = clawfleet_proto::api::BrainEnv { env: Default::default(), secrets: vec!["API_KEY".into()] };
+    let row = FleetRow { brain_env: env.to_column(), ..fleet("lab", 1) };
+    assert!(matches!(store.insert_fleet(&row, launched("lab"), &audit("launch")), Err(StoreError::NoSecret(n)) if n == "API_KEY"));
+    assert!(store.fleet("lab").unwrap().is_none(), "nothing stored");
+    store.set_secret("API_KEY", "sekrit-one", "t", &audit("secret-set")).unwrap();
+    store.insert_fleet(&row, launched("lab"), &audit("launch")).unwrap();
+    assert!(matches!(store.delete_secret("API_KEY", &audit("secret-remove")), Err(StoreError::SecretInUse(_, users)) if users == "lab"));
+    store.set_secret("API_KEY", "sekrit-two", "t", &audit("secret-set")).unwrap();
+    assert_eq!(store.secret_values().unwrap()["API_KEY"], "sekrit-two");
+    let listed = store.secrets().unwrap();
+    assert_eq!((listed.len(), listed[0].bytes), (1, 10));
+    // The audit names the secret, never its value.
+    assert!(store.audit_log(100).unwrap().iter().all(|a| !a.detail.contains("sekrit")));
+    store.mark_terminating("lab", "t", &audit("terminate")).unwrap();
+    store.delete_fleet("lab", "t").unwrap();
+    store.delete_secret("API_KEY", &audit("secret-remove")).unwrap();
+    assert!(matches!(store.delete_secret("API_KEY", &audit("secret-remove")), Err(StoreError::NoSecret(_))));
 }

@@ -168,6 +168,15 @@ impl OpenAiBrain {
         }
     }
 
+    /// Authenticates with `key` (a fleet's secret), when given, instead of the agent's own
+    /// `OPENAI_API_KEY`.
+    pub fn with_api_key(mut self, key: Option<String>) -> OpenAiBrain {
+        if let Some(key) = key.filter(|k| !k.is_empty()) {
+            self.api_key = Some(key);
+        }
+        self
+    }
+
     /// Sends `options` (a JSON object of request fields: temperature, top_k, ...) with every turn.
     pub fn with_options(mut self, options: Value) -> OpenAiBrain {
         if let Value::Object(map) = options {

@@ -117,12 +117,20 @@ pub fn build(spec: &BrainSpec, config: &crate::AgentConfig, http: &reqwest::Clie
                     .into(),
             )),
         },
-        BrainSpec::OpenAi { url, model } => Arc::new(OpenAiBrain::new(http.clone(), url, model)),
+        BrainSpec::OpenAi { url, model } => {
+            // A fleet's secret OPENAI_API_KEY comes before the agent's own environment's.
+            let key = config.brain_env.iter().find(|(k, _)| k == "OPENAI_API_KEY").map(|(_, v)| v.clone());
+            Arc::new(OpenAiBrain::new(http.clone(), url, model).with_api_key(key))
+        }
         BrainSpec::Ollama { url, model } => Arc::new(OllamaBrain::new(http.clone(), url, model)),
-        BrainSpec::Codex { model } => Arc::new(ProcessBrain::codex(model.clone()).nested_by(config.brain_exec.clone())),
-        BrainSpec::Claude { model } => Arc::new(ProcessBrain::claude(model.clone()).nested_by(config.brain_exec.clone())),
-        BrainSpec::Cmd { command } => Arc::new(ProcessBrain::cmd(command.clone()).nested_by(config.brain_exec.clone())),
+        BrainSpec::Codex { model } => process(ProcessBrain::codex(model.clone()), config),
+        BrainSpec::Claude { model } => process(ProcessBrain::claude(model.clone()), config),
+        BrainSpec::Cmd { command } => process(ProcessBrain::cmd(command.clone()), config),
     }
+}
+
+fn process(brain: ProcessBrain, config: &crate::AgentConfig) -> Arc<dyn Brain> {
+    Arc::new(brain.nested_by(config.brain_exec.clone()).with_env(config.brain_env.clone()))
 }
 
 /// A brain that cannot work, and says why on every turn and health check.

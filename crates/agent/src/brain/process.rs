@@ -218,6 +218,8 @@ pub struct ProcessBrain {
     program: String,
     /// Runs `program` in a nested sandbox (`brain_exec brain-exec program args...`).
     brain_exec: Option<PathBuf>,
+    /// Variables its processes get beyond what they inherit (the fleet's `env` and `secrets`).
+    env: Vec<(String, String)>,
 }
 
 impl ProcessBrain {
@@ -227,6 +229,7 @@ impl ProcessBrain {
             kind: Kind::Codex { model },
             program: std::env::var("CLAWFLEET_CODEX_BIN").unwrap_or_else(|_| "codex".into()),
             brain_exec: None,
+            env: Vec::new(),
         }
     }
 
@@ -236,17 +239,24 @@ impl ProcessBrain {
             kind: Kind::Claude { model },
             program: std::env::var("CLAWFLEET_CLAUDE_BIN").unwrap_or_else(|_| "claude".into()),
             brain_exec: None,
+            env: Vec::new(),
         }
     }
 
     pub fn cmd(command: String) -> ProcessBrain {
-        ProcessBrain { kind: Kind::Cmd { command }, program: "sh".into(), brain_exec: None }
+        ProcessBrain { kind: Kind::Cmd { command }, program: "sh".into(), brain_exec: None, env: Vec::new() }
     }
 
     /// Runs each turn's process through `brain_exec` (a sandboxed agent's own binary), which
     /// nests it in a sandbox of its own before it starts.
     pub fn nested_by(mut self, brain_exec: Option<PathBuf>) -> ProcessBrain {
         self.brain_exec = brain_exec;
+        self
+    }
+
+    /// Gives each turn's process these variables too (the fleet's `env` and `secrets`).
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> ProcessBrain {
+        self.env = env;
         self
     }
 
@@ -264,6 +274,7 @@ impl ProcessBrain {
                 cmd.env_remove(&name);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.current_dir(&req.workspace).env("CLAWFLEET_INJECTION_ID", &req.injection_id);
         match &self.kind {
             Kind::Codex { model } => {

@@ -145,3 +145,91 @@ fn a_hatchery_registry_is_imported_as_a_fleet_file_the_control_plane_plans() {
     let err = plane.fails(&["import", "/nonexistent/fleet.json"]);
     assert!(err.contains("reading /nonexistent/fleet.json"), "{err}");
 }
+
+/// A fleet file gives brains variables and secrets: the variables are shown, the secrets'
+/// values never (not in status, events, the audit log, the agent's log or its environment,
+/// until a brain says them);
+/// a changed value replaces the agents; a missing or misnamed one is refused, nothing applied.
+#[test]
+fn brains_get_the_env_and_secrets_a_fleet_file_names() {
+    let plane = Plane::start();
+    let dir = tempfile::tempdir().unwrap();
+    let value_file = dir.path().join("value");
+    std::fs::write(&value_file, "s3cr3t-42\n").unwrap();
+    let value = value_file.display().to_string();
+
+    let brain = r#"cmd:echo \"$PROJECT $API_KEY $(tr '\\0' '\\n' < /proc/$PPID/environ | grep -c s3cr[3]t)\""#;
+    let file = write(
+        dir.path(),
+        &format!("[fleets.lab]\nreplicas = 1\nbrain = \"{brain}\"\nenv = {{ PROJECT = \"climate\" }}\nsecrets = [\"API_KEY\"]\n"),
+    );
+    // The secret must exist first: nothing is applied.
+    let err = plane.fails(&["apply", "-f", &file]);
+    assert!(err.contains("no secret named 'API_KEY': set it first (clawfleet secret set API_KEY)"), "{err}");
+    assert_eq!(plane.json(&["ls", "--json"])["fleets"], serde_json::json!([]));
+    assert!(plane.ok(&["secret", "set", "API_KEY", "--from-file", &value]).contains("secret 'API_KEY' set (9 bytes)"));
+
+    plane.ok(&["apply", "-f", &file, "--timeout", "120"]);
+    let status = plane.json(&["status", "lab", "--json"]);
+    assert_eq!((status["fleet"]["env"]["PROJECT"].as_str(), status["fleet"]["secrets"][0].as_str()), (Some("climate"), Some("API_KEY")));
+    let human = plane.ok(&["status", "lab"]);
+    assert!(human.contains("brain env: PROJECT=climate") && human.contains("brain secrets: API_KEY (values never shown)"), "{human}");
+    let list = plane.json(&["secret", "list", "--json"]);
+    assert_eq!((list["secrets"][0]["name"].as_str(), list["secrets"][0]["fleets"][0].as_str()), (Some("API_KEY"), Some("lab")), "{list}");
+    let agents = plane.data().join("agents");
+    let logs: String = walk(&agents).iter().filter(|p| p.ends_with("agent.log")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    for (what, text) in [
+        ("status", status.to_string()),
+        ("the secret list", list.to_string()),
+        ("events", serde_json::to_string(&crate::support::events(&plane, "lab")).unwrap()),
+        ("the audit log", plane.json(&["audit", "--json"]).to_string()),
+        ("the agent's log", logs),
+    ] {
+        assert!(!text.contains("s3cr3t"), "the secret's value is in {what}: {text}");
+    }
+    // The brain has both (and says so: its answer is its own); its agent's environment holds
+    // no secret (0 lines match).
+    assert_eq!(plane.ok(&["inject", "lab", "go", "--wait"]).trim(), "lab/0: climate s3cr3t-42 0");
+    let err = plane.fails(&["secret", "rm", "API_KEY"]);
+    assert!(err.contains("the secret 'API_KEY' is used by fleet(s) lab"), "{err}");
+
+    // A new value: the agents are replaced and get it.
+    std::fs::write(&value_file, "s3cr3t-43").unwrap();
+    assert!(plane.ok(&["secret", "set", "API_KEY", "--from-file", &value]).contains("the agents of lab get it"));
+    crate::support::eventually(std::time::Duration::from_secs(60), "the new value to reach the brain", || {
+        let out = plane.cli(&["inject", "lab", "go", "--wait"]);
+        String::from_utf8_lossy(&out.stdout).contains("climate s3cr3t-43 0").then_some(())
+    });
+    // A changed variable is a planned change, and rolls the agents too.
+    let changed = write(
+        dir.path(),
+        &format!("[fleets.lab]\nreplicas = 1\nbrain = \"{brain}\"\nenv = {{ PROJECT = \"ocean\" }}\nsecrets = [\"API_KEY\"]\n"),
+    );
+    let (code, plan) = diff(&plane, &changed, &[]);
+    assert!(code == 2 && plan.contains("env: PROJECT=climate → PROJECT=ocean"), "{plan}");
+    plane.ok(&["apply", "-f", &changed, "--timeout", "120"]);
+    crate::support::eventually(std::time::Duration::from_secs(60), "the new variable to reach the brain", || {
+        let out = plane.cli(&["inject", "lab", "go", "--wait"]);
+        String::from_utf8_lossy(&out.stdout).contains("ocean s3cr3t-43 0").then_some(())
+    });
+
+    // Bad names are refused where they are written; so is a secret that is not set, at launch.
+    let bad = write(dir.path(), "[fleets.x]\nreplicas = 1\nenv = { CLAWFLEET_BUS = \"evil\" }\n");
+    let err = plane.fails(&["apply", "-f", &bad]);
+    assert!(err.contains("fleet.toml:3:7: fleets.x.env") && err.contains("clawfleet's own"), "{err}");
+    let err = plane.fails(&["launch", "y", "--secret", "NOPE"]);
+    assert!(err.contains("no secret named 'NOPE'"), "{err}");
+    let err = plane.fails(&["launch", "z", "--env", "1X=2"]);
+    assert!(err.contains("'1X' is not an environment variable name"), "{err}");
+    plane.ok(&["terminate", "lab", "--wait"]);
+    assert!(plane.ok(&["secret", "rm", "API_KEY"]).contains("secret 'API_KEY' removed"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

@@ -365,15 +365,24 @@ fn a_docker_brain_cannot_read_its_agents_secrets() {
         }
     }
     let _guard = Guard(network);
-    let probe = "cat /run/secrets/clawfleet-fleet-key 2>&1; head -c 1 /proc/$PPID/mem 2>&1; echo ok > note && cat note";
+    // Its brain gets the fleet's variables and secrets, though (a Docker secret of their own).
+    let value = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(value.path(), "d0cker-s3cret").unwrap();
+    plane.ok(&["secret", "set", "API_KEY", "--from-file", value.path().to_str().unwrap()]);
+    let probe =
+        "cat /run/secrets/clawfleet-fleet-key 2>&1; head -c 1 /proc/$PPID/mem 2>&1; echo \"$PROJECT $API_KEY\"; echo ok > note && cat note";
     let brain = format!("cmd:{probe}");
-    plane.ok(&["launch", fleet, "--backend", "docker", "--image", shell, "--brain", &brain, "--wait", "--timeout", "180"]);
+    let args = ["--env", "PROJECT=climate", "--secret", "API_KEY", "--wait", "--timeout", "180"];
+    plane.ok(&[&["launch", fleet, "--backend", "docker", "--image", shell, "--brain", &brain][..], &args[..]].concat());
+    let spec = docker(&["service", "inspect", "clawfleet-dnosy"]);
+    assert!(!spec.contains("d0cker-s3cret") && spec.contains("clawfleet-brain-secrets"), "the secret is in the service's spec: {spec}");
     let out = plane.cli(&["inject", fleet, "go", "--wait", "--timeout", "60"]);
     let answer = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(answer.contains("/run/secrets/clawfleet-fleet-key: Permission denied"), "{answer}");
     let mem = answer.lines().find(|l| l.contains("/mem")).unwrap_or_default();
     assert!(mem.contains("Permission denied") || mem.contains("Operation not permitted"), "{answer}");
     assert!(answer.trim_end().ends_with("ok"), "its workspace is its own to write: {answer}");
+    assert!(answer.contains("climate d0cker-s3cret"), "{answer}");
     let hex_run = answer.split(|c: char| !c.is_ascii_hexdigit()).any(|w| w.len() >= 64);
     assert!(!hex_run, "the fleet's key leaked: {answer}");
     plane.ok(&["terminate", fleet, "--wait"]);

@@ -420,6 +420,15 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (obs, "GET", "/api/v1/bus/observer", None, 403, "the observer token 'watcher' may not"),
         (adm, "GET", "/api/v1/bus/observer", None, 403, "the operator token 'web-admin' may not"),
         (agent, "GET", "/api/v1/bus/observer", None, 403, "the agent token 'agent ops/0' may not"),
+        // Secrets: unscoped operators only; names checked; values never listed.
+        (op, "PUT", "/api/v1/secrets/MATRIX_KEY", Some(r#"{"value": "m4trix"}"#), 200, ""),
+        (op, "GET", "/api/v1/secrets", None, 200, ""),
+        (op, "PUT", "/api/v1/secrets/CLAWFLEET_X", Some(r#"{"value": "v"}"#), 400, "'CLAWFLEET_X' is clawfleet's own"),
+        (op, "PUT", "/api/v1/secrets/1BAD", Some(r#"{"value": "v"}"#), 400, "'1BAD' is not an environment variable name"),
+        (op, "DELETE", "/api/v1/secrets/NOPE", None, 404, "no secret named 'NOPE'"),
+        (obs, "GET", "/api/v1/secrets", None, 403, "the observer token 'watcher' may not manage-secrets everything"),
+        (adm, "PUT", "/api/v1/secrets/MATRIX_KEY", Some(r#"{"value": "x"}"#), 403, "the operator token 'web-admin' may not manage-secrets"),
+        (agent, "DELETE", "/api/v1/secrets/MATRIX_KEY", None, 403, "the agent token 'agent ops/0' may not manage-secrets"),
         // Tokens: bad requests are named.
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "root"}"#), 400, "invalid request body: role: unknown variant `root`"),
         (op, "POST", "/api/v1/tokens", Some(r#"{"role": "agent"}"#), 400, "an agent token acts as an agent of one fleet"),
@@ -541,6 +550,12 @@ fn the_observer_watches_the_whole_bus_and_no_secret_is_on_it() {
         seen_has("clawfleet/v1/fleets/talk/agents/1/heartbeat").then_some(())
     });
     plane.ok(&["launch", "snoop", "--brain", "cmd:env; cat agent.secrets 2>&1; cat /proc/$PPID/environ 2>&1 | tr '\\0' '\\n'", "--wait"]);
+    // A fleet whose brains get a secret (its brain keeps it to itself): it never crosses the bus.
+    let vault = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(vault.path(), "v4ult-value-for-brains").unwrap();
+    plane.ok(&["secret", "set", "VAULT_KEY", "--from-file", vault.path().to_str().unwrap()]);
+    plane.ok(&["launch", "keeper", "--brain", "echo", "--secret", "VAULT_KEY", "--wait"]);
+    plane.ok(&["inject", "keeper", "hello", "--wait"]);
     plane.ok(&["inject", "talk", "hello", "--wait"]);
     plane.cli(&["inject", "snoop", "go", "--wait"]);
     plane.ok(&["command", "talk", "health-check"]);
@@ -565,7 +580,14 @@ fn the_observer_watches_the_whole_bus_and_no_secret_is_on_it() {
     let store = clawfleet_store::Store::open(&plane.data().join("clawfleet.db")).unwrap();
     let secret = store.meta("bus_secret").unwrap().unwrap();
     let bus = clawfleet_bus::BusSecret::from_bytes(secret.clone().try_into().unwrap());
-    let mut secrets = vec![plane.token(), made, pass.clone(), bus.control_password(), secret.iter().map(|b| format!("{b:02x}")).collect()];
+    let mut secrets = vec![
+        plane.token(),
+        made,
+        pass.clone(),
+        bus.control_password(),
+        secret.iter().map(|b| format!("{b:02x}")).collect(),
+        "v4ult-value-for-brains".into(),
+    ];
     for (fleet, slots) in [("talk", "0-2"), ("snoop", "0")] {
         let join = plane.json_get(&format!("/api/v1/fleets/{fleet}/join?slots={slots}"));
         for a in join["agents"].as_array().unwrap() {

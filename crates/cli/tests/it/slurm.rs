@@ -74,6 +74,16 @@ fn a_slurm_fleet_launches_answers_and_terminates() {
     let err = plane.fails(&["deploy", "sick", "--version", "2", "--deadline", "120"]);
     assert!(err.contains("reverted: agent sick/0 on version 2 failed its health check"), "{err}");
     plane.ok(&["terminate", "sick", "--wait"]);
+    // A job's brain gets the fleet's variables and secrets (the secret through the job's
+    // private file, which is gone once the agent read it).
+    let value = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(value.path(), "slurm-s3cret").unwrap();
+    plane.ok(&["secret", "set", "API_KEY", "--from-file", value.path().to_str().unwrap()]);
+    let brain = r#"cmd:echo "$PROJECT $API_KEY""#;
+    let args = ["--brain", brain, "--env", "PROJECT=climate", "--secret", "API_KEY", "--wait", "--timeout", "120"];
+    plane.ok(&[&["launch", "envy", "--backend", "slurm", "--replicas", "1"][..], &args[..]].concat());
+    assert_eq!(plane.ok(&["inject", "envy", "go", "--wait"]).trim(), "envy/0: climate slurm-s3cret");
+    plane.ok(&["terminate", "envy", "--wait"]);
     plane.ok(&["terminate", "hpc", "--wait"]);
     let left = std::process::Command::new("squeue").args(["-h", "-o", "%j"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&left.stdout).contains("cf.hpc."), "jobs left after terminate");
