@@ -26,7 +26,7 @@ async fn one_rollout(plane: &Plane, name: &str, replicas: u32, max_unavailable: 
         replicas,
         backend: Some("local".into()),
         brain: Some("echo".into()),
-        deploy: Some(DeployPolicy { max_unavailable: Some(max_unavailable) }),
+        deploy: Some(DeployPolicy { max_unavailable: Some(max_unavailable), ..Default::default() }),
         ..LaunchRequest::default()
     };
     let _: serde_json::Value = plane.client.post("/api/v1/fleets", &req).await?;
@@ -273,7 +273,7 @@ async fn docker_rollout(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             backend: Some("docker".into()),
             brain: Some("echo".into()),
             image: Some(DOCKER_IMAGE.into()),
-            deploy: Some(DeployPolicy { max_unavailable: Some(MaxUnavailable::Count(2)) }),
+            deploy: Some(DeployPolicy { max_unavailable: Some(MaxUnavailable::Count(2)), ..Default::default() }),
             ..LaunchRequest::default()
         };
         let _: serde_json::Value = plane.client.post("/api/v1/fleets", &req).await?;

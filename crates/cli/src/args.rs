@@ -383,9 +383,10 @@ pub(crate) struct DeployArgs {
     /// The new image (docker fleets).
     #[arg(long)]
     pub image: Option<String>,
-    /// Seconds the deploy may go without one more agent passing its gate before it reverts.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub deadline: u64,
+    /// Seconds the deploy may go without one more agent passing its gate before it reverts
+    /// [default: the fleet's deploy.deadline_s, else 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub deadline: Option<u64>,
     /// Move this many agents of each fleet first, then wait for `deploy promote` or `abort`.
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,

@@ -27,7 +27,7 @@ pub(crate) async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         target: args.target.clone(),
         version: args.version.clone(),
         image: args.image.clone(),
-        deadline_s: Some(args.deadline),
+        deadline_s: args.deadline,
         canary: args.canary,
     };
     let mut said_waiting = false;

@@ -36,7 +36,7 @@ pub(crate) async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         version: args.version.clone(),
         image: args.image.clone(),
         cluster,
-        deploy: args.max_unavailable.map(|m| clawfleet_proto::api::DeployPolicy { max_unavailable: Some(m) }),
+        deploy: args.max_unavailable.map(|m| clawfleet_proto::api::DeployPolicy { max_unavailable: Some(m), ..Default::default() }),
         env: args.env.iter().cloned().collect(),
         secrets: args.secrets.clone(),
     };

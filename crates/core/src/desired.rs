@@ -52,6 +52,8 @@ fn fields(spec: &FleetSpec) -> Vec<(&'static str, Option<String>)> {
         ("image", spec.image.clone()),
         ("cluster", spec.cluster.as_ref().map(|c| serde_json::to_string(c).expect("cluster profiles serialize"))),
         ("deploy.max_unavailable", Some(spec.deploy.max_unavailable.unwrap_or(MaxUnavailable::Count(1)).to_string())),
+        ("deploy.canary", spec.deploy.canary.map(|n| n.to_string())),
+        ("deploy.deadline_s", spec.deploy.deadline_s.map(|d| d.to_string())),
         ("env", (!spec.env.is_empty()).then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))),
         ("secrets", (!spec.secrets.is_empty()).then(|| spec.secrets.join(","))),
     ]
@@ -194,7 +196,7 @@ mod tests {
         let changed = spec("web", 4, |r| {
             r.version = Some("2".into());
             r.prompt = Some("You are terse.".into());
-            r.deploy = Some(DeployPolicy { max_unavailable: Some(MaxUnavailable::Percent(25)) });
+            r.deploy = Some(DeployPolicy { max_unavailable: Some(MaxUnavailable::Percent(25)), ..Default::default() });
         });
         let old = existing(spec("old", 1, |_| {}));
         check(

@@ -97,6 +97,9 @@ pub struct FleetSpec {
     pub secrets: Vec<String>,
 }
 
+/// The longest a deploy may go without progress.
+pub const MAX_DEPLOY_DEADLINE_S: u64 = 3_600;
+
 /// The most environment variables and secrets a fleet's brains get.
 pub const MAX_BRAIN_VARS: usize = 64;
 /// The longest value of one of them.
@@ -171,6 +174,8 @@ pub enum SpecError {
     VarTwice(String),
     #[error("secret {0}: the value is over {MAX_SECRET_BYTES} bytes or holds a NUL")]
     SecretValue(String),
+    #[error("{0}")]
+    Deploy(String),
 }
 
 impl SpecError {
@@ -186,6 +191,7 @@ impl SpecError {
             SpecError::Image(_) | SpecError::ImageNotForBackend(_) => "image",
             SpecError::ClusterNotForBackend(_) | SpecError::Cluster(_) => "cluster",
             SpecError::EnvValue(_) => "env",
+            SpecError::Deploy(_) => "deploy",
             SpecError::VarName(_) | SpecError::ReservedVar(_) | SpecError::TooManyVars(_) => "env",
             SpecError::VarTwice(_) => "secrets",
             SpecError::UnknownAgent { .. } | SpecError::NoAgents(_) | SpecError::SlotRange(_) | SpecError::SecretValue(_) => return None,
@@ -231,6 +237,13 @@ impl FleetSpec {
                 return Err(SpecError::ClusterNotForBackend(backend));
             }
         }
+        let deploy = req.deploy.clone().unwrap_or_default();
+        if deploy.canary == Some(0) {
+            return Err(SpecError::Deploy("deploy.canary must be at least 1 agent".into()));
+        }
+        if let Some(d) = deploy.deadline_s.filter(|d| !(1..=MAX_DEPLOY_DEADLINE_S).contains(d)) {
+            return Err(SpecError::Deploy(format!("deploy.deadline_s must be between 1 and {MAX_DEPLOY_DEADLINE_S} seconds, got {d}")));
+        }
         for (k, v) in &req.env {
             check_var_name(k)?;
             if v.len() > MAX_ENV_VALUE_BYTES || v.contains('\0') {
@@ -256,7 +269,7 @@ impl FleetSpec {
             version,
             image: req.image.clone(),
             cluster: req.cluster.clone(),
-            deploy: req.deploy.clone().unwrap_or_default(),
+            deploy,
             env: req.env.clone(),
             secrets,
         })

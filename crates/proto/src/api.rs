@@ -100,6 +100,14 @@ pub struct DeployPolicy {
     /// replicas (`"25%"`, rounded down, at least 1) [default: 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<MaxUnavailable>,
+    /// A deploy of this fleet moves this many agents first, then waits for `deploy promote`
+    /// (as `deploy --canary N`, which overrides it) [default: none].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+    /// How long a deploy of this fleet may go without one more agent passing its health check
+    /// before it reverts (as `deploy --deadline`, which overrides it) [default: 120].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<u64>,
 }
 
 /// A count of agents, or a percentage of the replicas.

@@ -398,8 +398,7 @@ async fn apply(
     Ok(Json(plan))
 }
 
-/// The longest a deploy may go without progress, and its default.
-const MAX_DEPLOY_DEADLINE_S: u64 = 3_600;
+/// How long a deploy may go without progress when neither it nor its fleets say.
 const DEPLOY_DEADLINE_S: u64 = 120;
 
 /// Starts a deploy of `all` fleets or of one: each moves to its new version (and image) at
@@ -436,9 +435,15 @@ async fn deploy_start(
         caller.may(&app, Action::Update, Target::Fleet(&target))?;
         vec![load_active(&app, &target).await?]
     };
-    let deadline_s = req.deadline_s.unwrap_or(DEPLOY_DEADLINE_S);
-    if !(1..=MAX_DEPLOY_DEADLINE_S).contains(&deadline_s) {
-        return Err(ApiError::bad_request(format!("deadline_s must be between 1 and {MAX_DEPLOY_DEADLINE_S} seconds, got {deadline_s}")));
+    // What the request leaves out, the fleets' deploy policies give (the longest deadline of
+    // them, for several), then the defaults.
+    let policies: Vec<clawfleet_proto::api::DeployPolicy> = rows.iter().map(crate::app::deploy_policy).collect();
+    let deadline_s = req.deadline_s.or_else(|| policies.iter().filter_map(|p| p.deadline_s).max()).unwrap_or(DEPLOY_DEADLINE_S);
+    if !(1..=spec::MAX_DEPLOY_DEADLINE_S).contains(&deadline_s) {
+        return Err(ApiError::bad_request(format!(
+            "deadline_s must be between 1 and {} seconds, got {deadline_s}",
+            spec::MAX_DEPLOY_DEADLINE_S
+        )));
     }
     if let Some(image) = &req.image {
         spec::check_image(image)?;
@@ -453,8 +458,14 @@ async fn deploy_start(
         return Err(ApiError::bad_request("a deploy of one agent has no canaries: it is one"));
     }
     let mut fleets = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(n) = req.canary.filter(|n| *n >= row.replicas) {
+    for (row, policy) in rows.iter().zip(&policies) {
+        // One agent deployed on its own has no canaries; a fleet's own canary count applies
+        // to deploys of the fleet or of all.
+        let canary = match agent {
+            Some(_) => req.canary,
+            None => req.canary.or(policy.canary),
+        };
+        if let Some(n) = canary.filter(|n| *n >= row.replicas) {
             return Err(ApiError::bad_request(format!(
                 "canary {n} of fleet '{}', which has {} agents: canaries are fewer than its agents",
                 row.name, row.replicas
@@ -463,7 +474,7 @@ async fn deploy_start(
         // Swarm replaces a service's tasks in an order of its own: it moves N canaries of its
         // choosing, and no agent by its slot.
         let native = app.backend(&row.backend).is_ok_and(|b| b.rollout() == clawfleet_backend::Rollout::Native);
-        let (slots, canaries) = match (agent, req.canary) {
+        let (slots, canaries) = match (agent, canary) {
             (Some(_), _) if native => {
                 return Err(ApiError::bad_request(format!(
                     "fleet '{}' runs on {}, which picks the agents it replaces: deploy {} --canary 1 moves one of them",

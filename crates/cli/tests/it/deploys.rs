@@ -178,3 +178,32 @@ fn canaries_wait_for_promote_and_one_agent_deploys_on_its_own() {
     plane.ok(&["deploy", "web", "--version", "6"]);
     assert_eq!(versions(&plane, "web"), ["6", "6", "6"]);
 }
+
+/// A fleet's deploy policy in fleet.toml gives its deploys their canaries and deadline; the
+/// deploy's own flags override them.
+#[test]
+fn a_fleet_files_deploy_policy_sets_canaries_and_the_deadline() {
+    let plane = Plane::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, "[fleets.web]\nreplicas = 2\nbrain = \"echo\"\ndeploy = { canary = 1, deadline_s = 30 }\n").unwrap();
+    let file = file.display().to_string();
+    plane.ok(&["apply", "-f", &file, "--timeout", "120"]);
+    let deploy: serde_json::Value = serde_json::from_str(&plane.ok(&["deploy", "web", "--version", "2", "--json"])).unwrap();
+    assert_eq!((deploy["state"].as_str(), deploy["deadline_s"].as_u64()), (Some("paused"), Some(30)), "{deploy}");
+    assert_eq!(deploy["fleets"][0]["slots"], serde_json::json!([0]), "{deploy}");
+    plane.ok(&["deploy", "promote", "web"]);
+    crate::support::eventually(Duration::from_secs(60), "the promoted deploy to succeed", || {
+        (history(&plane, "web")[0]["state"] == "succeeded").then_some(())
+    });
+    // Flags win.
+    let deploy: serde_json::Value =
+        serde_json::from_str(&plane.ok(&["deploy", "web", "--version", "3", "--deadline", "60", "--json"])).unwrap();
+    assert_eq!((deploy["state"].as_str(), deploy["deadline_s"].as_u64()), (Some("paused"), Some(60)), "{deploy}");
+    plane.ok(&["deploy", "abort", "web"]);
+    let err = plane.fails(&["deploy", "web", "--version", "4", "--canary", "2"]);
+    assert!(err.contains("canaries are fewer than its agents"), "{err}");
+    std::fs::write(dir.path().join("bad.toml"), "[fleets.web]\nreplicas = 2\ndeploy = { canary = 0 }\n").unwrap();
+    let err = plane.fails(&["diff", "-f", &dir.path().join("bad.toml").display().to_string()]);
+    assert!(err.contains("bad.toml:3:10: fleets.web.deploy: deploy.canary must be at least 1 agent"), "{err}");
+}
