@@ -160,7 +160,7 @@ mod tests {
         error(
             "[fleets.web]\nreplicas = 2\nreplcas = 3\n",
             expect![
-                "fleet.toml:3:1: unknown field `replcas`, expected one of `backend`, `replicas`, `brain`, `prompt`, `version`, `image`, `cluster`, `deploy`"
+                "fleet.toml:3:1: unknown field `replcas`, expected one of `backend`, `replicas`, `brain`, `prompt`, `version`, `image`, `cluster`, `deploy`, `env`, `secrets`"
             ],
         );
     }

@@ -191,9 +191,9 @@ mod tests {
     fn errors_say_where_and_what() {
         error(
             "[fleets.web]\nreplicas = 2\nreplcas = 3\n",
-            expect![[
-                r#"line 3, column 1: unknown field `replcas`, expected one of `backend`, `replicas`, `brain`, `prompt`, `version`, `image`, `cluster`, `deploy`"#
-            ]],
+            expect![
+                "line 3, column 1: unknown field `replcas`, expected one of `backend`, `replicas`, `brain`, `prompt`, `version`, `image`, `cluster`, `deploy`, `env`, `secrets`"
+            ],
         );
         error("[fleets.web]\nbrain = \"echo\"\n", expect!["line 1, column 1: missing field `replicas`"]);
         error("[fleets.web]\nreplicas = -1\n", expect!["line 2, column 12: invalid value: integer `-1`, expected u32"]);
