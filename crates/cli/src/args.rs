@@ -68,6 +68,9 @@ pub(crate) enum Command {
     Update(UpdateArgs),
     /// Return a fleet to the image and version its last update replaced.
     Rollback(RollbackArgs),
+    /// Who leads a fleet (clawbucket's MANAGER); with SLOT, the agent you want to lead while it
+    /// is healthy; with --auto, the rule alone (the lowest healthy agent).
+    Leader(LeaderArgs),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -557,6 +560,18 @@ pub(crate) struct UpdateArgs {
     /// Seconds --wait waits before giving up.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LeaderArgs {
+    pub fleet: String,
+    pub slot: Option<u32>,
+    #[arg(long, conflicts_with = "slot")]
+    pub auto: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

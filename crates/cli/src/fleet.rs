@@ -8,7 +8,7 @@ use clawfleet_proto::api::{
     Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetState, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest,
 };
 
-use crate::args::{AuditArgs, LaunchArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
+use crate::args::{AuditArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
 use crate::client::Client;
 use crate::output::{Progress, table};
 
@@ -181,6 +181,9 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         f.image.as_deref().map(|i| format!(", image {i}")).unwrap_or_default()
     );
     outln!("isolation: {}", s.isolation);
+    if let Some(l) = f.leader {
+        outln!("leader: agent {} (epoch {})", l.slot, l.epoch);
+    }
     if !f.env.is_empty() {
         outln!("brain env: {}", f.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
     }
@@ -287,6 +290,28 @@ pub(crate) async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
     let req = UpdateRequest { image: args.image.clone(), version: args.version.clone() };
     let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/update", args.name), &req).await?;
     after_change(&client, fleet, "updating", args.wait, args.timeout, args.json).await
+}
+
+pub(crate) async fn leader(args: LeaderArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let fleet: Fleet = if args.slot.is_some() || args.auto {
+        let req = clawfleet_proto::api::LeaderRequest { slot: args.slot };
+        client.post(&format!("/api/v1/fleets/{}/leader", args.fleet), &req).await?
+    } else {
+        client.get::<FleetStatus>(&format!("/api/v1/fleets/{}", args.fleet)).await?.fleet
+    };
+    if args.json {
+        print_json(&fleet);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match fleet.leader {
+        Some(l) => outln!("fleet '{}': agent {} leads (epoch {})", fleet.name, l.slot, l.epoch),
+        None => outln!("fleet '{}': no leader (no agent is healthy)", fleet.name),
+    }
+    if let Some(p) = fleet.leader_preferred {
+        outln!("preferred: agent {p} (leads while it is healthy)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {

@@ -170,6 +170,8 @@ impl EventPrinter {
                 format!("updated: {} version {previous_version} -> {} version {version}", show(previous_image), show(image))
             }
             EventBody::FleetChanged { changes } => format!("changed: {}", changes.join(", ")),
+            EventBody::LeaderChanged { slot: Some(slot), epoch, .. } => format!("leader: agent {slot} (epoch {epoch})"),
+            EventBody::LeaderChanged { slot: None, .. } => "leader: none (no agent is healthy)".into(),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

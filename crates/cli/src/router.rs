@@ -128,6 +128,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         EventBody::FleetLaunched { .. }
         | EventBody::FleetUpdated { .. }
         | EventBody::FleetChanged { .. }
+        | EventBody::LeaderChanged { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }

@@ -11,6 +11,7 @@ pub mod brain;
 pub mod command;
 pub mod desired;
 pub mod generation;
+pub mod leader;
 pub mod liveness;
 pub mod names;
 pub mod plan;

@@ -441,6 +441,27 @@ pub struct Fleet {
     /// The secrets its brains get (names only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The agent that leads it (clawbucket's MANAGER), and in which epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderInfo>,
+    /// The agent the operator wants to lead, while it is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_preferred: Option<u32>,
+}
+
+/// A fleet's leader: its slot and the epoch (fencing token) it leads in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub slot: u32,
+    pub epoch: u64,
+}
+
+/// `POST /api/v1/fleets/{name}/leader`: the agent the operator wants to lead (`None`: the
+/// rule alone, the lowest healthy slot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderRequest {
+    pub slot: Option<u32>,
 }
 
 crate::named_enum! {

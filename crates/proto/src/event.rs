@@ -104,6 +104,15 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The fleet's leader (clawbucket's MANAGER) changed: `slot` leads in `epoch` (none when no
+    /// agent is healthy); every change has a higher epoch than the last.
+    LeaderChanged {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<u32>,
+        epoch: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<u32>,
+    },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -130,6 +139,7 @@ impl EventBody {
             EventBody::FleetScaled { .. } => "fleet_scaled",
             EventBody::FleetUpdated { .. } => "fleet_updated",
             EventBody::FleetChanged { .. } => "fleet_changed",
+            EventBody::LeaderChanged { .. } => "leader_changed",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",

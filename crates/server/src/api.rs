@@ -25,8 +25,8 @@ use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
     Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult,
     Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse,
-    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, NewToken, Role, ScaleRequest, SecretInfo, SecretList,
-    SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, LeaderInfo, LeaderRequest, NewToken, Role, ScaleRequest,
+    SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewInjection, Pending, TokenRow};
@@ -59,6 +59,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/scale", post(scale))
         .route("/api/v1/fleets/{name}/update", post(update))
         .route("/api/v1/fleets/{name}/rollback", post(rollback))
+        .route("/api/v1/fleets/{name}/leader", post(leader))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -195,6 +196,8 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         rollback_to: row.previous.as_ref().map(|(_, version)| version.clone()),
         env: BrainEnv::from_column(row.brain_env.as_deref()).env,
         secrets: BrainEnv::from_column(row.brain_env.as_deref()).secrets,
+        leader: row.leader.map(|slot| LeaderInfo { slot, epoch: row.leader_epoch }),
+        leader_preferred: row.leader_preferred,
     }
 }
 
@@ -742,6 +745,32 @@ async fn rollback(State(app): State<Arc<App>>, Extension(caller): Extension<Call
     caller.may(&app, Action::Update, Target::Fleet(&name))?;
     load_active(&app, &name).await?;
     change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
+}
+
+/// Sets (or clears) the agent the operator wants to lead the fleet; the leader loop moves the
+/// leadership there while that agent is healthy, with a new epoch.
+async fn leader(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(req): JsonBody<LeaderRequest>,
+) -> Result<Json<Fleet>, ApiError> {
+    caller.may(&app, Action::Update, Target::Fleet(&name))?;
+    let row = load_active(&app, &name).await?;
+    if let Some(slot) = req.slot {
+        spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
+    }
+    let actor = caller.0.audit_name();
+    let n = name.clone();
+    app.db
+        .run(move |s| {
+            let at = clock::now_rfc3339();
+            let detail = req.slot.map_or("the lowest healthy agent".to_owned(), |s| format!("agent {s}"));
+            s.set_leader_preferred(&n, req.slot, &audit(&at, &actor, "leader", &n, detail))
+        })
+        .await?;
+    let row = load(&app, &name).await?;
+    Ok(Json(fleet_view(&app, &row)))
 }
 
 async fn change(app: &Arc<App>, caller: Caller, name: &str, action: &'static str, update: FleetUpdate) -> Result<Json<Fleet>, ApiError> {

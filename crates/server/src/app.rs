@@ -209,5 +209,8 @@ pub(crate) fn new_row(spec: &FleetSpec, uid: String, created_at: String) -> Flee
         deploy: (spec.deploy != DeployPolicy::default()).then(|| serde_json::to_string(&spec.deploy).expect("policies serialize")),
         canary: None,
         brain_env: BrainEnv { env: spec.env.clone(), secrets: spec.secrets.clone() }.to_column(),
+        leader: None,
+        leader_epoch: 0,
+        leader_preferred: None,
     }
 }

@@ -26,6 +26,7 @@ mod dynsec;
 mod error;
 mod hub;
 mod ingest;
+mod leader;
 mod live;
 mod mailbox;
 mod outbound;
@@ -312,6 +313,7 @@ impl Server {
             tokio::spawn(mailbox::run(app.clone(), mail_tx, config.mailbox, shutdown_rx.clone())),
             tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(deploy::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(leader::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

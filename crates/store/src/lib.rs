@@ -101,6 +101,12 @@ pub struct FleetRow {
     pub canary: Option<String>,
     /// What its brains get in their environment, as JSON (`BrainEnv`; `None`: nothing).
     pub brain_env: Option<String>,
+    /// The agent that leads it, if one does.
+    pub leader: Option<u32>,
+    /// The highest leader epoch it has given.
+    pub leader_epoch: u64,
+    /// The agent the operator wants to lead.
+    pub leader_preferred: Option<u32>,
 }
 
 /// A secret as listed (never its value).
@@ -520,6 +526,36 @@ impl Store {
     /// so a second rollback undoes the first).
     pub fn update_fleet(&self, name: &str, change: FleetUpdate, at: &str, audit: &Audit<'_>) -> Result<Event> {
         self.tx(|tx| update_fleet(tx, name, change, at, audit))
+    }
+
+    // ---- leaders ----
+
+    /// Records a fleet's new leader (`None`: none) in `epoch`, which must exceed the stored
+    /// one (a stale writer changes nothing and gets `false`); a `leader_changed` event.
+    pub fn set_leader(&self, fleet: &str, slot: Option<u32>, epoch: u64, at: &str) -> Result<(bool, Vec<Event>)> {
+        self.tx(|tx| {
+            let row = tx
+                .query_row(concat!("SELECT ", fleet_columns!(), " FROM fleets WHERE name = ?1"), [fleet], fleet_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NoFleet(fleet.to_owned()))?;
+            let moved = row.leader != slot && epoch >= row.leader_epoch && (slot.is_none() || epoch > row.leader_epoch);
+            if !moved {
+                return Ok((false, Vec::new()));
+            }
+            tx.execute("UPDATE fleets SET leader_slot = ?2, leader_epoch = ?3 WHERE name = ?1", params![fleet, slot, epoch as i64])?;
+            let body = EventBody::LeaderChanged { slot, epoch, previous: row.leader };
+            Ok((true, vec![fleet_event(tx, fleet, at, body)?]))
+        })
+    }
+
+    /// The agent the operator wants to lead a fleet (`None`: the rule alone).
+    pub fn set_leader_preferred(&self, fleet: &str, slot: Option<u32>, audit: &Audit<'_>) -> Result<()> {
+        self.tx(|tx| {
+            if tx.execute("UPDATE fleets SET leader_preferred = ?2 WHERE name = ?1", params![fleet, slot])? == 0 {
+                return Err(StoreError::NoFleet(fleet.to_owned()));
+            }
+            write_audit(tx, audit)
+        })
     }
 
     // ---- secrets ----
@@ -1387,7 +1423,7 @@ fn mark_terminating(tx: &Transaction<'_>, name: &str, at: &str) -> Result<Vec<Ev
 
 macro_rules! fleet_columns {
     () => {
-        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy, canary, brain_env"
+        "name, uid, backend, brain, prompt, version, replicas, state, created_at, image, previous_image, previous_version, cluster, deploy, canary, brain_env, leader_slot, leader_epoch, leader_preferred"
     };
 }
 use fleet_columns;
@@ -1415,6 +1451,9 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         deploy: r.get(13)?,
         canary: r.get(14)?,
         brain_env: r.get(15)?,
+        leader: r.get(16)?,
+        leader_epoch: r.get::<_, i64>(17)? as u64,
+        leader_preferred: r.get(18)?,
     })
 }
 

@@ -161,6 +161,13 @@ CREATE TABLE secrets (
     updated_by TEXT NOT NULL
 );
 "#,
+    r#"
+-- Who leads a fleet (clawbucket's MANAGER), in which epoch (the highest ever given, kept when
+-- none leads, so epochs only grow), and whom the operator prefers.
+ALTER TABLE fleets ADD COLUMN leader_slot INTEGER;
+ALTER TABLE fleets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fleets ADD COLUMN leader_preferred INTEGER;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

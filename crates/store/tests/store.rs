@@ -28,6 +28,9 @@ fn fleet(name: &str, replicas: u32) -> FleetRow {
         deploy: None,
         canary: None,
         brain_env: None,
+        leader: None,
+        leader_epoch: 0,
+        leader_preferred: None,
     }
 }
 

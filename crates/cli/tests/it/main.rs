@@ -11,6 +11,7 @@ mod desired;
 mod docker;
 mod faults;
 mod join;
+mod leader;
 mod lifecycle;
 mod mailbox;
 mod model;

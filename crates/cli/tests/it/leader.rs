@@ -1,0 +1,72 @@
+//! A fleet's leader (clawbucket's MANAGER): the lowest healthy agent leads and stays while it is
+//! healthy; a frozen or killed leader is replaced with a higher epoch, and one that comes back
+//! stays replaced; the operator's preferred agent leads while healthy. Epochs only grow.
+
+use std::time::Duration;
+
+use crate::support::{Plane, PlaneOptions, eventually};
+
+fn leader(plane: &Plane, fleet: &str) -> (Option<u64>, u64) {
+    let f = plane.json(&["leader", fleet, "--json"]);
+    (f["leader"]["slot"].as_u64(), f["leader"]["epoch"].as_u64().unwrap_or(0))
+}
+
+fn pid_of(plane: &Plane, fleet: &str, slot: u32) -> i32 {
+    let dir = std::fs::read_dir(plane.data().join("agents"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{fleet}-")))
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(slot.to_string()).join("agent.pid")).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+fn one_leader_at_a_time_through_a_freeze_a_kill_and_an_override() {
+    use nix::sys::signal::Signal;
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "ring", "--replicas", "3", "--brain", "echo", "--wait"]);
+    let t = Duration::from_secs(30);
+    eventually(t, "agent 0 to lead", || (leader(&plane, "ring").0 == Some(0)).then_some(()));
+    let (_, first) = leader(&plane, "ring");
+    assert!(plane.ok(&["status", "ring"]).contains(&format!("leader: agent 0 (epoch {first})")));
+
+    // Frozen (SIGSTOP): lost after three missed heartbeats, and agent 1 leads in a new epoch.
+    let frozen = pid_of(&plane, "ring", 0);
+    signal(frozen, Signal::SIGSTOP);
+    eventually(t, "agent 1 to lead", || (leader(&plane, "ring").0 == Some(1)).then_some(()));
+    let (_, second) = leader(&plane, "ring");
+    assert!(second > first, "epochs grow: {first} then {second}");
+    // Back: it is healthy again, and stays replaced.
+    signal(frozen, Signal::SIGCONT);
+    eventually(t, "agent 0 healthy again", || (plane.json(&["status", "ring", "--json"])["agents"][0]["state"] == "idle").then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(leader(&plane, "ring"), (Some(1), second), "the old leader stays replaced");
+
+    // The operator's preferred agent leads while healthy; killed, the lowest healthy leads
+    // until it is back.
+    assert!(plane.ok(&["leader", "ring", "2"]).contains("preferred: agent 2"));
+    eventually(t, "agent 2 to lead", || (leader(&plane, "ring").0 == Some(2)).then_some(()));
+    signal(pid_of(&plane, "ring", 2), Signal::SIGKILL);
+    eventually(t, "agent 0 to lead while 2 is down", || (leader(&plane, "ring").0 == Some(0)).then_some(()));
+    eventually(t, "agent 2 restarted and leading again", || (leader(&plane, "ring").0 == Some(2)).then_some(()));
+    plane.ok(&["leader", "ring", "--auto"]);
+    assert!(plane.json(&["leader", "ring", "--json"])["leader_preferred"].is_null());
+    let err = plane.fails(&["leader", "ring", "9"]);
+    assert!(err.contains("fleet 'ring' has no agent 9"), "{err}");
+
+    // Never two leaders: each change names one agent, in an epoch above the last.
+    let events = crate::support::events(&plane, "ring");
+    let changes: Vec<(Option<u64>, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "leader_changed")
+        .map(|e| (e["data"]["slot"].as_u64(), e["data"]["epoch"].as_u64().unwrap()))
+        .collect();
+    assert!(changes.len() >= 5, "{changes:?}");
+    assert!(changes.windows(2).all(|w| w[1].1 > w[0].1), "epochs grow with every change: {changes:?}");
+    assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>()[..5], [Some(0), Some(1), Some(2), Some(0), Some(2)], "{changes:?}");
+}
