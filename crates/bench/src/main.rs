@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 mod deploy;
 mod docker;
+mod leader;
 mod model;
 mod security;
 mod slurm;
@@ -528,9 +529,17 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut failures: HashMap<&str, String> = HashMap::new();
-    for (name, run) in
-        [("launch", 0), ("thousand", 1), ("brokers", 2), ("security", 6), ("deploy", 7), ("docker", 4), ("slurm", 5), ("model", 3)]
-    {
+    for (name, run) in [
+        ("launch", 0),
+        ("thousand", 1),
+        ("brokers", 2),
+        ("security", 6),
+        ("deploy", 7),
+        ("leader", 8),
+        ("docker", 4),
+        ("slurm", 5),
+        ("model", 3),
+    ] {
         if !wanted(name) {
             continue;
         }
@@ -543,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
             5 => slurm::run(&a, &mut rows).await,
             6 => security::run(&a, &mut rows).await,
             7 => deploy::run(&a, &mut rows).await,
+            8 => leader::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);
