@@ -71,6 +71,9 @@ pub(crate) enum Command {
     /// Who leads a fleet (clawbucket's MANAGER); with SLOT, the agent you want to lead while it
     /// is healthy; with --auto, the rule alone (the lowest healthy agent).
     Leader(LeaderArgs),
+    /// A fleet's chat panel: with TEXT, post it (at most 280 characters); without, the newest
+    /// messages.
+    Chat(ChatArgs),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -560,6 +563,19 @@ pub(crate) struct UpdateArgs {
     /// Seconds --wait waits before giving up.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    pub fleet: String,
+    pub text: Option<String>,
+    /// How many of the newest messages to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -8,7 +8,7 @@ use clawfleet_proto::api::{
     Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetState, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest,
 };
 
-use crate::args::{AuditArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
+use crate::args::{AuditArgs, ChatArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
 use crate::client::Client;
 use crate::output::{Progress, table};
 
@@ -290,6 +290,27 @@ pub(crate) async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
     let req = UpdateRequest { image: args.image.clone(), version: args.version.clone() };
     let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/update", args.name), &req).await?;
     after_change(&client, fleet, "updating", args.wait, args.timeout, args.json).await
+}
+
+pub(crate) async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    use clawfleet_proto::api::{ChatList, ChatMessage, ChatPost};
+    let client = args.client.client()?;
+    if let Some(text) = args.text {
+        let m: ChatMessage = client.post(&format!("/api/v1/fleets/{}/chat", args.fleet), &ChatPost { text }).await?;
+        if args.json {
+            print_json(&m);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: ChatList = client.get(&format!("/api/v1/fleets/{}/chat?limit={}", args.fleet, args.limit)).await?;
+    if args.json {
+        print_json(&list);
+    } else {
+        for m in &list.messages {
+            outln!("{} {}: {}", m.at, m.from, m.text);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn leader(args: LeaderArgs) -> anyhow::Result<ExitCode> {

@@ -115,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(a) => deploy::history(a).await,
         Command::Rollback(a) => fleet::rollback(a).await,
         Command::Leader(a) => fleet::leader(a).await,
+        Command::Chat(a) => fleet::chat(a).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,
         Command::Terminate(a) => fleet::terminate(a).await,

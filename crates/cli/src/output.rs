@@ -172,6 +172,7 @@ impl EventPrinter {
             EventBody::FleetChanged { changes } => format!("changed: {}", changes.join(", ")),
             EventBody::LeaderChanged { slot: Some(slot), epoch, .. } => format!("leader: agent {slot} (epoch {epoch})"),
             EventBody::LeaderChanged { slot: None, .. } => "leader: none (no agent is healthy)".into(),
+            EventBody::Chat { from, text } => format!("chat from {from}: {text}"),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

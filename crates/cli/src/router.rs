@@ -129,6 +129,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::FleetUpdated { .. }
         | EventBody::FleetChanged { .. }
         | EventBody::LeaderChanged { .. }
+        | EventBody::Chat { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }

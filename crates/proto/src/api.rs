@@ -449,6 +449,32 @@ pub struct Fleet {
     pub leader_preferred: Option<u32>,
 }
 
+/// `POST /api/v1/fleets/{name}/chat`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatPost {
+    pub text: String,
+}
+
+/// One message of a fleet's chat panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Its event id (messages are events: they stream with the rest).
+    pub id: u64,
+    pub from: String,
+    /// The agent that posted it, if an agent did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<u32>,
+    pub text: String,
+    pub at: String,
+}
+
+/// `GET /api/v1/fleets/{name}/chat`: the newest messages, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatList {
+    pub messages: Vec<ChatMessage>,
+}
+
 /// A fleet's leader: its slot and the epoch (fencing token) it leads in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {

@@ -24,6 +24,9 @@ pub struct Event {
     pub body: EventBody,
 }
 
+/// The longest chat message, in characters (clawbucket's limit).
+pub const MAX_CHAT_CHARS: usize = 280;
+
 /// What happened. The injection lifecycle, in order: `inject_ack`, `inject_delivered`,
 /// `turn_started`, `assistant_delta`…, `assistant`, `turn_complete`, `usage`; a turn that
 /// fails ends with `agent_error` (after it started) or `inject_failed` (before).
@@ -113,6 +116,9 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous: Option<u32>,
     },
+    /// A message in the fleet's chat panel: who posted it (a token's name and role, or an
+    /// agent) and its text (at most [`MAX_CHAT_CHARS`] characters).
+    Chat { from: String, text: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -140,6 +146,7 @@ impl EventBody {
             EventBody::FleetUpdated { .. } => "fleet_updated",
             EventBody::FleetChanged { .. } => "fleet_changed",
             EventBody::LeaderChanged { .. } => "leader_changed",
+            EventBody::Chat { .. } => "chat",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",

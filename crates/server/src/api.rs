@@ -23,13 +23,13 @@ use clawfleet_core::desired::{self, Existing};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, CommandRequest, CommandResponse, CommandResult,
-    Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse,
-    InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, LeaderInfo, LeaderRequest, NewToken, Role, ScaleRequest,
-    SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, ChatList, ChatMessage, ChatPost, CommandRequest,
+    CommandResponse, CommandResult, Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus,
+    InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, LeaderInfo, LeaderRequest,
+    NewToken, Role, ScaleRequest, SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
-use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewInjection, Pending, TokenRow};
+use clawfleet_proto::event::{Event, EventBody, MAX_CHAT_CHARS};
+use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,6 +60,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/update", post(update))
         .route("/api/v1/fleets/{name}/rollback", post(rollback))
         .route("/api/v1/fleets/{name}/leader", post(leader))
+        .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -745,6 +746,56 @@ async fn rollback(State(app): State<Arc<App>>, Extension(caller): Extension<Call
     caller.may(&app, Action::Update, Target::Fleet(&name))?;
     load_active(&app, &name).await?;
     change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatQuery {
+    limit: Option<usize>,
+}
+
+/// The newest messages of a fleet's chat panel (100 by default, 1000 at most).
+async fn chat_list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    Query(q): Query<ChatQuery>,
+) -> Result<Json<ChatList>, ApiError> {
+    caller.may(&app, Action::Read, Target::Fleet(&name))?;
+    load(&app, &name).await?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let n = name.clone();
+    let events = app.db.run(move |s| s.chat(&n, limit)).await?;
+    let messages = events
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Chat { from, text } => Some(ChatMessage { id: e.id, from, agent: e.agent, text, at: e.at }),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(ChatList { messages }))
+}
+
+/// Posts to a fleet's chat panel, as the caller (who may inject the fleet): at most 280
+/// characters, not empty.
+async fn chat_post(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(req): JsonBody<ChatPost>,
+) -> Result<(StatusCode, Json<ChatMessage>), ApiError> {
+    caller.may(&app, Action::Inject, Target::Fleet(&name))?;
+    load_active(&app, &name).await?;
+    let text = req.text.trim();
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_CHAT_CHARS {
+        return Err(ApiError::bad_request(format!("a chat message is 1 to {MAX_CHAT_CHARS} characters, got {chars}")));
+    }
+    let (from, at) = (caller.0.audit_name(), clock::now_rfc3339());
+    let body = EventBody::Chat { from: from.clone(), text: text.to_owned() };
+    let stored = app.hub.append(vec![NewEvent { at: at.clone(), fleet: name.clone(), agent: None, injection_id: None, body }]).await?;
+    let id = stored.first().map_or(0, |e| e.id);
+    Ok((StatusCode::CREATED, Json(ChatMessage { id, from, agent: None, text: text.to_owned(), at })))
 }
 
 /// Sets (or clears) the agent the operator wants to lead the fleet; the leader loop moves the

@@ -1168,6 +1168,20 @@ impl Store {
         })
     }
 
+    /// The newest `limit` chat messages of a fleet, oldest first.
+    pub fn chat(&self, fleet: &str, limit: usize) -> Result<Vec<Event>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, fleet, agent, injection_id, event, data FROM events
+                 WHERE fleet = ?1 AND event = 'chat' ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![fleet, limit as i64], event_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut events = rows.into_iter().map(decode_event).collect::<Result<Vec<_>>>()?;
+            events.reverse();
+            Ok(events)
+        })
+    }
+
     /// Every event of one injection, oldest first.
     pub fn injection_events(&self, fleet: &str, injection_id: &str) -> Result<Vec<Event>> {
         let filter = EventFilter { fleet: Some(fleet.to_owned()), injection_id: Some(injection_id.to_owned()), ..EventFilter::default() };

@@ -168,6 +168,10 @@ ALTER TABLE fleets ADD COLUMN leader_slot INTEGER;
 ALTER TABLE fleets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE fleets ADD COLUMN leader_preferred INTEGER;
 "#,
+    r#"
+-- A fleet's chat panel is its `chat` events, read newest first.
+CREATE INDEX events_chat ON events (fleet, id) WHERE event = 'chat';
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -70,3 +70,35 @@ fn one_leader_at_a_time_through_a_freeze_a_kill_and_an_override() {
     assert!(changes.windows(2).all(|w| w[1].1 > w[0].1), "epochs grow with every change: {changes:?}");
     assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>()[..5], [Some(0), Some(1), Some(2), Some(0), Some(2)], "{changes:?}");
 }
+
+/// A fleet's chat panel: operators post (as themselves), everyone who reads the fleet reads it,
+/// newest last; a message is 1 to 280 characters; messages stream with the fleet's events.
+#[test]
+fn a_fleet_has_a_chat_panel_of_bounded_messages() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "room", "--backend", "external", "--replicas", "1"]);
+    plane.ok(&["chat", "room", "hello, agents"]);
+    let posted = plane.json(&["chat", "room", "ça va? 🦀", "--json"]);
+    assert_eq!((posted["from"].as_str(), posted["text"].as_str()), (Some("operator (operator)"), Some("ça va? 🦀")), "{posted}");
+    let list = plane.json(&["chat", "room", "--json"]);
+    let texts: Vec<&str> = list["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["hello, agents", "ça va? 🦀"]);
+    assert!(plane.ok(&["chat", "room"]).contains("operator (operator): hello, agents"));
+    assert_eq!(plane.json(&["chat", "room", "--limit", "1", "--json"])["messages"].as_array().unwrap().len(), 1);
+    // 280 characters (not bytes) is the limit.
+    plane.ok(&["chat", "room", &"é".repeat(280)]);
+    let err = plane.fails(&["chat", "room", &"é".repeat(281)]);
+    assert!(err.contains("a chat message is 1 to 280 characters, got 281"), "{err}");
+    let err = plane.fails(&["chat", "room", "   "]);
+    assert!(err.contains("got 0"), "{err}");
+    let err = plane.fails(&["chat", "nowhere", "hi"]);
+    assert!(err.contains("no fleet named 'nowhere'"), "{err}");
+    // An observer reads the panel and may not post to it.
+    let observer = plane.ok(&["token", "create", "--role", "observer", "--name", "reader"]).trim().to_owned();
+    let (code, v) = plane.http("GET", "/api/v1/fleets/room/chat", Some(&observer), None);
+    assert_eq!((code, v["messages"].as_array().map(Vec::len)), (200, Some(3)), "{v}");
+    let (code, v) = plane.http("POST", "/api/v1/fleets/room/chat", Some(&observer), Some(r#"{"text": "hi"}"#));
+    assert_eq!(code, 403, "{v}");
+    let events = crate::support::events(&plane, "room");
+    assert_eq!(events.iter().filter(|e| e["event"] == "chat").count(), 3);
+}
