@@ -74,6 +74,9 @@ pub(crate) enum Command {
     /// A fleet's chat panel: with TEXT, post it (at most 280 characters); without, the newest
     /// messages.
     Chat(ChatArgs),
+    /// Arm or disarm one agent (clawbucket's ARM): a disarmed agent takes part in none of its
+    /// fleet's scenarios, and still answers what is sent to it.
+    Arm(ArmArgs),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -565,6 +568,16 @@ pub(crate) struct UpdateArgs {
     pub timeout: u64,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArmArgs {
+    /// FLEET/SLOT
+    pub agent: clawfleet_core::AgentRef,
+    #[arg(value_parser = ["on", "off"])]
+    pub state: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

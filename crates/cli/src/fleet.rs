@@ -8,7 +8,9 @@ use clawfleet_proto::api::{
     Ack, AgentStatus, AuditEntry, Fleet, FleetList, FleetState, FleetStatus, LaunchRequest, ScaleRequest, UpdateRequest,
 };
 
-use crate::args::{AuditArgs, ChatArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs};
+use crate::args::{
+    ArmArgs, AuditArgs, ChatArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs,
+};
 use crate::client::Client;
 use crate::output::{Progress, table};
 
@@ -227,7 +229,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             vec![
                 a.slot.to_string(),
                 a.id.clone(),
-                a.state.clone(),
+                if a.armed { a.state.clone() } else { format!("{} (disarmed)", a.state) },
                 a.heartbeat_age_ms.map_or_else(dash, human_age),
                 a.fleet_version.clone().unwrap_or_else(dash),
                 a.uptime_s.map_or_else(dash, |u| format!("{u}s")),
@@ -290,6 +292,14 @@ pub(crate) async fn update(args: UpdateArgs) -> anyhow::Result<ExitCode> {
     let req = UpdateRequest { image: args.image.clone(), version: args.version.clone() };
     let fleet: Fleet = client.post(&format!("/api/v1/fleets/{}/update", args.name), &req).await?;
     after_change(&client, fleet, "updating", args.wait, args.timeout, args.json).await
+}
+
+pub(crate) async fn arm(args: ArmArgs) -> anyhow::Result<ExitCode> {
+    let req = clawfleet_proto::api::ArmRequest { armed: args.state == "on" };
+    let (fleet, slot) = (&args.agent.fleet, args.agent.slot);
+    let ack: Ack = args.client.client()?.post(&format!("/api/v1/fleets/{fleet}/agents/{slot}/arm"), &req).await?;
+    outln!("{}", ack.message);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {

@@ -116,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(a) => fleet::rollback(a).await,
         Command::Leader(a) => fleet::leader(a).await,
         Command::Chat(a) => fleet::chat(a).await,
+        Command::Arm(a) => fleet::arm(a).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,
         Command::Terminate(a) => fleet::terminate(a).await,

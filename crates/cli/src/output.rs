@@ -173,6 +173,7 @@ impl EventPrinter {
             EventBody::LeaderChanged { slot: Some(slot), epoch, .. } => format!("leader: agent {slot} (epoch {epoch})"),
             EventBody::LeaderChanged { slot: None, .. } => "leader: none (no agent is healthy)".into(),
             EventBody::Chat { from, text } => format!("chat from {from}: {text}"),
+            EventBody::Arm { armed, by } => format!("{} by {by}", if *armed { "armed" } else { "disarmed" }),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

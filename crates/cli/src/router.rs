@@ -130,6 +130,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::FleetChanged { .. }
         | EventBody::LeaderChanged { .. }
         | EventBody::Chat { .. }
+        | EventBody::Arm { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }

@@ -449,6 +449,17 @@ pub struct Fleet {
     pub leader_preferred: Option<u32>,
 }
 
+fn armed_by_default() -> bool {
+    true
+}
+
+/// `POST /api/v1/fleets/{name}/agents/{slot}/arm`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmRequest {
+    pub armed: bool,
+}
+
 /// `POST /api/v1/fleets/{name}/chat`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -554,6 +565,9 @@ impl std::fmt::Display for Isolation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub slot: u32,
+    /// Whether it takes part in the fleet's scenarios (clawbucket's ARM; on unless disarmed).
+    #[serde(default = "armed_by_default")]
+    pub armed: bool,
     /// `fleet/slot`.
     pub id: String,
     /// `pending` (no heartbeat yet), `starting`, `idle`, `busy`, `stopping`, `stopped`, `lost`.

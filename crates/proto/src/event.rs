@@ -116,6 +116,8 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous: Option<u32>,
     },
+    /// An agent was armed or disarmed (clawbucket's ARM) by someone (a token's name and role).
+    Arm { armed: bool, by: String },
     /// A message in the fleet's chat panel: who posted it (a token's name and role, or an
     /// agent) and its text (at most [`MAX_CHAT_CHARS`] characters).
     Chat { from: String, text: String },
@@ -147,6 +149,7 @@ impl EventBody {
             EventBody::FleetChanged { .. } => "fleet_changed",
             EventBody::LeaderChanged { .. } => "leader_changed",
             EventBody::Chat { .. } => "chat",
+            EventBody::Arm { .. } => "arm",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",

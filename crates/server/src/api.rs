@@ -23,10 +23,11 @@ use clawfleet_core::desired::{self, Existing};
 use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
-    Ack, AgentStatus, ApplyPlan, ApplyRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, ChatList, ChatMessage, ChatPost, CommandRequest,
-    CommandResponse, CommandResult, Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList, FleetState, FleetStatus,
-    InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest, LeaderInfo, LeaderRequest,
-    NewToken, Role, ScaleRequest, SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
+    Ack, AgentStatus, ApplyPlan, ApplyRequest, ArmRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, ChatList, ChatMessage, ChatPost,
+    CommandRequest, CommandResponse, CommandResult, Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList,
+    FleetState, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest,
+    LeaderInfo, LeaderRequest, NewToken, Role, ScaleRequest, SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList,
+    TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody, MAX_CHAT_CHARS};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
@@ -61,6 +62,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/rollback", post(rollback))
         .route("/api/v1/fleets/{name}/leader", post(leader))
         .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
+        .route("/api/v1/fleets/{name}/agents/{slot}/arm", post(arm))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -665,6 +667,8 @@ async fn status(
         }
     }
     let observed = by_slot;
+    let n = row.name.clone();
+    let disarmed = app.db.run(move |s| s.disarmed(&n)).await?;
     let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).filter(|s| only.is_none_or(|mine| mine == *s)).collect();
     let now = clock::mono_ms();
     let agents = slots
@@ -686,6 +690,7 @@ async fn status(
             let hb = live.as_ref().map(|a| &a.hb);
             AgentStatus {
                 slot,
+                armed: !disarmed.contains(&slot),
                 id: format!("{}/{slot}", row.name),
                 state,
                 instance: replica.map(|r| r.id.clone()).filter(|id| !id.is_empty()),
@@ -746,6 +751,29 @@ async fn rollback(State(app): State<Arc<App>>, Extension(caller): Extension<Call
     caller.may(&app, Action::Update, Target::Fleet(&name))?;
     load_active(&app, &name).await?;
     change(&app, caller, &name, "rollback", FleetUpdate::Rollback).await
+}
+
+/// Arms or disarms one agent (clawbucket's ARM): a disarmed agent takes part in none of the
+/// fleet's scenarios, and still answers what is sent to it.
+async fn arm(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P((name, slot)): P<(String, u32)>,
+    JsonBody(req): JsonBody<ArmRequest>,
+) -> Result<Json<Ack>, ApiError> {
+    caller.may(&app, Action::Command, Target::Agent(&name, slot))?;
+    let row = load_active(&app, &name).await?;
+    spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
+    let actor = caller.0.audit_name();
+    let n = name.clone();
+    let what = if req.armed { "armed" } else { "disarmed" };
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            Ok(((), s.set_armed(&n, slot, req.armed, &at, &audit(&at, &actor, "arm", &n, format!("agent {slot} {what}")))?))
+        })
+        .await?;
+    Ok(Json(Ack { ok: true, message: format!("agent {name}/{slot} {what}") }))
 }
 
 #[derive(Debug, Deserialize)]

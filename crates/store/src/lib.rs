@@ -528,6 +528,39 @@ impl Store {
         self.tx(|tx| update_fleet(tx, name, change, at, audit))
     }
 
+    // ---- arm ----
+
+    /// Arms or disarms one agent; an `arm` event (even when it was already so: the operator
+    /// asked) and an audit line.
+    pub fn set_armed(&self, fleet: &str, slot: u32, armed: bool, at: &str, audit: &Audit<'_>) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            if armed {
+                tx.execute("DELETE FROM disarmed WHERE fleet = ?1 AND slot = ?2", params![fleet, slot])?;
+            } else {
+                tx.execute("INSERT OR IGNORE INTO disarmed (fleet, slot) VALUES (?1, ?2)", params![fleet, slot])?;
+            }
+            write_audit(tx, audit)?;
+            let event = NewEvent {
+                at: at.to_owned(),
+                fleet: fleet.to_owned(),
+                agent: Some(slot),
+                injection_id: None,
+                body: EventBody::Arm { armed, by: audit.actor.to_owned() },
+            };
+            let id = insert_event(tx, &event, None)?;
+            Ok(vec![event.stored(id)])
+        })
+    }
+
+    /// The disarmed agents of a fleet.
+    pub fn disarmed(&self, fleet: &str) -> Result<std::collections::BTreeSet<u32>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT slot FROM disarmed WHERE fleet = ?1")?;
+            let slots = stmt.query_map([fleet], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            Ok(slots)
+        })
+    }
+
     // ---- leaders ----
 
     /// Records a fleet's new leader (`None`: none) in `epoch`, which must exceed the stored
@@ -829,6 +862,7 @@ impl Store {
             tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
             tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
+            tx.execute("DELETE FROM disarmed WHERE fleet = ?1", [name])?;
             let ev = NewEvent {
                 at: at.to_owned(),
                 fleet: name.to_owned(),

@@ -172,6 +172,14 @@ ALTER TABLE fleets ADD COLUMN leader_preferred INTEGER;
 -- A fleet's chat panel is its `chat` events, read newest first.
 CREATE INDEX events_chat ON events (fleet, id) WHERE event = 'chat';
 "#,
+    r#"
+-- Agents disarmed by an operator (clawbucket's ARM); every other agent is armed.
+CREATE TABLE disarmed (
+    fleet TEXT NOT NULL,
+    slot  INTEGER NOT NULL,
+    PRIMARY KEY (fleet, slot)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

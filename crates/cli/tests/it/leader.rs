@@ -102,3 +102,33 @@ fn a_fleet_has_a_chat_panel_of_bounded_messages() {
     let events = crate::support::events(&plane, "room");
     assert_eq!(events.iter().filter(|e| e["event"] == "chat").count(), 3);
 }
+
+/// ARM: an operator disarms and arms one agent; each change is an `arm` event naming who, the
+/// agent's status says so, and an unknown agent or a value that is not on/off is refused.
+#[test]
+fn agents_are_armed_and_disarmed_one_by_one() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "arms", "--backend", "external", "--replicas", "2"]);
+    let armed = |plane: &Plane| -> Vec<bool> {
+        plane.json(&["status", "arms", "--json"])["agents"].as_array().unwrap().iter().map(|a| a["armed"].as_bool().unwrap()).collect()
+    };
+    assert_eq!(armed(&plane), [true, true], "armed unless disarmed");
+    assert_eq!(plane.ok(&["arm", "arms/1", "off"]).trim(), "agent arms/1 disarmed");
+    assert_eq!(armed(&plane), [true, false]);
+    assert!(plane.ok(&["status", "arms"]).contains("(disarmed)"));
+    plane.ok(&["arm", "arms/1", "on"]);
+    assert_eq!(armed(&plane), [true, true]);
+    let events = crate::support::events(&plane, "arms");
+    let arms: Vec<(bool, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "arm" && e["agent"] == 1)
+        .map(|e| (e["data"]["armed"].as_bool().unwrap(), e["data"]["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(arms, [(false, "operator (operator)"), (true, "operator (operator)")]);
+    let err = plane.fails(&["arm", "arms/7", "off"]);
+    assert!(err.contains("fleet 'arms' has no agent 7"), "{err}");
+    let out = plane.cli(&["arm", "arms/0", "maybe"]);
+    assert_eq!(out.status.code(), Some(2), "a bad value is bad usage");
+    let (code, v) = plane.http("POST", "/api/v1/fleets/arms/agents/0/arm", Some(&plane.token()), Some(r#"{"armed": "yes"}"#));
+    assert_eq!(code, 400, "{v}");
+}
