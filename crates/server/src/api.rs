@@ -41,6 +41,9 @@ use crate::error::ApiError;
 use crate::hub::StreamRequest;
 use crate::{clock, outbox};
 
+#[path = "clawbucket.rs"]
+mod clawbucket;
+
 /// How long `status` waits for a fleet's backend to say what it runs.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,6 +77,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route("/api/v1/secrets", get(secret_list))
         .route("/api/v1/secrets/{name}", axum::routing::put(secret_set).delete(secret_delete))
+        .route("/api/swarm", get(clawbucket::swarm))
+        .route("/api/scale", post(clawbucket::scale))
+        .route("/api/chat", get(clawbucket::chat_get).post(clawbucket::chat_post))
+        .route("/api/arm", post(clawbucket::arm))
+        .route("/api/arm/events", get(clawbucket::arm_events))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(api)

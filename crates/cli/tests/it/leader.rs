@@ -132,3 +132,46 @@ fn agents_are_armed_and_disarmed_one_by_one() {
     let (code, v) = plane.http("POST", "/api/v1/fleets/arms/agents/0/arm", Some(&plane.token()), Some(r#"{"armed": "yes"}"#));
     assert_eq!(code, 400, "{v}");
 }
+
+/// clawbucket's own endpoints answer with its shapes: the swarm's tiles with one manager,
+/// scaling (202), chat, ARM and its events; the fleet is the `service`, or the only one.
+#[test]
+fn clawbucket_endpoints_answer_with_its_shapes() {
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "bucket", "--replicas", "2", "--brain", "echo", "--wait"]);
+    let token = plane.token();
+    let t = Some(token.as_str());
+    eventually(Duration::from_secs(30), "a manager", || (leader(&plane, "bucket").0 == Some(0)).then_some(()));
+    let (code, swarm) = plane.http("GET", "/api/swarm", t, None);
+    assert_eq!((code, swarm["service"].as_str(), swarm["tasks"].as_array().map(Vec::len)), (200, Some("bucket"), Some(2)), "{swarm}");
+    let managers: Vec<u64> =
+        swarm["tasks"].as_array().unwrap().iter().filter(|t| t["manager"] == true).map(|t| t["slot"].as_u64().unwrap()).collect();
+    assert_eq!(managers, [0], "exactly one MANAGER: {swarm}");
+    let name = swarm["tasks"][1]["name"].as_str().unwrap().to_owned();
+    assert!(name.ends_with("-1") && swarm["tasks"][1]["task_id"].as_str().is_some(), "{swarm}");
+
+    let (code, v) = plane.http("POST", "/api/scale", t, Some(r#"{"service": "clawfleet-bucket", "replicas": 3}"#));
+    assert_eq!((code, v), (202, serde_json::json!({"ok": true, "service": "bucket", "desired_replicas": 3, "status": "scaling"})));
+    let (code, m) = plane.http("POST", "/api/chat", t, Some(r#"{"text": "rock?"}"#));
+    assert_eq!((code, m["text"].as_str(), m["host"].as_str()), (201, Some("rock?"), Some("control-plane")), "{m}");
+    let (_, chat) = plane.http("GET", "/api/chat?service=bucket", t, None);
+    assert_eq!(chat["messages"][0]["from"], "operator (operator)", "{chat}");
+    let body = serde_json::json!({"bot": name, "state": "off"}).to_string();
+    let (code, v) = plane.http("POST", "/api/arm", t, Some(&body));
+    assert_eq!((code, v["state"].as_str(), v["bot"].as_str()), (200, Some("off"), Some(name.as_str())), "{v}");
+    let (_, events) = plane.http("GET", "/api/arm/events", t, None);
+    assert_eq!((events["events"][0]["slot"].as_u64(), events["events"][0]["state"].as_str()), (Some(1), Some("off")), "{events}");
+
+    // Bad input: a clear error, as {"error": ...}.
+    let (code, v) = plane.http("POST", "/api/arm", t, Some(r#"{"task_id": "0", "state": "maybe"}"#));
+    assert!(code == 400 && v["error"].as_str().unwrap().contains("state must be \"on\" or \"off\""), "{v}");
+    let (code, v) = plane.http("POST", "/api/arm", t, Some(r#"{"task_id": "nobody", "state": "on"}"#));
+    assert!(code == 404 && v["error"].as_str().unwrap().contains("has no agent \"nobody\""), "{v}");
+    let (code, v) = plane.http("POST", "/api/chat", t, Some(&serde_json::json!({"text": "x".repeat(281)}).to_string()));
+    assert!(code == 400 && v["error"].as_str().unwrap().contains("1 to 280 characters"), "{v}");
+    plane.ok(&["launch", "other", "--backend", "external", "--replicas", "1"]);
+    let (code, v) = plane.http("GET", "/api/swarm", t, None);
+    assert!(code == 400 && v["error"].as_str().unwrap().contains("2 fleets run: name one as service"), "{v}");
+    let (code, _) = plane.http("GET", "/api/swarm?service=bucket", None, None);
+    assert_eq!(code, 401, "behind the token like the rest");
+}
