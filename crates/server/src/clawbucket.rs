@@ -200,10 +200,10 @@ pub(super) async fn arm_events(
     let row = fleet_of(&app, q.service.as_deref()).await?;
     caller.may(&app, Action::Read, Target::Fleet(&row.name))?;
     let name = row.name.clone();
-    let filter = EventFilter { fleet: Some(name.clone()), ..EventFilter::default() };
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let events = app.db.run(move |s| s.events_after(&filter, 0, usize::MAX >> 1)).await?;
-    let mut out: Vec<Value> = events
+    let n = name.clone();
+    let events = app.db.run(move |s| s.arm_changes(&n, limit)).await?;
+    let out: Vec<Value> = events
         .into_iter()
         .filter_map(|e| match (&e.body, e.agent) {
             (EventBody::Arm { armed, by }, Some(slot)) => Some(json!({
@@ -213,7 +213,5 @@ pub(super) async fn arm_events(
             _ => None,
         })
         .collect();
-    let keep = out.len().saturating_sub(limit);
-    out.drain(..keep);
     Ok(Json(json!({ "events": out })))
 }

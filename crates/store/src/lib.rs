@@ -1204,12 +1204,22 @@ impl Store {
 
     /// The newest `limit` chat messages of a fleet, oldest first.
     pub fn chat(&self, fleet: &str, limit: usize) -> Result<Vec<Event>> {
+        self.newest(fleet, "chat", limit)
+    }
+
+    /// The newest `limit` ARM changes of a fleet, oldest first.
+    pub fn arm_changes(&self, fleet: &str, limit: usize) -> Result<Vec<Event>> {
+        self.newest(fleet, "arm", limit)
+    }
+
+    /// The newest `limit` events named `event` (one with an index of its own) of a fleet.
+    fn newest(&self, fleet: &str, event: &'static str, limit: usize) -> Result<Vec<Event>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, fleet, agent, injection_id, event, data FROM events
-                 WHERE fleet = ?1 AND event = 'chat' ORDER BY id DESC LIMIT ?2",
+                 WHERE fleet = ?1 AND event = ?2 ORDER BY id DESC LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![fleet, limit as i64], event_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![fleet, event, limit as i64], event_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             let mut events = rows.into_iter().map(decode_event).collect::<Result<Vec<_>>>()?;
             events.reverse();
             Ok(events)

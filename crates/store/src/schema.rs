@@ -169,8 +169,10 @@ ALTER TABLE fleets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE fleets ADD COLUMN leader_preferred INTEGER;
 "#,
     r#"
--- A fleet's chat panel is its `chat` events, read newest first.
+-- A fleet's chat panel is its `chat` events, its ARM history its `arm` events, read newest
+-- first (indexes of those rows alone: the hot path of other events pays nothing).
 CREATE INDEX events_chat ON events (fleet, id) WHERE event = 'chat';
+CREATE INDEX events_arm ON events (fleet, id) WHERE event = 'arm';
 "#,
     r#"
 -- Agents disarmed by an operator (clawbucket's ARM); every other agent is armed.
