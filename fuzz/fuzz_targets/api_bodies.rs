@@ -8,6 +8,9 @@ use clawfleet_proto::api::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<clawfleet_proto::api::ChatPost>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::api::ArmRequest>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::api::LeaderRequest>(data);
     if let Ok(req) = serde_json::from_slice::<SecretRequest>(data)
         && clawfleet_core::spec::check_secret_value("X", &req.value).is_ok()
     {
