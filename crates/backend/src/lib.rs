@@ -52,11 +52,18 @@ pub struct Deployment {
 }
 
 /// A fleet's brains' environment: its variables, and its secrets with their values (which
-/// travel only through each backend's secret channel).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// travel only through each backend's secret channel, and which `Debug` never shows).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct BrainEnvironment {
     pub vars: Vec<(String, String)>,
     pub secrets: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for BrainEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<&str> = self.secrets.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("BrainEnvironment").field("vars", &self.vars).field("secrets", &secrets).finish()
+    }
 }
 
 impl BrainEnvironment {
@@ -303,7 +310,15 @@ pub async fn converge(backend: &dyn Backend, deployment: &Deployment, memory: &m
 
 #[cfg(test)]
 mod tests {
-    use super::config_key;
+    use super::{BrainEnvironment, config_key};
+
+    #[test]
+    fn a_brains_secrets_never_show_in_debug_output() {
+        let env = BrainEnvironment { vars: vec![("PROJECT".into(), "climate".into())], secrets: vec![("API_KEY".into(), "s3cr3t".into())] };
+        let shown = format!("{env:?}");
+        assert!(shown.contains("PROJECT") && shown.contains("climate") && shown.contains("API_KEY"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
 
     #[test]
     fn config_keys_are_stable_and_sensitive() {
