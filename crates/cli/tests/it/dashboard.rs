@@ -127,6 +127,18 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     }
     assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
+    // The MANAGER badge on the one leader; ARM toggled on a tile; a chat message posted.
+    eventually(Duration::from_secs(30), "the MANAGER badge", || browser.text(".tile.manager[data-agent=\"web/0\"] .badge"));
+    browser.click(".tile[data-agent=\"web/1\"] .arm");
+    eventually(Duration::from_secs(30), "agent 1 disarmed", || {
+        (plane.json(&["status", "web", "--json"])["agents"][1]["armed"] == false).then_some(())
+    });
+    eventually(Duration::from_secs(30), "the toggle showing it", || browser.text(".tile[data-agent=\"web/1\"] .arm").filter(|t| t == "ARM off"));
+    browser.type_into("#chat-text", "rock?");
+    browser.click("#chat-send");
+    eventually(Duration::from_secs(30), "the chat message", || browser.text(".chat-msg .text").filter(|t| t == "rock?"));
+    assert_eq!(plane.json(&["chat", "web", "--json"])["messages"][0]["text"], "rock?");
+
     // A deploy's progress: its canary passed, the deploy waits, the canary's tile shows its version.
     plane.ok(&["deploy", "web", "--version", "2", "--canary", "1"]);
     eventually(Duration::from_secs(30), "the paused deploy", || {
