@@ -15,24 +15,29 @@ pub(super) struct ServiceQuery {
     limit: Option<usize>,
 }
 
-/// The fleet a clawbucket request names, or the only one.
-async fn fleet_of(app: &App, service: Option<&str>) -> Result<FleetRow, ApiError> {
+/// The fleet a clawbucket request names, or the only one the caller may read. A fleet the
+/// caller may not read is refused (403) whether or not it exists, and never listed.
+async fn fleet_of(app: &App, caller: &Caller, service: Option<&str>) -> Result<FleetRow, ApiError> {
     let rows: Vec<FleetRow> = app.db.run(|s| s.fleets()).await?.into_iter().filter(|r| r.state == FleetState::Active).collect();
     match service.map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => {
             let name = s.strip_prefix("clawfleet-").filter(|n| !rows.iter().any(|r| r.name == s) && rows.iter().any(|r| r.name == *n));
             let name = name.unwrap_or(s);
+            caller.reads(app, name)?;
             rows.into_iter().find(|r| r.name == name).ok_or_else(|| ApiError::no_fleet(name))
         }
-        None => match <[FleetRow; 1]>::try_from(rows) {
-            Ok([only]) => Ok(only),
-            Err(rows) if rows.is_empty() => Err(ApiError::not_found("there is no fleet")),
-            Err(rows) => Err(ApiError::bad_request(format!(
-                "{} fleets run: name one as service ({})",
-                rows.len(),
-                rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))),
-        },
+        None => {
+            let readable: Vec<FleetRow> = rows.into_iter().filter(|r| caller.reads(app, &r.name).is_ok()).collect();
+            match <[FleetRow; 1]>::try_from(readable) {
+                Ok([only]) => Ok(only),
+                Err(rows) if rows.is_empty() => Err(ApiError::not_found("there is no fleet")),
+                Err(rows) => Err(ApiError::bad_request(format!(
+                    "{} fleets run: name one as service ({})",
+                    rows.len(),
+                    rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))),
+            }
+        }
     }
 }
 
@@ -56,7 +61,7 @@ pub(super) async fn swarm(
     Extension(caller): Extension<Caller>,
     Query(q): Query<ServiceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = fleet_of(&app, q.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
     let Json(status) = super::status(State(app.clone()), Extension(caller), P(row.name.clone())).await?;
     let leader = status.fleet.leader;
     let tasks: Vec<Value> = status
@@ -97,7 +102,7 @@ pub(super) async fn scale(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<ScaleBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let row = fleet_of(&app, req.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
     let body = JsonBody(ScaleRequest { replicas: req.replicas });
     let Json(fleet) = super::scale(State(app.clone()), Extension(caller), P(row.name.clone()), body).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true, "service": fleet.name, "desired_replicas": fleet.replicas, "status": "scaling" }))))
@@ -120,7 +125,7 @@ pub(super) async fn chat_get(
     Extension(caller): Extension<Caller>,
     Query(q): Query<ServiceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = fleet_of(&app, q.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
     let query = Query(ChatQuery { limit: q.limit });
     let Json(list) = super::chat_list(State(app.clone()), Extension(caller), P(row.name), query).await?;
     Ok(Json(json!({ "messages": list.messages.iter().map(chat_line).collect::<Vec<_>>() })))
@@ -132,7 +137,7 @@ pub(super) async fn chat_post(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<ChatBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let row = fleet_of(&app, req.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
     let body = JsonBody(ChatPost { text: req.text });
     let (code, Json(m)) = super::chat_post(State(app.clone()), Extension(caller), P(row.name), body).await?;
     Ok((code, Json(chat_line(&m))))
@@ -165,7 +170,7 @@ pub(super) async fn arm(
             )));
         }
     };
-    let row = fleet_of(&app, req.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
     let Json(status) = super::status(State(app.clone()), Extension(caller.clone()), P(row.name.clone())).await?;
     let wanted = req.task_id.as_deref().or(req.bot.as_deref()).ok_or_else(|| ApiError::bad_request("name the agent: task_id or bot"))?;
     let agent = status
@@ -197,7 +202,7 @@ pub(super) async fn arm_events(
     Extension(caller): Extension<Caller>,
     Query(q): Query<ServiceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = fleet_of(&app, q.service.as_deref()).await?;
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
     caller.may(&app, Action::Read, Target::Fleet(&row.name))?;
     let name = row.name.clone();
     let limit = q.limit.unwrap_or(1000).min(10_000);

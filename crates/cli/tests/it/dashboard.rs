@@ -133,7 +133,9 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     eventually(Duration::from_secs(30), "agent 1 disarmed", || {
         (plane.json(&["status", "web", "--json"])["agents"][1]["armed"] == false).then_some(())
     });
-    eventually(Duration::from_secs(30), "the toggle showing it", || browser.text(".tile[data-agent=\"web/1\"] .arm").filter(|t| t == "ARM off"));
+    eventually(Duration::from_secs(30), "the toggle showing it", || {
+        browser.text(".tile[data-agent=\"web/1\"] .arm").filter(|t| t == "ARM off")
+    });
     browser.type_into("#chat-text", "rock?");
     browser.click("#chat-send");
     eventually(Duration::from_secs(30), "the chat message", || browser.text(".chat-msg .text").filter(|t| t == "rock?"));

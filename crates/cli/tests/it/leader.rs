@@ -174,4 +174,13 @@ fn clawbucket_endpoints_answer_with_its_shapes() {
     assert!(code == 400 && v["error"].as_str().unwrap().contains("2 fleets run: name one as service"), "{v}");
     let (code, _) = plane.http("GET", "/api/swarm?service=bucket", None, None);
     assert_eq!(code, 401, "behind the token like the rest");
+    // A token bound to one fleet gets that fleet by default, and neither sees nor learns of
+    // the others (refused whether they exist or not).
+    let scoped = plane.ok(&["token", "create", "--role", "operator", "--fleet", "other", "--name", "other-op"]).trim().to_owned();
+    let (code, v) = plane.http("GET", "/api/swarm", Some(&scoped), None);
+    assert_eq!((code, v["service"].as_str()), (200, Some("other")), "{v}");
+    for service in ["bucket", "ghost"] {
+        let (code, v) = plane.http("GET", &format!("/api/swarm?service={service}"), Some(&scoped), None);
+        assert_eq!(code, 403, "{service}: {v}");
+    }
 }
