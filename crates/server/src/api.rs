@@ -187,6 +187,7 @@ fn audit<'a>(at: &'a str, actor: &'a str, action: &'a str, target: &'a str, deta
 }
 
 fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
+    let brain_env = BrainEnv::from_column(row.brain_env.as_deref());
     let now = clock::mono_ms();
     let ready = (0..row.replicas).filter(|&s| app.live.state(&row.name, s, now).is_ready()).count() as u32;
     Fleet {
@@ -205,8 +206,8 @@ fn fleet_view(app: &App, row: &FleetRow) -> Fleet {
         deploy: row.deploy.is_some().then(|| crate::app::deploy_policy(row)),
         canary: crate::app::canary(row),
         rollback_to: row.previous.as_ref().map(|(_, version)| version.clone()),
-        env: BrainEnv::from_column(row.brain_env.as_deref()).env,
-        secrets: BrainEnv::from_column(row.brain_env.as_deref()).secrets,
+        env: brain_env.env,
+        secrets: brain_env.secrets,
         leader: row.leader.map(|slot| LeaderInfo { slot, epoch: row.leader_epoch }),
         leader_preferred: row.leader_preferred,
     }

@@ -140,6 +140,7 @@ impl App {
 
     /// A stored fleet's desired state, as validated specs are.
     pub(crate) fn spec(&self, row: &FleetRow) -> Result<FleetSpec, String> {
+        let brain_env = BrainEnv::from_column(row.brain_env.as_deref());
         Ok(FleetSpec {
             name: row.name.parse().map_err(|e| format!("stored fleet name: {e}"))?,
             replicas: row.replicas,
@@ -150,8 +151,8 @@ impl App {
             image: row.image.clone(),
             cluster: row.cluster.as_deref().map(serde_json::from_str).transpose().map_err(|e| format!("stored cluster profile: {e}"))?,
             deploy: deploy_policy(row),
-            env: BrainEnv::from_column(row.brain_env.as_deref()).env,
-            secrets: BrainEnv::from_column(row.brain_env.as_deref()).secrets,
+            env: brain_env.env,
+            secrets: brain_env.secrets,
         })
     }
 
