@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
-use clawfleet_core::{BrainSpec, CommandName};
+use clawfleet_core::{BrainSpec, CommandName, scenario};
 use clawfleet_proto::bus::{self as wire, AgentActivity, BrainStatus, Directive, Heartbeat};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::mailbox::InboxItem;
+use clawfleet_proto::scenario::{Chooser, Play, Rps};
 use clawfleet_proto::topic::{self, Channel};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -56,6 +57,11 @@ enum Internal {
         turn: u64,
         result: Result<TurnResult, BrainError>,
     },
+    /// A scenario's play went through the brain: its answer, or why not.
+    Played {
+        play: Play,
+        answer: Result<String, String>,
+    },
     /// A health probe finished; `reply_to` is the health-check command that asked, if any.
     Health {
         health: BrainHealth,
@@ -90,6 +96,9 @@ struct Agent {
     internal: mpsc::Sender<Internal>,
     /// Whether the bus connection has ever come up (the health check wants it).
     connected_once: bool,
+    /// The plays seen lately (each is played once), and how many are with the brain now.
+    plays_seen: VecDeque<String>,
+    plays_running: usize,
     /// When the next heartbeat is due; state changes bring it forward.
     next_beat: tokio::time::Instant,
     last_beat: tokio::time::Instant,
@@ -97,6 +106,21 @@ struct Agent {
 
 /// The closest two heartbeats may be: state changes within it share one heartbeat.
 const MIN_BEAT_GAP: Duration = Duration::from_millis(200);
+/// Plays remembered, so a redelivered one is not played twice.
+const PLAYS_REMEMBERED: usize = 256;
+/// Plays with the brain at once; more are answered without it (a random move) or dropped.
+const MAX_PLAYS_RUNNING: usize = 4;
+/// The longest a play waits for the brain.
+const PLAY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A move from a brain's answer, else a random one.
+fn rps_move(round: u64, epoch: Option<u64>, answer: &Result<String, String>) -> EventBody {
+    let (choice, by) = match answer.as_deref().ok().and_then(scenario::parse_move) {
+        Some(choice) => (choice, Chooser::Brain),
+        None => (Rps::ALL[usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % Rps::ALL.len()], Chooser::Random),
+    };
+    EventBody::RpsMove { round, choice, by, epoch, delta: None, score: None }
+}
 
 /// Runs one agent until `shutdown` resolves; then ends its turn, fails what is queued,
 /// publishes a final `stopped` heartbeat and disconnects.
@@ -176,6 +200,8 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         started: Instant::now(),
         internal,
         connected_once: false,
+        plays_seen: VecDeque::new(),
+        plays_running: 0,
         next_beat: tokio::time::Instant::now(),
         last_beat: tokio::time::Instant::now(),
         ws,
@@ -361,6 +387,81 @@ impl Agent {
                 }
                 Err(e) => tracing::error!(error = %e, "Could not read the journal for a replay"),
             },
+            Directive::Play { play_id, play, expires_at, .. } => self.on_play(play_id, play, expires_at),
+        }
+    }
+
+    /// A scenario's play: a random move at once, or the brain asked beside the conversation
+    /// (its answer is not part of it). Each play runs once; a late one is dropped, so an agent
+    /// that was cut off does not act on what it was asked before.
+    fn on_play(&mut self, play_id: String, play: Play, expires_at: Option<String>) {
+        if self.plays_seen.contains(&play_id) {
+            return;
+        }
+        if self.plays_seen.len() == PLAYS_REMEMBERED {
+            self.plays_seen.pop_front();
+        }
+        self.plays_seen.push_back(play_id);
+        if let Some(at) = expires_at
+            && humantime::parse_rfc3339_weak(&at).is_ok_and(|at| std::time::SystemTime::now() > at)
+        {
+            tracing::info!(play = play.name(), expires_at = %at, "Dropped a play that arrived after its deadline");
+            return;
+        }
+        let prompt = match &play {
+            Play::RpsLead { brain: false, .. } | Play::Rps { brain: false, .. } => return self.answer_play(play, Err("random".into())),
+            Play::RpsLead { .. } | Play::Rps { .. } => scenario::RPS_PROMPT.to_owned(),
+            Play::Haiku { .. } => scenario::haiku_prompt(self.config.agent.fleet.as_str()),
+            Play::ThreeWords {} => scenario::THREE_WORDS_PROMPT.to_owned(),
+            Play::Chime { prompt } => prompt.clone(),
+        };
+        if self.plays_running >= MAX_PLAYS_RUNNING {
+            tracing::warn!(play = play.name(), "Too many plays with the brain; this one is answered without it");
+            return self.answer_play(play, Err("busy".into()));
+        }
+        self.plays_running += 1;
+        let request = TurnRequest {
+            injection_id: format!("play-{}", play.name()),
+            system_prompt: self.system_prompt.clone(),
+            history: Vec::new(),
+            prompt,
+            workspace: self.ws.dir().to_owned(),
+        };
+        let brain = self.brain.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let (ptx, mut prx) = mpsc::channel(64);
+            let drain = async move { while prx.recv().await.is_some() {} };
+            let turn = tokio::time::timeout(PLAY_TIMEOUT, brain.turn(request, ptx));
+            let (result, ()) = tokio::join!(turn, drain);
+            let answer = match result {
+                Ok(Ok(r)) => Ok(r.content),
+                Ok(Err(e)) => Err(e.0),
+                Err(_) => Err(format!("no answer in {} s", PLAY_TIMEOUT.as_secs())),
+            };
+            let _ = tx.send(Internal::Played { play, answer }).await;
+        });
+    }
+
+    /// Reports what a play gave: a move (the brain's, else a random one), a haiku, a phrase or
+    /// a chat message; a brain that gave nothing usable is logged, and nothing is reported.
+    fn answer_play(&mut self, play: Play, answer: Result<String, String>) {
+        let body =
+            match play {
+                Play::RpsLead { round, epoch, .. } => Some(rps_move(round, Some(epoch), &answer)),
+                Play::Rps { round, .. } => Some(rps_move(round, None, &answer)),
+                Play::Haiku { epoch } => answer.as_deref().ok().and_then(scenario::haiku).map(|text| EventBody::Haiku { epoch, text }),
+                Play::ThreeWords {} => answer.as_deref().ok().and_then(scenario::three_words).map(|text| EventBody::ThreeWords { text }),
+                Play::Chime { .. } => answer.as_deref().ok().map(str::trim).filter(|t| !t.is_empty()).map(|t| EventBody::Chat {
+                    from: String::new(),
+                    text: t.chars().take(clawfleet_proto::event::MAX_CHAT_CHARS).collect(),
+                }),
+            };
+        match body {
+            Some(body) => self.emit(None, body),
+            None => {
+                tracing::warn!(answer = ?answer.map(|a| a.chars().take(80).collect::<String>()), "The brain's answer to a play gave nothing to report")
+            }
         }
     }
 
@@ -536,6 +637,10 @@ impl Agent {
                         self.emit(Some(&id), EventBody::AgentError { message: e.0 });
                     }
                 }
+            }
+            Internal::Played { play, answer } => {
+                self.plays_running -= 1;
+                self.answer_play(play, answer);
             }
             Internal::Health { health, reply_to } => {
                 let changed = health != self.health;

@@ -77,6 +77,17 @@ pub(crate) enum Command {
     /// Arm or disarm one agent (clawbucket's ARM): a disarmed agent takes part in none of its
     /// fleet's scenarios, and still answers what is sent to it.
     Arm(ArmArgs),
+    /// The scenarios a fleet plays (clawbucket's simulation): without options, what is on;
+    /// `--rps 10s` starts Rock/Paper/Scissors rounds, `--haiku 5m` the leader's haiku,
+    /// `--three-words 10m` each agent's phrase (`off` stops one).
+    Scenario(ScenarioArgs),
+    /// A fleet's Rock/Paper/Scissors: the newest round and the scoreboard, best first.
+    Scoreboard(ScoreboardArgs),
+    /// A fleet's newest haiku (written by its leader).
+    Haiku(HaikuArgs),
+    /// Ask agents to post to the fleet's chat through their brain: in reply to PROMPT, or to the
+    /// newest message.
+    Chime(ChimeArgs),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -591,6 +602,73 @@ pub(crate) struct ChatArgs {
     pub limit: usize,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A scenario's interval (`10s`, `5m`), or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Every {
+    Off,
+    Every(std::time::Duration),
+}
+
+fn every(s: &str) -> Result<Every, String> {
+    if s == "off" {
+        return Ok(Every::Off);
+    }
+    humantime::parse_duration(s).map(Every::Every).map_err(|e| format!("{e} (give a duration such as 10s or 5m, or off)"))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScenarioArgs {
+    pub fleet: String,
+    /// Rock/Paper/Scissors rounds this often (1 s to 1 h), or off.
+    #[arg(long, value_parser = every)]
+    pub rps: Option<Every>,
+    /// Players (and the leader) choose their moves through their brains, not at random.
+    #[arg(long)]
+    pub rps_brain: Option<bool>,
+    /// A haiku by the leader this often (1 min to 1 day), or off.
+    #[arg(long, value_parser = every)]
+    pub haiku: Option<Every>,
+    /// Each agent's three-word phrase this often (1 min to 1 day), or off.
+    #[arg(long, value_parser = every)]
+    pub three_words: Option<Every>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScoreboardArgs {
+    pub fleet: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HaikuArgs {
+    pub fleet: String,
+    /// How many of the newest to show (at most 10 are kept).
+    #[arg(long, default_value_t = 5)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChimeArgs {
+    pub fleet: String,
+    pub prompt: Option<String>,
+    /// Only these agents (comma-separated slots); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Option<Vec<u32>>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -9,7 +9,8 @@ use clawfleet_proto::api::{
 };
 
 use crate::args::{
-    ArmArgs, AuditArgs, ChatArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, StatusArgs, TerminateArgs, UpdateArgs,
+    ArmArgs, AuditArgs, ChatArgs, ChimeArgs, Every, HaikuArgs, LaunchArgs, LeaderArgs, LsArgs, RollbackArgs, ScaleArgs, ScenarioArgs,
+    ScoreboardArgs, StatusArgs, TerminateArgs, UpdateArgs,
 };
 use crate::client::Client;
 use crate::output::{Progress, table};
@@ -320,6 +321,106 @@ pub(crate) async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             outln!("{} {}: {}", m.at, m.from, m.text);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn scenario(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
+    use clawfleet_proto::scenario::{HaikuSettings, RpsSettings, Scenarios, ThreeWordsSettings};
+    let client = args.client.client()?;
+    let path = format!("/api/v1/fleets/{}/scenarios", args.fleet);
+    let mut s: Scenarios = client.get(&path).await?;
+    let changing = args.rps.is_some() || args.rps_brain.is_some() || args.haiku.is_some() || args.three_words.is_some();
+    if changing {
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let mins = |d: std::time::Duration| u32::try_from(d.as_secs() / 60).unwrap_or(u32::MAX);
+        let brain = args.rps_brain.or(s.rps.map(|r| r.brain)).unwrap_or(false);
+        match args.rps {
+            Some(Every::Off) => s.rps = None,
+            Some(Every::Every(d)) => s.rps = Some(RpsSettings { interval_seconds: secs(d), brain }),
+            None => s.rps = s.rps.map(|r| RpsSettings { brain, ..r }),
+        }
+        match args.haiku {
+            Some(Every::Off) => s.haiku = None,
+            Some(Every::Every(d)) => s.haiku = Some(HaikuSettings { interval_minutes: mins(d) }),
+            None => {}
+        }
+        match args.three_words {
+            Some(Every::Off) => s.three_words = None,
+            Some(Every::Every(d)) => s.three_words = Some(ThreeWordsSettings { interval_minutes: mins(d) }),
+            None => {}
+        }
+        s = client.put(&path, &s).await?;
+    }
+    if args.json {
+        print_json(&s);
+    } else {
+        outln!("fleet '{}' plays: {}", args.fleet, crate::output::scenarios_line(&s));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn scoreboard(args: ScoreboardArgs) -> anyhow::Result<ExitCode> {
+    let view: clawfleet_proto::api::RpsView = args.client.client()?.get(&format!("/api/v1/fleets/{}/rps", args.fleet)).await?;
+    if args.json {
+        print_json(&view);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (&view.scenarios.rps, &view.round) {
+        (None, _) => outln!("fleet '{}' plays no Rock/Paper/Scissors (clawfleet scenario {} --rps 10s)", args.fleet, args.fleet),
+        (Some(r), None) => outln!("rounds every {} s; none played yet", r.interval_seconds),
+        (Some(r), Some(round)) => outln!(
+            "rounds every {} s; round {}: agent {} (epoch {}) played {}, {} answered",
+            r.interval_seconds,
+            round.round,
+            round.leader,
+            round.epoch,
+            round.choice.map_or("-", |c| c.as_str()),
+            round.plays
+        ),
+    }
+    if !view.scoreboard.is_empty() {
+        let rows: Vec<Vec<String>> = view
+            .scoreboard
+            .iter()
+            .map(|r| {
+                vec![
+                    r.slot.to_string(),
+                    r.name.clone(),
+                    format!("{:+}", r.score),
+                    r.wins.to_string(),
+                    r.draws.to_string(),
+                    r.losses.to_string(),
+                ]
+            })
+            .collect();
+        out!("{}", table(&["AGENT", "NAME", "SCORE", "WON", "DRAWN", "LOST"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn haiku(args: HaikuArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/fleets/{}/haiku?limit={}", args.fleet, args.limit);
+    let list: clawfleet_proto::api::HaikuList = args.client.client()?.get(&path).await?;
+    if args.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.haiku.is_empty() {
+        outln!("no haiku yet (clawfleet scenario {} --haiku 5m)", args.fleet);
+    }
+    for h in &list.haiku {
+        outln!("{} by agent {} (epoch {}):", h.at, h.agent, h.epoch);
+        for line in h.text.lines() {
+            outln!("    {line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn chime(args: ChimeArgs) -> anyhow::Result<ExitCode> {
+    let req = clawfleet_proto::api::ChimeRequest { prompt: args.prompt, targets: args.agents };
+    let ack: Ack = args.client.client()?.post(&format!("/api/v1/fleets/{}/chime", args.fleet), &req).await?;
+    outln!("{}", ack.message);
     Ok(ExitCode::SUCCESS)
 }
 

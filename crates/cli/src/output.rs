@@ -174,6 +174,19 @@ impl EventPrinter {
             EventBody::LeaderChanged { slot: None, .. } => "leader: none (no agent is healthy)".into(),
             EventBody::Chat { from, text } => format!("chat from {from}: {text}"),
             EventBody::Arm { armed, by } => format!("{} by {by}", if *armed { "armed" } else { "disarmed" }),
+            EventBody::RpsMove { round, choice, epoch: Some(epoch), .. } => format!("leads round {round} with {choice} (epoch {epoch})"),
+            EventBody::RpsMove { round, choice, delta, score, .. } => {
+                let result = match delta {
+                    Some(1) => "wins",
+                    Some(0) => "draws",
+                    _ => "loses",
+                };
+                format!("plays {choice} in round {round}: {result} (score {})", score.unwrap_or(0))
+            }
+            EventBody::Haiku { text, .. } => format!("haiku: {}", text.replace('\n', " / ")),
+            EventBody::ThreeWords { text } => format!("says: {text}"),
+            EventBody::PlayRefused { play, reason } => format!("{play} refused: {reason}"),
+            EventBody::ScenariosSet { scenarios, by } => format!("scenarios set by {by}: {}", scenarios_line(scenarios)),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {
@@ -202,6 +215,21 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => panic!("failed printing to stdout: {e}"),
     }
+}
+
+/// A fleet's scenarios in one line: `rps every 10 s, haiku every 5 min` (or `none`).
+pub(crate) fn scenarios_line(s: &clawfleet_proto::scenario::Scenarios) -> String {
+    let mut on = Vec::new();
+    if let Some(r) = s.rps {
+        on.push(format!("rps every {} s{}", r.interval_seconds, if r.brain { " (brains move)" } else { "" }));
+    }
+    if let Some(h) = s.haiku {
+        on.push(format!("haiku every {} min", h.interval_minutes));
+    }
+    if let Some(t) = s.three_words {
+        on.push(format!("three words every {} min", t.interval_minutes));
+    }
+    if on.is_empty() { "none".into() } else { on.join(", ") }
 }
 
 #[cfg(test)]

@@ -131,6 +131,11 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::LeaderChanged { .. }
         | EventBody::Chat { .. }
         | EventBody::Arm { .. }
+        | EventBody::RpsMove { .. }
+        | EventBody::Haiku { .. }
+        | EventBody::ThreeWords { .. }
+        | EventBody::PlayRefused { .. }
+        | EventBody::ScenariosSet { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }

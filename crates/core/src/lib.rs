@@ -1,6 +1,6 @@
 //! clawfleet's domain, pure: validated names and specs, brain specs, the command vocabulary,
-//! agent liveness, the bus access rules, who may do what on the API, the reconcile plan, and
-//! validated generation requests.
+//! agent liveness, the bus access rules, who may do what on the API, the reconcile plan, who
+//! leads a fleet and the rules of its scenarios, and validated generation requests.
 //!
 //! **Architecture invariant:** this crate does no IO and reads no clock; callers pass `now`.
 //! Everything here is a function of its arguments, so it is tested without processes or sockets.
@@ -15,6 +15,7 @@ pub mod leader;
 pub mod liveness;
 pub mod names;
 pub mod plan;
+pub mod scenario;
 pub mod spec;
 
 pub use brain::BrainSpec;

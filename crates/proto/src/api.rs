@@ -486,6 +486,74 @@ pub struct ChatList {
     pub messages: Vec<ChatMessage>,
 }
 
+/// `POST /api/v1/fleets/{name}/chime`: ask agents (`targets`, all when absent) to post to the
+/// chat what their brain answers to `prompt` (absent: the newest message, to reply to).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChimeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<u32>>,
+}
+
+/// A Rock/Paper/Scissors round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundView {
+    pub round: u64,
+    /// The leader it was opened for, and its epoch.
+    pub leader: u32,
+    pub epoch: u64,
+    /// The leader's move, once it moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<crate::scenario::Rps>,
+    pub opened_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub led_at: Option<String>,
+    /// How many agents played it.
+    pub plays: u64,
+}
+
+/// One agent's line of a fleet's scoreboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreView {
+    pub slot: u32,
+    /// Its generated name (clawbucket's).
+    pub name: String,
+    pub score: i64,
+    pub wins: u64,
+    pub draws: u64,
+    pub losses: u64,
+    pub last_round: u64,
+}
+
+/// `GET /api/v1/fleets/{name}/rps`: the fleet's scenarios, its newest round and its scoreboard
+/// (best first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpsView {
+    pub scenarios: crate::scenario::Scenarios,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<RoundView>,
+    pub scoreboard: Vec<ScoreView>,
+}
+
+/// One haiku of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaikuView {
+    pub id: u64,
+    pub at: String,
+    /// The leader that wrote it, in its epoch.
+    pub agent: u32,
+    pub epoch: u64,
+    pub text: String,
+}
+
+/// `GET /api/v1/fleets/{name}/haiku`: the newest haiku, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaikuList {
+    pub haiku: Vec<HaikuView>,
+}
+
 /// A fleet's leader: its slot and the epoch (fencing token) it leads in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -604,6 +672,12 @@ pub struct AgentStatus {
     /// Why the backend cannot run it, or how it last exited, when that matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// What it says it is doing, in three words (the three-words scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub three_words: Option<String>,
+    /// Its Rock/Paper/Scissors score, once it played.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<i64>,
 }
 
 /// `POST /api/v1/fleets/{name}/scale`

@@ -39,13 +39,26 @@ pub enum Directive {
     },
     /// Publish again every journaled event with a sequence number above `after_seq`.
     Replay { after_seq: u64 },
+    /// Do something for a scenario (clawbucket's simulation); not a turn of the conversation.
+    /// An agent plays each `play_id` once, and drops one that arrives after `expires_at`.
+    Play {
+        play_id: String,
+        #[serde(flatten)]
+        play: crate::scenario::Play,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        targets: Option<Vec<u32>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
 }
 
 impl Directive {
     /// Whether a directive read from a fleet topic is meant for `slot`.
     pub fn is_for(&self, slot: u32) -> bool {
         match self {
-            Directive::Inject { targets, .. } | Directive::Command { targets, .. } => targets.as_ref().is_none_or(|t| t.contains(&slot)),
+            Directive::Inject { targets, .. } | Directive::Command { targets, .. } | Directive::Play { targets, .. } => {
+                targets.as_ref().is_none_or(|t| t.contains(&slot))
+            }
             Directive::Replay { .. } => true,
         }
     }
@@ -178,6 +191,16 @@ mod tests {
         assert_eq!(decode_directive(&encode(&d)).unwrap(), d);
         let direct = decode_directive(br#"{"type":"command","command_id":"c","command":"health-check"}"#).unwrap();
         assert!(direct.is_for(99));
+        let play = Directive::Play {
+            play_id: "p1".into(),
+            play: crate::scenario::Play::Rps { round: 4, brain: false },
+            targets: Some(vec![1]),
+            expires_at: None,
+        };
+        expect![[r#"{"type":"play","play_id":"p1","play":"rps","round":4,"brain":false,"targets":[1]}"#]]
+            .assert_eq(&String::from_utf8(encode(&play)).unwrap());
+        assert_eq!(decode_directive(&encode(&play)).unwrap(), play);
+        assert!(play.is_for(1) && !play.is_for(0));
     }
 
     #[test]

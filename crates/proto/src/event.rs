@@ -121,6 +121,29 @@ pub enum EventBody {
     /// A message in the fleet's chat panel: who posted it (a token's name and role, or an
     /// agent) and its text (at most [`MAX_CHAT_CHARS`] characters).
     Chat { from: String, text: String },
+    /// An agent's Rock/Paper/Scissors move in `round`: the leader's (with its `epoch`), which
+    /// opens the round to the others, or a player's, which the control plane scores against it
+    /// (`delta` +1/0/−1 and the agent's new `score`, filled in by the control plane).
+    RpsMove {
+        round: u64,
+        choice: crate::scenario::Rps,
+        by: crate::scenario::Chooser,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<i8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        score: Option<i64>,
+    },
+    /// A haiku the leader wrote in `epoch`.
+    Haiku { epoch: u64, text: String },
+    /// What an agent says it is doing, in three words.
+    ThreeWords { text: String },
+    /// The control plane refused what an agent did for a scenario (a move from an agent that is
+    /// not the leader, in a stale epoch, twice in a round, from a disarmed agent…).
+    PlayRefused { play: String, reason: String },
+    /// The fleet's scenarios were set (by a token's name and role).
+    ScenariosSet { scenarios: crate::scenario::Scenarios, by: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -150,6 +173,11 @@ impl EventBody {
             EventBody::LeaderChanged { .. } => "leader_changed",
             EventBody::Chat { .. } => "chat",
             EventBody::Arm { .. } => "arm",
+            EventBody::RpsMove { .. } => "rps_move",
+            EventBody::Haiku { .. } => "haiku",
+            EventBody::ThreeWords { .. } => "three_words",
+            EventBody::PlayRefused { .. } => "play_refused",
+            EventBody::ScenariosSet { .. } => "scenarios_set",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",
@@ -172,6 +200,11 @@ impl EventBody {
                 | EventBody::AgentError { .. }
                 | EventBody::InjectFailed { .. }
                 | EventBody::CommandReply { .. }
+                | EventBody::RpsMove { .. }
+                | EventBody::Haiku { .. }
+                | EventBody::ThreeWords { .. }
+                // Its `from` is set by the control plane to the agent's name.
+                | EventBody::Chat { .. }
         )
     }
 
@@ -247,6 +280,20 @@ mod tests {
             EventBody::DeployStarted { deploy: 3, target: "all".into(), version: "2".into(), image: None },
             EventBody::DeployProgress { deploy: 3, ready: 1, replicas: 2 },
             EventBody::DeployFinished { deploy: 3, outcome: crate::api::DeployState::Reverted, reason: Some("no progress".into()) },
+            EventBody::RpsMove {
+                round: 2,
+                choice: crate::scenario::Rps::Paper,
+                by: crate::scenario::Chooser::Random,
+                epoch: None,
+                delta: Some(-1),
+                score: Some(3),
+            },
+            EventBody::Haiku { epoch: 1, text: "old pond".into() },
+            EventBody::ThreeWords { text: "guarding the gate".into() },
+            EventBody::PlayRefused { play: "rps_move".into(), reason: "stale".into() },
+            EventBody::ScenariosSet { scenarios: crate::scenario::Scenarios::default(), by: "admin".into() },
+            EventBody::Chat { from: "a".into(), text: "hi".into() },
+            EventBody::Arm { armed: false, by: "admin".into() },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

@@ -34,7 +34,7 @@ macro_rules! named_enum {
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
 
@@ -64,6 +64,7 @@ pub mod mailbox;
 pub mod model;
 pub mod policy;
 pub mod router;
+pub mod scenario;
 pub mod topic;
 
 /// Largest prompt (or system prompt) clawfleet accepts, in bytes of UTF-8.
@@ -104,6 +105,8 @@ mod named_enum_tests {
         check(FleetState::ALL);
         check(DeployState::ALL);
         check(TransportMode::ALL);
+        check(crate::scenario::Rps::ALL);
+        check(crate::scenario::Chooser::ALL);
         assert_eq!("pigeon".parse::<TransportMode>().unwrap_err(), "unknown transport 'pigeon' (expected bus, mailbox or auto)");
         assert_eq!(
             "x".repeat(100).parse::<FleetState>().unwrap_err(),

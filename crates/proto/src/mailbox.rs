@@ -4,6 +4,7 @@
 //! Inbox (control plane → worker):
 //! `{"type":"user","content","injection_id"}` (an injection), `{"type":"control","payload":{…}}`
 //! (a vocabulary command `{"command","command_id"}` or a replay request `{"replay_after_seq"}`),
+//! `{"type":"play","directive":{…}}` (a scenario's play, clawfleet's own: the bus directive),
 //! `{"type":"shutdown"}`.
 //!
 //! Outbox (worker → control plane): `{"type":"start","job_id","node_id","hostname","timestamp"}`;
@@ -14,6 +15,7 @@
 //!
 //! Parsing is total: any JSON value gives an item or an error naming what is wrong.
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::bus::{AgentEnvelope, Directive, Heartbeat};
@@ -87,6 +89,10 @@ pub fn inbox_line(directive: &Directive) -> Value {
             json!({"type": "control", "payload": {"command": command, "command_id": command_id}})
         }
         Directive::Replay { after_seq } => json!({"type": "control", "payload": {"replay_after_seq": after_seq}}),
+        Directive::Play { play_id, play, expires_at, .. } => {
+            let one = Directive::Play { play_id: play_id.clone(), play: play.clone(), targets: None, expires_at: expires_at.clone() };
+            json!({"type": "play", "directive": one})
+        }
     }
 }
 
@@ -124,6 +130,14 @@ pub fn parse_inbox(line: &Value) -> Result<InboxItem, LineError> {
                 command: string(p, "control", "command")?,
                 targets: None,
             }))
+        }
+        "play" => {
+            let invalid = |reason: String| LineError::Invalid { kind: "play", reason };
+            let d = o.get("directive").ok_or_else(|| invalid("\"directive\" is missing".into()))?;
+            match Directive::deserialize(d).map_err(|e| invalid(e.to_string()))? {
+                play @ Directive::Play { .. } => Ok(InboxItem::Directive(play)),
+                _ => Err(invalid("\"directive\" must be a play".into())),
+            }
         }
         "shutdown" => Ok(InboxItem::Shutdown),
         other => Err(LineError::UnknownType(other.to_owned())),
@@ -233,8 +247,20 @@ mod tests {
             },
             Directive::Command { command_id: "c1".into(), command: "health-check".into(), targets: None },
             Directive::Replay { after_seq: 7 },
+            Directive::Play {
+                play_id: "p1".into(),
+                play: crate::scenario::Play::Haiku { epoch: 3 },
+                targets: None,
+                expires_at: Some("2026-11-22T10:00:00Z".into()),
+            },
         ] {
             assert_eq!(parse_inbox(&inbox_line(&d)).unwrap(), InboxItem::Directive(d));
+        }
+        for (line, why) in [
+            (json!({"type": "play"}), "invalid 'play' line: \"directive\" is missing"),
+            (json!({"type": "play", "directive": {"type": "replay", "after_seq": 1}}), "invalid 'play' line: \"directive\" must be a play"),
+        ] {
+            assert_eq!(parse_inbox(&line).unwrap_err().to_string(), why);
         }
         expect![[r#"{"type":"user","content":"hi","injection_id":"i1"}"#]].assert_eq(
             &inbox_line(&Directive::Inject { injection_id: "i1".into(), prompt: "hi".into(), targets: Some(vec![1]), expires_at: None })

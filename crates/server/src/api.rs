@@ -24,12 +24,13 @@ use clawfleet_core::spec::{self, FleetSpec};
 use clawfleet_core::{BrainSpec, CommandName};
 use clawfleet_proto::api::{
     Ack, AgentStatus, ApplyPlan, ApplyRequest, ArmRequest, AuditEntry, BrainEnv, BusLogin, ChangeOp, ChatList, ChatMessage, ChatPost,
-    CommandRequest, CommandResponse, CommandResult, Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet, FleetList,
-    FleetState, FleetStatus, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent, JoinResponse, LaunchRequest,
-    LeaderInfo, LeaderRequest, NewToken, Role, ScaleRequest, SecretInfo, SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList,
-    TokenRequest, UpdateRequest,
+    ChimeRequest, CommandRequest, CommandResponse, CommandResult, Deploy, DeployFleet, DeployList, DeployRequest, DeployState, Fleet,
+    FleetList, FleetState, FleetStatus, HaikuList, HaikuView, InjectRequest, InjectResponse, InjectionStatus, InjectionTarget, JoinAgent,
+    JoinResponse, LaunchRequest, LeaderInfo, LeaderRequest, NewToken, Role, RoundView, RpsView, ScaleRequest, ScoreView, SecretInfo,
+    SecretList, SecretRequest, ServerInfo, TokenInfo, TokenList, TokenRequest, UpdateRequest,
 };
 use clawfleet_proto::event::{Event, EventBody, MAX_CHAT_CHARS};
+use clawfleet_proto::scenario::{Play, Scenarios};
 use clawfleet_store::{Audit, EventFilter, FleetApply, FleetRow, FleetUpdate, NewEvent, NewInjection, Pending, TokenRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -43,6 +44,7 @@ use crate::{clock, outbox};
 
 #[path = "clawbucket.rs"]
 mod clawbucket;
+pub(crate) use clawbucket::agent_name;
 
 /// How long `status` waits for a fleet's backend to say what it runs.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +68,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/leader", post(leader))
         .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
         .route("/api/v1/fleets/{name}/agents/{slot}/arm", post(arm))
+        .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set))
+        .route("/api/v1/fleets/{name}/rps", get(rps))
+        .route("/api/v1/fleets/{name}/haiku", get(haiku))
+        .route("/api/v1/fleets/{name}/chime", post(chime))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -82,6 +88,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/chat", get(clawbucket::chat_get).post(clawbucket::chat_post))
         .route("/api/arm", post(clawbucket::arm))
         .route("/api/arm/events", get(clawbucket::arm_events))
+        .route("/api/rps", get(clawbucket::rps))
+        .route("/api/rps/config", post(clawbucket::rps_config))
+        .route("/api/haiku", get(clawbucket::haiku))
+        .route("/api/scoreboard", get(clawbucket::scoreboard))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .merge(api)
@@ -677,7 +687,9 @@ async fn status(
     }
     let observed = by_slot;
     let n = row.name.clone();
-    let disarmed = app.db.run(move |s| s.disarmed(&n)).await?;
+    let (disarmed, phrases, scores) = app.db.run(move |s| Ok((s.disarmed(&n)?, s.phrases(&n)?, s.scoreboard(&n)?))).await?;
+    let phrases: BTreeMap<u32, String> = phrases.into_iter().map(|p| (p.slot, p.text)).collect();
+    let scores: BTreeMap<u32, i64> = scores.into_iter().map(|r| (r.slot, r.score)).collect();
     let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).filter(|s| only.is_none_or(|mine| mine == *s)).collect();
     let now = clock::mono_ms();
     let agents = slots
@@ -717,6 +729,8 @@ async fn status(
                 current_injection: hb.and_then(|h| h.current_injection.clone()),
                 queued: hb.map_or(0, |h| h.queued),
                 problem,
+                three_words: phrases.get(&slot).cloned(),
+                score: scores.get(&slot).copied(),
             }
         })
         .collect();
@@ -833,6 +847,142 @@ async fn chat_post(
     let stored = app.hub.append(vec![NewEvent { at: at.clone(), fleet: name.clone(), agent: None, injection_id: None, body }]).await?;
     let id = stored.first().map_or(0, |e| e.id);
     Ok((StatusCode::CREATED, Json(ChatMessage { id, from, agent: None, text: text.to_owned(), at })))
+}
+
+/// The scenarios a fleet plays (none set: all off).
+async fn scenarios_get(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+) -> Result<Json<Scenarios>, ApiError> {
+    caller.may(&app, Action::Read, Target::Fleet(&name))?;
+    load(&app, &name).await?;
+    Ok(Json(stored_scenarios(&app, &name).await?))
+}
+
+async fn stored_scenarios(app: &App, name: &str) -> Result<Scenarios, ApiError> {
+    let all = app.db.run(|s| s.scenarios()).await?;
+    Ok(all.iter().find(|(f, _)| f == name).map(|(_, json)| crate::scenario::parse(name, json)).unwrap_or_default())
+}
+
+/// Sets the scenarios a fleet plays (who may update the fleet may): each in its bounds.
+async fn scenarios_set(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(req): JsonBody<Scenarios>,
+) -> Result<Json<Scenarios>, ApiError> {
+    caller.may(&app, Action::Update, Target::Fleet(&name))?;
+    load_active(&app, &name).await?;
+    clawfleet_core::scenario::validate(&req).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let actor = caller.0.audit_name();
+    let (n, scenarios) = (name.clone(), req.clone());
+    app.hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let detail = serde_json::to_string(&scenarios).expect("scenarios serialize");
+            Ok(((), vec![s.set_scenarios(&n, &scenarios, &at, &audit(&at, &actor, "scenarios", &n, detail))?]))
+        })
+        .await?;
+    Ok(Json(req))
+}
+
+/// A fleet's Rock/Paper/Scissors: its scenarios, newest round and scoreboard.
+async fn rps(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(name): P<String>) -> Result<Json<RpsView>, ApiError> {
+    caller.may(&app, Action::Read, Target::Fleet(&name))?;
+    load(&app, &name).await?;
+    let scenarios = stored_scenarios(&app, &name).await?;
+    let n = name.clone();
+    let (round, board) = app.db.run(move |s| Ok((s.latest_round(&n)?, s.scoreboard(&n)?))).await?;
+    let round = round.map(|r| RoundView {
+        round: r.round,
+        leader: r.leader,
+        epoch: r.epoch,
+        choice: r.choice,
+        opened_at: r.opened_at,
+        led_at: r.led_at,
+        plays: r.plays,
+    });
+    let scoreboard = board
+        .into_iter()
+        .map(|r| ScoreView {
+            slot: r.slot,
+            name: agent_name(&name, r.slot),
+            score: r.score,
+            wins: r.wins,
+            draws: r.draws,
+            losses: r.losses,
+            last_round: r.last_round,
+        })
+        .collect();
+    Ok(Json(RpsView { scenarios, round, scoreboard }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaikuQuery {
+    limit: Option<usize>,
+}
+
+/// A fleet's newest haiku (the last five by default, ten at most: what is kept).
+async fn haiku(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    Query(q): Query<HaikuQuery>,
+) -> Result<Json<HaikuList>, ApiError> {
+    caller.may(&app, Action::Read, Target::Fleet(&name))?;
+    load(&app, &name).await?;
+    let limit = q.limit.unwrap_or(5).min(clawfleet_proto::scenario::HAIKU_KEPT);
+    let n = name.clone();
+    let events = app.db.run(move |s| s.haiku(&n, limit)).await?;
+    let haiku = events
+        .into_iter()
+        .filter_map(|e| match (e.body, e.agent) {
+            (EventBody::Haiku { epoch, text }, Some(agent)) => Some(HaikuView { id: e.id, at: e.at, agent, epoch, text }),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(HaikuList { haiku }))
+}
+
+/// Asks agents to chime in to the chat through their brain (who may inject the fleet may): to
+/// `prompt`, or else to the newest message. Each agent's answer is posted as itself.
+async fn chime(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(req): JsonBody<ChimeRequest>,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    caller.may(&app, Action::Inject, Target::Fleet(&name))?;
+    let row = load_active(&app, &name).await?;
+    let targets = spec::resolve_targets(&name, row.replicas, req.targets.as_deref())?;
+    let prompt = match req.prompt.as_deref().map(str::trim) {
+        Some("") => return Err(ApiError::bad_request("the prompt is empty")),
+        Some(p) if p.chars().count() > MAX_CHAT_CHARS => {
+            return Err(ApiError::bad_request(format!("a chime prompt is at most {MAX_CHAT_CHARS} characters")));
+        }
+        Some(p) => p.to_owned(),
+        None => {
+            let n = name.clone();
+            let last = app.db.run(move |s| s.chat(&n, 1)).await?;
+            match last.into_iter().next().map(|e| e.body) {
+                Some(EventBody::Chat { from, text }) => {
+                    format!("{from} said in your fleet's chat: \"{text}\". Reply in one short sentence.")
+                }
+                _ => "Say hello to your fleet's chat in one short sentence.".to_owned(),
+            }
+        }
+    };
+    let directive = clawfleet_proto::bus::Directive::Play {
+        play_id: uuid::Uuid::new_v4().to_string(),
+        play: Play::Chime { prompt },
+        targets: None,
+        expires_at: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(120)).to_string()),
+    };
+    app.outbound.to_fleet(&name, &targets, &directive).await;
+    let message = format!("asked {} agent{} of {name} to chime in", targets.len(), if targets.len() == 1 { "" } else { "s" });
+    Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message })))
 }
 
 /// Sets (or clears) the agent the operator wants to lead the fleet; the leader loop moves the

@@ -1,9 +1,11 @@
 //! The clawbucket-compatible endpoints (shared/PROTOCOLS.md), over the same fleets, checks and
 //! store as `/api/v1`, behind the same token: `/api/swarm`, `/api/scale`, `/api/chat`,
-//! `/api/arm`, `/api/arm/events`. The fleet is clawbucket's "service": a `service` field in the
+//! `/api/arm`, `/api/arm/events`, `/api/rps`, `/api/rps/config`, `/api/haiku`, `/api/scoreboard`
+//! (and `/healthz`, which needs no token). The fleet is clawbucket's "service": a `service` field in the
 //! body or a `?service=` query parameter (the fleet's name, or its Swarm service's,
 //! `clawfleet-NAME`), the only fleet when there is just one. Errors are `{"error": "..."}`.
 
+use clawfleet_proto::scenario::RpsSettings;
 use serde_json::{Value, json};
 
 use super::*;
@@ -55,7 +57,9 @@ pub(crate) fn agent_name(fleet: &str, slot: u32) -> String {
     format!("{}-{}-{slot}", ADJECTIVES[(h & 15) as usize], ANIMALS[((h >> 4) & 15) as usize])
 }
 
-/// `GET /api/swarm`: the fleet's agents as clawbucket's replica tiles.
+/// `GET /api/swarm`: the fleet's agents as clawbucket's replica tiles `{service,
+/// desired_replicas, running_count, replicas: [{id, slot, state, node_id, name, color,
+/// is_manager, score}]}`, with clawfleet's `armed`, `three_words`, `version` and the manager's epoch.
 pub(super) async fn swarm(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -64,29 +68,39 @@ pub(super) async fn swarm(
     let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
     let Json(status) = super::status(State(app.clone()), Extension(caller), P(row.name.clone())).await?;
     let leader = status.fleet.leader;
-    let tasks: Vec<Value> = status
+    let replicas: Vec<Value> = status
         .agents
         .iter()
         .map(|a| {
+            let id = a.instance.clone().unwrap_or_else(|| a.id.clone());
             json!({
+                "id": id,
+                "task_id": id,
                 "slot": a.slot,
-                "task_id": a.instance.clone().unwrap_or_else(|| a.id.clone()),
-                "node_id": a.node,
-                "name": agent_name(&row.name, a.slot),
                 "state": a.state,
-                "manager": leader.is_some_and(|l| l.slot == a.slot),
+                "node_id": a.node.clone().unwrap_or_else(|| a.hostname.clone().unwrap_or_default()),
+                "name": agent_name(&row.name, a.slot),
+                "color": color(&id),
+                "is_manager": leader.is_some_and(|l| l.slot == a.slot),
+                "score": a.score.unwrap_or(0),
                 "armed": a.armed,
+                "three_words": a.three_words,
                 "version": a.fleet_version,
             })
         })
         .collect();
     Ok(Json(json!({
         "service": row.name,
-        "replicas": status.fleet.replicas,
-        "ready": status.fleet.ready,
+        "desired_replicas": status.fleet.replicas,
+        "running_count": status.fleet.ready,
         "manager": leader.map(|l| json!({ "slot": l.slot, "epoch": l.epoch })),
-        "tasks": tasks,
+        "replicas": replicas,
     })))
+}
+
+/// A tile's color from its task id, as clawbucket makes it (`#` and six hex digits).
+fn color(id: &str) -> String {
+    format!("#{:06x}", clawfleet_backend::stable_hash(id.as_bytes().to_vec()) & 0xff_ffff)
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +145,7 @@ pub(super) async fn chat_get(
     Ok(Json(json!({ "messages": list.messages.iter().map(chat_line).collect::<Vec<_>>() })))
 }
 
-/// `POST /api/chat {text}`.
+/// `POST /api/chat {text}`: 201 `{ok, message}`.
 pub(super) async fn chat_post(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -140,7 +154,7 @@ pub(super) async fn chat_post(
     let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
     let body = JsonBody(ChatPost { text: req.text });
     let (code, Json(m)) = super::chat_post(State(app.clone()), Extension(caller), P(row.name), body).await?;
-    Ok((code, Json(chat_line(&m))))
+    Ok((code, Json(json!({ "ok": true, "message": chat_line(&m) }))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,12 +168,12 @@ pub(super) struct ArmBody {
     state: String,
 }
 
-/// `POST /api/arm {task_id, bot, state: "on"|"off"}`.
+/// `POST /api/arm {task_id, bot, state: "on"|"off"}`: 201 `{ok, event}`.
 pub(super) async fn arm(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<ArmBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let armed = match req.state.as_str() {
         "on" => true,
         "off" => false,
@@ -190,10 +204,13 @@ pub(super) async fn arm(
             )
         })?;
     let slot = agent.slot;
+    let source = caller.0.audit_name();
     let _ack = super::arm(State(app.clone()), Extension(caller), P((row.name.clone(), slot)), JsonBody(ArmRequest { armed })).await?;
-    Ok(Json(
-        json!({ "ok": true, "task_id": agent.instance.clone().unwrap_or_else(|| agent.id.clone()), "bot": agent_name(&row.name, slot), "state": req.state }),
-    ))
+    let event = json!({
+        "task_id": agent.instance.clone().unwrap_or_else(|| agent.id.clone()), "slot": slot, "bot": agent_name(&row.name, slot),
+        "state": req.state, "at": clock::now_rfc3339(), "source": source,
+    });
+    Ok((StatusCode::CREATED, Json(json!({ "ok": true, "event": event }))))
 }
 
 /// `GET /api/arm/events`: every ARM change of the fleet, oldest first.
@@ -219,4 +236,106 @@ pub(super) async fn arm_events(
         })
         .collect();
     Ok(Json(json!({ "events": out })))
+}
+
+/// `GET /api/rps`: the newest round `{state: {choice, from, at, round, epoch}, interval_seconds,
+/// ttl_seconds, enabled}` (`state` null before the first round).
+pub(super) async fn rps(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ServiceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
+    let Json(view) = super::rps(State(app.clone()), Extension(caller), P(row.name.clone())).await?;
+    let interval = view.scenarios.rps.map_or(DEFAULT_RPS_INTERVAL, |r| r.interval_seconds);
+    let state = view.round.map(|r| {
+        json!({
+            "choice": r.choice, "from": agent_name(&row.name, r.leader), "at": r.led_at.unwrap_or(r.opened_at),
+            "round": r.round, "epoch": r.epoch, "slot": r.leader, "plays": r.plays, "publisher": "leader",
+        })
+    });
+    Ok(Json(json!({
+        "service": row.name, "state": state, "interval_seconds": interval, "ttl_seconds": interval * 2,
+        "enabled": view.scenarios.rps.is_some(),
+    })))
+}
+
+/// clawbucket's interval before one is set.
+const DEFAULT_RPS_INTERVAL: u32 = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RpsConfigBody {
+    service: Option<String>,
+    interval_seconds: u32,
+    /// Off stops the rounds (on by default: setting the interval starts them).
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Moves through the agents' brains instead of at random.
+    #[serde(default)]
+    brain: Option<bool>,
+}
+
+/// `POST /api/rps/config {interval_seconds}`: starts the rounds at that interval (refused out
+/// of its bounds, unlike clawbucket, which clamps); `{ok, interval_seconds}`.
+pub(super) async fn rps_config(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<RpsConfigBody>,
+) -> Result<Json<Value>, ApiError> {
+    let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
+    let mut scenarios = super::stored_scenarios(&app, &row.name).await?;
+    let brain = req.brain.or(scenarios.rps.map(|r| r.brain)).unwrap_or(false);
+    let settings = RpsSettings { interval_seconds: req.interval_seconds, brain };
+    let only = Scenarios { rps: Some(settings), ..Scenarios::default() };
+    clawfleet_core::scenario::validate(&only).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    scenarios.rps = req.enabled.unwrap_or(true).then_some(settings);
+    let Json(set) = super::scenarios_set(State(app.clone()), Extension(caller), P(row.name.clone()), JsonBody(scenarios)).await?;
+    Ok(Json(json!({ "ok": true, "service": row.name, "interval_seconds": req.interval_seconds, "enabled": set.rps.is_some() })))
+}
+
+/// `GET /api/haiku`: the newest haiku `{haiku: [{text, from, at, epoch}], latest}`.
+pub(super) async fn haiku(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ServiceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
+    let Json(list) =
+        super::haiku(State(app.clone()), Extension(caller), P(row.name.clone()), Query(super::HaikuQuery { limit: q.limit })).await?;
+    let lines: Vec<Value> = list
+        .haiku
+        .iter()
+        .map(|h| json!({ "id": h.id, "text": h.text, "from": agent_name(&row.name, h.agent), "slot": h.agent, "at": h.at, "epoch": h.epoch }))
+        .collect();
+    Ok(Json(json!({ "service": row.name, "latest": lines.last().cloned(), "haiku": lines })))
+}
+
+/// `GET /api/scoreboard`: clawbucket's aggregator, over the stored scores (best first).
+pub(super) async fn scoreboard(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ServiceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let row = fleet_of(&app, &caller, q.service.as_deref()).await?;
+    let Json(view) = super::rps(State(app.clone()), Extension(caller.clone()), P(row.name.clone())).await?;
+    let Json(status) = super::status(State(app.clone()), Extension(caller), P(row.name.clone())).await?;
+    let task = |slot: u32| status.agents.iter().find(|a| a.slot == slot).map(|a| a.instance.clone().unwrap_or_else(|| a.id.clone()));
+    let board: Vec<Value> = view
+        .scoreboard
+        .iter()
+        .map(|r| {
+            json!({
+                "bot": r.name, "task_id": task(r.slot).unwrap_or_else(|| format!("{}/{}", row.name, r.slot)), "slot": r.slot,
+                "score": r.score, "wins": r.wins, "draws": r.draws, "losses": r.losses, "last_round": r.last_round,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "service": row.name,
+        "rounds": view.round.map_or(0, |r| r.round),
+        "scoreboard": board,
+        "scoring": "+1 a win, 0 a draw, -1 a loss against the leader's move, each round",
+        "source": "clawfleet",
+    })))
 }

@@ -149,10 +149,15 @@ fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, item: Inbound) -> Op
                 return reject(app, &topic, &format!("an agent may not report '{}' events", envelope.body.name()));
             }
             tracks.entry((fleet.clone(), slot)).or_default().last_event = Some(Instant::now());
+            let mut body = envelope.body;
+            if let EventBody::Chat { from, .. } = &mut body {
+                // An agent posts as itself, whatever it says.
+                *from = crate::api::agent_name(&fleet, slot);
+            }
             Some(Accepted::Event(AgentEvent {
                 epoch: envelope.epoch,
                 seq: envelope.seq,
-                event: NewEvent { at: envelope.at, fleet, agent: Some(slot), injection_id: envelope.injection_id, body: envelope.body },
+                event: NewEvent { at: envelope.at, fleet, agent: Some(slot), injection_id: envelope.injection_id, body },
             }))
         }
     }
@@ -207,7 +212,12 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
         })
         .await;
     let results = match result {
-        Ok((results, _)) => results,
+        Ok((results, stored)) => {
+            for e in &stored {
+                scenario_event(app, e).await;
+            }
+            results
+        }
         Err(e) => {
             // Not stored, so not acknowledged: the agent's journal and our replays recover them.
             tracing::error!(error = %e, "Could not store agent events");
@@ -241,5 +251,18 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
     for (key, (epoch, after, upto)) in gaps {
         let track = tracks.entry(key.clone()).or_default();
         request_replay(app, track, &key, &epoch, after, upto).await;
+    }
+}
+
+/// What a stored scenario event sets off: a leader's move opens its round to the others; a
+/// refusal is logged and counted.
+async fn scenario_event(app: &App, e: &clawfleet_proto::event::Event) {
+    match (&e.body, e.agent) {
+        (EventBody::RpsMove { round, epoch: Some(_), .. }, Some(leader)) => crate::scenario::round_led(app, &e.fleet, *round, leader).await,
+        (EventBody::PlayRefused { play, reason }, slot) => {
+            app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(fleet = %e.fleet, slot, %play, %reason, "Refused an agent's play");
+        }
+        _ => {}
     }
 }

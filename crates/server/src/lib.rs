@@ -32,6 +32,7 @@ mod mailbox;
 mod outbound;
 mod outbox;
 mod reconcile;
+mod scenario;
 mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -314,6 +315,7 @@ impl Server {
             tokio::spawn(outbox::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(deploy::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(leader::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(scenario::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

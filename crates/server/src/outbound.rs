@@ -43,7 +43,9 @@ impl Outbound {
     pub(crate) async fn to_fleet(&self, fleet: &str, targets: &[u32], directive: &Directive) {
         self.to_inboxes(fleet, targets, directive);
         let mut broadcast = directive.clone();
-        if let Directive::Inject { targets: t, .. } | Directive::Command { targets: t, .. } = &mut broadcast {
+        if let Directive::Inject { targets: t, .. } | Directive::Command { targets: t, .. } | Directive::Play { targets: t, .. } =
+            &mut broadcast
+        {
             *t = Some(targets.to_vec());
         }
         let _ = self.bus.publish(topic::fleet_cmd(fleet), wire::encode(&broadcast), false).await;

@@ -10,6 +10,7 @@
 //! **API boundary:** plain rows in, plain rows out; the store knows no clock, no bus and no
 //! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
 
+mod scenario;
 mod schema;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::sync::Mutex;
 use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+pub use scenario::{PhraseRow, RoundRow, ScoreRow};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -862,7 +864,9 @@ impl Store {
             tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
             tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
-            tx.execute("DELETE FROM disarmed WHERE fleet = ?1", [name])?;
+            for table in ["disarmed", "scenarios", "rps_rounds", "rps_plays", "rps_scores", "three_words"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE fleet = ?1"), [name])?;
+            }
             let ev = NewEvent {
                 at: at.to_owned(),
                 fleet: name.to_owned(),
@@ -1145,6 +1149,12 @@ impl Store {
                             out.push(Ingested::Refused { injection_id: injection.clone() });
                             continue;
                         }
+                    }
+                    let mut event = event;
+                    if let Some(reason) = scenario::take(tx, &mut event, slot)? {
+                        // Refused, in the refusal's place in the journal: a replay is a duplicate.
+                        let play = event.body.name().to_owned();
+                        event.body = EventBody::PlayRefused { play, reason };
                     }
                     acknowledge(tx, &event, slot)?;
                     let id = insert_event(tx, &event, Some((&epoch, seq)))?;

@@ -182,6 +182,54 @@ CREATE TABLE disarmed (
     PRIMARY KEY (fleet, slot)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- clawbucket's simulation. The scenarios a fleet plays (JSON `Scenarios`).
+CREATE TABLE scenarios (
+    fleet    TEXT PRIMARY KEY,
+    settings TEXT NOT NULL
+);
+-- Rock/Paper/Scissors rounds, each opened for the leader in its epoch; `choice` once it moved.
+CREATE TABLE rps_rounds (
+    fleet     TEXT NOT NULL,
+    round     INTEGER NOT NULL,
+    epoch     INTEGER NOT NULL,
+    leader    INTEGER NOT NULL,
+    choice    TEXT,
+    opened_at TEXT NOT NULL,
+    led_at    TEXT,
+    PRIMARY KEY (fleet, round)
+) WITHOUT ROWID;
+-- The other agents' moves of the recent rounds: one per agent and round.
+CREATE TABLE rps_plays (
+    fleet  TEXT NOT NULL,
+    round  INTEGER NOT NULL,
+    slot   INTEGER NOT NULL,
+    choice TEXT NOT NULL,
+    delta  INTEGER NOT NULL,
+    at     TEXT NOT NULL,
+    PRIMARY KEY (fleet, round, slot)
+) WITHOUT ROWID;
+CREATE TABLE rps_scores (
+    fleet      TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    score      INTEGER NOT NULL,
+    wins       INTEGER NOT NULL,
+    draws      INTEGER NOT NULL,
+    losses     INTEGER NOT NULL,
+    last_round INTEGER NOT NULL,
+    PRIMARY KEY (fleet, slot)
+) WITHOUT ROWID;
+-- Each agent's latest three-word phrase.
+CREATE TABLE three_words (
+    fleet TEXT NOT NULL,
+    slot  INTEGER NOT NULL,
+    text  TEXT NOT NULL,
+    at    TEXT NOT NULL,
+    PRIMARY KEY (fleet, slot)
+) WITHOUT ROWID;
+-- The latest haiku are `haiku` events.
+CREATE INDEX events_haiku ON events (fleet, id) WHERE event = 'haiku';
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -420,3 +420,98 @@ fn a_fleet_names_only_secrets_that_are_set_and_a_used_secret_stays() {
     store.delete_secret("API_KEY", &audit("secret-remove")).unwrap();
     assert!(matches!(store.delete_secret("API_KEY", &audit("secret-remove")), Err(StoreError::NoSecret(_))));
 }
+
+/// A scenario event from an agent (no injection).
+fn play(slot: u32, seq: u64, body: EventBody) -> AgentEvent {
+    AgentEvent {
+        epoch: format!("e{slot}"),
+        seq,
+        event: NewEvent { at: format!("t{seq}"), fleet: "squad".into(), agent: Some(slot), injection_id: None, body },
+    }
+}
+
+fn shown(results: Vec<Ingested>) -> Vec<String> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ingested::Stored(e) => match e.body {
+                EventBody::RpsMove { round, choice, delta, score, .. } => {
+                    format!("{:?} moved {choice} in {round}: {delta:?} {score:?}", e.agent)
+                }
+                EventBody::PlayRefused { play, reason } => format!("{:?} {play} refused: {reason}", e.agent),
+                other => format!("{:?} {}", e.agent, other.name()),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Rounds are opened for the stored leader in its epoch; the leader's move is fenced by it,
+/// every other armed agent plays once and is scored, and a deposed leader's haiku is refused.
+#[test]
+fn rps_moves_are_judged_where_they_are_stored() {
+    use clawfleet_proto::scenario::{Chooser, Rps};
+    let mv = |round, choice, epoch| EventBody::RpsMove { round, choice, by: Chooser::Random, epoch, delta: None, score: None };
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 4), launched("squad"), &audit("launch")).unwrap();
+    assert_eq!(store.open_round("squad", "t").unwrap(), None, "no leader, no round");
+    store.set_leader("squad", Some(0), 1, "t").unwrap();
+    store.set_armed("squad", 3, false, "t", &audit("arm")).unwrap();
+    let (round, leader) = store.open_round("squad", "t").unwrap().unwrap();
+    assert_eq!((round, leader.slot, leader.epoch), (1, 0, 1));
+    let results = store
+        .ingest(vec![
+            play(1, 1, mv(1, Rps::Paper, None)),
+            play(0, 1, mv(1, Rps::Rock, Some(1))),
+            play(1, 2, mv(1, Rps::Paper, None)),
+            play(2, 1, mv(1, Rps::Scissors, None)),
+            play(1, 3, mv(1, Rps::Rock, None)),
+            play(3, 1, mv(1, Rps::Rock, None)),
+            play(0, 2, mv(1, Rps::Paper, Some(1))),
+        ])
+        .unwrap();
+    expect_test::expect![[r#"
+        [
+            "Some(1) rps_move refused: round 1 has no leader's move yet",
+            "Some(0) moved rock in 1: None None",
+            "Some(1) moved paper in 1: Some(1) Some(1)",
+            "Some(2) moved scissors in 1: Some(-1) Some(-1)",
+            "Some(1) rps_move refused: agent 1 played round 1 already",
+            "Some(3) rps_move refused: agent 3 is disarmed: it takes part in no round",
+            "Some(0) rps_move refused: round 1 has its leader's move already",
+        ]
+    "#]]
+    .assert_debug_eq(&shown(results));
+    let row = store.latest_round("squad").unwrap().unwrap();
+    assert_eq!((row.round, row.choice, row.plays), (1, Some(Rps::Rock), 2));
+    let board: Vec<_> = store.scoreboard("squad").unwrap().into_iter().map(|r| (r.slot, r.score, r.wins, r.losses)).collect();
+    assert_eq!(board, [(1, 1, 1, 0), (2, -1, 0, 1)]);
+
+    // Agent 1 takes over in epoch 2: agent 0's round-2 move and haiku, in epoch 1, are stale.
+    let (round, _) = store.open_round("squad", "t").unwrap().unwrap();
+    store.set_leader("squad", Some(1), 2, "t").unwrap();
+    let results = store
+        .ingest(vec![
+            play(0, 3, mv(round, Rps::Rock, Some(1))),
+            play(0, 4, EventBody::Haiku { epoch: 1, text: "old pond".into() }),
+            play(1, 4, EventBody::Haiku { epoch: 2, text: "new pond".into() }),
+            play(2, 2, EventBody::ThreeWords { text: "x".repeat(51) }),
+            play(2, 3, EventBody::ThreeWords { text: "guarding the gate".into() }),
+        ])
+        .unwrap();
+    expect_test::expect![[r#"
+        [
+            "Some(0) rps_move refused: agent 0 is not the leader (agent 1 is, in epoch 2)",
+            "Some(0) haiku refused: agent 0 is not the leader (agent 1 is, in epoch 2)",
+            "Some(1) haiku",
+            "Some(2) three_words refused: a three-word phrase of 51 characters (at most 50)",
+            "Some(2) three_words",
+        ]
+    "#]]
+    .assert_debug_eq(&shown(results));
+    assert_eq!(store.haiku("squad", 5).unwrap().len(), 1);
+    let phrases: Vec<_> = store.phrases("squad").unwrap().into_iter().map(|p| (p.slot, p.text)).collect();
+    assert_eq!(phrases, [(2, "guarding the gate".to_owned())]);
+    // A refusal keeps its journal place: the same event again is a duplicate.
+    assert_eq!(store.ingest(vec![play(0, 4, EventBody::Haiku { epoch: 1, text: "old pond".into() })]).unwrap(), vec![Ingested::Duplicate]);
+}

@@ -143,22 +143,30 @@ fn clawbucket_endpoints_answer_with_its_shapes() {
     let t = Some(token.as_str());
     eventually(Duration::from_secs(30), "a manager", || (leader(&plane, "bucket").0 == Some(0)).then_some(()));
     let (code, swarm) = plane.http("GET", "/api/swarm", t, None);
-    assert_eq!((code, swarm["service"].as_str(), swarm["tasks"].as_array().map(Vec::len)), (200, Some("bucket"), Some(2)), "{swarm}");
-    let managers: Vec<u64> =
-        swarm["tasks"].as_array().unwrap().iter().filter(|t| t["manager"] == true).map(|t| t["slot"].as_u64().unwrap()).collect();
+    let tiles = swarm["replicas"].as_array().unwrap();
+    assert_eq!(
+        (code, swarm["service"].as_str(), tiles.len(), swarm["desired_replicas"].as_u64()),
+        (200, Some("bucket"), 2, Some(2)),
+        "{swarm}"
+    );
+    let managers: Vec<u64> = tiles.iter().filter(|t| t["is_manager"] == true).map(|t| t["slot"].as_u64().unwrap()).collect();
     assert_eq!(managers, [0], "exactly one MANAGER: {swarm}");
-    let name = swarm["tasks"][1]["name"].as_str().unwrap().to_owned();
-    assert!(name.ends_with("-1") && swarm["tasks"][1]["task_id"].as_str().is_some(), "{swarm}");
+    let name = tiles[1]["name"].as_str().unwrap().to_owned();
+    assert!(
+        name.ends_with("-1") && tiles[1]["id"].as_str().is_some() && tiles[1]["color"].as_str().is_some_and(|c| c.len() == 7),
+        "{swarm}"
+    );
+    assert_eq!(tiles[1]["score"], 0, "{swarm}");
 
     let (code, v) = plane.http("POST", "/api/scale", t, Some(r#"{"service": "clawfleet-bucket", "replicas": 3}"#));
     assert_eq!((code, v), (202, serde_json::json!({"ok": true, "service": "bucket", "desired_replicas": 3, "status": "scaling"})));
     let (code, m) = plane.http("POST", "/api/chat", t, Some(r#"{"text": "rock?"}"#));
-    assert_eq!((code, m["text"].as_str(), m["host"].as_str()), (201, Some("rock?"), Some("control-plane")), "{m}");
+    assert_eq!((code, m["message"]["text"].as_str(), m["message"]["host"].as_str()), (201, Some("rock?"), Some("control-plane")), "{m}");
     let (_, chat) = plane.http("GET", "/api/chat?service=bucket", t, None);
     assert_eq!(chat["messages"][0]["from"], "operator (operator)", "{chat}");
     let body = serde_json::json!({"bot": name, "state": "off"}).to_string();
     let (code, v) = plane.http("POST", "/api/arm", t, Some(&body));
-    assert_eq!((code, v["state"].as_str(), v["bot"].as_str()), (200, Some("off"), Some(name.as_str())), "{v}");
+    assert_eq!((code, v["event"]["state"].as_str(), v["event"]["bot"].as_str()), (201, Some("off"), Some(name.as_str())), "{v}");
     let (_, events) = plane.http("GET", "/api/arm/events", t, None);
     assert_eq!((events["events"][0]["slot"].as_u64(), events["events"][0]["state"].as_str()), (Some(1), Some("off")), "{events}");
 
@@ -169,6 +177,37 @@ fn clawbucket_endpoints_answer_with_its_shapes() {
     assert!(code == 404 && v["error"].as_str().unwrap().contains("has no agent \"nobody\""), "{v}");
     let (code, v) = plane.http("POST", "/api/chat", t, Some(&serde_json::json!({"text": "x".repeat(281)}).to_string()));
     assert!(code == 400 && v["error"].as_str().unwrap().contains("1 to 280 characters"), "{v}");
+    // RPS: off until an interval is set, which is bounded (refused outside, not clamped).
+    let (code, v) = plane.http("GET", "/api/rps", t, None);
+    assert_eq!(
+        (code, v["state"].is_null(), v["enabled"].as_bool(), v["interval_seconds"].as_u64()),
+        (200, true, Some(false), Some(10)),
+        "{v}"
+    );
+    for (body, why) in [
+        (r#"{"interval_seconds": 0}"#, "rps interval_seconds must be 1 to 3600, got 0"),
+        (r#"{"interval_seconds": 3601}"#, "got 3601"),
+        (r#"{"interval_seconds": "ten"}"#, "interval_seconds"),
+        (r#"{"interval_seconds": 5, "pace": 1}"#, "unknown field `pace`"),
+    ] {
+        let (code, v) = plane.http("POST", "/api/rps/config", t, Some(body));
+        assert!(code == 400 && v["error"].as_str().unwrap().contains(why), "{body}: {code} {v}");
+    }
+    let (code, v) = plane.http("POST", "/api/rps/config", t, Some(r#"{"interval_seconds": 1}"#));
+    assert_eq!((code, v["ok"].as_bool(), v["interval_seconds"].as_u64()), (200, Some(true), Some(1)), "{v}");
+    let board = eventually(Duration::from_secs(30), "a scored round on the scoreboard", || {
+        let (_, v) = plane.http("GET", "/api/scoreboard", t, None);
+        (v["scoreboard"].as_array().is_some_and(|b| !b.is_empty())).then_some(v)
+    });
+    let row = &board["scoreboard"][0];
+    assert!(
+        row["bot"].is_string() && row["task_id"].is_string() && row["score"].is_i64() && board["rounds"].as_u64() >= Some(1),
+        "{board}"
+    );
+    let (_, v) = plane.http("GET", "/api/rps?service=bucket", t, None);
+    assert!(["rock", "paper", "scissors"].contains(&v["state"]["choice"].as_str().unwrap()) && v["state"]["slot"] == 0, "{v}");
+    let (code, v) = plane.http("GET", "/api/haiku", t, None);
+    assert_eq!((code, v["haiku"].as_array().map(Vec::len)), (200, Some(0)), "no haiku until the scenario is on: {v}");
     plane.ok(&["launch", "other", "--backend", "external", "--replicas", "1"]);
     let (code, v) = plane.http("GET", "/api/swarm", t, None);
     assert!(code == 400 && v["error"].as_str().unwrap().contains("2 fleets run: name one as service"), "{v}");
@@ -183,4 +222,81 @@ fn clawbucket_endpoints_answer_with_its_shapes() {
         let (code, v) = plane.http("GET", &format!("/api/swarm?service={service}"), Some(&scoped), None);
         assert_eq!(code, 403, "{service}: {v}");
     }
+}
+
+/// Rock/Paper/Scissors, haiku and three words on real agents: the leader opens each round,
+/// every other armed agent plays it once and is scored; a disarmed agent plays none; the
+/// leader writes the haiku and every agent its phrase. A frozen leader is replaced, and no move
+/// is ever taken from an agent but in the epoch it led in.
+#[test]
+fn a_fleet_plays_rps_writes_haiku_and_says_three_words() {
+    use nix::sys::signal::Signal;
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "game", "--replicas", "4", "--brain", "echo", "--wait"]);
+    let t = Duration::from_secs(60);
+    eventually(t, "agent 0 to lead", || (leader(&plane, "game").0 == Some(0)).then_some(()));
+    plane.ok(&["arm", "game/3", "off"]);
+    let err = plane.fails(&["scenario", "game", "--rps", "0s"]);
+    assert!(err.contains("rps interval_seconds must be 1 to 3600, got 0"), "{err}");
+    let err = plane.fails(&["scenario", "game", "--haiku", "30s"]);
+    assert!(err.contains("haiku interval_minutes must be 1 to 1440, got 0"), "{err}");
+    let set = plane.ok(&["scenario", "game", "--rps", "1s", "--haiku", "1m", "--three-words", "1m"]);
+    assert_eq!(set.trim(), "fleet 'game' plays: rps every 1 s, haiku every 1 min, three words every 1 min");
+
+    let played = |plane: &Plane, slot: u64| -> u64 {
+        let v = plane.json(&["scoreboard", "game", "--json"]);
+        v["scoreboard"].as_array().unwrap().iter().find(|r| r["slot"] == slot).map_or(0, |r| r["last_round"].as_u64().unwrap())
+    };
+    eventually(t, "agents 1 and 2 to play three rounds", || (played(&plane, 1) >= 3 && played(&plane, 2) >= 3).then_some(()));
+    let view = plane.json(&["scoreboard", "game", "--json"]);
+    let slots: Vec<u64> = view["scoreboard"].as_array().unwrap().iter().map(|r| r["slot"].as_u64().unwrap()).collect();
+    assert!(!slots.contains(&0) && !slots.contains(&3), "neither the leader nor the disarmed agent plays: {view}");
+    for r in view["scoreboard"].as_array().unwrap() {
+        let (w, d, l) = (r["wins"].as_i64().unwrap(), r["draws"].as_i64().unwrap(), r["losses"].as_i64().unwrap());
+        assert_eq!(r["score"].as_i64().unwrap(), w - l, "{r}");
+        assert!(w + d + l >= 3, "{r}");
+    }
+    assert!(plane.ok(&["scoreboard", "game"]).contains("SCORE"));
+    // The echo brain writes back the prompts: the haiku and the phrases come through the brains.
+    let haiku = eventually(t, "a haiku", || {
+        let v = plane.json(&["haiku", "game", "--json"]);
+        v["haiku"].as_array().and_then(|h| h.first().cloned())
+    });
+    assert!(haiku["text"].as_str().unwrap().contains("game") && haiku["agent"] == 0, "{haiku}");
+    eventually(t, "every agent's three words", || {
+        let s = plane.json(&["status", "game", "--json"]);
+        s["agents"].as_array().unwrap().iter().all(|a| a["three_words"] == "In exactly three").then_some(())
+    });
+
+    // Asked to chime in, an agent posts its brain's answer to the chat, as itself.
+    assert_eq!(plane.ok(&["chime", "game", "--agents", "2", "say hi"]).trim(), "asked 1 agent of game to chime in");
+    let said = eventually(t, "agent 2 in the chat", || {
+        let v = plane.json(&["chat", "game", "--json"]);
+        v["messages"].as_array().unwrap().iter().find(|m| m["agent"] == 2).cloned()
+    });
+    assert!(said["text"] == "say hi" && said["from"].as_str().unwrap().ends_with("-2"), "{said}");
+
+    // The leader frozen: agent 1 leads in a new epoch and opens the rounds; agent 0, back,
+    // plays them.
+    let frozen = pid_of(&plane, "game", 0);
+    signal(frozen, Signal::SIGSTOP);
+    eventually(t, "agent 1 to lead", || (leader(&plane, "game").0 == Some(1)).then_some(()));
+    signal(frozen, Signal::SIGCONT);
+    eventually(t, "agent 0 to play a round led by agent 1", || (played(&plane, 0) > 0).then_some(()));
+
+    // Every leader's move came from the agent that led, in its epoch.
+    let events = crate::support::events(&plane, "game");
+    let epochs: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "leader_changed" && e["data"]["slot"].is_u64())
+        .map(|e| (e["data"]["slot"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
+        .collect();
+    let led: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "rps_move" && e["data"]["epoch"].is_u64())
+        .map(|e| (e["agent"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
+        .collect();
+    assert!(led.iter().any(|l| l.0 == 0) && led.iter().any(|l| l.0 == 1), "both leaders led: {led:?}");
+    assert!(led.iter().all(|l| epochs.contains(l)), "a move in an epoch its agent did not lead in: {led:?} vs {epochs:?}");
+    assert!(!events.iter().any(|e| e["event"] == "rps_move" && e["agent"] == 3), "the disarmed agent never moved");
 }
