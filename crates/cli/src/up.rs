@@ -161,6 +161,7 @@ const DEMO_PROMPT: &str =
     "You are Scout, one AI agent of a small demo fleet. You are online and ready for work. Answer in one short sentence.";
 
 async fn demo(http: &str, token: &str, data: &std::path::Path) -> anyhow::Result<()> {
+    use clawfleet_proto::scenario::{HaikuSettings, RpsSettings, Scenarios, ThreeWordsSettings};
     // Over HTTPS with a development CA (`clawfleet certs`), trust it.
     let ca = data.join("tls").join("ca.pem");
     let client = Client::with_ca(http, token, (http.starts_with("https://") && ca.exists()).then_some(ca.as_path()))?;
@@ -169,6 +170,15 @@ async fn demo(http: &str, token: &str, data: &std::path::Path) -> anyhow::Result
         let req = LaunchRequest { name: "demo".into(), replicas: 3, prompt: Some(DEMO_PROMPT.into()), ..LaunchRequest::default() };
         let fleet: Fleet = client.post("/api/v1/fleets", &req).await?;
         outln!("  demo       launched fleet 'demo' ({} local agents, brain {})", fleet.replicas, fleet.brain);
+        // clawbucket's simulation: Rock/Paper/Scissors every 10 s, a haiku by the leader every
+        // 5 minutes, each agent's three words every 10.
+        let scenarios = Scenarios {
+            rps: Some(RpsSettings { interval_seconds: 10, brain: false }),
+            haiku: Some(HaikuSettings { interval_minutes: 5 }),
+            three_words: Some(ThreeWordsSettings { interval_minutes: 10 }),
+        };
+        let _: Scenarios = client.put("/api/v1/fleets/demo/scenarios", &scenarios).await?;
+        outln!("  demo       it plays Rock/Paper/Scissors, writes haiku and says three words (clawfleet scenario demo)");
     } else {
         outln!("  demo       fleet 'demo' already exists");
     }
@@ -176,6 +186,7 @@ async fn demo(http: &str, token: &str, data: &std::path::Path) -> anyhow::Result
     outln!("  clawfleet status demo");
     outln!("  clawfleet inject demo \"Report your status in three words.\" --wait");
     outln!("  clawfleet attach demo");
+    outln!("  clawfleet scoreboard demo");
     Ok(())
 }
 

@@ -638,6 +638,9 @@ pub struct AgentStatus {
     pub armed: bool,
     /// `fleet/slot`.
     pub id: String,
+    /// A stable, readable name made from `id` (clawbucket's generated replica names).
+    #[serde(default)]
+    pub name: String,
     /// `pending` (no heartbeat yet), `starting`, `idle`, `busy`, `stopping`, `stopped`, `lost`.
     pub state: String,
     /// The backend's handle on it (a pid for local agents), when running.

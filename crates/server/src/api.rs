@@ -713,6 +713,7 @@ async fn status(
                 slot,
                 armed: !disarmed.contains(&slot),
                 id: format!("{}/{slot}", row.name),
+                name: agent_name(&row.name, slot),
                 state,
                 instance: replica.map(|r| r.id.clone()).filter(|id| !id.is_empty()),
                 restarts: replica.map_or(0, |r| r.restarts),

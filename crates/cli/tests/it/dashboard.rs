@@ -2,113 +2,30 @@
 //! WebDriver: it logs in with the token from the URL, shows fleets and live agent tiles, and an
 //! injection typed into it streams the agents' answers into its transcript.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::{Plane, eventually, free_port};
+use crate::support::{Plane, eventually};
+use crate::webdriver::Driver;
 
-struct Driver {
-    child: Child,
-    base: String,
-    session: String,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver must be installed for the dashboard test (apt-get install chromium chromium-driver; .ci/run does)");
-        let base = format!("http://127.0.0.1:{port}");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(20), "chromedriver to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-        let mut d = Driver { child, base, session: String::new(), rt, http };
-        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        }}}});
-        let v = d.call("POST", "/session", Some(caps));
-        d.session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_owned();
-        d
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let mut req = self.http.request(method.parse().unwrap(), url);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            req.send().await.unwrap().json().await.unwrap()
-        })
-    }
-
-    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        self.call(method, &format!("/session/{}{path}", self.session), body)
-    }
-
-    fn go(&self, url: &str) {
-        self.session("POST", "/url", Some(json!({"url": url})));
-    }
-
-    /// Text of the first element matching `css`, if any.
-    fn text(&self, css: &str) -> Option<String> {
-        let v = self.session("POST", "/element", Some(json!({"using": "css selector", "value": css})));
-        let id = v["value"].as_object()?.values().next()?.as_str()?.to_owned();
-        let t = self.session("GET", &format!("/element/{id}/text"), None);
-        t["value"].as_str().map(str::to_owned)
-    }
-
-    fn element(&self, css: &str) -> String {
-        let v = self.session("POST", "/element", Some(json!({"using": "css selector", "value": css})));
-        v["value"]
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_owned()
-    }
-
-    fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.session("POST", &format!("/element/{id}/value"), Some(json!({"text": text})));
-    }
-
-    fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.session("POST", &format!("/element/{id}/click"), Some(json!({})));
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let _ = self.session("DELETE", "", None);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Where the tests' screenshots go: `target/test-artifacts`.
+fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
 }
 
 #[test]
 fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     let plane = Plane::start();
-    plane.ok(&["launch", "web", "--replicas", "2", "--wait"]);
-    let browser = Driver::start();
+    plane.ok(&["launch", "web", "--replicas", "3", "--wait"]);
+    let browser = Driver::start(1280, 900);
     browser.go(&format!("{}/#token={}", plane.url(), plane.token()));
 
     // Fleets, and a tile per agent with its live state.
     eventually(Duration::from_secs(30), "the fleet in the list", || {
-        browser.text(".fleet[data-fleet=\"web\"]").filter(|t| t.contains("2/2"))
+        browser.text(".fleet[data-fleet=\"web\"]").filter(|t| t.contains("3/3"))
     });
-    for agent in ["web/0", "web/1"] {
+    for agent in ["web/0", "web/1", "web/2"] {
         eventually(Duration::from_secs(30), "an idle tile", || {
             browser.text(&format!(".tile[data-agent=\"{agent}\"][data-state=\"idle\"]"))
         });
@@ -120,7 +37,7 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     // Inject from the page; both answers stream into the transcript.
     browser.type_into("#prompt", "hello from the browser");
     browser.click("#send");
-    for agent in ["web/0", "web/1"] {
+    for agent in ["web/0", "web/1", "web/2"] {
         eventually(Duration::from_secs(30), "the streamed answer", || {
             browser.text(&format!(".msg[data-kind=\"answer\"][data-agent=\"{agent}\"] .text")).filter(|t| t == "hello from the browser")
         });
@@ -128,7 +45,17 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
     // The MANAGER badge on the one leader; ARM toggled on a tile; a chat message posted.
-    eventually(Duration::from_secs(30), "the MANAGER badge", || browser.text(".tile.manager[data-agent=\"web/0\"] .badge"));
+    let mut tries = 0;
+    eventually(Duration::from_secs(60), "the MANAGER badge", || {
+        let found = browser.text(".tile.manager[data-agent=\"web/0\"] .badge");
+        tries += 1;
+        if found.is_none() && tries % 50 == 0 {
+            let page =
+                browser.run("return document.getElementById('tiles').innerText + ' | ' + document.getElementById('error').textContent;");
+            eprintln!("no MANAGER badge yet: {page} | {}", plane.ok(&["leader", "web"]).trim());
+        }
+        found
+    });
     browser.click(".tile[data-agent=\"web/1\"] .arm");
     eventually(Duration::from_secs(30), "agent 1 disarmed", || {
         (plane.json(&["status", "web", "--json"])["agents"][1]["armed"] == false).then_some(())
@@ -140,6 +67,43 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     browser.click("#chat-send");
     eventually(Duration::from_secs(30), "the chat message", || browser.text(".chat-msg .text").filter(|t| t == "rock?"));
     assert_eq!(plane.json(&["chat", "web", "--json"])["messages"][0]["text"], "rock?");
+
+    // Scaled from the page, 3 → 5: five tiles, each with its generated name and short ids.
+    browser.clear("#scale-replicas");
+    browser.type_into("#scale-replicas", "5");
+    browser.click("#scale");
+    eventually(Duration::from_secs(60), "five idle tiles", || {
+        browser.text(".tile[data-agent=\"web/4\"][data-state=\"idle\"]").filter(|t| t.contains("task ") && t.contains("-4"))
+    });
+    assert_eq!(plane.json(&["status", "web", "--json"])["fleet"]["replicas"], 5);
+
+    // Rock/Paper/Scissors started from the page: rounds, scores on the scoreboard and tiles;
+    // the haiku and three words (set by the CLI) show on the page too.
+    browser.clear("#rps-interval");
+    browser.type_into("#rps-interval", "1");
+    browser.click("#rps-apply");
+    plane.ok(&["scenario", "web", "--haiku", "1m", "--three-words", "1m"]);
+    eventually(Duration::from_secs(60), "a round on the page", || browser.text("#rps-state").filter(|t| t.starts_with("round ")));
+    eventually(Duration::from_secs(60), "the scoreboard", || browser.text("#scoreboard tr[data-slot]"));
+    eventually(Duration::from_secs(60), "a score on a player's tile", || {
+        browser.text(".tile[data-agent=\"web/2\"] .score").filter(|t| !t.is_empty())
+    });
+    eventually(Duration::from_secs(60), "the haiku", || browser.text("#haiku").filter(|t| t.contains("agent 0")));
+    eventually(Duration::from_secs(60), "three words on a tile", || {
+        browser.text(".tile[data-agent=\"web/3\"] .words").filter(|t| !t.is_empty())
+    });
+    eventually(Duration::from_secs(30), "the leader in the activity feed", || {
+        browser.text("#activity [data-event=\"leader_changed\"]").filter(|t| t.contains("agent 0 leads"))
+    });
+    browser.screenshot(&artifacts().join("dashboard-5-agents.png"));
+
+    // Readable in a narrow window: one column, no horizontal scrolling.
+    browser.session("POST", "/window/rect", Some(json!({"width": 420, "height": 900})));
+    eventually(Duration::from_secs(10), "one column", || {
+        (browser.run("return document.documentElement.scrollWidth <= window.innerWidth + 1;") == true).then_some(())
+    });
+    browser.screenshot(&artifacts().join("dashboard-narrow.png"));
+    browser.session("POST", "/window/rect", Some(json!({"width": 1280, "height": 900})));
 
     // A deploy's progress: its canary passed, the deploy waits, the canary's tile shows its version.
     plane.ok(&["deploy", "web", "--version", "2", "--canary", "1"]);
@@ -164,4 +128,74 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
         );
         (v["value"] == true).then_some(())
     });
+}
+
+/// A thousand agents (joined by hand, `agent --join --count`): every tile rendered, in slot
+/// order, the summary counting them, the scoreboard filling; a screenshot saved.
+#[test]
+fn the_dashboard_holds_a_thousand_agents() {
+    let plane = Plane::start();
+    plane.ok(&["launch", "army", "--backend", "external", "--replicas", "1000"]);
+    let mut agents = std::process::Command::new(crate::support::BIN)
+        .args(["agent", "--join", "army", "--count", "1000"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Duration::from_secs(240);
+    let began = std::time::Instant::now();
+    eventually(t, "1000 joined agents ready", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 1000).then_some(()));
+    eprintln!("1000 agents ready after {:?}", began.elapsed());
+    let browser = Driver::start(1600, 1000);
+    browser.go(&format!("{}/#token={}", plane.url(), plane.token()));
+    eventually(t, "1000 tiles on the page", || browser.text("#summary").filter(|s| s.starts_with("1000 agents: ")));
+    eprintln!("1000 tiles shown after {:?}", began.elapsed());
+    let order = browser.run("return [...document.querySelectorAll('.tile')].map((t) => t.dataset.agent).join(',');");
+    let expected: Vec<String> = (0..1000).map(|s| format!("army/{s}")).collect();
+    assert_eq!(order.as_str(), Some(expected.join(",").as_str()), "every tile, in slot order");
+    plane.ok(&["scenario", "army", "--rps", "5s"]);
+    eventually(t, "the scoreboard at 1000", || browser.text("#scoreboard").filter(|s| s.contains("more")));
+    eprintln!("scoreboard shown after {:?}", began.elapsed());
+    browser.type_into("#tile-filter", "army/999");
+    let shown = browser.run("return [...document.querySelectorAll('.tile')].filter((t) => !t.hidden).length;");
+    assert_eq!(shown, 1, "the filter finds one agent among a thousand");
+    browser.clear("#tile-filter");
+    browser.run("document.getElementById('tile-filter').dispatchEvent(new Event('input'));");
+    browser.screenshot(&artifacts().join("dashboard-1000-agents.png"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agents.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let _ = agents.wait();
+}
+
+/// `up --demo` as a new user sees it: a fleet playing Rock/Paper/Scissors under its MANAGER,
+/// scores, the leader's haiku and every agent's three words, written by the model. The README's
+/// screenshot is this one (`target/test-artifacts/dashboard-demo.png`, copied to docs/).
+#[test]
+fn the_demo_plays_on_the_dashboard() {
+    let up_args = ["--demo", "--model-seed", "3"].map(String::from).to_vec();
+    let plane = Plane::with(crate::support::PlaneOptions { builtin_model: true, up_args, ..crate::support::PlaneOptions::default() });
+    let t = Duration::from_secs(180);
+    eventually(t, "the demo fleet to be ready", || {
+        let v: serde_json::Value = serde_json::from_slice(&plane.cli(&["status", "demo", "--json"]).stdout).ok()?;
+        (v["fleet"]["ready"] == 3).then_some(())
+    });
+    let browser = Driver::start(1280, 1000);
+    browser.go(&format!("{}/#token={}", plane.url(), plane.token()));
+    plane.ok(&["chat", "demo", "Welcome, agents! Rock, paper or scissors?"]);
+    plane.ok(&["chime", "demo"]);
+    eventually(t, "the MANAGER", || browser.text(".tile.manager .badge").filter(|b| b.contains("MANAGER")));
+    eventually(t, "a scored round", || browser.text("#scoreboard tr[data-slot]"));
+    eventually(t, "the model's haiku", || browser.text("#haiku").filter(|h| h.contains("— agent")));
+    for slot in 0..3 {
+        eventually(t, "three words on every tile", || {
+            browser.text(&format!(".tile[data-agent=\"demo/{slot}\"] .words")).filter(|w| !w.is_empty())
+        });
+    }
+    eventually(t, "an agent in the chat", || browser.text(".chat-msg:nth-child(2) .text"));
+    browser.screenshot(&artifacts().join("dashboard-demo.png"));
+    let words = plane.json(&["status", "demo", "--json"]);
+    for a in words["agents"].as_array().unwrap() {
+        let w = a["three_words"].as_str().unwrap();
+        assert!((1..=3).contains(&w.split_whitespace().count()) && w.len() <= 50, "{a}");
+    }
 }

@@ -19,3 +19,4 @@ mod router;
 mod security;
 mod slurm;
 mod support;
+mod webdriver;
