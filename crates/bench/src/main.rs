@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, deploy, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -20,6 +20,7 @@ use clawfleet_proto::event::Event;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+mod clawbucket;
 mod deploy;
 mod docker;
 mod leader;
@@ -536,6 +537,7 @@ async fn main() -> anyhow::Result<()> {
         ("security", 6),
         ("deploy", 7),
         ("leader", 8),
+        ("clawbucket", 9),
         ("docker", 4),
         ("slurm", 5),
         ("model", 3),
@@ -553,6 +555,7 @@ async fn main() -> anyhow::Result<()> {
             6 => security::run(&a, &mut rows).await,
             7 => deploy::run(&a, &mut rows).await,
             8 => leader::run(&a, &mut rows).await,
+            9 => clawbucket::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);
