@@ -10,15 +10,15 @@
 //! its username is admitted only with a will its client may publish.
 #![no_main]
 
-use clawfleet_bus::{BusSecret, FleetAuth};
-use clawfleet_core::acl::{self, BusIdentity};
 use bytes::BytesMut;
 use clawfleet_bus::broker::{Login, login};
+use clawfleet_bus::{BusSecret, FleetAuth};
+use clawfleet_core::acl::{self, BusIdentity};
 use clawfleet_core::authz::{self, Action, Policy};
-use rmqtt_codec::v3::{Codec, Packet};
-use tokio_util::codec::Decoder;
 use clawfleet_proto::topic::{self, Channel};
 use libfuzzer_sys::fuzz_target;
+use rmqtt_codec::v3::{Codec, Packet};
+use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     connect(data);

@@ -11,6 +11,18 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<clawfleet_proto::api::ChatPost>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::api::ArmRequest>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::api::LeaderRequest>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::api::ChimeRequest>(data);
+    if let Ok(s) = serde_json::from_slice::<clawfleet_proto::scenario::Scenarios>(data)
+        && clawfleet_core::scenario::validate(&s).is_ok()
+    {
+        assert!(s.rps.is_none_or(|r| clawfleet_proto::scenario::RPS_INTERVAL_SECONDS.contains(&r.interval_seconds)));
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        // A brain's answer becomes a move, a phrase or a haiku, each bounded, or nothing.
+        let _ = clawfleet_core::scenario::parse_move(text);
+        assert!(clawfleet_core::scenario::three_words(text).is_none_or(|w| w.chars().count() <= 50 && w.split_whitespace().count() <= 3));
+        assert!(clawfleet_core::scenario::haiku(text).is_none_or(|h| h.chars().count() <= 400));
+    }
     if let Ok(req) = serde_json::from_slice::<SecretRequest>(data)
         && clawfleet_core::spec::check_secret_value("X", &req.value).is_ok()
     {

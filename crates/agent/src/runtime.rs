@@ -117,7 +117,10 @@ const PLAY_TIMEOUT: Duration = Duration::from_secs(120);
 fn rps_move(round: u64, epoch: Option<u64>, answer: &Result<String, String>) -> EventBody {
     let (choice, by) = match answer.as_deref().ok().and_then(scenario::parse_move) {
         Some(choice) => (choice, Chooser::Brain),
-        None => (Rps::ALL[usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % Rps::ALL.len()], Chooser::Random),
+        None => {
+            let r = u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().expect("4 bytes"));
+            (Rps::ALL[r as usize % Rps::ALL.len()], Chooser::Random)
+        }
     };
     EventBody::RpsMove { round, choice, by, epoch, delta: None, score: None }
 }
