@@ -159,6 +159,19 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     assert!(tasks.iter().all(|t| t["network"] == network.as_str()), "{found}");
     assert!(tasks.iter().all(|t| !t["address"].as_str().unwrap().contains('/')), "CIDR stripped: {found}");
 
+    // clawbucket's scenarios on Swarm: rounds led by the leader and scored for the others;
+    // each task's three words on /api/swarm.
+    plane.ok(&["scenario", fleet, "--rps", "1s", "--three-words", "1m"]);
+    eventually(Duration::from_secs(60), "scored rounds on Swarm", || {
+        let v = plane.json(&["scoreboard", fleet, "--json"]);
+        (v["scoreboard"].as_array().unwrap().len() == 2).then_some(())
+    });
+    eventually(Duration::from_secs(60), "three words on every task", || {
+        let (_, v) = plane.http("GET", &format!("/api/swarm?service={service}"), Some(&plane.token()), None);
+        v["replicas"].as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|t| t["three_words"].is_string())).then_some(())
+    });
+    plane.ok(&["scenario", fleet, "--rps", "off", "--three-words", "off"]);
+
     // A conversation, then a killed container: Swarm replaces it in the same slot, and the
     // agent keeps its workspace (journal epoch) and conversation.
     plane.ok(&["inject", fleet, "remember this", "--agent", "1", "--wait"]);

@@ -9,7 +9,7 @@ use clawfleet_backend::Instance;
 use clawfleet_backend::conformance::{self, Chaos};
 use clawfleet_backend::slurm::{SlurmBackend, SlurmConfig};
 
-use crate::support::{Plane, PlaneOptions};
+use crate::support::{Plane, PlaneOptions, eventually};
 
 /// Kills a job's agent the way a crashed node process would end it.
 struct KillJob;
@@ -164,6 +164,19 @@ fn a_slurm_fleet_on_the_mailbox_answers_survives_garbage_and_reports_dead_worker
     ]);
     let out = plane.ok(&["inject", "mbox", "over the shared filesystem", "--wait"]);
     assert!(out.contains("mbox/0: over the shared filesystem") && out.contains("mbox/1: over the shared filesystem"), "{out}");
+
+    // clawbucket's scenarios over the mailbox too: the leader's move and the other's, scored;
+    // every agent's three words.
+    plane.ok(&["scenario", "mbox", "--rps", "1s", "--three-words", "1m"]);
+    eventually(Duration::from_secs(60), "a scored round over the mailbox", || {
+        let v = plane.json(&["scoreboard", "mbox", "--json"]);
+        v["scoreboard"].as_array().unwrap().iter().any(|r| r["last_round"].as_u64() >= Some(1)).then_some(())
+    });
+    eventually(Duration::from_secs(60), "three words over the mailbox", || {
+        let s = plane.json(&["status", "mbox", "--json"]);
+        s["agents"].as_array().unwrap().iter().all(|a| a["three_words"].is_string()).then_some(())
+    });
+    plane.ok(&["scenario", "mbox", "--rps", "off", "--three-words", "off"]);
 
     // It went through files, not the bus: each agent's outbox holds its events.
     let status = plane.json(&["status", "mbox", "--json"]);
