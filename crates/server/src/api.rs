@@ -858,12 +858,7 @@ async fn scenarios_get(
 ) -> Result<Json<Scenarios>, ApiError> {
     caller.may(&app, Action::Read, Target::Fleet(&name))?;
     load(&app, &name).await?;
-    Ok(Json(stored_scenarios(&app, &name).await?))
-}
-
-async fn stored_scenarios(app: &App, name: &str) -> Result<Scenarios, ApiError> {
-    let all = app.db.run(|s| s.scenarios()).await?;
-    Ok(all.iter().find(|(f, _)| f == name).map(|(_, json)| crate::scenario::parse(name, json)).unwrap_or_default())
+    Ok(Json(crate::scenario::of(&app, &name).await?))
 }
 
 /// Sets the scenarios a fleet plays (who may update the fleet may): each in its bounds.
@@ -892,7 +887,7 @@ async fn scenarios_set(
 async fn rps(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, P(name): P<String>) -> Result<Json<RpsView>, ApiError> {
     caller.may(&app, Action::Read, Target::Fleet(&name))?;
     load(&app, &name).await?;
-    let scenarios = stored_scenarios(&app, &name).await?;
+    let scenarios = crate::scenario::of(&app, &name).await?;
     let n = name.clone();
     let (round, board) = app.db.run(move |s| Ok((s.latest_round(&n)?, s.scoreboard(&n)?))).await?;
     let round = round.map(|r| RoundView {
@@ -975,12 +970,7 @@ async fn chime(
             }
         }
     };
-    let directive = clawfleet_proto::bus::Directive::Play {
-        play_id: uuid::Uuid::new_v4().to_string(),
-        play: Play::Chime { prompt },
-        targets: None,
-        expires_at: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(120)).to_string()),
-    };
+    let directive = crate::scenario::play(Play::Chime { prompt }, crate::scenario::WRITE_WITHIN);
     app.outbound.to_fleet(&name, &targets, &directive).await;
     let message = format!("asked {} agent{} of {name} to chime in", targets.len(), if targets.len() == 1 { "" } else { "s" });
     Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message })))

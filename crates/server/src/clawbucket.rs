@@ -284,7 +284,7 @@ pub(super) async fn rps_config(
     JsonBody(req): JsonBody<RpsConfigBody>,
 ) -> Result<Json<Value>, ApiError> {
     let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
-    let mut scenarios = super::stored_scenarios(&app, &row.name).await?;
+    let mut scenarios = crate::scenario::of(&app, &row.name).await?;
     let brain = req.brain.or(scenarios.rps.map(|r| r.brain)).unwrap_or(false);
     let settings = RpsSettings { interval_seconds: req.interval_seconds, brain };
     let only = Scenarios { rps: Some(settings), ..Scenarios::default() };

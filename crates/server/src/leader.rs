@@ -1,6 +1,6 @@
 //! The leader loop: on every tick it elects each fleet's leader (`core::leader`: the leader
 //! stays while healthy, else the operator's preferred agent, else the lowest healthy slot) from
-//! the agents' liveness, and stores each change with its new epoch and a `leader_changed`
+//! the agents' liveness and ARM (a disarmed agent does not lead), and stores each change with its new epoch and a `leader_changed`
 //! event. It keeps each fleet's `Leadership` in memory, seeded from the store (so epochs only
 //! grow across restarts), and writes only when the leader changes.
 
@@ -54,7 +54,11 @@ async fn step(app: &App, fleets: &mut HashMap<String, (String, Leadership)>) -> 
     for row in rows.iter().filter(|r| r.state == FleetState::Active) {
         let (_, l) = fleets.entry(row.name.clone()).or_insert_with(|| (row.uid.clone(), stored(row)));
         l.preferred = row.leader_preferred;
-        let healthy: Vec<u32> = (0..row.replicas).filter(|&s| app.live.state(&row.name, s, now).is_ready()).collect();
+        // A disarmed agent takes part in no scenario, so it does not lead them either.
+        let n = row.name.clone();
+        let disarmed = app.db.run(move |s| s.disarmed(&n)).await?;
+        let healthy: Vec<u32> =
+            (0..row.replicas).filter(|&s| !disarmed.contains(&s) && app.live.state(&row.name, s, now).is_ready()).collect();
         let Some(leader) = l.elect(&healthy) else { continue };
         match leader {
             Some(l) => tracing::info!(fleet = %row.name, slot = l.slot, epoch = l.epoch, "New leader"),

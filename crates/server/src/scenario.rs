@@ -1,6 +1,6 @@
 //! The scenario loop (clawbucket's simulation): on every tick, for each fleet that plays some,
 //! it opens a Rock/Paper/Scissors round for the leader when one is due, asks the leader for a
-//! haiku and each healthy agent for its three-word phrase when theirs are due. Everything goes
+//! haiku and each healthy armed agent for its three-word phrase when theirs are due. Everything goes
 //! through the control plane: it asks (a `play` directive), the agent answers with an event,
 //! and ingest judges the answer (`store::scenario`, with `core::scenario`'s rules) where it
 //! stores it. When a leader's move is stored, [`round_led`] asks every other armed agent to play.
@@ -21,8 +21,8 @@ use crate::app::App;
 use crate::clock;
 
 const TICK: Duration = Duration::from_millis(250);
-/// How long a leader has to write its haiku, and an agent its phrase.
-const WRITE_WITHIN: Duration = Duration::from_secs(120);
+/// How long a leader has to write its haiku, and an agent its phrase or chat message.
+pub(crate) const WRITE_WITHIN: Duration = Duration::from_secs(120);
 
 /// When each fleet last did what.
 #[derive(Default)]
@@ -58,12 +58,20 @@ pub(crate) fn parse(fleet: &str, json: &str) -> Scenarios {
     })
 }
 
+/// One fleet's scenarios (none set: all off).
+pub(crate) async fn of(app: &App, fleet: &str) -> Result<Scenarios, StoreError> {
+    let f = fleet.to_owned();
+    let json = app.db.run(move |s| s.fleet_scenarios(&f)).await?;
+    Ok(json.map(|j| parse(fleet, &j)).unwrap_or_default())
+}
+
 /// An RFC 3339 stamp `within` from now: a play's deadline.
 fn deadline(within: Duration) -> String {
     humantime::format_rfc3339_millis(SystemTime::now() + within).to_string()
 }
 
-fn play(play: Play, within: Duration) -> Directive {
+/// A `play` directive for the agents it is sent to, dropped by them after `within`.
+pub(crate) fn play(play: Play, within: Duration) -> Directive {
     Directive::Play { play_id: uuid::Uuid::new_v4().to_string(), play, targets: None, expires_at: Some(deadline(within)) }
 }
 
@@ -98,9 +106,13 @@ async fn step(app: &App, timers: &mut HashMap<String, Timers>) -> Result<(), Sto
         if let Some(words) = scenarios.three_words {
             let every = Duration::from_secs(u64::from(words.interval_minutes) * 60);
             let mono = clock::mono_ms();
+            let f = fleet.clone();
+            let disarmed = app.db.run(move |s| s.disarmed(&f)).await?;
             t.words.retain(|slot, _| *slot < row.replicas);
             let ready: Vec<u32> = (0..row.replicas)
-                .filter(|&s| app.live.state(&fleet, s, mono).is_ready() && due(t.words.get(&s).copied(), every, now))
+                .filter(|&s| {
+                    !disarmed.contains(&s) && app.live.state(&fleet, s, mono).is_ready() && due(t.words.get(&s).copied(), every, now)
+                })
                 .collect();
             if !ready.is_empty() {
                 for s in &ready {
@@ -119,13 +131,13 @@ async fn step(app: &App, timers: &mut HashMap<String, Timers>) -> Result<(), Sto
 /// one message on the fleet's topic.
 pub(crate) async fn round_led(app: &App, fleet: &str, round: u64, leader: u32) {
     let f = fleet.to_owned();
-    let found = app.db.run(move |s| Ok((s.fleet(&f)?, s.disarmed(&f)?, s.scenarios()?))).await;
+    let found = app.db.run(move |s| Ok((s.fleet(&f)?, s.disarmed(&f)?, s.fleet_scenarios(&f)?))).await;
     let (row, disarmed, settings) = match found {
-        Ok((Some(row), disarmed, settings)) => (row, disarmed, settings),
-        Ok((None, ..)) => return,
+        Ok((Some(row), disarmed, Some(settings))) => (row, disarmed, settings),
+        Ok(_) => return,
         Err(e) => return tracing::error!(fleet, error = %e, "Could not read the fleet to publish its round"),
     };
-    let Some(rps) = settings.iter().find(|(name, _)| name == fleet).and_then(|(_, json)| parse(fleet, json).rps) else { return };
+    let Some(rps) = parse(fleet, &settings).rps else { return };
     let players: Vec<u32> = (0..row.replicas).filter(|s| *s != leader && !disarmed.contains(s)).collect();
     if players.is_empty() {
         return;

@@ -92,6 +92,11 @@ impl Store {
         })
     }
 
+    /// One fleet's scenarios, as stored (JSON `Scenarios`), if it has set some.
+    pub fn fleet_scenarios(&self, fleet: &str) -> Result<Option<String>> {
+        self.with(|c| Ok(c.query_row("SELECT settings FROM scenarios WHERE fleet = ?1", [fleet], |r| r.get(0)).optional()?))
+    }
+
     /// Opens the fleet's next round for its leader in its epoch; `None` when no agent leads.
     /// Forgets rounds (and moves) old enough.
     pub fn open_round(&self, fleet: &str, at: &str) -> Result<Option<(u64, Leader)>> {

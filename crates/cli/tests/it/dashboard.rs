@@ -45,6 +45,12 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     assert_eq!(browser.text(".msg[data-kind=\"prompt\"] .text").as_deref(), Some("hello from the browser"));
 
     // The MANAGER badge on the one leader; ARM toggled on a tile; a chat message posted.
+    // The first agent heard leads; on a loaded machine that need not be agent 0, so the test
+    // asks for it.
+    plane.ok(&["leader", "web", "0"]);
+    eventually(Duration::from_secs(30), "agent 0 to lead", || {
+        (plane.json(&["leader", "web", "--json"])["leader"]["slot"] == 0).then_some(())
+    });
     let mut tries = 0;
     eventually(Duration::from_secs(60), "the MANAGER badge", || {
         let found = browser.text(".tile.manager[data-agent=\"web/0\"] .badge");

@@ -141,6 +141,7 @@ fn clawbucket_endpoints_answer_with_its_shapes() {
     plane.ok(&["launch", "bucket", "--replicas", "2", "--brain", "echo", "--wait"]);
     let token = plane.token();
     let t = Some(token.as_str());
+    plane.ok(&["leader", "bucket", "0"]);
     eventually(Duration::from_secs(30), "a manager", || (leader(&plane, "bucket").0 == Some(0)).then_some(()));
     let (code, swarm) = plane.http("GET", "/api/swarm", t, None);
     let tiles = swarm["replicas"].as_array().unwrap();
@@ -234,6 +235,8 @@ fn a_fleet_plays_rps_writes_haiku_and_says_three_words() {
     let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
     plane.ok(&["launch", "game", "--replicas", "4", "--brain", "echo", "--wait"]);
     let t = Duration::from_secs(60);
+    // The first agent heard leads, which need not be agent 0 on a loaded machine: ask for it.
+    plane.ok(&["leader", "game", "0"]);
     eventually(t, "agent 0 to lead", || (leader(&plane, "game").0 == Some(0)).then_some(()));
     plane.ok(&["arm", "game/3", "off"]);
     let err = plane.fails(&["scenario", "game", "--rps", "0s"]);
@@ -263,10 +266,20 @@ fn a_fleet_plays_rps_writes_haiku_and_says_three_words() {
         v["haiku"].as_array().and_then(|h| h.first().cloned())
     });
     assert!(haiku["text"].as_str().unwrap().contains("game") && haiku["agent"] == 0, "{haiku}");
-    eventually(t, "every agent's three words", || {
+    eventually(t, "every armed agent's three words", || {
         let s = plane.json(&["status", "game", "--json"]);
-        s["agents"].as_array().unwrap().iter().all(|a| a["three_words"] == "In exactly three").then_some(())
+        s["agents"].as_array().unwrap()[..3].iter().all(|a| a["three_words"] == "In exactly three").then_some(())
     });
+
+    assert!(plane.json(&["status", "game", "--json"])["agents"][3]["three_words"].is_null(), "the disarmed agent says nothing");
+    // Disarmed, the leader no longer leads: agent 1 does, in a new epoch; armed again, agent 0
+    // plays.
+    plane.ok(&["arm", "game/0", "off"]);
+    eventually(t, "agent 1 to lead in place of the disarmed agent 0", || (leader(&plane, "game").0 == Some(1)).then_some(()));
+    plane.ok(&["arm", "game/0", "on"]);
+    plane.ok(&["leader", "game", "0"]);
+    eventually(t, "agent 0 to lead again", || (leader(&plane, "game").0 == Some(0)).then_some(()));
+    plane.ok(&["leader", "game", "--auto"]);
 
     // Asked to chime in, an agent posts its brain's answer to the chat, as itself.
     assert_eq!(plane.ok(&["chime", "game", "--agents", "2", "say hi"]).trim(), "asked 1 agent of game to chime in");
@@ -278,11 +291,12 @@ fn a_fleet_plays_rps_writes_haiku_and_says_three_words() {
 
     // The leader frozen: agent 1 leads in a new epoch and opens the rounds; agent 0, back,
     // plays them.
+    let before = played(&plane, 0);
     let frozen = pid_of(&plane, "game", 0);
     signal(frozen, Signal::SIGSTOP);
     eventually(t, "agent 1 to lead", || (leader(&plane, "game").0 == Some(1)).then_some(()));
     signal(frozen, Signal::SIGCONT);
-    eventually(t, "agent 0 to play a round led by agent 1", || (played(&plane, 0) > 0).then_some(()));
+    eventually(t, "agent 0 to play a round led by agent 1", || (played(&plane, 0) > before).then_some(()));
 
     // Every leader's move came from the agent that led, in its epoch.
     let events = crate::support::events(&plane, "game");
