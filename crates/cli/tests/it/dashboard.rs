@@ -140,7 +140,10 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
 /// order, the summary counting them, the scoreboard filling; a screenshot saved.
 #[test]
 fn the_dashboard_holds_a_thousand_agents() {
-    let plane = Plane::start();
+    // A heartbeat a second: what a thousand agents send a debug-built control plane on a
+    // loaded 2-core machine without it falling behind (at 200 ms it cannot keep up, and sees
+    // agents lost in waves).
+    let plane = Plane::with(crate::support::PlaneOptions { heartbeat_ms: 1000, ..crate::support::PlaneOptions::default() });
     plane.ok(&["launch", "army", "--backend", "external", "--replicas", "1000"]);
     let mut agents = std::process::Command::new(crate::support::BIN)
         .args(["agent", "--join", "army", "--count", "1000"])

@@ -160,8 +160,8 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
     assert!(tasks.iter().all(|t| !t["address"].as_str().unwrap().contains('/')), "CIDR stripped: {found}");
 
     // clawbucket's scenarios on Swarm: rounds led by the leader and scored for the others;
-    // each task's three words on /api/swarm.
-    plane.ok(&["scenario", fleet, "--rps", "1s", "--three-words", "1m"]);
+    // each task's three words on /api/swarm; the leader's haiku.
+    plane.ok(&["scenario", fleet, "--rps", "1s", "--haiku", "1m", "--three-words", "1m"]);
     eventually(Duration::from_secs(60), "scored rounds on Swarm", || {
         let v = plane.json(&["scoreboard", fleet, "--json"]);
         (v["scoreboard"].as_array().unwrap().len() == 2).then_some(())
@@ -170,7 +170,44 @@ fn a_docker_fleet_lives_heals_and_rolls_back() {
         let (_, v) = plane.http("GET", &format!("/api/swarm?service={service}"), Some(&plane.token()), None);
         v["replicas"].as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|t| t["three_words"].is_string())).then_some(())
     });
-    plane.ok(&["scenario", fleet, "--rps", "off", "--three-words", "off"]);
+
+    // The leader cut off the network: agent 1 leads in a new epoch and opens the rounds; agent
+    // 0, back, learns it no longer leads and plays them. Never two leaders in one epoch, and no
+    // leader's move accepted but from the agent that led, in its epoch (whatever agent 0 sends
+    // from before the cut is refused).
+    let leader = || {
+        let f = plane.json(&["leader", fleet, "--json"]);
+        (f["leader"]["slot"].as_u64(), f["leader"]["epoch"].as_u64().unwrap_or(0))
+    };
+    let played = |slot: u64| -> u64 {
+        let v = plane.json(&["scoreboard", fleet, "--json"]);
+        v["scoreboard"].as_array().unwrap().iter().find(|r| r["slot"] == slot).map_or(0, |r| r["last_round"].as_u64().unwrap())
+    };
+    plane.ok(&["leader", fleet, "0"]);
+    eventually(Duration::from_secs(60), "agent 0 to lead", || (leader().0 == Some(0)).then_some(()));
+    plane.ok(&["leader", fleet, "--auto"]);
+    let (_, first) = leader();
+    let cut = container_of(&plane, fleet, 0);
+    docker(&["network", "disconnect", &network, &cut]);
+    eventually(Duration::from_secs(60), "agent 1 to lead after the cut", || (leader().0 == Some(1)).then_some(()));
+    let (_, second) = leader();
+    assert!(second > first, "epochs grow: {first} then {second}");
+    let round = eventually(Duration::from_secs(60), "a round scored under agent 1", || {
+        let r = played(2);
+        let led = crate::support::events(&plane, fleet)
+            .iter()
+            .any(|e| e["event"] == "rps_move" && e["agent"] == 1 && e["data"]["epoch"] == second);
+        (led && r > 0).then_some(r)
+    });
+    docker(&["network", "connect", &network, &cut]);
+    eventually(Duration::from_secs(60), "agent 0 to play a round led by agent 1", || (played(0) > round).then_some(()));
+    assert_eq!(leader(), (Some(1), second), "the old leader stays replaced");
+    let (epochs, led) = crate::support::leaders_and_led(&crate::support::events(&plane, fleet));
+    assert!(led.iter().all(|l| epochs.contains(l)), "a move in an epoch its agent did not lead in: {led:?} vs {epochs:?}");
+    eventually(Duration::from_secs(60), "the leader's haiku on Swarm", || {
+        plane.json(&["haiku", fleet, "--json"])["haiku"].as_array().is_some_and(|h| !h.is_empty()).then_some(())
+    });
+    plane.ok(&["scenario", fleet, "--rps", "off", "--haiku", "off", "--three-words", "off"]);
 
     // A conversation, then a killed container: Swarm replaces it in the same slot, and the
     // agent keeps its workspace (journal epoch) and conversation.

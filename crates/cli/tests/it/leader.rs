@@ -300,16 +300,7 @@ fn a_fleet_plays_rps_writes_haiku_and_says_three_words() {
 
     // Every leader's move came from the agent that led, in its epoch.
     let events = crate::support::events(&plane, "game");
-    let epochs: Vec<(u64, u64)> = events
-        .iter()
-        .filter(|e| e["event"] == "leader_changed" && e["data"]["slot"].is_u64())
-        .map(|e| (e["data"]["slot"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
-        .collect();
-    let led: Vec<(u64, u64)> = events
-        .iter()
-        .filter(|e| e["event"] == "rps_move" && e["data"]["epoch"].is_u64())
-        .map(|e| (e["agent"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
-        .collect();
+    let (epochs, led) = crate::support::leaders_and_led(&events);
     assert!(led.iter().any(|l| l.0 == 0) && led.iter().any(|l| l.0 == 1), "both leaders led: {led:?}");
     assert!(led.iter().all(|l| epochs.contains(l)), "a move in an epoch its agent did not lead in: {led:?} vs {epochs:?}");
     assert!(!events.iter().any(|e| e["event"] == "rps_move" && e["agent"] == 3), "the disarmed agent never moved");

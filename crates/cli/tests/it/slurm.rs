@@ -166,8 +166,8 @@ fn a_slurm_fleet_on_the_mailbox_answers_survives_garbage_and_reports_dead_worker
     assert!(out.contains("mbox/0: over the shared filesystem") && out.contains("mbox/1: over the shared filesystem"), "{out}");
 
     // clawbucket's scenarios over the mailbox too: the leader's move and the other's, scored;
-    // every agent's three words.
-    plane.ok(&["scenario", "mbox", "--rps", "1s", "--three-words", "1m"]);
+    // every agent's three words; the leader's haiku.
+    plane.ok(&["scenario", "mbox", "--rps", "1s", "--haiku", "1m", "--three-words", "1m"]);
     eventually(Duration::from_secs(60), "a scored round over the mailbox", || {
         let v = plane.json(&["scoreboard", "mbox", "--json"]);
         v["scoreboard"].as_array().unwrap().iter().any(|r| r["last_round"].as_u64() >= Some(1)).then_some(())
@@ -176,7 +176,10 @@ fn a_slurm_fleet_on_the_mailbox_answers_survives_garbage_and_reports_dead_worker
         let s = plane.json(&["status", "mbox", "--json"]);
         s["agents"].as_array().unwrap().iter().all(|a| a["three_words"].is_string()).then_some(())
     });
-    plane.ok(&["scenario", "mbox", "--rps", "off", "--three-words", "off"]);
+    eventually(Duration::from_secs(60), "the leader's haiku over the mailbox", || {
+        plane.json(&["haiku", "mbox", "--json"])["haiku"].as_array().is_some_and(|h| !h.is_empty()).then_some(())
+    });
+    plane.ok(&["scenario", "mbox", "--rps", "off", "--haiku", "off", "--three-words", "off"]);
 
     // It went through files, not the bus: each agent's outbox holds its events.
     let status = plane.json(&["status", "mbox", "--json"]);

@@ -327,6 +327,26 @@ pub fn events(plane: &Plane, fleet: &str) -> Vec<Value> {
     plane.ok(&["logs", fleet, "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// A fleet's leaders and their leaders' moves, from its events: every `leader_changed` to an
+/// agent as (slot, epoch), checked to grow by epoch (never two leaders in one epoch), and every
+/// accepted leader's move (`rps_move` with an epoch) as (agent, epoch).
+pub fn leaders_and_led(events: &[Value]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let changes: Vec<u64> =
+        events.iter().filter(|e| e["event"] == "leader_changed").map(|e| e["data"]["epoch"].as_u64().unwrap()).collect();
+    assert!(changes.windows(2).all(|w| w[1] > w[0]), "epochs grow with every change: {changes:?}");
+    let epochs = events
+        .iter()
+        .filter(|e| e["event"] == "leader_changed" && e["data"]["slot"].is_u64())
+        .map(|e| (e["data"]["slot"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
+        .collect();
+    let led = events
+        .iter()
+        .filter(|e| e["event"] == "rps_move" && e["data"]["epoch"].is_u64())
+        .map(|e| (e["agent"].as_u64().unwrap(), e["data"]["epoch"].as_u64().unwrap()))
+        .collect();
+    (epochs, led)
+}
+
 /// Events of one kind, for one agent, of one injection.
 pub fn count(events: &[Value], kind: &str, agent: u32, injection: &str) -> usize {
     events.iter().filter(|e| e["event"] == kind && e["agent"] == agent && e["injection_id"] == injection).count()

@@ -100,8 +100,18 @@ impl Driver {
     }
 
     /// Runs `script` in the page and returns its value.
+    /// The value `script` returns. A renderer too busy to answer in chromedriver's time (on a
+    /// loaded 2-core machine, with a thousand tiles redrawing) is asked again, for up to a
+    /// minute; any other WebDriver error fails the caller with the error's text.
     pub fn run(&self, script: &str) -> Value {
-        self.session("POST", "/execute/sync", Some(json!({"script": script, "args": []})))["value"].clone()
+        let began = Instant::now();
+        loop {
+            let v = self.session("POST", "/execute/sync", Some(json!({"script": script, "args": []})))["value"].clone();
+            let Some(error) = v.get("error").and_then(Value::as_str) else { return v };
+            let busy = matches!(error, "timeout" | "script timeout");
+            assert!(busy && began.elapsed() < Duration::from_secs(60), "script failed: {v}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Saves a PNG of the page as it is now.
