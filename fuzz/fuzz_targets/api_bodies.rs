@@ -1,4 +1,5 @@
-//! The HTTP API request bodies, and the string parsers that validate what they carry.
+//! The HTTP API request bodies, and the string parsers that validate what they carry (and a
+//! brain's answers, turned into moves, phrases, haiku and council claims).
 #![no_main]
 
 use clawfleet_core::{BrainSpec, FleetName, FleetSpec};
@@ -22,6 +23,23 @@ fuzz_target!(|data: &[u8]| {
         let _ = clawfleet_core::scenario::parse_move(text);
         assert!(clawfleet_core::scenario::three_words(text).is_none_or(|w| w.chars().count() <= 50 && w.split_whitespace().count() <= 3));
         assert!(clawfleet_core::scenario::haiku(text).is_none_or(|h| h.chars().count() <= 400));
+        // ... and a council claim: only roles that are open, each once; a bounded reason.
+        let open: Vec<String> = ["planner", "code-reviewer", "tester"].map(String::from).to_vec();
+        let wanted = clawfleet_core::council::parse_claim(text, &open);
+        assert!(wanted.iter().all(|w| open.contains(w)) && wanted.len() <= open.len(), "{wanted:?}");
+        assert!(clawfleet_core::council::reason(text).chars().count() <= clawfleet_proto::council::MAX_REASON_CHARS);
+    }
+    // A council's request: accepted ones have valid, distinct roles, a core among them, and
+    // bounded timeout and brief.
+    if let Ok(open) = serde_json::from_slice::<clawfleet_proto::council::CouncilOpen>(data)
+        && let Ok(spec) = clawfleet_core::council::validate(open)
+    {
+        use clawfleet_proto::council::{MAX_BRIEF_CHARS, MAX_ROLES, TIMEOUT_SECONDS};
+        assert!(!spec.roles.is_empty() && spec.roles.len() <= MAX_ROLES);
+        assert!(spec.roles.iter().all(|r| clawfleet_core::council::is_role(r)));
+        assert!(spec.roles.iter().enumerate().all(|(i, r)| !spec.roles[..i].contains(r)));
+        assert!(!spec.core.is_empty() && spec.core.iter().all(|c| spec.roles.contains(c)));
+        assert!(TIMEOUT_SECONDS.contains(&spec.timeout_seconds) && spec.brief.chars().count() <= MAX_BRIEF_CHARS);
     }
     if let Ok(req) = serde_json::from_slice::<SecretRequest>(data)
         && clawfleet_core::spec::check_secret_value("X", &req.value).is_ok()

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     /// asks for the sampling a small model needs, with llama-server's options).
     pub model_builtin: bool,
     pub system_prompt: Option<String>,
+    /// The council roles it can take, most wanted first; empty: its brain chooses.
+    pub capabilities: Vec<String>,
     pub fleet_version: String,
     pub heartbeat_interval: Duration,
     /// A turn with no output for this long is stopped.
@@ -68,6 +70,7 @@ impl AgentConfig {
             model_name: "default".into(),
             model_builtin: false,
             system_prompt: None,
+            capabilities: Vec::new(),
             fleet_version: "1".into(),
             heartbeat_interval: Duration::from_secs(2),
             watchdog: Duration::from_secs(300),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawfleet_bus::client::{self, BusEvent, ClientConfig, Will};
-use clawfleet_core::{BrainSpec, CommandName, scenario};
+use clawfleet_core::{BrainSpec, CommandName, council, scenario};
 use clawfleet_proto::bus::{self as wire, AgentActivity, BrainStatus, Directive, Heartbeat};
 use clawfleet_proto::event::EventBody;
 use clawfleet_proto::mailbox::InboxItem;
@@ -83,6 +83,8 @@ struct Agent {
     brain: Arc<dyn Brain>,
     brain_spec: BrainSpec,
     system_prompt: Option<String>,
+    /// The council roles it declares it can take (none: its brain chooses).
+    capabilities: Vec<String>,
     health: BrainHealth,
     http: reqwest::Client,
     link: Link,
@@ -135,9 +137,16 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
     let heartbeat_topic = topic::agent(&fleet, slot, Channel::Heartbeat);
 
     // Launch configuration, overridden by the workspace's config.json.
-    let (brain_spec, system_prompt, config_problem) = match resolve_config(&config, &ws) {
-        Ok((b, p)) => (b, p, None),
-        Err(e) => (config.brain.clone(), config.system_prompt.clone(), Some(e)),
+    let (Resolved { brain: brain_spec, system_prompt, capabilities }, config_problem) = match resolve_config(&config, &ws) {
+        Ok(r) => (r, None),
+        Err(e) => {
+            let launched = Resolved {
+                brain: config.brain.clone(),
+                system_prompt: config.system_prompt.clone(),
+                capabilities: config.capabilities.clone(),
+            };
+            (launched, Some(e))
+        }
     };
     let brain = brain::build(&brain_spec, &config, &http);
 
@@ -191,6 +200,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         brain,
         brain_spec,
         system_prompt,
+        capabilities,
         health: BrainHealth::failing("not checked yet"),
         http,
         link,
@@ -417,6 +427,13 @@ impl Agent {
             Play::Haiku { .. } => scenario::haiku_prompt(self.config.agent.fleet.as_str()),
             Play::ThreeWords {} => scenario::THREE_WORDS_PROMPT.to_owned(),
             Play::Chime { prompt } => prompt.clone(),
+            Play::Council { council: id, roles, .. } if !self.capabilities.is_empty() => {
+                let reason = format!("my declared capabilities: {}", self.capabilities.join(", "));
+                let roles = council::from_capabilities(&self.capabilities, roles);
+                let claim = EventBody::CouncilClaim { council: *id, roles, reason: council::reason(&reason), role: None, activated: false };
+                return self.emit(None, claim);
+            }
+            Play::Council { roles, brief, .. } => council::prompt(brief, roles),
         };
         if self.plays_running >= MAX_PLAYS_RUNNING {
             tracing::warn!(play = play.name(), "Too many plays with the brain; this one is answered without it");
@@ -459,6 +476,14 @@ impl Agent {
                     from: String::new(),
                     text: t.chars().take(clawfleet_proto::event::MAX_CHAT_CHARS).collect(),
                 }),
+                // A brain that failed claims nothing, and says why.
+                Play::Council { council: id, roles: open, .. } => {
+                    let (roles, why) = match &answer {
+                        Ok(a) => (council::parse_claim(a, &open), a.as_str()),
+                        Err(e) => (Vec::new(), e.as_str()),
+                    };
+                    Some(EventBody::CouncilClaim { council: id, roles, reason: council::reason(why), role: None, activated: false })
+                }
             };
         match body {
             Some(body) => self.emit(None, body),
@@ -524,7 +549,8 @@ impl Agent {
 
     /// Applies `config.json` over the launch configuration.
     fn apply_workspace_config(&mut self) -> Result<(), String> {
-        (self.brain_spec, self.system_prompt) = resolve_config(&self.config, &self.ws)?;
+        Resolved { brain: self.brain_spec, system_prompt: self.system_prompt, capabilities: self.capabilities } =
+            resolve_config(&self.config, &self.ws)?;
         Ok(())
     }
 
@@ -706,12 +732,22 @@ impl Agent {
     }
 }
 
-/// The brain and system prompt: the launch configuration, overridden by `config.json`.
-fn resolve_config(config: &AgentConfig, ws: &Workspace) -> Result<(BrainSpec, Option<String>), String> {
+/// What the agent runs with: the launch configuration, overridden by `config.json`.
+struct Resolved {
+    brain: BrainSpec,
+    system_prompt: Option<String>,
+    capabilities: Vec<String>,
+}
+
+fn resolve_config(config: &AgentConfig, ws: &Workspace) -> Result<Resolved, String> {
     let cfg = ws.config()?;
     let brain = match &cfg.brain {
         Some(spec) => spec.parse::<BrainSpec>().map_err(|e| format!("config.json: {e}"))?,
         None => config.brain.clone(),
     };
-    Ok((brain, cfg.system_prompt.or_else(|| config.system_prompt.clone())))
+    Ok(Resolved {
+        brain,
+        system_prompt: cfg.system_prompt.or_else(|| config.system_prompt.clone()),
+        capabilities: cfg.capabilities.unwrap_or_else(|| config.capabilities.clone()),
+    })
 }

@@ -137,6 +137,9 @@ pub fn check_alive(dir: &Path, max_age: std::time::Duration) -> Result<(), Strin
 pub struct WorkspaceConfig {
     pub system_prompt: Option<String>,
     pub brain: Option<String>,
+    /// The council roles the agent can take, most wanted first (then it claims without asking
+    /// its brain).
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// What a restarted agent must finish from its previous run.

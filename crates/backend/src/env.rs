@@ -20,6 +20,8 @@ pub const MODEL_NAME: &str = "CLAWFLEET_MODEL_NAME";
 /// sampling options (top_k, min_p, repeat_penalty) besides OpenAI's.
 pub const MODEL_BUILTIN: &str = "CLAWFLEET_MODEL_BUILTIN";
 pub const SYSTEM_PROMPT: &str = "CLAWFLEET_SYSTEM_PROMPT";
+/// The council roles an agent can take, comma-separated (`agent --capabilities`).
+pub const CAPABILITIES: &str = "CLAWFLEET_CAPABILITIES";
 pub const FLEET_VERSION: &str = "CLAWFLEET_FLEET_VERSION";
 pub const HEARTBEAT_MS: &str = "CLAWFLEET_HEARTBEAT_MS";
 /// `bus`, `mailbox` or `auto`: how the agent reaches the control plane.

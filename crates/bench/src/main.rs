@@ -214,7 +214,7 @@ impl Plane {
 
     async fn inject(&self, fleet: &str, prompt: &str, agents: Option<Vec<u32>>) -> anyhow::Result<InjectResponse> {
         self.client
-            .post(&format!("/api/v1/fleets/{fleet}/inject"), &InjectRequest { prompt: prompt.into(), agents, request_id: None })
+            .post(&format!("/api/v1/fleets/{fleet}/inject"), &InjectRequest { prompt: prompt.into(), agents, role: None, request_id: None })
             .await
     }
 }

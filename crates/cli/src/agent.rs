@@ -154,6 +154,10 @@ fn base(agent: AgentRef, uid: &str, bus: &BusUrl, ca: Option<&str>, workspace: P
     c.model_name = args.model_name.clone();
     c.model_builtin = args.model_builtin;
     c.system_prompt = args.system_prompt.clone().filter(|p| !p.is_empty());
+    if let Some(bad) = args.capabilities.iter().find(|c| !clawfleet_core::council::is_role(c)) {
+        bail!("--capabilities: '{bad}' is not a role name (1 to 32 characters of a-z, 0-9, - and _, starting with a letter)");
+    }
+    c.capabilities = args.capabilities.clone();
     c.fleet_version = args.fleet_version.clone();
     c.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
     c.watchdog = Duration::from_secs(args.watchdog.max(1));

@@ -88,6 +88,10 @@ pub(crate) enum Command {
     /// Ask agents to post to the fleet's chat through their brain: in reply to PROMPT, or to the
     /// newest message.
     Chime(ChimeArgs),
+    /// Councils (seed 002): open one on a fleet (its agents claim its roles; it is active once
+    /// every core role is held), see them, close one.
+    #[command(subcommand)]
+    Council(CouncilCommand),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -485,6 +489,9 @@ pub(crate) struct InjectArgs {
     /// Send only to this agent (repeatable).
     #[arg(long = "agent", short = 'a')]
     pub agents: Vec<u32>,
+    /// Send to the agent that holds this role in the fleet's active council.
+    #[arg(long, conflicts_with = "agents")]
+    pub role: Option<String>,
     /// Wait until every agent has answered, and print the answers.
     #[arg(long)]
     pub wait: bool,
@@ -669,6 +676,73 @@ pub(crate) struct ChimeArgs {
     /// Only these agents (comma-separated slots); all by default.
     #[arg(long, value_delimiter = ',')]
     pub agents: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CouncilCommand {
+    /// Broadcast a council to a fleet's agents: each claims the roles it would take (through
+    /// its brain, or its --capabilities); the first claim of a role wins, an agent holds one.
+    Open(CouncilOpenArgs),
+    /// One council: its state and who holds which role (the fleet's newest by default).
+    Status(CouncilStatusArgs),
+    /// A fleet's councils, newest first.
+    List(CouncilListArgs),
+    /// Close a council that is open or active.
+    Close(CouncilCloseArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CouncilOpenArgs {
+    pub fleet: String,
+    /// Its roles, comma-separated (names of a-z, 0-9, - and _).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+    /// The roles that must be held for it to be active [default: every role].
+    #[arg(long, value_delimiter = ',')]
+    pub core: Vec<String>,
+    /// How long to wait for the core roles (1 s to 1 h).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// What the council is for, as its agents are told.
+    #[arg(long, default_value = "")]
+    pub brief: String,
+    /// Wait until it is active (or has failed), with progress.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CouncilStatusArgs {
+    pub fleet: String,
+    pub id: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CouncilListArgs {
+    pub fleet: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CouncilCloseArgs {
+    pub fleet: String,
+    /// The council [default: the fleet's open or active one].
+    pub id: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -998,6 +1072,10 @@ pub(crate) struct AgentArgs {
     pub model_builtin: bool,
     #[arg(long, env = clawfleet_backend::env::SYSTEM_PROMPT)]
     pub system_prompt: Option<String>,
+    /// The council roles this agent can take, most wanted first (comma-separated); it then
+    /// claims them without asking its brain. A workspace's config.json may say instead.
+    #[arg(long, env = clawfleet_backend::env::CAPABILITIES, value_delimiter = ',')]
+    pub capabilities: Vec<String>,
     /// The variables its brains get, a JSON object (a backend sets it).
     #[arg(long, env = clawfleet_backend::env::BRAIN_ENV, hide = true)]
     pub brain_env: Option<String>,

@@ -26,6 +26,7 @@ mod agent;
 mod apply;
 mod args;
 pub mod client;
+mod council;
 mod deploy;
 mod docker;
 mod fleet;
@@ -121,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scoreboard(a) => fleet::scoreboard(a).await,
         Command::Haiku(a) => fleet::haiku(a).await,
         Command::Chime(a) => fleet::chime(a).await,
+        Command::Council(c) => council::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,
         Command::Terminate(a) => fleet::terminate(a).await,

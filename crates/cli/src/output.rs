@@ -187,6 +187,26 @@ impl EventPrinter {
             EventBody::ThreeWords { text } => format!("says: {text}"),
             EventBody::PlayRefused { play, reason } => format!("{play} refused: {reason}"),
             EventBody::ScenariosSet { scenarios, by } => format!("scenarios set by {by}: {}", scenarios_line(scenarios)),
+            EventBody::CouncilOpened { council, roles, core, .. } => {
+                format!("council {council} opened: roles {} (core {})", roles.join(", "), core.join(", "))
+            }
+            EventBody::CouncilClaim { council, role: Some(role), activated, reason, .. } => {
+                format!(
+                    "takes role {role} in council {council}{}: {}",
+                    if *activated { ", which is active" } else { "" },
+                    short(reason, 80)
+                )
+            }
+            EventBody::CouncilClaim { council, roles, .. } => format!("claims {} in council {council}", roles.join(", ")),
+            EventBody::CouncilRoleFreed { council, role, slot } => {
+                format!("council {council}: role {role} is free again (agent {slot} was lost)")
+            }
+            EventBody::CouncilActivated { council, seats } => {
+                let held: Vec<String> = seats.iter().filter_map(|s| s.slot.map(|slot| format!("{} agent {slot}", s.role))).collect();
+                format!("council {council} is active: {}", held.join(", "))
+            }
+            EventBody::CouncilFailed { council, unclaimed } => format!("council {council} failed: no one took {}", unclaimed.join(", ")),
+            EventBody::CouncilClosed { council, by } => format!("council {council} closed by {by}"),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

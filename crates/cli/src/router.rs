@@ -136,6 +136,12 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::ThreeWords { .. }
         | EventBody::PlayRefused { .. }
         | EventBody::ScenariosSet { .. }
+        | EventBody::CouncilOpened { .. }
+        | EventBody::CouncilClaim { .. }
+        | EventBody::CouncilRoleFreed { .. }
+        | EventBody::CouncilActivated { .. }
+        | EventBody::CouncilFailed { .. }
+        | EventBody::CouncilClosed { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }
@@ -251,7 +257,7 @@ impl Router {
     }
 
     async fn inject(&self, rid: &Option<String>, fleet: &str, agents: Option<Vec<u32>>, content: String) -> anyhow::Result<InjectResponse> {
-        let req = InjectRequest { prompt: content, agents, request_id: rid.clone() };
+        let req = InjectRequest { prompt: content, agents, role: None, request_id: rid.clone() };
         let resp: InjectResponse = self.client.post(&format!("/api/v1/fleets/{fleet}/inject"), &req).await?;
         if let Some(r) = rid {
             self.correlation.lock().expect("not poisoned").injections.insert(resp.injection_id.clone(), r.clone());

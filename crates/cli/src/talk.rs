@@ -22,7 +22,8 @@ pub(crate) async fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.prompt.clone()
     };
-    let req = InjectRequest { prompt, agents: (!args.agents.is_empty()).then(|| args.agents.clone()), request_id: None };
+    let req =
+        InjectRequest { prompt, agents: (!args.agents.is_empty()).then(|| args.agents.clone()), role: args.role.clone(), request_id: None };
     let resp: InjectResponse = client.post(&format!("/api/v1/fleets/{}/inject", args.name), &req).await?;
     if !args.wait {
         if args.json {

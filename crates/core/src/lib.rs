@@ -9,6 +9,7 @@ pub mod acl;
 pub mod authz;
 pub mod brain;
 pub mod command;
+pub mod council;
 pub mod desired;
 pub mod generation;
 pub mod leader;

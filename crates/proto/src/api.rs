@@ -698,6 +698,9 @@ pub struct InjectRequest {
     /// Slots to send to; absent means every agent of the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<Vec<u32>>,
+    /// The role whose holder, in the fleet's active council, it goes to (instead of `agents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// The caller's correlation id, repeated in every `inject_ack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,

@@ -144,6 +144,29 @@ pub enum EventBody {
     PlayRefused { play: String, reason: String },
     /// The fleet's scenarios were set (by a token's name and role).
     ScenariosSet { scenarios: crate::scenario::Scenarios, by: String },
+    /// A council was opened on the fleet (by a token's name and role): its roles, the core
+    /// ones, what it is for and when it fails without them.
+    CouncilOpened { council: u64, roles: Vec<String>, core: Vec<String>, brief: String, deadline: String, by: String },
+    /// An agent's claim in a council: the roles it would take, most wanted first, and why. The
+    /// control plane fills in the `role` it got and whether that made the council `activated`
+    /// (a claim that gets no role is refused, a `play_refused`).
+    CouncilClaim {
+        council: u64,
+        roles: Vec<String>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        activated: bool,
+    },
+    /// A council's role is free again: its holder was lost before the council was active.
+    CouncilRoleFreed { council: u64, role: String, slot: u32 },
+    /// A council's core roles are all held: it is active.
+    CouncilActivated { council: u64, seats: Vec<crate::council::Seat> },
+    /// A council's deadline passed with core roles no one holds.
+    CouncilFailed { council: u64, unclaimed: Vec<String> },
+    /// An operator closed a council.
+    CouncilClosed { council: u64, by: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -178,6 +201,12 @@ impl EventBody {
             EventBody::ThreeWords { .. } => "three_words",
             EventBody::PlayRefused { .. } => "play_refused",
             EventBody::ScenariosSet { .. } => "scenarios_set",
+            EventBody::CouncilOpened { .. } => "council_opened",
+            EventBody::CouncilClaim { .. } => "council_claim",
+            EventBody::CouncilRoleFreed { .. } => "council_role_freed",
+            EventBody::CouncilActivated { .. } => "council_activated",
+            EventBody::CouncilFailed { .. } => "council_failed",
+            EventBody::CouncilClosed { .. } => "council_closed",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",
@@ -203,6 +232,7 @@ impl EventBody {
                 | EventBody::RpsMove { .. }
                 | EventBody::Haiku { .. }
                 | EventBody::ThreeWords { .. }
+                | EventBody::CouncilClaim { .. }
                 // Its `from` is set by the control plane to the agent's name.
                 | EventBody::Chat { .. }
         )
@@ -292,6 +322,28 @@ mod tests {
             EventBody::ThreeWords { text: "guarding the gate".into() },
             EventBody::PlayRefused { play: "rps_move".into(), reason: "stale".into() },
             EventBody::ScenariosSet { scenarios: crate::scenario::Scenarios::default(), by: "admin".into() },
+            EventBody::CouncilOpened {
+                council: 1,
+                roles: vec!["planner".into(), "coder".into()],
+                core: vec!["planner".into()],
+                brief: "ship it".into(),
+                deadline: "2026-01-01T00:01:00Z".into(),
+                by: "admin".into(),
+            },
+            EventBody::CouncilClaim {
+                council: 1,
+                roles: vec!["coder".into()],
+                reason: "I code".into(),
+                role: Some("coder".into()),
+                activated: true,
+            },
+            EventBody::CouncilRoleFreed { council: 1, role: "coder".into(), slot: 2 },
+            EventBody::CouncilActivated {
+                council: 1,
+                seats: vec![crate::council::Seat { role: "planner".into(), core: true, slot: Some(0), reason: None, since: None }],
+            },
+            EventBody::CouncilFailed { council: 1, unclaimed: vec!["planner".into()] },
+            EventBody::CouncilClosed { council: 1, by: "admin".into() },
             EventBody::Chat { from: "a".into(), text: "hi".into() },
             EventBody::Arm { armed: false, by: "admin".into() },
             EventBody::FleetTerminating {},

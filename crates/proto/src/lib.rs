@@ -58,6 +58,7 @@ pub mod alive;
 pub mod api;
 pub mod bus;
 pub mod cluster;
+pub mod council;
 pub mod event;
 pub mod fleetfile;
 pub mod mailbox;

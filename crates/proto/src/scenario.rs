@@ -83,7 +83,7 @@ pub struct ThreeWordsSettings {
 }
 
 /// What the control plane asks an agent to do for a scenario. The agent answers with an
-/// event: `rps_move`, `haiku`, `three_words` or `chat`.
+/// event: `rps_move`, `haiku`, `three_words`, `chat` or `council_claim`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "play", rename_all = "snake_case")]
 pub enum Play {
@@ -97,6 +97,9 @@ pub enum Play {
     ThreeWords {},
     /// Post to the fleet's chat what the brain answers to `prompt`.
     Chime { prompt: String },
+    /// Council `council` is open with these roles free: claim the ones you would take (a
+    /// `council_claim`), through the brain or the agent's declared capabilities.
+    Council { council: u64, roles: Vec<String>, brief: String },
 }
 
 impl Play {
@@ -108,6 +111,7 @@ impl Play {
             Play::Haiku { .. } => "haiku",
             Play::ThreeWords {} => "three_words",
             Play::Chime { .. } => "chime",
+            Play::Council { .. } => "council",
         }
     }
 }

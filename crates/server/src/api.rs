@@ -44,6 +44,8 @@ use crate::{clock, outbox};
 
 #[path = "clawbucket.rs"]
 mod clawbucket;
+#[path = "council_api.rs"]
+mod council_api;
 pub(crate) use clawbucket::agent_name;
 
 /// How long `status` waits for a fleet's backend to say what it runs.
@@ -72,6 +74,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/rps", get(rps))
         .route("/api/v1/fleets/{name}/haiku", get(haiku))
         .route("/api/v1/fleets/{name}/chime", post(chime))
+        .route("/api/v1/fleets/{name}/councils", get(council_api::list).post(council_api::open))
+        .route("/api/v1/fleets/{name}/councils/{id}", get(council_api::get_one))
+        .route("/api/v1/fleets/{name}/councils/{id}/close", post(council_api::close))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))
@@ -1078,7 +1083,14 @@ async fn inject(
         )));
     }
     let row = load_active(&app, &name).await?;
-    let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
+    let targets = match &req.role {
+        Some(_) if req.agents.is_some() => return Err(ApiError::bad_request("give agents or a role, not both")),
+        Some(role) => {
+            let (n, r) = (name.clone(), role.clone());
+            vec![app.db.run(move |s| s.role_holder(&n, &r)).await?]
+        }
+        None => spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?,
+    };
     let id = uuid::Uuid::now_v7().to_string();
     let (iid, fleet, prompt, t, rid) = (id.clone(), name.clone(), req.prompt.clone(), targets.clone(), req.request_id.clone());
     let (rows, acks) = app

@@ -66,6 +66,9 @@ impl From<StoreError> for ApiError {
             StoreError::NoDeploy(_) => ApiError::new(StatusCode::NOT_FOUND, "no_deploy", e.to_string()),
             StoreError::NoSecret(_) => ApiError::new(StatusCode::BAD_REQUEST, "unknown_secret", e.to_string()),
             StoreError::SecretInUse(..) => ApiError::conflict(e.to_string()),
+            StoreError::CouncilLive { .. } => ApiError::new(StatusCode::CONFLICT, "council_open", e.to_string()),
+            StoreError::CouncilOver(..) | StoreError::NoActiveCouncil(_) | StoreError::NoRole { .. } => ApiError::conflict(e.to_string()),
+            StoreError::NoCouncil(..) => ApiError::new(StatusCode::NOT_FOUND, "no_council", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }
     }

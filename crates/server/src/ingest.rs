@@ -254,11 +254,13 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
     }
 }
 
-/// What a stored scenario event sets off: a leader's move opens its round to the others; a
-/// refusal is logged and counted.
+/// What a stored scenario event sets off: a leader's move opens its round to the others; the
+/// claim that makes a council active is followed by its `council_activated`; a refusal is
+/// logged and counted.
 async fn scenario_event(app: &App, e: &clawfleet_proto::event::Event) {
     match (&e.body, e.agent) {
         (EventBody::RpsMove { round, epoch: Some(_), .. }, Some(leader)) => crate::scenario::round_led(app, &e.fleet, *round, leader).await,
+        (EventBody::CouncilClaim { council, activated: true, .. }, _) => crate::council::claimed(app, &e.fleet, *council).await,
         (EventBody::PlayRefused { play, reason }, slot) => {
             app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(fleet = %e.fleet, slot, %play, %reason, "Refused an agent's play");

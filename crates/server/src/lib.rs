@@ -20,6 +20,7 @@ mod api;
 mod app;
 mod auth;
 mod clock;
+mod council;
 mod db;
 mod deploy;
 mod dynsec;
@@ -316,6 +317,7 @@ impl Server {
             tokio::spawn(deploy::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(leader::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(scenario::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(council::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

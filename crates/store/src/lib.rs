@@ -10,6 +10,7 @@
 //! **API boundary:** plain rows in, plain rows out; the store knows no clock, no bus and no
 //! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
 
+mod council;
 mod scenario;
 mod schema;
 
@@ -51,6 +52,16 @@ pub enum StoreError {
     NoSecret(String),
     #[error("the secret '{0}' is used by fleet(s) {1}: change them first")]
     SecretInUse(String, String),
+    #[error("fleet '{fleet}' has council {id} {state}: close it first (clawfleet council close {fleet} {id})")]
+    CouncilLive { fleet: String, id: u64, state: clawfleet_proto::council::CouncilState },
+    #[error("fleet '{0}' has no council {1}")]
+    NoCouncil(String, u64),
+    #[error("council {0} is {1} already")]
+    CouncilOver(u64, clawfleet_proto::council::CouncilState),
+    #[error("fleet '{0}' has no active council")]
+    NoActiveCouncil(String),
+    #[error("no agent holds role '{role}' in council {council} of fleet '{fleet}'")]
+    NoRole { fleet: String, council: u64, role: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -864,7 +875,7 @@ impl Store {
             tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
             tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
-            for table in ["disarmed", "scenarios", "rps_rounds", "rps_plays", "rps_scores", "three_words"] {
+            for table in ["disarmed", "scenarios", "rps_rounds", "rps_plays", "rps_scores", "three_words", "councils"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE fleet = ?1"), [name])?;
             }
             let ev = NewEvent {
@@ -1151,7 +1162,11 @@ impl Store {
                         }
                     }
                     let mut event = event;
-                    if let Some(reason) = scenario::take(tx, &mut event, slot)? {
+                    let refused = match scenario::take(tx, &mut event, slot)? {
+                        None => council::take(tx, &event.fleet, slot, &mut event.body, &event.at)?,
+                        refused => refused,
+                    };
+                    if let Some(reason) = refused {
                         // Refused, in the refusal's place in the journal: a replay is a duplicate.
                         let play = event.body.name().to_owned();
                         event.body = EventBody::PlayRefused { play, reason };

@@ -230,6 +230,31 @@ CREATE TABLE three_words (
 -- The latest haiku are `haiku` events.
 CREATE INDEX events_haiku ON events (fleet, id) WHERE event = 'haiku';
 "#,
+    r#"
+-- Councils (seed 002): an opportunity broadcast to a fleet, its roles claimed by its agents.
+CREATE TABLE councils (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet     TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    brief     TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    deadline  TEXT NOT NULL,
+    ended_at  TEXT,
+    by        TEXT NOT NULL
+);
+CREATE INDEX councils_fleet ON councils (fleet, id);
+-- A council's roles in its order, and who holds each.
+CREATE TABLE council_seats (
+    council  INTEGER NOT NULL REFERENCES councils (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    role     TEXT NOT NULL,
+    core     INTEGER NOT NULL,
+    slot     INTEGER,
+    reason   TEXT,
+    since    TEXT,
+    PRIMARY KEY (council, position)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -515,3 +515,97 @@ fn rps_moves_are_judged_where_they_are_stored() {
     // A refusal keeps its journal place: the same event again is a duplicate.
     assert_eq!(store.ingest(vec![play(0, 4, EventBody::Haiku { epoch: 1, text: "old pond".into() })]).unwrap(), vec![Ingested::Duplicate]);
 }
+
+/// A council's claims are judged where they are stored: the first claim of a role wins, an
+/// agent holds one role, the last core role makes it active; a lost member frees its role only
+/// before that; the deadline fails a council still open, naming what no one took.
+#[test]
+fn council_claims_are_judged_where_they_are_stored() {
+    use clawfleet_core::council;
+    use clawfleet_proto::council::{CouncilOpen, CouncilState};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 4), launched("squad"), &audit("launch")).unwrap();
+    let open = |roles: &[&str]| {
+        let request = CouncilOpen {
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            core: vec!["planner".into(), "coder".into()],
+            timeout_seconds: None,
+            brief: "ship it".into(),
+        };
+        store.open_council("squad", &council::validate(request).unwrap(), "t0", "t9", &audit("council-open"))
+    };
+    let (view, ev) = open(&["planner", "coder", "reviewer"]).unwrap();
+    assert_eq!((view.id, view.state, ev.body.name()), (1, CouncilState::Open, "council_opened"));
+    let err = open(&["planner", "coder"]).unwrap_err().to_string();
+    assert_eq!(err, "fleet 'squad' has council 1 open: close it first (clawfleet council close squad 1)");
+
+    let claim = |slot, seq, council, roles: &[&str]| {
+        let roles = roles.iter().map(|r| r.to_string()).collect();
+        // What an agent says it got is the control plane's to fill in.
+        play(slot, seq, EventBody::CouncilClaim { council, roles, reason: "I can".into(), role: Some("forged".into()), activated: true })
+    };
+    let results = store
+        .ingest(vec![
+            claim(2, 1, 1, &["reviewer", "planner"]),
+            claim(1, 1, 1, &["reviewer"]),
+            claim(1, 2, 9, &["coder"]),
+            claim(1, 3, 1, &[]),
+            claim(0, 1, 1, &["planner"]),
+            claim(2, 2, 1, &["coder"]),
+        ])
+        .unwrap();
+    let shown: Vec<String> = results
+        .into_iter()
+        .map(|r| match r {
+            Ingested::Stored(e) => match e.body {
+                EventBody::CouncilClaim { role, activated, .. } => format!("{:?} got {role:?} {activated}", e.agent),
+                EventBody::PlayRefused { play, reason } => format!("{:?} {play} refused: {reason}", e.agent),
+                other => format!("{:?} {}", e.agent, other.name()),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect();
+    expect_test::expect![[r#"
+        [
+            "Some(2) got Some(\"reviewer\") false",
+            "Some(1) council_claim refused: every role it claimed is taken: 'reviewer' by agent 2",
+            "Some(1) council_claim refused: fleet 'squad' has no council 9",
+            "Some(1) council_claim refused: it claimed no role",
+            "Some(0) got Some(\"planner\") false",
+            "Some(2) council_claim refused: agent 2 holds role 'reviewer' already (an agent holds one role)",
+        ]
+    "#]]
+    .assert_debug_eq(&shown);
+    assert_eq!(store.role_holder("squad", "planner").unwrap_err().to_string(), "fleet 'squad' has no active council");
+
+    // Lost before activation: its role is free again, and another agent takes it.
+    let freed = store.free_council_role("squad", 1, 2, "t3").unwrap().unwrap();
+    assert_eq!(freed.body, EventBody::CouncilRoleFreed { council: 1, role: "reviewer".into(), slot: 2 });
+    assert!(store.free_council_role("squad", 1, 2, "t3").unwrap().is_none(), "freed once");
+    let results = store.ingest(vec![claim(1, 4, 1, &["coder"]), claim(3, 1, 1, &["reviewer"])]).unwrap();
+    assert!(matches!(&results[0], Ingested::Stored(e) if matches!(&e.body, EventBody::CouncilClaim { activated: true, .. })));
+    let view = store.council("squad", 1).unwrap();
+    assert_eq!(view.state, CouncilState::Active);
+    let holders: Vec<_> = view.seats.iter().map(|s| (s.role.as_str(), s.slot, s.reason.as_deref())).collect();
+    assert_eq!(holders, [("planner", Some(0), Some("I can")), ("coder", Some(1), Some("I can")), ("reviewer", Some(3), Some("I can"))]);
+    assert_eq!(store.role_holder("squad", "coder").unwrap(), 1);
+    assert_eq!(store.council_activated("squad", 1, "t4").unwrap().body.name(), "council_activated");
+
+    // Active: members keep their roles while away, and the deadline passes it by.
+    assert!(store.free_council_role("squad", 1, 1, "t5").unwrap().is_none());
+    assert!(store.expire_council("squad", 1, "t9").unwrap().is_none());
+    assert_eq!(store.close_council("squad", 1, "t10", &audit("council-close")).unwrap().body.name(), "council_closed");
+    assert_eq!(store.close_council("squad", 1, "t10", &audit("council-close")).unwrap_err().to_string(), "council 1 is closed already");
+    assert_eq!(store.role_holder("squad", "coder").unwrap_err().to_string(), "fleet 'squad' has no active council");
+
+    // A council no one joins fails at its deadline, naming the core roles.
+    let (view, _) = open(&["planner", "coder", "reviewer"]).unwrap();
+    let ev = store.expire_council("squad", view.id, "t20").unwrap().unwrap();
+    assert_eq!(ev.body, EventBody::CouncilFailed { council: view.id, unclaimed: vec!["planner".into(), "coder".into()] });
+    let states: Vec<_> = store.councils("squad").unwrap().iter().map(|c| c.state).collect();
+    assert_eq!(states, [CouncilState::Failed, CouncilState::Closed]);
+    assert!(store.live_councils().unwrap().is_empty());
+    // A removed fleet takes its councils with it.
+    store.delete_fleet("squad", "t30").unwrap();
+    assert!(store.councils("squad").unwrap().is_empty());
+}

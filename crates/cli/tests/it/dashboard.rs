@@ -101,6 +101,17 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     eventually(Duration::from_secs(30), "the leader in the activity feed", || {
         browser.text("#activity [data-event=\"leader_changed\"]").filter(|t| t.contains("agent 0 leads"))
     });
+    // A council: its roles and holders in its panel, each holder's role on its tile.
+    let council = plane.json(&["council", "open", "web", "--roles", "planner,coder", "--wait", "--json"]);
+    assert_eq!(council["state"], "active", "{council}");
+    let planner = council["seats"][0]["slot"].as_u64().unwrap();
+    eventually(Duration::from_secs(30), "the council panel", || {
+        browser.text("#council-state").filter(|t| t.starts_with(&format!("council {}: active", council["id"])))
+    });
+    eventually(Duration::from_secs(30), "the planner's role on its tile", || {
+        browser.text(&format!(".tile[data-agent=\"web/{planner}\"] .role")).filter(|t| t == "planner")
+    });
+    assert!(browser.text("#council tr[data-role=\"coder\"]").is_some_and(|t| t.contains("agent ")));
     browser.screenshot(&artifacts().join("dashboard-5-agents.png"));
 
     // Readable in a narrow window: one column, no horizontal scrolling.

@@ -5,6 +5,7 @@
 mod bad_input;
 mod brains;
 mod conformance;
+mod council;
 mod dashboard;
 mod deploys;
 mod desired;

@@ -327,10 +327,13 @@ pub fn events(plane: &Plane, fleet: &str) -> Vec<Value> {
     plane.ok(&["logs", fleet, "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// (slot, epoch) pairs.
+pub type SlotEpochs = Vec<(u64, u64)>;
+
 /// A fleet's leaders and their leaders' moves, from its events: every `leader_changed` to an
 /// agent as (slot, epoch), checked to grow by epoch (never two leaders in one epoch), and every
 /// accepted leader's move (`rps_move` with an epoch) as (agent, epoch).
-pub fn leaders_and_led(events: &[Value]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+pub fn leaders_and_led(events: &[Value]) -> (SlotEpochs, SlotEpochs) {
     let changes: Vec<u64> =
         events.iter().filter(|e| e["event"] == "leader_changed").map(|e| e["data"]["epoch"].as_u64().unwrap()).collect();
     assert!(changes.windows(2).all(|w| w[1] > w[0]), "epochs grow with every change: {changes:?}");
