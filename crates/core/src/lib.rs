@@ -16,6 +16,7 @@ pub mod leader;
 pub mod liveness;
 pub mod names;
 pub mod plan;
+pub mod project;
 pub mod scenario;
 pub mod spec;
 

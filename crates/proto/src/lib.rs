@@ -64,6 +64,7 @@ pub mod fleetfile;
 pub mod mailbox;
 pub mod model;
 pub mod policy;
+pub mod project;
 pub mod router;
 pub mod scenario;
 pub mod topic;

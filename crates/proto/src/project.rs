@@ -1,0 +1,161 @@
+//! Orchestrated projects (codeswarm's router, `router/router.py`): a task graph whose tasks
+//! the control plane hands, one at a time, to idle agents of the project's worker fleets. These
+//! are the shapes clients send and read, named as the reference router names them; the rules
+//! are `clawfleet_core::project`'s.
+
+use serde::{Deserialize, Serialize};
+
+/// At most this many tasks in a project (the integration task included).
+pub const MAX_TASKS: usize = 500;
+/// A task id: 1 to this many characters of `A-Z`, `a-z`, `0-9`, `.`, `_` and `-`.
+pub const MAX_TASK_ID_CHARS: usize = 64;
+/// At most this many characters in a project's or a task's title.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// At most this many entries in a task's acceptance criteria, dependencies or path lists.
+pub const MAX_LIST: usize = 64;
+/// At most this many characters in one acceptance criterion or path.
+pub const MAX_ITEM_CHARS: usize = 500;
+/// How often a task is tried before it is left failed.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+named_enum! {
+    /// Where a task is.
+    pub enum TaskStatus ("task status") {
+        /// Waiting for its dependencies, a worker, or its retry.
+        Pending = "pending",
+        /// With a worker, which has not answered yet.
+        Assigned = "assigned",
+        Completed = "completed",
+        /// Given up on: its last result was `failed`, `blocked` or `needs_followups`, or it
+        /// failed every attempt.
+        Failed = "failed",
+    }
+}
+
+named_enum! {
+    /// Where a project is.
+    pub enum ProjectStatus ("project status") {
+        /// Created, not started.
+        Draft = "draft",
+        /// Its workers' repositories are being prepared.
+        Starting = "starting",
+        Running = "running",
+        /// Tasks failed and nothing else can run: it needs an operator (resume).
+        Attention = "attention",
+        Completed = "completed",
+        Resuming = "resuming",
+        /// Starting or resuming failed (`last_error` says why).
+        Error = "error",
+    }
+}
+
+named_enum! {
+    /// What kind of task it is.
+    pub enum TaskKind ("task kind") {
+        Implementation = "implementation",
+        /// The final task: merge every task branch into the integration branch.
+        Integration = "integration",
+    }
+}
+
+/// A task as a client writes it (a plan's `tasks`, or `project_create`'s), read as leniently as
+/// the reference reads it: `task_id` or `id` (default `T-001`, …), `task_kind` or `kind`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInput {
+    #[serde(default, alias = "id", skip_serializing_if = "Option::is_none", deserialize_with = "id_string")]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "strings")]
+    pub acceptance_criteria: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "strings")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "strings")]
+    pub owned_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "strings")]
+    pub expected_touch_paths: Vec<String>,
+    #[serde(default, alias = "kind", skip_serializing_if = "Option::is_none")]
+    pub task_kind: Option<TaskKind>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_generated: bool,
+}
+
+/// An id given as a string or a number (`"T-001"` or `7`).
+fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(other) => return Err(serde::de::Error::custom(format!("a task id is a string, not {other}"))),
+    })
+}
+
+/// A list of strings, numbers taken as their text (the reference's `[str(x) for x in …]`); a
+/// value that is not a list is no list.
+fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// A request to create a project (the API's body; the router's `project_create` payload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectCreate {
+    pub title: String,
+    /// The repository: a local path with a `.git`, which each worker clones.
+    pub repo_path: String,
+    /// The fleets whose agents work on it (the router's swarm ids or aliases: fleet names).
+    pub worker_swarm_ids: Vec<String>,
+    pub tasks: Vec<TaskInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+    /// Where each worker's clone is, under its workspace (default `repo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_subdir: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_start: bool,
+}
+
+/// How many tasks are where: `pending` counts every task not assigned, completed or failed,
+/// split into `ready` (it could run now) and `blocked` (it waits on a dependency, a path an
+/// assigned task owns, or its retry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub pending: u32,
+    pub ready: u32,
+    pub assigned: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub blocked: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_are_read_as_leniently_as_the_reference_reads_them() {
+        let t: TaskInput = serde_json::from_str(
+            r#"{"id": 7, "title": "t", "prompt": "p", "depends_on": ["T-001", 2], "owned_paths": "src", "kind": "integration", "extra": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(t.task_id.as_deref(), Some("7"));
+        assert_eq!(t.depends_on, ["T-001", "2"]);
+        assert!(t.owned_paths.is_empty(), "not a list: no paths");
+        assert_eq!(t.task_kind, Some(TaskKind::Integration));
+        assert!(serde_json::from_str::<TaskInput>(r#"{"task_id": {"a": 1}}"#).unwrap_err().to_string().contains("a task id is a string"));
+        assert_eq!(
+            "done".parse::<TaskStatus>().unwrap_err(),
+            "unknown task status 'done' (expected pending, assigned, completed or failed)"
+        );
+    }
+}
