@@ -29,6 +29,31 @@ fuzz_target!(|data: &[u8]| {
         assert!(wanted.iter().all(|w| open.contains(w)) && wanted.len() <= open.len(), "{wanted:?}");
         assert!(clawfleet_core::council::reason(text).chars().count() <= clawfleet_proto::council::MAX_REASON_CHARS);
     }
+    // A project's task graph: an accepted one has distinct ids, known dependencies and no
+    // cycle, and one integration task once completed; a worker's or a planner's answer is read
+    // without panicking, every value bounded.
+    if let Ok(req) = serde_json::from_slice::<clawfleet_proto::project::ProjectCreate>(data)
+        && let Ok(tasks) = clawfleet_core::project::normalize(req.tasks)
+    {
+        let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+        assert!(ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id)));
+        assert!(tasks.iter().all(|t| t.depends_on.iter().all(|d| ids.contains(&d.as_str()))));
+        let all = clawfleet_core::project::with_integration(tasks, "p", "main");
+        let n = all.len();
+        assert!(all.iter().filter(|t| t.kind == clawfleet_proto::project::TaskKind::Integration).count() >= 1);
+        let states: Vec<_> = all
+            .into_iter()
+            .map(|spec| clawfleet_core::project::TaskState { spec, status: clawfleet_proto::project::TaskStatus::Pending, attempts: 0, not_before_ms: None })
+            .collect();
+        let c = clawfleet_core::project::counts(&states, 0);
+        assert_eq!((c.pending as usize, c.ready + c.blocked), (n, c.pending));
+        assert!(c.ready >= 1, "an acyclic graph has a task that can start");
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let o = clawfleet_core::project::judge(text, 1);
+        assert!(o.branch.as_ref().is_none_or(|b| b.chars().count() <= clawfleet_proto::project::MAX_ITEM_CHARS));
+        let _ = clawfleet_core::project::parse_task_graph(text);
+    }
     // A council's request: accepted ones have valid, distinct roles, a core among them, and
     // bounded timeout and brief.
     if let Ok(open) = serde_json::from_slice::<clawfleet_proto::council::CouncilOpen>(data)

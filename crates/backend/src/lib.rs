@@ -274,6 +274,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn mailbox(&self, _deployment: &Deployment) -> Option<PathBuf> {
         None
     }
+
+    /// An agent's workspace as the control plane can reach it, for backends whose agents'
+    /// workspaces are on this machine's filesystem: where a project prepares its clone.
+    fn workspace(&self, _deployment: &Deployment, _slot: u32) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A stable key of an agent's configuration (its environment): a changed key means the

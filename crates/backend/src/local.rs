@@ -249,6 +249,10 @@ impl Backend for LocalBackend {
         self.config.sandbox.isolation()
     }
 
+    fn workspace(&self, d: &Deployment, slot: u32) -> Option<PathBuf> {
+        Some(LocalBackend::workspace(self, &d.fleet, &d.uid, slot))
+    }
+
     async fn observe(&self, d: &Deployment) -> Result<Vec<Instance>, BackendError> {
         let mut fleets = self.fleets.lock().expect("not poisoned");
         let slots = fleets.entry(d.fleet.clone()).or_insert_with(|| self.adopt(d));

@@ -92,6 +92,10 @@ pub(crate) enum Command {
     /// every core role is held), see them, close one.
     #[command(subcommand)]
     Council(CouncilCommand),
+    /// Orchestrated projects (codeswarm's): a task graph whose tasks the control plane hands to
+    /// idle agents of worker fleets, each in its own clone of the project's repository.
+    #[command(subcommand)]
+    Project(ProjectCommand),
     /// Deploy a new version to `all` fleets or to one: agents replaced within each fleet's
     /// max_unavailable, each counted once it heartbeats the new version and answers a
     /// health-check; reverted by itself when one fails or it stops progressing.
@@ -676,6 +680,80 @@ pub(crate) struct ChimeArgs {
     /// Only these agents (comma-separated slots); all by default.
     #[arg(long, value_delimiter = ',')]
     pub agents: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectCommand {
+    /// Create a project from a file (codeswarm's project_create: title, repo_path,
+    /// worker_swarm_ids, tasks, ...); flags fill in or override the file's fields.
+    Create(ProjectCreateArgs),
+    /// Every project, with its status and task counts.
+    List(ProjectListArgs),
+    /// One project: each task's status, attempts, agent and result, and what holds it up.
+    Status(ProjectStatusArgs),
+    /// Start a project (or start it again after it needed attention).
+    Start(ProjectStartArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectCreateArgs {
+    /// The project file (JSON; `-` reads stdin).
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The project's git repository (a local path).
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// The fleets whose agents work on it, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<String>,
+    #[arg(long)]
+    pub base_branch: Option<String>,
+    /// Start it at once.
+    #[arg(long)]
+    pub start: bool,
+    /// With --start: wait until it is completed (or needs attention), with progress.
+    #[arg(long, requires = "start")]
+    pub wait: bool,
+    /// Seconds --wait waits before giving up.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectListArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectStatusArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectStartArgs {
+    pub id: String,
+    /// Wait until it is completed (or needs attention), with progress.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -207,6 +207,19 @@ impl EventPrinter {
             }
             EventBody::CouncilFailed { council, unclaimed } => format!("council {council} failed: no one took {}", unclaimed.join(", ")),
             EventBody::CouncilClosed { council, by } => format!("council {council} closed by {by}"),
+            EventBody::ProjectCreated { project_id, title, tasks } => format!("project {project_id} created: {title} ({tasks} tasks)"),
+            EventBody::ProjectStatus { project_id, status, last_error } => {
+                format!("project {project_id} is {status}{}", last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
+            }
+            EventBody::ProjectTaskAssigned { project_id, task_id, attempt } => {
+                format!("works on {task_id} of project {project_id} (attempt {attempt})")
+            }
+            EventBody::ProjectTaskResult { task_id, status, result_status, error, .. } => {
+                format!(
+                    "{task_id}: {result_status}, task {status}{}",
+                    error.as_deref().map(|e| format!(": {}", short(e, 80))).unwrap_or_default()
+                )
+            }
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

@@ -142,6 +142,10 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::CouncilActivated { .. }
         | EventBody::CouncilFailed { .. }
         | EventBody::CouncilClosed { .. }
+        | EventBody::ProjectCreated { .. }
+        | EventBody::ProjectStatus { .. }
+        | EventBody::ProjectTaskAssigned { .. }
+        | EventBody::ProjectTaskResult { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }

@@ -31,6 +31,38 @@ pub struct TaskSpec {
     pub system_generated: bool,
 }
 
+impl TaskSpec {
+    /// The task as stored and shown (every field explicit).
+    pub fn to_input(&self) -> TaskInput {
+        TaskInput {
+            task_id: Some(self.task_id.clone()),
+            title: self.title.clone(),
+            prompt: self.prompt.clone(),
+            acceptance_criteria: self.acceptance_criteria.clone(),
+            depends_on: self.depends_on.clone(),
+            owned_paths: self.owned_paths.clone(),
+            expected_touch_paths: self.expected_touch_paths.clone(),
+            task_kind: Some(self.kind),
+            system_generated: self.system_generated,
+        }
+    }
+
+    /// A task stored by [`TaskSpec::to_input`], read back as it was checked.
+    pub fn from_stored(t: TaskInput) -> TaskSpec {
+        TaskSpec {
+            task_id: t.task_id.unwrap_or_default(),
+            title: t.title,
+            prompt: t.prompt,
+            acceptance_criteria: t.acceptance_criteria,
+            depends_on: t.depends_on,
+            owned_paths: t.owned_paths,
+            expected_touch_paths: t.expected_touch_paths,
+            kind: t.task_kind.unwrap_or(TaskKind::Implementation),
+            system_generated: t.system_generated,
+        }
+    }
+}
+
 /// Why a task graph is refused; the texts are the reference router's where it has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -527,6 +559,14 @@ pub fn judge(answer: &str, attempts: u32) -> Outcome {
         (Some(_), false) => (TaskStatus::Failed, None),
     };
     Outcome { status, result_status, last_error: error, branch, base_commit, head_commit, retry_in }
+}
+
+/// Attempt `attempts` ended without an answer (the brain failed, or the injection did):
+/// another attempt after a backoff, or failed after the last.
+pub fn attempt_failed(reason: &str, attempts: u32) -> Outcome {
+    let (status, retry_in) = worker_lost(attempts);
+    let last_error = Some(reason.chars().take(MAX_ITEM_CHARS).collect());
+    Outcome { status, result_status: "agent_error".to_owned(), last_error, branch: None, base_commit: None, head_commit: None, retry_in }
 }
 
 /// A worker lost with attempt `attempts` of its task: the task goes back (after a backoff), or

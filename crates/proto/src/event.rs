@@ -167,6 +167,27 @@ pub enum EventBody {
     CouncilFailed { council: u64, unclaimed: Vec<String> },
     /// An operator closed a council.
     CouncilClosed { council: u64, by: String },
+    /// A project was created (on its home fleet: its first worker fleet).
+    ProjectCreated { project_id: String, title: String, tasks: u32 },
+    /// A project's status changed (started, completed, needs attention, failed to start).
+    ProjectStatus {
+        project_id: String,
+        status: crate::project::ProjectStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_error: Option<String>,
+    },
+    /// A task was assigned to an agent (this event's), carried by the event's injection.
+    ProjectTaskAssigned { project_id: String, task_id: String, attempt: u32 },
+    /// An attempt of a task ended: the task's new status, the result's status (the worker's
+    /// `TASK_RESULT` status, `invalid_result`, `agent_error` or `worker_lost`) and why not done.
+    ProjectTaskResult {
+        project_id: String,
+        task_id: String,
+        status: crate::project::TaskStatus,
+        result_status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -207,6 +228,10 @@ impl EventBody {
             EventBody::CouncilActivated { .. } => "council_activated",
             EventBody::CouncilFailed { .. } => "council_failed",
             EventBody::CouncilClosed { .. } => "council_closed",
+            EventBody::ProjectCreated { .. } => "project_created",
+            EventBody::ProjectStatus { .. } => "project_status",
+            EventBody::ProjectTaskAssigned { .. } => "project_task_assigned",
+            EventBody::ProjectTaskResult { .. } => "project_task_result",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",
@@ -344,6 +369,16 @@ mod tests {
             },
             EventBody::CouncilFailed { council: 1, unclaimed: vec!["planner".into()] },
             EventBody::CouncilClosed { council: 1, by: "admin".into() },
+            EventBody::ProjectCreated { project_id: "p".into(), title: "t".into(), tasks: 3 },
+            EventBody::ProjectStatus { project_id: "p".into(), status: crate::project::ProjectStatus::Attention, last_error: None },
+            EventBody::ProjectTaskAssigned { project_id: "p".into(), task_id: "T-001".into(), attempt: 1 },
+            EventBody::ProjectTaskResult {
+                project_id: "p".into(),
+                task_id: "T-001".into(),
+                status: crate::project::TaskStatus::Pending,
+                result_status: "failed".into(),
+                error: Some("tests fail".into()),
+            },
             EventBody::Chat { from: "a".into(), text: "hi".into() },
             EventBody::Arm { armed: false, by: "admin".into() },
             EventBody::FleetTerminating {},

@@ -109,6 +109,7 @@ fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 
 /// A request to create a project (the API's body; the router's `project_create` payload).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProjectCreate {
     pub title: String,
     /// The repository: a local path with a `.git`, which each worker clones.
@@ -136,6 +137,78 @@ pub struct TaskCounts {
     pub completed: u32,
     pub failed: u32,
     pub blocked: u32,
+}
+
+/// A task as the API and the router show it (the reference router's fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub title: String,
+    pub prompt: String,
+    pub acceptance_criteria: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub owned_paths: Vec<String>,
+    pub expected_touch_paths: Vec<String>,
+    pub task_kind: TaskKind,
+    pub system_generated: bool,
+    pub status: TaskStatus,
+    /// How often it was assigned.
+    pub attempts: u32,
+    pub assigned_swarm_id: Option<String>,
+    pub assigned_node_id: Option<u32>,
+    pub last_assigned_swarm_id: Option<String>,
+    pub last_assigned_node_id: Option<u32>,
+    /// The injection that carries the running attempt.
+    pub assignment_injection_id: Option<String>,
+    pub branch: Option<String>,
+    pub base_commit: Option<String>,
+    pub head_commit: Option<String>,
+    pub result_status: Option<String>,
+    /// The worker's whole last answer.
+    pub result_raw: Option<String>,
+    pub last_error: Option<String>,
+    /// When a pending task that was tried may run again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// Seconds since the Unix epoch, as the reference keeps them.
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+/// A project as the API and the router show it (the reference router's fields, and `stuck`:
+/// what holds it up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectView {
+    pub project_id: String,
+    pub title: String,
+    pub repo_path: String,
+    pub repo_mode: String,
+    pub repo_label: String,
+    pub base_branch: String,
+    pub worker_swarm_ids: Vec<String>,
+    pub status: ProjectStatus,
+    pub workspace_subdir: String,
+    pub task_order: Vec<String>,
+    pub tasks: std::collections::BTreeMap<String, TaskView>,
+    pub task_counts: TaskCounts,
+    pub integration_branch: Option<String>,
+    pub integration_head_commit: Option<String>,
+    pub final_result_branch: Option<String>,
+    pub final_result_head_commit: Option<String>,
+    /// Each worker fleet's prepared clones (the reference's `repo_preparation`).
+    pub repo_preparation: std::collections::BTreeMap<String, serde_json::Value>,
+    pub resume_count: u32,
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck: Vec<String>,
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+/// Every project the caller may read, by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectList {
+    pub projects: std::collections::BTreeMap<String, ProjectView>,
 }
 
 #[cfg(test)]

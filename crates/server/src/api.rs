@@ -46,6 +46,8 @@ use crate::{clock, outbox};
 mod clawbucket;
 #[path = "council_api.rs"]
 mod council_api;
+#[path = "project_api.rs"]
+mod project_api;
 pub(crate) use clawbucket::agent_name;
 
 /// How long `status` waits for a fleet's backend to say what it runs.
@@ -77,6 +79,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/councils", get(council_api::list).post(council_api::open))
         .route("/api/v1/fleets/{name}/councils/{id}", get(council_api::get_one))
         .route("/api/v1/fleets/{name}/councils/{id}/close", post(council_api::close))
+        .route("/api/v1/projects", get(project_api::list).post(project_api::create))
+        .route("/api/v1/projects/{id}", get(project_api::get_one))
+        .route("/api/v1/projects/{id}/start", post(project_api::start))
         .route("/api/v1/fleets/{name}/inject", post(inject))
         .route("/api/v1/fleets/{name}/command", post(command))
         .route("/api/v1/fleets/{name}/join", get(join))

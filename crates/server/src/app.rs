@@ -39,6 +39,8 @@ pub(crate) struct App {
     pub default_brain: BrainSpec,
     /// Wakes the reconciler early.
     pub reconcile: Notify,
+    /// Wakes the project loop early (a project started, an answer to a task arrived).
+    pub projects_due: Notify,
     /// When each outbox row was last published.
     pub sent: Mutex<HashMap<i64, Instant>>,
     /// What a fleet's backend last said that the operator should see in `ls` and `status`:

@@ -68,6 +68,7 @@ impl From<StoreError> for ApiError {
             StoreError::SecretInUse(..) => ApiError::conflict(e.to_string()),
             StoreError::CouncilLive { .. } => ApiError::new(StatusCode::CONFLICT, "council_open", e.to_string()),
             StoreError::CouncilOver(..) | StoreError::NoActiveCouncil(_) | StoreError::NoRole { .. } => ApiError::conflict(e.to_string()),
+            StoreError::NoProject(_) => ApiError::new(StatusCode::NOT_FOUND, "no_project", e.to_string()),
             StoreError::NoCouncil(..) => ApiError::new(StatusCode::NOT_FOUND, "no_council", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }

@@ -261,6 +261,10 @@ async fn scenario_event(app: &App, e: &clawfleet_proto::event::Event) {
     match (&e.body, e.agent) {
         (EventBody::RpsMove { round, epoch: Some(_), .. }, Some(leader)) => crate::scenario::round_led(app, &e.fleet, *round, leader).await,
         (EventBody::CouncilClaim { council, activated: true, .. }, _) => crate::council::claimed(app, &e.fleet, *council).await,
+        // It may end a project task's attempt.
+        (EventBody::Assistant { .. } | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }, _) if e.injection_id.is_some() => {
+            app.projects_due.notify_one()
+        }
         (EventBody::PlayRefused { play, reason }, slot) => {
             app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(fleet = %e.fleet, slot, %play, %reason, "Refused an agent's play");

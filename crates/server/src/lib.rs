@@ -32,6 +32,7 @@ mod live;
 mod mailbox;
 mod outbound;
 mod outbox;
+mod project;
 mod reconcile;
 mod scenario;
 mod tls;
@@ -295,6 +296,7 @@ impl Server {
             },
             default_brain: config.default_brain.clone(),
             reconcile: Notify::new(),
+            projects_due: Notify::new(),
             sent: Default::default(),
             conditions: Default::default(),
             secrets: std::sync::RwLock::new(secrets),
@@ -318,6 +320,7 @@ impl Server {
             tokio::spawn(leader::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(scenario::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(council::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(project::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

@@ -11,6 +11,7 @@
 //! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
 
 mod council;
+mod project;
 mod scenario;
 mod schema;
 
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 
 use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
+pub use project::{Ended, NewProject};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use scenario::{PhraseRow, RoundRow, ScoreRow};
 
@@ -58,6 +60,8 @@ pub enum StoreError {
     NoCouncil(String, u64),
     #[error("council {0} is {1} already")]
     CouncilOver(u64, clawfleet_proto::council::CouncilState),
+    #[error("no project '{0}'")]
+    NoProject(String),
     #[error("fleet '{0}' has no active council")]
     NoActiveCouncil(String),
     #[error("no agent holds role '{role}' in council {council} of fleet '{fleet}'")]
@@ -959,31 +963,7 @@ impl Store {
     pub fn create_injection(&self, inj: &NewInjection<'_>, audit: &Audit<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
         self.tx(|tx| {
             write_audit(tx, audit)?;
-            tx.execute(
-                "INSERT INTO injections (id, fleet, prompt, created_at, caller) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![inj.id, inj.fleet, inj.prompt, inj.at, inj.caller],
-            )?;
-            let mut events = Vec::with_capacity(inj.targets.len());
-            let mut rows = Vec::with_capacity(inj.targets.len());
-            for slot in inj.targets {
-                tx.execute(
-                    "INSERT INTO outbox (fleet, slot, kind, ref_id, created_at) VALUES (?1, ?2, 'inject', ?3, ?4)",
-                    params![inj.fleet, slot, inj.id, inj.at],
-                )?;
-                rows.push(tx.last_insert_rowid());
-                tx.prepare_cached("INSERT INTO injection_targets (injection_id, fleet, slot) VALUES (?1, ?2, ?3)")?
-                    .execute(params![inj.id, inj.fleet, slot])?;
-                let ev = NewEvent {
-                    at: inj.at.to_owned(),
-                    fleet: inj.fleet.to_owned(),
-                    agent: Some(*slot),
-                    injection_id: Some(inj.id.to_owned()),
-                    body: EventBody::InjectAck { prompt: inj.prompt.to_owned(), request_id: inj.request_id.map(str::to_owned) },
-                };
-                let id = insert_event(tx, &ev, None)?;
-                events.push(ev.stored(id));
-            }
-            Ok((rows, events))
+            insert_injection(tx, inj)
         })
     }
 
@@ -1324,6 +1304,36 @@ fn update_fleet(tx: &Transaction<'_>, name: &str, change: FleetUpdate, at: &str,
         previous_version: row.version,
     };
     fleet_event(tx, name, at, body)
+}
+
+/// Writes an injection, its outbox rows, its targets and one `inject_ack` a target, in the
+/// caller's transaction. Returns the outbox row ids and the events.
+pub(crate) fn insert_injection(tx: &Transaction<'_>, inj: &NewInjection<'_>) -> Result<(Vec<i64>, Vec<Event>)> {
+    tx.execute(
+        "INSERT INTO injections (id, fleet, prompt, created_at, caller) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![inj.id, inj.fleet, inj.prompt, inj.at, inj.caller],
+    )?;
+    let mut events = Vec::with_capacity(inj.targets.len());
+    let mut rows = Vec::with_capacity(inj.targets.len());
+    for slot in inj.targets {
+        tx.execute(
+            "INSERT INTO outbox (fleet, slot, kind, ref_id, created_at) VALUES (?1, ?2, 'inject', ?3, ?4)",
+            params![inj.fleet, slot, inj.id, inj.at],
+        )?;
+        rows.push(tx.last_insert_rowid());
+        tx.prepare_cached("INSERT INTO injection_targets (injection_id, fleet, slot) VALUES (?1, ?2, ?3)")?
+            .execute(params![inj.id, inj.fleet, slot])?;
+        let ev = NewEvent {
+            at: inj.at.to_owned(),
+            fleet: inj.fleet.to_owned(),
+            agent: Some(*slot),
+            injection_id: Some(inj.id.to_owned()),
+            body: EventBody::InjectAck { prompt: inj.prompt.to_owned(), request_id: inj.request_id.map(str::to_owned) },
+        };
+        let id = insert_event(tx, &ev, None)?;
+        events.push(ev.stored(id));
+    }
+    Ok((rows, events))
 }
 
 /// Stores an event of a fleet (not of one of its agents).

@@ -255,6 +255,55 @@ CREATE TABLE council_seats (
     PRIMARY KEY (council, position)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Orchestrated projects (codeswarm's router): a task graph run on the agents of worker fleets.
+CREATE TABLE projects (
+    id               TEXT PRIMARY KEY,
+    title            TEXT NOT NULL,
+    repo_path        TEXT NOT NULL,
+    base_branch      TEXT NOT NULL,
+    workspace_subdir TEXT NOT NULL,
+    -- JSON: the worker fleets' names, the first the project's home (its events go there).
+    workers          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    last_error       TEXT,
+    integration_branch      TEXT,
+    integration_head_commit TEXT,
+    -- JSON: each worker fleet's prepared clones.
+    preparation      TEXT NOT NULL,
+    resume_count     INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    by               TEXT NOT NULL
+);
+-- A project's tasks in its order; an assigned one names its agent and the injection of its
+-- attempt. An agent holds one task at most, of any project.
+CREATE TABLE project_tasks (
+    project       TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    position      INTEGER NOT NULL,
+    task_id       TEXT NOT NULL,
+    spec          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    not_before    INTEGER,
+    fleet         TEXT,
+    slot          INTEGER,
+    last_fleet    TEXT,
+    last_slot     INTEGER,
+    injection_id  TEXT,
+    branch        TEXT,
+    base_commit   TEXT,
+    head_commit   TEXT,
+    result_status TEXT,
+    result_raw    TEXT,
+    last_error    TEXT,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    PRIMARY KEY (project, task_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX project_tasks_worker ON project_tasks (fleet, slot) WHERE status = 'assigned';
+CREATE UNIQUE INDEX project_tasks_injection ON project_tasks (injection_id) WHERE injection_id IS NOT NULL;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -609,3 +609,75 @@ fn council_claims_are_judged_where_they_are_stored() {
     store.delete_fleet("squad", "t30").unwrap();
     assert!(store.councils("squad").unwrap().is_empty());
 }
+
+/// A task is assigned with its injection in one transaction, to an agent that holds no other;
+/// a lost worker's task goes back, and its old attempt's answer is not taken.
+#[test]
+fn project_tasks_are_claimed_once_and_late_answers_are_not_taken() {
+    use clawfleet_core::project::{normalize, with_integration};
+    use clawfleet_proto::project::{ProjectStatus, TaskInput, TaskStatus};
+    use clawfleet_store::{Ended, NewProject};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("crew", 2), launched("crew"), &audit("launch")).unwrap();
+    let input = |id: &str| TaskInput { task_id: Some(id.into()), title: id.into(), prompt: "do it".into(), ..TaskInput::default() };
+    let tasks = with_integration(normalize(vec![input("T-001"), input("T-002")]).unwrap(), "p1", "main");
+    let workers = vec!["crew".to_owned()];
+    let p = NewProject {
+        id: "p1",
+        title: "t",
+        repo_path: "/r",
+        base_branch: "main",
+        workspace_subdir: "repo",
+        workers: &workers,
+        tasks: &tasks,
+    };
+    let (view, ev) = store.create_project(&p, 1_000, "t", &audit("project-create")).unwrap();
+    assert_eq!((view.status, view.task_order.len(), ev.body.name()), (ProjectStatus::Draft, 3, "project_created"));
+    store.set_project_status("p1", ProjectStatus::Running, None, 1_000, "t").unwrap();
+    let assign = |task: &str, slot: u32, injection: &str| {
+        let targets = [slot];
+        let inj = NewInjection {
+            id: injection,
+            fleet: "crew",
+            prompt: "do it",
+            at: "t",
+            caller: "project p1",
+            targets: &targets,
+            request_id: None,
+        };
+        store.assign_task("p1", task, &inj, "b", 1_000).unwrap().is_some()
+    };
+    assert!(assign("T-001", 0, "i1"));
+    assert!(!assign("T-002", 0, "i2"), "agent 0 holds a task already");
+    assert!(!assign("T-001", 1, "i3"), "T-001 is assigned already");
+    assert!(assign("T-002", 1, "i4"));
+    assert_eq!(store.task_holders().unwrap().len(), 2);
+    // Agent 0 is lost: T-001 goes back, to run again after a backoff.
+    let events = store.give_back_task("crew", 0, 2_000, "t").unwrap();
+    assert!(
+        matches!(&events[0].body, EventBody::ProjectTaskResult { status: TaskStatus::Pending, result_status, .. } if result_status == "worker_lost")
+    );
+    let t1 = &store.project("p1", 2_000).unwrap().tasks["T-001"];
+    assert_eq!((t1.status, t1.attempts, t1.assignment_injection_id.as_deref()), (TaskStatus::Pending, 1, None));
+    assert!(t1.retry_at.is_some());
+    assert!(assign("T-001", 0, "i5"));
+    let done = |task: &str, injection: &str| Ended {
+        project: "p1".into(),
+        task_id: task.into(),
+        injection_id: injection.into(),
+        answer: Ok(format!("TASK_RESULT\ntask_id: {task}\nstatus: done\nhead_commit: abc\n")),
+    };
+    assert!(store.end_attempt(&done("T-001", "i1"), 3_000, "t").unwrap().is_empty(), "the lost attempt's answer is not taken");
+    assert_eq!(store.project("p1", 3_000).unwrap().tasks["T-001"].status, TaskStatus::Assigned);
+    assert_eq!(store.end_attempt(&done("T-001", "i5"), 3_000, "t").unwrap().len(), 1);
+    assert!(store.end_attempt(&done("T-001", "i5"), 3_000, "t").unwrap().is_empty(), "taken once");
+    store.end_attempt(&done("T-002", "i4"), 3_000, "t").unwrap();
+    assert!(assign("T-003", 1, "i6"), "the integration task, once both are done");
+    let events = store.end_attempt(&done("T-003", "i6"), 4_000, "t").unwrap();
+    assert!(events.iter().any(|e| matches!(&e.body, EventBody::ProjectStatus { status: ProjectStatus::Completed, .. })), "{events:?}");
+    let view = store.project("p1", 4_000).unwrap();
+    assert_eq!(
+        (view.status, view.task_counts.completed, view.integration_head_commit.as_deref()),
+        (ProjectStatus::Completed, 3, Some("abc"))
+    );
+}

@@ -16,6 +16,7 @@ mod leader;
 mod lifecycle;
 mod mailbox;
 mod model;
+mod project;
 mod router;
 mod security;
 mod slurm;

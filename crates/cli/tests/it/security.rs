@@ -453,6 +453,17 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (obs, "POST", "/api/v1/fleets/web/councils/1/close", None, 403, "the observer token 'watcher' may not inject fleet 'web'"),
         (adm, "POST", "/api/v1/fleets/web/councils/1/close", None, 200, ""),
         (adm, "GET", "/api/v1/fleets/web/councils/9", None, 404, "fleet 'web' has no council 9"),
+        // Projects: who may inject every worker fleet creates and starts one, who reads them
+        // all sees it.
+        (obs, "GET", "/api/v1/projects", None, 200, ""),
+        (obs, "POST", "/api/v1/projects", Some(r#"{"title": "p", "repo_path": "/nope", "worker_swarm_ids": ["web"], "tasks": []}"#), 403, "the observer token 'watcher' may not inject fleet 'web'"),
+        (adm, "POST", "/api/v1/projects", Some(r#"{"title": "p", "repo_path": "/nope", "worker_swarm_ids": ["web", "ops"], "tasks": []}"#), 403, "the operator token 'web-admin' may not inject fleet 'ops'"),
+        (agent, "POST", "/api/v1/projects", Some(r#"{"title": "p", "repo_path": "/nope", "worker_swarm_ids": ["ops"], "tasks": []}"#), 403, "no policy lets the agents of 'ops' inject 'ops'"),
+        (adm, "POST", "/api/v1/projects", Some(r#"{"title": "p", "repo_path": "/nope", "worker_swarm_ids": ["web"], "tasks": []}"#), 400, "repo_path /nope: No such file or directory"),
+        (adm, "POST", "/api/v1/projects", Some(r#"{"title": "", "repo_path": "/nope", "worker_swarm_ids": ["web"], "tasks": []}"#), 400, "project requires title and repo_path"),
+        (adm, "POST", "/api/v1/projects", Some(r#"{"title": "p", "repo": "/nope"}"#), 400, "invalid request body"),
+        (adm, "GET", "/api/v1/projects/nope", None, 404, "no project 'nope'"),
+        (adm, "POST", "/api/v1/projects/nope/start", None, 404, "no project 'nope'"),
         (op, "GET", "/api/v1/bus/observer", None, 200, ""),
         (obs, "GET", "/api/v1/bus/observer", None, 403, "the observer token 'watcher' may not"),
         (adm, "GET", "/api/v1/bus/observer", None, 403, "the operator token 'web-admin' may not"),

@@ -1,0 +1,229 @@
+//! Orchestrated projects on real agents and real git: a task graph run by a fleet whose brain
+//! is a script that does what codeswarm's mock worker does (a branch, a commit, a TASK_RESULT
+//! block; the integration task merges every task branch), each agent in its own clone. The
+//! control plane assigns one task an agent, unlocks dependents, retries a malformed answer,
+//! gives back the task of a lost worker and refuses its late answer, and finishes with the
+//! integration branch in the project's repository.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Plane, PlaneOptions, eventually};
+
+/// The test's worker brain: the reference's mock worker, in bash. A task whose prompt says
+/// FLAKY answers without a TASK_RESULT block the first time each agent sees it; one that says
+/// SLOW takes its time.
+const WORKER: &str = r#"#!/bin/bash
+prompt=$(cat)
+cd repo || { echo "no clone here"; exit 1; }
+task=$(printf '%s\n' "$prompt" | sed -n 's/^You are executing orchestrated project task \(.*\)\.$/\1/p')
+branch=$(printf '%s\n' "$prompt" | sed -n 's/^Working branch to create\/use: //p')
+base=$(printf '%s\n' "$prompt" | sed -n 's/^Base branch: //p')
+case "$prompt" in *FLAKY*) if [ ! -f ../flaky.seen ]; then touch ../flaky.seen; echo "I forgot the format."; exit 0; fi;; esac
+case "$prompt" in *SLOW*) sleep 4;; esac
+if printf '%s' "$prompt" | grep -q "This is the final integration task for the project."; then
+  git fetch -q origin
+  git checkout -q -B "$branch" "origin/$base"
+  for b in $(printf '%s\n' "$prompt" | sed -n 's/^- [^:]*: \(codeswarm\/.*\)$/\1/p'); do
+    git merge -q --no-ff --no-edit "origin/$b" || { printf 'TASK_RESULT\ntask_id: %s\nstatus: blocked\nnotes: merging %s failed\n' "$task" "$b"; exit 0; }
+  done
+else
+  git checkout -q -B "$branch"
+  mkdir -p tasks && echo "$task" > "tasks/$task.txt" && git add tasks && git commit -q -m "$task"
+fi
+printf 'TASK_RESULT\ntask_id: %s\nstatus: done\nbranch: %s\nbase_commit: %s\nhead_commit: %s\nfiles_changed:\n- tasks/%s.txt\nverification:\n- git log\nnotes: did %s\n' \
+  "$task" "$branch" "$(git merge-base HEAD "origin/$base")" "$(git rev-parse HEAD)" "$task" "$task"
+"#;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git (apt-get install git)");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A repository with one commit on main.
+fn repository(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["config", "user.name", "test"]);
+    git(dir, &["config", "user.email", "test@example.com"]);
+    std::fs::write(dir.join("README.md"), "# project\n").unwrap();
+    git(dir, &["add", "README.md"]);
+    git(dir, &["commit", "-q", "-m", "start"]);
+}
+
+fn task(id: &str, prompt: &str, deps: &[&str]) -> Value {
+    json!({"task_id": id, "title": format!("make {id}"), "prompt": prompt, "depends_on": deps, "owned_paths": [format!("tasks/{id}.txt")]})
+}
+
+/// A plane with a fleet of worker agents whose brain is the script.
+fn workers(dir: &Path, fleet: &str, replicas: u32) -> Plane {
+    let script = dir.join("worker.sh");
+    std::fs::write(&script, WORKER).unwrap();
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    let brain = format!("cmd:bash {}", script.display());
+    plane.ok(&["launch", fleet, "--replicas", &replicas.to_string(), "--brain", &brain, "--wait"]);
+    plane
+}
+
+#[test]
+fn a_project_runs_its_graph_one_task_an_agent_and_integrates_every_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = workers(dir.path(), "crew", 2);
+    let repo_s = repo.display().to_string();
+
+    // Bad graphs and requests are refused, saying what is wrong.
+    let bad = |body: Value| {
+        let file = dir.path().join("bad.json");
+        std::fs::write(&file, body.to_string()).unwrap();
+        plane.fails(&["project", "create", "-f", file.to_str().unwrap()])
+    };
+    let cyclic =
+        json!({"title": "c", "repo_path": repo_s, "worker_swarm_ids": ["crew"], "tasks": [task("a", "x", &["b"]), task("b", "y", &["a"])]});
+    assert!(bad(cyclic).contains("Tasks form a dependency cycle: a → b → a"));
+    let dangling = json!({"title": "c", "repo_path": repo_s, "worker_swarm_ids": ["crew"], "tasks": [task("a", "x", &["zz"])]});
+    assert!(bad(dangling).contains("Task a references unknown dependencies: zz"));
+    let nobody = json!({"title": "c", "repo_path": repo_s, "worker_swarm_ids": ["ghost"], "tasks": [task("a", "x", &[])]});
+    assert!(bad(nobody).contains("unknown worker_swarm_ids: ghost"));
+    let not_git =
+        json!({"title": "c", "repo_path": dir.path().display().to_string(), "worker_swarm_ids": ["crew"], "tasks": [task("a", "x", &[])]});
+    assert!(bad(not_git).contains("is not a git repository (it has no .git)"));
+    let no_branch =
+        json!({"title": "c", "repo_path": repo_s, "base_branch": "trunk", "worker_swarm_ids": ["crew"], "tasks": [task("a", "x", &[])]});
+    assert!(bad(no_branch).contains("has no branch 'trunk'"));
+    assert!(bad(json!({"tasks": []})).contains("the project has no title: give it in the file or with --title"));
+    assert!(plane.json(&["project", "list", "--json"])["projects"].as_object().unwrap().is_empty(), "nothing was created");
+
+    // Three tasks (T-002 after T-001; T-003 answers malformed once) and the integration task.
+    let plan = json!({"tasks": [task("T-001", "Write the first file.", &[]), task("T-002", "Write the second file.", &["T-001"]),
+        task("T-003", "Write the third file. FLAKY", &[])]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let done = plane.json(&[
+        "project",
+        "create",
+        "-f",
+        file.to_str().unwrap(),
+        "--title",
+        "Smoke",
+        "--repo",
+        &repo_s,
+        "--workers",
+        "crew",
+        "--start",
+        "--wait",
+        "--timeout",
+        "240",
+        "--json",
+    ]);
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let id = done["project_id"].as_str().unwrap().to_owned();
+    assert_eq!(done["task_order"], json!(["T-001", "T-002", "T-003", "T-004"]));
+    assert_eq!(done["task_counts"]["completed"], 4);
+    let tasks = &done["tasks"];
+    assert_eq!(tasks["T-004"]["task_kind"], "integration");
+    assert!(tasks["T-003"]["attempts"].as_u64().unwrap() >= 2, "the malformed answer was tried again: {:#}", tasks["T-003"]);
+    assert_eq!(tasks["T-001"]["attempts"], 1);
+    assert_eq!(tasks["T-001"]["branch"], format!("codeswarm/{id}/T-001"));
+    // The integration branch is in the project's repository, with every task's file.
+    let ib = done["integration_branch"].as_str().unwrap();
+    assert_eq!(ib, format!("codeswarm/{id}/integration"));
+    for t in ["T-001", "T-002", "T-003"] {
+        assert_eq!(git(&repo, &["show", &format!("{ib}:tasks/{t}.txt")]), t);
+    }
+    assert_eq!(git(&repo, &["rev-parse", ib]), done["integration_head_commit"].as_str().unwrap());
+    // Each agent worked in a clone of its own.
+    let paths = &done["repo_preparation"]["crew"]["worker_paths"];
+    assert_eq!(paths.as_array().map(Vec::len), Some(2), "{done:#}");
+
+    // Events: an agent never held two tasks at once, and T-002 started after T-001 ended.
+    let events = crate::support::events(&plane, "crew");
+    let mut holding: std::collections::HashMap<u64, String> = Default::default();
+    let mut order = Vec::new();
+    for e in &events {
+        let (agent, task) = (e["agent"].as_u64(), e["data"]["task_id"].as_str());
+        match e["event"].as_str() {
+            Some("project_task_assigned") => {
+                let (agent, task) = (agent.unwrap(), task.unwrap());
+                assert!(holding.insert(agent, task.to_owned()).is_none(), "agent {agent} got {task} while holding another: {events:#?}");
+                order.push(format!("+{task}"));
+            }
+            Some("project_task_result") => {
+                holding.remove(&agent.unwrap());
+                order.push(format!("-{}:{}", task.unwrap(), e["data"]["result_status"].as_str().unwrap()));
+            }
+            _ => {}
+        }
+    }
+    let pos = |s: &str| order.iter().position(|o| o == s).unwrap_or_else(|| panic!("{s} in {order:?}"));
+    assert!(pos("-T-001:done") < pos("+T-002"), "{order:?}");
+    assert!(order.contains(&"-T-003:invalid_result".to_owned()), "{order:?}");
+    let text = plane.ok(&["project", "status", &id]);
+    assert!(text.contains(&format!("project {id}: completed (4/4 tasks completed")) && text.contains("integration branch: "), "{text}");
+    assert!(plane.ok(&["project", "list"]).contains("Smoke"));
+    let err = plane.fails(&["project", "start", &id]);
+    assert!(err.contains(&format!("project {id} is completed")), "{err}");
+    let err = plane.fails(&["project", "status", "nope"]);
+    assert!(err.contains("no project 'nope'"), "{err}");
+}
+
+/// A worker lost mid-task gives its task back to another; its late answer is not taken.
+#[test]
+fn a_lost_workers_task_goes_to_another_and_its_late_answer_is_refused() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = workers(dir.path(), "pair", 2);
+    let plan = json!({"title": "Slow", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["pair"],
+        "tasks": [task("T-001", "Take your time. SLOW", &[])]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let created = plane.json(&["project", "create", "-f", file.to_str().unwrap(), "--start", "--json"]);
+    let id = created["project_id"].as_str().unwrap().to_owned();
+    let t = Duration::from_secs(60);
+    // Frozen once its turn has begun.
+    let (first, injection) = eventually(t, "T-001 assigned", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        let task = &p["tasks"]["T-001"];
+        Some((task["assigned_node_id"].as_u64()?, task["assignment_injection_id"].as_str()?.to_owned()))
+    });
+    eventually(t, "its turn to begin", || {
+        let events = crate::support::events(&plane, "pair");
+        events.iter().any(|e| e["event"] == "turn_started" && e["injection_id"] == injection.as_str()).then_some(())
+    });
+    let pid = Pid::from_raw(plane.agent_pid("pair", first as u32).unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let p = eventually(t, "T-001 given back and done by the other agent", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        (p["tasks"]["T-001"]["status"] == "completed").then_some(p)
+    });
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(p["tasks"]["T-001"]["attempts"], 2, "{p:#}");
+    assert_eq!(p["tasks"]["T-001"]["last_assigned_node_id"], 1 - first, "{p:#}");
+    let done = eventually(Duration::from_secs(120), "the project completed", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        (p["status"] == "completed").then_some(p)
+    });
+    // The frozen agent, back, answers its old attempt: stored, and not taken.
+    eventually(t, "the late answer", || {
+        let events = crate::support::events(&plane, "pair");
+        events.iter().any(|e| e["event"] == "assistant" && e["injection_id"] == injection.as_str()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let events = crate::support::events(&plane, "pair");
+    let results: Vec<(u64, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "project_task_result" && e["data"]["task_id"] == "T-001")
+        .map(|e| (e["agent"].as_u64().unwrap(), e["data"]["result_status"].as_str().unwrap()))
+        .collect();
+    let errors: Vec<&Value> = events.iter().filter(|e| e["event"] == "project_task_result" || e["event"] == "agent_error").collect();
+    assert_eq!(results, [(first, "worker_lost"), (1 - first, "done")], "{errors:#?}");
+    assert_eq!(plane.json(&["project", "status", &id, "--json"])["tasks"], done["tasks"], "nothing changed after the late answer");
+}

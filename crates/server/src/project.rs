@@ -1,0 +1,338 @@
+//! The project loop (codeswarm's orchestrated projects, with the control plane as the runtime
+//! authority): on every tick it takes the attempts that ended (each assigned task whose
+//! injection has its worker's answer stored; the answer judged by `store::project` with
+//! `core::project`'s rules), gives back the tasks of lost workers, and assigns ready tasks of
+//! running projects to idle agents of their worker fleets, one task an agent, each in one
+//! transaction with the injection that carries the reference's task prompt.
+//!
+//! Code projects: [`start`] prepares a clone of the project's repository in every worker's
+//! workspace (`git clone --no-local`, on the base branch; pushes go to a bare repository in the
+//! workspace, so no agent writes outside its own), and the control plane, which can read every
+//! workspace, brings each completed task's branch into the project's repository, where the
+//! integration task's worker fetches it from. Agents never share a checkout.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clawfleet_core::liveness::AgentState;
+use clawfleet_core::project::{self as rules, ProjectInfo, TaskSpec, TaskState};
+use clawfleet_proto::project::{ProjectStatus, ProjectView, TaskKind, TaskStatus};
+use clawfleet_store::{Ended, NewInjection, Pending, StoreError};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::{clock, outbox};
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = app.projects_due.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = step(&app).await {
+            tracing::error!(error = %e, "The project loop failed a step");
+        }
+    }
+}
+
+async fn step(app: &App) -> Result<(), StoreError> {
+    for ended in app.db.run(|s| s.ended_attempts()).await? {
+        let ended = collect_branch(app, ended).await;
+        let at = clock::now_rfc3339();
+        app.hub.write(move |s| Ok(((), s.end_attempt(&ended, now_ms(), &at)?))).await?;
+    }
+    let holders = app.db.run(|s| s.task_holders()).await?;
+    let mono = clock::mono_ms();
+    for (fleet, slot) in &holders {
+        if app.live.state(fleet, *slot, mono) == AgentState::Lost {
+            let (f, s, at) = (fleet.clone(), *slot, clock::now_rfc3339());
+            let (_, events) = app.hub.write(move |st| Ok(((), st.give_back_task(&f, s, now_ms(), &at)?))).await?;
+            if !events.is_empty() {
+                tracing::warn!(fleet, slot, "A worker was lost during its task; the task goes back");
+            }
+        }
+    }
+    let projects = app.db.run(|s| s.projects(now_ms())).await?;
+    let mut busy: HashSet<(String, u32)> = app.db.run(|s| s.task_holders()).await?;
+    for project in projects.iter().filter(|p| p.status == ProjectStatus::Running) {
+        dispatch(app, project, &mut busy).await?;
+    }
+    Ok(())
+}
+
+/// The project's tasks as the rules schedule them.
+fn states(p: &ProjectView) -> Vec<TaskState> {
+    p.task_order
+        .iter()
+        .filter_map(|id| p.tasks.get(id))
+        .map(|t| {
+            let not_before_ms = t
+                .retry_at
+                .as_deref()
+                .and_then(|r| humantime::parse_rfc3339_weak(r).ok())
+                .map(|at| at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+            let spec = TaskSpec::from_stored(clawfleet_proto::project::TaskInput {
+                task_id: Some(t.task_id.clone()),
+                title: t.title.clone(),
+                prompt: t.prompt.clone(),
+                acceptance_criteria: t.acceptance_criteria.clone(),
+                depends_on: t.depends_on.clone(),
+                owned_paths: t.owned_paths.clone(),
+                expected_touch_paths: t.expected_touch_paths.clone(),
+                task_kind: Some(t.task_kind),
+                system_generated: t.system_generated,
+            });
+            TaskState { spec, status: t.status, attempts: t.attempts, not_before_ms }
+        })
+        .collect()
+}
+
+/// Assigns the project's ready tasks to the idle agents of its worker fleets, in order.
+async fn dispatch(app: &App, p: &ProjectView, busy: &mut HashSet<(String, u32)>) -> Result<(), StoreError> {
+    let now = now_ms();
+    let tasks = states(p);
+    if rules::ready(&tasks, now).is_empty() {
+        return Ok(());
+    }
+    let mono = clock::mono_ms();
+    let mut idle: Vec<(clawfleet_store::FleetRow, u32)> = Vec::new();
+    for fleet in &p.worker_swarm_ids {
+        let f = fleet.clone();
+        let Some(row) = app.db.run(move |s| s.fleet(&f)).await? else { continue };
+        for slot in 0..row.replicas {
+            if app.live.state(fleet, slot, mono) == AgentState::Idle && !busy.contains(&(fleet.clone(), slot)) {
+                idle.push((row.clone(), slot));
+            }
+        }
+    }
+    let info =
+        ProjectInfo { project_id: &p.project_id, title: &p.title, base_branch: &p.base_branch, workspace_subdir: &p.workspace_subdir };
+    for (t, w) in rules::assign(&tasks, idle.len(), now) {
+        let (row, slot) = &idle[w];
+        let spec = &tasks[t].spec;
+        let prompt = rules::task_prompt(info, spec);
+        let branch = branch_of(&p.project_id, spec);
+        let id = uuid::Uuid::now_v7().to_string();
+        let request_id = format!("project:{}:{}:{}", p.project_id, spec.task_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (pid, tid, fleet, slot_n, at) = (p.project_id.clone(), spec.task_id.clone(), row.name.clone(), *slot, clock::now_rfc3339());
+        let (iid, pr, rid, br) = (id.clone(), prompt.clone(), request_id.clone(), branch.clone());
+        let caller = format!("project {}", p.project_id);
+        let (assigned, _) = app
+            .hub
+            .write(move |s| {
+                let targets = [slot_n];
+                let inj = NewInjection {
+                    id: &iid,
+                    fleet: &fleet,
+                    prompt: &pr,
+                    at: &at,
+                    caller: &caller,
+                    targets: &targets,
+                    request_id: Some(&rid),
+                };
+                match s.assign_task(&pid, &tid, &inj, &br, now_ms())? {
+                    Some((rows, events)) => Ok((Some(rows), events)),
+                    None => Ok((None, Vec::new())),
+                }
+            })
+            .await?;
+        let Some(rows) = assigned else { continue };
+        busy.insert((row.name.clone(), *slot));
+        app.metrics.injections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pending = Pending::Inject { injection_id: id, prompt };
+        let expires = outbox::expires_at(SystemTime::now(), app.inject_timeout(row));
+        outbox::send_now(app, &row.name, row.replicas, &[*slot], &pending, &rows, expires).await;
+    }
+    Ok(())
+}
+
+fn branch_of(project_id: &str, t: &TaskSpec) -> String {
+    if t.kind == TaskKind::Integration { rules::integration_branch(project_id) } else { rules::task_branch(project_id, &t.task_id) }
+}
+
+/// A worker's clone, if the control plane can reach its workspace.
+async fn clone_dir(app: &App, fleet: &str, slot: u32, subdir: &str) -> Option<PathBuf> {
+    let f = fleet.to_owned();
+    let row = app.db.run(move |s| s.fleet(&f)).await.ok()??;
+    let backend = app.backend(&row.backend).ok()?;
+    let d = app.deployment(&row).ok()?;
+    backend.workspace(&d, slot).map(|ws| ws.join(subdir))
+}
+
+/// Before a `done` answer is taken, the task's branch is brought from the worker's clone into
+/// the project's repository; a branch that is not there makes the attempt a failed one.
+async fn collect_branch(app: &App, ended: Ended) -> Ended {
+    let Ok(answer) = &ended.answer else { return ended };
+    let (project, task_id) = (ended.project.clone(), ended.task_id.clone());
+    let Ok(p) = app.db.run(move |s| s.project(&project, now_ms())).await else { return ended };
+    let Some(task) = p.tasks.get(&task_id) else { return ended };
+    let attempts = task.attempts;
+    let outcome = rules::judge(answer, attempts);
+    if outcome.status != TaskStatus::Completed {
+        return ended;
+    }
+    let (Some(fleet), Some(slot)) = (task.assigned_swarm_id.clone(), task.assigned_node_id) else { return ended };
+    let Some(clone) = clone_dir(app, &fleet, slot, &p.workspace_subdir).await else {
+        // Not on this machine's filesystem: the worker pushes where it can.
+        return ended;
+    };
+    let branch = outcome.branch.clone().or_else(|| task.branch.clone()).unwrap_or_default();
+    let repo = PathBuf::from(&p.repo_path);
+    let fetched = tokio::task::spawn_blocking(move || git::fetch_branch(&repo, &clone, &branch)).await;
+    match fetched {
+        Ok(Ok(())) => ended,
+        Ok(Err(e)) => Ended { answer: Err(format!("its answer was done, but {e}")), ..ended },
+        Err(e) => Ended { answer: Err(format!("collecting its branch failed: {e}")), ..ended },
+    }
+}
+
+/// Starts a project: it is `starting` while every worker's clone is prepared, then `running`
+/// (or `error`, saying which worker could not be prepared and why).
+pub(crate) async fn start(app: Arc<App>, project: ProjectView) {
+    let id = project.project_id.clone();
+    let result = prepare(&app, &project).await;
+    let (status, error) = match &result {
+        Ok(()) => (ProjectStatus::Running, None),
+        Err(e) => (ProjectStatus::Error, Some(e.clone())),
+    };
+    let at = clock::now_rfc3339();
+    let written = app.hub.write(move |s| Ok(((), s.set_project_status(&id, status, error.as_deref(), now_ms(), &at)?))).await;
+    if let Err(e) = written {
+        tracing::error!(project = %project.project_id, error = %e, "Could not store a project's start");
+    }
+    app.projects_due.notify_one();
+}
+
+async fn prepare(app: &App, p: &ProjectView) -> Result<(), String> {
+    let repo = PathBuf::from(&p.repo_path);
+    for fleet in &p.worker_swarm_ids {
+        let f = fleet.clone();
+        let row =
+            app.db.run(move |s| s.fleet(&f)).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("worker fleet '{fleet}' is gone"))?;
+        let mut paths = Vec::new();
+        for slot in 0..row.replicas {
+            let Some(clone) = clone_dir(app, fleet, slot, &p.workspace_subdir).await else {
+                return Err(format!(
+                    "worker fleet '{fleet}' runs on the {} backend, whose workspaces this control plane cannot reach: code projects run on local fleets",
+                    row.backend
+                ));
+            };
+            let (r, c, base, who) = (repo.clone(), clone.clone(), p.base_branch.clone(), format!("{fleet}/{slot}"));
+            tokio::task::spawn_blocking(move || git::prepare_clone(&r, &c, &base, &who))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("preparing the clone of agent {fleet}/{slot}: {e}"))?;
+            paths.push(clone.display().to_string());
+        }
+        let prepared = serde_json::json!({
+            "mode": "per_agent_clone", "source": p.repo_path, "source_kind": "local_path", "origin": p.repo_path,
+            "branch": p.base_branch, "subdir": p.workspace_subdir, "worker_paths": paths,
+        });
+        let (id, f) = (p.project_id.clone(), fleet.clone());
+        app.db.run(move |s| s.set_project_preparation(&id, &f, &prepared)).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The git the control plane runs: Debian's `git`, with no prompts and no user configuration.
+pub(crate) mod git {
+    use super::*;
+
+    fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+        let mut cmd = std::process::Command::new("git");
+        if let Some(d) = dir {
+            cmd.arg("-C").arg(d);
+        }
+        cmd.args(args).env("GIT_TERMINAL_PROMPT", "0").env("GIT_CONFIG_GLOBAL", "/dev/null").env("GIT_CONFIG_NOSYSTEM", "1");
+        let out = cmd.output().map_err(|e| format!("cannot run git: {e} (apt-get install git)"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("git {} failed: {}", args.first().unwrap_or(&""), err.trim().chars().take(300).collect::<String>()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Whether `repo` is a git repository with a commit on `branch`.
+    pub(crate) fn check_repo(repo: &Path, branch: &str) -> Result<(), String> {
+        if !repo.join(".git").exists() {
+            return Err(format!("{} is not a git repository (it has no .git)", repo.display()));
+        }
+        git(Some(repo), &["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])
+            .map(|_| ())
+            .map_err(|_| format!("{} has no branch '{branch}'", repo.display()))
+    }
+
+    /// A clone of `repo` at `clone` on `base` (fetched again if it is there already), its
+    /// pushes going to a bare repository beside it, its commits by the agent.
+    pub(crate) fn prepare_clone(repo: &Path, clone: &Path, base: &str, who: &str) -> Result<(), String> {
+        let source = repo.display().to_string();
+        let reuse = clone.join(".git").exists() && git(Some(clone), &["remote", "get-url", "origin"]).is_ok_and(|o| o == source);
+        if reuse {
+            git(Some(clone), &["fetch", "origin", "--prune"])?;
+        } else {
+            if clone.exists() {
+                std::fs::remove_dir_all(clone).map_err(|e| format!("cannot remove {}: {e}", clone.display()))?;
+            }
+            git(None, &["clone", "--quiet", "--no-local", &source, &clone.display().to_string()])?;
+        }
+        let sink = clone.with_extension("pushed.git");
+        if !sink.exists() {
+            git(None, &["init", "--quiet", "--bare", &sink.display().to_string()])?;
+        }
+        git(Some(clone), &["remote", "set-url", "--push", "origin", &sink.display().to_string()])?;
+        git(Some(clone), &["checkout", "--quiet", "-B", base, &format!("origin/{base}")])?;
+        git(Some(clone), &["config", "user.name", &format!("clawfleet agent {who}")])?;
+        git(Some(clone), &["config", "user.email", &format!("{}@agents.clawfleet", who.replace('/', "-"))])?;
+        if let Some(parent) = clone.parent() {
+            own_like(parent, clone)?;
+            own_like(parent, &sink)?;
+        }
+        Ok(())
+    }
+
+    /// Gives `path` (recursively) the owner of `like`: an agent that runs as a user of its own
+    /// owns its clone.
+    fn own_like(like: &Path, path: &Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(like).map_err(|e| e.to_string())?;
+        let (uid, gid) = (meta.uid(), meta.gid());
+        if std::fs::metadata(path).is_ok_and(|m| m.uid() == uid && m.gid() == gid) {
+            return Ok(());
+        }
+        let mut stack = vec![path.to_owned()];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(|e| format!("cannot give {} to its agent: {e}", p.display()))?;
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                for entry in std::fs::read_dir(&p).map_err(|e| e.to_string())?.flatten() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings `branch` from a worker's clone (or the bare repository its pushes went to) into
+    /// the project's repository.
+    pub(crate) fn fetch_branch(repo: &Path, clone: &Path, branch: &str) -> Result<(), String> {
+        if branch.is_empty() || branch.starts_with('-') || branch.contains("..") {
+            return Err(format!("'{branch}' is not a branch name"));
+        }
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        let from_clone = git(Some(repo), &["fetch", "--quiet", &clone.display().to_string(), &refspec]);
+        if from_clone.is_ok() {
+            return Ok(());
+        }
+        git(Some(repo), &["fetch", "--quiet", &clone.with_extension("pushed.git").display().to_string(), &refspec])
+            .map(|_| ())
+            .map_err(|_| format!("its branch '{branch}' is not in its clone"))
+    }
+}
