@@ -227,3 +227,35 @@ fn a_lost_workers_task_goes_to_another_and_its_late_answer_is_refused() {
     assert_eq!(results, [(first, "worker_lost"), (1 - first, "done")], "{errors:#?}");
     assert_eq!(plane.json(&["project", "status", &id, "--json"])["tasks"], done["tasks"], "nothing changed after the late answer");
 }
+
+/// A project survives a kill -9 of the control plane: the attempt under way when it died is
+/// taken when the control plane is back, and the project goes on to the end.
+#[test]
+fn a_project_survives_a_killed_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let mut plane = workers(dir.path(), "solo", 1);
+    let plan = json!({"title": "Survivor", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["solo"],
+        "tasks": [task("T-001", "Take your time. SLOW", &[]), task("T-002", "Then this.", &["T-001"])]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let created = plane.json(&["project", "create", "-f", file.to_str().unwrap(), "--start", "--json"]);
+    let id = created["project_id"].as_str().unwrap().to_owned();
+    let t = Duration::from_secs(60);
+    eventually(t, "T-001 under way", || {
+        let events = crate::support::events(&plane, "solo");
+        events.iter().any(|e| e["event"] == "turn_started").then_some(())
+    });
+    plane.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    plane.spawn();
+    let done = eventually(Duration::from_secs(120), "the project completed after the restart", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        (p["status"] == "completed").then_some(p)
+    });
+    assert_eq!(done["tasks"]["T-001"]["attempts"], 1, "the attempt under way was taken, not run again: {done:#}");
+    assert_eq!(done["task_counts"]["completed"], 3);
+    let ib = done["integration_branch"].as_str().unwrap();
+    assert_eq!(git(&repo, &["show", &format!("{ib}:tasks/T-002.txt")]), "T-002");
+}
