@@ -20,7 +20,10 @@ use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_proto::router::{self as proto, Command, Nodes, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons};
+use clawfleet_proto::project::{ProjectCreate, ProjectList, ProjectStatus, ProjectView};
+use clawfleet_proto::router::{
+    self as proto, Command, Nodes, ProjectCommand, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons,
+};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -209,6 +212,43 @@ fn swarm_status(s: &FleetStatus, status: Option<&str>) -> Map<String, Value> {
     d
 }
 
+/// A `project_create` payload as a project request: its repository a local path (the
+/// reference's GitHub mode needs `gh` and the network), its tasks objects.
+fn project_request(p: &Map<String, Value>) -> anyhow::Result<ProjectCreate> {
+    let github = p.get("repo_mode").and_then(Value::as_str).is_some_and(|m| m.eq_ignore_ascii_case("github"))
+        || (p.get("github_owner").is_some_and(|v| !v.is_null()) && p.get("github_repo").is_some_and(|v| !v.is_null()));
+    if github {
+        anyhow::bail!("GitHub repositories are not supported here: give repo_path, a local git repository");
+    }
+    let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+    let tasks = match p.get("tasks") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if !t.is_object() {
+                    anyhow::bail!("Task #{} must be an object", i + 1);
+                }
+                serde_json::from_value(t.clone()).map_err(|e| anyhow::anyhow!("Task #{}: {e}", i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let workers = match p.get("worker_swarm_ids") {
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    Ok(ProjectCreate {
+        title: text("title").unwrap_or_default(),
+        repo_path: text("repo_path").unwrap_or_default(),
+        worker_swarm_ids: workers,
+        tasks,
+        base_branch: text("base_branch"),
+        workspace_subdir: text("workspace_subdir"),
+        auto_start: p.get("auto_start").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
 /// The router's shared state.
 struct Router {
     client: Client,
@@ -223,6 +263,36 @@ impl Router {
 
     fn reject(&self, rejection: &Rejection) {
         self.emit(RouterEvent::rejected(now(), rejection));
+    }
+
+    /// The reference's `projects_updated`, for one project.
+    fn updated(&self, p: &ProjectView) {
+        self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": {&p.project_id: p}})));
+    }
+
+    /// Follows a starting project until its workers are prepared: `project_started`, or the
+    /// reason it could not start.
+    async fn started(self: Arc<Self>, rid: Option<String>, mut p: ProjectView) {
+        let path = format!("/api/v1/projects/{}", p.project_id);
+        for _ in 0..2000 {
+            if p.status != ProjectStatus::Starting {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            match self.client.get::<ProjectView>(&path).await {
+                Ok(now) => p = now,
+                Err(e) => return self.reject(&Rejection { request_id: rid, reason: format!("{e:#}"), detail: None }),
+            }
+        }
+        self.updated(&p);
+        if p.status == ProjectStatus::Error {
+            let reason = p.last_error.clone().unwrap_or_else(|| "the project could not start".to_owned());
+            return self.reject(&Rejection { request_id: rid, reason, detail: None });
+        }
+        let mut d = Map::new();
+        d.insert("project_id".into(), json!(p.project_id));
+        d.insert("status".into(), json!(p.status));
+        self.reply(&rid, "project_started", d);
     }
 
     fn reply(&self, request_id: &Option<String>, name: &str, mut data: Map<String, Value>) {
@@ -401,18 +471,44 @@ impl Router {
                 self.reply(&rid, "approvals_list", d);
             }
             Command::ProjectList => {
+                let list: ProjectList = self.client.get("/api/v1/projects").await?;
                 let mut d = Map::new();
-                d.insert("projects".into(), json!({}));
+                d.insert("projects".into(), json!(list.projects));
                 self.reply(&rid, "project_list", d);
                 // The reference follows every list with the snapshot for everyone.
-                self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": {}})));
+                self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": list.projects})));
             }
             Command::Project { command, project_id } => {
-                let detail = format!("{}: no project '{project_id}' (this control plane has no orchestrated projects)", command.name());
-                return Err(Rejection::with_detail(&rid, reasons::UNKNOWN_PROJECT, detail).into());
+                let found = self.client.get::<ProjectView>(&format!("/api/v1/projects/{project_id}")).await;
+                if let Err(e) = &found
+                    && is_not_found(e)
+                {
+                    return Err(Rejection::with_detail(&rid, reasons::UNKNOWN_PROJECT, format!("{}: {e:#}", command.name())).into());
+                }
+                found?;
+                match command {
+                    ProjectCommand::Start => {
+                        let p: ProjectView = self.client.post(&format!("/api/v1/projects/{project_id}/start"), &json!({})).await?;
+                        self.updated(&p);
+                        tokio::spawn(self.clone().started(rid, p));
+                    }
+                    other => anyhow::bail!("{} is not available yet: start the project again with project_start", other.name()),
+                }
             }
-            Command::ProjectNew { command } => {
-                anyhow::bail!("{} is not available: this control plane has no orchestrated projects yet", command.name())
+            Command::ProjectNew { command: ProjectCommand::Create, payload } => {
+                let req = project_request(&payload)?;
+                let p: ProjectView = self.client.post("/api/v1/projects", &req).await?;
+                self.updated(&p);
+                let mut d = Map::new();
+                d.insert("project_id".into(), json!(p.project_id));
+                d.insert("title".into(), json!(p.title));
+                self.reply(&rid, "project_created", d);
+                if p.status == ProjectStatus::Starting {
+                    tokio::spawn(self.clone().started(rid, p));
+                }
+            }
+            Command::ProjectNew { command, .. } => {
+                anyhow::bail!("{} is not available yet: create the project from its task graph (project_create)", command.name())
             }
             Command::SwarmTerminate { swarm_id } => {
                 let s = self.fleet_of(&rid, &swarm_id, FleetWords::STATUS).await?;

@@ -95,9 +95,10 @@ pub enum Command {
         command: ProjectCommand,
         project_id: String,
     },
-    /// `project_create`, `project_plan`: a new project.
+    /// `project_create`, `project_plan`: a new project, from the payload's fields.
     ProjectNew {
         command: ProjectCommand,
+        payload: Map<String, Value>,
     },
 }
 
@@ -137,7 +138,7 @@ impl Command {
             Command::SwarmTerminate { .. } => "swarm_terminate",
             Command::ProvidersList => "providers_list",
             Command::ProjectList => "project_list",
-            Command::Project { command, .. } | Command::ProjectNew { command } => command.name(),
+            Command::Project { command, .. } | Command::ProjectNew { command, .. } => command.name(),
         }
     }
 }
@@ -354,8 +355,8 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
         "swarm_terminate" => Command::SwarmTerminate { swarm_id: string_field(p, "swarm_id", rid)? },
         "providers_list" => Command::ProvidersList,
         "project_list" => Command::ProjectList,
-        "project_create" => Command::ProjectNew { command: ProjectCommand::Create },
-        "project_plan" => Command::ProjectNew { command: ProjectCommand::Plan },
+        "project_create" => Command::ProjectNew { command: ProjectCommand::Create, payload: p.clone() },
+        "project_plan" => Command::ProjectNew { command: ProjectCommand::Plan, payload: p.clone() },
         "project_start" | "project_resume" | "project_resume_preview" => {
             let command = match command {
                 "project_start" => ProjectCommand::Start,

@@ -259,3 +259,66 @@ fn a_project_survives_a_killed_control_plane() {
     let ib = done["integration_branch"].as_str().unwrap();
     assert_eq!(git(&repo, &["show", &format!("{ib}:tasks/T-002.txt")]), "T-002");
 }
+
+/// codeswarm's router commands: `project_create` (with `auto_start`), `project_list` and
+/// `project_start`, answered with the reference's events, on the same projects as the CLI.
+#[test]
+fn the_router_creates_starts_and_lists_projects() {
+    use std::io::Write;
+
+    use crate::router::{command, stdio_router, wait_for, wait_within};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = workers(dir.path(), "swarm1", 2);
+    let (mut router, mut stdin, rx) = stdio_router(&plane);
+    let mut send = |name: &str, rid: &str, payload: Value| stdin.write_all(command(name, rid, payload).as_bytes()).unwrap();
+
+    send(
+        "project_create",
+        "c0",
+        json!({"title": "t", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["swarm1"], "tasks": [7]}),
+    );
+    let r = wait_for(&rx, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "c0");
+    assert_eq!(r["data"]["reason"], "Task #1 must be an object", "{r}");
+    send(
+        "project_create",
+        "c1",
+        json!({"title": "t", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["swarm1"], "tasks": []}),
+    );
+    let r = wait_for(&rx, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "c1");
+    assert_eq!(r["data"]["reason"], "project requires at least one task", "{r}");
+    send(
+        "project_create",
+        "c2",
+        json!({"title": "t", "repo_mode": "github", "github_owner": "o", "github_repo": "r", "worker_swarm_ids": ["swarm1"], "tasks": []}),
+    );
+    let r = wait_for(&rx, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "c2");
+    assert!(r["data"]["reason"].as_str().unwrap().starts_with("GitHub repositories are not supported here"), "{r}");
+
+    let tasks = json!([task("T-001", "Write it.", &[]), task("T-002", "Then this.", &["T-001"])]);
+    send(
+        "project_create",
+        "c3",
+        json!({"title": "Routed", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["swarm1"],
+        "base_branch": "main", "workspace_subdir": "repo", "tasks": tasks, "auto_start": true}),
+    );
+    let created = wait_for(&rx, "project_created", |v| v["event"] == "project_created" && v["data"]["request_id"] == "c3");
+    let id = created["data"]["project_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["data"]["title"], "Routed");
+    let started = wait_for(&rx, "project_started", |v| v["event"] == "project_started" && v["data"]["request_id"] == "c3");
+    assert_eq!((started["data"]["project_id"].as_str(), started["data"]["status"].as_str()), (Some(id.as_str()), Some("running")));
+    let done = crate::support::eventually(Duration::from_secs(120), "the project completed", || {
+        send("project_list", "l1", json!({}));
+        let list = wait_for(&rx, "project_list", |v| v["event"] == "project_list" && v["data"]["request_id"] == "l1");
+        let p = list["data"]["projects"][&id].clone();
+        (p["status"] == "completed").then_some(p)
+    });
+    assert_eq!(done["task_counts"]["completed"], 3, "{done:#}");
+    assert_eq!(plane.json(&["project", "status", &id, "--json"])["status"], "completed");
+    send("project_start", "s1", json!({"project_id": "nope"}));
+    let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "s1");
+    assert_eq!(r["data"]["reason"], "unknown project_id", "{r}");
+    drop(stdin);
+    let _ = router.wait();
+}

@@ -28,7 +28,7 @@ fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Value> {
 
 /// `clawfleet router --stdio` against `plane` (found through its data directory only): the
 /// process, its stdin, and its events.
-fn stdio_router(plane: &Plane) -> (std::process::Child, std::process::ChildStdin, mpsc::Receiver<Value>) {
+pub fn stdio_router(plane: &Plane) -> (std::process::Child, std::process::ChildStdin, mpsc::Receiver<Value>) {
     let mut router = Command::new(BIN)
         .args(["router", "--stdio"])
         .env("CLAWFLEET_DATA", plane.data())
@@ -45,11 +45,11 @@ fn stdio_router(plane: &Plane) -> (std::process::Child, std::process::ChildStdin
 }
 
 /// Waits for an event matching `f`, collecting what came before.
-fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_for(rx: &mpsc::Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     wait_within(rx, 30, what, f)
 }
 
-fn command(name: &str, request_id: &str, payload: Value) -> String {
+pub fn command(name: &str, request_id: &str, payload: Value) -> String {
     json!({"protocol": "codeswarm.router.v1", "type": "command", "command": name, "request_id": request_id, "payload": payload}).to_string()
         + "\n"
 }
@@ -202,7 +202,7 @@ fn tcp_router_sends_every_event_to_every_client() {
 }
 
 /// Like [`wait_for`], with a deadline of `secs` seconds.
-fn wait_within(rx: &mpsc::Receiver<Value>, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_within(rx: &mpsc::Receiver<Value>, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut seen = Vec::new();
     loop {
