@@ -704,7 +704,7 @@ pub(crate) struct ProjectCreateArgs {
     pub file: PathBuf,
     #[arg(long)]
     pub title: Option<String>,
-    /// The project's git repository (a local path).
+    /// The project's git repository (a local path); none: a project of plain tasks.
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// The fleets whose agents work on it, comma-separated.

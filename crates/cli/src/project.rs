@@ -84,7 +84,7 @@ async fn create(args: ProjectCreateArgs) -> anyhow::Result<ExitCode> {
     if args.start {
         obj.insert("auto_start".into(), true.into());
     }
-    for (field, flag) in [("title", "--title"), ("repo_path", "--repo"), ("worker_swarm_ids", "--workers")] {
+    for (field, flag) in [("title", "--title"), ("worker_swarm_ids", "--workers")] {
         if !obj.contains_key(field) {
             bail!("the project has no {field}: give it in the file or with {flag}");
         }

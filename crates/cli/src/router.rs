@@ -221,6 +221,9 @@ fn project_request(p: &Map<String, Value>) -> anyhow::Result<ProjectCreate> {
         anyhow::bail!("GitHub repositories are not supported here: give repo_path, a local git repository");
     }
     let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+    if text("title").is_none_or(|t| t.trim().is_empty()) || text("repo_path").is_none_or(|r| r.trim().is_empty()) {
+        anyhow::bail!("project requires title and repo_path");
+    }
     let tasks = match p.get("tasks") {
         Some(Value::Array(items)) => items
             .iter()

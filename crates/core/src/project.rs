@@ -415,12 +415,32 @@ pub struct ProjectInfo<'a> {
     pub workspace_subdir: &'a str,
 }
 
+/// Items as `- item` lines, or `- none` when there are none.
+fn bullets(items: &[String], none: &str) -> String {
+    if items.is_empty() { format!("- {none}") } else { items.iter().map(|i| format!("- {i}")).collect::<Vec<_>>().join("\n") }
+}
+
+/// The task prompt of a project with no repository: the reference's, without its git.
+pub fn plain_task_prompt(p: ProjectInfo<'_>, t: &TaskSpec) -> String {
+    format!(
+        "You are executing orchestrated project task {id}.\n\nProject: {title}\n\nTask title: {task_title}\nTask prompt:\n{prompt}\n\n\
+         Dependencies:\n{deps}\n\nAcceptance criteria:\n{criteria}\n\n\
+         Operate only on this task's scope.\n\
+         Your final answer must be the TASK_RESULT block only, with no extra prose before or after it.\n\
+         Return a structured result using this exact header and keys:\n\n\
+         TASK_RESULT\ntask_id: {id}\nstatus: done|blocked|failed|needs_followups\nverification:\n- <command or check>\nnotes: <short summary>",
+        id = t.task_id,
+        title = p.title,
+        task_title = t.title,
+        prompt = t.prompt,
+        deps = bullets(&t.depends_on, "none"),
+        criteria = bullets(&t.acceptance_criteria, "Satisfy the task prompt and describe any verification you ran."),
+    )
+}
+
 /// The reference router's task prompt, word for word (its workers read it).
 pub fn task_prompt(p: ProjectInfo<'_>, t: &TaskSpec) -> String {
     let branch = if t.kind == TaskKind::Integration { integration_branch(p.project_id) } else { task_branch(p.project_id, &t.task_id) };
-    let bullets = |items: &[String], none: &str| {
-        if items.is_empty() { format!("- {none}") } else { items.iter().map(|i| format!("- {i}")).collect::<Vec<_>>().join("\n") }
-    };
     let base = if p.base_branch.is_empty() { "current checkout" } else { p.base_branch };
     format!(
         "You are executing orchestrated project task {id}.\n\

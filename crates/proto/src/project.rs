@@ -112,7 +112,9 @@ fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 #[serde(deny_unknown_fields)]
 pub struct ProjectCreate {
     pub title: String,
-    /// The repository: a local path with a `.git`, which each worker clones.
+    /// The repository: a local path with a `.git`, which each worker clones. None (empty): a
+    /// project of plain tasks, with no code (the reference router always has one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub repo_path: String,
     /// The fleets whose agents work on it (the router's swarm ids or aliases: fleet names).
     pub worker_swarm_ids: Vec<String>,

@@ -116,10 +116,11 @@ async fn dispatch(app: &App, p: &ProjectView, busy: &mut HashSet<(String, u32)>)
     }
     let info =
         ProjectInfo { project_id: &p.project_id, title: &p.title, base_branch: &p.base_branch, workspace_subdir: &p.workspace_subdir };
+    let code = !p.repo_path.is_empty();
     for (t, w) in rules::assign(&tasks, idle.len(), now) {
         let (row, slot) = &idle[w];
         let spec = &tasks[t].spec;
-        let prompt = rules::task_prompt(info, spec);
+        let prompt = if code { rules::task_prompt(info, spec) } else { rules::plain_task_prompt(info, spec) };
         let branch = branch_of(&p.project_id, spec);
         let id = uuid::Uuid::now_v7().to_string();
         let request_id = format!("project:{}:{}:{}", p.project_id, spec.task_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -174,7 +175,7 @@ async fn collect_branch(app: &App, ended: Ended) -> Ended {
     let Ok(answer) = &ended.answer else { return ended };
     let (project, task_id) = (ended.project.clone(), ended.task_id.clone());
     let Ok(p) = app.db.run(move |s| s.project(&project, now_ms())).await else { return ended };
-    let Some(task) = p.tasks.get(&task_id) else { return ended };
+    let Some(task) = p.tasks.get(&task_id).filter(|_| !p.repo_path.is_empty()) else { return ended };
     let attempts = task.attempts;
     let outcome = rules::judge(answer, attempts);
     if outcome.status != TaskStatus::Completed {
@@ -213,6 +214,9 @@ pub(crate) async fn start(app: Arc<App>, project: ProjectView) {
 }
 
 async fn prepare(app: &App, p: &ProjectView) -> Result<(), String> {
+    if p.repo_path.is_empty() {
+        return Ok(());
+    }
     let repo = PathBuf::from(&p.repo_path);
     for fleet in &p.worker_swarm_ids {
         let f = fleet.clone();

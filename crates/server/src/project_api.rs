@@ -35,8 +35,8 @@ pub(super) async fn create(
     JsonBody(req): JsonBody<ProjectCreate>,
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
     let title = req.title.trim().to_owned();
-    if title.is_empty() || req.repo_path.trim().is_empty() {
-        return Err(ApiError::bad_request("project requires title and repo_path"));
+    if title.is_empty() {
+        return Err(ApiError::bad_request("project requires title"));
     }
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::bad_request(format!("a project's title has at most {MAX_TITLE_CHARS} characters")));
@@ -72,21 +72,26 @@ pub(super) async fn create(
     if !plain(&subdir, false) {
         return Err(ApiError::bad_request("workspace_subdir must be one plain directory name, such as repo"));
     }
-    let repo = Path::new(req.repo_path.trim());
-    if !repo.is_absolute() {
-        return Err(ApiError::bad_request("repo_path must be an absolute path"));
-    }
-    let repo = repo.canonicalize().map_err(|e| ApiError::bad_request(format!("repo_path {}: {e}", repo.display())))?;
-    let (r, b) = (repo.clone(), base.clone());
-    tokio::task::spawn_blocking(move || git::check_repo(&r, &b))
-        .await
-        .map_err(|e| ApiError::internal("checking the repository", e))?
-        .map_err(ApiError::bad_request)?;
+    // No repository: a project of plain tasks (no clones, no branches, no integration task).
+    let repo_path = if req.repo_path.trim().is_empty() {
+        String::new()
+    } else {
+        let repo = Path::new(req.repo_path.trim());
+        if !repo.is_absolute() {
+            return Err(ApiError::bad_request("repo_path must be an absolute path"));
+        }
+        let repo = repo.canonicalize().map_err(|e| ApiError::bad_request(format!("repo_path {}: {e}", repo.display())))?;
+        let (r, b) = (repo.clone(), base.clone());
+        tokio::task::spawn_blocking(move || git::check_repo(&r, &b))
+            .await
+            .map_err(|e| ApiError::internal("checking the repository", e))?
+            .map_err(ApiError::bad_request)?;
+        repo.display().to_string()
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let tasks = rules::normalize(req.tasks).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let tasks = rules::with_integration(tasks, &id, &base);
+    let tasks = if repo_path.is_empty() { tasks } else { rules::with_integration(tasks, &id, &base) };
     let actor = caller.0.audit_name();
-    let repo_path = repo.display().to_string();
     let (pid, t) = (id.clone(), title.clone());
     let (view, _) = app
         .hub

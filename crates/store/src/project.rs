@@ -115,7 +115,7 @@ fn load(c: &Connection, id: &str, now_ms: u64) -> Result<ProjectView> {
                     title: r.get(1)?,
                     repo_label: r.get(2)?,
                     repo_path: r.get(2)?,
-                    repo_mode: "local_path".to_owned(),
+                    repo_mode: if r.get::<_, String>(2)?.is_empty() { "none" } else { "local_path" }.to_owned(),
                     base_branch: r.get(3)?,
                     workspace_subdir: r.get(4)?,
                     worker_swarm_ids: workers,
