@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -25,6 +25,7 @@ mod deploy;
 mod docker;
 mod leader;
 mod model;
+mod projects;
 mod security;
 mod slurm;
 
@@ -195,6 +196,17 @@ impl Plane {
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Every stored event of a fleet.
+    async fn events(&self, fleet: &str) -> anyhow::Result<Vec<Event>> {
+        let params = [("fleet", fleet.to_owned()), ("since", "0".to_owned()), ("follow", "false".to_owned())];
+        let mut stream = Box::pin(self.client.events(&params).await?);
+        let mut out = Vec::new();
+        while let Some(e) = stream.next().await {
+            out.push(e?);
+        }
+        Ok(out)
     }
 
     /// Live events of a fleet, each with the time it reached this client.
@@ -538,6 +550,7 @@ async fn main() -> anyhow::Result<()> {
         ("deploy", 7),
         ("leader", 8),
         ("clawbucket", 9),
+        ("projects", 10),
         ("docker", 4),
         ("slurm", 5),
         ("model", 3),
@@ -556,6 +569,7 @@ async fn main() -> anyhow::Result<()> {
             7 => deploy::run(&a, &mut rows).await,
             8 => leader::run(&a, &mut rows).await,
             9 => clawbucket::run(&a, &mut rows).await,
+            10 => projects::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);

@@ -300,57 +300,88 @@ fn overlap(a: &[&str], b: &[&str]) -> bool {
     a.iter().any(|x| b.iter().any(|y| x == y || under(x, y) || under(y, x)))
 }
 
-/// Why a pending task cannot run now, if it cannot.
-fn obstacle(tasks: &[TaskState], i: usize, now_ms: u64) -> Option<String> {
-    let t = &tasks[i];
-    if t.status != TaskStatus::Pending {
-        return Some(format!("it is {}", t.status));
+/// What scheduling looks up, built once for a graph: each task's status by id, and the paths
+/// of the assigned tasks that claim some.
+struct Board<'a> {
+    status: HashMap<&'a str, TaskStatus>,
+    /// (task id, paths) of each assigned task with paths.
+    claimed: Vec<(&'a str, Vec<&'a str>)>,
+}
+
+impl<'a> Board<'a> {
+    fn of(tasks: &'a [TaskState]) -> Board<'a> {
+        let status = tasks.iter().map(|t| (t.spec.task_id.as_str(), t.status)).collect();
+        let claimed = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Assigned)
+            .map(|t| (t.spec.task_id.as_str(), paths(&t.spec)))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        Board { status, claimed }
     }
-    let status_of = |id: &str| tasks.iter().find(|x| x.spec.task_id == id).map(|x| x.status);
-    if let Some(dep) = t.spec.depends_on.iter().find(|d| status_of(d) != Some(TaskStatus::Completed)) {
-        let s = status_of(dep).map_or("unknown".to_owned(), |s| s.to_string());
-        return Some(format!("it waits on {dep}, which is {s}"));
-    }
-    let mine = paths(&t.spec);
-    if let Some(other) = tasks.iter().find(|x| x.status == TaskStatus::Assigned && overlap(&mine, &paths(&x.spec))) {
-        return Some(format!("{} (assigned) owns a path it owns", other.spec.task_id));
-    }
-    match t.not_before_ms {
-        Some(at) if at > now_ms => Some(format!("its retry is due in {} s", (at - now_ms).div_ceil(1000))),
-        _ => None,
+
+    /// Why a pending task cannot run now, if it cannot.
+    fn obstacle(&self, t: &TaskState, now_ms: u64) -> Option<String> {
+        if t.status != TaskStatus::Pending {
+            return Some(format!("it is {}", t.status));
+        }
+        let status_of = |id: &str| self.status.get(id).copied();
+        if let Some(dep) = t.spec.depends_on.iter().find(|d| status_of(d) != Some(TaskStatus::Completed)) {
+            let s = status_of(dep).map_or("unknown".to_owned(), |s| s.to_string());
+            return Some(format!("it waits on {dep}, which is {s}"));
+        }
+        let mine = paths(&t.spec);
+        if !mine.is_empty()
+            && let Some((other, _)) = self.claimed.iter().find(|(_, theirs)| overlap(&mine, theirs))
+        {
+            return Some(format!("{other} (assigned) owns a path it owns"));
+        }
+        match t.not_before_ms {
+            Some(at) if at > now_ms => Some(format!("its retry is due in {} s", (at - now_ms).div_ceil(1000))),
+            _ => None,
+        }
     }
 }
 
 /// The tasks that could run now, in the graph's order.
 pub fn ready(tasks: &[TaskState], now_ms: u64) -> Vec<usize> {
-    (0..tasks.len()).filter(|&i| obstacle(tasks, i, now_ms).is_none()).collect()
+    let board = Board::of(tasks);
+    (0..tasks.len()).filter(|&i| board.obstacle(&tasks[i], now_ms).is_none()).collect()
 }
 
 /// Assigns ready tasks, in the graph's order, to `idle` workers, in their order: at most one
 /// task a worker, and no two assigned tasks owning one path. Returns (task, worker) indices;
 /// the caller marks them assigned.
 pub fn assign(tasks: &[TaskState], idle: usize, now_ms: u64) -> Vec<(usize, usize)> {
-    let mut tasks = tasks.to_vec();
+    let mut board = Board::of(tasks);
     let mut out = Vec::new();
-    for worker in 0..idle {
-        let Some(&t) = ready(&tasks, now_ms).first() else { break };
-        tasks[t].status = TaskStatus::Assigned;
-        out.push((t, worker));
+    for (i, t) in tasks.iter().enumerate() {
+        if out.len() == idle {
+            break;
+        }
+        if board.obstacle(t, now_ms).is_none() {
+            let mine = paths(&t.spec);
+            if !mine.is_empty() {
+                board.claimed.push((t.spec.task_id.as_str(), mine));
+            }
+            out.push((i, out.len()));
+        }
     }
     out
 }
 
 /// How many tasks are where (the reference's `task_counts`).
 pub fn counts(tasks: &[TaskState], now_ms: u64) -> TaskCounts {
+    let board = Board::of(tasks);
     let mut c = TaskCounts::default();
-    for (i, t) in tasks.iter().enumerate() {
+    for t in tasks {
         match t.status {
             TaskStatus::Assigned => c.assigned += 1,
             TaskStatus::Completed => c.completed += 1,
             TaskStatus::Failed => c.failed += 1,
             TaskStatus::Pending => {
                 c.pending += 1;
-                if obstacle(tasks, i, now_ms).is_none() { c.ready += 1 } else { c.blocked += 1 }
+                if board.obstacle(t, now_ms).is_none() { c.ready += 1 } else { c.blocked += 1 }
             }
         }
     }
@@ -378,8 +409,9 @@ pub fn status(stored: ProjectStatus, tasks: &[TaskState], now_ms: u64) -> Projec
 
 /// What holds a project up: each task that cannot run, and why (a failed task with its error).
 pub fn stuck(tasks: &[TaskState], errors: &dyn Fn(&str) -> Option<String>, now_ms: u64) -> Vec<String> {
+    let board = Board::of(tasks);
     let mut out = Vec::new();
-    for (i, t) in tasks.iter().enumerate() {
+    for t in tasks {
         match t.status {
             TaskStatus::Failed => {
                 let why = errors(&t.spec.task_id).unwrap_or_else(|| "no reason given".to_owned());
@@ -391,7 +423,7 @@ pub fn stuck(tasks: &[TaskState], errors: &dyn Fn(&str) -> Option<String>, now_m
                 ));
             }
             TaskStatus::Pending => {
-                if let Some(why) = obstacle(tasks, i, now_ms) {
+                if let Some(why) = board.obstacle(t, now_ms) {
                     out.push(format!("{}: {why}", t.spec.task_id));
                 }
             }

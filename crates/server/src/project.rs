@@ -61,7 +61,7 @@ async fn step(app: &App) -> Result<(), StoreError> {
             }
         }
     }
-    let projects = app.db.run(|s| s.projects(now_ms())).await?;
+    let projects = app.db.run(|s| s.running_projects(now_ms())).await?;
     let mut busy: HashSet<(String, u32)> = app.db.run(|s| s.task_holders()).await?;
     for project in projects.iter().filter(|p| p.status == ProjectStatus::Running) {
         dispatch(app, project, &mut busy).await?;
@@ -173,9 +173,13 @@ async fn clone_dir(app: &App, fleet: &str, slot: u32, subdir: &str) -> Option<Pa
 /// the project's repository; a branch that is not there makes the attempt a failed one.
 async fn collect_branch(app: &App, ended: Ended) -> Ended {
     let Ok(answer) = &ended.answer else { return ended };
+    let project = ended.project.clone();
+    if app.db.run(move |s| s.project_repo(&project)).await.is_ok_and(|r| r.is_empty()) {
+        return ended;
+    }
     let (project, task_id) = (ended.project.clone(), ended.task_id.clone());
     let Ok(p) = app.db.run(move |s| s.project(&project, now_ms())).await else { return ended };
-    let Some(task) = p.tasks.get(&task_id).filter(|_| !p.repo_path.is_empty()) else { return ended };
+    let Some(task) = p.tasks.get(&task_id) else { return ended };
     let attempts = task.attempts;
     let outcome = rules::judge(answer, attempts);
     if outcome.status != TaskStatus::Completed {

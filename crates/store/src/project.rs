@@ -165,6 +165,15 @@ fn head(tx: &Transaction<'_>, id: &str) -> Result<(ProjectStatus, String)> {
 /// attention), with a `project_status` event when it changed.
 fn refresh(tx: &Transaction<'_>, id: &str, now_ms: u64, at: &str) -> Result<Option<Event>> {
     let (stored, home) = head(tx, id)?;
+    // Most answers change nothing: a running project with tasks left and none failed runs on.
+    let (total, completed, failed): (u32, u32, u32) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(status = 'completed'), 0), COALESCE(SUM(status = 'failed'), 0) FROM project_tasks WHERE project = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if stored == ProjectStatus::Running && failed == 0 && completed < total {
+        return Ok(None);
+    }
     let now = load(tx, id, now_ms)?.status;
     if now == stored {
         return Ok(None);
@@ -222,6 +231,26 @@ impl Store {
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             ids.iter().map(|id| load(c, id, now_ms)).collect()
+        })
+    }
+
+    /// The projects whose stored status is running, oldest first: those the project loop serves.
+    pub fn running_projects(&self, now_ms: u64) -> Result<Vec<ProjectView>> {
+        self.with(|c| {
+            let ids: Vec<String> = c
+                .prepare_cached("SELECT id FROM projects WHERE status = 'running' ORDER BY rowid")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            ids.iter().map(|id| load(c, id, now_ms)).collect()
+        })
+    }
+
+    /// A project's repository (empty: a project of plain tasks).
+    pub fn project_repo(&self, id: &str) -> Result<String> {
+        self.with(|c| {
+            c.query_row("SELECT repo_path FROM projects WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::NoProject(id.chars().take(64).collect()))
         })
     }
 
