@@ -695,6 +695,54 @@ pub(crate) enum ProjectCommand {
     Status(ProjectStatusArgs),
     /// Start a project (or start it again after it needed attention).
     Start(ProjectStartArgs),
+    /// Have a planner agent turn a spec into the project's task graph (codeswarm's
+    /// project_plan); an answer that is no valid graph fails the plan, which can be retried.
+    Plan(ProjectPlanArgs),
+    /// Every plan: queued, planning, completed (with its project) or failed (with the reason).
+    Plans(ProjectListArgs),
+    /// Queue a failed plan again.
+    PlanRetry(PlanRetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectPlanArgs {
+    /// The specification (a text file; `-` reads stdin).
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// The fleet whose agent plans it.
+    #[arg(long)]
+    pub planner: String,
+    /// The fleets whose agents work on it, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub workers: Vec<String>,
+    #[arg(long)]
+    pub title: String,
+    /// The project's git repository (a local path); none: a project of plain tasks.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    #[arg(long)]
+    pub base_branch: Option<String>,
+    /// Start the project once it is planned.
+    #[arg(long)]
+    pub start: bool,
+    /// Wait until it is planned (with --start: until the project is completed).
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanRetryArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

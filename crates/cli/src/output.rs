@@ -220,6 +220,10 @@ impl EventPrinter {
                     error.as_deref().map(|e| format!(": {}", short(e, 80))).unwrap_or_default()
                 )
             }
+            EventBody::PlanQueued { plan_id, title } => format!("plan {plan_id} queued: {title}"),
+            EventBody::PlanStarted { plan_id } => format!("plans {plan_id}"),
+            EventBody::PlanCompleted { plan_id, project_id } => format!("plan {plan_id} became project {project_id}"),
+            EventBody::PlanFailed { plan_id, reason } => format!("plan {plan_id} failed: {}", short(reason, 100)),
             EventBody::DeployStarted { deploy, version, .. } => format!("deploy #{deploy}: to version {version}"),
             EventBody::DeployProgress { deploy, ready, replicas } => format!("deploy #{deploy}: {ready}/{replicas} agents passed the gate"),
             EventBody::DeployFinished { deploy, outcome, reason } => {

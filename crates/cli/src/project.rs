@@ -4,9 +4,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clawfleet_proto::project::{ProjectCreate, ProjectList, ProjectStatus, ProjectView, TaskStatus};
+use clawfleet_proto::project::{
+    PlanCreate, PlanList, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, TaskStatus,
+};
 
-use crate::args::{ProjectCommand, ProjectCreateArgs, ProjectListArgs, ProjectStartArgs, ProjectStatusArgs};
+use crate::args::{
+    PlanRetryArgs, ProjectCommand, ProjectCreateArgs, ProjectListArgs, ProjectPlanArgs, ProjectStartArgs, ProjectStatusArgs,
+};
 use crate::client::Client;
 use crate::fleet::print_json;
 use crate::output::{Progress, table};
@@ -17,7 +21,108 @@ pub(crate) async fn run(command: ProjectCommand) -> anyhow::Result<ExitCode> {
         ProjectCommand::List(a) => list(a).await,
         ProjectCommand::Status(a) => status(a).await,
         ProjectCommand::Start(a) => start(a).await,
+        ProjectCommand::Plan(a) => plan(a).await,
+        ProjectCommand::Plans(a) => plans(a).await,
+        ProjectCommand::PlanRetry(a) => plan_retry(a).await,
     }
+}
+
+fn print_plan(p: &PlanView) {
+    let project = p.project_id.as_deref().map(|id| format!(", project {id}")).unwrap_or_default();
+    outln!("plan {}: {} (attempt {}{project})", p.plan_id, p.status, p.attempts);
+    outln!("title: {} · planner: {} · workers: {}", p.title, p.planner_swarm_id, p.worker_swarm_ids.join(", "));
+    if let Some(e) = &p.last_error {
+        outln!("error: {e}");
+    }
+}
+
+async fn plan(args: ProjectPlanArgs) -> anyhow::Result<ExitCode> {
+    let spec = if args.spec.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the spec from stdin")?
+    } else {
+        std::fs::read_to_string(&args.spec).with_context(|| format!("reading the spec {}", args.spec.display()))?
+    };
+    let repo_path = match &args.repo {
+        Some(r) => std::fs::canonicalize(r).with_context(|| format!("--repo {}", r.display()))?.display().to_string(),
+        None => String::new(),
+    };
+    let req = PlanCreate {
+        title: args.title.clone(),
+        repo_path,
+        spec,
+        planner_swarm_id: args.planner.clone(),
+        worker_swarm_ids: args.workers.clone(),
+        base_branch: args.base_branch.clone(),
+        workspace_subdir: None,
+        auto_start: args.start,
+    };
+    let client = args.client.client()?;
+    let mut p: PlanView = client.post("/api/v1/plans", &req).await?;
+    if !args.wait {
+        if args.json {
+            print_json(&p);
+        } else {
+            print_plan(&p);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let began = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    while matches!(p.status, PlanStatus::Queued | PlanStatus::Planning) {
+        if began.elapsed() > timeout {
+            bail!("plan {} is still {} after {} s", p.plan_id, p.status, timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p = client.get(&format!("/api/v1/plans/{}", p.plan_id)).await?;
+    }
+    match (&p.project_id, args.start) {
+        (Some(id), true) => {
+            let project: ProjectView = client.get(&format!("/api/v1/projects/{id}")).await?;
+            let project = wait(&client, project, timeout.saturating_sub(began.elapsed())).await?;
+            finish(&project, args.json, true)
+        }
+        _ => {
+            if args.json {
+                print_json(&p);
+            } else {
+                print_plan(&p);
+            }
+            Ok(if p.status == PlanStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+async fn plans(args: ProjectListArgs) -> anyhow::Result<ExitCode> {
+    let list: PlanList = args.client.client()?.get("/api/v1/plans").await?;
+    if args.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .plans
+        .iter()
+        .map(|p| {
+            vec![
+                p.plan_id.clone(),
+                p.status.to_string(),
+                p.project_id.clone().unwrap_or_default(),
+                p.title.clone(),
+                p.last_error.clone().unwrap_or_default().chars().take(60).collect(),
+            ]
+        })
+        .collect();
+    out!("{}", table(&["ID", "STATUS", "PROJECT", "TITLE", "ERROR"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plan_retry(args: PlanRetryArgs) -> anyhow::Result<ExitCode> {
+    let p: PlanView = args.client.client()?.post(&format!("/api/v1/plans/{}/retry", args.id), &serde_json::json!({})).await?;
+    if args.json {
+        print_json(&p);
+    } else {
+        print_plan(&p);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn counts_line(p: &ProjectView) -> String {

@@ -20,7 +20,7 @@ use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_proto::project::{ProjectCreate, ProjectList, ProjectStatus, ProjectView};
+use clawfleet_proto::project::{PlanCreate, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView};
 use clawfleet_proto::router::{
     self as proto, Command, Nodes, ProjectCommand, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons,
 };
@@ -149,6 +149,11 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::ProjectStatus { .. }
         | EventBody::ProjectTaskAssigned { .. }
         | EventBody::ProjectTaskResult { .. }
+        // Plans are followed by the command that queued them, with its request id.
+        | EventBody::PlanQueued { .. }
+        | EventBody::PlanStarted { .. }
+        | EventBody::PlanCompleted { .. }
+        | EventBody::PlanFailed { .. }
         | EventBody::DeployStarted { .. }
         | EventBody::DeployProgress { .. }
         | EventBody::DeployFinished { .. }
@@ -252,6 +257,30 @@ fn project_request(p: &Map<String, Value>) -> anyhow::Result<ProjectCreate> {
     })
 }
 
+/// A `project_plan` payload as a plan request, refused in the reference's words.
+fn plan_request(p: &Map<String, Value>) -> anyhow::Result<PlanCreate> {
+    let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned).filter(|s| !s.trim().is_empty());
+    let (Some(title), Some(repo_path), Some(spec), Some(planner)) =
+        (text("title"), text("repo_path"), text("spec"), text("planner_swarm_id"))
+    else {
+        anyhow::bail!("project_plan requires title, repo_path, spec, and planner_swarm_id");
+    };
+    let workers = match p.get("worker_swarm_ids") {
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    Ok(PlanCreate {
+        title,
+        repo_path,
+        spec,
+        planner_swarm_id: planner,
+        worker_swarm_ids: workers,
+        base_branch: text("base_branch"),
+        workspace_subdir: text("workspace_subdir"),
+        auto_start: p.get("auto_start").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
 /// The router's shared state.
 struct Router {
     client: Client,
@@ -296,6 +325,55 @@ impl Router {
         d.insert("project_id".into(), json!(p.project_id));
         d.insert("status".into(), json!(p.status));
         self.reply(&rid, "project_started", d);
+    }
+
+    /// Follows a plan: `project_plan_started` when a planner has it, then `project_created` and
+    /// `project_plan_completed` (and the project's start with `auto_start`), or
+    /// `project_plan_failed` with the reason.
+    async fn planned(self: Arc<Self>, rid: Option<String>, mut p: PlanView) {
+        let path = format!("/api/v1/plans/{}", p.plan_id);
+        let mut started = false;
+        for _ in 0..6000 {
+            if !started && p.status != PlanStatus::Queued {
+                started = true;
+                let mut d = Map::new();
+                d.insert("plan_id".into(), json!(p.plan_id));
+                d.insert("planner_swarm_id".into(), json!(p.planner_swarm_id));
+                d.insert("planner_node_id".into(), json!(p.planner_node_id));
+                d.insert("injection_id".into(), json!(p.injection_id));
+                self.reply(&rid, "project_plan_started", d);
+            }
+            match p.status {
+                PlanStatus::Completed => {
+                    let id = p.project_id.clone().unwrap_or_default();
+                    let project = match self.client.get::<ProjectView>(&format!("/api/v1/projects/{id}")).await {
+                        Ok(project) => project,
+                        Err(e) => return self.reject(&Rejection { request_id: rid, reason: format!("{e:#}"), detail: None }),
+                    };
+                    self.updated(&project);
+                    let mut d = Map::new();
+                    d.insert("project_id".into(), json!(id));
+                    d.insert("title".into(), json!(project.title));
+                    self.reply(&rid, "project_created", d);
+                    self.emit(RouterEvent::new(now(), "project_plan_completed", json!({"plan_id": p.plan_id, "project_id": id})));
+                    if project.status == ProjectStatus::Starting {
+                        self.clone().started(rid, project).await;
+                    }
+                    return;
+                }
+                PlanStatus::Failed => {
+                    let reason = p.last_error.clone().unwrap_or_default();
+                    self.emit(RouterEvent::new(now(), "project_plan_failed", json!({"plan_id": p.plan_id, "reason": reason})));
+                    return;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            match self.client.get::<PlanView>(&path).await {
+                Ok(now) => p = now,
+                Err(e) => return self.reject(&Rejection { request_id: rid, reason: format!("{e:#}"), detail: None }),
+            }
+        }
     }
 
     fn reply(&self, request_id: &Option<String>, name: &str, mut data: Map<String, Value>) {
@@ -510,8 +588,14 @@ impl Router {
                     tokio::spawn(self.clone().started(rid, p));
                 }
             }
-            Command::ProjectNew { command, .. } => {
-                anyhow::bail!("{} is not available yet: create the project from its task graph (project_create)", command.name())
+            Command::ProjectNew { command: _, payload } => {
+                let req = plan_request(&payload)?;
+                let p: PlanView = self.client.post("/api/v1/plans", &req).await?;
+                let mut d = Map::new();
+                d.insert("plan_id".into(), json!(p.plan_id));
+                d.insert("planner_swarm_id".into(), json!(p.planner_swarm_id));
+                self.reply(&rid, "project_plan_queued", d);
+                tokio::spawn(self.clone().planned(rid, p));
             }
             Command::SwarmTerminate { swarm_id } => {
                 let s = self.fleet_of(&rid, &swarm_id, FleetWords::STATUS).await?;

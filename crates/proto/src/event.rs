@@ -188,6 +188,16 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A plan was queued (on its planner fleet), given to a planner agent (the event's, with
+    /// its injection), turned into its project, or refused with the reason.
+    #[serde(rename = "project_plan_queued")]
+    PlanQueued { plan_id: String, title: String },
+    #[serde(rename = "project_plan_started")]
+    PlanStarted { plan_id: String },
+    #[serde(rename = "project_plan_completed")]
+    PlanCompleted { plan_id: String, project_id: String },
+    #[serde(rename = "project_plan_failed")]
+    PlanFailed { plan_id: String, reason: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -232,6 +242,10 @@ impl EventBody {
             EventBody::ProjectStatus { .. } => "project_status",
             EventBody::ProjectTaskAssigned { .. } => "project_task_assigned",
             EventBody::ProjectTaskResult { .. } => "project_task_result",
+            EventBody::PlanQueued { .. } => "project_plan_queued",
+            EventBody::PlanStarted { .. } => "project_plan_started",
+            EventBody::PlanCompleted { .. } => "project_plan_completed",
+            EventBody::PlanFailed { .. } => "project_plan_failed",
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",
@@ -370,6 +384,10 @@ mod tests {
             EventBody::CouncilFailed { council: 1, unclaimed: vec!["planner".into()] },
             EventBody::CouncilClosed { council: 1, by: "admin".into() },
             EventBody::ProjectCreated { project_id: "p".into(), title: "t".into(), tasks: 3 },
+            EventBody::PlanQueued { plan_id: "pl".into(), title: "t".into() },
+            EventBody::PlanStarted { plan_id: "pl".into() },
+            EventBody::PlanCompleted { plan_id: "pl".into(), project_id: "p".into() },
+            EventBody::PlanFailed { plan_id: "pl".into(), reason: "TASK_GRAPH_JSON block missing or malformed".into() },
             EventBody::ProjectStatus { project_id: "p".into(), status: crate::project::ProjectStatus::Attention, last_error: None },
             EventBody::ProjectTaskAssigned { project_id: "p".into(), task_id: "T-001".into(), attempt: 1 },
             EventBody::ProjectTaskResult {

@@ -207,6 +207,63 @@ pub struct ProjectView {
     pub updated_at: f64,
 }
 
+named_enum! {
+    /// Where a plan is: waiting for an idle planner, with one, turned into its project, or
+    /// refused (its answer was no valid task graph: it can be retried).
+    pub enum PlanStatus ("plan status") {
+        Queued = "queued",
+        Planning = "planning",
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
+/// A request to plan a project (codeswarm's `project_plan`): a planner agent turns `spec`
+/// into the task graph.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCreate {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repo_path: String,
+    pub spec: String,
+    /// The fleet whose agent plans it.
+    pub planner_swarm_id: String,
+    pub worker_swarm_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_subdir: Option<String>,
+    /// Start the project as soon as it is planned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_start: bool,
+}
+
+/// A plan as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub plan_id: String,
+    pub title: String,
+    pub repo_path: String,
+    pub planner_swarm_id: String,
+    pub planner_node_id: Option<u32>,
+    pub worker_swarm_ids: Vec<String>,
+    pub status: PlanStatus,
+    pub attempts: u32,
+    pub injection_id: Option<String>,
+    /// The project it became.
+    pub project_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+/// Every plan the caller may read, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanList {
+    pub plans: Vec<PlanView>,
+}
+
 /// Every project the caller may read, by id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProjectList {

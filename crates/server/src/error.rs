@@ -69,6 +69,8 @@ impl From<StoreError> for ApiError {
             StoreError::CouncilLive { .. } => ApiError::new(StatusCode::CONFLICT, "council_open", e.to_string()),
             StoreError::CouncilOver(..) | StoreError::NoActiveCouncil(_) | StoreError::NoRole { .. } => ApiError::conflict(e.to_string()),
             StoreError::NoProject(_) => ApiError::new(StatusCode::NOT_FOUND, "no_project", e.to_string()),
+            StoreError::NoPlan(_) => ApiError::new(StatusCode::NOT_FOUND, "no_plan", e.to_string()),
+            StoreError::PlanNotFailed(..) => ApiError::conflict(e.to_string()),
             StoreError::NoCouncil(..) => ApiError::new(StatusCode::NOT_FOUND, "no_council", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }

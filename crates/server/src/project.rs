@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use clawfleet_core::liveness::AgentState;
 use clawfleet_core::project::{self as rules, ProjectInfo, TaskSpec, TaskState};
 use clawfleet_proto::project::{ProjectStatus, ProjectView, TaskKind, TaskStatus};
-use clawfleet_store::{Ended, NewInjection, Pending, StoreError};
+use clawfleet_store::{Ended, NewInjection, NewProject, Pending, StoreError};
 use tokio::sync::watch;
 
 use crate::app::App;
@@ -44,7 +44,8 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn step(app: &App) -> Result<(), StoreError> {
+async fn step(app: &Arc<App>) -> Result<(), StoreError> {
+    plans(app).await?;
     for ended in app.db.run(|s| s.ended_attempts()).await? {
         let ended = collect_branch(app, ended).await;
         let at = clock::now_rfc3339();
@@ -55,7 +56,14 @@ async fn step(app: &App) -> Result<(), StoreError> {
     for (fleet, slot) in &holders {
         if app.live.state(fleet, *slot, mono) == AgentState::Lost {
             let (f, s, at) = (fleet.clone(), *slot, clock::now_rfc3339());
-            let (_, events) = app.hub.write(move |st| Ok(((), st.give_back_task(&f, s, now_ms(), &at)?))).await?;
+            let (_, events) = app
+                .hub
+                .write(move |st| {
+                    let mut events = st.give_back_task(&f, s, now_ms(), &at)?;
+                    events.extend(st.give_back_plan(&f, s, now_ms(), &at)?);
+                    Ok(((), events))
+                })
+                .await?;
             if !events.is_empty() {
                 tracing::warn!(fleet, slot, "A worker was lost during its task; the task goes back");
             }
@@ -65,6 +73,106 @@ async fn step(app: &App) -> Result<(), StoreError> {
     let mut busy: HashSet<(String, u32)> = app.db.run(|s| s.task_holders()).await?;
     for project in projects.iter().filter(|p| p.status == ProjectStatus::Running) {
         dispatch(app, project, &mut busy).await?;
+    }
+    Ok(())
+}
+
+/// Plans: each planner's answer taken (a valid graph becomes its project, started at once with
+/// `auto_start`; anything else fails the plan with the reason), and each queued plan given to
+/// an idle agent of its planner fleet, with the reference's planner prompt.
+async fn plans(app: &Arc<App>) -> Result<(), StoreError> {
+    for ended in app.db.run(|s| s.ended_plans()).await? {
+        let id = ended.plan_id.clone();
+        let plan = app.db.run(move |s| s.plan(&id)).await?;
+        let project_id = uuid::Uuid::new_v4().to_string();
+        let graph = match &ended.answer {
+            Ok(answer) => {
+                rules::parse_task_graph(answer).map_err(str::to_owned).and_then(|t| rules::normalize(t).map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(format!("the planner failed: {e}")),
+        };
+        let at = clock::now_rfc3339();
+        let events = match graph {
+            Ok(tasks) => {
+                let tasks =
+                    if plan.view.repo_path.is_empty() { tasks } else { rules::with_integration(tasks, &project_id, &plan.base_branch) };
+                let (e, pl, pid) = (ended.clone(), plan.clone(), project_id.clone());
+                let (_, events) = app
+                    .hub
+                    .write(move |s| {
+                        let p = NewProject {
+                            id: &pid,
+                            title: &pl.view.title,
+                            repo_path: &pl.view.repo_path,
+                            base_branch: &pl.base_branch,
+                            workspace_subdir: &pl.workspace_subdir,
+                            workers: &pl.view.worker_swarm_ids,
+                            tasks: &tasks,
+                        };
+                        Ok(((), s.complete_plan(&e, &p, now_ms(), &at)?))
+                    })
+                    .await?;
+                events
+            }
+            Err(reason) => {
+                let e = ended.clone();
+                app.hub.write(move |s| Ok(((), s.fail_plan(&e, &reason, now_ms(), &at)?))).await?.1
+            }
+        };
+        if plan.auto_start && events.iter().any(|e| matches!(e.body, clawfleet_proto::event::EventBody::PlanCompleted { .. })) {
+            let pid = project_id.clone();
+            let at = clock::now_rfc3339();
+            app.hub.write(move |s| Ok(((), s.set_project_status(&pid, ProjectStatus::Starting, None, now_ms(), &at)?))).await?;
+            let view = app.db.run(move |s| s.project(&project_id, now_ms())).await?;
+            tokio::spawn(start(app.clone(), view));
+        }
+    }
+    let queued = app.db.run(|s| s.queued_plans()).await?;
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let mut busy = app.db.run(|s| s.task_holders()).await?;
+    let mono = clock::mono_ms();
+    for plan in queued {
+        let fleet = plan.view.planner_swarm_id.clone();
+        let f = fleet.clone();
+        let Some(row) = app.db.run(move |s| s.fleet(&f)).await? else { continue };
+        let Some(slot) =
+            (0..row.replicas).find(|s| app.live.state(&fleet, *s, mono) == AgentState::Idle && !busy.contains(&(fleet.clone(), *s)))
+        else {
+            continue;
+        };
+        let repo = if plan.view.repo_path.is_empty() { "none (a project of plain tasks)".to_owned() } else { plan.view.repo_path.clone() };
+        if !plan.view.repo_path.is_empty()
+            && let Some(clone) = clone_dir(app, &fleet, slot, &plan.workspace_subdir).await
+        {
+            // The planner may look at the repository before it plans.
+            let (r, b, who) = (PathBuf::from(&plan.view.repo_path), plan.base_branch.clone(), format!("{fleet}/{slot}"));
+            let prepared = tokio::task::spawn_blocking(move || git::prepare_clone(&r, &clone, &b, &who)).await;
+            if let Ok(Err(e)) | Err(e) = prepared.map_err(|e| e.to_string()) {
+                tracing::warn!(plan = %plan.view.plan_id, error = %e, "Could not prepare the planner's clone; it plans without one");
+            }
+        }
+        let prompt = rules::plan_prompt(&plan.view.title, &repo, &plan.workspace_subdir, &plan.base_branch, &plan.spec);
+        let id = uuid::Uuid::now_v7().to_string();
+        let (pid, iid, pr, at) = (plan.view.plan_id.clone(), id.clone(), prompt.clone(), clock::now_rfc3339());
+        let (f, caller) = (fleet.clone(), format!("plan {}", plan.view.plan_id));
+        let (assigned, _) = app
+            .hub
+            .write(move |s| {
+                let targets = [slot];
+                let inj = NewInjection { id: &iid, fleet: &f, prompt: &pr, at: &at, caller: &caller, targets: &targets, request_id: None };
+                match s.assign_plan(&pid, &inj, now_ms())? {
+                    Some((rows, events)) => Ok((Some(rows), events)),
+                    None => Ok((None, Vec::new())),
+                }
+            })
+            .await?;
+        let Some(rows) = assigned else { continue };
+        busy.insert((fleet.clone(), slot));
+        let pending = Pending::Inject { injection_id: id, prompt };
+        let expires = outbox::expires_at(SystemTime::now(), app.inject_timeout(&row));
+        outbox::send_now(app, &fleet, row.replicas, &[slot], &pending, &rows, expires).await;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use clawfleet_core::project as rules;
-use clawfleet_proto::project::{MAX_TITLE_CHARS, ProjectCreate, ProjectList, ProjectStatus, ProjectView};
+use clawfleet_proto::project::{MAX_TITLE_CHARS, PlanCreate, PlanList, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView};
 
 use super::*;
 use crate::project::{git, now_ms};
@@ -28,13 +28,26 @@ fn may_all(app: &App, caller: &Caller, action: Action, fleets: &[String]) -> Res
     fleets.iter().try_for_each(|f| caller.may(app, action, Target::Fleet(f)))
 }
 
-/// Creates a project in `draft` (started at once with `auto_start`).
-pub(super) async fn create(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    JsonBody(req): JsonBody<ProjectCreate>,
-) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
-    let title = req.title.trim().to_owned();
+/// A project's settings, checked: title, worker fleets (each one the caller may inject), base
+/// branch, workspace directory and repository (none: plain tasks).
+struct Settings {
+    title: String,
+    workers: Vec<String>,
+    base: String,
+    subdir: String,
+    repo_path: String,
+}
+
+async fn settings(
+    app: &App,
+    caller: &Caller,
+    title: &str,
+    worker_swarm_ids: &[String],
+    base_branch: Option<&str>,
+    workspace_subdir: Option<&str>,
+    repo_path: &str,
+) -> Result<Settings, ApiError> {
+    let title = title.trim().to_owned();
     if title.is_empty() {
         return Err(ApiError::bad_request("project requires title"));
     }
@@ -42,7 +55,7 @@ pub(super) async fn create(
         return Err(ApiError::bad_request(format!("a project's title has at most {MAX_TITLE_CHARS} characters")));
     }
     let mut workers: Vec<String> = Vec::new();
-    for w in &req.worker_swarm_ids {
+    for w in worker_swarm_ids {
         if !workers.contains(w) {
             workers.push(w.clone());
         }
@@ -53,7 +66,7 @@ pub(super) async fn create(
     if workers.len() > MAX_WORKER_FLEETS {
         return Err(ApiError::bad_request(format!("a project has at most {MAX_WORKER_FLEETS} worker fleets")));
     }
-    may_all(&app, &caller, Action::Inject, &workers)?;
+    may_all(app, caller, Action::Inject, &workers)?;
     let rows = app.db.run(|s| s.fleets()).await?;
     let unknown: Vec<&str> =
         workers.iter().filter(|w| !rows.iter().any(|r| &r.name == *w && r.state == FleetState::Active)).map(|w| w.as_str()).collect();
@@ -61,22 +74,22 @@ pub(super) async fn create(
         let shown: Vec<String> = unknown.iter().take(8).map(|u| u.chars().take(64).collect()).collect();
         return Err(ApiError::bad_request(format!("unknown worker_swarm_ids: {}", shown.join(", "))));
     }
-    let base = req.base_branch.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| "main".to_owned());
+    let base = base_branch.filter(|b| !b.is_empty()).unwrap_or("main").to_owned();
     if !plain(&base, true) {
         return Err(ApiError::bad_request(format!(
             "base_branch '{}' is not a plain branch name",
             base.chars().take(64).collect::<String>()
         )));
     }
-    let subdir = req.workspace_subdir.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "repo".to_owned());
+    let subdir = workspace_subdir.filter(|s| !s.is_empty()).unwrap_or("repo").to_owned();
     if !plain(&subdir, false) {
         return Err(ApiError::bad_request("workspace_subdir must be one plain directory name, such as repo"));
     }
     // No repository: a project of plain tasks (no clones, no branches, no integration task).
-    let repo_path = if req.repo_path.trim().is_empty() {
+    let repo_path = if repo_path.trim().is_empty() {
         String::new()
     } else {
-        let repo = Path::new(req.repo_path.trim());
+        let repo = Path::new(repo_path.trim());
         if !repo.is_absolute() {
             return Err(ApiError::bad_request("repo_path must be an absolute path"));
         }
@@ -88,6 +101,25 @@ pub(super) async fn create(
             .map_err(ApiError::bad_request)?;
         repo.display().to_string()
     };
+    Ok(Settings { title, workers, base, subdir, repo_path })
+}
+
+/// Creates a project in `draft` (started at once with `auto_start`).
+pub(super) async fn create(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<ProjectCreate>,
+) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
+    let Settings { title, workers, base, subdir, repo_path } = settings(
+        &app,
+        &caller,
+        &req.title,
+        &req.worker_swarm_ids,
+        req.base_branch.as_deref(),
+        req.workspace_subdir.as_deref(),
+        &req.repo_path,
+    )
+    .await?;
     let id = uuid::Uuid::new_v4().to_string();
     let tasks = rules::normalize(req.tasks).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let tasks = if repo_path.is_empty() { tasks } else { rules::with_integration(tasks, &id, &base) };
@@ -113,6 +145,103 @@ pub(super) async fn create(
         .await?;
     let view = if req.auto_start { begin(&app, view).await? } else { view };
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Queues a plan: an idle agent of the planner fleet turns its spec into the project's task
+/// graph (who may inject the planner and every worker fleet may).
+pub(super) async fn plan(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<PlanCreate>,
+) -> Result<(StatusCode, Json<PlanView>), ApiError> {
+    if req.spec.trim().is_empty() {
+        return Err(ApiError::bad_request("project_plan requires a spec"));
+    }
+    spec::check_prompt("spec", &req.spec)?;
+    caller.may(&app, Action::Inject, Target::Fleet(&req.planner_swarm_id))?;
+    let planner = req.planner_swarm_id.clone();
+    if app.db.run(move |s| s.fleet(&planner)).await?.is_none_or(|r| r.state != FleetState::Active) {
+        return Err(ApiError::bad_request("unknown planner_swarm_id"));
+    }
+    let Settings { title, workers, base, subdir, repo_path } = settings(
+        &app,
+        &caller,
+        &req.title,
+        &req.worker_swarm_ids,
+        req.base_branch.as_deref(),
+        req.workspace_subdir.as_deref(),
+        &req.repo_path,
+    )
+    .await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let actor = caller.0.audit_name();
+    let (view, _) = app
+        .hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let p = clawfleet_store::NewPlan {
+                id: &id,
+                title: &title,
+                repo_path: &repo_path,
+                base_branch: &base,
+                workspace_subdir: &subdir,
+                spec: &req.spec,
+                planner: &req.planner_swarm_id,
+                workers: &workers,
+                auto_start: req.auto_start,
+            };
+            let detail = format!("plan={id} planner={}", req.planner_swarm_id);
+            let (view, event) = s.create_plan(&p, now_ms(), &at, &audit(&at, &actor, "project-plan", &req.planner_swarm_id, detail))?;
+            Ok((view, vec![event]))
+        })
+        .await?;
+    app.projects_due.notify_one();
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+fn may_see_plan(app: &App, caller: &Caller, p: &PlanView, action: Action) -> Result<(), ApiError> {
+    caller.may(app, action, Target::Fleet(&p.planner_swarm_id))?;
+    may_all(app, caller, action, &p.worker_swarm_ids)
+}
+
+/// Every plan the caller may read, newest first.
+pub(super) async fn plans(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<PlanList>, ApiError> {
+    let plans = app.db.run(|s| s.plans()).await?;
+    Ok(Json(PlanList { plans: plans.into_iter().filter(|p| may_see_plan(&app, &caller, p, Action::Read).is_ok()).collect() }))
+}
+
+/// One plan.
+pub(super) async fn plan_one(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> Result<Json<PlanView>, ApiError> {
+    let p = app.db.run(move |s| s.plan(&id)).await?.view;
+    may_see_plan(&app, &caller, &p, Action::Read)?;
+    Ok(Json(p))
+}
+
+/// Queues a failed plan again.
+pub(super) async fn plan_retry(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> Result<Json<PlanView>, ApiError> {
+    let i = id.clone();
+    let p = app.db.run(move |s| s.plan(&i)).await?.view;
+    may_see_plan(&app, &caller, &p, Action::Inject)?;
+    let actor = caller.0.audit_name();
+    let (view, _) = app
+        .hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let (view, event) =
+                s.retry_plan(&id, now_ms(), &at, &audit(&at, &actor, "project-plan-retry", &p.planner_swarm_id, format!("plan={id}")))?;
+            Ok((view, vec![event]))
+        })
+        .await?;
+    app.projects_due.notify_one();
+    Ok(Json(view))
 }
 
 /// Every project whose worker fleets the caller may all read.

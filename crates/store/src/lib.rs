@@ -11,6 +11,7 @@
 //! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
 
 mod council;
+mod plan;
 mod project;
 mod scenario;
 mod schema;
@@ -21,6 +22,7 @@ use std::sync::Mutex;
 
 use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
+pub use plan::{NewPlan, PlanEnded, PlanRow};
 pub use project::{Ended, NewProject};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use scenario::{PhraseRow, RoundRow, ScoreRow};
@@ -62,6 +64,10 @@ pub enum StoreError {
     CouncilOver(u64, clawfleet_proto::council::CouncilState),
     #[error("no project '{0}'")]
     NoProject(String),
+    #[error("no plan '{0}'")]
+    NoPlan(String),
+    #[error("plan {0} is {1}, not failed: only a failed plan is retried")]
+    PlanNotFailed(String, clawfleet_proto::project::PlanStatus),
     #[error("fleet '{0}' has no active council")]
     NoActiveCouncil(String),
     #[error("no agent holds role '{role}' in council {council} of fleet '{fleet}'")]

@@ -35,15 +35,15 @@ pub struct Ended {
 }
 
 /// Seconds since the Unix epoch of a millisecond clock, as the reference keeps times.
-fn secs(ms: u64) -> f64 {
+pub(crate) fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(col: usize, text: String) -> rusqlite::Result<T> {
+pub(crate) fn parse<T: std::str::FromStr<Err = String>>(col: usize, text: String) -> rusqlite::Result<T> {
     text.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, e.into()))
 }
 
-fn json<T: serde::de::DeserializeOwned>(col: usize, text: String) -> rusqlite::Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(col: usize, text: String) -> rusqlite::Result<T> {
     serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, e.into()))
 }
 
@@ -151,6 +151,32 @@ fn load(c: &Connection, id: &str, now_ms: u64) -> Result<ProjectView> {
     Ok(project)
 }
 
+/// Stores a new project in `draft`, with its `project_created` event on its home fleet.
+pub(crate) fn insert_project(tx: &Transaction<'_>, p: &NewProject<'_>, now_ms: u64, at: &str, by: &str) -> Result<Event> {
+    for fleet in p.workers {
+        if tx.query_row("SELECT 1 FROM fleets WHERE name = ?1", [fleet], |_| Ok(())).optional()?.is_none() {
+            return Err(StoreError::NoFleet(fleet.clone()));
+        }
+    }
+    let now = secs(now_ms);
+    tx.execute(
+        "INSERT INTO projects (id, title, repo_path, base_branch, workspace_subdir, workers, status, preparation, created_at,
+                               updated_at, by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'draft', '{}', ?7, ?7, ?8)",
+        params![p.id, p.title, p.repo_path, p.base_branch, p.workspace_subdir, serde_json::to_string(p.workers).expect("names"), now, by],
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO project_tasks (project, position, task_id, spec, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+    )?;
+    for (i, t) in p.tasks.iter().enumerate() {
+        let spec = serde_json::to_string(&t.to_input()).expect("a task serializes");
+        insert.execute(params![p.id, i as i64, t.task_id, spec, now])?;
+    }
+    let body = EventBody::ProjectCreated { project_id: p.id.to_owned(), title: p.title.to_owned(), tasks: p.tasks.len() as u32 };
+    fleet_event(tx, &p.workers[0], at, body)
+}
+
 /// The stored status, and the fleet project events go to.
 fn head(tx: &Transaction<'_>, id: &str) -> Result<(ProjectStatus, String)> {
     let (status, workers): (String, String) = tx
@@ -187,38 +213,8 @@ impl Store {
     /// Creates a project in `draft` (a `project_created` event on its home fleet, an audit line).
     pub fn create_project(&self, p: &NewProject<'_>, now_ms: u64, at: &str, audit: &Audit<'_>) -> Result<(ProjectView, Event)> {
         self.tx(|tx| {
-            for fleet in p.workers {
-                if tx.query_row("SELECT 1 FROM fleets WHERE name = ?1", [fleet], |_| Ok(())).optional()?.is_none() {
-                    return Err(StoreError::NoFleet(fleet.clone()));
-                }
-            }
-            let now = secs(now_ms);
-            tx.execute(
-                "INSERT INTO projects (id, title, repo_path, base_branch, workspace_subdir, workers, status, preparation, created_at,
-                                       updated_at, by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'draft', '{}', ?7, ?7, ?8)",
-                params![
-                    p.id,
-                    p.title,
-                    p.repo_path,
-                    p.base_branch,
-                    p.workspace_subdir,
-                    serde_json::to_string(p.workers).expect("names"),
-                    now,
-                    audit.actor
-                ],
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO project_tasks (project, position, task_id, spec, status, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-            )?;
-            for (i, t) in p.tasks.iter().enumerate() {
-                let spec = serde_json::to_string(&t.to_input()).expect("a task serializes");
-                insert.execute(params![p.id, i as i64, t.task_id, spec, now])?;
-            }
+            let ev = insert_project(tx, p, now_ms, at, audit.actor)?;
             write_audit(tx, audit)?;
-            let body = EventBody::ProjectCreated { project_id: p.id.to_owned(), title: p.title.to_owned(), tasks: p.tasks.len() as u32 };
-            let ev = fleet_event(tx, &p.workers[0], at, body)?;
             Ok((load(tx, p.id, now_ms)?, ev))
         })
     }
@@ -289,10 +285,13 @@ impl Store {
         })
     }
 
-    /// The agents that hold a task, of any project.
+    /// The agents that hold a task, of any project, or a plan.
     pub fn task_holders(&self) -> Result<std::collections::HashSet<(String, u32)>> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT fleet, slot FROM project_tasks WHERE status = 'assigned'")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT fleet, slot FROM project_tasks WHERE status = 'assigned'
+                 UNION SELECT planner, slot FROM project_plans WHERE status = 'planning'",
+            )?;
             let held = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
             Ok(held)
         })

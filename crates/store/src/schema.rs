@@ -304,6 +304,31 @@ CREATE TABLE project_tasks (
 CREATE UNIQUE INDEX project_tasks_worker ON project_tasks (fleet, slot) WHERE status = 'assigned';
 CREATE UNIQUE INDEX project_tasks_injection ON project_tasks (injection_id) WHERE injection_id IS NOT NULL;
 "#,
+    r#"
+-- Plans (codeswarm's project_plan): a planner agent's task, whose answer becomes a project.
+CREATE TABLE project_plans (
+    id               TEXT PRIMARY KEY,
+    title            TEXT NOT NULL,
+    repo_path        TEXT NOT NULL,
+    base_branch      TEXT NOT NULL,
+    workspace_subdir TEXT NOT NULL,
+    spec             TEXT NOT NULL,
+    planner          TEXT NOT NULL,
+    -- JSON: the worker fleets' names.
+    workers          TEXT NOT NULL,
+    auto_start       INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    slot             INTEGER,
+    injection_id     TEXT,
+    project_id       TEXT,
+    last_error       TEXT,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    by               TEXT NOT NULL
+);
+CREATE UNIQUE INDEX project_plans_planner ON project_plans (planner, slot) WHERE status = 'planning';
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

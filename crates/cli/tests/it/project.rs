@@ -325,6 +325,9 @@ fn the_router_creates_starts_and_lists_projects() {
     });
     assert_eq!(done["task_counts"]["completed"], 3, "{done:#}");
     assert_eq!(plane.json(&["project", "status", &id, "--json"])["status"], "completed");
+    send("project_plan", "pl1", json!({"title": "t"}));
+    let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "pl1");
+    assert_eq!(r["data"]["reason"], "project_plan requires title, repo_path, spec, and planner_swarm_id", "{r}");
     send("project_start", "s1", json!({"project_id": "nope"}));
     let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "s1");
     assert_eq!(r["data"]["reason"], "unknown project_id", "{r}");
@@ -356,4 +359,69 @@ fn a_plain_project_runs_on_joined_agents() {
     assert!(done["tasks"].as_object().unwrap().values().all(|t| t["attempts"] == 1 && t["result_status"] == "done"), "{done:#}");
     let _ = agents.kill();
     let _ = agents.wait();
+}
+
+/// The test's planner brain: codeswarm's mock planner (it answers the graph its spec carries
+/// after `MOCK_TASK_GRAPH_JSON: `), which the first time it is asked forgets the format.
+const PLANNER: &str = r#"#!/bin/bash
+prompt=$(cat)
+if [ ! -f plan.seen ]; then touch plan.seen; echo "Let me think about it first."; exit 0; fi
+graph=$(printf '%s\n' "$prompt" | sed -n 's/^MOCK_TASK_GRAPH_JSON: //p')
+printf 'Here is the plan.\nTASK_GRAPH_JSON\n```json\n%s\n```\n' "$graph"
+"#;
+
+/// A planner agent turns a spec into the project: a malformed answer fails the plan with the
+/// reason, a retry plans it, the project runs to the end; a cyclic graph is refused.
+#[test]
+fn a_planner_turns_a_spec_into_a_project_and_a_bad_plan_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = workers(dir.path(), "crew", 2);
+    let planner = dir.path().join("planner.sh");
+    std::fs::write(&planner, PLANNER).unwrap();
+    plane.ok(&["launch", "thinkers", "--brain", &format!("cmd:bash {}", planner.display()), "--wait"]);
+    let graph = json!({"tasks": [task("T-001", "Write the first file.", &[]), task("T-002", "Write the second.", &["T-001"])]});
+    let spec = dir.path().join("spec.txt");
+    std::fs::write(&spec, format!("Make two files, one after the other.\nMOCK_TASK_GRAPH_JSON: {graph}\n")).unwrap();
+    let repo_s = repo.display().to_string();
+    let args = ["project", "plan", "--spec", spec.to_str().unwrap(), "--planner", "thinkers", "--workers", "crew", "--title", "Planned"];
+    let out = plane.cli(&[&args[..], &["--repo", &repo_s, "--start", "--wait", "--timeout", "120", "--json"]].concat());
+    assert!(!out.status.success(), "the first answer is no plan");
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (failed["status"].as_str(), failed["last_error"].as_str()),
+        (Some("failed"), Some("TASK_GRAPH_JSON block missing or malformed")),
+        "{failed:#}"
+    );
+    let id = failed["plan_id"].as_str().unwrap().to_owned();
+    let retried = plane.json(&["project", "plan-retry", &id, "--json"]);
+    assert_eq!(retried["status"], "queued");
+    let err = plane.fails(&["project", "plan-retry", &id]);
+    assert!(err.contains("only a failed plan is retried"), "{err}");
+    let plan = crate::support::eventually(Duration::from_secs(60), "the plan completed", || {
+        let list = plane.json(&["project", "plans", "--json"]);
+        list["plans"].as_array().unwrap().iter().find(|p| p["plan_id"] == id.as_str() && p["status"] == "completed").cloned()
+    });
+    assert_eq!(plan["attempts"], 2, "{plan:#}");
+    let project = plan["project_id"].as_str().unwrap().to_owned();
+    let done = crate::support::eventually(Duration::from_secs(120), "the planned project completed", || {
+        let p = plane.json(&["project", "status", &project, "--json"]);
+        (p["status"] == "completed").then_some(p)
+    });
+    assert_eq!(done["task_order"], json!(["T-001", "T-002", "T-003"]), "the planner's two tasks and the integration task");
+    assert_eq!(done["title"], "Planned");
+
+    // A cyclic graph is refused with the reason (the planner answers at once now).
+    let cyclic = json!({"tasks": [task("a", "x", &["b"]), task("b", "y", &["a"])]});
+    std::fs::write(&spec, format!("Loop.\nMOCK_TASK_GRAPH_JSON: {cyclic}\n")).unwrap();
+    let out = plane.cli(&[&args[..], &["--wait", "--timeout", "60", "--json"]].concat());
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed["last_error"], "Tasks form a dependency cycle: a → b → a", "{failed:#}");
+    let err =
+        plane.fails(&["project", "plan", "--spec", spec.to_str().unwrap(), "--planner", "ghost", "--workers", "crew", "--title", "x"]);
+    assert!(err.contains("unknown planner_swarm_id"), "{err}");
+    let events = crate::support::events(&plane, "thinkers");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).filter(|k| k.starts_with("project_plan_")).collect();
+    assert!(kinds.contains(&"project_plan_failed") && kinds.contains(&"project_plan_completed"), "{kinds:?}");
 }
