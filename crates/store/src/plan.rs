@@ -7,7 +7,7 @@ use clawfleet_proto::event::EventBody;
 use clawfleet_proto::project::{PlanStatus, PlanView};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::project::{NewProject, insert_project, json, parse, secs};
+use super::project::{NewProject, answer_of, insert_project, json, parse, secs};
 use super::{Audit, Event, NewEvent, NewInjection, Result, Store, StoreError, fleet_event, insert_event, insert_injection, write_audit};
 
 /// A plan to queue.
@@ -184,15 +184,7 @@ impl Store {
                 if out.iter().any(|e| e.injection_id == injection_id) {
                     continue;
                 }
-                let body = serde_json::from_str::<serde_json::Value>(&data)
-                    .and_then(|data| serde_json::from_value::<EventBody>(serde_json::json!({"event": name, "data": data})));
-                let answer = match body {
-                    Ok(EventBody::Assistant { content }) => Ok(content),
-                    Ok(EventBody::AgentError { message }) => Err(message),
-                    Ok(EventBody::InjectFailed { error }) => Err(error),
-                    Ok(_) => continue,
-                    Err(e) => Err(format!("the planner's answer could not be read: {e}")),
-                };
+                let Some(answer) = answer_of(&name, &data) else { continue };
                 out.push(PlanEnded { plan_id, injection_id, answer });
             }
             Ok(out)

@@ -34,6 +34,20 @@ pub struct Ended {
     pub answer: std::result::Result<String, String>,
 }
 
+/// What a stored event that ends an injection says: the agent's answer, or why there is none
+/// (a row that does not read ends it all the same, saying so); `None` for other events.
+pub(crate) fn answer_of(name: &str, data: &str) -> Option<std::result::Result<String, String>> {
+    let body = serde_json::from_str::<serde_json::Value>(data)
+        .and_then(|data| serde_json::from_value::<EventBody>(serde_json::json!({"event": name, "data": data})));
+    match body {
+        Ok(EventBody::Assistant { content }) => Some(Ok(content)),
+        Ok(EventBody::AgentError { message }) => Some(Err(message)),
+        Ok(EventBody::InjectFailed { error }) => Some(Err(error)),
+        Ok(_) => None,
+        Err(e) => Some(Err(format!("its answer could not be read: {e}"))),
+    }
+}
+
 /// Seconds since the Unix epoch of a millisecond clock, as the reference keeps times.
 pub(crate) fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
@@ -370,16 +384,7 @@ impl Store {
                 if out.iter().any(|e| e.injection_id == injection_id) {
                     continue;
                 }
-                // A row that does not read ends the attempt all the same, saying so.
-                let body = serde_json::from_str::<serde_json::Value>(&data)
-                    .and_then(|data| serde_json::from_value::<EventBody>(serde_json::json!({"event": name, "data": data})));
-                let answer = match body {
-                    Ok(EventBody::Assistant { content }) => Ok(content),
-                    Ok(EventBody::AgentError { message }) => Err(message),
-                    Ok(EventBody::InjectFailed { error }) => Err(error),
-                    Ok(_) => continue,
-                    Err(e) => Err(format!("its answer could not be read: {e}")),
-                };
+                let Some(answer) = answer_of(&name, &data) else { continue };
                 out.push(Ended { project, task_id, injection_id, answer });
             }
             Ok(out)
