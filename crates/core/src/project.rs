@@ -169,7 +169,7 @@ fn find_cycle(tasks: &[TaskSpec]) -> Option<Vec<String>> {
         if mark[start] != 0 {
             continue;
         }
-        // An explicit stack of (task, next dependency to look at): graphs of 500 tasks need no
+        // An explicit stack of (task, next dependency to look at): graphs of thousands of tasks need no
         // recursion.
         let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
         mark[start] = 1;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// At most this many tasks in a project (the integration task included).
-pub const MAX_TASKS: usize = 500;
+pub const MAX_TASKS: usize = 5000;
 /// A task id: 1 to this many characters of `A-Z`, `a-z`, `0-9`, `.`, `_` and `-`.
 pub const MAX_TASK_ID_CHARS: usize = 64;
 /// At most this many characters in a project's or a task's title.
