@@ -97,7 +97,7 @@ async fn plans(app: &Arc<App>) -> Result<(), StoreError> {
                 let tasks =
                     if plan.view.repo_path.is_empty() { tasks } else { rules::with_integration(tasks, &project_id, &plan.base_branch) };
                 let (e, pl, pid) = (ended.clone(), plan.clone(), project_id.clone());
-                let (_, events) = app
+                let completed = app
                     .hub
                     .write(move |s| {
                         let p = NewProject {
@@ -111,8 +111,15 @@ async fn plans(app: &Arc<App>) -> Result<(), StoreError> {
                         };
                         Ok(((), s.complete_plan(&e, &p, now_ms(), &at)?))
                     })
-                    .await?;
-                events
+                    .await;
+                match completed {
+                    Ok((_, events)) => events,
+                    // Its project cannot be stored (a worker fleet is gone): the plan fails, saying why.
+                    Err(why) => {
+                        let (e, at) = (ended.clone(), clock::now_rfc3339());
+                        app.hub.write(move |s| Ok(((), s.fail_plan(&e, &why.to_string(), now_ms(), &at)?))).await?.1
+                    }
+                }
             }
             Err(reason) => {
                 let e = ended.clone();
