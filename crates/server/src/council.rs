@@ -82,7 +82,7 @@ async fn step(app: &App, offered: &mut Offered) -> Result<(), StoreError> {
                 .await?;
             if !freed.is_empty() {
                 // Roles changed hands: every agent without one hears of them again.
-                offered.remove(&id);
+                offered.insert(id, HashSet::new());
                 let f = fleet.clone();
                 council = app.db.run(move |s| s.council(&f, id)).await?;
             }

@@ -32,6 +32,15 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    // Projects a stopped control plane was starting are prepared again (a clone is reused).
+    match app.db.run(|s| s.projects(now_ms())).await {
+        Ok(projects) => {
+            for p in projects.into_iter().filter(|p| p.status == ProjectStatus::Starting) {
+                tokio::spawn(start(app.clone(), p));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "Could not read the projects to go on starting"),
+    }
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
