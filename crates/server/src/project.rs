@@ -315,6 +315,15 @@ async fn collect_branch(app: &App, ended: Ended) -> Ended {
         return ended;
     };
     let branch = outcome.branch.clone().or_else(|| task.branch.clone()).unwrap_or_default();
+    // A worker writes only its project's branches in the project's repository (never `main`).
+    let namespace = format!("codeswarm/{}/", rules::token(&p.project_id));
+    if !branch.starts_with(&namespace) {
+        let shown: String = branch.chars().take(80).collect();
+        return Ended {
+            answer: Err(format!("its answer was done, but its branch '{shown}' is not one of the project's ({namespace}…)")),
+            ..ended
+        };
+    }
     let repo = PathBuf::from(&p.repo_path);
     let fetched = tokio::task::spawn_blocking(move || git::fetch_branch(&repo, &clone, &branch)).await;
     match fetched {
@@ -455,7 +464,8 @@ pub(crate) mod git {
     /// Brings `branch` from a worker's clone (or the bare repository its pushes went to) into
     /// the project's repository.
     pub(crate) fn fetch_branch(repo: &Path, clone: &Path, branch: &str) -> Result<(), String> {
-        if branch.is_empty() || branch.starts_with('-') || branch.contains("..") {
+        let plain = branch.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if branch.is_empty() || !plain || branch.starts_with(['-', '/']) || branch.contains("..") {
             return Err(format!("'{branch}' is not a branch name"));
         }
         let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");

@@ -24,6 +24,7 @@ branch=$(printf '%s\n' "$prompt" | sed -n 's/^Working branch to create\/use: //p
 base=$(printf '%s\n' "$prompt" | sed -n 's/^Base branch: //p')
 case "$prompt" in *FLAKY*) if [ ! -f ../flaky.seen ]; then touch ../flaky.seen; echo "I forgot the format."; exit 0; fi;; esac
 case "$prompt" in *SLOW*) sleep 4;; esac
+case "$prompt" in *EVIL*) git checkout -q -B main; echo evil >> evil.txt; git add evil.txt; git commit -q -m evil; branch=main;; esac
 if printf '%s' "$prompt" | grep -q "This is the final integration task for the project."; then
   git fetch -q origin
   git checkout -q -B "$branch" "origin/$base"
@@ -424,4 +425,29 @@ fn a_planner_turns_a_spec_into_a_project_and_a_bad_plan_is_refused() {
     let events = crate::support::events(&plane, "thinkers");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).filter(|k| k.starts_with("project_plan_")).collect();
     assert!(kinds.contains(&"project_plan_failed") && kinds.contains(&"project_plan_completed"), "{kinds:?}");
+}
+
+/// A worker that answers done with a branch outside its project's (its clone's `main`) does not
+/// get it into the project's repository: the attempt fails, and after the last the project
+/// needs attention.
+#[test]
+fn a_worker_cannot_write_the_projects_main_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let main = git(&repo, &["rev-parse", "main"]);
+    git(&repo, &["checkout", "-q", "--detach"]);
+    let plane = workers(dir.path(), "rogue", 1);
+    let plan = json!({"title": "Evil", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["rogue"],
+        "tasks": [task("T-001", "Do it. EVIL", &[])]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let out = plane.cli(&["project", "create", "-f", file.to_str().unwrap(), "--start", "--wait", "--timeout", "120", "--json"]);
+    assert!(!out.status.success(), "the project cannot complete: {}", String::from_utf8_lossy(&out.stdout));
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["status"], "attention", "{p:#}");
+    let t = &p["tasks"]["T-001"];
+    assert_eq!((t["status"].as_str(), t["attempts"].as_u64()), (Some("failed"), Some(3)), "{t:#}");
+    assert!(t["last_error"].as_str().unwrap().contains("its branch 'main' is not one of the project's"), "{t:#}");
+    assert_eq!(git(&repo, &["rev-parse", "main"]), main, "the project's main is untouched");
 }
