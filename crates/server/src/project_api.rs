@@ -1,6 +1,8 @@
 //! Orchestrated projects over the API: create one from a task graph, list them, see one, start
 //! one. A project's caller must be allowed to inject every worker fleet to create or start it
-//! (its tasks are injections), and to read every worker fleet to see it. The loop that runs
+//! (its tasks are injections), and to read every worker fleet to see it; a code project, whose
+//! repository the control plane reads from its own machine, needs a token that may launch
+//! fleets anywhere. The loop that runs
 //! projects is `crate::project`.
 
 use std::path::Path;
@@ -89,6 +91,9 @@ async fn settings(
     let repo_path = if repo_path.trim().is_empty() {
         String::new()
     } else {
+        // The control plane reads the repository from its own machine and hands it to agents:
+        // only a token that may launch fleets anywhere names one.
+        caller.may(app, Action::Launch, Target::All)?;
         let repo = Path::new(repo_path.trim());
         if !repo.is_absolute() {
             return Err(ApiError::bad_request("repo_path must be an absolute path"));
