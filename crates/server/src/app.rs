@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub reconcile: Notify,
     /// Wakes the project loop early (a project started, an answer to a task arrived).
     pub projects_due: Notify,
+    /// Wakes the council loop early (a council opened).
+    pub councils_due: Notify,
     /// When each outbox row was last published.
     pub sent: Mutex<HashMap<i64, Instant>>,
     /// What a fleet's backend last said that the operator should see in `ls` and `status`:

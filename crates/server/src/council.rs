@@ -1,6 +1,6 @@
 //! The council loop (seed 002): it offers an open council's free roles to the fleet's healthy
-//! agents that hold none ([`offer`] when it opens, a `play` directive; then to each agent that
-//! becomes healthy), frees the role of a member lost before the council is active (and offers
+//! agents that hold none (a `play` directive, as soon as the council opens: the API wakes the
+//! loop; then to each agent that becomes healthy), frees the role of a member lost before the council is active (and offers
 //! the free roles again to every agent without one), and fails a council still open at its
 //! deadline.
 //! Claims come back as `council_claim` events, judged where ingest stores them
@@ -27,6 +27,7 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
+            () = app.councils_due.notified() => {}
             _ = shutdown.changed() => return,
         }
         if let Err(e) = step(&app, &mut offered).await {
@@ -88,23 +89,11 @@ async fn step(app: &App, offered: &mut Offered) -> Result<(), StoreError> {
             }
         }
         let agents = candidates(app, &council).await?;
-        let Some(seen) = offered.get_mut(&id) else {
-            // First seen: the agents healthy now were offered it when it opened.
-            offered.insert(id, agents.into_iter().collect());
-            continue;
-        };
+        let seen = offered.entry(id).or_default();
         let new: Vec<u32> = agents.into_iter().filter(|s| seen.insert(*s)).collect();
         offer_to(app, &council, &new).await;
     }
     Ok(())
-}
-
-/// Offers a council's free roles to every healthy agent of its fleet that holds none.
-pub(crate) async fn offer(app: &App, council: &CouncilView) {
-    match candidates(app, council).await {
-        Ok(agents) => offer_to(app, council, &agents).await,
-        Err(e) => tracing::error!(fleet = %council.fleet, error = %e, "Could not read the fleet to offer its council"),
-    }
 }
 
 /// Offers a council's free roles to `agents`, to answer before its deadline.

@@ -29,7 +29,7 @@ pub(super) async fn open(
             Ok((view, vec![event]))
         })
         .await?;
-    crate::council::offer(&app, &view).await;
+    app.councils_due.notify_one();
     Ok((StatusCode::CREATED, Json(view)))
 }
 

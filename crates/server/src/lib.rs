@@ -297,6 +297,7 @@ impl Server {
             default_brain: config.default_brain.clone(),
             reconcile: Notify::new(),
             projects_due: Notify::new(),
+            councils_due: Notify::new(),
             sent: Default::default(),
             conditions: Default::default(),
             secrets: std::sync::RwLock::new(secrets),

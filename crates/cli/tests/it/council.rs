@@ -146,3 +146,44 @@ fn a_member_lost_before_activation_frees_its_role() {
     });
     assert_eq!(plane.json(&["council", "status", "crew", "--json"])["state"], "open");
 }
+
+/// A role freed by a lost member is offered again to every agent without one, here one whose
+/// declared capability was taken when it first claimed.
+#[test]
+fn a_freed_role_goes_to_an_agent_that_was_refused_before() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "deck", "--replicas", "3", "--brain", "echo", "--wait"]);
+    let t = Duration::from_secs(60);
+    std::fs::write(workspace(&plane, "deck", 2).join("config.json"), r#"{"capabilities":["pilot"]}"#).unwrap();
+    plane.ok(&["command", "deck", "config-reload", "--agent", "2"]);
+    let pid = |slot: u32| Pid::from_raw(plane.agent_pid("deck", slot).unwrap() as i32);
+    let state = |slot: usize| plane.json(&["status", "deck", "--json"])["agents"][slot]["state"].as_str().unwrap_or("").to_owned();
+    // Agent 2 is away when the council opens: agents 0 and 1 take pilot and navigator; no one
+    // can take ghost, so the council stays open.
+    kill(pid(2), Signal::SIGSTOP).unwrap();
+    eventually(t, "agent 2 seen lost", || (state(2) == "lost").then_some(()));
+    let council = plane.json(&["council", "open", "deck", "--roles", "pilot,navigator,ghost", "--timeout", "120s", "--json"]);
+    let id = council["id"].as_u64().unwrap();
+    let held = eventually(t, "pilot and navigator held", || {
+        let c = plane.json(&["council", "status", "deck", "--json"]);
+        let h = holders(&c);
+        (h[0].1.is_some() && h[1].1.is_some()).then_some(h)
+    });
+    // Back, agent 2 is offered the council and claims pilot, which is taken.
+    kill(pid(2), Signal::SIGCONT).unwrap();
+    eventually(t, "agent 2's claim refused", || {
+        let events = crate::support::events(&plane, "deck");
+        events.iter().any(|e| e["event"] == "play_refused" && e["agent"] == 2 && e["data"]["play"] == "council_claim").then_some(())
+    });
+    // The pilot is lost: its role goes to agent 2.
+    let pilot = held[0].1.unwrap() as u32;
+    kill(pid(pilot), Signal::SIGSTOP).unwrap();
+    let c = eventually(t, "agent 2 the pilot", || {
+        let c = plane.json(&["council", "status", "deck", "--json"]);
+        (holders(&c)[0].1 == Some(2)).then_some(c)
+    });
+    kill(pid(pilot), Signal::SIGCONT).unwrap();
+    assert_eq!((c["id"].as_u64(), c["state"].as_str()), (Some(id), Some("open")), "{c}");
+}
