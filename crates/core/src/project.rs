@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use clawfleet_proto::MAX_PROMPT_BYTES;
 pub use clawfleet_proto::project::{MAX_ATTEMPTS, ProjectStatus, TaskCounts};
-use clawfleet_proto::project::{MAX_ITEM_CHARS, MAX_LIST, MAX_TASK_ID_CHARS, MAX_TASKS, MAX_TITLE_CHARS, TaskInput, TaskKind, TaskStatus};
+use clawfleet_proto::project::{
+    MAX_ITEM_CHARS, MAX_LIST, MAX_TASK_ID_CHARS, MAX_TASKS, MAX_TITLE_CHARS, TaskInput, TaskKind, TaskStatus, TaskView,
+};
 
 /// A task of a valid graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +287,29 @@ pub struct TaskState {
     pub attempts: u32,
     /// A pending task tried before waits until then (ms on the caller's clock).
     pub not_before_ms: Option<u64>,
+}
+
+impl TaskState {
+    /// A task as the API shows it, back into what the rules schedule.
+    pub fn of_view(t: &TaskView) -> TaskState {
+        let spec = TaskSpec::from_stored(TaskInput {
+            task_id: Some(t.task_id.clone()),
+            title: t.title.clone(),
+            prompt: t.prompt.clone(),
+            acceptance_criteria: t.acceptance_criteria.clone(),
+            depends_on: t.depends_on.clone(),
+            owned_paths: t.owned_paths.clone(),
+            expected_touch_paths: t.expected_touch_paths.clone(),
+            task_kind: Some(t.task_kind),
+            system_generated: t.system_generated,
+        });
+        let not_before_ms = t
+            .retry_at
+            .as_deref()
+            .and_then(|r| humantime::parse_rfc3339_weak(r).ok())
+            .map(|at| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+        TaskState { spec, status: t.status, attempts: t.attempts, not_before_ms }
+    }
 }
 
 /// The paths a task claims: its owned paths, else those it expects to touch (the reference

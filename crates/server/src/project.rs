@@ -195,29 +195,7 @@ async fn plans(app: &Arc<App>) -> Result<(), StoreError> {
 
 /// The project's tasks as the rules schedule them.
 fn states(p: &ProjectView) -> Vec<TaskState> {
-    p.task_order
-        .iter()
-        .filter_map(|id| p.tasks.get(id))
-        .map(|t| {
-            let not_before_ms = t
-                .retry_at
-                .as_deref()
-                .and_then(|r| humantime::parse_rfc3339_weak(r).ok())
-                .map(|at| at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
-            let spec = TaskSpec::from_stored(clawfleet_proto::project::TaskInput {
-                task_id: Some(t.task_id.clone()),
-                title: t.title.clone(),
-                prompt: t.prompt.clone(),
-                acceptance_criteria: t.acceptance_criteria.clone(),
-                depends_on: t.depends_on.clone(),
-                owned_paths: t.owned_paths.clone(),
-                expected_touch_paths: t.expected_touch_paths.clone(),
-                task_kind: Some(t.task_kind),
-                system_generated: t.system_generated,
-            });
-            TaskState { spec, status: t.status, attempts: t.attempts, not_before_ms }
-        })
-        .collect()
+    p.task_order.iter().filter_map(|id| p.tasks.get(id)).map(TaskState::of_view).collect()
 }
 
 /// Assigns the project's ready tasks to the idle agents of its worker fleets, in order.

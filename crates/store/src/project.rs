@@ -64,7 +64,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(col: usize, text: String) -> 
 const TASK_COLUMNS: &str = "task_id, spec, status, attempts, not_before, fleet, slot, last_fleet, last_slot, injection_id, branch, \
      base_commit, head_commit, result_status, result_raw, last_error, created_at, updated_at";
 
-fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskView, Option<u64>)> {
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
     let spec: TaskInput = json(1, r.get(1)?)?;
     let not_before: Option<i64> = r.get(4)?;
     let view = TaskView {
@@ -95,23 +95,7 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskView, Option<u64>)> 
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
     };
-    Ok((view, not_before.map(|ms| ms as u64)))
-}
-
-/// A task view back into what the rules schedule.
-fn state_of(view: &TaskView, not_before_ms: Option<u64>) -> TaskState {
-    let spec = TaskSpec::from_stored(TaskInput {
-        task_id: Some(view.task_id.clone()),
-        title: view.title.clone(),
-        prompt: view.prompt.clone(),
-        acceptance_criteria: view.acceptance_criteria.clone(),
-        depends_on: view.depends_on.clone(),
-        owned_paths: view.owned_paths.clone(),
-        expected_touch_paths: view.expected_touch_paths.clone(),
-        task_kind: Some(view.task_kind),
-        system_generated: view.system_generated,
-    });
-    TaskState { spec, status: view.status, attempts: view.attempts, not_before_ms }
+    Ok(view)
 }
 
 /// One project as stored, its tasks in order, with what the rules say of it now.
@@ -154,14 +138,14 @@ fn load(c: &Connection, id: &str, now_ms: u64) -> Result<ProjectView> {
         .ok_or_else(|| StoreError::NoProject(id.chars().take(64).collect()))?;
     let mut project = row;
     let mut stmt = c.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM project_tasks WHERE project = ?1 ORDER BY position"))?;
-    let tasks: Vec<(TaskView, Option<u64>)> = stmt.query_map([id], task_row)?.collect::<rusqlite::Result<_>>()?;
-    let states: Vec<TaskState> = tasks.iter().map(|(v, nb)| state_of(v, *nb)).collect();
+    let tasks: Vec<TaskView> = stmt.query_map([id], task_row)?.collect::<rusqlite::Result<_>>()?;
+    let states: Vec<TaskState> = tasks.iter().map(TaskState::of_view).collect();
     project.task_counts = rules::counts(&states, now_ms);
     project.status = rules::status(project.status, &states, now_ms);
-    let errors = |tid: &str| tasks.iter().find(|(v, _)| v.task_id == tid).and_then(|(v, _)| v.last_error.clone());
+    let errors = |tid: &str| tasks.iter().find(|v| v.task_id == tid).and_then(|v| v.last_error.clone());
     project.stuck = rules::stuck(&states, &errors, now_ms);
-    project.task_order = tasks.iter().map(|(v, _)| v.task_id.clone()).collect();
-    project.tasks = tasks.into_iter().map(|(v, _)| (v.task_id.clone(), v)).collect();
+    project.task_order = tasks.iter().map(|v| v.task_id.clone()).collect();
+    project.tasks = tasks.into_iter().map(|v| (v.task_id.clone(), v)).collect();
     Ok(project)
 }
 
