@@ -75,7 +75,9 @@ fn the_dashboard_shows_live_agents_and_streams_an_injection() {
     assert_eq!(plane.json(&["chat", "web", "--json"])["messages"][0]["text"], "rock?");
 
     // Scaled from the page, 3 → 5: five tiles, each with its generated name and short ids.
-    browser.clear("#scale-replicas");
+    // Focused first: the page refreshes the field only while it is not being edited (a clear
+    // alone leaves it unfocused, and a refresh could put 3 back before 5 is typed).
+    browser.run("const e = document.getElementById('scale-replicas'); e.focus(); e.value = '';");
     browser.type_into("#scale-replicas", "5");
     browser.click("#scale");
     eventually(Duration::from_secs(60), "five idle tiles", || {
