@@ -76,6 +76,14 @@ struct Plane {
     client: Client,
 }
 
+/// A control plane a failed benchmark leaves is killed with it: it would load the next ones.
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Plane {
     async fn start(bin: &Path, heartbeat_ms: u64, bus: Option<&str>) -> anyhow::Result<Plane> {
         Plane::start_with(bin, heartbeat_ms, bus, None, &[]).await

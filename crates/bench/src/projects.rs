@@ -71,9 +71,21 @@ struct Outcome {
     retried: usize,
 }
 
+/// Agent processes, killed when dropped (a failed run leaves none behind).
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Joined agents of `fleet`, `PER_PROCESS` a process.
-fn join(a: &Args, plane: &Plane, fleet: &str, extra: &[&str]) -> anyhow::Result<Vec<Child>> {
-    (0..AGENTS / PER_PROCESS)
+fn join(a: &Args, plane: &Plane, fleet: &str, extra: &[&str]) -> anyhow::Result<Agents> {
+    let children = (0..AGENTS / PER_PROCESS)
         .map(|i| {
             Command::new(&a.bin)
                 .args(["agent", "--join", fleet, "--slot", &(i * PER_PROCESS).to_string(), "--count", &PER_PROCESS.to_string(), "--data"])
@@ -85,7 +97,8 @@ fn join(a: &Args, plane: &Plane, fleet: &str, extra: &[&str]) -> anyhow::Result<
                 .spawn()
                 .context("starting joined agents")
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Agents(children))
 }
 
 async fn launch(plane: &Plane, fleet: &str, brain: &str) -> anyhow::Result<()> {
@@ -136,7 +149,7 @@ async fn tasks_run(a: &Args, plane: &Plane, fleet: &str, tasks: usize, brain: &s
             bail!("the project is {} ({:?})", p.status, p.stuck.first());
         }
         if kill && !killed && p.task_counts.completed as usize >= tasks / 3 {
-            let victim = &mut agents[3];
+            let victim = &mut agents.0[3];
             victim.kill()?;
             victim.wait()?;
             killed = true;
@@ -149,10 +162,7 @@ async fn tasks_run(a: &Args, plane: &Plane, fleet: &str, tasks: usize, brain: &s
     let p: ProjectView = plane.client.get(&path).await?;
     let retried = p.tasks.values().filter(|t| t.attempts > 1).count();
     let (assignments, doubles) = holdings(plane, fleet).await?;
-    for mut c in agents {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(agents);
     plane.terminate(fleet).await?;
     Ok(Outcome { seconds, assignments, doubles, retried })
 }
@@ -217,10 +227,7 @@ async fn council(a: &Args, plane: &Plane, rows: &mut Vec<Row>) -> anyhow::Result
                 asks them all; claims judged in the ingest transaction; polled every 5 ms"
             .to_owned(),
     });
-    for mut c in agents {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(agents);
     plane.terminate(fleet).await?;
     Ok(())
 }
