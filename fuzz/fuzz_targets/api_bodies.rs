@@ -48,6 +48,24 @@ fuzz_target!(|data: &[u8]| {
         let c = clawfleet_core::project::counts(&states, 0);
         assert_eq!((c.pending as usize, c.ready + c.blocked), (n, c.pending));
         assert!(c.ready >= 1, "an acyclic graph has a task that can start");
+        // A resume from any statuses leaves no completed task with a dependency that is not.
+        use clawfleet_proto::project::TaskStatus as S;
+        let mut states = states;
+        for (i, t) in states.iter_mut().enumerate() {
+            t.status = [S::Pending, S::Assigned, S::Completed, S::Failed][data.get(i).copied().unwrap_or(0) as usize % 4];
+        }
+        let opts = clawfleet_core::project::ResumeOptions { retry_failed: data.len() % 2 == 0, reverify_completed: data.len() % 3 != 0 };
+        let changes = clawfleet_core::project::resume(&states, opts, &mut |i| clawfleet_core::project::Verified {
+            recoverable: data.get(i + 1).is_some_and(|b| b % 2 == 0),
+            reason: String::new(),
+            tip: None,
+        });
+        let after = clawfleet_core::project::resumed(&states, &changes);
+        let status = |id: &str| after.iter().find(|t| t.spec.task_id == id).map(|t| t.status);
+        for t in after.iter().filter(|t| t.status == S::Completed) {
+            assert!(t.spec.depends_on.iter().all(|d| status(d) == Some(S::Completed)));
+        }
+        assert!(after.iter().all(|t| t.status != S::Assigned), "a resume leaves no task assigned");
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let o = clawfleet_core::project::judge(text, 1);

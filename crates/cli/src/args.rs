@@ -695,6 +695,14 @@ pub(crate) enum ProjectCommand {
     Status(ProjectStatusArgs),
     /// Start a project (or start it again after it needed attention).
     Start(ProjectStartArgs),
+    /// Resume a project whose workers are gone or whose tasks failed (codeswarm's
+    /// project_resume): tasks of gone workers go back to pending (or are completed if their
+    /// branches show the work), completed tasks are checked against their branches, failed
+    /// ones are tried again with --retry-failed; --workers gives it other worker fleets.
+    Resume(ProjectResumeArgs),
+    /// What `project resume` would do, changing nothing: each task's before and after, and
+    /// what blocks a resume now.
+    ResumePreview(ProjectResumeArgs),
     /// Have a planner agent turn a spec into the project's task graph (codeswarm's
     /// project_plan); an answer that is no valid graph fails the plan, which can be retried.
     Plan(ProjectPlanArgs),
@@ -726,6 +734,29 @@ pub(crate) struct ProjectPlanArgs {
     #[arg(long)]
     pub start: bool,
     /// Wait until it is planned (with --start: until the project is completed).
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectResumeArgs {
+    pub id: String,
+    /// Other worker fleets for it from now on, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Option<Vec<String>>,
+    /// Try its failed tasks again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Keep completed tasks without checking their branches, and reset assigned ones.
+    #[arg(long)]
+    pub no_reverify: bool,
+    /// Wait until it is completed (or needs attention), with progress (resume only).
     #[arg(long)]
     pub wait: bool,
     #[arg(long, default_value_t = 1800)]

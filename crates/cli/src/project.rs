@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clawfleet_proto::project::{
-    PlanCreate, PlanList, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, TaskStatus,
+    PlanCreate, PlanList, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview, ResumeRequest,
+    TaskStatus,
 };
 
 use crate::args::{
-    PlanRetryArgs, ProjectCommand, ProjectCreateArgs, ProjectListArgs, ProjectPlanArgs, ProjectStartArgs, ProjectStatusArgs,
+    PlanRetryArgs, ProjectCommand, ProjectCreateArgs, ProjectListArgs, ProjectPlanArgs, ProjectResumeArgs, ProjectStartArgs,
+    ProjectStatusArgs,
 };
 use crate::client::Client;
 use crate::fleet::print_json;
@@ -21,6 +23,8 @@ pub(crate) async fn run(command: ProjectCommand) -> anyhow::Result<ExitCode> {
         ProjectCommand::List(a) => list(a).await,
         ProjectCommand::Status(a) => status(a).await,
         ProjectCommand::Start(a) => start(a).await,
+        ProjectCommand::Resume(a) => resume(a).await,
+        ProjectCommand::ResumePreview(a) => resume_preview(a).await,
         ProjectCommand::Plan(a) => plan(a).await,
         ProjectCommand::Plans(a) => plans(a).await,
         ProjectCommand::PlanRetry(a) => plan_retry(a).await,
@@ -260,6 +264,70 @@ async fn list(args: ProjectListArgs) -> anyhow::Result<ExitCode> {
 async fn status(args: ProjectStatusArgs) -> anyhow::Result<ExitCode> {
     let p: ProjectView = args.client.client()?.get(&format!("/api/v1/projects/{}", args.id)).await?;
     finish(&p, args.json, false)
+}
+
+fn resume_request(args: &ProjectResumeArgs) -> ResumeRequest {
+    ResumeRequest { worker_swarm_ids: args.workers.clone(), retry_failed: args.retry_failed, reverify_completed: !args.no_reverify }
+}
+
+async fn resume(args: ProjectResumeArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let mut p: ProjectView = client.post(&format!("/api/v1/projects/{}/resume", args.id), &resume_request(&args)).await?;
+    if let (Some(s), false) = (&p.resume_summary, args.json) {
+        outln!(
+            "resumed: {} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
+            s.kept_completed,
+            s.recovered_from_branch,
+            s.downgraded_to_pending,
+            s.reset_assigned,
+            s.retried_failed
+        );
+    }
+    if args.wait {
+        p = wait(&client, p, Duration::from_secs(args.timeout)).await?;
+    }
+    finish(&p, args.json, args.wait)
+}
+
+async fn resume_preview(args: ProjectResumeArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let v: ResumePreview = client.post(&format!("/api/v1/projects/{}/resume-preview", args.id), &resume_request(&args)).await?;
+    if args.json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("project {}: {} after a resume, workers {}", v.project_id, v.status, v.worker_swarm_ids.join(", "));
+    if let Some(why) = &v.blocked_reason {
+        outln!("blocked: {why}");
+        for b in &v.blocking_assignments {
+            outln!("  {} is with {}/{}", b.task_id, b.swarm_id, b.node_id.map_or("?".to_owned(), |n| n.to_string()));
+        }
+    }
+    let rows: Vec<Vec<String>> = v
+        .task_changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.task_id.clone(),
+                format!("{} → {}", c.before_status, c.after_status),
+                c.resume_decision.map(|d| d.to_string()).unwrap_or_default(),
+                c.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out!("{}", table(&["TASK", "STATUS", "DECISION", "WHY"], &rows));
+    }
+    let s = &v.summary;
+    outln!(
+        "{} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
+        s.kept_completed,
+        s.recovered_from_branch,
+        s.downgraded_to_pending,
+        s.reset_assigned,
+        s.retried_failed
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn start(args: ProjectStartArgs) -> anyhow::Result<ExitCode> {

@@ -20,7 +20,7 @@ use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
-use clawfleet_proto::project::{PlanCreate, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView};
+use clawfleet_proto::project::{PlanCreate, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview};
 use clawfleet_proto::router::{
     self as proto, Command, Nodes, ProjectCommand, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons,
 };
@@ -147,6 +147,8 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         | EventBody::CouncilClosed { .. }
         | EventBody::ProjectCreated { .. }
         | EventBody::ProjectStatus { .. }
+        // A resume is answered by the command that asked for it, with its request id.
+        | EventBody::ProjectResumed { .. }
         | EventBody::ProjectTaskAssigned { .. }
         | EventBody::ProjectTaskResult { .. }
         // Plans are followed by the command that queued them, with its request id.
@@ -302,9 +304,9 @@ impl Router {
         self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": {&p.project_id: p}})));
     }
 
-    /// Follows a starting project until its workers are prepared: `project_started`, or the
+    /// Follows a starting project until its workers are prepared: the project then, or the
     /// reason it could not start.
-    async fn started(self: Arc<Self>, rid: Option<String>, mut p: ProjectView) {
+    async fn settled(&self, rid: &Option<String>, mut p: ProjectView) -> Result<ProjectView, Rejection> {
         let path = format!("/api/v1/projects/{}", p.project_id);
         for _ in 0..2000 {
             if p.status != ProjectStatus::Starting {
@@ -313,18 +315,45 @@ impl Router {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             match self.client.get::<ProjectView>(&path).await {
                 Ok(now) => p = now,
-                Err(e) => return self.reject(&Rejection { request_id: rid, reason: format!("{e:#}"), detail: None }),
+                Err(e) => return Err(Rejection { request_id: rid.clone(), reason: format!("{e:#}"), detail: None }),
             }
         }
         self.updated(&p);
         if p.status == ProjectStatus::Error {
             let reason = p.last_error.clone().unwrap_or_else(|| "the project could not start".to_owned());
-            return self.reject(&Rejection { request_id: rid, reason, detail: None });
+            return Err(Rejection { request_id: rid.clone(), reason, detail: None });
         }
-        let mut d = Map::new();
-        d.insert("project_id".into(), json!(p.project_id));
-        d.insert("status".into(), json!(p.status));
-        self.reply(&rid, "project_started", d);
+        Ok(p)
+    }
+
+    /// `project_started` once a starting project's workers are prepared.
+    async fn started(self: Arc<Self>, rid: Option<String>, p: ProjectView) {
+        match self.settled(&rid, p).await {
+            Ok(p) => {
+                // The reference says `running` as it starts: a project this quick may be
+                // completed by the time its workers' clones were seen prepared.
+                let status = if p.status == ProjectStatus::Starting { p.status } else { ProjectStatus::Running };
+                let mut d = Map::new();
+                d.insert("project_id".into(), json!(p.project_id));
+                d.insert("status".into(), json!(status));
+                self.reply(&rid, "project_started", d);
+            }
+            Err(r) => self.reject(&r),
+        }
+    }
+
+    /// `project_resumed` once a resumed project's workers are prepared.
+    async fn resumed(self: Arc<Self>, rid: Option<String>, p: ProjectView) {
+        match self.settled(&rid, p).await {
+            Ok(p) => {
+                let mut d = Map::new();
+                d.insert("project_id".into(), json!(p.project_id));
+                d.insert("status".into(), json!(p.status));
+                d.insert("resume_summary".into(), json!(p.resume_summary.unwrap_or_default()));
+                self.reply(&rid, "project_resumed", d);
+            }
+            Err(r) => self.reject(&r),
+        }
     }
 
     /// Follows a plan: `project_plan_started` when a planner has it, then `project_created` and
@@ -559,7 +588,7 @@ impl Router {
                 // The reference follows every list with the snapshot for everyone.
                 self.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": list.projects})));
             }
-            Command::Project { command, project_id } => {
+            Command::Project { command, project_id, resume } => {
                 let found = self.client.get::<ProjectView>(&format!("/api/v1/projects/{project_id}")).await;
                 if let Err(e) = &found
                     && is_not_found(e)
@@ -573,7 +602,20 @@ impl Router {
                         self.updated(&p);
                         tokio::spawn(self.clone().started(rid, p));
                     }
-                    other => anyhow::bail!("{} is not available yet: start the project again with project_start", other.name()),
+                    ProjectCommand::Resume => {
+                        let p: ProjectView = self.client.post(&format!("/api/v1/projects/{project_id}/resume"), &resume).await?;
+                        self.updated(&p);
+                        tokio::spawn(self.clone().resumed(rid, p));
+                    }
+                    ProjectCommand::ResumePreview => {
+                        let preview: ResumePreview =
+                            self.client.post(&format!("/api/v1/projects/{project_id}/resume-preview"), &resume).await?;
+                        let mut d = Map::new();
+                        d.insert("project_id".into(), json!(preview.project_id));
+                        d.insert("preview".into(), json!(preview));
+                        self.reply(&rid, "project_resume_preview", d);
+                    }
+                    other => anyhow::bail!("{} takes no project_id: it makes a project", other.name()),
                 }
             }
             Command::ProjectNew { command: ProjectCommand::Create, payload } => {

@@ -16,7 +16,8 @@ use std::time::Duration;
 use clawfleet_proto::MAX_PROMPT_BYTES;
 pub use clawfleet_proto::project::{MAX_ATTEMPTS, ProjectStatus, TaskCounts};
 use clawfleet_proto::project::{
-    MAX_ITEM_CHARS, MAX_LIST, MAX_TASK_ID_CHARS, MAX_TASKS, MAX_TITLE_CHARS, TaskInput, TaskKind, TaskStatus, TaskView,
+    MAX_ITEM_CHARS, MAX_LIST, MAX_TASK_ID_CHARS, MAX_TASKS, MAX_TITLE_CHARS, ResumeDecision, ResumeSummary, TaskInput, TaskKind,
+    TaskStatus, TaskView,
 };
 
 /// A task of a valid graph.
@@ -652,6 +653,145 @@ pub fn worker_lost(attempts: u32) -> (TaskStatus, Option<Duration>) {
     if attempts < MAX_ATTEMPTS { (TaskStatus::Pending, Some(backoff(attempts))) } else { (TaskStatus::Failed, None) }
 }
 
+/// What a task's branch (or, for a task of plain prompts, its record) says of its work, for a
+/// resume: whether the work is there to keep, why, and the branch's tip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub recoverable: bool,
+    pub reason: String,
+    pub tip: Option<String>,
+}
+
+/// What a resume is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeOptions {
+    pub retry_failed: bool,
+    pub reverify_completed: bool,
+}
+
+/// What a resume does to one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The task's index in the graph.
+    pub index: usize,
+    pub before: TaskStatus,
+    pub after: TaskStatus,
+    pub decision: ResumeDecision,
+    pub reason: String,
+    /// A recovered task's head commit (its branch's tip).
+    pub tip: Option<String>,
+}
+
+/// Why a resume cannot be done now (the reference's words), else `None`.
+pub fn resume_blocked(stored: ProjectStatus, live_assignments: bool, workers: usize) -> Option<&'static str> {
+    if stored == ProjectStatus::Completed {
+        Some("project is already completed")
+    } else if live_assignments {
+        Some("project has tasks still assigned to active swarms; terminate or wait for them before resuming")
+    } else if workers == 0 {
+        Some("project has no worker swarms configured")
+    } else {
+        None
+    }
+}
+
+/// Resumes a project's tasks as the reference does, its caller having checked that no task is
+/// with a live worker: a completed task stays if `verify` finds its work, else goes back to
+/// pending; an assigned task (its worker is gone) is completed if `verify` finds its work,
+/// else goes back to pending; a failed task goes back to pending if asked; then every
+/// completed task whose dependency is no longer completed goes back to pending, until none
+/// does. Without `reverify_completed`, completed tasks stay and assigned ones go back.
+/// `verify` is asked only about completed and assigned tasks. Attempts are kept: a retried
+/// task that had its last attempt has one more.
+pub fn resume(tasks: &[TaskState], opts: ResumeOptions, verify: &mut dyn FnMut(usize) -> Verified) -> Vec<Change> {
+    use ResumeDecision::*;
+    let mut changes: Vec<Change> = Vec::new();
+    let mut change = |index: usize, after: TaskStatus, decision: ResumeDecision, reason: String, tip: Option<String>| {
+        changes.push(Change { index, before: tasks[index].status, after, decision, reason, tip });
+    };
+    for (i, t) in tasks.iter().enumerate() {
+        match t.status {
+            TaskStatus::Completed if opts.reverify_completed => {
+                let v = verify(i);
+                if v.recoverable {
+                    change(i, TaskStatus::Completed, KeptCompleted, v.reason, None);
+                } else {
+                    change(i, TaskStatus::Pending, DowngradedToPending, v.reason, None);
+                }
+            }
+            TaskStatus::Assigned if opts.reverify_completed => {
+                let v = verify(i);
+                if v.recoverable {
+                    change(i, TaskStatus::Completed, RecoveredFromBranch, v.reason, v.tip);
+                } else {
+                    change(i, TaskStatus::Pending, ResetAssigned, v.reason, None);
+                }
+            }
+            TaskStatus::Assigned => change(i, TaskStatus::Pending, ResetAssigned, "Assigned task reset for resume".into(), None),
+            TaskStatus::Failed if opts.retry_failed => {
+                change(i, TaskStatus::Pending, RetriedFailed, "Failed task reset to pending during resume".into(), None)
+            }
+            _ => {}
+        }
+    }
+    let mut after: Vec<TaskStatus> = tasks.iter().map(|t| t.status).collect();
+    for c in &changes {
+        after[c.index] = c.after;
+    }
+    let index: HashMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.spec.task_id.as_str(), i)).collect();
+    loop {
+        let reset = (0..tasks.len()).find_map(|i| {
+            let dep = tasks[i].spec.depends_on.iter().find(|d| index.get(d.as_str()).is_none_or(|&j| after[j] != TaskStatus::Completed));
+            (after[i] == TaskStatus::Completed).then_some(dep).flatten().map(|d| (i, d))
+        });
+        let Some((i, dep)) = reset else { break };
+        after[i] = TaskStatus::Pending;
+        let reason = format!("Dependency {dep} is no longer completed");
+        match changes.iter_mut().find(|c| c.index == i) {
+            Some(c) => {
+                (c.after, c.decision, c.reason, c.tip) = (TaskStatus::Pending, DependencyReset, reason, None);
+            }
+            None => changes.push(Change {
+                index: i,
+                before: tasks[i].status,
+                after: TaskStatus::Pending,
+                decision: DependencyReset,
+                reason,
+                tip: None,
+            }),
+        }
+    }
+    changes.sort_by_key(|c| c.index);
+    changes
+}
+
+/// How many tasks each decision took.
+pub fn resume_summary(changes: &[Change]) -> ResumeSummary {
+    let mut s = ResumeSummary::default();
+    for c in changes {
+        match c.decision {
+            ResumeDecision::KeptCompleted => s.kept_completed += 1,
+            ResumeDecision::RecoveredFromBranch => s.recovered_from_branch += 1,
+            ResumeDecision::DowngradedToPending | ResumeDecision::DependencyReset => s.downgraded_to_pending += 1,
+            ResumeDecision::ResetAssigned => s.reset_assigned += 1,
+            ResumeDecision::RetriedFailed => s.retried_failed += 1,
+        }
+    }
+    s
+}
+
+/// The tasks as they are after `changes` (reset ones with no retry wait).
+pub fn resumed(tasks: &[TaskState], changes: &[Change]) -> Vec<TaskState> {
+    let mut out = tasks.to_vec();
+    for c in changes {
+        out[c.index].status = c.after;
+        if c.after == TaskStatus::Pending {
+            out[c.index].not_before_ms = None;
+        }
+    }
+    out
+}
+
 /// Reads a planner's answer as the reference does: each `TASK_GRAPH_JSON` segment's fenced
 /// ```` ```json ```` blocks (or the whole segment), the last graph with tasks winning, else the
 /// first with none (`{"tasks": [...]}`, `{"graph": {"tasks": [...]}}` or a bare list).
@@ -974,5 +1114,104 @@ mod tests {
         ] {
             assert!(p.contains(line), "{line:?} in {p}");
         }
+    }
+
+    #[test]
+    fn resumes_keep_what_branches_show_and_reset_the_rest() {
+        use TaskStatus::*;
+        // (task, depends on, status, whether its branch shows work)
+        type Row = (&'static str, &'static [&'static str], TaskStatus, bool);
+        let cases: Vec<(&str, ResumeOptions, Vec<Row>)> = vec![
+            (
+                "reverify",
+                ResumeOptions { retry_failed: false, reverify_completed: true },
+                vec![
+                    ("A", &[], Completed, true),
+                    ("B", &[], Completed, false),
+                    ("C", &["B"], Completed, true),
+                    ("D", &["C"], Completed, true),
+                    ("E", &["A"], Assigned, true),
+                    ("F", &["A"], Assigned, false),
+                    ("G", &[], Failed, true),
+                    ("H", &["G"], Pending, true),
+                ],
+            ),
+            (
+                "retry failed, no reverify",
+                ResumeOptions { retry_failed: true, reverify_completed: false },
+                vec![
+                    ("A", &[], Completed, false),
+                    ("B", &["A"], Assigned, true),
+                    ("C", &[], Failed, false),
+                    ("D", &["C"], Completed, true),
+                ],
+            ),
+            ("nothing to do", ResumeOptions { retry_failed: false, reverify_completed: false }, vec![("A", &[], Pending, true)]),
+        ];
+        let mut out = String::new();
+        for (name, opts, rows) in cases {
+            let specs = normalize(rows.iter().map(|(id, deps, _, _)| task(id, deps, &[])).collect()).unwrap();
+            let mut tasks = states(specs);
+            for (t, row) in tasks.iter_mut().zip(&rows) {
+                t.status = row.2;
+            }
+            let mut asked = Vec::new();
+            let changes = resume(&tasks, opts, &mut |i| {
+                asked.push(rows[i].0);
+                let (recoverable, tip) = (rows[i].3, rows[i].3.then(|| format!("tip-{}", rows[i].0)));
+                Verified { recoverable, reason: format!("branch {}", if recoverable { "has work" } else { "is empty" }), tip }
+            });
+            writeln!(out, "{name} (asked about {}):", asked.join(" ")).unwrap();
+            for c in &changes {
+                let tip = c.tip.as_deref().map(|t| format!(" @{t}")).unwrap_or_default();
+                writeln!(out, "  {} {} -> {} {}: {}{tip}", tasks[c.index].spec.task_id, c.before, c.after, c.decision, c.reason).unwrap();
+            }
+            let s = resume_summary(&changes);
+            let after = resumed(&tasks, &changes);
+            writeln!(out, "  {s:?}\n  ready after: {:?}", ready(&after, 0).iter().map(|&i| &after[i].spec.task_id).collect::<Vec<_>>())
+                .unwrap();
+        }
+        expect![[r#"
+            reverify (asked about A B C D E F):
+              A completed -> completed kept_completed: branch has work
+              B completed -> pending downgraded_to_pending: branch is empty
+              C completed -> pending dependency_reset: Dependency B is no longer completed
+              D completed -> pending dependency_reset: Dependency C is no longer completed
+              E assigned -> completed recovered_from_branch: branch has work @tip-E
+              F assigned -> pending reset_assigned: branch is empty
+              ResumeSummary { kept_completed: 1, recovered_from_branch: 1, downgraded_to_pending: 3, reset_assigned: 1, retried_failed: 0 }
+              ready after: ["B", "F"]
+            retry failed, no reverify (asked about ):
+              B assigned -> pending reset_assigned: Assigned task reset for resume
+              C failed -> pending retried_failed: Failed task reset to pending during resume
+              D completed -> pending dependency_reset: Dependency C is no longer completed
+              ResumeSummary { kept_completed: 0, recovered_from_branch: 0, downgraded_to_pending: 1, reset_assigned: 1, retried_failed: 1 }
+              ready after: ["B", "C"]
+            nothing to do (asked about ):
+              ResumeSummary { kept_completed: 0, recovered_from_branch: 0, downgraded_to_pending: 0, reset_assigned: 0, retried_failed: 0 }
+              ready after: ["A"]
+        "#]]
+        .assert_eq(&out);
+        let blocked = [
+            resume_blocked(ProjectStatus::Completed, false, 1),
+            resume_blocked(ProjectStatus::Attention, true, 1),
+            resume_blocked(ProjectStatus::Error, false, 0),
+            resume_blocked(ProjectStatus::Running, false, 2),
+        ];
+        expect![[r#"
+            [
+                Some(
+                    "project is already completed",
+                ),
+                Some(
+                    "project has tasks still assigned to active swarms; terminate or wait for them before resuming",
+                ),
+                Some(
+                    "project has no worker swarms configured",
+                ),
+                None,
+            ]
+        "#]]
+        .assert_debug_eq(&blocked);
     }
 }

@@ -176,6 +176,8 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_error: Option<String>,
     },
+    /// A project was resumed: its status after, and what the resume did to its tasks.
+    ProjectResumed { project_id: String, status: crate::project::ProjectStatus, resume_summary: crate::project::ResumeSummary },
     /// A task was assigned to an agent (this event's), carried by the event's injection.
     ProjectTaskAssigned { project_id: String, task_id: String, attempt: u32 },
     /// An attempt of a task ended: the task's new status, the result's status (the worker's
@@ -240,6 +242,7 @@ impl EventBody {
             EventBody::CouncilClosed { .. } => "council_closed",
             EventBody::ProjectCreated { .. } => "project_created",
             EventBody::ProjectStatus { .. } => "project_status",
+            EventBody::ProjectResumed { .. } => "project_resumed",
             EventBody::ProjectTaskAssigned { .. } => "project_task_assigned",
             EventBody::ProjectTaskResult { .. } => "project_task_result",
             EventBody::PlanQueued { .. } => "project_plan_queued",
@@ -389,6 +392,11 @@ mod tests {
             EventBody::PlanCompleted { plan_id: "pl".into(), project_id: "p".into() },
             EventBody::PlanFailed { plan_id: "pl".into(), reason: "TASK_GRAPH_JSON block missing or malformed".into() },
             EventBody::ProjectStatus { project_id: "p".into(), status: crate::project::ProjectStatus::Attention, last_error: None },
+            EventBody::ProjectResumed {
+                project_id: "p".into(),
+                status: crate::project::ProjectStatus::Running,
+                resume_summary: crate::project::ResumeSummary { reset_assigned: 1, ..Default::default() },
+            },
             EventBody::ProjectTaskAssigned { project_id: "p".into(), task_id: "T-001".into(), attempt: 1 },
             EventBody::ProjectTaskResult {
                 project_id: "p".into(),

@@ -200,6 +200,12 @@ pub struct ProjectView {
     /// Each worker fleet's prepared clones (the reference's `repo_preparation`).
     pub repo_preparation: std::collections::BTreeMap<String, serde_json::Value>,
     pub resume_count: u32,
+    /// What the last resume did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_summary: Option<ResumeSummary>,
+    /// When it was last resumed (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resume_at: Option<f64>,
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stuck: Vec<String>,
@@ -268,6 +274,113 @@ pub struct PlanList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProjectList {
     pub projects: std::collections::BTreeMap<String, ProjectView>,
+}
+
+/// A request to resume a project (codeswarm's `project_resume` and `project_resume_preview`
+/// payloads, less `project_id`, which the path names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// Other worker fleets for it from now on (absent: the ones it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_swarm_ids: Option<Vec<String>>,
+    /// Try its failed tasks again.
+    #[serde(default)]
+    pub retry_failed: bool,
+    /// Check completed (and assigned) tasks against their branches in the project's
+    /// repository: a completed task whose branch shows no work goes back to pending, an
+    /// assigned one whose branch does is completed (default true, as the reference's).
+    #[serde(default = "yes")]
+    pub reverify_completed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+named_enum! {
+    /// What a resume did to a task (the reference's `resume_decision`).
+    pub enum ResumeDecision ("resume decision") {
+        /// Completed, and its branch (or its recorded answer) shows the work.
+        KeptCompleted = "kept_completed",
+        /// Completed, but its branch shows no work: pending again.
+        DowngradedToPending = "downgraded_to_pending",
+        /// Assigned to a worker that is gone, and its branch shows the work: completed.
+        RecoveredFromBranch = "recovered_from_branch",
+        /// Assigned to a worker that is gone: pending again.
+        ResetAssigned = "reset_assigned",
+        /// Failed, tried again on request.
+        RetriedFailed = "retried_failed",
+        /// Completed, but a task it depends on is no longer: pending again.
+        DependencyReset = "dependency_reset",
+    }
+}
+
+/// How many tasks each decision took (a dependency reset counts as a downgrade, as the
+/// reference counts it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeSummary {
+    pub kept_completed: u32,
+    pub recovered_from_branch: u32,
+    pub downgraded_to_pending: u32,
+    pub reset_assigned: u32,
+    pub retried_failed: u32,
+}
+
+/// One task a resume looks at, and what it does to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskChange {
+    pub task_id: String,
+    pub title: String,
+    pub before_status: TaskStatus,
+    pub after_status: TaskStatus,
+    pub resume_decision: Option<ResumeDecision>,
+    pub reason: Option<String>,
+    pub branch: Option<String>,
+    pub assigned_swarm_id: Option<String>,
+    pub assigned_node_id: Option<u32>,
+}
+
+/// A task still with a worker that is alive: a resume waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingAssignment {
+    pub task_id: String,
+    pub title: String,
+    pub swarm_id: String,
+    pub swarm_alias: String,
+    pub swarm_status: String,
+    pub node_id: Option<u32>,
+    pub branch: Option<String>,
+}
+
+/// A fleet whose live workers hold tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingSwarm {
+    pub swarm_id: String,
+    pub swarm_alias: String,
+    pub swarm_status: String,
+}
+
+/// What a resume would do, nothing changed (the reference's `project_resume_preview`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePreview {
+    pub project_id: String,
+    pub title: String,
+    /// The project's status after the resume.
+    pub status: ProjectStatus,
+    pub blocked: bool,
+    pub blocked_reason: Option<String>,
+    pub has_live_assignments: bool,
+    pub blocking_assignments: Vec<BlockingAssignment>,
+    pub blocking_swarms: Vec<BlockingSwarm>,
+    pub retry_failed: bool,
+    pub reverify_completed: bool,
+    pub worker_swarm_ids: Vec<String>,
+    pub counts_before: TaskCounts,
+    pub counts_after: TaskCounts,
+    pub summary: ResumeSummary,
+    pub changed_task_ids: Vec<String>,
+    pub task_changes: Vec<TaskChange>,
 }
 
 #[cfg(test)]

@@ -90,10 +90,12 @@ pub enum Command {
     ProvidersList,
     /// Orchestrated projects (codeswarm's task graphs).
     ProjectList,
-    /// `project_start`, `project_resume`, `project_resume_preview`: one project, by id.
+    /// `project_start`, `project_resume`, `project_resume_preview`: one project, by id (with
+    /// what a resume asks for, read as the reference reads it; a start ignores it).
     Project {
         command: ProjectCommand,
         project_id: String,
+        resume: crate::project::ResumeRequest,
     },
     /// `project_create`, `project_plan`: a new project, from the payload's fields.
     ProjectNew {
@@ -365,7 +367,27 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
             };
             // The reference answers an empty payload as an unknown project.
             let project_id = opt_string(p, "project_id", rid)?.unwrap_or_default();
-            Command::Project { command, project_id }
+            // Python's truth: false, 0, "" and null are false.
+            let truthy = |v: &Value| match v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::String(s) => !s.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !o.is_empty(),
+            };
+            let worker_swarm_ids = match p.get("worker_swarm_ids") {
+                None | Some(Value::Null) => None,
+                // Not a list: no workers, which the resume refuses as the reference does.
+                Some(Value::Array(ids)) => Some(ids.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+                Some(_) => Some(Vec::new()),
+            };
+            let resume = crate::project::ResumeRequest {
+                worker_swarm_ids,
+                retry_failed: p.get("retry_failed").is_some_and(truthy),
+                reverify_completed: p.get("reverify_completed").is_none_or(truthy),
+            };
+            Command::Project { command, project_id, resume }
         }
         other => return Err(Rejection::new(rid, format!("unknown command '{other}' (known: {COMMANDS})"))),
     })
@@ -543,7 +565,29 @@ mod tests {
             Command::ApproveExecution { job_id: "j".into(), call_id: "c".into(), node_id: Some(3), injection_id: Some("i".into()) }
         );
         let r = ok(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"project_resume_preview","payload":{}}"#);
-        assert_eq!(r.command, Command::Project { command: ProjectCommand::ResumePreview, project_id: String::new() });
+        assert_eq!(
+            r.command,
+            Command::Project {
+                command: ProjectCommand::ResumePreview,
+                project_id: String::new(),
+                resume: crate::project::ResumeRequest { worker_swarm_ids: None, retry_failed: false, reverify_completed: true }
+            }
+        );
+        let r = ok(
+            r#"{"command":"project_resume","payload":{"project_id":"p","worker_swarm_ids":["a",3,"b"],"retry_failed":1,"reverify_completed":null}}"#,
+        );
+        assert_eq!(
+            r.command,
+            Command::Project {
+                command: ProjectCommand::Resume,
+                project_id: "p".into(),
+                resume: crate::project::ResumeRequest {
+                    worker_swarm_ids: Some(vec!["a".into(), "b".into()]),
+                    retry_failed: true,
+                    reverify_completed: false
+                }
+            }
+        );
     }
 
     #[test]

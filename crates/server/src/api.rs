@@ -82,6 +82,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/projects", get(project_api::list).post(project_api::create))
         .route("/api/v1/projects/{id}", get(project_api::get_one))
         .route("/api/v1/projects/{id}/start", post(project_api::start))
+        .route("/api/v1/projects/{id}/resume", post(project_api::resume))
+        .route("/api/v1/projects/{id}/resume-preview", post(project_api::resume_preview))
         .route("/api/v1/plans", get(project_api::plans).post(project_api::plan))
         .route("/api/v1/plans/{id}", get(project_api::plan_one))
         .route("/api/v1/plans/{id}/retry", post(project_api::plan_retry))

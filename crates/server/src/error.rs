@@ -70,7 +70,9 @@ impl From<StoreError> for ApiError {
             StoreError::CouncilOver(..) | StoreError::NoActiveCouncil(_) | StoreError::NoRole { .. } => ApiError::conflict(e.to_string()),
             StoreError::NoProject(_) => ApiError::new(StatusCode::NOT_FOUND, "no_project", e.to_string()),
             StoreError::NoPlan(_) => ApiError::new(StatusCode::NOT_FOUND, "no_plan", e.to_string()),
-            StoreError::PlanNotFailed(..) => ApiError::conflict(e.to_string()),
+            StoreError::PlanNotFailed(..) | StoreError::ProjectChanged(_) | StoreError::ProjectCompleted(_) => {
+                ApiError::conflict(e.to_string())
+            }
             StoreError::NoCouncil(..) => ApiError::new(StatusCode::NOT_FOUND, "no_council", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }

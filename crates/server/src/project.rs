@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use clawfleet_core::liveness::AgentState;
 use clawfleet_core::project::{self as rules, ProjectInfo, TaskSpec, TaskState};
-use clawfleet_proto::project::{ProjectStatus, ProjectView, TaskKind, TaskStatus};
+use clawfleet_proto::project::{BlockingAssignment, ProjectStatus, ProjectView, TaskKind, TaskStatus};
 use clawfleet_store::{Ended, NewInjection, NewProject, Pending, StoreError};
 use tokio::sync::watch;
 
@@ -311,6 +311,87 @@ async fn collect_branch(app: &App, ended: Ended) -> Ended {
     }
 }
 
+/// What a resume of a project would do now: the tasks still with live workers (a resume
+/// waits for them), and each task's change.
+pub(crate) struct Assessment {
+    pub blocking: Vec<BlockingAssignment>,
+    pub tasks: Vec<TaskState>,
+    pub changes: Vec<rules::Change>,
+}
+
+/// Assesses a resume of `p` with `workers` (checked by the caller). For a code project, the
+/// branch of a task whose worker is gone is first brought from that worker's clone into the
+/// project's repository (as a done attempt's is), then every branch is verified there.
+pub(crate) async fn assess(app: &App, p: &ProjectView, opts: rules::ResumeOptions) -> Result<Assessment, StoreError> {
+    let mono = clock::mono_ms();
+    let mut blocking = Vec::new();
+    for t in p.tasks.values().filter(|t| t.status == TaskStatus::Assigned) {
+        let Some(fleet) = t.assigned_swarm_id.clone() else { continue };
+        let f = fleet.clone();
+        let row = app.db.run(move |s| s.fleet(&f)).await?;
+        let live = row.as_ref().is_some_and(|r| {
+            r.state == clawfleet_proto::api::FleetState::Active
+                && t.assigned_node_id.is_some_and(|slot| slot < r.replicas && app.live.state(&fleet, slot, mono) != AgentState::Lost)
+        });
+        if live {
+            let status =
+                row.map_or("terminated", |r| if r.state == clawfleet_proto::api::FleetState::Active { "running" } else { "terminating" });
+            blocking.push(BlockingAssignment {
+                task_id: t.task_id.clone(),
+                title: t.title.clone(),
+                swarm_alias: fleet.clone(),
+                swarm_id: fleet,
+                swarm_status: status.to_owned(),
+                node_id: t.assigned_node_id,
+                branch: t.branch.clone(),
+            });
+        }
+    }
+    let tasks = states(p);
+    if !blocking.is_empty() {
+        return Ok(Assessment { blocking, tasks, changes: Vec::new() });
+    }
+    let mut verdicts: Vec<Option<rules::Verified>> = vec![None; tasks.len()];
+    let wanted = |t: &TaskState| matches!(t.status, TaskStatus::Completed | TaskStatus::Assigned) && opts.reverify_completed;
+    if p.repo_path.is_empty() {
+        for (i, t) in tasks.iter().enumerate().filter(|(_, t)| wanted(t)) {
+            verdicts[i] = Some(match t.status {
+                TaskStatus::Completed => rules::Verified {
+                    recoverable: true,
+                    reason: "A task of plain prompts has no branch: its recorded answer stands".into(),
+                    tip: None,
+                },
+                _ => {
+                    rules::Verified { recoverable: false, reason: "A task of plain prompts has no branch: it runs again".into(), tip: None }
+                }
+            });
+        }
+    } else {
+        let repo = PathBuf::from(&p.repo_path);
+        for (i, t) in tasks.iter().enumerate().filter(|(_, t)| wanted(t)) {
+            let view = &p.tasks[&t.spec.task_id];
+            let branch = view.branch.clone().unwrap_or_else(|| branch_of(&p.project_id, &t.spec));
+            if t.status == TaskStatus::Assigned
+                && let (Some(fleet), Some(slot)) = (&view.assigned_swarm_id, view.assigned_node_id)
+                && let Some(clone) = clone_dir(app, fleet, slot, &p.workspace_subdir).await
+            {
+                let (r, b) = (repo.clone(), branch.clone());
+                let _ = tokio::task::spawn_blocking(move || git::fetch_branch(&r, &clone, &b)).await;
+            }
+            let (r, base, head) = (repo.clone(), p.base_branch.clone(), view.head_commit.clone());
+            let b = view.branch.clone();
+            let v = tokio::task::spawn_blocking(move || git::verify_branch(&r, b.as_deref(), &base, head.as_deref()))
+                .await
+                .unwrap_or_else(|e| rules::Verified { recoverable: false, reason: format!("verifying its branch failed: {e}"), tip: None });
+            verdicts[i] = Some(v);
+        }
+    }
+    let changes = rules::resume(&tasks, opts, &mut |i| {
+        verdicts[i].clone().unwrap_or(rules::Verified { recoverable: false, reason: "not verified".into(), tip: None })
+    });
+    Ok(Assessment { blocking, tasks, changes })
+}
+
 /// Starts a project: it is `starting` while every worker's clone is prepared, then `running`
 /// (or `error`, saying which worker could not be prepared and why).
 pub(crate) async fn start(app: Arc<App>, project: ProjectView) {
@@ -439,6 +520,30 @@ pub(crate) mod git {
         Ok(())
     }
 
+    /// What `branch` in `repo` shows of a task's work, as the reference's resume asks it: the
+    /// recorded head reachable from it, or a tip apart from the base branch's.
+    pub(crate) fn verify_branch(repo: &Path, branch: Option<&str>, base: &str, head: Option<&str>) -> rules::Verified {
+        let not = |reason: String| rules::Verified { recoverable: false, reason, tip: None };
+        let Some(b) = branch.filter(|b| !b.is_empty()) else { return not("No task branch recorded".into()) };
+        let tip_of = |name: &str| {
+            [name.to_owned(), format!("refs/heads/{name}"), format!("origin/{name}"), format!("refs/remotes/origin/{name}")]
+                .iter()
+                .find_map(|r| git(Some(repo), &["rev-parse", "--verify", "--quiet", &format!("{r}^{{commit}}")]).ok())
+        };
+        let Some(tip) = tip_of(b) else { return not(format!("Task branch {b} was not found")) };
+        let yes = |reason: String| rules::Verified { recoverable: true, reason, tip: Some(tip.clone()) };
+        if let Some(h) = head.filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()) && !h.is_empty())
+            && git(Some(repo), &["merge-base", "--is-ancestor", h, &tip]).is_ok()
+        {
+            return yes(format!("Recorded head commit is reachable from {b}"));
+        }
+        let base_tip = tip_of(base).or_else(|| git(Some(repo), &["rev-parse", "--verify", "--quiet", "HEAD"]).ok());
+        if base_tip.as_deref() != Some(tip.as_str()) {
+            return yes(format!("Task branch {b} diverges from base branch {base}"));
+        }
+        not(format!("Task branch {b} does not contain durable progress beyond {base}"))
+    }
+
     /// Brings `branch` from a worker's clone (or the bare repository its pushes went to) into
     /// the project's repository.
     pub(crate) fn fetch_branch(repo: &Path, clone: &Path, branch: &str) -> Result<(), String> {
@@ -454,5 +559,46 @@ pub(crate) mod git {
         git(Some(repo), &["fetch", "--quiet", &clone.with_extension("pushed.git").display().to_string(), &refspec])
             .map(|_| ())
             .map_err(|_| format!("its branch '{branch}' is not in its clone"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::git;
+
+    fn run(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().expect("git (apt-get install git)");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A resume's branch checks, on a real repository: the reference's four answers.
+    #[test]
+    fn branches_are_verified_as_the_reference_verifies_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        run(repo, &["init", "-q", "-b", "main"]);
+        run(repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start"]);
+        run(repo, &["branch", "empty"]);
+        run(repo, &["checkout", "-q", "-b", "work"]);
+        run(repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "work"]);
+        let head = run(repo, &["rev-parse", "HEAD"]);
+        let base = run(repo, &["rev-parse", "main"]);
+        let cases = [
+            (None, None, false, "No task branch recorded"),
+            (Some("gone"), None, false, "Task branch gone was not found"),
+            (Some("work"), Some(head.as_str()), true, "Recorded head commit is reachable from work"),
+            (Some("work"), Some("deadbeef"), true, "Task branch work diverges from base branch main"),
+            (Some("empty"), None, false, "Task branch empty does not contain durable progress beyond main"),
+            (Some("main"), Some(base.as_str()), true, "Recorded head commit is reachable from main"),
+        ];
+        for (branch, recorded, recoverable, reason) in cases {
+            let v = git::verify_branch(repo, branch, "main", recorded);
+            assert_eq!((v.recoverable, v.reason.as_str()), (recoverable, reason), "{branch:?}");
+            assert_eq!(v.tip.is_some(), recoverable);
+        }
+        assert_eq!(git::verify_branch(repo, Some("work"), "main", None).tip.as_deref(), Some(head.as_str()));
     }
 }

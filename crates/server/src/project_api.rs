@@ -8,7 +8,10 @@
 use std::path::Path;
 
 use clawfleet_core::project as rules;
-use clawfleet_proto::project::{MAX_TITLE_CHARS, PlanCreate, PlanList, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView};
+use clawfleet_proto::project::{
+    BlockingSwarm, MAX_TITLE_CHARS, PlanCreate, PlanList, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview,
+    ResumeRequest, TaskChange,
+};
 
 use super::*;
 use crate::project::{git, now_ms};
@@ -291,6 +294,161 @@ pub(super) async fn start(
         ProjectStatus::Completed => Err(ApiError::conflict(format!("project {} is completed", p.project_id))),
         _ => Ok((StatusCode::ACCEPTED, Json(begin(&app, p).await?))),
     }
+}
+
+/// The worker fleets a resume names, checked as the reference checks them (none: the
+/// project's own), each one the caller may inject.
+async fn resume_workers(app: &App, caller: &Caller, p: &ProjectView, req: &ResumeRequest) -> Result<Vec<String>, ApiError> {
+    let Some(list) = &req.worker_swarm_ids else { return Ok(p.worker_swarm_ids.clone()) };
+    if list.is_empty() {
+        return Err(ApiError::bad_request("project_resume requires at least one worker_swarm_id when overriding workers"));
+    }
+    let mut workers: Vec<String> = Vec::new();
+    for w in list.iter().map(|w| w.trim()).filter(|w| !w.is_empty()) {
+        if !workers.iter().any(|x| x == w) {
+            workers.push(w.to_owned());
+        }
+    }
+    if workers.is_empty() {
+        return Err(ApiError::bad_request("project_resume requires at least one valid worker_swarm_id"));
+    }
+    if workers.len() > MAX_WORKER_FLEETS {
+        return Err(ApiError::bad_request(format!("a project has at most {MAX_WORKER_FLEETS} worker fleets")));
+    }
+    may_all(app, caller, Action::Inject, &workers)?;
+    let rows = app.db.run(|s| s.fleets()).await?;
+    let unknown: Vec<String> = workers
+        .iter()
+        .filter(|w| !rows.iter().any(|r| &r.name == *w && r.state == FleetState::Active))
+        .take(8)
+        .map(|u| u.chars().take(64).collect())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!("unknown worker_swarm_ids: {}", unknown.join(", "))));
+    }
+    Ok(workers)
+}
+
+/// What a resume would do, and why it cannot be done now if it cannot.
+async fn assess(
+    app: &App,
+    caller: &Caller,
+    id: String,
+    req: &ResumeRequest,
+) -> Result<(ProjectView, Vec<String>, crate::project::Assessment, Option<&'static str>), ApiError> {
+    let p = readable(app, caller, id, Action::Inject).await?;
+    let workers = resume_workers(app, caller, &p, req).await?;
+    let opts = rules::ResumeOptions { retry_failed: req.retry_failed, reverify_completed: req.reverify_completed };
+    let a = if p.status == ProjectStatus::Completed {
+        crate::project::Assessment { blocking: Vec::new(), tasks: Vec::new(), changes: Vec::new() }
+    } else {
+        crate::project::assess(app, &p, opts).await?
+    };
+    let blocked = rules::resume_blocked(p.status, !a.blocking.is_empty(), workers.len());
+    Ok((p, workers, a, blocked))
+}
+
+/// Resumes a project (codeswarm's `project_resume`): tasks whose workers are gone go back to
+/// pending or, if their branches show the work, are completed; completed tasks are checked
+/// against their branches; failed ones are tried again if asked; the worker fleets are
+/// replaced if the request names others. Refused, with nothing changed, while a task is with a
+/// live worker, or once the project is completed.
+pub(super) async fn resume(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+    JsonBody(req): JsonBody<ResumeRequest>,
+) -> Result<Json<ProjectView>, ApiError> {
+    let (p, workers, a, blocked) = assess(&app, &caller, id, &req).await?;
+    if let Some(reason) = blocked {
+        return Err(ApiError::conflict(reason));
+    }
+    let summary = rules::resume_summary(&a.changes);
+    let actor = caller.0.audit_name();
+    let override_workers = req.worker_swarm_ids.is_some().then_some(workers);
+    let pid = p.project_id.clone();
+    let (view, _) = app
+        .hub
+        .write(move |s| {
+            let at = clock::now_rfc3339();
+            let detail = format!("project={pid} retry_failed={} reverify_completed={}", req.retry_failed, req.reverify_completed);
+            let home = override_workers.as_ref().unwrap_or(&p.worker_swarm_ids)[0].clone();
+            let audit = audit(&at, &actor, "project-resume", &home, detail);
+            s.resume_project(&pid, &a.changes, override_workers.as_deref(), &summary, now_ms(), &at, &audit)
+        })
+        .await?;
+    if view.status == ProjectStatus::Starting {
+        tokio::spawn(crate::project::start(app.clone(), view.clone()));
+    }
+    app.projects_due.notify_one();
+    Ok(Json(view))
+}
+
+/// What a resume would do, nothing changed (codeswarm's `project_resume_preview`). Like the
+/// reference's, it may bring a gone worker's task branch into the project's repository.
+pub(super) async fn resume_preview(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+    JsonBody(req): JsonBody<ResumeRequest>,
+) -> Result<Json<ResumePreview>, ApiError> {
+    let (p, workers, a, blocked) = assess(&app, &caller, id, &req).await?;
+    let now = now_ms();
+    let after = rules::resumed(&a.tasks, &a.changes);
+    let status = match blocked {
+        Some(_) => p.status,
+        None => rules::status(ProjectStatus::Running, &after, now),
+    };
+    let mut blocking_swarms: Vec<BlockingSwarm> = Vec::new();
+    for b in &a.blocking {
+        if !blocking_swarms.iter().any(|s| s.swarm_id == b.swarm_id) {
+            blocking_swarms.push(BlockingSwarm {
+                swarm_id: b.swarm_id.clone(),
+                swarm_alias: b.swarm_alias.clone(),
+                swarm_status: b.swarm_status.clone(),
+            });
+        }
+    }
+    let mut changed_task_ids: Vec<String> =
+        a.changes.iter().filter(|c| c.before != c.after).map(|c| a.tasks[c.index].spec.task_id.clone()).collect();
+    changed_task_ids.sort();
+    let task_changes = a
+        .changes
+        .iter()
+        .map(|c| {
+            let t = &p.tasks[&a.tasks[c.index].spec.task_id];
+            TaskChange {
+                task_id: t.task_id.clone(),
+                title: t.title.clone(),
+                before_status: c.before,
+                after_status: c.after,
+                resume_decision: Some(c.decision),
+                reason: Some(c.reason.clone()),
+                branch: t.branch.clone(),
+                assigned_swarm_id: t.assigned_swarm_id.clone(),
+                assigned_node_id: t.assigned_node_id,
+            }
+        })
+        .collect();
+    let counts_after = if blocked.is_some() { p.task_counts } else { rules::counts(&after, now) };
+    Ok(Json(ResumePreview {
+        project_id: p.project_id.clone(),
+        title: p.title.clone(),
+        status,
+        blocked: blocked.is_some(),
+        blocked_reason: blocked.map(str::to_owned),
+        has_live_assignments: !a.blocking.is_empty(),
+        blocking_assignments: a.blocking,
+        blocking_swarms,
+        retry_failed: req.retry_failed,
+        reverify_completed: req.reverify_completed,
+        worker_swarm_ids: workers,
+        counts_before: p.task_counts,
+        counts_after,
+        summary: rules::resume_summary(&a.changes),
+        changed_task_ids,
+        task_changes,
+    }))
 }
 
 /// Marks a project `starting` and prepares it in a task of its own.

@@ -64,6 +64,10 @@ pub enum StoreError {
     CouncilOver(u64, clawfleet_proto::council::CouncilState),
     #[error("no project '{0}'")]
     NoProject(String),
+    #[error("task {0} changed while the project was resumed: look again and resume again")]
+    ProjectChanged(String),
+    #[error("project '{0}' is already completed")]
+    ProjectCompleted(String),
     #[error("no plan '{0}'")]
     NoPlan(String),
     #[error("plan {0} is {1}, not failed: only a failed plan is retried")]

@@ -5,9 +5,9 @@
 //! worker lost) never completes the task after another attempt began. Project events are
 //! stored on the project's home fleet (its first worker fleet), task events on the worker's.
 
-use clawfleet_core::project::{self as rules, Outcome, TaskSpec, TaskState};
+use clawfleet_core::project::{self as rules, Change, Outcome, TaskSpec, TaskState};
 use clawfleet_proto::event::EventBody;
-use clawfleet_proto::project::{ProjectStatus, ProjectView, TaskInput, TaskStatus, TaskView};
+use clawfleet_proto::project::{ProjectStatus, ProjectView, ResumeDecision, ResumeSummary, TaskInput, TaskKind, TaskStatus, TaskView};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{Audit, Event, NewEvent, NewInjection, Result, Store, StoreError, fleet_event, insert_event, insert_injection, write_audit};
@@ -103,7 +103,7 @@ fn load(c: &Connection, id: &str, now_ms: u64) -> Result<ProjectView> {
     let row = c
         .query_row(
             "SELECT id, title, repo_path, base_branch, workspace_subdir, workers, status, last_error, integration_branch,
-                    integration_head_commit, preparation, resume_count, created_at, updated_at
+                    integration_head_commit, preparation, resume_count, created_at, updated_at, resume_summary, last_resume_at
              FROM projects WHERE id = ?1",
             [id],
             |r| {
@@ -125,6 +125,8 @@ fn load(c: &Connection, id: &str, now_ms: u64) -> Result<ProjectView> {
                     final_result_head_commit: r.get(9)?,
                     repo_preparation: json(10, r.get(10)?)?,
                     resume_count: r.get(11)?,
+                    resume_summary: r.get::<_, Option<String>>(14)?.map(|t| json(14, t)).transpose()?,
+                    last_resume_at: r.get(15)?,
                     created_at: r.get(12)?,
                     updated_at: r.get(13)?,
                     task_order: Vec::new(),
@@ -398,6 +400,114 @@ impl Store {
             let mut events = vec![task_event(tx, &ended.project, &ended.task_id, &fleet, slot, Some(&ended.injection_id), &outcome, at)?];
             events.extend(refresh(tx, &ended.project, now_ms, at)?);
             Ok(events)
+        })
+    }
+
+    /// Stores a resume: each task's change, made only if the task is still as the rules saw
+    /// it (else nothing is written and the resume is refused, naming the task); the worker
+    /// fleets replaced if `workers` names others; the project completed if every task is,
+    /// else `starting` (its workers' clones are prepared again) or, with no repository,
+    /// `running`; with a `project_resumed` event and an audit line.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume_project(
+        &self,
+        id: &str,
+        changes: &[Change],
+        workers: Option<&[String]>,
+        summary: &ResumeSummary,
+        now_ms: u64,
+        at: &str,
+        audit: &Audit<'_>,
+    ) -> Result<(ProjectView, Vec<Event>)> {
+        self.tx(|tx| {
+            let (stored, _) = head(tx, id)?;
+            if stored == ProjectStatus::Completed {
+                return Err(StoreError::ProjectCompleted(id.to_owned()));
+            }
+            let before = load(tx, id, now_ms)?;
+            let now = secs(now_ms);
+            for c in changes {
+                let Some(task_id) = before.task_order.get(c.index) else { return Err(StoreError::ProjectChanged(format!("#{}", c.index))) };
+                let changed = match (c.after, c.decision) {
+                    (TaskStatus::Completed, ResumeDecision::KeptCompleted) => tx.execute(
+                        "UPDATE project_tasks SET updated_at = updated_at WHERE project = ?1 AND task_id = ?2 AND status = ?3",
+                        params![id, task_id, c.before.as_str()],
+                    )?,
+                    (TaskStatus::Completed, _) => tx.execute(
+                        "UPDATE project_tasks SET status = 'completed', fleet = NULL, slot = NULL, injection_id = NULL, not_before = NULL,
+                                result_status = COALESCE(result_status, 'recovered_from_branch'), head_commit = COALESCE(head_commit, ?4),
+                                last_error = NULL, updated_at = ?5
+                         WHERE project = ?1 AND task_id = ?2 AND status = ?3",
+                        params![id, task_id, c.before.as_str(), c.tip, now],
+                    )?,
+                    _ => tx.execute(
+                        "UPDATE project_tasks SET status = ?4, fleet = NULL, slot = NULL, injection_id = NULL, not_before = NULL,
+                                last_error = CASE WHEN ?5 THEN NULL ELSE last_error END, updated_at = ?6
+                         WHERE project = ?1 AND task_id = ?2 AND status = ?3",
+                        params![id, task_id, c.before.as_str(), c.after.as_str(), c.decision == ResumeDecision::RetriedFailed, now],
+                    )?,
+                };
+                if changed == 0 {
+                    return Err(StoreError::ProjectChanged(task_id.clone()));
+                }
+            }
+            let workers = match workers {
+                Some(list) => {
+                    for fleet in list {
+                        if tx.query_row("SELECT 1 FROM fleets WHERE name = ?1", [fleet], |_| Ok(())).optional()?.is_none() {
+                            return Err(StoreError::NoFleet(fleet.clone()));
+                        }
+                    }
+                    list.to_vec()
+                }
+                None => before.worker_swarm_ids.clone(),
+            };
+            // The project's result is its integration task's branch, while that task is completed.
+            let integration = before.tasks.values().find(|t| t.task_kind == TaskKind::Integration).map(|t| t.task_id.clone());
+            let integrated = match &integration {
+                Some(tid) => tx.query_row(
+                    "SELECT status = 'completed', branch, head_commit FROM project_tasks WHERE project = ?1 AND task_id = ?2",
+                    params![id, tid],
+                    |r| {
+                        Ok(if r.get::<_, bool>(0)? {
+                            (r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?)
+                        } else {
+                            (None, None)
+                        })
+                    },
+                )?,
+                None => (None, None),
+            };
+            let (total, completed): (u32, u32) =
+                tx.query_row("SELECT COUNT(*), COALESCE(SUM(status = 'completed'), 0) FROM project_tasks WHERE project = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let status = if total > 0 && completed == total {
+                ProjectStatus::Completed
+            } else if before.repo_path.is_empty() {
+                ProjectStatus::Running
+            } else {
+                ProjectStatus::Starting
+            };
+            tx.execute(
+                "UPDATE projects SET status = ?2, workers = ?3, resume_count = resume_count + 1, resume_summary = ?4, last_resume_at = ?5,
+                        last_error = NULL, integration_branch = ?6, integration_head_commit = ?7, updated_at = ?5
+                 WHERE id = ?1",
+                params![
+                    id,
+                    status.as_str(),
+                    serde_json::to_string(&workers).expect("names"),
+                    serde_json::to_string(summary).expect("a summary serializes"),
+                    now,
+                    integrated.0,
+                    integrated.1
+                ],
+            )?;
+            write_audit(tx, audit)?;
+            let home = workers.first().cloned().unwrap_or_default();
+            let body = EventBody::ProjectResumed { project_id: id.to_owned(), status, resume_summary: *summary };
+            let events = vec![fleet_event(tx, &home, at, body)?];
+            Ok((load(tx, id, now_ms)?, events))
         })
     }
 

@@ -329,6 +329,11 @@ CREATE TABLE project_plans (
 );
 CREATE UNIQUE INDEX project_plans_planner ON project_plans (planner, slot) WHERE status = 'planning';
 "#,
+    r#"
+-- What a project's last resume did (JSON: its summary), and when.
+ALTER TABLE projects ADD COLUMN resume_summary TEXT;
+ALTER TABLE projects ADD COLUMN last_resume_at REAL;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

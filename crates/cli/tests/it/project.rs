@@ -15,7 +15,7 @@ use crate::support::{Plane, PlaneOptions, eventually};
 
 /// The test's worker brain: the reference's mock worker, in bash. A task whose prompt says
 /// FLAKY answers without a TASK_RESULT block the first time each agent sees it; one that says
-/// SLOW takes its time.
+/// SLOW takes its time; one that says HANG never ends on an agent of the fleet `crew`.
 const WORKER: &str = r#"#!/bin/bash
 prompt=$(cat)
 cd repo || { echo "no clone here"; exit 1; }
@@ -24,6 +24,7 @@ branch=$(printf '%s\n' "$prompt" | sed -n 's/^Working branch to create\/use: //p
 base=$(printf '%s\n' "$prompt" | sed -n 's/^Base branch: //p')
 case "$prompt" in *FLAKY*) if [ ! -f ../flaky.seen ]; then touch ../flaky.seen; echo "I forgot the format."; exit 0; fi;; esac
 case "$prompt" in *SLOW*) sleep 4;; esac
+case "$prompt" in *HANG*) case "$PWD" in */crew-*) sleep 300;; esac;; esac
 case "$prompt" in *EVIL*) git checkout -q -B main; echo evil >> evil.txt; git add evil.txt; git commit -q -m evil; branch=main;; esac
 if printf '%s' "$prompt" | grep -q "This is the final integration task for the project."; then
   git fetch -q origin
@@ -332,6 +333,22 @@ fn the_router_creates_starts_and_lists_projects() {
     send("project_start", "s1", json!({"project_id": "nope"}));
     let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "s1");
     assert_eq!(r["data"]["reason"], "unknown project_id", "{r}");
+    // A completed project: the preview says a resume is blocked, the resume is refused.
+    send("project_resume_preview", "rp1", json!({"project_id": id}));
+    let r = wait_within(&rx, 30, "a preview", |v| v["event"] == "project_resume_preview" && v["data"]["request_id"] == "rp1");
+    let preview = &r["data"]["preview"];
+    assert_eq!(
+        (preview["blocked"].as_bool(), preview["blocked_reason"].as_str()),
+        (Some(true), Some("project is already completed")),
+        "{r}"
+    );
+    assert_eq!(preview["counts_before"]["completed"], 3, "{r}");
+    send("project_resume", "r1", json!({"project_id": id, "retry_failed": true}));
+    let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r1");
+    assert!(r["data"]["reason"].as_str().unwrap().contains("project is already completed"), "{r}");
+    send("project_resume", "r2", json!({"project_id": "nope"}));
+    let r = wait_within(&rx, 30, "a refusal", |v| v["event"] == "command_rejected" && v["data"]["request_id"] == "r2");
+    assert_eq!(r["data"]["reason"], "unknown project_id", "{r}");
     drop(stdin);
     let _ = router.wait();
 }
@@ -450,4 +467,94 @@ fn a_worker_cannot_write_the_projects_main_branch() {
     assert_eq!((t["status"].as_str(), t["attempts"].as_u64()), (Some("failed"), Some(3)), "{t:#}");
     assert!(t["last_error"].as_str().unwrap().contains("its branch 'main' is not one of the project's"), "{t:#}");
     assert_eq!(git(&repo, &["rev-parse", "main"]), main, "the project's main is untouched");
+}
+
+/// codeswarm's resume smoke, on clawfleet: a project whose worker fleet is terminated with a
+/// task under way is resumed on another fleet. While the task's worker is alive a resume is
+/// refused and the preview says why; then the preview shows the completed task kept (its
+/// branch has the work), the resume moves the project to the new fleet, and it completes.
+#[test]
+fn a_project_resumes_on_another_fleet_once_its_workers_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = workers(dir.path(), "crew", 1);
+    let plan = json!({"title": "Resume", "repo_path": repo.display().to_string(), "worker_swarm_ids": ["crew"],
+        "tasks": [task("T-001", "Write the first file.", &[]), task("T-002", "Write the second file. HANG", &["T-001"])]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let created = plane.json(&["project", "create", "-f", file.to_str().unwrap(), "--start", "--json"]);
+    let id = created["project_id"].as_str().unwrap().to_owned();
+    let t = Duration::from_secs(60);
+    eventually(t, "T-001 done and T-002 under way", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        (p["tasks"]["T-001"]["status"] == "completed" && p["tasks"]["T-002"]["status"] == "assigned").then_some(())
+    });
+    let preview = plane.json(&["project", "resume-preview", &id, "--json"]);
+    assert_eq!((preview["blocked"].as_bool(), preview["has_live_assignments"].as_bool()), (Some(true), Some(true)), "{preview:#}");
+    assert_eq!(preview["blocking_assignments"][0]["task_id"], "T-002");
+    let err = plane.fails(&["project", "resume", &id]);
+    assert!(err.contains("project has tasks still assigned to active swarms"), "{err}");
+    let err = plane.fails(&["project", "resume", &id, "--workers", "ghost"]);
+    assert!(err.contains("unknown worker_swarm_ids: ghost"), "{err}");
+
+    let script = dir.path().join("worker.sh");
+    plane.ok(&["launch", "crew2", "--replicas", "1", "--brain", &format!("cmd:bash {}", script.display()), "--wait"]);
+    plane.ok(&["terminate", "crew", "--wait"]);
+    let preview = plane.json(&["project", "resume-preview", &id, "--workers", "crew2", "--json"]);
+    assert_eq!(preview["blocked"], false, "{preview:#}");
+    assert_eq!(preview["worker_swarm_ids"], json!(["crew2"]));
+    let kept = preview["task_changes"].as_array().unwrap().iter().find(|c| c["task_id"] == "T-001").cloned().unwrap_or_default();
+    assert_eq!(kept["resume_decision"], "kept_completed", "{preview:#}");
+    assert!(kept["reason"].as_str().unwrap().contains(&format!("codeswarm/{id}/T-001")), "{kept:#}");
+    assert_eq!(plane.json(&["project", "status", &id, "--json"])["resume_count"], 0, "a preview changes nothing");
+    let text = plane.ok(&["project", "resume-preview", &id, "--workers", "crew2"]);
+    assert!(text.contains("kept_completed") && text.contains("1 kept"), "{text}");
+
+    let done = plane.json(&["project", "resume", &id, "--workers", "crew2", "--wait", "--timeout", "120", "--json"]);
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["worker_swarm_ids"], json!(["crew2"]));
+    assert_eq!(done["resume_count"], 1);
+    assert!(done["resume_summary"]["kept_completed"].as_u64() >= Some(1), "{done:#}");
+    assert!(done["tasks"]["T-002"]["attempts"].as_u64() >= Some(2), "{done:#}");
+    assert_eq!(done["tasks"]["T-002"]["last_assigned_swarm_id"], "crew2");
+    let ib = done["integration_branch"].as_str().unwrap();
+    for t in ["T-001", "T-002"] {
+        assert_eq!(git(&repo, &["show", &format!("{ib}:tasks/{t}.txt")]), t);
+    }
+    let err = plane.fails(&["project", "resume", &id]);
+    assert!(err.contains("project is already completed"), "{err}");
+    let events = crate::support::events(&plane, "crew2");
+    assert!(events.iter().any(|e| e["event"] == "project_resumed"), "{events:#?}");
+}
+
+/// A plain project whose task failed (its worker said blocked) needs attention; a resume with
+/// --retry-failed tries it again, and it completes.
+#[test]
+fn a_failed_task_is_tried_again_on_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("unblocked");
+    let brain = format!(
+        "cmd:if [ -f {} ]; then printf 'TASK_RESULT\\nstatus: done\\nnotes: ok\\n'; else printf 'TASK_RESULT\\nstatus: blocked\\nnotes: no access\\n'; fi",
+        flag.display()
+    );
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "hands", "--replicas", "1", "--brain", &brain, "--wait"]);
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, json!({"title": "Plain", "worker_swarm_ids": ["hands"], "tasks": [task("T-001", "Do it.", &[])]}).to_string())
+        .unwrap();
+    let created = plane.json(&["project", "create", "-f", file.to_str().unwrap(), "--start", "--json"]);
+    let id = created["project_id"].as_str().unwrap().to_owned();
+    let p = eventually(Duration::from_secs(60), "the project to need attention", || {
+        let p = plane.json(&["project", "status", &id, "--json"]);
+        (p["status"] == "attention").then_some(p)
+    });
+    assert_eq!(p["tasks"]["T-001"]["last_error"], "no access", "{p:#}");
+    let preview = plane.json(&["project", "resume-preview", &id, "--json"]);
+    assert_eq!(preview["summary"]["retried_failed"], 0, "not without --retry-failed: {preview:#}");
+    std::fs::write(&flag, "").unwrap();
+    let done = plane.json(&["project", "resume", &id, "--retry-failed", "--wait", "--timeout", "60", "--json"]);
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["resume_summary"]["retried_failed"], 1, "{done:#}");
+    assert_eq!(done["tasks"]["T-001"]["attempts"], 2);
 }
