@@ -211,10 +211,9 @@ impl EventPrinter {
             EventBody::ProjectStatus { project_id, status, last_error } => {
                 format!("project {project_id} is {status}{}", last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
             }
-            EventBody::ProjectResumed { project_id, status, resume_summary: s } => format!(
-                "project {project_id} resumed, {status}: {} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
-                s.kept_completed, s.recovered_from_branch, s.downgraded_to_pending, s.reset_assigned, s.retried_failed
-            ),
+            EventBody::ProjectResumed { project_id, status, resume_summary } => {
+                format!("project {project_id} resumed, {status}: {}", crate::project::summary_line(resume_summary))
+            }
             EventBody::ProjectTaskAssigned { project_id, task_id, attempt } => {
                 format!("works on {task_id} of project {project_id} (attempt {attempt})")
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clawfleet_proto::project::{
     PlanCreate, PlanList, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview, ResumeRequest,
-    TaskStatus,
+    ResumeSummary, TaskStatus,
 };
 
 use crate::args::{
@@ -266,6 +266,14 @@ async fn status(args: ProjectStatusArgs) -> anyhow::Result<ExitCode> {
     finish(&p, args.json, false)
 }
 
+/// What a resume did (or would do) to the tasks, in a line.
+pub(crate) fn summary_line(s: &ResumeSummary) -> String {
+    format!(
+        "{} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
+        s.kept_completed, s.recovered_from_branch, s.downgraded_to_pending, s.reset_assigned, s.retried_failed
+    )
+}
+
 fn resume_request(args: &ProjectResumeArgs) -> ResumeRequest {
     ResumeRequest { worker_swarm_ids: args.workers.clone(), retry_failed: args.retry_failed, reverify_completed: !args.no_reverify }
 }
@@ -274,14 +282,7 @@ async fn resume(args: ProjectResumeArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let mut p: ProjectView = client.post(&format!("/api/v1/projects/{}/resume", args.id), &resume_request(&args)).await?;
     if let (Some(s), false) = (&p.resume_summary, args.json) {
-        outln!(
-            "resumed: {} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
-            s.kept_completed,
-            s.recovered_from_branch,
-            s.downgraded_to_pending,
-            s.reset_assigned,
-            s.retried_failed
-        );
+        outln!("resumed: {}", summary_line(s));
     }
     if args.wait {
         p = wait(&client, p, Duration::from_secs(args.timeout)).await?;
@@ -318,15 +319,7 @@ async fn resume_preview(args: ProjectResumeArgs) -> anyhow::Result<ExitCode> {
     if !rows.is_empty() {
         out!("{}", table(&["TASK", "STATUS", "DECISION", "WHY"], &rows));
     }
-    let s = &v.summary;
-    outln!(
-        "{} kept, {} recovered from branches, {} back to pending, {} reset, {} retried",
-        s.kept_completed,
-        s.recovered_from_branch,
-        s.downgraded_to_pending,
-        s.reset_assigned,
-        s.retried_failed
-    );
+    outln!("{}", summary_line(&v.summary));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -33,6 +33,26 @@ fn may_all(app: &App, caller: &Caller, action: Action, fleets: &[String]) -> Res
     fleets.iter().try_for_each(|f| caller.may(app, action, Target::Fleet(f)))
 }
 
+/// Worker fleets, checked: at most [`MAX_WORKER_FLEETS`], each one the caller may inject and
+/// an active fleet.
+async fn check_workers(app: &App, caller: &Caller, workers: &[String]) -> Result<(), ApiError> {
+    if workers.len() > MAX_WORKER_FLEETS {
+        return Err(ApiError::bad_request(format!("a project has at most {MAX_WORKER_FLEETS} worker fleets")));
+    }
+    may_all(app, caller, Action::Inject, workers)?;
+    let rows = app.db.run(|s| s.fleets()).await?;
+    let unknown: Vec<String> = workers
+        .iter()
+        .filter(|w| !rows.iter().any(|r| &r.name == *w && r.state == FleetState::Active))
+        .take(8)
+        .map(|u| u.chars().take(64).collect())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!("unknown worker_swarm_ids: {}", unknown.join(", "))));
+    }
+    Ok(())
+}
+
 /// A project's settings, checked: title, worker fleets (each one the caller may inject), base
 /// branch, workspace directory and repository (none: plain tasks).
 struct Settings {
@@ -68,17 +88,7 @@ async fn settings(
     if workers.is_empty() {
         return Err(ApiError::bad_request("project requires worker_swarm_ids"));
     }
-    if workers.len() > MAX_WORKER_FLEETS {
-        return Err(ApiError::bad_request(format!("a project has at most {MAX_WORKER_FLEETS} worker fleets")));
-    }
-    may_all(app, caller, Action::Inject, &workers)?;
-    let rows = app.db.run(|s| s.fleets()).await?;
-    let unknown: Vec<&str> =
-        workers.iter().filter(|w| !rows.iter().any(|r| &r.name == *w && r.state == FleetState::Active)).map(|w| w.as_str()).collect();
-    if !unknown.is_empty() {
-        let shown: Vec<String> = unknown.iter().take(8).map(|u| u.chars().take(64).collect()).collect();
-        return Err(ApiError::bad_request(format!("unknown worker_swarm_ids: {}", shown.join(", "))));
-    }
+    check_workers(app, caller, &workers).await?;
     let base = base_branch.filter(|b| !b.is_empty()).unwrap_or("main").to_owned();
     if !plain(&base, true) {
         return Err(ApiError::bad_request(format!(
@@ -312,20 +322,7 @@ async fn resume_workers(app: &App, caller: &Caller, p: &ProjectView, req: &Resum
     if workers.is_empty() {
         return Err(ApiError::bad_request("project_resume requires at least one valid worker_swarm_id"));
     }
-    if workers.len() > MAX_WORKER_FLEETS {
-        return Err(ApiError::bad_request(format!("a project has at most {MAX_WORKER_FLEETS} worker fleets")));
-    }
-    may_all(app, caller, Action::Inject, &workers)?;
-    let rows = app.db.run(|s| s.fleets()).await?;
-    let unknown: Vec<String> = workers
-        .iter()
-        .filter(|w| !rows.iter().any(|r| &r.name == *w && r.state == FleetState::Active))
-        .take(8)
-        .map(|u| u.chars().take(64).collect())
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::bad_request(format!("unknown worker_swarm_ids: {}", unknown.join(", "))));
-    }
+    check_workers(app, caller, &workers).await?;
     Ok(workers)
 }
 
