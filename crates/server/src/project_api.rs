@@ -360,6 +360,10 @@ pub(super) async fn resume(
     if let Some(reason) = blocked {
         return Err(ApiError::conflict(reason));
     }
+    // Its workers' clones are being prepared: a second preparation would race the first.
+    if p.status == ProjectStatus::Starting {
+        return Err(ApiError::conflict(format!("project {} is starting: resume it once it has started", p.project_id)));
+    }
     let summary = rules::resume_summary(&a.changes);
     let actor = caller.0.audit_name();
     let override_workers = req.worker_swarm_ids.is_some().then_some(workers);
