@@ -319,9 +319,9 @@ pub(crate) struct Assessment {
     pub changes: Vec<rules::Change>,
 }
 
-/// Assesses a resume of `p` with `workers` (checked by the caller). For a code project, the
-/// branch of a task whose worker is gone is first brought from that worker's clone into the
-/// project's repository (as a done attempt's is), then every branch is verified there.
+/// Assesses a resume of `p`. For a code project, the branch of a task whose worker is gone is
+/// first brought from that worker's clone into the project's repository (as a done attempt's
+/// is), while its fleet is still known; then every branch is verified there.
 pub(crate) async fn assess(app: &App, p: &ProjectView, opts: rules::ResumeOptions) -> Result<Assessment, StoreError> {
     let mono = clock::mono_ms();
     let mut blocking = Vec::new();
@@ -334,8 +334,8 @@ pub(crate) async fn assess(app: &App, p: &ProjectView, opts: rules::ResumeOption
                 && t.assigned_node_id.is_some_and(|slot| slot < r.replicas && app.live.state(&fleet, slot, mono) != AgentState::Lost)
         });
         if live {
-            let status =
-                row.map_or("terminated", |r| if r.state == clawfleet_proto::api::FleetState::Active { "running" } else { "terminating" });
+            // Only an active fleet's agents are live.
+            let status = "running";
             blocking.push(BlockingAssignment {
                 task_id: t.task_id.clone(),
                 title: t.title.clone(),
