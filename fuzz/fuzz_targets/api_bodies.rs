@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(s.rps.is_none_or(|r| clawfleet_proto::scenario::RPS_INTERVAL_SECONDS.contains(&r.interval_seconds)));
     }
+    // A merge patch of a fleet's scenarios: what it yields is valid, or it is refused.
+    if let Ok(patch) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Ok(s) = clawfleet_core::scenario::merge(&clawfleet_proto::scenario::Scenarios::default(), &patch)
+    {
+        assert!(clawfleet_core::scenario::validate(&s).is_ok(), "{s:?}");
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         // A brain's answer becomes a move, a phrase or a haiku, each bounded, or nothing.
         let _ = clawfleet_core::scenario::parse_move(text);

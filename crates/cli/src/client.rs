@@ -146,6 +146,13 @@ impl Client {
         resp.json().await.with_context(|| format!("reading the answer to PUT {path}"))
     }
 
+    /// A JSON merge patch (RFC 7396): the fields it names change, the rest are kept.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let req = self.http.patch(format!("{}{path}", self.base)).header(reqwest::header::CONTENT_TYPE, "application/merge-patch+json");
+        let resp = self.send(req.body(serde_json::to_vec(body).context("encoding the patch")?)).await?;
+        resp.json().await.with_context(|| format!("reading the answer to PATCH {path}"))
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.send(self.http.delete(format!("{}{path}", self.base))).await?;
         resp.json().await.with_context(|| format!("reading the answer to DELETE {path}"))

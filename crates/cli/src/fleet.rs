@@ -325,32 +325,28 @@ pub(crate) async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn scenario(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
-    use clawfleet_proto::scenario::{HaikuSettings, RpsSettings, Scenarios, ThreeWordsSettings};
+    use clawfleet_proto::scenario::Scenarios;
+    use serde_json::{Map, Value, json};
     let client = args.client.client()?;
     let path = format!("/api/v1/fleets/{}/scenarios", args.fleet);
-    let mut s: Scenarios = client.get(&path).await?;
-    let changing = args.rps.is_some() || args.rps_brain.is_some() || args.haiku.is_some() || args.three_words.is_some();
-    if changing {
-        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        let mins = |d: std::time::Duration| u32::try_from(d.as_secs() / 60).unwrap_or(u32::MAX);
-        let brain = args.rps_brain.or(s.rps.map(|r| r.brain)).unwrap_or(false);
-        match args.rps {
-            Some(Every::Off) => s.rps = None,
-            Some(Every::Every(d)) => s.rps = Some(RpsSettings { interval_seconds: secs(d), brain }),
-            None => s.rps = s.rps.map(|r| RpsSettings { brain, ..r }),
+    // A merge patch names only what changes, so a change made meanwhile elsewhere (the
+    // dashboard, another operator) to another scenario is kept.
+    let mut patch = Map::new();
+    let every = |e: Every, key: &str, unit: u64| match e {
+        Every::Off => Value::Null,
+        Every::Every(d) => json!({ key: u32::try_from(d.as_secs() / unit).unwrap_or(u32::MAX) }),
+    };
+    let mut rps = args.rps.map(|e| every(e, "interval_seconds", 1));
+    if let Some(brain) = args.rps_brain {
+        match rps.get_or_insert_with(|| json!({})) {
+            Value::Object(fields) => _ = fields.insert("brain".into(), brain.into()),
+            _ => anyhow::bail!("--rps-brain needs the rounds on, not --rps off"),
         }
-        match args.haiku {
-            Some(Every::Off) => s.haiku = None,
-            Some(Every::Every(d)) => s.haiku = Some(HaikuSettings { interval_minutes: mins(d) }),
-            None => {}
-        }
-        match args.three_words {
-            Some(Every::Off) => s.three_words = None,
-            Some(Every::Every(d)) => s.three_words = Some(ThreeWordsSettings { interval_minutes: mins(d) }),
-            None => {}
-        }
-        s = client.put(&path, &s).await?;
     }
+    patch.extend(rps.map(|v| ("rps".to_owned(), v)));
+    patch.extend(args.haiku.map(|e| ("haiku".to_owned(), every(e, "interval_minutes", 60))));
+    patch.extend(args.three_words.map(|e| ("three_words".to_owned(), every(e, "interval_minutes", 60))));
+    let s: Scenarios = if patch.is_empty() { client.get(&path).await? } else { client.patch(&path, &patch).await? };
     if args.json {
         print_json(&s);
     } else {

@@ -47,6 +47,58 @@ pub fn validate(s: &Scenarios) -> Result<(), SettingsError> {
     Ok(())
 }
 
+/// A change to a fleet's scenarios that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    #[error("a scenarios patch must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("the patched scenarios are not valid: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// Applies a JSON merge patch (RFC 7396) to a fleet's scenarios: a field absent is kept, `null`
+/// turns a scenario (or a setting) off, an object is merged into what is there; so two people
+/// who change different scenarios at once both keep their change, which a read-then-replace of
+/// the whole would not.
+pub fn merge(current: &Scenarios, patch: &serde_json::Value) -> Result<Scenarios, PatchError> {
+    use serde_json::Value;
+    fn apply(target: &mut Value, patch: &Value) {
+        let Value::Object(changes) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = Value::Object(serde_json::Map::new());
+        }
+        let fields = target.as_object_mut().expect("made an object above");
+        for (key, change) in changes {
+            if change.is_null() {
+                fields.remove(key);
+            } else {
+                apply(fields.entry(key.clone()).or_insert(Value::Null), change);
+            }
+        }
+    }
+    let kind = match patch {
+        Value::Object(_) => None,
+        Value::Null => Some("null"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    if let Some(kind) = kind {
+        return Err(PatchError::NotAnObject(kind));
+    }
+    let mut merged = serde_json::to_value(current).expect("scenarios serialize");
+    apply(&mut merged, patch);
+    let merged: Scenarios = serde_json::from_value(merged).map_err(|e| PatchError::Shape(e.to_string()))?;
+    validate(&merged)?;
+    Ok(merged)
+}
+
 /// A round as the control plane keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
@@ -185,6 +237,50 @@ mod tests {
 
     use super::*;
     use crate::leader::Leader;
+
+    #[test]
+    fn a_merge_patch_changes_only_what_it_names() {
+        let now = Scenarios {
+            rps: Some(RpsSettings { interval_seconds: 5, brain: true }),
+            haiku: Some(HaikuSettings { interval_minutes: 3 }),
+            three_words: None,
+        };
+        let mut table = String::new();
+        for patch in [
+            r#"{}"#,
+            r#"{"rps": {"interval_seconds": 9}}"#,
+            r#"{"rps": null}"#,
+            r#"{"rps": {"brain": null}}"#,
+            r#"{"three_words": {"interval_minutes": 2}, "haiku": null}"#,
+            r#"{"three_words": {}}"#,
+            r#"{"rps": {"interval_seconds": 0}}"#,
+            r#"{"rps": {"interval_seconds": "5"}}"#,
+            r#"{"chess": {"interval_seconds": 5}}"#,
+            r#"{"rps": 5}"#,
+            r#"[1]"#,
+            r#"null"#,
+        ] {
+            let got = match merge(&now, &serde_json::from_str(patch).unwrap()) {
+                Ok(s) => serde_json::to_string(&s).unwrap(),
+                Err(e) => format!("error: {e}"),
+            };
+            writeln!(table, "{patch:<56} {got}").unwrap();
+        }
+        expect![[r#"
+            {}                                                       {"rps":{"interval_seconds":5,"brain":true},"haiku":{"interval_minutes":3}}
+            {"rps": {"interval_seconds": 9}}                         {"rps":{"interval_seconds":9,"brain":true},"haiku":{"interval_minutes":3}}
+            {"rps": null}                                            {"haiku":{"interval_minutes":3}}
+            {"rps": {"brain": null}}                                 {"rps":{"interval_seconds":5,"brain":false},"haiku":{"interval_minutes":3}}
+            {"three_words": {"interval_minutes": 2}, "haiku": null}  {"rps":{"interval_seconds":5,"brain":true},"three_words":{"interval_minutes":2}}
+            {"three_words": {}}                                      error: the patched scenarios are not valid: missing field `interval_minutes`
+            {"rps": {"interval_seconds": 0}}                         error: rps interval_seconds must be 1 to 3600, got 0
+            {"rps": {"interval_seconds": "5"}}                       error: the patched scenarios are not valid: invalid type: string "5", expected u32
+            {"chess": {"interval_seconds": 5}}                       error: the patched scenarios are not valid: unknown field `chess`, expected one of `rps`, `haiku`, `three_words`
+            {"rps": 5}                                               error: the patched scenarios are not valid: invalid type: integer `5`, expected struct RpsSettings
+            [1]                                                      error: a scenarios patch must be a JSON object, got an array
+            null                                                     error: a scenarios patch must be a JSON object, got null
+        "#]].assert_eq(&table);
+    }
 
     #[test]
     fn moves_score_against_the_leaders() {

@@ -72,7 +72,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/leader", post(leader))
         .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
         .route("/api/v1/fleets/{name}/agents/{slot}/arm", post(arm))
-        .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set))
+        .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set).patch(scenarios_patch))
         .route("/api/v1/fleets/{name}/rps", get(rps))
         .route("/api/v1/fleets/{name}/haiku", get(haiku))
         .route("/api/v1/fleets/{name}/chime", post(chime))
@@ -886,16 +886,46 @@ async fn scenarios_set(
     caller.may(&app, Action::Update, Target::Fleet(&name))?;
     load_active(&app, &name).await?;
     clawfleet_core::scenario::validate(&req).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let actor = caller.0.audit_name();
-    let (n, scenarios) = (name.clone(), req.clone());
-    app.hub
+    change_scenarios(&app, &caller, &name, move |_| Ok(req)).await
+}
+
+/// Changes the scenarios a fleet plays by a JSON merge patch (RFC 7396): what it does not name
+/// is kept, so concurrent changes to different scenarios do not undo each other.
+async fn scenarios_patch(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P(name): P<String>,
+    JsonBody(patch): JsonBody<serde_json::Value>,
+) -> Result<Json<Scenarios>, ApiError> {
+    caller.may(&app, Action::Update, Target::Fleet(&name))?;
+    load_active(&app, &name).await?;
+    change_scenarios(&app, &caller, &name, move |now| clawfleet_core::scenario::merge(now, &patch).map_err(|e| e.to_string())).await
+}
+
+/// Reads a fleet's scenarios, changes them and stores the result in one store write (so no
+/// other change lands between the read and the write); a change refused is a 400.
+async fn change_scenarios(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    change: impl FnOnce(&Scenarios) -> Result<Scenarios, String> + Send + 'static,
+) -> Result<Json<Scenarios>, ApiError> {
+    let (actor, n) = (caller.0.audit_name(), name.to_owned());
+    let (changed, _) = app
+        .hub
         .write(move |s| {
+            let now = s.fleet_scenarios(&n)?.map(|json| crate::scenario::parse(&n, &json)).unwrap_or_default();
+            let next = match change(&now) {
+                Ok(next) => next,
+                Err(refused) => return Ok((Err(refused), vec![])),
+            };
             let at = clock::now_rfc3339();
-            let detail = serde_json::to_string(&scenarios).expect("scenarios serialize");
-            Ok(((), vec![s.set_scenarios(&n, &scenarios, &at, &audit(&at, &actor, "scenarios", &n, detail))?]))
+            let detail = serde_json::to_string(&next).expect("scenarios serialize");
+            let event = s.set_scenarios(&n, &next, &at, &audit(&at, &actor, "scenarios", &n, detail))?;
+            Ok((Ok(next), vec![event]))
         })
         .await?;
-    Ok(Json(req))
+    changed.map(Json).map_err(ApiError::bad_request)
 }
 
 /// A fleet's Rock/Paper/Scissors: its scenarios, newest round and scoreboard.

@@ -284,13 +284,15 @@ pub(super) async fn rps_config(
     JsonBody(req): JsonBody<RpsConfigBody>,
 ) -> Result<Json<Value>, ApiError> {
     let row = fleet_of(&app, &caller, req.service.as_deref()).await?;
-    let mut scenarios = crate::scenario::of(&app, &row.name).await?;
-    let brain = req.brain.or(scenarios.rps.map(|r| r.brain)).unwrap_or(false);
-    let settings = RpsSettings { interval_seconds: req.interval_seconds, brain };
-    let only = Scenarios { rps: Some(settings), ..Scenarios::default() };
+    let only = Scenarios { rps: Some(RpsSettings { interval_seconds: req.interval_seconds, brain: false }), ..Scenarios::default() };
     clawfleet_core::scenario::validate(&only).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    scenarios.rps = req.enabled.unwrap_or(true).then_some(settings);
-    let Json(set) = super::scenarios_set(State(app.clone()), Extension(caller), P(row.name.clone()), JsonBody(scenarios)).await?;
+    let rps = match (req.enabled.unwrap_or(true), req.brain) {
+        (false, _) => Value::Null,
+        (true, Some(brain)) => json!({ "interval_seconds": req.interval_seconds, "brain": brain }),
+        (true, None) => json!({ "interval_seconds": req.interval_seconds }),
+    };
+    let patch = JsonBody(json!({ "rps": rps }));
+    let Json(set) = super::scenarios_patch(State(app.clone()), Extension(caller), P(row.name.clone()), patch).await?;
     Ok(Json(json!({ "ok": true, "service": row.name, "interval_seconds": req.interval_seconds, "enabled": set.rps.is_some() })))
 }
 
