@@ -18,6 +18,17 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(s.rps.is_none_or(|r| clawfleet_proto::scenario::RPS_INTERVAL_SECONDS.contains(&r.interval_seconds)));
     }
+    // A queue request: what it makes is one item for an agent the fleet has, each agent once.
+    if let Ok(add) = serde_json::from_slice::<clawfleet_proto::queue::QueueAdd>(data)
+        && let Ok(items) = clawfleet_core::queue::items(add.agents.as_deref(), add.all, 4, "web")
+    {
+        use clawfleet_core::queue::Wants;
+        let slots: Vec<u32> = items.iter().filter_map(|w| if let Wants::Agent(s) = w { Some(*s) } else { None }).collect();
+        assert!(!items.is_empty() && slots.iter().all(|s| *s < 4));
+        assert!(slots.iter().enumerate().all(|(i, s)| !slots[..i].contains(s)));
+        let placed = clawfleet_core::queue::place(&items, &[0, 1, 2, 3]);
+        assert!(placed.iter().enumerate().all(|(i, (_, s))| !placed[..i].iter().any(|(_, t)| t == s)));
+    }
     // A merge patch of a fleet's scenarios: what it yields is valid, or it is refused.
     if let Ok(patch) = serde_json::from_slice::<serde_json::Value>(data)
         && let Ok(s) = clawfleet_core::scenario::merge(&clawfleet_proto::scenario::Scenarios::default(), &patch)

@@ -92,6 +92,10 @@ pub(crate) enum Command {
     /// every core role is held), see them, close one.
     #[command(subcommand)]
     Council(CouncilCommand),
+    /// The queue: prompts that wait for an idle agent (a fleet's first, or one named), then
+    /// are injected; see what waits, cancel what has not gone yet.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Orchestrated projects (codeswarm's): a task graph whose tasks the control plane hands to
     /// idle agents of worker fleets, each in its own clone of the project's repository.
     #[command(subcommand)]
@@ -898,6 +902,61 @@ pub(crate) struct CouncilCloseArgs {
     pub fleet: String,
     /// The council [default: the fleet's open or active one].
     pub id: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Queue PROMPT for FLEET's first idle agent (or for each --agent, or --all of them): it is
+    /// injected once that agent is idle and holds no other work.
+    Add(QueueAddArgs),
+    /// What waits, oldest first (--all: the newest items of every status).
+    List(QueueListArgs),
+    /// One item: where it is, and where it went.
+    Show(QueueShowArgs),
+    /// Cancel an item that has not been dispatched yet.
+    Cancel(QueueShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueAddArgs {
+    pub fleet: String,
+    pub prompt: String,
+    /// For this agent only (repeat or comma-separate for several: one item each).
+    #[arg(long = "agent", value_delimiter = ',', conflicts_with = "all")]
+    pub agents: Vec<u32>,
+    /// One item for each of the fleet's agents.
+    #[arg(long)]
+    pub all: bool,
+    /// The fleet the work comes from, as its events say.
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueListArgs {
+    /// Only this fleet's items.
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Every status, not only what waits.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueShowArgs {
+    pub id: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -35,6 +35,7 @@ mod mailbox;
 mod model;
 mod output;
 mod project;
+mod queue;
 pub mod router;
 mod talk;
 mod token;
@@ -124,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Haiku(a) => fleet::haiku(a).await,
         Command::Chime(a) => fleet::chime(a).await,
         Command::Council(c) => council::run(c).await,
+        Command::Queue(c) => queue::run(c).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

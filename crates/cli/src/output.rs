@@ -223,6 +223,14 @@ impl EventPrinter {
                     error.as_deref().map(|e| format!(": {}", short(e, 80))).unwrap_or_default()
                 )
             }
+            EventBody::QueueEnqueued { queue_id, agent, source, by, .. } => {
+                let whom = agent.map_or("its first idle agent".to_owned(), |a| format!("agent {a}"));
+                let from = source.as_deref().map(|s| format!(" from {s}")).unwrap_or_default();
+                format!("queued {queue_id} for {whom}{from} (by {by})")
+            }
+            EventBody::QueueDispatched { queue_id, .. } => format!("takes queued {queue_id}"),
+            EventBody::QueueCancelled { queue_id, by } => format!("queued {queue_id} cancelled by {by}"),
+            EventBody::QueueDropped { queue_id, reason, .. } => format!("queued {queue_id} dropped: {reason}"),
             EventBody::PlanQueued { plan_id, title } => format!("plan {plan_id} queued: {title}"),
             EventBody::PlanStarted { plan_id } => format!("plans {plan_id}"),
             EventBody::PlanCompleted { plan_id, project_id } => format!("plan {plan_id} became project {project_id}"),

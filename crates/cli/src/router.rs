@@ -21,6 +21,7 @@ use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_proto::project::{PlanCreate, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview};
+use clawfleet_proto::queue::{QueueAdd, QueueList};
 use clawfleet_proto::router::{
     self as proto, Command, Nodes, ProjectCommand, Rejection, Request, RouterEvent, Selector, SwarmRef, reasons,
 };
@@ -127,8 +128,34 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             d.insert("previous_node_count".into(), json!(previous));
             "swarm_scaled"
         }
+        EventBody::QueueEnqueued { queue_id, agent, source, request_id, .. } => {
+            d.insert("request_id".into(), json!(request_id));
+            d.insert("queue_id".into(), json!(queue_id));
+            d.insert("source_swarm_id".into(), json!(source));
+            d.insert("target_swarm_id".into(), json!(e.fleet));
+            d.insert("selector".into(), json!(if agent.is_some() { "nodes" } else { "idle" }));
+            d.insert("nodes".into(), json!(agent.map(|a| vec![a])));
+            "inter_swarm_enqueued"
+        }
+        EventBody::QueueDispatched { queue_id, source, request_id } => {
+            d.insert("request_id".into(), json!(request_id));
+            d.insert("queue_id".into(), json!(queue_id));
+            d.insert("source_swarm_id".into(), json!(source));
+            d.insert("target_swarm_id".into(), json!(e.fleet));
+            "inter_swarm_dispatched"
+        }
+        EventBody::QueueDropped { queue_id, source, request_id, reason } => {
+            d.insert("request_id".into(), json!(request_id));
+            d.insert("queue_id".into(), json!(queue_id));
+            d.insert("source_swarm_id".into(), json!(source));
+            d.insert("target_swarm_id".into(), json!(e.fleet));
+            d.insert("reason".into(), json!(reason));
+            "inter_swarm_dropped"
+        }
+        // A cancelled item shows as the queue_updated that follows every queue event.
+        EventBody::QueueCancelled { .. }
         // Launches are answered from the launch call itself, with the request id.
-        EventBody::FleetLaunched { .. }
+        | EventBody::FleetLaunched { .. }
         | EventBody::FleetUpdated { .. }
         | EventBody::FleetChanged { .. }
         | EventBody::LeaderChanged { .. }
@@ -297,6 +324,32 @@ impl Router {
 
     fn reject(&self, rejection: &Rejection) {
         self.emit(RouterEvent::rejected(now(), rejection));
+    }
+
+    /// What waits in the queue, as the reference's `queue_list` shows it.
+    async fn queue_items(&self) -> anyhow::Result<Value> {
+        let list: QueueList = self.client.get("/api/v1/queue").await?;
+        let items: Vec<Value> = list
+            .items
+            .iter()
+            .map(|i| {
+                let created = humantime::parse_rfc3339(&i.created_at)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                json!({
+                    "queue_id": i.queue_id,
+                    "request_id": i.request_id,
+                    "source_swarm_id": i.source,
+                    "target_swarm_id": i.fleet,
+                    "selector": if i.agent.is_some() { "nodes" } else { "idle" },
+                    "nodes": i.agent.map(|a| vec![a]),
+                    "content": i.prompt,
+                    "created_at": created,
+                })
+            })
+            .collect();
+        Ok(Value::Array(items))
     }
 
     /// The reference's `projects_updated`, for one project.
@@ -503,36 +556,24 @@ impl Router {
                 self.inject(&rid, &fleet, agents, content).await?;
             }
             Command::EnqueueInject { source_swarm_id, target_swarm_id, selector, content } => {
-                let status = self.fleet_of(&rid, &target_swarm_id, FleetWords::TARGET).await?;
-                let fleet = status.fleet.name.clone();
-                let agents = match selector {
-                    Selector::All => None,
-                    Selector::Nodes(list) => Some(list),
-                    Selector::Idle => {
-                        let pick = status
-                            .agents
-                            .iter()
-                            .filter(|a| matches!(a.state.as_str(), "idle" | "busy"))
-                            .min_by_key(|a| (a.state != "idle", a.queued, a.slot))
-                            .or_else(|| status.agents.first())
-                            .map(|a| a.slot)
-                            .ok_or_else(|| anyhow::anyhow!("swarm '{fleet}' has no nodes"))?;
-                        Some(vec![pick])
-                    }
+                // Queued in the control plane, per agent until it is idle; the events that
+                // follow (inter_swarm_enqueued, inter_swarm_dispatched, queue_updated) come
+                // from its event stream, with this request's id.
+                let fleet = self.fleet_of(&rid, &target_swarm_id, FleetWords::TARGET).await?.fleet.name;
+                let (agents, all) = match selector {
+                    Selector::Idle => (None, false),
+                    Selector::All => (None, true),
+                    Selector::Nodes(list) => (Some(list), false),
                 };
-                let resp = self.inject(&rid, &fleet, agents, content).await?;
-                let mut d = Map::new();
-                d.insert("source_swarm_id".into(), json!(source_swarm_id));
-                d.insert("target_swarm_id".into(), json!(fleet));
-                d.insert("injection_id".into(), json!(resp.injection_id));
-                d.insert("nodes".into(), json!(resp.targets));
-                self.reply(&rid, "inter_swarm_dispatched", d);
+                let add = QueueAdd { prompt: content, agents, all, source: source_swarm_id, request_id: rid.clone() };
+                let _: QueueList = self.client.post(&format!("/api/v1/fleets/{fleet}/queue"), &add).await?;
             }
             Command::QueueList => {
-                // Enqueued prompts are dispatched at once: the control plane's agents queue them.
+                let items = self.queue_items().await?;
                 let mut d = Map::new();
-                d.insert("items".into(), json!([]));
+                d.insert("items".into(), items.clone());
                 self.reply(&rid, "queue_list", d);
+                self.emit(RouterEvent::new(now(), "queue_updated", json!({"items": items})));
             }
             Command::SwarmList => {
                 let list: FleetList = self.client.get("/api/v1/fleets").await?;
@@ -689,6 +730,13 @@ async fn follow(router: Arc<Router>) {
                             let translated = translate(&e, &mut router.correlation.lock().expect("not poisoned"));
                             if let Some(ev) = translated {
                                 router.emit(ev);
+                            }
+                            // The reference follows every change of its queue with a snapshot.
+                            if e.body.name().starts_with("queue_") {
+                                match router.queue_items().await {
+                                    Ok(items) => router.emit(RouterEvent::new(now(), "queue_updated", json!({"items": items}))),
+                                    Err(err) => tracing::warn!(error = %err, "Could not read the queue for queue_updated"),
+                                }
                             }
                         }
                         Err(e) => {

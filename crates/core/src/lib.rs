@@ -17,6 +17,7 @@ pub mod liveness;
 pub mod names;
 pub mod plan;
 pub mod project;
+pub mod queue;
 pub mod scenario;
 pub mod spec;
 

@@ -200,6 +200,37 @@ pub enum EventBody {
     PlanCompleted { plan_id: String, project_id: String },
     #[serde(rename = "project_plan_failed")]
     PlanFailed { plan_id: String, reason: String },
+    /// An item was queued for the fleet (for its `agent`, or its first idle one), from a
+    /// `source` fleet or an operator (by a token's name and role).
+    QueueEnqueued {
+        queue_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        by: String,
+    },
+    /// A queued item was injected into an agent (this event's, with its injection).
+    QueueDispatched {
+        queue_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    /// A queued item was cancelled before it was dispatched.
+    QueueCancelled { queue_id: String, by: String },
+    /// A queued item was dropped: its fleet or its agent is gone.
+    QueueDropped {
+        queue_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        reason: String,
+    },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -252,6 +283,10 @@ impl EventBody {
             EventBody::DeployStarted { .. } => "deploy_started",
             EventBody::DeployProgress { .. } => "deploy_progress",
             EventBody::DeployFinished { .. } => "deploy_finished",
+            EventBody::QueueEnqueued { .. } => "queue_enqueued",
+            EventBody::QueueDispatched { .. } => "queue_dispatched",
+            EventBody::QueueCancelled { .. } => "queue_cancelled",
+            EventBody::QueueDropped { .. } => "queue_dropped",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -407,6 +442,16 @@ mod tests {
             },
             EventBody::Chat { from: "a".into(), text: "hi".into() },
             EventBody::Arm { armed: false, by: "admin".into() },
+            EventBody::QueueEnqueued {
+                queue_id: "q".into(),
+                agent: Some(1),
+                source: Some("ops".into()),
+                request_id: Some("r".into()),
+                by: "admin".into(),
+            },
+            EventBody::QueueDispatched { queue_id: "q".into(), source: None, request_id: None },
+            EventBody::QueueCancelled { queue_id: "q".into(), by: "admin".into() },
+            EventBody::QueueDropped { queue_id: "q".into(), source: None, request_id: None, reason: "gone".into() },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

@@ -65,6 +65,7 @@ pub mod mailbox;
 pub mod model;
 pub mod policy;
 pub mod project;
+pub mod queue;
 pub mod router;
 pub mod scenario;
 pub mod topic;

@@ -48,6 +48,8 @@ mod clawbucket;
 mod council_api;
 #[path = "project_api.rs"]
 mod project_api;
+#[path = "queue_api.rs"]
+mod queue_api;
 pub(crate) use clawbucket::agent_name;
 
 /// How long `status` waits for a fleet's backend to say what it runs.
@@ -79,6 +81,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/councils", get(council_api::list).post(council_api::open))
         .route("/api/v1/fleets/{name}/councils/{id}", get(council_api::get_one))
         .route("/api/v1/fleets/{name}/councils/{id}/close", post(council_api::close))
+        .route("/api/v1/fleets/{name}/queue", post(queue_api::add))
+        .route("/api/v1/queue", get(queue_api::list))
+        .route("/api/v1/queue/{id}", get(queue_api::get_one).delete(queue_api::cancel))
         .route("/api/v1/projects", get(project_api::list).post(project_api::create))
         .route("/api/v1/projects/{id}", get(project_api::get_one))
         .route("/api/v1/projects/{id}/start", post(project_api::start))
@@ -1103,6 +1108,23 @@ async fn terminate(
     Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message: format!("fleet '{name}' is terminating") })))
 }
 
+/// What an injection (or a queued one) carries, checked: a prompt that is not blank and not
+/// too large, a correlation id within bounds.
+fn check_injection(prompt: &str, request_id: Option<&str>) -> Result<(), ApiError> {
+    if prompt.trim().is_empty() {
+        return Err(ApiError::bad_request("prompt is empty"));
+    }
+    spec::check_prompt("prompt", prompt)?;
+    if let Some(id) = request_id.filter(|id| id.len() > clawfleet_proto::MAX_REQUEST_ID_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "request_id is {} bytes, over the {}-byte limit",
+            id.len(),
+            clawfleet_proto::MAX_REQUEST_ID_BYTES
+        )));
+    }
+    Ok(())
+}
+
 async fn inject(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -1111,17 +1133,7 @@ async fn inject(
 ) -> Result<(StatusCode, Json<InjectResponse>), ApiError> {
     caller.may(&app, Action::Inject, Target::Fleet(&name))?;
     let actor = caller.0.audit_name();
-    if req.prompt.trim().is_empty() {
-        return Err(ApiError::bad_request("prompt is empty"));
-    }
-    spec::check_prompt("prompt", &req.prompt)?;
-    if let Some(id) = req.request_id.as_ref().filter(|id| id.len() > clawfleet_proto::MAX_REQUEST_ID_BYTES) {
-        return Err(ApiError::bad_request(format!(
-            "request_id is {} bytes, over the {}-byte limit",
-            id.len(),
-            clawfleet_proto::MAX_REQUEST_ID_BYTES
-        )));
-    }
+    check_injection(&req.prompt, req.request_id.as_deref())?;
     let row = load_active(&app, &name).await?;
     let targets = match &req.role {
         Some(_) if req.agents.is_some() => return Err(ApiError::bad_request("give agents or a role, not both")),

@@ -74,6 +74,9 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict(e.to_string())
             }
             StoreError::NoCouncil(..) => ApiError::new(StatusCode::NOT_FOUND, "no_council", e.to_string()),
+            StoreError::NoQueueItem(_) => ApiError::new(StatusCode::NOT_FOUND, "no_queue_item", e.to_string()),
+            StoreError::QueueItemOver(_) => ApiError::conflict(e.to_string()),
+            StoreError::QueueFull(..) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }
     }

@@ -33,6 +33,7 @@ mod mailbox;
 mod outbound;
 mod outbox;
 mod project;
+mod queue;
 mod reconcile;
 mod scenario;
 mod tls;

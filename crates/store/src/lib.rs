@@ -13,6 +13,7 @@
 mod council;
 mod plan;
 mod project;
+mod queue;
 mod scenario;
 mod schema;
 
@@ -24,6 +25,7 @@ use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 pub use plan::{NewPlan, PlanEnded, PlanRow};
 pub use project::{Ended, NewProject};
+pub use queue::{Enqueue, NewQueueItem};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use scenario::{PhraseRow, RoundRow, ScoreRow};
 
@@ -76,6 +78,12 @@ pub enum StoreError {
     NoActiveCouncil(String),
     #[error("no agent holds role '{role}' in council {council} of fleet '{fleet}'")]
     NoRole { fleet: String, council: u64, role: String },
+    #[error("no queue item '{0}'")]
+    NoQueueItem(String),
+    #[error("queue item {} is {} already{}", .0.queue_id, .0.status, .0.dispatched_to.map_or(String::new(), |s| format!(" (to {}/{s}, injection {})", .0.fleet, .0.injection_id.as_deref().unwrap_or("?"))))]
+    QueueItemOver(Box<clawfleet_proto::queue::QueueItem>),
+    #[error("fleet '{0}' has {1} items queued, the most it takes: wait for some to be dispatched")]
+    QueueFull(String, usize),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -137,14 +137,7 @@ impl Store {
         let [slot] = injection.targets else { panic!("a plan goes to one agent") };
         self.tx(|tx| {
             let status: Option<String> = tx.query_row("SELECT status FROM project_plans WHERE id = ?1", [plan], |r| r.get(0)).optional()?;
-            let held = tx
-                .query_row(
-                    "SELECT 1 FROM project_tasks WHERE fleet = ?1 AND slot = ?2 AND status = 'assigned'
-                     UNION ALL SELECT 1 FROM project_plans WHERE planner = ?1 AND slot = ?2 AND status = 'planning'",
-                    params![injection.fleet, slot],
-                    |_| Ok(()),
-                )
-                .optional()?;
+            let held = tx.query_row(super::queue::HOLDS, params![injection.fleet, slot], |_| Ok(())).optional()?;
             if status.as_deref() != Some("queued") || held.is_some() {
                 return Ok(None);
             }

@@ -285,12 +285,14 @@ impl Store {
         })
     }
 
-    /// The agents that hold a task, of any project, or a plan.
+    /// The agents that hold work: a task of any project, a plan, or a queued item dispatched to
+    /// them and not yet done.
     pub fn task_holders(&self) -> Result<std::collections::HashSet<(String, u32)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT fleet, slot FROM project_tasks WHERE status = 'assigned'
-                 UNION SELECT planner, slot FROM project_plans WHERE status = 'planning'",
+                 UNION SELECT planner, slot FROM project_plans WHERE status = 'planning'
+                 UNION SELECT fleet, slot FROM queue_items WHERE status = 'dispatched'",
             )?;
             let held = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
             Ok(held)
@@ -313,13 +315,7 @@ impl Store {
             let status: Option<String> = tx
                 .query_row("SELECT status FROM project_tasks WHERE project = ?1 AND task_id = ?2", params![project, task_id], |r| r.get(0))
                 .optional()?;
-            let held = tx
-                .query_row(
-                    "SELECT 1 FROM project_tasks WHERE fleet = ?1 AND slot = ?2 AND status = 'assigned'",
-                    params![injection.fleet, slot],
-                    |_| Ok(()),
-                )
-                .optional()?;
+            let held = tx.query_row(super::queue::HOLDS, params![injection.fleet, slot], |_| Ok(())).optional()?;
             if status.as_deref() != Some("pending") || held.is_some() {
                 return Ok(None);
             }

@@ -334,6 +334,27 @@ CREATE UNIQUE INDEX project_plans_planner ON project_plans (planner, slot) WHERE
 ALTER TABLE projects ADD COLUMN resume_summary TEXT;
 ALTER TABLE projects ADD COLUMN last_resume_at REAL;
 "#,
+    r#"
+-- Injections waiting for an idle agent (codeswarm's enqueue_inject): `wants` is the agent an
+-- item waits for (NULL: the fleet's first idle one); `slot` and `injection_id` say where it went.
+CREATE TABLE queue_items (
+    id           TEXT PRIMARY KEY,
+    fleet        TEXT NOT NULL,
+    wants        INTEGER,
+    source       TEXT,
+    prompt       TEXT NOT NULL,
+    request_id   TEXT,
+    status       TEXT NOT NULL,
+    slot         INTEGER,
+    injection_id TEXT,
+    reason       TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    by           TEXT NOT NULL
+);
+CREATE INDEX queue_items_waiting ON queue_items (fleet) WHERE status = 'queued';
+CREATE UNIQUE INDEX queue_items_worker ON queue_items (fleet, slot) WHERE status = 'dispatched';
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

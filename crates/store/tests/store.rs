@@ -681,3 +681,87 @@ fn project_tasks_are_claimed_once_and_late_answers_are_not_taken() {
         (ProjectStatus::Completed, 3, Some("abc"))
     );
 }
+
+#[test]
+fn a_queued_item_is_dispatched_once_to_an_agent_that_holds_nothing() {
+    use clawfleet_proto::queue::QueueStatus;
+    use clawfleet_store::{Enqueue, NewQueueItem};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    let add = |id: &str, agent: Option<u32>| {
+        let e = Enqueue { fleet: "squad", prompt: "hi", source: Some("ops"), request_id: Some("r1"), at: "t0", by: "admin" };
+        store.enqueue(&e, &[NewQueueItem { id, agent }], &audit("queue"))
+    };
+    let dispatch = |id: &str, injection: &str, slot: u32| {
+        let targets = [slot];
+        let inj = NewInjection {
+            id: injection,
+            fleet: "squad",
+            prompt: "hi",
+            at: "t1",
+            caller: "queue",
+            targets: &targets,
+            request_id: Some("r1"),
+        };
+        store.dispatch_queued(id, &inj).unwrap().map(|(_, events)| events.iter().map(|e| e.body.name()).collect::<Vec<_>>())
+    };
+    let (items, events) = add("q1", None).unwrap();
+    assert_eq!((items[0].status, events[0].body.name()), (QueueStatus::Queued, "queue_enqueued"));
+    add("q2", Some(1)).unwrap();
+    let waiting = |s: &Store| s.queue(None, false).unwrap().into_iter().map(|i| i.queue_id).collect::<Vec<_>>();
+    assert_eq!(waiting(&store), ["q1", "q2"]);
+    // q1 to agent 0, once; q2 is agent 1's, and agent 0 holds q1 anyway.
+    assert_eq!(dispatch("q1", "i1", 0), Some(vec!["inject_ack", "queue_dispatched"]));
+    assert_eq!(dispatch("q1", "i2", 1), None);
+    assert_eq!(dispatch("q2", "i3", 0), None);
+    let q1 = store.queue_item("q1").unwrap();
+    assert_eq!((q1.status, q1.dispatched_to, q1.injection_id.as_deref()), (QueueStatus::Dispatched, Some(0), Some("i1")));
+    assert_eq!(waiting(&store), ["q2"]);
+    assert!(store.task_holders().unwrap().contains(&("squad".to_owned(), 0)), "a project assigns agent 0 nothing meanwhile");
+    // A waiting item is cancelled once; a dispatched one is not.
+    let (q2, ev) = store.cancel_queued("q2", "t2", &audit("queue-cancel")).unwrap();
+    assert_eq!((q2.status, ev.body.name()), (QueueStatus::Cancelled, "queue_cancelled"));
+    assert_eq!(store.cancel_queued("q2", "t2", &audit("queue-cancel")).unwrap_err().to_string(), "queue item q2 is cancelled already");
+    assert_eq!(
+        store.cancel_queued("q1", "t2", &audit("queue-cancel")).unwrap_err().to_string(),
+        "queue item q1 is dispatched already (to squad/0, injection i1)"
+    );
+    assert_eq!(store.cancel_queued("nope", "t2", &audit("queue-cancel")).unwrap_err().to_string(), "no queue item 'nope'");
+    // Agent 0 is free again once its turn is over (an answer alone does not free it).
+    store.ingest(vec![agent_event(0, "e1", 1, "i1", EventBody::Assistant { content: "hello".into() })]).unwrap();
+    assert_eq!(store.finish_dispatched("t3").unwrap(), 0);
+    store.ingest(vec![agent_event(0, "e1", 2, "i1", EventBody::TurnComplete {})]).unwrap();
+    assert_eq!(store.finish_dispatched("t3").unwrap(), 1);
+    assert_eq!(store.queue_item("q1").unwrap().status, QueueStatus::Done);
+    add("q3", None).unwrap();
+    assert!(dispatch("q3", "i4", 0).is_some());
+    // Dropped once, saying why.
+    add("q4", Some(1)).unwrap();
+    let why = "fleet 'squad' has no agent 1 (it has 1)";
+    assert_eq!(store.drop_queued("q4", why, "t4").unwrap()[0].body.name(), "queue_dropped");
+    assert!(store.drop_queued("q4", "again", "t4").unwrap().is_empty());
+    assert_eq!(store.queue_item("q4").unwrap().reason.as_deref(), Some(why));
+    assert_eq!(store.queue(Some("squad"), true).unwrap().len(), 4);
+    assert!(store.queue(Some("other"), true).unwrap().is_empty());
+    // All of it is in the file.
+    assert_eq!(
+        store.events_after(&EventFilter::default(), 0, 1000).unwrap().iter().filter(|e| e.body.name().starts_with("queue_")).count(),
+        8
+    );
+}
+
+#[test]
+fn a_fleet_queues_only_so_much_and_only_while_active() {
+    use clawfleet_proto::queue::MAX_QUEUED_PER_FLEET;
+    use clawfleet_store::{Enqueue, NewQueueItem};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
+    let e = Enqueue { fleet: "squad", prompt: "hi", source: None, request_id: None, at: "t0", by: "admin" };
+    let ids: Vec<String> = (0..MAX_QUEUED_PER_FLEET).map(|i| format!("q{i}")).collect();
+    let items: Vec<NewQueueItem<'_>> = ids.iter().map(|id| NewQueueItem { id, agent: None }).collect();
+    store.enqueue(&e, &items, &audit("queue")).unwrap();
+    let err = store.enqueue(&e, &[NewQueueItem { id: "more", agent: None }], &audit("queue")).unwrap_err();
+    assert_eq!(err.to_string(), "fleet 'squad' has 1000 items queued, the most it takes: wait for some to be dispatched");
+    let e = Enqueue { fleet: "gone", ..e };
+    assert!(matches!(store.enqueue(&e, &[NewQueueItem { id: "x", agent: None }], &audit("queue")), Err(StoreError::NoFleet(_))));
+}

@@ -17,6 +17,7 @@ mod lifecycle;
 mod mailbox;
 mod model;
 mod project;
+mod queue;
 mod router;
 mod security;
 mod slurm;

@@ -150,8 +150,25 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
             command("enqueue_inject", "r8", json!({"target_swarm_id": "rs", "selector": "idle", "content": "any idle node"})).as_bytes(),
         )
         .unwrap();
+    // Queued in the control plane, then dispatched to the idle node, with the request's id
+    // throughout (its injection's events included).
+    let queued = wait_for(&rx, "inter_swarm_enqueued", |v| v["event"] == "inter_swarm_enqueued");
+    let queue_id = queued["data"]["queue_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&queued["data"]["request_id"], &queued["data"]["target_swarm_id"], &queued["data"]["selector"]),
+        (&json!("r8"), &json!("rs"), &json!("idle"))
+    );
+    wait_for(&rx, "queue_updated", |v| v["event"] == "queue_updated");
     let dispatched = wait_for(&rx, "inter_swarm_dispatched", |v| v["event"] == "inter_swarm_dispatched");
-    assert_eq!(dispatched["data"]["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!((&dispatched["data"]["queue_id"], &dispatched["data"]["request_id"]), (&json!(queue_id), &json!("r8")), "{dispatched}");
+    assert!(dispatched["data"]["node_id"].is_u64() && dispatched["data"]["injection_id"].is_string(), "{dispatched}");
+    let answer = wait_for(&rx, "the queued prompt's answer", |v| {
+        v["event"] == "assistant" && v["data"]["injection_id"] == dispatched["data"]["injection_id"]
+    });
+    assert!(answer["data"]["content"].as_str().unwrap().contains("any idle node"), "{answer}");
+    stdin.write_all(command("queue_list", "r8b", json!({})).as_bytes()).unwrap();
+    let list = wait_for(&rx, "queue_list", |v| v["event"] == "queue_list" && v["data"]["request_id"] == "r8b");
+    assert_eq!(list["data"]["items"], json!([]), "nothing waits once it is dispatched");
     stdin.write_all(command("providers_list", "r9", json!({})).as_bytes()).unwrap();
     let providers = wait_for(&rx, "providers_list", |v| v["event"] == "providers_list");
     assert!(providers["data"]["providers"].as_array().unwrap().iter().any(|p| p["id"] == "local"));

@@ -309,7 +309,7 @@ type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<&'a str>, u16, &'a st
 #[test]
 fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let policy = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}, {"from": "ops", "to": ["spare"], "actions": ["update"]}, {"from": "ops", "to": ["ops"], "actions": ["command"]}]}"#).unwrap();
+    std::fs::write(policy.path(), r#"{"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "command"]}, {"from": "ops", "to": ["spare"], "actions": ["update", "inject"]}, {"from": "ops", "to": ["ops"], "actions": ["command"]}]}"#).unwrap();
     let plane = Plane::with(PlaneOptions {
         up_args: vec!["--agent-policy".into(), policy.path().to_str().unwrap().into()],
         ..PlaneOptions::default()
@@ -460,6 +460,22 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (obs, "POST", "/api/v1/fleets/web/councils/1/close", None, 403, "the observer token 'watcher' may not inject fleet 'web'"),
         (adm, "POST", "/api/v1/fleets/web/councils/1/close", None, 200, ""),
         (adm, "GET", "/api/v1/fleets/web/councils/9", None, 404, "fleet 'web' has no council 9"),
+        // The queue: who may inject a fleet queues for it (an agent where its policy lets it,
+        // as its own fleet), who reads a fleet sees its items.
+        (obs, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi"}"#), 403, "the observer token 'watcher' may not inject fleet 'web'"),
+        (agent, "POST", "/api/v1/fleets/ops/queue", Some(r#"{"prompt": "hi"}"#), 403, "no policy lets the agents of 'ops' inject 'ops'"),
+        (adm, "POST", "/api/v1/fleets/ops/queue", Some(r#"{"prompt": "hi"}"#), 403, "the operator token 'web-admin' may not inject fleet 'ops'"),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "  "}"#), 400, "prompt is empty"),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi", "agents": [0], "all": true}"#), 400, "give agents or all, not both"),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi", "agents": [7]}"#), 400, "fleet 'web' has no agent 7"),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi", "source": "Bad Name"}"#), 400, "source: "),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi", "selector": "idle"}"#), 400, "invalid request body"),
+        (adm, "POST", "/api/v1/fleets/web/queue", Some(r#"{"prompt": "hi", "source": "ops"}"#), 201, ""),
+        (agent, "POST", "/api/v1/fleets/spare/queue", Some(r#"{"prompt": "over to you", "source": "web"}"#), 201, ""),
+        (obs, "GET", "/api/v1/queue", None, 200, ""),
+        (agent, "GET", "/api/v1/queue?fleet=web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
+        (obs, "GET", "/api/v1/queue?color=red", None, 400, "invalid query"),
+        (obs, "DELETE", "/api/v1/queue/nope", None, 404, "no queue item 'nope'"),
         // Projects: who may inject every worker fleet creates and starts one, who reads them
         // all sees it.
         (obs, "GET", "/api/v1/projects", None, 200, ""),
@@ -521,6 +537,18 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
             assert!(v["error"].as_str().unwrap().len() < 500, "{who} {method} {path}: an error echoes too much");
         }
     }
+    // A queued item is cancelled by who may inject its fleet; an agent's delegation comes from
+    // its own fleet, whatever it says; an agent sees no item of a fleet it may not read.
+    let (_, web) = plane.http("GET", "/api/v1/queue?fleet=web", obs, None);
+    let web_item = web["items"][0]["queue_id"].as_str().unwrap().to_owned();
+    let (code, v) = plane.http("DELETE", &format!("/api/v1/queue/{web_item}"), obs, None);
+    assert_eq!((code, v["error"].as_str().unwrap()), (403, "the observer token 'watcher' may not inject fleet 'web'"));
+    let (code, v) = plane.http("DELETE", &format!("/api/v1/queue/{web_item}"), adm, None);
+    assert_eq!((code, &v["status"]), (200, &serde_json::json!("cancelled")), "{v}");
+    let (_, spare) = plane.http("GET", "/api/v1/queue?fleet=spare&all=true", obs, None);
+    assert_eq!(spare["items"][0]["source"], "ops", "{spare}");
+    let (_, seen) = plane.http("GET", "/api/v1/queue?all=true", agent, None);
+    assert!(seen["items"].as_array().unwrap().iter().all(|i| i["fleet"] != "web"), "{seen}");
     // An agent's own token sees its own agent only: in its fleet's status, and in an injection
     // sent to it (one sent to its siblings alone is not found).
     let (_, status) = plane.http("GET", "/api/v1/fleets/ops", agent, None);

@@ -1,0 +1,203 @@
+//! The queue of injections waiting for an idle agent, stored: an item is dispatched in the
+//! transaction that creates its injection, only while it is still queued and its agent holds
+//! no other work (a project's task, a plan, another item: [`HOLDS`]), so no agent gets two at
+//! once and no item is injected twice. It is done once its agent ends that injection's turn.
+
+use clawfleet_proto::event::EventBody;
+use clawfleet_proto::queue::{MAX_QUEUED_PER_FLEET, QueueItem, QueueStatus};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::project::parse;
+use super::{Audit, Event, NewEvent, NewInjection, Result, Store, StoreError, fleet_event, insert_event, insert_injection, write_audit};
+
+/// The work an agent `(?1, ?2)` holds: a project's task, a plan, a queued item dispatched to
+/// it and not yet done. One row or none.
+pub(crate) const HOLDS: &str = "SELECT 1 FROM project_tasks WHERE fleet = ?1 AND slot = ?2 AND status = 'assigned'
+     UNION ALL SELECT 1 FROM project_plans WHERE planner = ?1 AND slot = ?2 AND status = 'planning'
+     UNION ALL SELECT 1 FROM queue_items WHERE fleet = ?1 AND slot = ?2 AND status = 'dispatched'";
+
+/// An item to queue.
+#[derive(Debug, Clone)]
+pub struct NewQueueItem<'a> {
+    pub id: &'a str,
+    /// The agent it waits for; none: the fleet's first idle one.
+    pub agent: Option<u32>,
+}
+
+/// What the items of one enqueue share.
+#[derive(Debug, Clone)]
+pub struct Enqueue<'a> {
+    pub fleet: &'a str,
+    pub prompt: &'a str,
+    pub source: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub at: &'a str,
+    pub by: &'a str,
+}
+
+const COLUMNS: &str = "id, fleet, wants, source, prompt, request_id, status, slot, injection_id, reason, created_at, updated_at, by";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueItem> {
+    Ok(QueueItem {
+        queue_id: r.get(0)?,
+        fleet: r.get(1)?,
+        agent: r.get(2)?,
+        source: r.get(3)?,
+        prompt: r.get(4)?,
+        request_id: r.get(5)?,
+        status: parse(6, r.get(6)?)?,
+        dispatched_to: r.get(7)?,
+        injection_id: r.get(8)?,
+        reason: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        by: r.get(12)?,
+    })
+}
+
+fn one(c: &Connection, id: &str) -> Result<QueueItem> {
+    c.query_row(&format!("SELECT {COLUMNS} FROM queue_items WHERE id = ?1"), [id], row)
+        .optional()?
+        .ok_or_else(|| StoreError::NoQueueItem(id.chars().take(64).collect()))
+}
+
+impl Store {
+    /// Queues items for an active fleet (a `queue_enqueued` event each, one audit line), at
+    /// most [`MAX_QUEUED_PER_FLEET`] waiting for it.
+    pub fn enqueue(&self, e: &Enqueue<'_>, items: &[NewQueueItem<'_>], audit: &Audit<'_>) -> Result<(Vec<QueueItem>, Vec<Event>)> {
+        self.tx(|tx| {
+            let state: Option<String> = tx.query_row("SELECT state FROM fleets WHERE name = ?1", [e.fleet], |r| r.get(0)).optional()?;
+            if state.as_deref() != Some("active") {
+                return Err(StoreError::NoFleet(e.fleet.to_owned()));
+            }
+            let waiting: usize =
+                tx.query_row("SELECT COUNT(*) FROM queue_items WHERE fleet = ?1 AND status = 'queued'", [e.fleet], |r| {
+                    r.get::<_, i64>(0).map(|n| n as usize)
+                })?;
+            if waiting + items.len() > MAX_QUEUED_PER_FLEET {
+                return Err(StoreError::QueueFull(e.fleet.to_owned(), waiting));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            let mut events = Vec::with_capacity(items.len());
+            for item in items {
+                tx.execute(
+                    "INSERT INTO queue_items (id, fleet, wants, source, prompt, request_id, status, created_at, updated_at, by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8)",
+                    params![item.id, e.fleet, item.agent, e.source, e.prompt, e.request_id, e.at, e.by],
+                )?;
+                let body = EventBody::QueueEnqueued {
+                    queue_id: item.id.to_owned(),
+                    agent: item.agent,
+                    source: e.source.map(str::to_owned),
+                    request_id: e.request_id.map(str::to_owned),
+                    by: e.by.to_owned(),
+                };
+                events.push(fleet_event(tx, e.fleet, e.at, body)?);
+                out.push(one(tx, item.id)?);
+            }
+            write_audit(tx, audit)?;
+            Ok((out, events))
+        })
+    }
+
+    /// The items waiting, oldest first (or, with `every`, the newest 500 of every status,
+    /// oldest first), of one fleet or of all.
+    pub fn queue(&self, fleet: Option<&str>, every: bool) -> Result<Vec<QueueItem>> {
+        self.with(|c| {
+            let sql = if every {
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS}, rowid AS n FROM queue_items WHERE ?1 IS NULL OR fleet = ?1 ORDER BY rowid DESC LIMIT 500)
+                     ORDER BY n"
+                )
+            } else {
+                format!("SELECT {COLUMNS} FROM queue_items WHERE status = 'queued' AND (?1 IS NULL OR fleet = ?1) ORDER BY rowid")
+            };
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([fleet], row)?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// One item, whatever its status.
+    pub fn queue_item(&self, id: &str) -> Result<QueueItem> {
+        self.with(|c| one(c, id))
+    }
+
+    /// Cancels a waiting item (a `queue_cancelled` event, an audit line); one already
+    /// dispatched, done or dropped is refused.
+    pub fn cancel_queued(&self, id: &str, at: &str, audit: &Audit<'_>) -> Result<(QueueItem, Event)> {
+        self.tx(|tx| {
+            let item = one(tx, id)?;
+            if item.status != QueueStatus::Queued {
+                return Err(StoreError::QueueItemOver(Box::new(item)));
+            }
+            tx.execute("UPDATE queue_items SET status = 'cancelled', updated_at = ?2 WHERE id = ?1", params![id, at])?;
+            write_audit(tx, audit)?;
+            let ev = fleet_event(tx, &item.fleet, at, EventBody::QueueCancelled { queue_id: id.to_owned(), by: audit.actor.to_owned() })?;
+            Ok((one(tx, id)?, ev))
+        })
+    }
+
+    /// Dispatches a waiting item to an agent that holds no work, with the injection that
+    /// carries its prompt, in one transaction; `None` (nothing written) when the item is no
+    /// longer queued or the agent holds work. Returns the injection's outbox rows and events.
+    pub fn dispatch_queued(&self, id: &str, injection: &NewInjection<'_>) -> Result<Option<(Vec<i64>, Vec<Event>)>> {
+        let [slot] = injection.targets else { panic!("an item goes to one agent") };
+        self.tx(|tx| {
+            let item = one(tx, id)?;
+            let held = tx.query_row(HOLDS, params![injection.fleet, slot], |_| Ok(())).optional()?;
+            if item.status != QueueStatus::Queued || item.agent.is_some_and(|a| a != *slot) || held.is_some() {
+                return Ok(None);
+            }
+            let (rows, mut events) = insert_injection(tx, injection)?;
+            tx.execute(
+                "UPDATE queue_items SET status = 'dispatched', slot = ?2, injection_id = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, slot, injection.id, injection.at],
+            )?;
+            let ev = NewEvent {
+                at: injection.at.to_owned(),
+                fleet: injection.fleet.to_owned(),
+                agent: Some(*slot),
+                injection_id: Some(injection.id.to_owned()),
+                body: EventBody::QueueDispatched { queue_id: id.to_owned(), source: item.source, request_id: item.request_id },
+            };
+            let n = insert_event(tx, &ev, None)?;
+            events.push(ev.stored(n));
+            Ok(Some((rows, events)))
+        })
+    }
+
+    /// Drops a waiting item that can never be dispatched, saying why (nothing when it is no
+    /// longer waiting).
+    pub fn drop_queued(&self, id: &str, reason: &str, at: &str) -> Result<Vec<Event>> {
+        self.tx(|tx| {
+            let item = one(tx, id)?;
+            if item.status != QueueStatus::Queued {
+                return Ok(vec![]);
+            }
+            tx.execute("UPDATE queue_items SET status = 'dropped', reason = ?2, updated_at = ?3 WHERE id = ?1", params![id, reason, at])?;
+            let body = EventBody::QueueDropped {
+                queue_id: id.to_owned(),
+                source: item.source,
+                request_id: item.request_id,
+                reason: reason.to_owned(),
+            };
+            Ok(vec![fleet_event(tx, &item.fleet, at, body)?])
+        })
+    }
+
+    /// Marks done every dispatched item whose agent has ended its injection's turn (or failed
+    /// it), freeing the agent; how many.
+    pub fn finish_dispatched(&self, at: &str) -> Result<usize> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE queue_items SET status = 'done', updated_at = ?1
+                 WHERE status = 'dispatched' AND EXISTS (
+                     SELECT 1 FROM events e WHERE e.injection_id = queue_items.injection_id AND e.fleet = queue_items.fleet
+                     AND e.agent = queue_items.slot AND e.event IN ('turn_complete', 'agent_error', 'inject_failed'))",
+                [at],
+            )?;
+            Ok(n)
+        })
+    }
+}
