@@ -40,6 +40,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = clawfleet_core::scenario::parse_move(text);
         assert!(clawfleet_core::scenario::three_words(text).is_none_or(|w| w.chars().count() <= 50 && w.split_whitespace().count() <= 3));
         assert!(clawfleet_core::scenario::haiku(text).is_none_or(|h| h.chars().count() <= 400));
+        // ... and delegation directives: at most MAX_DIRECTIVES, each prompt part of the answer,
+        // every node list bounded.
+        let (directives, _) = clawfleet_core::delegation::parse(text);
+        assert!(directives.len() <= clawfleet_core::delegation::MAX_DIRECTIVES);
+        for d in &directives {
+            assert!(!d.prompt.is_empty() && d.prompt.len() <= text.len());
+            if let clawfleet_core::delegation::Nodes::List(nodes) = &d.nodes {
+                assert!(!nodes.is_empty() && nodes.len() <= clawfleet_core::delegation::MAX_NODES);
+            }
+        }
         // ... and a council claim: only roles that are open, each once; a bounded reason.
         let open: Vec<String> = ["planner", "code-reviewer", "tester"].map(String::from).to_vec();
         let wanted = clawfleet_core::council::parse_claim(text, &open);

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod brain;
 pub mod command;
 pub mod council;
+pub mod delegation;
 pub mod desired;
 pub mod generation;
 pub mod leader;
