@@ -765,3 +765,65 @@ fn a_fleet_queues_only_so_much_and_only_while_active() {
     let e = Enqueue { fleet: "gone", ..e };
     assert!(matches!(store.enqueue(&e, &[NewQueueItem { id: "x", agent: None }], &audit("queue")), Err(StoreError::NoFleet(_))));
 }
+
+#[test]
+fn a_lost_planners_plan_is_queued_again_and_its_late_answer_is_not_taken() {
+    use clawfleet_proto::project::PlanStatus;
+    use clawfleet_store::{NewPlan, PlanEnded};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("thinkers", 2), launched("thinkers"), &audit("launch")).unwrap();
+    let workers = vec!["thinkers".to_owned()];
+    let plan = NewPlan {
+        id: "pl1",
+        title: "t",
+        repo_path: "",
+        base_branch: "main",
+        workspace_subdir: "repo",
+        spec: "make a graph",
+        planner: "thinkers",
+        workers: &workers,
+        auto_start: false,
+    };
+    store.create_plan(&plan, 1_000, "t", &audit("project-plan")).unwrap();
+    let assign = |slot: u32, injection: &str| {
+        let targets = [slot];
+        let inj = NewInjection {
+            id: injection,
+            fleet: "thinkers",
+            prompt: "plan",
+            at: "t",
+            caller: "plan pl1",
+            targets: &targets,
+            request_id: None,
+        };
+        store.assign_plan("pl1", &inj, 1_000).unwrap().is_some()
+    };
+    assert!(assign(0, "i1"));
+    assert!(!assign(1, "i2"), "the plan is being planned already");
+    // Another agent's loss gives nothing back; the planner's gives the plan back, once.
+    assert!(store.give_back_plan("thinkers", 1, 2_000, "t").unwrap().is_empty());
+    let events = store.give_back_plan("thinkers", 0, 2_000, "t").unwrap();
+    assert!(matches!(&events[..], [e] if matches!(&e.body, EventBody::PlanQueued { plan_id, .. } if plan_id == "pl1")), "{events:?}");
+    assert!(store.give_back_plan("thinkers", 0, 2_000, "t").unwrap().is_empty());
+    let view = store.plan("pl1").unwrap().view;
+    assert_eq!((view.status, view.planner_node_id, view.injection_id.as_deref()), (PlanStatus::Queued, None, None));
+    assert_eq!(view.last_error.as_deref(), Some("its planner thinkers/0 was lost; it is queued again"));
+    assert!(store.task_holders().unwrap().is_empty(), "agent 0 holds nothing now");
+    // The lost planner's answer, if it comes late, is not taken: the plan waits for another.
+    store
+        .ingest(vec![AgentEvent {
+            epoch: "e1".into(),
+            seq: 1,
+            event: NewEvent {
+                at: "t".into(),
+                fleet: "thinkers".into(),
+                agent: Some(0),
+                injection_id: Some("i1".into()),
+                body: EventBody::Assistant { content: "TASK_GRAPH_JSON\n[]".into() },
+            },
+        }])
+        .unwrap();
+    assert_eq!(store.ended_plans().unwrap(), Vec::<PlanEnded>::new());
+    assert!(assign(1, "i3"), "another agent takes it");
+    assert_eq!(store.plan("pl1").unwrap().view.attempts, 2);
+}
