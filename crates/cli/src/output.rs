@@ -223,6 +223,7 @@ impl EventPrinter {
                     error.as_deref().map(|e| format!(": {}", short(e, 80))).unwrap_or_default()
                 )
             }
+            EventBody::DelegationRefused { target, reason } => format!("may not delegate to {target}: {reason}"),
             EventBody::QueueEnqueued { queue_id, agent, source, by, .. } => {
                 let whom = agent.map_or("its first idle agent".to_owned(), |a| format!("agent {a}"));
                 let from = source.as_deref().map(|s| format!(" from {s}")).unwrap_or_default();

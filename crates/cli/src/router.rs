@@ -152,6 +152,12 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             d.insert("reason".into(), json!(reason));
             "inter_swarm_dropped"
         }
+        EventBody::DelegationRefused { target, reason } => {
+            d.insert("source_swarm_id".into(), json!(e.fleet));
+            d.insert("target_swarm_id".into(), json!(target));
+            d.insert("reason".into(), json!(reason));
+            "inter_swarm_blocked"
+        }
         // A cancelled item shows as the queue_updated that follows every queue event.
         EventBody::QueueCancelled { .. }
         // Launches are answered from the launch call itself, with the request id.

@@ -231,6 +231,9 @@ pub enum EventBody {
         request_id: Option<String>,
         reason: String,
     },
+    /// An agent's delegation (a directive in its answer, this event's injection) was refused:
+    /// the fleet it named, and why.
+    DelegationRefused { target: String, reason: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -287,6 +290,7 @@ impl EventBody {
             EventBody::QueueDispatched { .. } => "queue_dispatched",
             EventBody::QueueCancelled { .. } => "queue_cancelled",
             EventBody::QueueDropped { .. } => "queue_dropped",
+            EventBody::DelegationRefused { .. } => "delegation_refused",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -452,6 +456,7 @@ mod tests {
             EventBody::QueueDispatched { queue_id: "q".into(), source: None, request_id: None },
             EventBody::QueueCancelled { queue_id: "q".into(), by: "admin".into() },
             EventBody::QueueDropped { queue_id: "q".into(), source: None, request_id: None, reason: "gone".into() },
+            EventBody::DelegationRefused { target: "crew".into(), reason: "a loop".into() },
             EventBody::FleetTerminating {},
             EventBody::FleetTerminated {},
         ];

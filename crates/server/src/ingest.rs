@@ -261,6 +261,11 @@ async fn scenario_event(app: &App, e: &clawfleet_proto::event::Event) {
     match (&e.body, e.agent) {
         (EventBody::RpsMove { round, epoch: Some(_), .. }, Some(leader)) => crate::scenario::round_led(app, &e.fleet, *round, leader).await,
         (EventBody::CouncilClaim { council, activated: true, .. }, _) => crate::council::claimed(app, &e.fleet, *council).await,
+        // It may delegate work to another fleet.
+        (EventBody::Assistant { .. }, Some(_)) if e.injection_id.is_some() => {
+            crate::delegation::answered(app, e).await;
+            app.projects_due.notify_one()
+        }
         // It may end a project task's attempt, or free an agent for the queue.
         (EventBody::Assistant { .. } | EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. }, _)
             if e.injection_id.is_some() =>

@@ -22,6 +22,7 @@ mod auth;
 mod clock;
 mod council;
 mod db;
+mod delegation;
 mod deploy;
 mod dynsec;
 mod error;

@@ -45,7 +45,15 @@ pub(super) async fn add(
                     },
                 })
                 .collect();
-            let e = Enqueue { fleet: &n, prompt: &prompt, source: source.as_deref(), request_id: rid.as_deref(), at: &at, by: &actor };
+            let e = Enqueue {
+                fleet: &n,
+                prompt: &prompt,
+                source: source.as_deref(),
+                request_id: rid.as_deref(),
+                at: &at,
+                by: &actor,
+                delegated: None,
+            };
             let detail = format!("queue={} items={}", ids.first().map_or("", String::as_str), ids.len());
             s.enqueue(&e, &items, &audit(&at, &actor, "queue", &n, detail))
         })

@@ -24,6 +24,14 @@ pub struct NewQueueItem<'a> {
     pub agent: Option<u32>,
 }
 
+/// Where a delegated item comes from: the fleets the work came through (ending with the
+/// delegating one) and the directive that made it (`injection_id#n`: an item made once).
+#[derive(Debug, Clone)]
+pub struct Delegated<'a> {
+    pub chain: &'a [String],
+    pub origin: &'a str,
+}
+
 /// What the items of one enqueue share.
 #[derive(Debug, Clone)]
 pub struct Enqueue<'a> {
@@ -33,6 +41,8 @@ pub struct Enqueue<'a> {
     pub request_id: Option<&'a str>,
     pub at: &'a str,
     pub by: &'a str,
+    /// A delegation's chain and origin; none: an operator's or a client's enqueue.
+    pub delegated: Option<Delegated<'a>>,
 }
 
 const COLUMNS: &str = "id, fleet, wants, source, prompt, request_id, status, slot, injection_id, reason, created_at, updated_at, by";
@@ -79,11 +89,18 @@ impl Store {
             }
             let mut out = Vec::with_capacity(items.len());
             let mut events = Vec::with_capacity(items.len());
-            for item in items {
+            let chain = e.delegated.as_ref().map(|d| serde_json::to_string(d.chain).expect("names"));
+            for (n, item) in items.iter().enumerate() {
+                let origin = e.delegated.as_ref().map(|d| format!("{}/{n}", d.origin));
+                if let Some(o) = &origin
+                    && tx.query_row("SELECT 1 FROM queue_items WHERE origin = ?1", [o], |_| Ok(())).optional()?.is_some()
+                {
+                    continue;
+                }
                 tx.execute(
-                    "INSERT INTO queue_items (id, fleet, wants, source, prompt, request_id, status, created_at, updated_at, by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8)",
-                    params![item.id, e.fleet, item.agent, e.source, e.prompt, e.request_id, e.at, e.by],
+                    "INSERT INTO queue_items (id, fleet, wants, source, prompt, request_id, status, created_at, updated_at, by, chain, origin)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8, ?9, ?10)",
+                    params![item.id, e.fleet, item.agent, e.source, e.prompt, e.request_id, e.at, e.by, chain, origin],
                 )?;
                 let body = EventBody::QueueEnqueued {
                     queue_id: item.id.to_owned(),
@@ -115,6 +132,33 @@ impl Store {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map([fleet], row)?.collect::<rusqlite::Result<_>>()?;
             Ok(rows)
+        })
+    }
+
+    /// The fleets the work of an injection came through, if a delegated item carried it
+    /// (oldest first); none for any other injection.
+    pub fn chain_of(&self, injection_id: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let chain: Option<Option<String>> =
+                c.query_row("SELECT chain FROM queue_items WHERE injection_id = ?1", [injection_id], |r| r.get(0)).optional()?;
+            match chain.flatten() {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { what: "a queued item's chain", reason: e.to_string() })
+                }
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    /// How many items `source` delegated since `at` (RFC 3339).
+    pub fn delegations_since(&self, source: &str, at: &str) -> Result<usize> {
+        self.with(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM queue_items WHERE source = ?1 AND origin IS NOT NULL AND created_at >= ?2",
+                params![source, at],
+                |r| r.get(0),
+            )?;
+            Ok(n as usize)
         })
     }
 

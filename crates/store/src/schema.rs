@@ -355,6 +355,13 @@ CREATE TABLE queue_items (
 CREATE INDEX queue_items_waiting ON queue_items (fleet) WHERE status = 'queued';
 CREATE UNIQUE INDEX queue_items_worker ON queue_items (fleet, slot) WHERE status = 'dispatched';
 "#,
+    r#"
+-- Delegated items: the fleets the work came through (JSON, oldest first, ending with the
+-- delegating one), and the answer's directive that made it (`injection_id#n`, once).
+ALTER TABLE queue_items ADD COLUMN chain TEXT;
+ALTER TABLE queue_items ADD COLUMN origin TEXT;
+CREATE UNIQUE INDEX queue_items_origin ON queue_items (origin) WHERE origin IS NOT NULL;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -689,7 +689,8 @@ fn a_queued_item_is_dispatched_once_to_an_agent_that_holds_nothing() {
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
     let add = |id: &str, agent: Option<u32>| {
-        let e = Enqueue { fleet: "squad", prompt: "hi", source: Some("ops"), request_id: Some("r1"), at: "t0", by: "admin" };
+        let e =
+            Enqueue { fleet: "squad", prompt: "hi", source: Some("ops"), request_id: Some("r1"), at: "t0", by: "admin", delegated: None };
         store.enqueue(&e, &[NewQueueItem { id, agent }], &audit("queue"))
     };
     let dispatch = |id: &str, injection: &str, slot: u32| {
@@ -756,7 +757,7 @@ fn a_fleet_queues_only_so_much_and_only_while_active() {
     use clawfleet_store::{Enqueue, NewQueueItem};
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
-    let e = Enqueue { fleet: "squad", prompt: "hi", source: None, request_id: None, at: "t0", by: "admin" };
+    let e = Enqueue { fleet: "squad", prompt: "hi", source: None, request_id: None, at: "t0", by: "admin", delegated: None };
     let ids: Vec<String> = (0..MAX_QUEUED_PER_FLEET).map(|i| format!("q{i}")).collect();
     let items: Vec<NewQueueItem<'_>> = ids.iter().map(|id| NewQueueItem { id, agent: None }).collect();
     store.enqueue(&e, &items, &audit("queue")).unwrap();

@@ -98,3 +98,60 @@ fn queued_prompts_wait_for_an_idle_agent_survive_a_crash_and_can_be_cancelled() 
     let text = plane.ok(&["queue", "list"]);
     assert_eq!(text.trim(), "nothing waits");
 }
+
+#[test]
+fn an_agent_delegates_through_the_control_plane_and_loops_and_strangers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"rules": [{"from": "boss", "to": ["crew"], "actions": ["inject"]}, {"from": "crew", "to": ["boss"], "actions": ["inject"]}]}"#,
+    )
+    .unwrap();
+    let crew = dir.path().join("crew.sh");
+    std::fs::write(&crew, "p=$(cat)\ncase \"$p\" in *bounce*) echo '/swarm[boss]/idle back to you' ;; *) echo \"crew did: $p\" ;; esac\n")
+        .unwrap();
+    let plane = Plane::with(PlaneOptions {
+        heartbeat_ms: 200,
+        up_args: vec!["--agent-policy".into(), policy.to_str().unwrap().into()],
+        ..PlaneOptions::default()
+    });
+    plane.ok(&["launch", "crew", "--brain", &format!("cmd:bash {}", crew.display()), "--wait"]);
+    plane.ok(&["launch", "boss", "--brain", "cmd:echo \"Handing it over:\"; echo \"- /swarm[crew]/idle $(cat)\"", "--wait"]);
+    plane.ok(&["launch", "rogue", "--brain", "cmd:echo '/swarm[crew]/idle sneak in'", "--wait"]);
+
+    // boss hands "fix it" to crew: queued as coming from boss, answered by crew.
+    plane.ok(&["inject", "boss", "fix it"]);
+    let answer = eventually(Duration::from_secs(60), "crew's answer to the delegated work", || {
+        crate::support::events(&plane, "crew")
+            .into_iter()
+            .find(|e| e["event"] == "assistant" && e["data"]["content"].as_str().is_some_and(|c| c.contains("crew did")))
+    });
+    assert_eq!(answer["data"]["content"], "crew did: fix it");
+    let history = plane.json(&["queue", "list", "--fleet", "crew", "--all", "--json"]);
+    let item = &history["items"][0];
+    assert_eq!(
+        (&item["source"], &item["prompt"], &item["injection_id"]),
+        (&Value::from("boss"), &Value::from("fix it"), &answer["injection_id"]),
+        "{history}"
+    );
+
+    // crew, asked to bounce work that came from boss back to boss, is refused: a loop.
+    plane.ok(&["inject", "boss", "bounce"]);
+    let refused = eventually(Duration::from_secs(60), "crew's delegation to be refused", || {
+        crate::support::events(&plane, "crew").into_iter().find(|e| e["event"] == "delegation_refused")
+    });
+    assert_eq!(refused["data"]["target"], "boss");
+    assert_eq!(refused["data"]["reason"], "a loop: 'boss' is already on the way this work came (boss → crew)");
+
+    // rogue has no policy to inject crew.
+    plane.ok(&["inject", "rogue", "go"]);
+    let refused = eventually(Duration::from_secs(60), "rogue's delegation to be refused", || {
+        crate::support::events(&plane, "rogue").into_iter().find(|e| e["event"] == "delegation_refused")
+    });
+    assert_eq!(refused["data"]["reason"], "no policy lets the agents of 'rogue' inject 'crew' (the control plane's --agent-policy)");
+    // Nothing else was queued for crew: one from boss, one bounce (from boss), none from rogue.
+    let history = plane.json(&["queue", "list", "--fleet", "crew", "--all", "--json"]);
+    let sources: Vec<&str> = history["items"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["boss", "boss"], "{history}");
+}
