@@ -12,6 +12,16 @@ pub enum Wants {
     Agent(u32),
 }
 
+impl Wants {
+    /// The agent it waits for; none: the fleet's first idle one.
+    pub fn agent(self) -> Option<u32> {
+        match self {
+            Wants::Any => None,
+            Wants::Agent(slot) => Some(slot),
+        }
+    }
+}
+
 /// Places waiting items (oldest first) on free agents (idle, holding nothing): each result
 /// is `(item index, agent)`, at most one item an agent.
 pub fn place(waiting: &[Wants], free: &[u32]) -> Vec<(usize, u32)> {

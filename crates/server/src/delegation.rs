@@ -76,17 +76,7 @@ async fn delegate(app: &App, e: &Event, slot: u32, injection: &str, n: usize, d:
         .hub
         .write(move |s| {
             let at = clock::now_rfc3339();
-            let items: Vec<NewQueueItem<'_>> = ids
-                .iter()
-                .zip(&wants)
-                .map(|(id, w)| NewQueueItem {
-                    id,
-                    agent: match w {
-                        clawfleet_core::queue::Wants::Any => None,
-                        clawfleet_core::queue::Wants::Agent(slot) => Some(*slot),
-                    },
-                })
-                .collect();
+            let items: Vec<NewQueueItem<'_>> = ids.iter().zip(&wants).map(|(id, w)| NewQueueItem { id, agent: w.agent() }).collect();
             let e = Enqueue {
                 fleet: &target,
                 prompt: &prompt,
