@@ -361,6 +361,9 @@ CREATE UNIQUE INDEX queue_items_worker ON queue_items (fleet, slot) WHERE status
 ALTER TABLE queue_items ADD COLUMN chain TEXT;
 ALTER TABLE queue_items ADD COLUMN origin TEXT;
 CREATE UNIQUE INDEX queue_items_origin ON queue_items (origin) WHERE origin IS NOT NULL;
+-- An answer's chain is looked up by its injection; a fleet's rate by its delegations.
+CREATE INDEX queue_items_injection ON queue_items (injection_id) WHERE injection_id IS NOT NULL;
+CREATE INDEX queue_items_delegations ON queue_items (source, created_at) WHERE origin IS NOT NULL;
 "#,
 ];
 

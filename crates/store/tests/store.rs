@@ -828,3 +828,31 @@ fn a_lost_planners_plan_is_queued_again_and_its_late_answer_is_not_taken() {
     assert!(assign(1, "i3"), "another agent takes it");
     assert_eq!(store.plan("pl1").unwrap().view.attempts, 2);
 }
+
+#[test]
+fn a_delegation_is_queued_once_and_its_chain_follows_its_injection() {
+    use clawfleet_store::{Delegated, Enqueue, NewQueueItem};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
+    let chain = vec!["boss".to_owned()];
+    let e = Enqueue {
+        fleet: "squad",
+        prompt: "do it",
+        source: Some("boss"),
+        request_id: None,
+        at: "2026-12-03T12:00:00.000Z",
+        by: "agent boss/0 (delegation)",
+        delegated: Some(Delegated { chain: &chain, origin: "i0#0" }),
+    };
+    let (first, _) = store.enqueue(&e, &[NewQueueItem { id: "q1", agent: None }], &audit("delegate")).unwrap();
+    // The same directive read again makes nothing.
+    let (again, events) = store.enqueue(&e, &[NewQueueItem { id: "q2", agent: None }], &audit("delegate")).unwrap();
+    assert_eq!((first.len(), again.len(), events.len()), (1, 0, 0));
+    assert_eq!(store.delegations_since("boss", "2026-12-03T11:59:00.000Z").unwrap(), 1);
+    assert_eq!(store.delegations_since("boss", "2026-12-03T12:00:01.000Z").unwrap(), 0);
+    let targets = [0];
+    let inj = NewInjection { id: "i1", fleet: "squad", prompt: "do it", at: "t1", caller: "queue", targets: &targets, request_id: None };
+    store.dispatch_queued("q1", &inj).unwrap().unwrap();
+    assert_eq!(store.chain_of("i1").unwrap(), ["boss"]);
+    assert!(store.chain_of("i0").unwrap().is_empty(), "an injection no item carried came through no fleet");
+}
