@@ -63,6 +63,9 @@ async fn add(args: QueueAddArgs) -> anyhow::Result<ExitCode> {
         for i in &list.items {
             outln!("queued {} for {}", i.queue_id, whom(i));
         }
+        if list.joined > 0 {
+            outln!("{} of these a delegation from the same answer had queued already: the work is queued once", list.joined);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,6 +104,9 @@ async fn show(args: QueueShowArgs, cancel: bool) -> anyhow::Result<ExitCode> {
         }
         if let Some(why) = &item.reason {
             outln!("dropped: {why}");
+        }
+        if let Some(to) = &item.reply_to {
+            outln!("its answer goes back to {to}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -572,7 +572,14 @@ impl Router {
                     Selector::Nodes(list) => (Some(list), false),
                 };
                 let add = QueueAdd { prompt: content, agents, all, source: source_swarm_id, request_id: rid.clone() };
-                let _: QueueList = self.client.post(&format!("/api/v1/fleets/{fleet}/queue"), &add).await?;
+                let queued: QueueList = self.client.post(&format!("/api/v1/fleets/{fleet}/queue"), &add).await?;
+                if queued.joined > 0 {
+                    // The same work a delegation read from the same answer had queued already
+                    // (the client routes directives itself): no new item, so no event follows;
+                    // the snapshot shows the item, now with this request's id.
+                    let items = self.queue_items().await?;
+                    self.emit(RouterEvent::new(now(), "queue_updated", json!({"items": items})));
+                }
             }
             Command::QueueList => {
                 let items = self.queue_items().await?;

@@ -3,6 +3,11 @@
 //! agent, one for any agent takes the lowest idle one, so no agent gets two at once and no
 //! item is passed over by a younger one that wants the same agent.
 
+/// The same work from the same source, queued both by a delegation the control plane read
+/// from an answer and by a client that read the same answer (codeswarm's web backend routes
+/// directives itself), within this many seconds of each other, is one item.
+pub const JOIN_WINDOW_SECONDS: u64 = 60;
+
 /// Whom a waiting item is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wants {

@@ -70,6 +70,9 @@ pub struct QueueItem {
     pub updated_at: String,
     /// Who queued it (a token's name and role).
     pub by: String,
+    /// The agent (`fleet/slot`) its answer goes back to, when a delegation said `/reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 /// `GET /api/v1/queue`: the items waiting (or, with `?all=true`, the newest items of every
@@ -77,6 +80,14 @@ pub struct QueueItem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueList {
     pub items: Vec<QueueItem>,
+    /// Of an enqueue's items, how many were already queued by a delegation read from the same
+    /// answer (the same work from the same source, moments before): taken as those, not twice.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub joined: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@ pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// The wall-clock time `seconds` ago, stamped as events are (a window's start).
+pub(crate) fn rfc3339_ago(seconds: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now() - std::time::Duration::from_secs(seconds)).to_string()
+}
+
 /// Seconds since the Unix epoch (token expiry).
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)

@@ -30,7 +30,8 @@ pub(super) async fn add(
     let ids: Vec<String> = wants.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let actor = caller.0.audit_name();
     let (prompt, rid, n) = (req.prompt, req.request_id, name.clone());
-    let (items, _) = app
+    let since = clock::rfc3339_ago(clawfleet_core::queue::JOIN_WINDOW_SECONDS);
+    let (queued, _) = app
         .hub
         .write(move |s| {
             let at = clock::now_rfc3339();
@@ -43,13 +44,16 @@ pub(super) async fn add(
                 at: &at,
                 by: &actor,
                 delegated: None,
+                join_since: source.is_some().then_some(since.as_str()),
             };
             let detail = format!("queue={} items={}", ids.first().map_or("", String::as_str), ids.len());
             s.enqueue(&e, &items, &audit(&at, &actor, "queue", &n, detail))
         })
         .await?;
     app.projects_due.notify_one();
-    Ok((StatusCode::CREATED, Json(QueueList { items })))
+    // All of it was queued already: nothing was created.
+    let status = if queued.joined == queued.items.len() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(QueueList { items: queued.items, joined: queued.joined })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +77,7 @@ pub(super) async fn list(
     }
     let items = app.db.run(move |s| s.queue(q.fleet.as_deref(), q.all)).await?;
     let items = items.into_iter().filter(|i| caller.may(&app, Action::Read, Target::Fleet(&i.fleet)).is_ok()).collect();
-    Ok(Json(QueueList { items }))
+    Ok(Json(QueueList { items, joined: 0 }))
 }
 
 async fn readable(app: &App, caller: &Caller, id: String, action: Action) -> Result<QueueItem, ApiError> {

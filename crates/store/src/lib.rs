@@ -25,7 +25,7 @@ use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 pub use plan::{NewPlan, PlanEnded, PlanRow};
 pub use project::{Ended, NewProject};
-pub use queue::{Delegated, Enqueue, NewQueueItem};
+pub use queue::{Delegated, Enqueue, NewQueueItem, Queued, ReplyRoute, ReplyTo, reply_origin};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 pub use scenario::{PhraseRow, RoundRow, ScoreRow};
 

@@ -25,11 +25,47 @@ pub struct NewQueueItem<'a> {
 }
 
 /// Where a delegated item comes from: the fleets the work came through (ending with the
-/// delegating one) and the directive that made it (`injection_id#n`: an item made once).
+/// delegating one) and what made it (a directive, `injection_id#n`, or a reply,
+/// [`reply_origin`]: an item made once).
 #[derive(Debug, Clone)]
 pub struct Delegated<'a> {
     pub chain: &'a [String],
     pub origin: &'a str,
+    /// Where its answer goes back (`/reply`).
+    pub reply: Option<ReplyTo<'a>>,
+}
+
+/// The delegating agent (`fleet/slot`) an answer goes back to, and the injection whose answer
+/// delegated the work.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo<'a> {
+    pub agent: &'a str,
+    pub injection: &'a str,
+}
+
+/// A dispatched item's way back: its answer goes to `agent` as a reply for `injection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRoute {
+    pub agent: String,
+    pub injection: String,
+    /// The fleets the work came through (see [`Store::chain_of`]).
+    pub chain: Vec<String>,
+}
+
+/// The origin of the reply to the answer of `injection`: made once, and not a delegation of
+/// the answering fleet (it does not count against its rate).
+pub fn reply_origin(injection: &str) -> String {
+    format!("{REPLY}{injection}")
+}
+
+const REPLY: &str = "reply:";
+
+/// What an enqueue queued: its items, of which `joined` were already queued by the same work
+/// read from the same answer (a delegation and a client's enqueue of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub items: Vec<QueueItem>,
+    pub joined: usize,
 }
 
 /// What the items of one enqueue share.
@@ -43,9 +79,14 @@ pub struct Enqueue<'a> {
     pub by: &'a str,
     /// A delegation's chain and origin; none: an operator's or a client's enqueue.
     pub delegated: Option<Delegated<'a>>,
+    /// Join the same work from the same source queued since this time (RFC 3339) by the other
+    /// way (a delegation read from an answer, or a client's enqueue of it), instead of
+    /// queueing it twice; none: never join.
+    pub join_since: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, fleet, wants, source, prompt, request_id, status, slot, injection_id, reason, created_at, updated_at, by";
+const COLUMNS: &str =
+    "id, fleet, wants, source, prompt, request_id, status, slot, injection_id, reason, created_at, updated_at, by, reply_to";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueItem> {
     Ok(QueueItem {
@@ -62,7 +103,32 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueItem> {
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
         by: r.get(12)?,
+        reply_to: r.get(13)?,
     })
+}
+
+/// The item the other way already made for the same work, that `e` joins (see
+/// [`Enqueue::join_since`]): a delegation joins a client's enqueue, a client's enqueue a
+/// delegation (never a reply), oldest first; never one cancelled or dropped.
+fn joinable(c: &Connection, e: &Enqueue<'_>, agent: Option<u32>) -> Result<Option<String>> {
+    let (Some(since), Some(source)) = (e.join_since, e.source) else { return Ok(None) };
+    let other = match &e.delegated {
+        Some(d) if d.origin.starts_with(REPLY) => return Ok(None),
+        Some(_) => "origin IS NULL",
+        None => &format!("origin IS NOT NULL AND origin NOT LIKE '{REPLY}%'"),
+    };
+    let sql = format!(
+        "SELECT id FROM queue_items WHERE source = ?1 AND created_at >= ?2 AND {other} AND fleet = ?3 AND prompt = ?4
+         AND wants IS ?5 AND joined = 0 AND status NOT IN ('cancelled', 'dropped') ORDER BY rowid LIMIT 1"
+    );
+    Ok(c.query_row(&sql, params![source, since, e.fleet, e.prompt, agent], |r| r.get(0)).optional()?)
+}
+
+fn read_chain(text: Option<String>) -> Result<Vec<String>> {
+    match text {
+        Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { what: "a queued item's chain", reason: e.to_string() }),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn one(c: &Connection, id: &str) -> Result<QueueItem> {
@@ -72,9 +138,11 @@ fn one(c: &Connection, id: &str) -> Result<QueueItem> {
 }
 
 impl Store {
-    /// Queues items for an active fleet (a `queue_enqueued` event each, one audit line), at
-    /// most [`MAX_QUEUED_PER_FLEET`] waiting for it.
-    pub fn enqueue(&self, e: &Enqueue<'_>, items: &[NewQueueItem<'_>], audit: &Audit<'_>) -> Result<(Vec<QueueItem>, Vec<Event>)> {
+    /// Queues items for an active fleet (a `queue_enqueued` event each, one audit line when
+    /// anything is queued or joined), at most [`MAX_QUEUED_PER_FLEET`] waiting for it. An item
+    /// a delegation already made (same origin) is skipped; with `join_since`, an item the other
+    /// way already made (same fleet, source, prompt and agent, not yet joined) is taken as it.
+    pub fn enqueue(&self, e: &Enqueue<'_>, items: &[NewQueueItem<'_>], audit: &Audit<'_>) -> Result<(Queued, Vec<Event>)> {
         self.tx(|tx| {
             let state: Option<String> = tx.query_row("SELECT state FROM fleets WHERE name = ?1", [e.fleet], |r| r.get(0)).optional()?;
             if state.as_deref() != Some("active") {
@@ -87,9 +155,10 @@ impl Store {
             if waiting + items.len() > MAX_QUEUED_PER_FLEET {
                 return Err(StoreError::QueueFull(e.fleet.to_owned(), waiting));
             }
-            let mut out = Vec::with_capacity(items.len());
+            let mut queued = Queued { items: Vec::with_capacity(items.len()), joined: 0 };
             let mut events = Vec::with_capacity(items.len());
             let chain = e.delegated.as_ref().map(|d| serde_json::to_string(d.chain).expect("names"));
+            let reply = e.delegated.as_ref().and_then(|d| d.reply);
             for (n, item) in items.iter().enumerate() {
                 let origin = e.delegated.as_ref().map(|d| format!("{}/{n}", d.origin));
                 if let Some(o) = &origin
@@ -97,10 +166,37 @@ impl Store {
                 {
                     continue;
                 }
+                if let Some(id) = joinable(tx, e, item.agent)? {
+                    // Taken as the item already there: a delegation gives it its chain and way
+                    // back, a client its request id.
+                    tx.execute(
+                        "UPDATE queue_items SET joined = 1, origin = COALESCE(origin, ?2), chain = COALESCE(chain, ?3),
+                         reply_to = COALESCE(reply_to, ?4), reply_for = COALESCE(reply_for, ?5), request_id = COALESCE(request_id, ?6)
+                         WHERE id = ?1",
+                        params![id, origin, chain, reply.map(|r| r.agent), reply.map(|r| r.injection), e.request_id],
+                    )?;
+                    queued.items.push(one(tx, &id)?);
+                    queued.joined += 1;
+                    continue;
+                }
                 tx.execute(
-                    "INSERT INTO queue_items (id, fleet, wants, source, prompt, request_id, status, created_at, updated_at, by, chain, origin)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8, ?9, ?10)",
-                    params![item.id, e.fleet, item.agent, e.source, e.prompt, e.request_id, e.at, e.by, chain, origin],
+                    "INSERT INTO queue_items (id, fleet, wants, source, prompt, request_id, status, created_at, updated_at, by, chain, origin,
+                         reply_to, reply_for)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![
+                        item.id,
+                        e.fleet,
+                        item.agent,
+                        e.source,
+                        e.prompt,
+                        e.request_id,
+                        e.at,
+                        e.by,
+                        chain,
+                        origin,
+                        reply.map(|r| r.agent),
+                        reply.map(|r| r.injection)
+                    ],
                 )?;
                 let body = EventBody::QueueEnqueued {
                     queue_id: item.id.to_owned(),
@@ -110,10 +206,28 @@ impl Store {
                     by: e.by.to_owned(),
                 };
                 events.push(fleet_event(tx, e.fleet, e.at, body)?);
-                out.push(one(tx, item.id)?);
+                queued.items.push(one(tx, item.id)?);
             }
-            write_audit(tx, audit)?;
-            Ok((out, events))
+            if !queued.items.is_empty() {
+                write_audit(tx, audit)?;
+            }
+            Ok((queued, events))
+        })
+    }
+
+    /// Where the answer of a dispatched item's injection goes back, if its directive said
+    /// `/reply`.
+    pub fn reply_route(&self, injection_id: &str) -> Result<Option<ReplyRoute>> {
+        self.with(|c| {
+            let found: Option<(String, String, Option<String>)> = c
+                .query_row(
+                    "SELECT reply_to, reply_for, chain FROM queue_items WHERE injection_id = ?1 AND reply_to IS NOT NULL",
+                    [injection_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((agent, injection, chain)) = found else { return Ok(None) };
+            Ok(Some(ReplyRoute { agent, injection, chain: read_chain(chain)? }))
         })
     }
 
@@ -141,21 +255,16 @@ impl Store {
         self.with(|c| {
             let chain: Option<Option<String>> =
                 c.query_row("SELECT chain FROM queue_items WHERE injection_id = ?1", [injection_id], |r| r.get(0)).optional()?;
-            match chain.flatten() {
-                Some(text) => {
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { what: "a queued item's chain", reason: e.to_string() })
-                }
-                None => Ok(Vec::new()),
-            }
+            read_chain(chain.flatten())
         })
     }
 
-    /// How many items `source` delegated since `at` (RFC 3339).
+    /// How many items `source` delegated since `at` (RFC 3339); replies are not delegations.
     pub fn delegations_since(&self, source: &str, at: &str) -> Result<usize> {
         self.with(|c| {
             let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM queue_items WHERE source = ?1 AND origin IS NOT NULL AND created_at >= ?2",
-                params![source, at],
+                "SELECT COUNT(*) FROM queue_items WHERE source = ?1 AND origin IS NOT NULL AND created_at >= ?2 AND origin NOT LIKE ?3",
+                params![source, at, format!("{REPLY}%")],
                 |r| r.get(0),
             )?;
             Ok(n as usize)

@@ -365,6 +365,16 @@ CREATE UNIQUE INDEX queue_items_origin ON queue_items (origin) WHERE origin IS N
 CREATE INDEX queue_items_injection ON queue_items (injection_id) WHERE injection_id IS NOT NULL;
 CREATE INDEX queue_items_delegations ON queue_items (source, created_at) WHERE origin IS NOT NULL;
 "#,
+    r#"
+-- A delegated item whose answer goes back (`/reply`): to `reply_to` (the delegating agent,
+-- `fleet/slot`), for `reply_for` (the injection whose answer delegated it). `joined`: another
+-- enqueue of the same work (a client reading the same answer, codeswarm's web backend) was
+-- taken as this item, so the work is queued once.
+ALTER TABLE queue_items ADD COLUMN reply_to TEXT;
+ALTER TABLE queue_items ADD COLUMN reply_for TEXT;
+ALTER TABLE queue_items ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX queue_items_sourced ON queue_items (source, created_at) WHERE origin IS NULL AND source IS NOT NULL;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

@@ -689,9 +689,8 @@ fn a_queued_item_is_dispatched_once_to_an_agent_that_holds_nothing() {
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
     let add = |id: &str, agent: Option<u32>| {
-        let e =
-            Enqueue { fleet: "squad", prompt: "hi", source: Some("ops"), request_id: Some("r1"), at: "t0", by: "admin", delegated: None };
-        store.enqueue(&e, &[NewQueueItem { id, agent }], &audit("queue"))
+        let e = Enqueue { fleet: "squad", prompt: "hi", source: Some("ops"), request_id: Some("r1"), at: "t0", by: "admin", ..enqueue() };
+        store.enqueue(&e, &[NewQueueItem { id, agent }], &audit("queue")).map(|(q, events)| (q.items, events))
     };
     let dispatch = |id: &str, injection: &str, slot: u32| {
         let targets = [slot];
@@ -757,7 +756,7 @@ fn a_fleet_queues_only_so_much_and_only_while_active() {
     use clawfleet_store::{Enqueue, NewQueueItem};
     let store = Store::in_memory().unwrap();
     store.insert_fleet(&fleet("squad", 1), launched("squad"), &audit("launch")).unwrap();
-    let e = Enqueue { fleet: "squad", prompt: "hi", source: None, request_id: None, at: "t0", by: "admin", delegated: None };
+    let e = Enqueue { fleet: "squad", prompt: "hi", at: "t0", by: "admin", ..enqueue() };
     let ids: Vec<String> = (0..MAX_QUEUED_PER_FLEET).map(|i| format!("q{i}")).collect();
     let items: Vec<NewQueueItem<'_>> = ids.iter().map(|id| NewQueueItem { id, agent: None }).collect();
     store.enqueue(&e, &items, &audit("queue")).unwrap();
@@ -842,12 +841,15 @@ fn a_delegation_is_queued_once_and_its_chain_follows_its_injection() {
         request_id: None,
         at: "2026-12-03T12:00:00.000Z",
         by: "agent boss/0 (delegation)",
-        delegated: Some(Delegated { chain: &chain, origin: "i0#0" }),
+        delegated: Some(Delegated { chain: &chain, origin: "i0#0", reply: None }),
+        join_since: None,
     };
     let (first, _) = store.enqueue(&e, &[NewQueueItem { id: "q1", agent: None }], &audit("delegate")).unwrap();
-    // The same directive read again makes nothing.
+    // The same directive read again makes nothing, and says nothing in the audit trail.
+    let audits = |s: &Store| s.audit_log(100).unwrap().len();
+    let before = audits(&store);
     let (again, events) = store.enqueue(&e, &[NewQueueItem { id: "q2", agent: None }], &audit("delegate")).unwrap();
-    assert_eq!((first.len(), again.len(), events.len()), (1, 0, 0));
+    assert_eq!((first.items.len(), again.items.len(), events.len(), audits(&store)), (1, 0, 0, before));
     assert_eq!(store.delegations_since("boss", "2026-12-03T11:59:00.000Z").unwrap(), 1);
     assert_eq!(store.delegations_since("boss", "2026-12-03T12:00:01.000Z").unwrap(), 0);
     let targets = [0];
@@ -855,4 +857,98 @@ fn a_delegation_is_queued_once_and_its_chain_follows_its_injection() {
     store.dispatch_queued("q1", &inj).unwrap().unwrap();
     assert_eq!(store.chain_of("i1").unwrap(), ["boss"]);
     assert!(store.chain_of("i0").unwrap().is_empty(), "an injection no item carried came through no fleet");
+}
+
+/// An enqueue with every optional part left out.
+fn enqueue() -> clawfleet_store::Enqueue<'static> {
+    clawfleet_store::Enqueue {
+        fleet: "squad",
+        prompt: "hi",
+        source: None,
+        request_id: None,
+        at: "t0",
+        by: "admin",
+        delegated: None,
+        join_since: None,
+    }
+}
+
+#[test]
+fn a_client_routing_the_same_directive_joins_the_delegation_and_a_reply_goes_back_once() {
+    use clawfleet_store::{Delegated, NewQueueItem, ReplyTo, reply_origin};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    store.insert_fleet(&fleet("boss", 1), launched("boss"), &audit("launch")).unwrap();
+    let chain = vec!["boss".to_owned()];
+    let at = "2026-12-03T12:00:00.000Z";
+    let reply = Some(ReplyTo { agent: "boss/0", injection: "i0" });
+    let delegation = |origin: &'static str| clawfleet_store::Enqueue {
+        prompt: "do it",
+        source: Some("boss"),
+        at,
+        by: "agent boss/0 (delegation)",
+        delegated: Some(Delegated { chain: &chain, origin, reply }),
+        join_since: Some("2026-12-03T11:59:00.000Z"),
+        ..enqueue()
+    };
+    let client = |prompt: &'static str, source: Option<&'static str>, since: &'static str| clawfleet_store::Enqueue {
+        prompt,
+        source,
+        request_id: Some("web-1"),
+        at: "2026-12-03T12:00:01.000Z",
+        by: "operator",
+        join_since: Some(since),
+        ..enqueue()
+    };
+    let item = |id| [NewQueueItem { id, agent: None }];
+    let (made, events) = store.enqueue(&delegation("i0#0"), &item("q1"), &audit("delegate")).unwrap();
+    assert_eq!((made.items.len(), made.joined, events.len()), (1, 0, 1));
+    // The web backend read the same answer: its enqueue is the delegation's item, with its
+    // request id, and nothing new; the same work once more (or other work) is queued.
+    let (joined, events) = store.enqueue(&client("do it", Some("boss"), "2026-12-03T11:59:01.000Z"), &item("w1"), &audit("queue")).unwrap();
+    assert_eq!((joined.joined, joined.items[0].queue_id.as_str(), events.len()), (1, "q1", 0));
+    assert_eq!(store.queue_item("q1").unwrap().request_id.as_deref(), Some("web-1"));
+    let (again, _) = store.enqueue(&client("do it", Some("boss"), "2026-12-03T11:59:01.000Z"), &item("w2"), &audit("queue")).unwrap();
+    assert_eq!((again.joined, again.items[0].queue_id.as_str()), (0, "w2"));
+    for (id, prompt, source, since) in [
+        ("w-a", "do that", Some("boss"), "2026-12-03T11:59:01.000Z"),
+        ("w-b", "do it", None, "2026-12-03T11:59:01.000Z"),
+        ("w-c", "do it", Some("boss"), "2026-12-03T12:00:00.500Z"),
+    ] {
+        let (q, _) = store.enqueue(&client(prompt, source, since), &item(id), &audit("queue")).unwrap();
+        assert_eq!(q.joined, 0, "{prompt} from {source:?} since {since}");
+        store.cancel_queued(id, "t", &audit("queue-cancel")).unwrap();
+    }
+    // The other way round: the client was first, the delegation takes its item (and gives it
+    // its way back).
+    let (first, _) = store.enqueue(&client("check", Some("boss"), "2026-12-03T11:59:01.000Z"), &item("w3"), &audit("queue")).unwrap();
+    assert_eq!(first.joined, 0);
+    let late = clawfleet_store::Enqueue { prompt: "check", ..delegation("i0#1") };
+    let (took, events) = store.enqueue(&late, &item("q2"), &audit("delegate")).unwrap();
+    assert_eq!(
+        (took.joined, took.items[0].queue_id.as_str(), took.items[0].reply_to.as_deref(), events.len()),
+        (1, "w3", Some("boss/0"), 0)
+    );
+    // The answer of q1's injection goes back to boss/0, once; a reply is not a delegation.
+    let targets = [0];
+    let inj = NewInjection { id: "i1", fleet: "squad", prompt: "do it", at: "t1", caller: "queue", targets: &targets, request_id: None };
+    store.dispatch_queued("q1", &inj).unwrap().unwrap();
+    let route = store.reply_route("i1").unwrap().unwrap();
+    assert_eq!((route.agent.as_str(), route.injection.as_str(), route.chain), ("boss/0", "i0", chain.clone()));
+    assert_eq!(store.reply_route("i0").unwrap(), None);
+    let back = vec!["boss".to_owned(), "squad".to_owned()];
+    let origin = reply_origin("i1");
+    let reply = clawfleet_store::Enqueue {
+        fleet: "boss",
+        prompt: "[Reply from /swarm[squad]/node[0] for request i0]\ndone",
+        source: Some("squad"),
+        at,
+        by: "agent squad/0 (reply)",
+        delegated: Some(Delegated { chain: &back, origin: &origin, reply: None }),
+        ..enqueue()
+    };
+    let replied = |id| store.enqueue(&reply, &[NewQueueItem { id, agent: Some(0) }], &audit("delegate-reply")).unwrap().0.items.len();
+    assert_eq!((replied("r1"), replied("r2")), (1, 0));
+    assert_eq!(store.delegations_since("squad", "2026-12-03T11:59:00.000Z").unwrap(), 0);
+    assert_eq!(store.delegations_since("boss", "2026-12-03T11:59:00.000Z").unwrap(), 2);
 }

@@ -117,7 +117,15 @@ fn an_agent_delegates_through_the_control_plane_and_loops_and_strangers_are_refu
         ..PlaneOptions::default()
     });
     plane.ok(&["launch", "crew", "--brain", &format!("cmd:bash {}", crew.display()), "--wait"]);
-    plane.ok(&["launch", "boss", "--brain", "cmd:echo \"Handing it over:\"; echo \"- /swarm[crew]/idle $(cat)\"", "--wait"]);
+    // boss hands its work to crew, asking for the answer back when it says "ask".
+    let boss = dir.path().join("boss.sh");
+    std::fs::write(
+        &boss,
+        "p=$(cat)\ncase \"$p\" in '[Reply from'*) printf 'boss heard: %s\\n' \"$p\" ;; *ask*) echo \"/swarm[crew]/idle/reply $p\" ;; \
+         *) echo 'Handing it over:'; echo \"- /swarm[crew]/idle $p\" ;; esac\n",
+    )
+    .unwrap();
+    plane.ok(&["launch", "boss", "--brain", &format!("cmd:bash {}", boss.display()), "--wait"]);
     plane.ok(&["launch", "rogue", "--brain", "cmd:echo '/swarm[crew]/idle sneak in'", "--wait"]);
 
     // boss hands "fix it" to crew: queued as coming from boss, answered by crew.
@@ -136,6 +144,37 @@ fn an_agent_delegates_through_the_control_plane_and_loops_and_strangers_are_refu
         "{history}"
     );
 
+    // A client that routes the same directive itself (codeswarm's web backend) joins the
+    // delegation's item instead of queueing the work twice.
+    let joined = plane.json(&["queue", "add", "crew", "fix it", "--source", "boss", "--json"]);
+    assert_eq!((&joined["joined"], &joined["items"][0]["queue_id"]), (&Value::from(1), &item["queue_id"]), "{joined}");
+    let text = plane.ok(&["queue", "add", "crew", "fix it", "--source", "boss"]);
+    assert!(text.contains("queued ") && !text.contains("already"), "only the first is joined: {text}");
+
+    // "/reply": crew's answer goes back to the boss agent that asked, once.
+    plane.ok(&["inject", "boss", "ask for the count"]);
+    let heard = eventually(Duration::from_secs(60), "crew's answer to come back to boss", || {
+        crate::support::events(&plane, "boss")
+            .into_iter()
+            .find(|e| e["event"] == "assistant" && e["data"]["content"].as_str().is_some_and(|c| c.starts_with("boss heard")))
+    });
+    let asked = crate::support::events(&plane, "crew")
+        .into_iter()
+        .find(|e| e["event"] == "assistant" && e["data"]["content"] == "crew did: ask for the count")
+        .expect("crew answered the question");
+    let boss_asked = crate::support::events(&plane, "boss")
+        .into_iter()
+        .find(|e| e["event"] == "assistant" && e["data"]["content"].as_str().is_some_and(|c| c.starts_with("/swarm[crew]/idle/reply")))
+        .expect("boss asked");
+    assert_eq!(
+        heard["data"]["content"].as_str().unwrap(),
+        format!(
+            "boss heard: [Reply from /swarm[crew]/node[0] for request {}]\ncrew did: ask for the count",
+            boss_asked["injection_id"].as_str().unwrap()
+        )
+    );
+    assert!(asked["injection_id"].is_string());
+
     // crew, asked to bounce work that came from boss back to boss, is refused: a loop.
     plane.ok(&["inject", "boss", "bounce"]);
     let refused = eventually(Duration::from_secs(60), "crew's delegation to be refused", || {
@@ -150,8 +189,13 @@ fn an_agent_delegates_through_the_control_plane_and_loops_and_strangers_are_refu
         crate::support::events(&plane, "rogue").into_iter().find(|e| e["event"] == "delegation_refused")
     });
     assert_eq!(refused["data"]["reason"], "no policy lets the agents of 'rogue' inject 'crew' (the control plane's --agent-policy)");
-    // Nothing else was queued for crew: one from boss, one bounce (from boss), none from rogue.
+    // Nothing else was queued for crew: from boss the work, the second "fix it" the client
+    // sent, the question and the bounce; none from rogue. boss got one reply.
     let history = plane.json(&["queue", "list", "--fleet", "crew", "--all", "--json"]);
     let sources: Vec<&str> = history["items"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
-    assert_eq!(sources, ["boss", "boss"], "{history}");
+    assert_eq!(sources, ["boss", "boss", "boss", "boss"], "{history}");
+    let replies = plane.json(&["queue", "list", "--fleet", "boss", "--all", "--json"]);
+    let replies: Vec<(&str, &str)> =
+        replies["items"].as_array().unwrap().iter().map(|i| (i["source"].as_str().unwrap(), i["by"].as_str().unwrap())).collect();
+    assert_eq!(replies, [("crew", "agent crew/0 (reply)")]);
 }
