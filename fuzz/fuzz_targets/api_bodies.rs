@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<clawfleet_proto::api::ArmRequest>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::api::LeaderRequest>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::api::ChimeRequest>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::approval::ApprovalAnswer>(data);
     if let Ok(s) = serde_json::from_slice::<clawfleet_proto::scenario::Scenarios>(data)
         && clawfleet_core::scenario::validate(&s).is_ok()
     {

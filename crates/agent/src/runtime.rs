@@ -18,7 +18,7 @@ use clawfleet_proto::mailbox::InboxItem;
 use clawfleet_proto::scenario::{Chooser, Play, Rps};
 use clawfleet_proto::topic::{self, Channel};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::brain::{self, Brain, BrainError, BrainHealth, Progress, TurnRequest, TurnResult};
@@ -75,7 +75,12 @@ struct Turn {
     prompt: String,
     last_output: Instant,
     handle: JoinHandle<()>,
+    /// The approval it waits for before its brain runs (the watchdog leaves it be meanwhile).
+    awaiting: Option<(String, oneshot::Sender<Answer>)>,
 }
+
+/// An approval's answer: yes or no, and the decision word that came with it.
+type Answer = (bool, Option<String>);
 
 struct Agent {
     config: AgentConfig,
@@ -101,6 +106,8 @@ struct Agent {
     /// The plays seen lately (each is played once), and how many are with the brain now.
     plays_seen: VecDeque<String>,
     plays_running: usize,
+    /// The approvals answered lately (an answer sent again is taken once).
+    approvals_taken: VecDeque<String>,
     /// When the next heartbeat is due; state changes bring it forward.
     next_beat: tokio::time::Instant,
     last_beat: tokio::time::Instant,
@@ -114,6 +121,8 @@ const PLAYS_REMEMBERED: usize = 256;
 const MAX_PLAYS_RUNNING: usize = 4;
 /// The longest a play waits for the brain.
 const PLAY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Approvals remembered as answered.
+const APPROVALS_REMEMBERED: usize = 64;
 
 /// A move from a brain's answer, else a random one.
 fn rps_move(round: u64, epoch: Option<u64>, answer: &Result<String, String>) -> EventBody {
@@ -215,6 +224,7 @@ pub async fn run(config: AgentConfig, http: reqwest::Client, shutdown: impl Futu
         connected_once: false,
         plays_seen: VecDeque::new(),
         plays_running: 0,
+        approvals_taken: VecDeque::new(),
         next_beat: tokio::time::Instant::now(),
         last_beat: tokio::time::Instant::now(),
         ws,
@@ -401,7 +411,32 @@ impl Agent {
                 Err(e) => tracing::error!(error = %e, "Could not read the journal for a replay"),
             },
             Directive::Play { play_id, play, expires_at, .. } => self.on_play(play_id, play, expires_at),
+            Directive::Approval { call_id, approved, decision } => self.on_approval(call_id, approved, decision),
         }
+    }
+
+    /// The answer to an approval: the waiting turn goes on (its brain runs) or ends refused;
+    /// either way the control plane hears it was taken. Taken once; an answer for a turn that
+    /// is gone (the agent restarted) is taken as not waiting.
+    fn on_approval(&mut self, call_id: String, approved: bool, decision: Option<String>) {
+        if self.approvals_taken.contains(&call_id) {
+            return;
+        }
+        if self.approvals_taken.len() == APPROVALS_REMEMBERED {
+            self.approvals_taken.pop_front();
+        }
+        self.approvals_taken.push_back(call_id.clone());
+        let waiting = self.current.as_mut().filter(|t| t.awaiting.as_ref().is_some_and(|(c, _)| *c == call_id));
+        let (injection, waiting) = match waiting {
+            Some(turn) => {
+                let (_, answer) = turn.awaiting.take().expect("it waits for this call");
+                turn.last_output = Instant::now();
+                let _ = answer.send((approved, decision));
+                (Some(turn.injection_id.clone()), true)
+            }
+            None => (None, false),
+        };
+        self.emit(injection.as_deref(), EventBody::ExecApprovalResolved { call_id, approved, waiting });
     }
 
     /// A scenario's play: a random move at once, or the brain asked beside the conversation
@@ -589,7 +624,37 @@ impl Agent {
         };
         let brain = self.brain.clone();
         let tx = self.internal.clone();
+        // A brain that asks before it runs its command: the turn waits for the answer.
+        let (awaiting, answer) = match &self.brain_spec {
+            BrainSpec::Cmd { command, approve: true } => {
+                let call_id = uuid::Uuid::new_v4().to_string();
+                let body = EventBody::ExecApprovalRequired {
+                    approval_id: None,
+                    call_id: call_id.clone(),
+                    command: command.chars().take(clawfleet_proto::approval::MAX_COMMAND_BYTES / 4).collect(),
+                    cwd: Some(self.ws.dir().display().to_string()),
+                    reason: Some(format!("fleet '{}' asks before its brain runs its command", self.config.agent.fleet)),
+                };
+                self.emit(Some(&injection_id), body);
+                let (answer_tx, answer_rx) = oneshot::channel::<Answer>();
+                (Some((call_id, answer_tx)), Some(answer_rx))
+            }
+            _ => (None, None),
+        };
         let handle = tokio::spawn(async move {
+            if let Some(answer) = answer {
+                let refused = match answer.await {
+                    Ok((true, _)) => None,
+                    Ok((false, decision)) => {
+                        Some(format!("the command was not approved ({}); it did not run", decision.unwrap_or_else(|| "refused".into())))
+                    }
+                    Err(_) => Some("the approval was dropped; the command did not run".into()),
+                };
+                if let Some(message) = refused {
+                    let _ = tx.send(Internal::Done { turn: no, result: Err(BrainError(message)) }).await;
+                    return;
+                }
+            }
             let (ptx, mut prx) = mpsc::channel(64);
             let forward = {
                 let tx = tx.clone();
@@ -604,7 +669,7 @@ impl Agent {
             let (result, ()) = tokio::join!(brain.turn(request, ptx), forward);
             let _ = tx.send(Internal::Done { turn: no, result }).await;
         });
-        self.current = Some(Turn { no, injection_id, prompt, last_output: Instant::now(), handle });
+        self.current = Some(Turn { no, injection_id, prompt, last_output: Instant::now(), handle, awaiting });
         self.set_activity(AgentActivity::Busy);
     }
 
@@ -691,7 +756,7 @@ impl Agent {
 
     fn check_watchdog(&mut self) {
         let limit = self.config.watchdog;
-        let Some(current) = self.current.take_if(|t| t.last_output.elapsed() > limit) else { return };
+        let Some(current) = self.current.take_if(|t| t.awaiting.is_none() && t.last_output.elapsed() > limit) else { return };
         current.handle.abort();
         self.turns_failed += 1;
         let message = format!("no output for {} s; the watchdog stopped the turn", limit.as_secs());

@@ -96,6 +96,10 @@ pub(crate) enum Command {
     /// are injected; see what waits, cancel what has not gone yet.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Execution approvals: agents that ask before they run a command (approve:cmd: brains)
+    /// wait for an answer; see what waits, approve or deny it.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Orchestrated projects (codeswarm's): a task graph whose tasks the control plane hands to
     /// idle agents of worker fleets, each in its own clone of the project's repository.
     #[command(subcommand)]
@@ -315,6 +319,10 @@ pub(crate) struct UpArgs {
     /// {"rules": [{"from": "ops", "to": ["web"], "actions": ["scale", "update"]}]}) [default: none]
     #[arg(long, value_name = "FILE")]
     pub agent_policy: Option<PathBuf>,
+    /// How long an agent's execution approval (an approve:cmd: brain asking before it runs its
+    /// command) waits for an answer before it is refused
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub approval_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -326,7 +334,8 @@ pub(crate) struct LaunchArgs {
     /// Where the agents run: local, docker, slurm.
     #[arg(long)]
     pub backend: Option<String>,
-    /// What they think with: model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, echo.
+    /// What they think with: model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND,
+    /// approve:cmd:COMMAND (asks for an approval before each turn runs COMMAND), echo.
     #[arg(long)]
     pub brain: Option<String>,
     /// System prompt of every agent.
@@ -957,6 +966,53 @@ pub(crate) struct QueueListArgs {
 #[derive(Debug, Args)]
 pub(crate) struct QueueShowArgs {
     pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// What waits for an answer, or for its agent to take it (--all: the newest of every status).
+    List(ApprovalsListArgs),
+    /// One approval.
+    Show(ApprovalShowArgs),
+    /// Let the agent run the command it asked about.
+    Approve(ApprovalAnswerArgs),
+    /// Refuse: the agent's turn ends without running the command.
+    Deny(ApprovalAnswerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApprovalsListArgs {
+    /// Only this fleet's approvals.
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Every status, not only what waits.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApprovalShowArgs {
+    pub id: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApprovalAnswerArgs {
+    pub id: u64,
+    /// The decision word kept with the answer (codeswarm's accept, acceptForSession, cancel...).
+    #[arg(long)]
+    pub decision: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -24,6 +24,7 @@ macro_rules! out {
 
 mod agent;
 mod apply;
+mod approvals;
 mod args;
 pub mod client;
 mod council;
@@ -126,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chime(a) => fleet::chime(a).await,
         Command::Council(c) => council::run(c).await,
         Command::Queue(c) => queue::run(c).await,
+        Command::Approvals(c) => approvals::run(c).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

@@ -224,6 +224,16 @@ impl EventPrinter {
                 )
             }
             EventBody::DelegationRefused { target, reason } => format!("may not delegate to {target}: {reason}"),
+            EventBody::ExecApprovalRequired { approval_id, command, .. } => {
+                let id = approval_id.map_or("?".to_owned(), |a| a.to_string());
+                format!("asks to run {}: approval {id} (clawfleet approvals approve {id})", short(command, 80))
+            }
+            EventBody::ExecApprovalSubmitted { approval_id, approved, by, .. } => {
+                format!("approval {approval_id} {} by {by}", if *approved { "approved" } else { "refused" })
+            }
+            EventBody::ExecApprovalResolved { approved: true, waiting: true, .. } => "runs its approved command".to_owned(),
+            EventBody::ExecApprovalResolved { approved: false, waiting: true, .. } => "does not run its command: refused".to_owned(),
+            EventBody::ExecApprovalResolved { waiting: false, .. } => "took an approval no turn of it waits for".to_owned(),
             EventBody::QueueEnqueued { queue_id, agent, source, by, .. } => {
                 let whom = agent.map_or("its first idle agent".to_owned(), |a| format!("agent {a}"));
                 let from = source.as_deref().map(|s| format!(" from {s}")).unwrap_or_default();

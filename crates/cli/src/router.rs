@@ -6,8 +6,9 @@
 //! Every output line goes to every connected client; clients match replies by `request_id`.
 //! Every bad line gets `command_rejected` with the reason (the reference router's words where it
 //! has a refusal for the case, the particulars in `detail`), and the router keeps going.
-//! Orchestrated projects and execution approvals are answered truthfully: none exist (clawfleet
-//! agents run without approval prompts, and projects come with a later release).
+//! Execution approvals are the control plane's (`approvals_list` its snapshot, grouped by
+//! swarm and node as the reference groups them; `approve_execution` an answer, where a missing
+//! `approved` is a refusal); orchestrated projects are the control plane's too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use anyhow::Context;
 use clawfleet_core::BrainSpec;
 use clawfleet_proto::MAX_ROUTER_LINE_BYTES;
 use clawfleet_proto::api::{Ack, Fleet, FleetList, FleetState, FleetStatus, InjectRequest, InjectResponse, LaunchRequest, ServerInfo};
+use clawfleet_proto::approval::{Approval, ApprovalAnswer, ApprovalList, ApprovalStatus};
 use clawfleet_proto::event::{Event, EventBody};
 use clawfleet_proto::project::{PlanCreate, PlanStatus, PlanView, ProjectCreate, ProjectList, ProjectStatus, ProjectView, ResumePreview};
 use clawfleet_proto::queue::{QueueAdd, QueueList};
@@ -33,6 +35,9 @@ use tokio::sync::broadcast;
 use crate::args::RouterArgs;
 use crate::client::{Client, is_not_found};
 
+/// The answers an approval takes, as the reference offers them by default.
+const DECISIONS: [&str; 2] = ["accept", "cancel"];
+
 fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -44,6 +49,8 @@ pub struct Correlation {
     injections: HashMap<String, String>,
     /// fleet -> the request id that asked to terminate it
     terminations: HashMap<String, String>,
+    /// (fleet, call id) -> the request id that answered its approval
+    approvals: HashMap<(String, String), String>,
 }
 
 fn runtime_data(e: &Event) -> Map<String, Value> {
@@ -157,6 +164,37 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             d.insert("target_swarm_id".into(), json!(target));
             d.insert("reason".into(), json!(reason));
             "inter_swarm_blocked"
+        }
+        EventBody::ExecApprovalRequired { approval_id, call_id, command, cwd, reason } => {
+            d.insert("approval_id".into(), json!(approval_id.map(|a| a.to_string())));
+            d.insert("approvals_version".into(), json!(e.id));
+            d.insert("turn_id".into(), Value::Null);
+            d.insert("call_id".into(), json!(call_id));
+            d.insert("command".into(), json!(command));
+            d.insert("reason".into(), json!(reason));
+            d.insert("cwd".into(), json!(cwd));
+            d.insert("proposed_execpolicy_amendment".into(), Value::Null);
+            d.insert("available_decisions".into(), json!(DECISIONS));
+            "exec_approval_required"
+        }
+        EventBody::ExecApprovalSubmitted { approval_id, call_id, approved, decision, .. } => {
+            let request = c.approvals.get(&(e.fleet.clone(), call_id.clone())).cloned();
+            d.insert("request_id".into(), json!(request));
+            d.insert("approval_id".into(), json!(approval_id.to_string()));
+            d.insert("call_id".into(), json!(call_id));
+            d.insert("approved".into(), json!(approved));
+            d.insert("decision".into(), json!(decision));
+            d.insert("approvals_version".into(), json!(e.id));
+            "exec_approval_submitted"
+        }
+        EventBody::ExecApprovalResolved { call_id, approved, .. } => {
+            let request = c.approvals.remove(&(e.fleet.clone(), call_id.clone()));
+            d.insert("request_id".into(), json!(request));
+            d.insert("call_id".into(), json!(call_id));
+            d.insert("approved".into(), json!(approved));
+            d.insert("source".into(), json!("worker"));
+            d.insert("approvals_version".into(), json!(e.id));
+            "exec_approval_resolved"
         }
         // A cancelled item shows as the queue_updated that follows every queue event.
         EventBody::QueueCancelled { .. }
@@ -317,6 +355,41 @@ fn plan_request(p: &Map<String, Value>) -> anyhow::Result<PlanCreate> {
 }
 
 /// The router's shared state.
+/// Approvals as the reference's `approvals_list` shows them: swarm -> node -> approvals,
+/// oldest first.
+fn approvals_snapshot(approvals: &[Approval]) -> Value {
+    let ms = |at: &str| {
+        humantime::parse_rfc3339(at).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
+    };
+    let mut swarms: Map<String, Value> = Map::new();
+    for a in approvals {
+        let status = match (a.status, a.approved) {
+            (ApprovalStatus::Pending, _) => "pending",
+            (_, Some(true)) => "approved_pending_ack",
+            _ => "denied_pending_ack",
+        };
+        let approval = json!({
+            "job_id": a.fleet,
+            "approval_id": a.approval_id.to_string(),
+            "approval_status": status,
+            "call_id": a.call_id,
+            "injection_id": a.injection_id,
+            "turn_id": null,
+            "command": a.command,
+            "reason": a.reason,
+            "cwd": a.cwd,
+            "proposed_execpolicy_amendment": null,
+            "available_decisions": DECISIONS,
+            "created_at_ms": ms(&a.created_at),
+            "updated_at_ms": ms(&a.updated_at),
+        });
+        let nodes = swarms.entry(a.fleet.clone()).or_insert_with(|| json!({}));
+        let list = nodes.as_object_mut().expect("an object").entry(a.agent.to_string()).or_insert_with(|| json!([]));
+        list.as_array_mut().expect("an array").push(approval);
+    }
+    Value::Object(swarms)
+}
+
 struct Router {
     client: Client,
     out: broadcast::Sender<Arc<String>>,
@@ -616,22 +689,56 @@ impl Router {
                 let s = self.fleet_of(&rid, &swarm_id, FleetWords::STATUS).await?;
                 self.reply(&rid, "swarm_status", swarm_status(&s, None));
             }
-            Command::ApproveExecution { job_id, call_id, node_id, injection_id } => {
-                // No agent waits for an approval: the reference's refusal, with its fields.
-                let mut d = Map::new();
-                d.insert("reason".into(), json!(reasons::UNKNOWN_APPROVAL));
-                d.insert("detail".into(), json!("no execution waits for an approval: clawfleet agents run without approval prompts"));
-                d.insert("job_id".into(), json!(job_id));
-                d.insert("call_id".into(), json!(call_id));
-                d.insert("node_id".into(), json!(node_id));
-                d.insert("injection_id".into(), json!(injection_id));
-                d.insert("pending_candidates".into(), json!(0));
-                self.reply(&rid, "command_rejected", d);
+            Command::ApproveExecution { job_id, call_id, node_id, injection_id, approved, decision } => {
+                let list: ApprovalList = self
+                    .client
+                    .get(&format!("/api/v1/approvals?fleet={job_id}&all=true"))
+                    .await
+                    .or_else(|e| if is_not_found(&e) { Ok(ApprovalList { approvals: vec![], version: 0 }) } else { Err(e) })?;
+                let candidates: Vec<&Approval> = list.approvals.iter().filter(|a| a.call_id == call_id).collect();
+                let found = candidates.iter().rev().find(|a| {
+                    node_id.is_none_or(|n| n == a.agent) && injection_id.as_ref().is_none_or(|i| a.injection_id.as_ref() == Some(i))
+                });
+                let Some(found) = found else {
+                    // The reference's refusal, with its fields.
+                    let mut d = Map::new();
+                    d.insert("reason".into(), json!(reasons::UNKNOWN_APPROVAL));
+                    d.insert("detail".into(), json!(format!("no approval of fleet '{job_id}' has call id '{call_id}'")));
+                    d.insert("job_id".into(), json!(job_id));
+                    d.insert("call_id".into(), json!(call_id));
+                    d.insert("node_id".into(), json!(node_id));
+                    d.insert("injection_id".into(), json!(injection_id));
+                    d.insert("pending_candidates".into(), json!(candidates.iter().filter(|a| a.status == ApprovalStatus::Pending).count()));
+                    self.reply(&rid, "command_rejected", d);
+                    return Ok(());
+                };
+                if found.status != ApprovalStatus::Pending {
+                    // Answered already: the reference answers again, idempotently.
+                    let mut d = Map::new();
+                    d.insert("approval_id".into(), json!(found.approval_id.to_string()));
+                    d.insert("job_id".into(), json!(job_id));
+                    d.insert("call_id".into(), json!(call_id));
+                    d.insert("node_id".into(), json!(found.agent));
+                    d.insert("injection_id".into(), json!(found.injection_id));
+                    d.insert("approved".into(), json!(found.approved));
+                    d.insert("decision".into(), json!(found.decision));
+                    d.insert("idempotent".into(), json!(true));
+                    d.insert("approvals_version".into(), json!(list.version));
+                    self.reply(&rid, "exec_approval_resolved", d);
+                    return Ok(());
+                }
+                if let Some(r) = &rid {
+                    self.correlation.lock().expect("not poisoned").approvals.insert((job_id.clone(), call_id.clone()), r.clone());
+                }
+                let answer = ApprovalAnswer { approved, decision };
+                // exec_approval_submitted and exec_approval_resolved follow from the event stream.
+                let _: Approval = self.client.post(&format!("/api/v1/approvals/{}", found.approval_id), &answer).await?;
             }
             Command::ApprovalsList => {
+                let list: ApprovalList = self.client.get("/api/v1/approvals").await?;
                 let mut d = Map::new();
-                d.insert("approvals_version".into(), json!(0));
-                d.insert("approvals".into(), json!({}));
+                d.insert("approvals_version".into(), json!(list.version));
+                d.insert("approvals".into(), approvals_snapshot(&list.approvals));
                 self.reply(&rid, "approvals_list", d);
             }
             Command::ProjectList => {

@@ -100,6 +100,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             Some(path) => read_policy(path)?,
             None => clawfleet_core::authz::Policy::default(),
         },
+        approval_timeout: args.approval_timeout,
     })
     .await
     .map_err(|e| match &docker {

@@ -59,6 +59,8 @@ pub enum Action {
     Update,
     Terminate,
     Inject,
+    /// Answering an agent's execution approval (never its own fleet's, for an agent token).
+    Approve,
     /// A command of the vocabulary (restart, health-check, ...).
     Command,
     /// Creating, listing and revoking tokens.
@@ -78,6 +80,7 @@ impl Action {
             Action::Update => "update",
             Action::Terminate => "terminate",
             Action::Inject => "inject",
+            Action::Approve => "approve",
             Action::Command => "command",
             Action::ManageTokens => "manage-tokens",
             Action::ManageSecrets => "manage-secrets",
@@ -98,7 +101,7 @@ impl std::str::FromStr for Action {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Action, String> {
-        const ALL: [Action; 11] = [
+        const ALL: [Action; 12] = [
             Action::Read,
             Action::ReadAudit,
             Action::Join,
@@ -107,6 +110,7 @@ impl std::str::FromStr for Action {
             Action::Update,
             Action::Terminate,
             Action::Inject,
+            Action::Approve,
             Action::Command,
             Action::ManageTokens,
             Action::ManageSecrets,
@@ -169,7 +173,7 @@ impl Policy {
                 let action: Action = a.parse().map_err(|e| format!("rule {}: {e}", i + 1))?;
                 if matches!(action, Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets) {
                     return Err(format!(
-                        "rule {}: '{a}' cannot be granted to agents (only launch, scale, update, terminate, inject, command)",
+                        "rule {}: '{a}' cannot be granted to agents (only launch, scale, update, terminate, inject, approve, command)",
                         i + 1
                     ));
                 }
@@ -227,6 +231,8 @@ pub fn token_lifetime(expires: &str) -> Result<std::time::Duration, String> {
 pub enum Denied {
     #[error("refusing self-deploy: an agent token may not {action} its own fleet '{fleet}'")]
     SelfDeploy { action: &'static str, fleet: String },
+    #[error("refusing self-approval: an agent token may not approve what its own fleet '{fleet}' runs")]
+    SelfApprove { fleet: String },
     #[error("the {role} token '{name}' may not {action} {target}")]
     Role { role: Role, name: String, action: &'static str, target: String },
     #[error("no policy lets the agents of '{from}' {action} '{to}' (the control plane's --agent-policy)")]
@@ -266,6 +272,7 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
                 (a, Target::Fleet(f) | Target::Agent(f, _)) if f == own && a.deploys() => {
                     Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
                 }
+                (Action::Approve, Target::Fleet(f) | Target::Agent(f, _)) if f == own => Err(Denied::SelfApprove { fleet: own.to_owned() }),
                 (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets, _) => Err(role_denies()),
                 // Another fleet, or its own for what does not deploy it (a command to its
                 // siblings, say): as the policy says (a rule may name the agents' own fleet).
@@ -296,10 +303,15 @@ mod tests {
                 PolicyRule {
                     from: fleet("ops"),
                     to: vec![fleet("web")],
-                    actions: [Action::Scale, Action::Update, Action::Command].into_iter().collect(),
+                    actions: [Action::Scale, Action::Update, Action::Command, Action::Approve].into_iter().collect(),
                 },
-                // Its own fleet: it may restart (command) its siblings, and still never deploy it.
-                PolicyRule { from: fleet("ops"), to: vec![fleet("ops")], actions: [Action::Command, Action::Scale].into_iter().collect() },
+                // Its own fleet: it may restart (command) its siblings, and still never deploy
+                // it or approve what it runs.
+                PolicyRule {
+                    from: fleet("ops"),
+                    to: vec![fleet("ops")],
+                    actions: [Action::Command, Action::Scale, Action::Approve].into_iter().collect(),
+                },
             ],
         }
     }
@@ -364,6 +376,23 @@ mod tests {
             ),
             (&ops3, Scale, Target::Fleet("db"), Err("no policy lets the agents of 'ops' scale 'db' (the control plane's --agent-policy)")),
             (&ops3, Join, Target::Fleet("web"), Err("the agent token 'agent ops/3' may not join fleet 'web'")),
+            (&operator, Approve, Target::Agent("web", 0), Ok(())),
+            (&scoped, Approve, Target::Agent("ops", 0), Err("the operator token 'web-admin' may not approve agent ops/0")),
+            (&observer, Approve, Target::Agent("web", 0), Err("the observer token 'grafana' may not approve agent web/0")),
+            (&ops3, Approve, Target::Agent("web", 1), Ok(())),
+            (
+                &ops3,
+                Approve,
+                Target::Agent("db", 1),
+                Err("no policy lets the agents of 'ops' approve 'db' (the control plane's --agent-policy)"),
+            ),
+            // Not even when a rule names its own fleet: an agent does not approve its siblings.
+            (
+                &ops_any,
+                Approve,
+                Target::Agent("ops", 1),
+                Err("refusing self-approval: an agent token may not approve what its own fleet 'ops' runs"),
+            ),
         ];
         for (who, action, target, expected) in cases {
             let got = authorize(who, *action, *target, &p).map_err(|e| e.to_string());
@@ -395,7 +424,10 @@ mod tests {
             actions: actions.iter().map(|s| s.to_string()).collect(),
         };
         let ok = PolicyFile {
-            rules: vec![rule("ops", &["web"], &["scale", "update", "command"]), rule("ops", &["ops"], &["command", "scale"])],
+            rules: vec![
+                rule("ops", &["web"], &["scale", "update", "command", "approve"]),
+                rule("ops", &["ops"], &["command", "scale", "approve"]),
+            ],
         };
         assert_eq!(Policy::from_file(&ok).unwrap(), policy());
         let cases = [

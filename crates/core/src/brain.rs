@@ -17,11 +17,26 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrainSpec {
     Model,
-    OpenAi { url: String, model: String },
-    Ollama { url: String, model: String },
-    Codex { model: Option<String> },
-    Claude { model: Option<String> },
-    Cmd { command: String },
+    OpenAi {
+        url: String,
+        model: String,
+    },
+    Ollama {
+        url: String,
+        model: String,
+    },
+    Codex {
+        model: Option<String>,
+    },
+    Claude {
+        model: Option<String>,
+    },
+    /// A shell command per turn; with `approve`, the agent asks before each turn runs it (an
+    /// execution approval) and runs it only when the answer is yes.
+    Cmd {
+        command: String,
+        approve: bool,
+    },
     Echo,
 }
 
@@ -30,7 +45,9 @@ pub const MAX_BRAIN_SPEC_BYTES: usize = 4096;
 
 /// Why a brain spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND or echo)")]
+#[error(
+    "invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, approve:cmd:COMMAND or echo)"
+)]
 pub struct BrainSpecError {
     /// The spec, cut to its first 80 characters.
     pub spec: String,
@@ -113,11 +130,21 @@ impl FromStr for BrainSpec {
         if let Some(rest) = spec.strip_prefix("claude") {
             return Ok(BrainSpec::Claude { model: optional_model(spec, rest)? });
         }
-        if let Some(command) = spec.strip_prefix("cmd:") {
+        let (approve, rest) = match spec.strip_prefix("approve:") {
+            Some(rest) if rest.starts_with("cmd:") => (true, rest),
+            Some(_) => {
+                return Err(BrainSpecError::new(
+                    spec,
+                    "only a cmd: brain asks for approvals (approve:cmd:COMMAND); codex asks only through its app server, which clawfleet does not drive",
+                ));
+            }
+            None => (false, spec),
+        };
+        if let Some(command) = rest.strip_prefix("cmd:") {
             if command.trim().is_empty() {
                 return Err(BrainSpecError::new(spec, "the command after 'cmd:' is empty"));
             }
-            return Ok(BrainSpec::Cmd { command: command.to_owned() });
+            return Ok(BrainSpec::Cmd { command: command.to_owned(), approve });
         }
         Err(BrainSpecError::new(spec, "unknown kind"))
     }
@@ -134,7 +161,8 @@ impl fmt::Display for BrainSpec {
             BrainSpec::Codex { model: Some(m) } => write!(f, "codex#{m}"),
             BrainSpec::Claude { model: None } => f.write_str("claude"),
             BrainSpec::Claude { model: Some(m) } => write!(f, "claude#{m}"),
-            BrainSpec::Cmd { command } => write!(f, "cmd:{command}"),
+            BrainSpec::Cmd { command, approve: false } => write!(f, "cmd:{command}"),
+            BrainSpec::Cmd { command, approve: true } => write!(f, "approve:cmd:{command}"),
         }
     }
 }
@@ -155,6 +183,7 @@ mod tests {
             "claude",
             "claude#sonnet",
             "cmd:tr a-z A-Z",
+            "approve:cmd:make deploy",
         ] {
             let parsed: BrainSpec = spec.parse().unwrap();
             assert_eq!(parsed.to_string(), spec);
@@ -181,6 +210,8 @@ mod tests {
         assert_eq!(reason("openai:http:///#m"), "the URL has no host");
         assert_eq!(reason("openai:https://#m"), "the URL has no host");
         assert_eq!(reason("cmd:  "), "the command after 'cmd:' is empty");
+        assert_eq!(reason("approve:cmd: "), "the command after 'cmd:' is empty");
+        assert!(reason("approve:codex").starts_with("only a cmd: brain asks for approvals"));
         assert_eq!(reason("codexx"), "expected nothing or '#MODEL' after the name");
         let msg = "nope".parse::<BrainSpec>().unwrap_err().to_string();
         assert!(msg.starts_with("invalid brain spec 'nope': unknown kind (expected model,"), "{msg}");

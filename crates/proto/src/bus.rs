@@ -39,6 +39,14 @@ pub enum Directive {
     },
     /// Publish again every journaled event with a sequence number above `after_seq`.
     Replay { after_seq: u64 },
+    /// The answer to an approval the agent asked for (sent on its own topic, again until its
+    /// `exec_approval_resolved` is stored).
+    Approval {
+        call_id: String,
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<String>,
+    },
     /// Do something for a scenario (clawbucket's simulation); not a turn of the conversation.
     /// An agent plays each `play_id` once, and drops one that arrives after `expires_at`.
     Play {
@@ -59,7 +67,7 @@ impl Directive {
             Directive::Inject { targets, .. } | Directive::Command { targets, .. } | Directive::Play { targets, .. } => {
                 targets.as_ref().is_none_or(|t| t.contains(&slot))
             }
-            Directive::Replay { .. } => true,
+            Directive::Replay { .. } | Directive::Approval { .. } => true,
         }
     }
 }

@@ -234,6 +234,32 @@ pub enum EventBody {
     /// An agent's delegation (a directive in its answer, this event's injection) was refused:
     /// the fleet it named, and why.
     DelegationRefused { target: String, reason: String },
+    /// An agent asks before it runs a command (its brain's declared step); its turn (this
+    /// event's injection) waits for the answer.
+    ExecApprovalRequired {
+        /// Given by the control plane when it stores the event (what an agent says is not taken).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<u64>,
+        call_id: String,
+        command: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// An approval was answered (by `by`; the control plane's own answer to one that waited
+    /// too long is a refusal) and the answer sent to its agent.
+    ExecApprovalSubmitted {
+        approval_id: u64,
+        call_id: String,
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<String>,
+        by: String,
+    },
+    /// The agent took the answer: it runs the command, or ends its turn refused. `waiting`:
+    /// a turn of it was waiting (not, after the agent restarted).
+    ExecApprovalResolved { call_id: String, approved: bool, waiting: bool },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -291,6 +317,9 @@ impl EventBody {
             EventBody::QueueCancelled { .. } => "queue_cancelled",
             EventBody::QueueDropped { .. } => "queue_dropped",
             EventBody::DelegationRefused { .. } => "delegation_refused",
+            EventBody::ExecApprovalRequired { .. } => "exec_approval_required",
+            EventBody::ExecApprovalSubmitted { .. } => "exec_approval_submitted",
+            EventBody::ExecApprovalResolved { .. } => "exec_approval_resolved",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -314,6 +343,9 @@ impl EventBody {
                 | EventBody::Haiku { .. }
                 | EventBody::ThreeWords { .. }
                 | EventBody::CouncilClaim { .. }
+                // Judged where it is stored, which gives its approval id.
+                | EventBody::ExecApprovalRequired { .. }
+                | EventBody::ExecApprovalResolved { .. }
                 // Its `from` is set by the control plane to the agent's name.
                 | EventBody::Chat { .. }
         )

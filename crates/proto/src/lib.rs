@@ -56,6 +56,7 @@ pub(crate) use named_enum;
 
 pub mod alive;
 pub mod api;
+pub mod approval;
 pub mod bus;
 pub mod cluster;
 pub mod council;

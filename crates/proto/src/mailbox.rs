@@ -93,6 +93,7 @@ pub fn inbox_line(directive: &Directive) -> Value {
             let one = Directive::Play { play_id: play_id.clone(), play: play.clone(), targets: None, expires_at: expires_at.clone() };
             json!({"type": "play", "directive": one})
         }
+        Directive::Approval { .. } => json!({"type": "approval", "directive": directive}),
     }
 }
 
@@ -137,6 +138,14 @@ pub fn parse_inbox(line: &Value) -> Result<InboxItem, LineError> {
             match Directive::deserialize(d).map_err(|e| invalid(e.to_string()))? {
                 play @ Directive::Play { .. } => Ok(InboxItem::Directive(play)),
                 _ => Err(invalid("\"directive\" must be a play".into())),
+            }
+        }
+        "approval" => {
+            let invalid = |reason: String| LineError::Invalid { kind: "approval", reason };
+            let d = o.get("directive").ok_or_else(|| invalid("\"directive\" is missing".into()))?;
+            match Directive::deserialize(d).map_err(|e| invalid(e.to_string()))? {
+                answer @ Directive::Approval { .. } => Ok(InboxItem::Directive(answer)),
+                _ => Err(invalid("\"directive\" must be an approval".into())),
             }
         }
         "shutdown" => Ok(InboxItem::Shutdown),
@@ -253,6 +262,7 @@ mod tests {
                 targets: None,
                 expires_at: Some("2026-11-22T10:00:00Z".into()),
             },
+            Directive::Approval { call_id: "c7".into(), approved: false, decision: Some("cancel".into()) },
         ] {
             assert_eq!(parse_inbox(&inbox_line(&d)).unwrap(), InboxItem::Directive(d));
         }

@@ -81,6 +81,10 @@ pub enum Command {
         call_id: String,
         node_id: Option<u32>,
         injection_id: Option<String>,
+        /// As the reference reads it (`bool(approved)`): missing, null or false is a refusal.
+        approved: bool,
+        /// The reference's decision word (`accept`, `cancel`, ...), when it is a word.
+        decision: Option<String>,
     },
     /// The executions waiting for an operator's approval.
     ApprovalsList,
@@ -352,6 +356,8 @@ fn parse_command(command: &str, p: &Map<String, Value>, rid: &Option<String>) ->
             // The reference reads node ids loosely (a number, or a string of one).
             node_id: p.get("node_id").and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).and_then(|n| u32::try_from(n).ok()),
             injection_id: opt_string(p, "injection_id", rid)?,
+            approved: p.get("approved").is_some_and(truthy),
+            decision: p.get("decision").and_then(Value::as_str).map(|d| d.chars().take(crate::approval::MAX_DECISION_BYTES).collect()),
         },
         "approvals_list" => Command::ApprovalsList,
         "swarm_terminate" => Command::SwarmTerminate { swarm_id: string_field(p, "swarm_id", rid)? },
@@ -400,6 +406,18 @@ fn opt_string(p: &Map<String, Value>, key: &str, rid: &Option<String>) -> Result
         // Job ids are often numbers in hand-written lines.
         Some(Value::Number(n)) if key.ends_with("_id") => Ok(Some(n.to_string())),
         Some(_) => Err(Rejection::new(rid, format!("{key} must be a string"))),
+    }
+}
+
+/// Python's truth of a JSON value, as the reference's `bool(...)` reads it.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
     }
 }
 
@@ -560,10 +578,24 @@ mod tests {
     #[test]
     fn approvals_and_projects_parse_loosely_as_the_reference_does() {
         let r = ok(r#"{"command":"approve_execution","job_id":"j","call_id":"c","node_id":"3","injection_id":"i"}"#);
-        assert_eq!(
-            r.command,
-            Command::ApproveExecution { job_id: "j".into(), call_id: "c".into(), node_id: Some(3), injection_id: Some("i".into()) }
-        );
+        let approve = |approved, decision: Option<&str>| Command::ApproveExecution {
+            job_id: "j".into(),
+            call_id: "c".into(),
+            node_id: Some(3),
+            injection_id: Some("i".into()),
+            approved,
+            decision: decision.map(str::to_owned),
+        };
+        // No `approved` is a refusal, as the reference's bool(None) is.
+        assert_eq!(r.command, approve(false, None));
+        for (approved, expected) in
+            [("true", true), ("1", true), ("\"yes\"", true), ("false", false), ("0", false), ("null", false), ("\"\"", false)]
+        {
+            let line = format!(
+                r#"{{"command":"approve_execution","job_id":"j","call_id":"c","node_id":3,"injection_id":"i","approved":{approved},"decision":"accept"}}"#
+            );
+            assert_eq!(ok(&line).command, approve(expected, Some("accept")), "{approved}");
+        }
         let r = ok(r#"{"protocol":"codeswarm.router.v1","type":"command","command":"project_resume_preview","payload":{}}"#);
         assert_eq!(
             r.command,

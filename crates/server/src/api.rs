@@ -42,6 +42,8 @@ use crate::error::ApiError;
 use crate::hub::StreamRequest;
 use crate::{clock, outbox};
 
+#[path = "approval_api.rs"]
+mod approval_api;
 #[path = "clawbucket.rs"]
 mod clawbucket;
 #[path = "council_api.rs"]
@@ -84,6 +86,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/queue", post(queue_api::add))
         .route("/api/v1/queue", get(queue_api::list))
         .route("/api/v1/queue/{id}", get(queue_api::get_one).delete(queue_api::cancel))
+        .route("/api/v1/approvals", get(approval_api::list))
+        .route("/api/v1/approvals/{id}", get(approval_api::get_one).post(approval_api::answer))
         .route("/api/v1/projects", get(project_api::list).post(project_api::create))
         .route("/api/v1/projects/{id}", get(project_api::get_one))
         .route("/api/v1/projects/{id}/start", post(project_api::start))

@@ -34,6 +34,8 @@ pub(crate) struct App {
     pub tokens: crate::auth::Tokens,
     /// What agents may do to other fleets.
     pub policy: clawfleet_core::authz::Policy,
+    /// How long an execution approval waits for an answer before it is refused.
+    pub approval_timeout: std::time::Duration,
     /// How agents reach the bus and the model service.
     pub endpoints: Endpoints,
     pub default_brain: BrainSpec,

@@ -77,6 +77,8 @@ impl From<StoreError> for ApiError {
             StoreError::NoQueueItem(_) => ApiError::new(StatusCode::NOT_FOUND, "no_queue_item", e.to_string()),
             StoreError::QueueItemOver(_) => ApiError::conflict(e.to_string()),
             StoreError::QueueFull(..) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()),
+            StoreError::NoApproval(_) => ApiError::new(StatusCode::NOT_FOUND, "no_approval", e.to_string()),
+            StoreError::ApprovalAnswered(_) => ApiError::conflict(e.to_string()),
             other => ApiError::internal("the database failed", other),
         }
     }

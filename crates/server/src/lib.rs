@@ -18,6 +18,7 @@
 
 mod api;
 mod app;
+mod approval;
 mod auth;
 mod clock;
 mod council;
@@ -110,6 +111,8 @@ pub struct ServerConfig {
     pub agent_writable: Vec<PathBuf>,
     /// What agents' own tokens may do to other fleets (default: nothing).
     pub agent_policy: clawfleet_core::authz::Policy,
+    /// How long an agent's execution approval waits for an answer before it is refused.
+    pub approval_timeout: Duration,
     /// Serve the API and dashboard over HTTPS, and the embedded broker over TLS, with these.
     pub tls: Option<TlsFiles>,
     /// The CA certificate (PEM) agents trust for the embedded broker's TLS (`None`: the system's).
@@ -285,6 +288,7 @@ impl Server {
             token,
             tokens: auth::Tokens::new(store_tokens),
             policy: config.agent_policy.clone(),
+            approval_timeout: config.approval_timeout,
             endpoints: Endpoints {
                 bus_host: agent_host,
                 bus_port: port,

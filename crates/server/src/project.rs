@@ -83,7 +83,8 @@ async fn step(app: &Arc<App>) -> Result<(), StoreError> {
     for project in projects.iter().filter(|p| p.status == ProjectStatus::Running) {
         dispatch(app, project, &mut busy).await?;
     }
-    crate::queue::step(app).await
+    crate::queue::step(app).await?;
+    crate::approval::step(app).await
 }
 
 /// Plans: each planner's answer taken (a valid graph becomes its project, started at once with

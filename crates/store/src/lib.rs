@@ -10,6 +10,7 @@
 //! **API boundary:** plain rows in, plain rows out; the store knows no clock, no bus and no
 //! HTTP. Calls are synchronous and short; async callers run them on a blocking thread.
 
+mod approval;
 mod council;
 mod plan;
 mod project;
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+pub use approval::Answer;
 use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
 pub use plan::{NewPlan, PlanEnded, PlanRow};
@@ -84,6 +86,10 @@ pub enum StoreError {
     QueueItemOver(Box<clawfleet_proto::queue::QueueItem>),
     #[error("fleet '{0}' has {1} items queued, the most it takes: wait for some to be dispatched")]
     QueueFull(String, usize),
+    #[error("no approval {0}")]
+    NoApproval(u64),
+    #[error("approval {} is answered already ({} by {})", .0.approval_id, if .0.approved == Some(true) { "approved" } else { "refused" }, .0.answered_by.as_deref().unwrap_or("?"))]
+    ApprovalAnswered(Box<clawfleet_proto::approval::Approval>),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -1161,7 +1167,10 @@ impl Store {
                     }
                     let mut event = event;
                     let refused = match scenario::take(tx, &mut event, slot)? {
-                        None => council::take(tx, &event.fleet, slot, &mut event.body, &event.at)?,
+                        None => match council::take(tx, &event.fleet, slot, &mut event.body, &event.at)? {
+                            None => approval::take(tx, &mut event, slot)?,
+                            refused => refused,
+                        },
                         refused => refused,
                     };
                     if let Some(reason) = refused {

@@ -375,6 +375,32 @@ ALTER TABLE queue_items ADD COLUMN reply_for TEXT;
 ALTER TABLE queue_items ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX queue_items_sourced ON queue_items (source, created_at) WHERE origin IS NULL AND source IS NOT NULL;
 "#,
+    r#"
+-- Execution approvals: an agent's turn asks before it runs `command`; `status` pending,
+-- submitted (answered: `approved`, sent to the agent at `sent_at`) or resolved (the agent took
+-- it). `version` grows with every change of any of them.
+CREATE TABLE approvals (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet        TEXT NOT NULL,
+    slot         INTEGER NOT NULL,
+    call_id      TEXT NOT NULL,
+    injection_id TEXT,
+    command      TEXT NOT NULL,
+    cwd          TEXT,
+    reason       TEXT,
+    status       TEXT NOT NULL,
+    approved     INTEGER,
+    decision     TEXT,
+    answered_by  TEXT,
+    sent_at      TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    version      INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX approvals_call ON approvals (fleet, slot, call_id);
+CREATE INDEX approvals_open ON approvals (status) WHERE status != 'resolved';
+CREATE INDEX approvals_version ON approvals (version);
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

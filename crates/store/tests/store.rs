@@ -952,3 +952,74 @@ fn a_client_routing_the_same_directive_joins_the_delegation_and_a_reply_goes_bac
     assert_eq!(store.delegations_since("squad", "2026-12-03T11:59:00.000Z").unwrap(), 0);
     assert_eq!(store.delegations_since("boss", "2026-12-03T11:59:00.000Z").unwrap(), 2);
 }
+
+/// An approval is made where the agent's request is stored, answered once while pending (or
+/// refused by the timeout), sent until the agent takes the answer, and nothing else moves it.
+#[test]
+fn an_approval_is_answered_once_and_ends_when_its_agent_takes_the_answer() {
+    use clawfleet_proto::approval::ApprovalStatus;
+    use clawfleet_store::Answer;
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    inject(&store, "i1", &[0, 1]);
+    let ask = |slot: u32, seq: u64, call: &str| {
+        let body = EventBody::ExecApprovalRequired {
+            approval_id: Some(99),
+            call_id: call.into(),
+            command: "make deploy".into(),
+            cwd: Some("/w".into()),
+            reason: None,
+        };
+        store.ingest(vec![agent_event(slot, "e", seq, "i1", body)]).unwrap()
+    };
+    let stored = ask(0, 1, "c1");
+    // The id is the control plane's, whatever the agent said.
+    assert!(
+        matches!(&stored[..], [Ingested::Stored(e)] if matches!(e.body, EventBody::ExecApprovalRequired { approval_id: Some(1), .. })),
+        "{stored:?}"
+    );
+    assert_eq!(shown(ask(0, 2, "c1")), ["Some(0) exec_approval_required refused: call c1 asked for an approval already"]);
+    let long = "x".repeat(65);
+    assert_eq!(shown(ask(0, 3, &long)), ["Some(0) exec_approval_required refused: the call id is 65 bytes, over the 64-byte limit"]);
+    ask(1, 1, "c1");
+    let list = store.approvals(Some("squad"), false).unwrap();
+    let pending: Vec<(u64, u32, ApprovalStatus)> = list.approvals.iter().map(|a| (a.approval_id, a.agent, a.status)).collect();
+    assert_eq!(pending, [(1, 0, ApprovalStatus::Pending), (2, 1, ApprovalStatus::Pending)]);
+    let v0 = list.version;
+
+    // Answered once; a second answer is refused, naming the first.
+    let yes = Answer { approved: true, decision: Some("accept"), by: "root (operator)", at: "t2" };
+    let (a, ev) = store.answer_approval(1, &yes, &audit("approve")).unwrap();
+    assert_eq!(
+        (a.status, a.approved, ev.body.name(), ev.agent),
+        (ApprovalStatus::Submitted, Some(true), "exec_approval_submitted", Some(0))
+    );
+    assert!(store.approvals(None, false).unwrap().version > v0, "the version grows with a change");
+    let err = store.answer_approval(1, &Answer { approved: false, ..yes }, &audit("approve")).unwrap_err();
+    assert_eq!(err.to_string(), "approval 1 is answered already (approved by root (operator))");
+    assert_eq!(store.answer_approval(7, &yes, &audit("approve")).unwrap_err().to_string(), "no approval 7");
+    // Sent until taken.
+    assert_eq!(store.unsent_approvals("t3").unwrap().len(), 1);
+    store.approval_sent(1, "t3").unwrap();
+    assert!(store.unsent_approvals("t3").unwrap().is_empty());
+    assert_eq!(store.unsent_approvals("t4").unwrap().len(), 1, "sent again when it was not taken");
+    // The agent takes it once; an answer that was never sent is not taken.
+    let took = |slot: u32, seq: u64, call: &str| {
+        let body = EventBody::ExecApprovalResolved { call_id: call.into(), approved: true, waiting: true };
+        shown(store.ingest(vec![agent_event(slot, "e", seq, "i1", body)]).unwrap())
+    };
+    assert_eq!(took(0, 4, "c1"), ["Some(0) exec_approval_resolved"]);
+    assert_eq!(took(0, 5, "c1"), ["Some(0) exec_approval_resolved refused: no answer was sent for call c1"]);
+    assert_eq!(took(1, 2, "c1"), ["Some(1) exec_approval_resolved refused: no answer was sent for call c1"]);
+    assert_eq!(store.approval(1).unwrap().status, ApprovalStatus::Resolved);
+    // The other waited too long: a no.
+    let expired = store.expire_approvals("u", "t9", "the control plane (no answer in 300 s)").unwrap();
+    assert_eq!(expired.len(), 1);
+    let (a, ev) = &expired[0];
+    assert_eq!((a.approval_id, a.approved, a.decision.as_deref()), (2, Some(false), Some("timeout")));
+    assert!(matches!(&ev.body, EventBody::ExecApprovalSubmitted { approved: false, .. }));
+    assert!(store.expire_approvals("u", "t9", "x").unwrap().is_empty());
+    let open: Vec<u64> = store.approvals(None, false).unwrap().approvals.iter().map(|a| a.approval_id).collect();
+    assert_eq!(open, [2], "taken approvals leave the list");
+    assert_eq!(store.approvals(None, true).unwrap().approvals.len(), 2);
+}

@@ -125,7 +125,8 @@ pub fn build(spec: &BrainSpec, config: &crate::AgentConfig, http: &reqwest::Clie
         BrainSpec::Ollama { url, model } => Arc::new(OllamaBrain::new(http.clone(), url, model)),
         BrainSpec::Codex { model } => process(ProcessBrain::codex(model.clone()), config),
         BrainSpec::Claude { model } => process(ProcessBrain::claude(model.clone()), config),
-        BrainSpec::Cmd { command } => process(ProcessBrain::cmd(command.clone()), config),
+        // With `approve`, the runtime asks before each turn; the brain runs once it is approved.
+        BrainSpec::Cmd { command, .. } => process(ProcessBrain::cmd(command.clone()), config),
     }
 }
 

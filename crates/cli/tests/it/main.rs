@@ -2,6 +2,7 @@
 //! End-to-end tests of clawfleet: the real binary, real processes, real brokers.
 //! Each test has its own data directory and ports.
 
+mod approvals;
 mod bad_input;
 mod brains;
 mod conformance;

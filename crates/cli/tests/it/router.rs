@@ -123,7 +123,7 @@ fn stdio_router_launches_injects_streams_refuses_and_terminates() {
     );
     assert_eq!(data["node_states"].as_array().map(Vec::len), Some(2), "{status}");
 
-    // Orchestrated projects and approvals: codeswarm's web backend polls both; none exist.
+    // Orchestrated projects and approvals: codeswarm's web backend polls both; none yet.
     stdin.write_all(command("approvals_list", "a1", json!({})).as_bytes()).unwrap();
     let a = wait_for(&rx, "approvals_list", |v| v["event"] == "approvals_list" && v["data"]["request_id"] == "a1");
     assert_eq!((&a["data"]["approvals_version"], &a["data"]["approvals"]), (&json!(0), &json!({})));

@@ -476,6 +476,16 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/queue?fleet=web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
         (obs, "GET", "/api/v1/queue?color=red", None, 400, "invalid query"),
         (obs, "DELETE", "/api/v1/queue/nope", None, 404, "no queue item 'nope'"),
+        // Approvals: who reads an agent sees its approvals (answering them is tested with a
+        // real one, end to end, and role by role in core).
+        (obs, "GET", "/api/v1/approvals", None, 200, ""),
+        (agent, "GET", "/api/v1/approvals?fleet=web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
+        (obs, "GET", "/api/v1/approvals?color=red", None, 400, "invalid query"),
+        (obs, "GET", "/api/v1/approvals/9", None, 404, "no approval 9"),
+        (obs, "POST", "/api/v1/approvals/9", Some(r#"{"approved": true}"#), 404, "no approval 9"),
+        (adm, "POST", "/api/v1/approvals/x", Some(r#"{"approved": true}"#), 400, "approval id 'x' is not a number"),
+        (adm, "POST", "/api/v1/approvals/9", Some(r#"{"approved": "yes"}"#), 400, "invalid request body"),
+        (adm, "POST", "/api/v1/approvals/9", Some(r#"{"approved": true, "decision": ""}"#), 400, "decision must be 1-64 bytes"),
         // Projects: who may inject every worker fleet creates and starts one, who reads them
         // all sees it.
         (obs, "GET", "/api/v1/projects", None, 200, ""),
