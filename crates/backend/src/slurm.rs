@@ -328,6 +328,13 @@ impl Backend for SlurmBackend {
         BackendKind::Slurm
     }
 
+    /// The agent's workspace on the shared filesystem, when Slurm's commands run here (the
+    /// login node is this machine, as it is for the mailbox); over ssh it is the cluster's.
+    fn workspace(&self, d: &Deployment, slot: u32) -> Option<PathBuf> {
+        let t = self.target(d);
+        t.login.is_none().then(|| Self::fleet_dir(&t, d).join(slot.to_string()))
+    }
+
     fn key(&self, d: &Deployment, slot: u32) -> ConfigKey {
         let mut vars = d.agent_env(slot);
         vars.push(("program", self.config.program.display().to_string()));

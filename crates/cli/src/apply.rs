@@ -134,7 +134,7 @@ mod tests {
         error(
             "[fleets.web]\nreplicas = 2\nbrain = \"gpt\"\n",
             expect![
-                "fleet.toml:3:9: fleets.web.brain: invalid brain spec 'gpt': unknown kind (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, approve:cmd:COMMAND or echo)"
+                "fleet.toml:3:9: fleets.web.brain: invalid brain spec 'gpt': unknown kind (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, approve:cmd:COMMAND, echo or mock)"
             ],
         );
         error(

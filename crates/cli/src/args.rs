@@ -335,7 +335,7 @@ pub(crate) struct LaunchArgs {
     #[arg(long)]
     pub backend: Option<String>,
     /// What they think with: model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND,
-    /// approve:cmd:COMMAND (asks for an approval before each turn runs COMMAND), echo.
+    /// approve:cmd:COMMAND (asks for an approval before each turn runs COMMAND), echo, mock (codeswarm's mock worker).
     #[arg(long)]
     pub brain: Option<String>,
     /// System prompt of every agent.

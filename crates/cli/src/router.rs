@@ -607,7 +607,9 @@ impl Router {
                     name: name.clone(),
                     replicas: nodes,
                     backend: Some(backend.clone()),
-                    brain: param("brain"),
+                    // codeswarm's worker_mode (codex, claude, mock) names the brain, unless a
+                    // brain is given.
+                    brain: param("brain").or_else(|| param("worker_mode").filter(|m| ["codex", "claude", "mock"].contains(&m.as_str()))),
                     prompt: system_prompt,
                     version: param("version"),
                     image: param("image"),

@@ -38,6 +38,10 @@ pub enum BrainSpec {
         approve: bool,
     },
     Echo,
+    /// codeswarm's mock worker (`worker_mode=mock`): plans the graph a spec gives after
+    /// `MOCK_TASK_GRAPH_JSON:`, does a project task by committing a marker file on its branch,
+    /// merges the task branches for the integration task. For tests and protocol checks.
+    Mock,
 }
 
 /// The longest brain spec (it is stored with its fleet).
@@ -46,7 +50,7 @@ pub const MAX_BRAIN_SPEC_BYTES: usize = 4096;
 /// Why a brain spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, approve:cmd:COMMAND or echo)"
+    "invalid brain spec '{spec}': {reason} (expected model, openai:URL#MODEL, ollama:URL#MODEL, codex, claude, cmd:COMMAND, approve:cmd:COMMAND, echo or mock)"
 )]
 pub struct BrainSpecError {
     /// The spec, cut to its first 80 characters.
@@ -75,6 +79,7 @@ impl BrainSpec {
             BrainSpec::Claude { .. } => "claude",
             BrainSpec::Cmd { .. } => "cmd",
             BrainSpec::Echo => "echo",
+            BrainSpec::Mock => "mock",
         }
     }
 }
@@ -116,6 +121,9 @@ impl FromStr for BrainSpec {
         if spec == "echo" {
             return Ok(BrainSpec::Echo);
         }
+        if spec == "mock" {
+            return Ok(BrainSpec::Mock);
+        }
         if let Some(rest) = spec.strip_prefix("openai:") {
             let (url, model) = url_and_model(spec, rest)?;
             return Ok(BrainSpec::OpenAi { url, model });
@@ -155,6 +163,7 @@ impl fmt::Display for BrainSpec {
         match self {
             BrainSpec::Model => f.write_str("model"),
             BrainSpec::Echo => f.write_str("echo"),
+            BrainSpec::Mock => f.write_str("mock"),
             BrainSpec::OpenAi { url, model } => write!(f, "openai:{url}#{model}"),
             BrainSpec::Ollama { url, model } => write!(f, "ollama:{url}#{model}"),
             BrainSpec::Codex { model: None } => f.write_str("codex"),
@@ -184,6 +193,7 @@ mod tests {
             "claude#sonnet",
             "cmd:tr a-z A-Z",
             "approve:cmd:make deploy",
+            "mock",
         ] {
             let parsed: BrainSpec = spec.parse().unwrap();
             assert_eq!(parsed.to_string(), spec);

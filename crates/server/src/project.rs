@@ -423,7 +423,7 @@ async fn prepare(app: &App, p: &ProjectView) -> Result<(), String> {
         for slot in 0..row.replicas {
             let Some(clone) = clone_dir(app, fleet, slot, &p.workspace_subdir).await else {
                 return Err(format!(
-                    "worker fleet '{fleet}' runs on the {} backend, whose workspaces this control plane cannot reach: code projects run on local fleets",
+                    "worker fleet '{fleet}' runs on the {} backend, whose workspaces this control plane cannot reach: code projects run on local fleets, and on slurm fleets whose Slurm commands run here",
                     row.backend
                 ));
             };

@@ -7,6 +7,7 @@
 
 mod echo;
 mod http;
+mod mock;
 mod process;
 
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ pub fn build(spec: &BrainSpec, config: &crate::AgentConfig, http: &reqwest::Clie
     let (model_url, model_name) = (config.model_url.as_deref(), config.model_name.as_str());
     match spec {
         BrainSpec::Echo => Arc::new(echo::EchoBrain),
+        BrainSpec::Mock => Arc::new(mock::MockBrain),
         BrainSpec::Model => match model_url {
             Some(url) if config.model_builtin => Arc::new(OpenAiBrain::new(http.clone(), url, model_name).with_options(model_sampling())),
             Some(url) => Arc::new(OpenAiBrain::new(http.clone(), url, model_name)),

@@ -558,3 +558,77 @@ fn a_failed_task_is_tried_again_on_a_resume() {
     assert_eq!(done["resume_summary"]["retried_failed"], 1, "{done:#}");
     assert_eq!(done["tasks"]["T-001"]["attempts"], 2);
 }
+
+/// codeswarm's own smoke (`tools/orchestrated_project_smoke.py`), step by step through the
+/// router: two swarms of mock workers launched with `worker_mode: mock`, a plan whose spec
+/// carries the graph, completed with three tasks, the marker files in the workers' clones and
+/// on the integration branch.
+#[test]
+fn codeswarms_smoke_passes_through_the_router_with_mock_workers() {
+    use std::io::Write;
+
+    use crate::router::{command, stdio_router, wait_for, wait_within};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    repository(&repo);
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    let (mut router, mut stdin, rx) = stdio_router(&plane);
+    let mut send = |name: &str, rid: &str, payload: Value| stdin.write_all(command(name, rid, payload).as_bytes()).unwrap();
+    let params = json!({"worker_mode": "mock", "mock_push_branches": true});
+    send("swarm_launch", "l1", json!({"nodes": 1, "system_prompt": "You are a mock planner worker.", "provider_params": params}));
+    send("swarm_launch", "l2", json!({"nodes": 2, "system_prompt": "You are a mock task worker.", "provider_params": params}));
+    // The two launches answer in either order.
+    let mut launched = std::collections::HashMap::new();
+    while launched.len() < 2 {
+        let v = wait_for(&rx, "both swarms", |v| v["event"] == "swarm_launched");
+        assert_eq!(v["data"]["agent_runtime"], "mock", "{v}");
+        launched.insert(v["data"]["request_id"].as_str().unwrap().to_owned(), v["data"]["swarm_id"].as_str().unwrap().to_owned());
+    }
+    let (planner, worker) = (launched["l1"].clone(), launched["l2"].clone());
+    for fleet in [&planner, &worker] {
+        eventually(Duration::from_secs(60), "the swarm's agents to be idle", || {
+            let s = plane.json(&["status", fleet, "--json"]);
+            s["agents"].as_array().unwrap().iter().all(|a| a["state"] == "idle").then_some(())
+        });
+    }
+    let graph = json!({"tasks": [
+        {"task_id": "T-001", "title": "Create marker one", "prompt": "Create the first smoke marker file.",
+         "acceptance_criteria": ["mock_tasks/T-001.txt exists"], "depends_on": [], "owned_paths": ["mock_tasks/T-001.txt"]},
+        {"task_id": "T-002", "title": "Create marker two", "prompt": "Create the second smoke marker file.",
+         "acceptance_criteria": ["mock_tasks/T-002.txt exists"], "depends_on": ["T-001"], "owned_paths": ["mock_tasks/T-002.txt"]},
+    ]});
+    let spec = format!("Create a deterministic smoke-test task graph.\nMOCK_TASK_GRAPH_JSON: {graph}");
+    send(
+        "project_plan",
+        "p1",
+        json!({"title": "Smoke Project", "repo_path": repo.display().to_string(), "spec": spec, "planner_swarm_id": planner,
+               "worker_swarm_ids": [worker], "base_branch": "main", "workspace_subdir": "repo", "auto_start": true}),
+    );
+    let done = wait_within(&rx, 120, "the project completed", |v| {
+        v["event"] == "projects_updated"
+            && v["data"]["projects"]
+                .as_object()
+                .is_some_and(|ps| ps.values().any(|p| p["title"] == "Smoke Project" && p["status"] == "completed"))
+    });
+    let project = done["data"]["projects"].as_object().unwrap().values().find(|p| p["title"] == "Smoke Project").unwrap().clone();
+    assert_eq!(project["task_counts"]["completed"], 3, "{project:#}");
+    let paths: Vec<std::path::PathBuf> = project["repo_preparation"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["worker_paths"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().into()))
+        .collect();
+    assert!(!paths.is_empty(), "{project:#}");
+    let ib = project["integration_branch"].as_str().unwrap();
+    for rel in ["mock_tasks/T-001.txt", "mock_tasks/T-002.txt"] {
+        assert!(paths.iter().any(|p| p.join(rel).exists()), "{rel} in no worker's clone");
+        let on_branch =
+            |r: &Path| Command::new("git").arg("-C").arg(r).args(["show", &format!("{ib}:{rel}")]).output().unwrap().status.success();
+        assert!(paths.iter().any(|p| on_branch(p)), "{rel} not on {ib} in any worker's clone");
+        assert!(on_branch(&repo), "{rel} not on {ib} in the project's repository");
+    }
+    send("swarm_terminate", "t1", json!({"swarm_id": planner}));
+    send("swarm_terminate", "t2", json!({"swarm_id": worker}));
+    wait_for(&rx, "the planner gone", |v| v["event"] == "swarm_terminated" && v["data"]["request_id"] == "t1");
+    let _ = router.kill();
+}

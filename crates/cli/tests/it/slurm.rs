@@ -474,3 +474,47 @@ fn a_hanging_login_node_holds_up_no_other_fleet() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     plane.ok(&["terminate", "quick", "--wait"]);
 }
+
+/// A code project on a slurm fleet: the control plane prepares each worker's clone in its job's
+/// workspace on the shared filesystem, the mock workers (codeswarm's) commit their tasks' branches
+/// there, and the integration branch lands in the project's repository.
+#[test]
+fn a_code_project_runs_on_slurm_workers() {
+    slurm_is_up();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(&repo).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.name", "test"]);
+    git(&["config", "user.email", "test@example.com"]);
+    std::fs::write(repo.join("README.md"), "# hpc\n").unwrap();
+    git(&["add", "README.md"]);
+    git(&["commit", "-q", "-m", "start"]);
+    let plane = Plane::with(PlaneOptions { slurm: true, heartbeat_ms: 500, ..PlaneOptions::default() });
+    plane.ok(&["launch", "grid", "--backend", "slurm", "--replicas", "2", "--brain", "mock", "--wait", "--timeout", "120"]);
+    let plan = serde_json::json!({"tasks": [
+        {"task_id": "T-001", "title": "one", "prompt": "Make the first marker.", "depends_on": []},
+        {"task_id": "T-002", "title": "two", "prompt": "Make the second marker.", "depends_on": ["T-001"]},
+    ]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let repo_s = repo.display().to_string();
+    let args = ["project", "create", "-f", file.to_str().unwrap(), "--title", "HPC", "--repo", &repo_s, "--workers", "grid"];
+    let done = plane.json(&[&args[..], &["--start", "--wait", "--timeout", "240", "--json"]].concat());
+    assert_eq!((done["status"].as_str(), done["task_counts"]["completed"].as_u64()), (Some("completed"), Some(3)), "{done:#}");
+    let paths = done["repo_preparation"]["grid"]["worker_paths"].as_array().unwrap().clone();
+    assert_eq!(paths.len(), 2, "{done:#}");
+    for p in &paths {
+        assert!(p.as_str().unwrap().starts_with(plane.data().join("slurm").to_str().unwrap()), "a clone in the job's workspace: {p}");
+    }
+    let ib = done["integration_branch"].as_str().unwrap();
+    for t in ["T-001", "T-002"] {
+        assert!(git(&["show", &format!("{ib}:mock_tasks/{t}.txt")]).starts_with(t));
+    }
+    plane.ok(&["terminate", "grid", "--wait"]);
+}
