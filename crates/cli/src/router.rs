@@ -853,6 +853,23 @@ async fn follow(router: Arc<Router>) {
                             if let Some(ev) = translated {
                                 router.emit(ev);
                             }
+                            // The reference follows every change of a project with the snapshot
+                            // of them all.
+                            if matches!(
+                                e.body,
+                                EventBody::ProjectCreated { .. }
+                                    | EventBody::ProjectStatus { .. }
+                                    | EventBody::ProjectResumed { .. }
+                                    | EventBody::ProjectTaskAssigned { .. }
+                                    | EventBody::ProjectTaskResult { .. }
+                            ) {
+                                match router.client.get::<ProjectList>("/api/v1/projects").await {
+                                    Ok(list) => {
+                                        router.emit(RouterEvent::new(now(), "projects_updated", json!({"projects": list.projects})))
+                                    }
+                                    Err(err) => tracing::warn!(error = %err, "Could not read the projects for projects_updated"),
+                                }
+                            }
                             // The reference follows every change of its queue with a snapshot.
                             if e.body.name().starts_with("queue_") {
                                 match router.queue_items().await {
