@@ -280,6 +280,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn workspace(&self, _deployment: &Deployment, _slot: u32) -> Option<PathBuf> {
         None
     }
+
+    /// Where the agent itself sees that workspace, when not at the same path (a container's
+    /// volume, mounted elsewhere): a project's clone then fetches from a mirror inside it.
+    fn workspace_inside(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A stable key of an agent's configuration (its environment): a changed key means the

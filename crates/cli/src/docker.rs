@@ -60,6 +60,9 @@ pub(crate) async fn backend_for_up(args: &UpArgs) -> anyhow::Result<UpDocker> {
     config.build_from = Some(std::env::current_exe().context("finding this clawfleet binary")?);
     // Swarm's nodes are this one here; a kernel without Landlock would stop every agent.
     config.sandbox_brains = args.agent_sandbox != clawfleet_server::SandboxMode::Off && clawfleet_backend::sandbox::landlock_abi() > 0;
+    // A single-node Swarm whose engine is here keeps agents' volumes on this filesystem.
+    let root = info["DockerRootDir"].as_str().map(|r| std::path::Path::new(r).join("volumes"));
+    config.volumes = root.filter(|v| swarm["Nodes"] == 1 && v.is_dir());
     // Swarm watches each updated agent for a few heartbeats before it moves on.
     config.update_monitor = Duration::from_millis(args.heartbeat_ms.max(100) * 5).max(Duration::from_secs(15));
     let image_state = match image::exists(&engine, &config.default_image).await {

@@ -84,6 +84,10 @@ pub struct DockerConfig {
     /// them), and its brains with it, each in a nested domain that cannot reach the agent's
     /// memory. Off only where the kernel has no Landlock, or with `--agent-sandbox off`.
     pub sandbox_brains: bool,
+    /// Where the engine keeps its volumes, when they are on this machine's filesystem (a
+    /// single-node Swarm whose engine is here): agents' workspaces the control plane can reach,
+    /// where a project prepares its clones.
+    pub volumes: Option<PathBuf>,
 }
 
 impl DockerConfig {
@@ -97,6 +101,7 @@ impl DockerConfig {
             update_monitor: Duration::from_secs(20),
             build_from: None,
             sandbox_brains: true,
+            volumes: None,
         }
     }
 }
@@ -324,7 +329,6 @@ impl DockerBackend {
             env.push(format!("{}={}:/tmp", env::SANDBOX_WRITE, image::WORKSPACE));
         }
         env.sort();
-        let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
         let template = json!({
             "ContainerSpec": {
                 "Image": image,
@@ -332,7 +336,7 @@ impl DockerBackend {
                 "Hostname": format!("{}-{{{{.Task.Slot}}}}", d.fleet),
                 "Mounts": [{
                     "Type": "volume",
-                    "Source": format!("clawfleet-{}-{uid_short}-{{{{.Task.Slot}}}}", d.fleet),
+                    "Source": volume_name(d, "{{.Task.Slot}}"),
                     "Target": image::WORKSPACE,
                     "VolumeOptions": { "Labels": { LABEL_FLEET: d.fleet.as_str(), LABEL_UID: d.uid } },
                 }],
@@ -451,10 +455,27 @@ impl DockerBackend {
     }
 }
 
+/// The volume of an agent's workspace, for a Swarm slot (`{{.Task.Slot}}` in a template).
+fn volume_name(d: &Deployment, swarm_slot: &str) -> String {
+    let uid_short: String = d.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+    format!("clawfleet-{}-{uid_short}-{swarm_slot}", d.fleet)
+}
+
 #[async_trait]
 impl Backend for DockerBackend {
     fn isolation(&self) -> clawfleet_backend::Isolation {
         clawfleet_backend::Isolation::Container
+    }
+
+    /// The slot's volume on this machine, once its agent has run (Swarm makes it with the
+    /// first task), when the engine's volumes are here.
+    fn workspace(&self, d: &Deployment, slot: u32) -> Option<PathBuf> {
+        let dir = self.config.volumes.as_ref()?.join(volume_name(d, &(slot + 1).to_string())).join("_data");
+        dir.is_dir().then_some(dir)
+    }
+
+    fn workspace_inside(&self) -> Option<PathBuf> {
+        Some(PathBuf::from(image::WORKSPACE))
     }
 
     fn kind(&self) -> BackendKind {

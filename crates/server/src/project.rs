@@ -161,11 +161,11 @@ async fn plans(app: &Arc<App>) -> Result<(), StoreError> {
         };
         let repo = if plan.view.repo_path.is_empty() { "none (a project of plain tasks)".to_owned() } else { plan.view.repo_path.clone() };
         if !plan.view.repo_path.is_empty()
-            && let Some(clone) = clone_dir(app, &fleet, slot, &plan.workspace_subdir).await
+            && let Some((clone, inside)) = clone_dirs(app, &fleet, slot, &plan.workspace_subdir).await
         {
             // The planner may look at the repository before it plans.
             let (r, b, who) = (PathBuf::from(&plan.view.repo_path), plan.base_branch.clone(), format!("{fleet}/{slot}"));
-            let prepared = tokio::task::spawn_blocking(move || git::prepare_clone(&r, &clone, &b, &who)).await;
+            let prepared = tokio::task::spawn_blocking(move || git::prepare_clone(&r, &clone, inside.as_deref(), &b, &who)).await;
             if let Ok(Err(e)) | Err(e) = prepared.map_err(|e| e.to_string()) {
                 tracing::warn!(plan = %plan.view.plan_id, error = %e, "Could not prepare the planner's clone; it plans without one");
             }
@@ -250,6 +250,9 @@ async fn dispatch(app: &App, p: &ProjectView, busy: &mut HashSet<(String, u32)>)
             })
             .await?;
         let Some(rows) = assigned else { continue };
+        if code {
+            refresh_mirror(app, p, &row.name, *slot).await;
+        }
         busy.insert((row.name.clone(), *slot));
         app.metrics.injections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pending = Pending::Inject { injection_id: id, prompt };
@@ -265,11 +268,29 @@ fn branch_of(project_id: &str, t: &TaskSpec) -> String {
 
 /// A worker's clone, if the control plane can reach its workspace.
 async fn clone_dir(app: &App, fleet: &str, slot: u32, subdir: &str) -> Option<PathBuf> {
+    clone_dirs(app, fleet, slot, subdir).await.map(|(here, _)| here)
+}
+
+/// A worker's clone as the control plane reaches it, and where its agent sees it when that
+/// is elsewhere (in a container).
+async fn clone_dirs(app: &App, fleet: &str, slot: u32, subdir: &str) -> Option<(PathBuf, Option<PathBuf>)> {
     let f = fleet.to_owned();
     let row = app.db.run(move |s| s.fleet(&f)).await.ok()??;
     let backend = app.backend(&row.backend).ok()?;
     let d = app.deployment(&row).ok()?;
-    backend.workspace(&d, slot).map(|ws| ws.join(subdir))
+    let here = backend.workspace(&d, slot)?.join(subdir);
+    Some((here, backend.workspace_inside().map(|w| w.join(subdir))))
+}
+
+/// Before a worker in a container starts a task, the mirror its clone fetches from is brought
+/// up to the project's repository (the branches other workers' tasks brought there).
+async fn refresh_mirror(app: &App, p: &ProjectView, fleet: &str, slot: u32) {
+    let Some((clone, Some(_))) = clone_dirs(app, fleet, slot, &p.workspace_subdir).await else { return };
+    let repo = PathBuf::from(&p.repo_path);
+    let refreshed = tokio::task::spawn_blocking(move || git::refresh_mirror(&repo, &git::mirror_of(&clone))).await;
+    if let Ok(Err(e)) | Err(e) = refreshed.map_err(|e| e.to_string()) {
+        tracing::warn!(project = %p.project_id, fleet, slot, error = %e, "Could not bring a worker's mirror up to the project");
+    }
 }
 
 /// Before a `done` answer is taken, the task's branch is brought from the worker's clone into
@@ -421,14 +442,14 @@ async fn prepare(app: &App, p: &ProjectView) -> Result<(), String> {
             app.db.run(move |s| s.fleet(&f)).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("worker fleet '{fleet}' is gone"))?;
         let mut paths = Vec::new();
         for slot in 0..row.replicas {
-            let Some(clone) = clone_dir(app, fleet, slot, &p.workspace_subdir).await else {
+            let Some((clone, inside)) = clone_dirs(app, fleet, slot, &p.workspace_subdir).await else {
                 return Err(format!(
-                    "worker fleet '{fleet}' runs on the {} backend, whose workspaces this control plane cannot reach: code projects run on local fleets, and on slurm fleets whose Slurm commands run here",
+                    "worker fleet '{fleet}' runs on the {} backend, whose workspaces this control plane cannot reach: code projects run on local fleets, slurm fleets whose Slurm commands run here, and docker fleets of a single-node Swarm whose engine is here",
                     row.backend
                 ));
             };
             let (r, c, base, who) = (repo.clone(), clone.clone(), p.base_branch.clone(), format!("{fleet}/{slot}"));
-            tokio::task::spawn_blocking(move || git::prepare_clone(&r, &c, &base, &who))
+            tokio::task::spawn_blocking(move || git::prepare_clone(&r, &c, inside.as_deref(), &base, &who))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("preparing the clone of agent {fleet}/{slot}: {e}"))?;
@@ -474,30 +495,64 @@ pub(crate) mod git {
 
     /// A clone of `repo` at `clone` on `base` (fetched again if it is there already), its
     /// pushes going to a bare repository beside it, its commits by the agent.
-    pub(crate) fn prepare_clone(repo: &Path, clone: &Path, base: &str, who: &str) -> Result<(), String> {
-        let source = repo.display().to_string();
-        let reuse = clone.join(".git").exists() && git(Some(clone), &["remote", "get-url", "origin"]).is_ok_and(|o| o == source);
+    /// Prepares a worker's clone of `repo` at `clone` on branch `base`, pushing to a bare
+    /// repository beside it. With `inside` (where the agent sees the clone, in a container),
+    /// the clone fetches from a mirror beside it ([`mirror_of`]) instead of from `repo`, which
+    /// the agent cannot reach, and its remotes name the paths the agent sees.
+    pub(crate) fn prepare_clone(repo: &Path, clone: &Path, inside: Option<&Path>, base: &str, who: &str) -> Result<(), String> {
+        let source = match inside {
+            Some(_) => {
+                let mirror = mirror_of(clone);
+                if !mirror.exists() {
+                    git(None, &["init", "--quiet", "--bare", &mirror.display().to_string()])?;
+                }
+                refresh_mirror(repo, &mirror)?;
+                mirror
+            }
+            None => repo.to_owned(),
+        };
+        let origin = match inside {
+            Some(i) => mirror_of(i).display().to_string(),
+            None => repo.display().to_string(),
+        };
+        let reuse = clone.join(".git").exists() && git(Some(clone), &["remote", "get-url", "origin"]).is_ok_and(|o| o == origin);
         if reuse {
-            git(Some(clone), &["fetch", "origin", "--prune"])?;
+            git(Some(clone), &["fetch", "--quiet", "--prune", &source.display().to_string(), "+refs/heads/*:refs/remotes/origin/*"])?;
         } else {
             if clone.exists() {
                 std::fs::remove_dir_all(clone).map_err(|e| format!("cannot remove {}: {e}", clone.display()))?;
             }
-            git(None, &["clone", "--quiet", "--no-local", &source, &clone.display().to_string()])?;
+            git(None, &["clone", "--quiet", "--no-local", &source.display().to_string(), &clone.display().to_string()])?;
+            git(Some(clone), &["remote", "set-url", "origin", &origin])?;
         }
         let sink = clone.with_extension("pushed.git");
         if !sink.exists() {
             git(None, &["init", "--quiet", "--bare", &sink.display().to_string()])?;
         }
-        git(Some(clone), &["remote", "set-url", "--push", "origin", &sink.display().to_string()])?;
+        // The push remote as the agent names it.
+        let push = inside.map_or_else(|| sink.clone(), |i| i.with_extension("pushed.git"));
+        git(Some(clone), &["remote", "set-url", "--push", "origin", &push.display().to_string()])?;
         git(Some(clone), &["checkout", "--quiet", "-B", base, &format!("origin/{base}")])?;
         git(Some(clone), &["config", "user.name", &format!("clawfleet agent {who}")])?;
         git(Some(clone), &["config", "user.email", &format!("{}@agents.clawfleet", who.replace('/', "-"))])?;
         if let Some(parent) = clone.parent() {
             own_like(parent, clone)?;
             own_like(parent, &sink)?;
+            if inside.is_some() {
+                own_like(parent, &mirror_of(clone))?;
+            }
         }
         Ok(())
+    }
+
+    /// The bare mirror of the project's repository beside a clone in a container's workspace.
+    pub(crate) fn mirror_of(clone: &Path) -> PathBuf {
+        clone.with_extension("origin.git")
+    }
+
+    /// Brings a mirror's branches up to the project's repository.
+    pub(crate) fn refresh_mirror(repo: &Path, mirror: &Path) -> Result<(), String> {
+        git(Some(repo), &["push", "--quiet", "--force", "--prune", &mirror.display().to_string(), "+refs/heads/*:refs/heads/*"]).map(drop)
     }
 
     /// Gives `path` (recursively) the owner of `like`: an agent that runs as a user of its own
@@ -601,5 +656,35 @@ mod tests {
             assert_eq!(v.tip.is_some(), recoverable);
         }
         assert_eq!(git::verify_branch(repo, Some("work"), "main", None).tip.as_deref(), Some(head.as_str()));
+    }
+
+    /// A clone in a container's workspace: it fetches from a mirror beside it, named as the
+    /// agent sees it, which a refresh brings up to the project's repository.
+    #[test]
+    fn a_clone_a_container_sees_elsewhere_fetches_from_a_mirror_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("project");
+        std::fs::create_dir(&repo).unwrap();
+        run(&repo, &["init", "-q", "-b", "main"]);
+        run(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start"]);
+        let volume = dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        let clone = volume.join("repo");
+        let inside = Path::new("/workspace/repo");
+        git::prepare_clone(&repo, &clone, Some(inside), "main", "crew/0").unwrap();
+        assert_eq!(run(&clone, &["remote", "get-url", "origin"]), "/workspace/repo.origin.git");
+        assert_eq!(run(&clone, &["remote", "get-url", "--push", "origin"]), "/workspace/repo.pushed.git");
+        assert_eq!(run(&clone, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+        let mirror = git::mirror_of(&clone);
+        assert_eq!(run(&mirror, &["rev-parse", "main"]), run(&repo, &["rev-parse", "main"]));
+        // A branch another worker brought to the project reaches the mirror with a refresh.
+        run(&repo, &["branch", "codeswarm/p/T-001"]);
+        git::refresh_mirror(&repo, &mirror).unwrap();
+        assert!(!run(&mirror, &["branch", "--list", "codeswarm/p/T-001"]).is_empty());
+        // Prepared again, the clone is kept (same origin) and its base reset.
+        std::fs::write(clone.join("mine.txt"), "x").unwrap();
+        git::prepare_clone(&repo, &clone, Some(inside), "main", "crew/0").unwrap();
+        assert!(clone.join("mine.txt").exists(), "the clone was reused");
+        assert!(!run(&clone, &["branch", "-r", "--list", "origin/codeswarm/p/T-001"]).is_empty());
     }
 }

@@ -437,3 +437,82 @@ fn a_docker_brain_cannot_read_its_agents_secrets() {
     assert!(!hex_run, "the fleet's key leaked: {answer}");
     plane.ok(&["terminate", fleet, "--wait"]);
 }
+
+/// The agent image with git beside it (Debian's, with the libraries it links, and a shell):
+/// what a code project's workers need in their containers.
+fn build_with_git(tag: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    let mut files: Vec<std::path::PathBuf> = vec!["/usr/bin/git".into(), "/usr/bin/dash".into()];
+    for bin in ["/usr/bin/git", "/usr/bin/dash"] {
+        let ldd = Command::new("ldd").arg(bin).output().unwrap();
+        files.extend(String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')).map(Into::into));
+    }
+    for f in &files {
+        let to = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(f, &to).unwrap();
+    }
+    // git's helpers (links to git itself, mostly), kept as they are.
+    let core = root.join("usr/lib");
+    std::fs::create_dir_all(&core).unwrap();
+    let out = Command::new("cp").args(["-a", "/usr/lib/git-core"]).arg(&core).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/dash", root.join("bin/sh")).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {IMAGE}\nCOPY rootfs/ /\n")).unwrap();
+    docker(&["build", "-q", "-t", tag, dir.path().to_str().unwrap()]);
+}
+
+/// A code project on a docker fleet: the control plane prepares each worker's clone in its
+/// container's volume, with a mirror of the project's repository beside it (the container
+/// cannot reach the repository); codeswarm's mock workers commit there, the integration task
+/// fetches the other worker's branch from the mirror, and the integration branch lands in the
+/// project's repository.
+#[test]
+fn a_code_project_runs_on_docker_workers() {
+    let host = setup();
+    let tag = "clawfleet-agent:it-git";
+    build_with_git(tag);
+    let network = format!("cf-proj-{}", std::process::id());
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 500, docker: Some((host, network.clone())), ..PlaneOptions::default() });
+    let fleet = "dcrew";
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["service", "rm", "clawfleet-dcrew"]).output();
+            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+        }
+    }
+    let _guard = Guard(network);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(&repo).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start"]);
+    let args = ["launch", fleet, "--backend", "docker", "--replicas", "2", "--image", tag, "--brain", "mock", "--wait", "--timeout", "180"];
+    plane.ok(&args);
+    let plan = serde_json::json!({"tasks": [
+        {"task_id": "T-001", "title": "one", "prompt": "Make the first marker.", "depends_on": []},
+        {"task_id": "T-002", "title": "two", "prompt": "Make the second marker.", "depends_on": []},
+    ]});
+    let file = dir.path().join("plan.json");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let repo_s = repo.display().to_string();
+    let create = ["project", "create", "-f", file.to_str().unwrap(), "--title", "Boxes", "--repo", &repo_s, "--workers", fleet];
+    let done = plane.json(&[&create[..], &["--start", "--wait", "--timeout", "240", "--json"]].concat());
+    assert_eq!((done["status"].as_str(), done["task_counts"]["completed"].as_u64()), (Some("completed"), Some(3)), "{done:#}");
+    let paths = done["repo_preparation"][fleet]["worker_paths"].as_array().unwrap().clone();
+    assert_eq!(paths.len(), 2, "{done:#}");
+    assert!(paths.iter().all(|p| p.as_str().unwrap().contains("/volumes/clawfleet-dcrew-")), "clones in the volumes: {paths:?}");
+    let ib = done["integration_branch"].as_str().unwrap();
+    for t in ["T-001", "T-002"] {
+        assert!(git(&["show", &format!("{ib}:mock_tasks/{t}.txt")]).starts_with(t), "{t} on {ib}");
+    }
+    plane.ok(&["terminate", fleet, "--wait"]);
+}
