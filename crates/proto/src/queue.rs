@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// At most this many items wait for one fleet; more are refused until some are dispatched.
 pub const MAX_QUEUED_PER_FLEET: usize = 1000;
+/// The finished items (done, cancelled, dropped) kept per fleet, newest first; older ones are
+/// forgotten.
+pub const FINISHED_KEPT_PER_FLEET: usize = 1000;
 
 crate::named_enum! {
     /// Where a queued item is in its life.

@@ -1,7 +1,8 @@
 //! The queue's dispatcher (codeswarm's `enqueue_inject`), a step of the work loop
 //! (`crate::project::run`): it frees the agents whose queued injection's turn is over, drops
-//! the items that can never go (their fleet gone or terminating, their agent scaled away), and
-//! gives waiting items, oldest first by `core::queue::place`, to idle agents that hold no work,
+//! the items that can never go (their fleet gone or terminating, their agent scaled away),
+//! forgets finished items beyond each fleet's newest `FINISHED_KEPT_PER_FLEET`, and gives
+//! waiting items, oldest first by `core::queue::place`, to idle agents that hold no work,
 //! each in one transaction with its injection (`store::dispatch_queued`).
 
 use std::collections::{BTreeMap, HashSet};
@@ -11,7 +12,7 @@ use std::time::SystemTime;
 use clawfleet_core::liveness::AgentState;
 use clawfleet_core::queue::{self as rules, Wants};
 use clawfleet_proto::api::FleetState;
-use clawfleet_proto::queue::QueueItem;
+use clawfleet_proto::queue::{FINISHED_KEPT_PER_FLEET, QueueItem};
 use clawfleet_store::{NewInjection, Pending, StoreError};
 
 use crate::app::App;
@@ -23,7 +24,9 @@ fn wants(item: &QueueItem) -> Wants {
 
 pub(crate) async fn step(app: &Arc<App>) -> Result<(), StoreError> {
     let at = clock::now_rfc3339();
-    app.db.run(move |s| s.finish_dispatched(&at)).await?;
+    if app.db.run(move |s| s.finish_dispatched(&at)).await? > 0 {
+        app.db.run(|s| s.prune_queue(FINISHED_KEPT_PER_FLEET)).await?;
+    }
     let waiting = app.db.run(|s| s.queue(None, false)).await?;
     if waiting.is_empty() {
         return Ok(());

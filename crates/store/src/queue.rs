@@ -339,6 +339,22 @@ impl Store {
         })
     }
 
+    /// Forgets the finished items (done, cancelled, dropped) of each fleet beyond its newest
+    /// `keep`; how many. What waits or is dispatched is never forgotten.
+    pub fn prune_queue(&self, keep: usize) -> Result<usize> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM queue_items WHERE rowid IN (
+                     SELECT rowid FROM (
+                         SELECT rowid, ROW_NUMBER() OVER (PARTITION BY fleet ORDER BY rowid DESC) AS newest
+                         FROM queue_items WHERE status IN ('done', 'cancelled', 'dropped'))
+                     WHERE newest > ?1)",
+                [keep as i64],
+            )?;
+            Ok(n)
+        })
+    }
+
     /// Marks done every dispatched item whose agent has ended its injection's turn (or failed
     /// it), freeing the agent; how many.
     pub fn finish_dispatched(&self, at: &str) -> Result<usize> {

@@ -743,6 +743,11 @@ fn a_queued_item_is_dispatched_once_to_an_agent_that_holds_nothing() {
     assert_eq!(store.queue_item("q4").unwrap().reason.as_deref(), Some(why));
     assert_eq!(store.queue(Some("squad"), true).unwrap().len(), 4);
     assert!(store.queue(Some("other"), true).unwrap().is_empty());
+    // Finished items beyond the newest one are forgotten; the dispatched one stays.
+    assert_eq!(store.prune_queue(1).unwrap(), 2);
+    let kept: Vec<String> = store.queue(Some("squad"), true).unwrap().into_iter().map(|i| i.queue_id).collect();
+    assert_eq!(kept, ["q3", "q4"]);
+    assert_eq!(store.prune_queue(1).unwrap(), 0);
     // All of it is in the file.
     assert_eq!(
         store.events_after(&EventFilter::default(), 0, 1000).unwrap().iter().filter(|e| e.body.name().starts_with("queue_")).count(),
