@@ -1,7 +1,8 @@
 //! Execution approvals, a step of the work loop (`crate::project::run`): an approval pending
 //! longer than the control plane's `--approval-timeout` is refused (a timeout is a no), and
 //! every answer its agent has not taken yet is sent to it (at once, then again every
-//! [`RESEND_SECONDS`] until the agent's `exec_approval_resolved` is stored).
+//! [`RESEND_SECONDS`] until the agent's `exec_approval_resolved` is stored); each fleet keeps
+//! its newest [`RESOLVED_KEPT_PER_FLEET`] resolved approvals.
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use crate::clock;
 
 /// How long an answer waits for its agent to take it before it is sent again.
 const RESEND_SECONDS: u64 = 5;
+/// The resolved approvals kept per fleet, newest first.
+const RESOLVED_KEPT_PER_FLEET: usize = 1000;
 
 pub(crate) async fn step(app: &Arc<App>) -> Result<(), StoreError> {
     let timeout = app.approval_timeout.as_secs();
@@ -44,5 +47,7 @@ pub(crate) async fn send(app: &App, a: &Approval) -> Result<(), StoreError> {
         let (id, at) = (a.approval_id, clock::now_rfc3339());
         app.db.run(move |s| s.approval_sent(id, &at)).await?;
     }
+    // With each answer, what answers resolved beyond each fleet's newest is forgotten.
+    app.db.run(|s| s.prune_approvals(RESOLVED_KEPT_PER_FLEET)).await?;
     Ok(())
 }

@@ -196,6 +196,21 @@ impl Store {
         })
     }
 
+    /// Forgets the resolved approvals of each fleet beyond its newest `keep`; how many.
+    pub fn prune_approvals(&self, keep: usize) -> Result<usize> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM approvals WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, ROW_NUMBER() OVER (PARTITION BY fleet ORDER BY id DESC) AS newest
+                         FROM approvals WHERE status = 'resolved')
+                     WHERE newest > ?1)",
+                [keep as i64],
+            )?;
+            Ok(n)
+        })
+    }
+
     /// Notes that an approval's answer went to its agent.
     pub fn approval_sent(&self, id: u64, at: &str) -> Result<()> {
         self.with(|c| {
