@@ -96,6 +96,9 @@ pub(crate) enum Command {
     /// are injected; see what waits, cancel what has not gone yet.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Snapshot an agent's state (its conversation, workspace config and files; never its
+    /// journal or a secret) as a verified, checksummed archive.
+    Snapshot(SnapshotArgs),
     /// Execution approvals: agents that ask before they run a command (approve:cmd: brains)
     /// wait for an answer; see what waits, approve or deny it.
     #[command(subcommand)]
@@ -966,6 +969,19 @@ pub(crate) struct QueueListArgs {
 #[derive(Debug, Args)]
 pub(crate) struct QueueShowArgs {
     pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SnapshotArgs {
+    /// The agent: FLEET/SLOT.
+    pub agent: String,
+    /// Where to write it [default: FLEET-SLOT.cfsnap]; an existing file is not overwritten.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -136,6 +136,12 @@ impl Client {
         resp.json().await.with_context(|| format!("reading the answer to GET {path}"))
     }
 
+    /// A body as it comes (an archive).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        Ok(resp.bytes().await.with_context(|| format!("reading the answer to GET {path}"))?.to_vec())
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         let resp = self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await?;
         resp.json().await.with_context(|| format!("reading the answer to POST {path}"))

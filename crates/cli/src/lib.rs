@@ -38,6 +38,7 @@ mod output;
 mod project;
 mod queue;
 pub mod router;
+mod snapshot;
 mod talk;
 mod token;
 mod up;
@@ -128,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Council(c) => council::run(c).await,
         Command::Queue(c) => queue::run(c).await,
         Command::Approvals(c) => approvals::run(c).await,
+        Command::Snapshot(a) => snapshot::run(a).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

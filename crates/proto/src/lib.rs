@@ -69,6 +69,7 @@ pub mod project;
 pub mod queue;
 pub mod router;
 pub mod scenario;
+pub mod snapshot;
 pub mod topic;
 
 /// Largest prompt (or system prompt) clawfleet accepts, in bytes of UTF-8.

@@ -52,6 +52,8 @@ mod council_api;
 mod project_api;
 #[path = "queue_api.rs"]
 mod queue_api;
+#[path = "snapshot_api.rs"]
+mod snapshot_api;
 pub(crate) use clawbucket::agent_name;
 
 /// How long `status` waits for a fleet's backend to say what it runs.
@@ -76,6 +78,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/leader", post(leader))
         .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
         .route("/api/v1/fleets/{name}/agents/{slot}/arm", post(arm))
+        .route("/api/v1/fleets/{name}/agents/{slot}/snapshot", get(snapshot_api::take))
         .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set).patch(scenarios_patch))
         .route("/api/v1/fleets/{name}/rps", get(rps))
         .route("/api/v1/fleets/{name}/haiku", get(haiku))

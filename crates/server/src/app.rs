@@ -163,6 +163,13 @@ impl App {
     }
 
     /// How long the fleet's agents have to take an injection (its cluster profile's).
+    /// Which control plane this is, as a snapshot's manifest names it: its host and its data
+    /// directory.
+    pub(crate) fn identity(&self) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+        format!("{host}:{}", self.data_dir.display())
+    }
+
     pub(crate) fn inject_timeout(&self, row: &FleetRow) -> Option<std::time::Duration> {
         let seconds = self.deployment(row).ok()?.cluster?.inject_timeout_seconds?;
         Some(std::time::Duration::from_secs(seconds))

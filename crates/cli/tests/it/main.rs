@@ -22,5 +22,6 @@ mod queue;
 mod router;
 mod security;
 mod slurm;
+mod snapshot;
 mod support;
 mod webdriver;

@@ -476,6 +476,11 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/queue?fleet=web", None, 403, "the agent token 'agent ops/0' may not read fleet 'web'"),
         (obs, "GET", "/api/v1/queue?color=red", None, 400, "invalid query"),
         (obs, "DELETE", "/api/v1/queue/nope", None, 404, "no queue item 'nope'"),
+        // Snapshots: who may update an agent's fleet takes one; never of its own fleet.
+        (obs, "GET", "/api/v1/fleets/web/agents/0/snapshot", None, 403, "the observer token 'watcher' may not update agent web/0"),
+        (agent, "GET", "/api/v1/fleets/ops/agents/1/snapshot", None, 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (adm, "GET", "/api/v1/fleets/web/agents/0/snapshot", None, 409, "agent web/0 runs on the external backend, whose workspaces"),
+        (adm, "GET", "/api/v1/fleets/web/agents/9/snapshot", None, 404, "fleet 'web' has no agent 9"),
         // Approvals: who reads an agent sees its approvals (answering them is tested with a
         // real one, end to end, and role by role in core).
         (obs, "GET", "/api/v1/approvals", None, 200, ""),

@@ -1,0 +1,49 @@
+//! Snapshots end to end: an agent's state taken while it runs, verified as it arrives, written
+//! to a new file readable by its owner only; a workspace that holds a secret's value is
+//! refused, naming the secret and never its value.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{Plane, PlaneOptions};
+
+#[test]
+fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Plane::with(PlaneOptions { heartbeat_ms: 200, ..PlaneOptions::default() });
+    plane.ok(&["launch", "squad", "--replicas", "2", "--brain", "echo", "--prompt", "Be terse.", "--wait"]);
+    for prompt in ["one", "two", "three"] {
+        plane.ok(&["inject", "squad", prompt, "--agent", "1", "--wait"]);
+    }
+    let file = dir.path().join("squad-1.cfsnap");
+    let v = plane.json(&["snapshot", "squad/1", "-o", file.to_str().unwrap(), "--json"]);
+    let m = &v["manifest"];
+    assert_eq!((&m["fleet"], &m["slot"], &m["turns"], &m["brain"]), (&"squad".into(), &1.into(), &3.into(), &"echo".into()), "{v:#}");
+    assert_eq!(m["system_prompt"], "Be terse.");
+    assert_eq!(m["format"], "clawfleet-snapshot");
+    assert!(m["journal"]["seq"].as_u64().unwrap() > 0, "{v:#}");
+    let files: Vec<&str> = m["files"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(files.contains(&"conversation.jsonl"), "{files:?}");
+    assert!(!files.iter().any(|f| f.starts_with("events") || f.starts_with("inbox") || *f == "epoch"), "{files:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(v["bytes"].as_u64().unwrap(), std::fs::metadata(&file).unwrap().len());
+    let err = plane.fails(&["snapshot", "squad/1", "-o", file.to_str().unwrap()]);
+    assert!(err.contains("an existing file is not overwritten"), "{err}");
+    let text = plane.ok(&["snapshot", "squad/0", "-o", dir.path().join("zero.cfsnap").to_str().unwrap()]);
+    assert!(text.starts_with("snapshot of squad/0: 0 turns"), "{text}");
+    assert!(plane.fails(&["snapshot", "squad/7"]).contains("fleet 'squad' has no agent 7"));
+    assert!(plane.fails(&["snapshot", "nope/0"]).contains("no fleet named 'nope'"));
+    assert!(plane.fails(&["snapshot", "squad"]).contains("squad"));
+
+    // A brain that writes its secret into the workspace: no snapshot of it.
+    let value = dir.path().join("value");
+    std::fs::write(&value, "s3cr3t-value-42").unwrap();
+    plane.ok(&["secret", "set", "API_KEY", "--from-file", value.to_str().unwrap()]);
+    plane.ok(&["launch", "leaky", "--brain", "cmd:echo \"$API_KEY\" > notes.txt; echo noted", "--secret", "API_KEY", "--wait"]);
+    plane.ok(&["inject", "leaky", "write it down", "--wait"]);
+    let err = plane.fails(&["snapshot", "leaky/0", "-o", dir.path().join("leak.cfsnap").to_str().unwrap()]);
+    assert!(err.contains("holds the value of the secret 'API_KEY' (in notes.txt): a snapshot never carries a secret"), "{err}");
+    assert!(!err.contains("s3cr3t"), "the error names the secret, never its value: {err}");
+    assert!(!dir.path().join("leak.cfsnap").exists());
+    let audit = plane.ok(&["audit"]);
+    assert!(audit.contains("snapshot") && audit.contains("agent 1: "), "{audit}");
+}

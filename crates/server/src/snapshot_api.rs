@@ -1,0 +1,66 @@
+//! Snapshots over the API (`clawfleet snapshot FLEET/SLOT`): the agent's state as the archive of
+//! `clawfleet_snapshot`, taken from its workspace where the control plane reaches it (local,
+//! slurm and docker agents, as projects reach them), while it runs. Who may update the agent's
+//! fleet takes one (an agent never of its own fleet); a workspace that holds the value of any
+//! stored secret is refused, naming the secret, never its value.
+
+use clawfleet_snapshot::Source;
+
+use super::*;
+
+/// `GET /api/v1/fleets/{name}/agents/{slot}/snapshot`: the archive (`application/gzip`).
+pub(super) async fn take(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P((name, slot)): P<(String, u32)>,
+) -> Result<Response, ApiError> {
+    caller.may(&app, Action::Update, Target::Agent(&name, slot))?;
+    let row = load_active(&app, &name).await?;
+    spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
+    let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
+    let d = app.deployment(&row).map_err(ApiError::bad_request)?;
+    let Some(workspace) = backend.workspace(&d, slot) else {
+        return Err(ApiError::conflict(format!(
+            "agent {name}/{slot} runs on the {} backend, whose workspaces this control plane cannot reach: snapshots are of local \
+             agents, slurm agents whose Slurm commands run here, and docker agents of a single-node Swarm whose engine is here",
+            row.backend
+        )));
+    };
+    let secrets: Vec<(String, String)> = app.secrets.read().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let source = Source {
+        clawfleet_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: clock::now_rfc3339(),
+        source: app.identity(),
+        fleet: name.clone(),
+        slot,
+        brain: row.brain.clone(),
+        system_prompt: row.prompt.clone(),
+        fleet_version: row.version.clone(),
+    };
+    let (agent, ws) = (format!("{name}/{slot}"), workspace.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        let files = clawfleet_snapshot::files_of(&ws).map_err(|e| ApiError::conflict(e.to_string()))?;
+        if let Some((secret, path)) = clawfleet_snapshot::holds_secret(&files, secrets.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            return Err(ApiError::conflict(format!(
+                "the workspace of agent {agent} holds the value of the secret '{secret}' (in {path}): a snapshot never carries a secret"
+            )));
+        }
+        let mut out = Vec::new();
+        let manifest = clawfleet_snapshot::write(&ws, source, &mut out).map_err(|e| ApiError::conflict(e.to_string()))?;
+        Ok((manifest, out))
+    })
+    .await
+    .map_err(|e| ApiError::internal("taking a snapshot", e))??;
+    let (manifest, bytes) = taken;
+    let actor = caller.0.audit_name();
+    let detail = format!("agent {slot}: {} files, {} turns, {} bytes", manifest.files.len(), manifest.turns, bytes.len());
+    let n = name.clone();
+    app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &actor, "snapshot", &n, detail))).await?;
+    let file = format!("attachment; filename=\"{name}-{slot}.cfsnap\"");
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
+    if let Ok(v) = HeaderValue::from_str(&file) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
