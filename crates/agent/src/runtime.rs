@@ -565,7 +565,8 @@ impl Agent {
             })),
             CommandName::ConfigReload => {
                 let before = (self.brain_spec.clone(), self.system_prompt.clone());
-                self.apply_workspace_config().map(|()| {
+                let conversation = self.ws.reload_conversation().map_err(|e| format!("reading the conversation: {e}"));
+                self.apply_workspace_config().and(conversation).map(|messages| {
                     let mut changed = Vec::new();
                     if before.0 != self.brain_spec {
                         changed.push("brain");
@@ -575,7 +576,7 @@ impl Agent {
                     if before.1 != self.system_prompt {
                         changed.push("system_prompt");
                     }
-                    json!({"reloaded": true, "changed": changed, "brain": self.brain_spec.to_string()})
+                    json!({"reloaded": true, "changed": changed, "brain": self.brain_spec.to_string(), "conversation_messages": messages})
                 })
             }
         };

@@ -292,6 +292,17 @@ impl Workspace {
         Ok(())
     }
 
+    /// Reads the conversation again from its log (a restore wrote it): the context the next
+    /// turns get. How many messages the log holds.
+    pub fn reload_conversation(&mut self) -> io::Result<usize> {
+        self.conversation = JsonlLog::open(&self.dir, "conversation")?;
+        let mut history: Vec<Message> = self.conversation.read_all()?;
+        let total = history.len();
+        history.drain(..total.saturating_sub(HISTORY_MESSAGES));
+        self.history = history;
+        Ok(total)
+    }
+
     /// Reads `config.json`, if there is one.
     pub fn config(&self) -> Result<WorkspaceConfig, String> {
         let path = self.dir.join("config.json");

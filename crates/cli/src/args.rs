@@ -99,6 +99,9 @@ pub(crate) enum Command {
     /// Snapshot an agent's state (its conversation, workspace config and files; never its
     /// journal or a secret) as a verified, checksummed archive.
     Snapshot(SnapshotArgs),
+    /// Restore a snapshot into an idle agent: its conversation and workspace files become the
+    /// snapshot's (its own journal goes on), and it reads them again.
+    Restore(RestoreArgs),
     /// Execution approvals: agents that ask before they run a command (approve:cmd: brains)
     /// wait for an answer; see what waits, approve or deny it.
     #[command(subcommand)]
@@ -982,6 +985,22 @@ pub(crate) struct SnapshotArgs {
     /// Where to write it [default: FLEET-SLOT.cfsnap]; an existing file is not overwritten.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// A snapshot (`clawfleet snapshot`).
+    pub file: PathBuf,
+    /// The fleet to restore into.
+    #[arg(long)]
+    pub into: String,
+    /// Its agent.
+    #[arg(long, default_value_t = 0)]
+    pub slot: u32,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -142,6 +142,13 @@ impl Client {
         Ok(resp.bytes().await.with_context(|| format!("reading the answer to GET {path}"))?.to_vec())
     }
 
+    /// Sends a body as it is (an archive), reading a JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<T> {
+        let req = self.http.post(format!("{}{path}", self.base)).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        let resp = self.send(req).await?;
+        resp.json().await.with_context(|| format!("reading the answer to POST {path}"))
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         let resp = self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await?;
         resp.json().await.with_context(|| format!("reading the answer to POST {path}"))

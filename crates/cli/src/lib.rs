@@ -130,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(c) => queue::run(c).await,
         Command::Approvals(c) => approvals::run(c).await,
         Command::Snapshot(a) => snapshot::run(a).await,
+        Command::Restore(a) => snapshot::restore(a).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

@@ -10,7 +10,7 @@ pub enum CommandName {
     HealthCheck,
     /// Which versions does it run?
     VersionReport,
-    /// Re-read its configuration (system prompt, settings) from its workspace.
+    /// Re-read its configuration (system prompt, settings) and its conversation from its workspace.
     ConfigReload,
     /// What is it doing: state, queue, uptime, resources.
     StatusReport,

@@ -948,3 +948,21 @@ pub struct Ack {
     pub ok: bool,
     pub message: String,
 }
+
+/// `POST /api/v1/fleets/{fleet}/agents/{slot}/restore`: what the agent took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    /// The agent restored into, `fleet/slot`.
+    pub agent: String,
+    /// The agent the snapshot was of.
+    pub from: String,
+    pub turns: u64,
+    pub files: usize,
+    /// Whether the agent read its workspace again (`config-reload`).
+    pub reloaded: bool,
+    /// How many messages its conversation holds now, as it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_messages: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

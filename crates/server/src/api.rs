@@ -79,6 +79,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fleets/{name}/chat", get(chat_list).post(chat_post))
         .route("/api/v1/fleets/{name}/agents/{slot}/arm", post(arm))
         .route("/api/v1/fleets/{name}/agents/{slot}/snapshot", get(snapshot_api::take))
+        .route(
+            "/api/v1/fleets/{name}/agents/{slot}/restore",
+            post(snapshot_api::restore).layer(axum::extract::DefaultBodyLimit::max(snapshot_api::MAX_ARCHIVE_BYTES)),
+        )
         .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set).patch(scenarios_patch))
         .route("/api/v1/fleets/{name}/rps", get(rps))
         .route("/api/v1/fleets/{name}/haiku", get(haiku))
@@ -1185,6 +1189,20 @@ async fn command(
     let row = load_active(&app, &name).await?;
     let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(10_000).min(120_000));
+    Ok(Json(send_command(&app, &row, targets, cmd, actor, wait).await?))
+}
+
+/// Sends a command of the vocabulary to agents of a fleet and waits, at most `wait`, for
+/// their replies (as the store has them).
+pub(super) async fn send_command(
+    app: &Arc<App>,
+    row: &FleetRow,
+    targets: Vec<u32>,
+    cmd: CommandName,
+    actor: String,
+    wait: Duration,
+) -> Result<CommandResponse, ApiError> {
+    let name = row.name.clone();
     let id = uuid::Uuid::now_v7().to_string();
     let mut live = app.hub.subscribe();
     let (cid, fleet, t) = (id.clone(), name.clone(), targets.clone());
@@ -1197,7 +1215,7 @@ async fn command(
         })
         .await?;
     let pending = Pending::Command { command_id: id.clone(), command: cmd.as_str().into() };
-    outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows, None).await;
+    outbox::send_now(app, &name, row.replicas, &targets, &pending, &rows, None).await;
 
     // Wait for every reply or the deadline, watching the live stream.
     let deadline = Instant::now() + wait;
@@ -1229,7 +1247,7 @@ async fn command(
         }
     }
     let pending = targets.iter().copied().filter(|t| !results.contains_key(t)).collect();
-    Ok(Json(CommandResponse { command_id: id, command: cmd.as_str().into(), results: results.into_values().collect(), pending }))
+    Ok(CommandResponse { command_id: id, command: cmd.as_str().into(), results: results.into_values().collect(), pending })
 }
 
 #[derive(Debug, Deserialize)]

@@ -64,3 +64,66 @@ pub(super) async fn take(
     }
     Ok(resp)
 }
+
+/// The largest archive a restore takes (compressed).
+pub(super) const MAX_ARCHIVE_BYTES: usize = 128 * 1024 * 1024;
+
+/// `POST /api/v1/fleets/{name}/agents/{slot}/restore` (the archive as the body): the agent takes
+/// the snapshot's state: its files written into its workspace (the conversation replaced; its
+/// own journal, inbox and identity kept, so its events go on where they were), then read again
+/// (`config-reload`). Only into an idle agent, so no turn of its own mixes with the restored
+/// conversation. Who may update the agent's fleet restores into it.
+pub(super) async fn restore(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    P((name, slot)): P<(String, u32)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<clawfleet_proto::api::RestoreResponse>, ApiError> {
+    caller.may(&app, Action::Update, Target::Agent(&name, slot))?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", format!("the archive: {}", e.body_text())))?;
+    let snapshot = clawfleet_snapshot::read(body.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let row = load_active(&app, &name).await?;
+    spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
+    let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
+    let d = app.deployment(&row).map_err(ApiError::bad_request)?;
+    let Some(workspace) = backend.workspace(&d, slot) else {
+        return Err(ApiError::conflict(format!(
+            "agent {name}/{slot} runs on the {} backend, whose workspaces this control plane cannot reach",
+            row.backend
+        )));
+    };
+    let state = app.live.state(&name, slot, clock::mono_ms());
+    if state != clawfleet_core::liveness::AgentState::Idle {
+        return Err(ApiError::conflict(format!("agent {name}/{slot} is {}: a snapshot is restored into an idle agent", state.as_str())));
+    }
+    let m = snapshot.manifest.clone();
+    tokio::task::spawn_blocking(move || {
+        // The restored conversation is the whole of it: the agent's own older part goes.
+        if !snapshot.files.contains_key("conversation.1.jsonl") {
+            let _ = std::fs::remove_file(workspace.join("conversation.1.jsonl"));
+        }
+        if !snapshot.files.contains_key("conversation.jsonl") {
+            let _ = std::fs::write(workspace.join("conversation.jsonl"), b"");
+        }
+        clawfleet_snapshot::unpack(&snapshot, &workspace)
+    })
+    .await
+    .map_err(|e| ApiError::internal("restoring a snapshot", e))?
+    .map_err(|e| ApiError::conflict(e.to_string()))?;
+    let actor = caller.0.audit_name();
+    let detail = format!("agent {slot}: from {}/{} of {}, {} turns, {} files", m.fleet, m.slot, m.source, m.turns, m.files.len());
+    let (n, a) = (name.clone(), actor.clone());
+    app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &a, "restore", &n, detail))).await?;
+    let reload = super::send_command(&app, &row, vec![slot], CommandName::ConfigReload, actor, Duration::from_secs(30)).await?;
+    let reply = reload.results.into_iter().next();
+    let messages = reply.as_ref().and_then(|r| r.result["conversation_messages"].as_u64());
+    Ok(Json(clawfleet_proto::api::RestoreResponse {
+        agent: format!("{name}/{slot}"),
+        from: format!("{}/{}", m.fleet, m.slot),
+        turns: m.turns,
+        files: m.files.len(),
+        reloaded: reply.as_ref().is_some_and(|r| r.ok),
+        conversation_messages: messages,
+        error: reply.and_then(|r| r.error),
+    }))
+}

@@ -481,6 +481,9 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (agent, "GET", "/api/v1/fleets/ops/agents/1/snapshot", None, 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
         (adm, "GET", "/api/v1/fleets/web/agents/0/snapshot", None, 409, "agent web/0 runs on the external backend, whose workspaces"),
         (adm, "GET", "/api/v1/fleets/web/agents/9/snapshot", None, 404, "fleet 'web' has no agent 9"),
+        (obs, "POST", "/api/v1/fleets/web/agents/0/restore", Some("x"), 403, "the observer token 'watcher' may not update agent web/0"),
+        (agent, "POST", "/api/v1/fleets/ops/agents/1/restore", Some("x"), 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
+        (adm, "POST", "/api/v1/fleets/web/agents/0/restore", Some("not an archive"), 400, "the archive is truncated or is not a clawfleet snapshot"),
         // Approvals: who reads an agent sees its approvals (answering them is tested with a
         // real one, end to end, and role by role in core).
         (obs, "GET", "/api/v1/approvals", None, 200, ""),

@@ -34,6 +34,30 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
     assert!(plane.fails(&["snapshot", "nope/0"]).contains("no fleet named 'nope'"));
     assert!(plane.fails(&["snapshot", "squad"]).contains("squad"));
 
+    // Restored into another fleet's idle agent: it holds the three turns, and goes on.
+    plane.ok(&["launch", "other", "--brain", "echo", "--wait"]);
+    plane.ok(&["inject", "other", "its own turn", "--wait"]);
+    let done = plane.json(&["restore", file.to_str().unwrap(), "--into", "other", "--json"]);
+    assert_eq!(
+        (&done["agent"], &done["from"], &done["turns"], &done["reloaded"], &done["conversation_messages"]),
+        (&"other/0".into(), &"squad/1".into(), &3.into(), &true.into(), &6.into()),
+        "{done:#}"
+    );
+    let history = |p: &Plane| p.json(&["command", "other", "status-report", "--json"])["results"][0]["result"]["history_len"].clone();
+    assert_eq!(history(&plane), 6);
+    plane.ok(&["inject", "other", "four", "--wait"]);
+    assert_eq!(history(&plane), 8, "the restored agent goes on from the restored conversation");
+    // Bad archives are refused before anything changes.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = dir.path().join("cut.cfsnap");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = plane.fails(&["restore", cut.to_str().unwrap(), "--into", "other"]);
+    assert!(err.contains("the archive is truncated or is not a clawfleet snapshot"), "{err}");
+    let (status, body) = plane.http("POST", "/api/v1/fleets/other/agents/0/restore", Some(&plane.token()), None);
+    assert_eq!((status, &body["code"]), (400, &"bad_request".into()), "an empty body: {body}");
+    assert!(plane.fails(&["restore", file.to_str().unwrap(), "--into", "other", "--slot", "3"]).contains("fleet 'other' has no agent 3"));
+    assert_eq!(history(&plane), 8, "nothing changed");
+
     // A brain that writes its secret into the workspace: no snapshot of it.
     let value = dir.path().join("value");
     std::fs::write(&value, "s3cr3t-value-42").unwrap();
