@@ -48,14 +48,7 @@ fn rows(approvals: &[Approval]) -> String {
 
 async fn list(args: ApprovalsListArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
-    let mut query: Vec<String> = Vec::new();
-    if let Some(f) = &args.fleet {
-        query.push(format!("fleet={f}"));
-    }
-    if args.all {
-        query.push("all=true".into());
-    }
-    let path = if query.is_empty() { "/api/v1/approvals".to_owned() } else { format!("/api/v1/approvals?{}", query.join("&")) };
+    let path = crate::client::list_path("/api/v1/approvals", args.fleet.as_deref(), args.all);
     let list: ApprovalList = client.get(&path).await?;
     if args.json {
         print_json(&list);

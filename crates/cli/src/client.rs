@@ -40,6 +40,15 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 /// Whether `e` is the control plane answering `404 Not Found`.
+/// A list's path with its `fleet` and `all` filters (`/api/v1/queue?fleet=crew&all=true`).
+pub(crate) fn list_path(base: &str, fleet: Option<&str>, all: bool) -> String {
+    let mut query: Vec<String> = fleet.map(|f| format!("fleet={f}")).into_iter().collect();
+    if all {
+        query.push("all=true".into());
+    }
+    if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) }
+}
+
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == reqwest::StatusCode::NOT_FOUND)
 }

@@ -72,14 +72,7 @@ async fn add(args: QueueAddArgs) -> anyhow::Result<ExitCode> {
 
 async fn list(args: QueueListArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
-    let mut query: Vec<String> = Vec::new();
-    if let Some(f) = &args.fleet {
-        query.push(format!("fleet={f}"));
-    }
-    if args.all {
-        query.push("all=true".into());
-    }
-    let path = if query.is_empty() { "/api/v1/queue".to_owned() } else { format!("/api/v1/queue?{}", query.join("&")) };
+    let path = crate::client::list_path("/api/v1/queue", args.fleet.as_deref(), args.all);
     let list: QueueList = client.get(&path).await?;
     if args.json {
         print_json(&list);

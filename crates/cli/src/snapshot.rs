@@ -37,7 +37,7 @@ pub(crate) async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             bytes.len(),
             path.display(),
             m.version,
-            m.brain
+            m.origin.brain
         );
         for s in &m.skipped {
             outln!("  left out: {s}");

@@ -23,15 +23,13 @@ pub struct JournalPosition {
     pub seq: u64,
 }
 
-/// `manifest.json`.
+/// Where a snapshot comes from: the agent, its control plane, its brain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    pub version: u32,
+pub struct Origin {
     pub clawfleet_version: String,
     /// RFC 3339.
     pub created_at: String,
-    /// The control plane it was taken from (its API address).
+    /// The control plane it was taken from (its host and data directory).
     pub source: String,
     pub fleet: String,
     pub slot: u32,
@@ -41,13 +39,22 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
     pub fleet_version: String,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    #[serde(flatten)]
+    pub origin: Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalPosition>,
     /// How many turns its conversation holds.
     pub turns: u64,
     /// Each file (its path under `workspace/`) and its sha256, hex.
     pub files: BTreeMap<String, String>,
-    /// What was left out of the workspace, and why (a link, a file too large).
+    /// What was left out of the workspace, and why (a link, a special file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
 }

@@ -200,6 +200,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
     }
 }
 
+/// `?fleet=&all=`: a list of one fleet's records or of every fleet's the caller may read, of
+/// what is still going on or (`all`) of the newest of every status.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    fleet: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
 /// A query string whose rejections become [`ApiError`]s.
 struct Q<T>(T);
 

@@ -9,15 +9,6 @@ use clawfleet_store::{Answer, StoreError};
 
 use super::*;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    fleet: Option<String>,
-    /// Every status, not only what waits for an agent to take it.
-    #[serde(default)]
-    all: bool,
-}
-
 pub(super) async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

@@ -56,15 +56,6 @@ pub(super) async fn add(
     Ok((status, Json(QueueList { items: queued.items, joined: queued.joined })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    fleet: Option<String>,
-    /// Every status, not only what waits.
-    #[serde(default)]
-    all: bool,
-}
-
 /// What waits (or, with `all`, the newest items of every status), oldest first, of the
 /// fleets the caller may read.
 pub(super) async fn list(

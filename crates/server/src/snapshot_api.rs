@@ -4,9 +4,25 @@
 //! fleet takes one (an agent never of its own fleet); a workspace that holds the value of any
 //! stored secret is refused, naming the secret, never its value.
 
-use clawfleet_snapshot::Source;
+use clawfleet_proto::snapshot::Origin;
 
 use super::*;
+
+/// An agent of an active fleet, and its workspace where this control plane reaches it.
+async fn reachable(app: &App, name: &str, slot: u32) -> Result<(FleetRow, std::path::PathBuf), ApiError> {
+    let row = load_active(app, name).await?;
+    spec::resolve_targets(name, row.replicas, Some(&[slot]))?;
+    let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
+    let d = app.deployment(&row).map_err(ApiError::bad_request)?;
+    match backend.workspace(&d, slot) {
+        Some(workspace) => Ok((row, workspace)),
+        None => Err(ApiError::conflict(format!(
+            "agent {name}/{slot} runs on the {} backend, whose workspaces this control plane cannot reach: snapshots are of local \
+             agents, slurm agents whose Slurm commands run here, and docker agents of a single-node Swarm whose engine is here",
+            row.backend
+        ))),
+    }
+}
 
 /// `GET /api/v1/fleets/{name}/agents/{slot}/snapshot`: the archive (`application/gzip`).
 pub(super) async fn take(
@@ -15,19 +31,9 @@ pub(super) async fn take(
     P((name, slot)): P<(String, u32)>,
 ) -> Result<Response, ApiError> {
     caller.may(&app, Action::Update, Target::Agent(&name, slot))?;
-    let row = load_active(&app, &name).await?;
-    spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
-    let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
-    let d = app.deployment(&row).map_err(ApiError::bad_request)?;
-    let Some(workspace) = backend.workspace(&d, slot) else {
-        return Err(ApiError::conflict(format!(
-            "agent {name}/{slot} runs on the {} backend, whose workspaces this control plane cannot reach: snapshots are of local \
-             agents, slurm agents whose Slurm commands run here, and docker agents of a single-node Swarm whose engine is here",
-            row.backend
-        )));
-    };
+    let (row, workspace) = reachable(&app, &name, slot).await?;
     let secrets: Vec<(String, String)> = app.secrets.read().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let source = Source {
+    let origin = Origin {
         clawfleet_version: env!("CARGO_PKG_VERSION").into(),
         created_at: clock::now_rfc3339(),
         source: app.identity(),
@@ -46,7 +52,7 @@ pub(super) async fn take(
             )));
         }
         let mut out = Vec::new();
-        let manifest = clawfleet_snapshot::write(&ws, source, &mut out).map_err(|e| ApiError::conflict(e.to_string()))?;
+        let manifest = clawfleet_snapshot::write(&ws, origin, &mut out).map_err(|e| ApiError::conflict(e.to_string()))?;
         Ok((manifest, out))
     })
     .await
@@ -82,16 +88,7 @@ pub(super) async fn restore(
     caller.may(&app, Action::Update, Target::Agent(&name, slot))?;
     let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", format!("the archive: {}", e.body_text())))?;
     let snapshot = clawfleet_snapshot::read(body.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let row = load_active(&app, &name).await?;
-    spec::resolve_targets(&name, row.replicas, Some(&[slot]))?;
-    let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
-    let d = app.deployment(&row).map_err(ApiError::bad_request)?;
-    let Some(workspace) = backend.workspace(&d, slot) else {
-        return Err(ApiError::conflict(format!(
-            "agent {name}/{slot} runs on the {} backend, whose workspaces this control plane cannot reach",
-            row.backend
-        )));
-    };
+    let (row, workspace) = reachable(&app, &name, slot).await?;
     let state = app.live.state(&name, slot, clock::mono_ms());
     if state != clawfleet_core::liveness::AgentState::Idle {
         return Err(ApiError::conflict(format!("agent {name}/{slot} is {}: a snapshot is restored into an idle agent", state.as_str())));
@@ -111,7 +108,8 @@ pub(super) async fn restore(
     .map_err(|e| ApiError::internal("restoring a snapshot", e))?
     .map_err(|e| ApiError::conflict(e.to_string()))?;
     let actor = caller.0.audit_name();
-    let detail = format!("agent {slot}: from {}/{} of {}, {} turns, {} files", m.fleet, m.slot, m.source, m.turns, m.files.len());
+    let o = &m.origin;
+    let detail = format!("agent {slot}: from {}/{} of {}, {} turns, {} files", o.fleet, o.slot, o.source, m.turns, m.files.len());
     let (n, a) = (name.clone(), actor.clone());
     app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &a, "restore", &n, detail))).await?;
     let reload = super::send_command(&app, &row, vec![slot], CommandName::ConfigReload, actor, Duration::from_secs(30)).await?;
@@ -119,7 +117,7 @@ pub(super) async fn restore(
     let messages = reply.as_ref().and_then(|r| r.result["conversation_messages"].as_u64());
     Ok(Json(clawfleet_proto::api::RestoreResponse {
         agent: format!("{name}/{slot}"),
-        from: format!("{}/{}", m.fleet, m.slot),
+        from: format!("{}/{}", m.origin.fleet, m.origin.slot),
         turns: m.turns,
         files: m.files.len(),
         reloaded: reply.as_ref().is_some_and(|r| r.ok),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path};
 
-use clawfleet_proto::snapshot::{FORMAT, JournalPosition, MANIFEST, Manifest, VERSION, WORKSPACE_DIR};
+use clawfleet_proto::snapshot::{FORMAT, JournalPosition, MANIFEST, Manifest, Origin, VERSION, WORKSPACE_DIR};
 
 /// The largest snapshot taken or read (its files, uncompressed).
 pub const MAX_BYTES: u64 = 512 * 1024 * 1024;
@@ -50,19 +50,6 @@ pub enum SnapshotError {
     Tampered(String),
     #[error("writing {path}: {error}")]
     Unpack { path: String, error: std::io::Error },
-}
-
-/// Who the snapshot is of (the manifest, less what the workspace says).
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub clawfleet_version: String,
-    pub created_at: String,
-    pub source: String,
-    pub fleet: String,
-    pub slot: u32,
-    pub brain: String,
-    pub system_prompt: Option<String>,
-    pub fleet_version: String,
 }
 
 /// A verified snapshot: its manifest, and each file (its path under the workspace) with its
@@ -164,19 +151,12 @@ pub fn files_of(workspace: &Path) -> Result<Files, SnapshotError> {
 
 /// Writes the snapshot of `workspace` to `out` (gzip'd tar: the workspace's files under
 /// `workspace/`, then `manifest.json`); returns its manifest.
-pub fn write(workspace: &Path, source: Source, out: impl Write) -> Result<Manifest, SnapshotError> {
+pub fn write(workspace: &Path, origin: Origin, out: impl Write) -> Result<Manifest, SnapshotError> {
     let (files, skipped) = collect(workspace)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
-        clawfleet_version: source.clawfleet_version,
-        created_at: source.created_at,
-        source: source.source,
-        fleet: source.fleet,
-        slot: source.slot,
-        brain: source.brain,
-        system_prompt: source.system_prompt,
-        fleet_version: source.fleet_version,
+        origin,
         journal: journal(workspace),
         turns: turns(&files),
         files: files.iter().map(|(p, b)| (p.clone(), sha256(b))).collect(),
@@ -270,8 +250,8 @@ pub fn unpack(snapshot: &Snapshot, workspace: &Path) -> Result<(), SnapshotError
 mod tests {
     use super::*;
 
-    fn source() -> Source {
-        Source {
+    fn source() -> Origin {
+        Origin {
             clawfleet_version: "0.1.0".into(),
             created_at: "2026-12-03T12:00:00Z".into(),
             source: "http://127.0.0.1:8080".into(),
