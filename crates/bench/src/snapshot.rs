@@ -73,7 +73,7 @@ pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         }
         their_size = std::fs::metadata(&out)?.len() as usize;
     }
-    let (o50, t50) = (percentile(&mut ours, 50.0), percentile(&mut theirs, 50.0));
+    let (o50, t50) = (percentile(&mut ours, 0.5), percentile(&mut theirs, 0.5));
     rows.push(Row {
         name: "snapshot of an agent with a 1,000-turn conversation",
         result: format!("p50 {o50:.1} ms, {:.0} KiB", size as f64 / 1024.0),

@@ -982,9 +982,13 @@ pub(crate) struct QueueShowArgs {
 pub(crate) struct SnapshotArgs {
     /// The agent: FLEET/SLOT.
     pub agent: String,
-    /// Where to write it [default: FLEET-SLOT.cfsnap]; an existing file is not overwritten.
+    /// Where to write it [default: FLEET-SLOT.cfsnap, or FLEET-SLOT.af]; an existing file is not overwritten.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// cfsnap (clawfleet's archive), or af (Letta's Agent File: system prompt, conversation and
+    /// brain; what it cannot hold is listed).
+    #[arg(long, default_value = "cfsnap", value_parser = ["cfsnap", "af"])]
+    pub format: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -993,7 +997,7 @@ pub(crate) struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {
-    /// A snapshot (`clawfleet snapshot`).
+    /// A snapshot (`clawfleet snapshot`), or a Letta Agent File (`.af`).
     pub file: PathBuf,
     /// The fleet to restore into.
     #[arg(long)]

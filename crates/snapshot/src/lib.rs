@@ -5,13 +5,16 @@
 //! journal, its inbox, its pid and liveness files, a job's credentials) is left out. [`read`]
 //! verifies an archive before anything uses it: a truncated or foreign archive, an unknown
 //! format version, or a file whose sha256 is not the manifest's is refused, saying which.
-//! [`unpack`] writes a verified snapshot into a workspace.
+//! [`unpack`] writes a verified snapshot into a workspace. [`af`] maps snapshots to and from
+//! Letta's Agent File.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path};
 
 use clawfleet_proto::snapshot::{FORMAT, JournalPosition, MANIFEST, Manifest, Origin, VERSION, WORKSPACE_DIR};
+
+pub mod af;
 
 /// The largest snapshot taken or read (its files, uncompressed).
 pub const MAX_BYTES: u64 = 512 * 1024 * 1024;
@@ -153,12 +156,23 @@ pub fn files_of(workspace: &Path) -> Result<Files, SnapshotError> {
 /// `workspace/`, then `manifest.json`); returns its manifest.
 pub fn write(workspace: &Path, origin: Origin, out: impl Write) -> Result<Manifest, SnapshotError> {
     let (files, skipped) = collect(workspace)?;
+    write_files(&files, skipped, journal(workspace), origin, out)
+}
+
+/// Writes a snapshot of `files` (a workspace's, or an Agent File's, `af::files_of`).
+pub fn write_files(
+    files: &Files,
+    skipped: Vec<String>,
+    journal: Option<JournalPosition>,
+    origin: Origin,
+    out: impl Write,
+) -> Result<Manifest, SnapshotError> {
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
         origin,
-        journal: journal(workspace),
-        turns: turns(&files),
+        journal,
+        turns: turns(files),
         files: files.iter().map(|(p, b)| (p.clone(), sha256(b))).collect(),
         skipped,
     };
@@ -171,7 +185,7 @@ pub fn write(workspace: &Path, origin: Origin, out: impl Write) -> Result<Manife
         header.set_cksum();
         tar.append_data(&mut header, path, bytes)
     };
-    for (path, bytes) in &files {
+    for (path, bytes) in files {
         add(&format!("{WORKSPACE_DIR}/{path}"), bytes).map_err(unwritable)?;
     }
     add(MANIFEST, &serde_json::to_vec_pretty(&manifest).expect("a manifest serializes")).map_err(unwritable)?;

@@ -58,6 +58,33 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
     assert!(plane.fails(&["restore", file.to_str().unwrap(), "--into", "other", "--slot", "3"]).contains("fleet 'other' has no agent 3"));
     assert_eq!(history(&plane), 8, "nothing changed");
 
+    // As Letta's Agent File, and back: the system prompt and the turns; what it cannot hold is said.
+    let af = dir.path().join("squad-1.af");
+    let v = plane.json(&["snapshot", "squad/1", "--format", "af", "-o", af.to_str().unwrap(), "--json"]);
+    assert!(v["unmapped"][0].as_str().unwrap().starts_with("brain 'echo' is not a model"), "{v:#}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&af).unwrap()).unwrap();
+    let agent = &file["agents"][0];
+    assert_eq!((agent["system"].as_str(), agent["messages"].as_array().map(Vec::len)), (Some("Be terse."), Some(7)), "{agent:#}");
+    assert_eq!(agent["messages"][1]["content"][0]["text"], "one");
+    let done = plane.json(&["restore", af.to_str().unwrap(), "--into", "other", "--json"]);
+    assert_eq!((&done["turns"], &done["conversation_messages"], &done["from"]), (&3.into(), &6.into(), &"squad-1/0".into()), "{done:#}");
+    assert_eq!(history(&plane), 6);
+    let letta = dir.path().join("letta.af");
+    std::fs::write(
+        &letta,
+        r#"{"agents": [{"name": "loop", "system": "You are Loop.", "tools": [{"name": "send_message"}],
+        "llm_config": {"model": "claude-sonnet-4-5", "model_endpoint_type": "bedrock"},
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "remember 42"}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "noted"}]}]}]}"#,
+    )
+    .unwrap();
+    let text = plane.ok(&["restore", letta.to_str().unwrap(), "--into", "other"]);
+    assert!(text.contains("restored loop/0 into other/0: 1 turns") && text.contains("not restored: 1 tools"), "{text}");
+    assert!(text.contains("not restored: llm_config (endpoint type bedrock"), "{text}");
+    assert_eq!(history(&plane), 2);
+    std::fs::write(&letta, "{\"agents\": []}").unwrap();
+    assert!(plane.fails(&["restore", letta.to_str().unwrap(), "--into", "other"]).contains("not a Letta agent file: it has no agent"));
+
     // A brain that writes its secret into the workspace: no snapshot of it.
     let value = dir.path().join("value");
     std::fs::write(&value, "s3cr3t-value-42").unwrap();
