@@ -79,7 +79,7 @@ pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         result: format!("p50 {o50:.1} ms, {:.0} KiB", size as f64 / 1024.0),
         goal: "no slower than the hatchery way, and smaller",
         notes: format!(
-            "{turns} turns of a local echo agent, through the API (verified archive, secrets scan included); the hatchery way on the same \
+            "{turns} turns of a local echo agent, through the API (the workspace read, scanned for secrets, tarred and gzip'd); the hatchery way on the same \
              workspace (cp -a of the state directory, as docker cp makes one, then tar -czf): p50 {t50:.1} ms, {:.0} KiB; time ratio \
              clawfleet/hatchery {:.2}, size ratio {:.2} (the snapshot leaves out the event journal and inbox: the workspace is {:.0} KiB); \
              {RUNS} runs each",
