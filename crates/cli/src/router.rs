@@ -167,7 +167,8 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         }
         EventBody::ExecApprovalRequired { approval_id, call_id, command, cwd, reason } => {
             d.insert("approval_id".into(), json!(approval_id.map(|a| a.to_string())));
-            d.insert("approvals_version".into(), json!(e.id));
+            // The approvals' version is set by the follower, as `approvals_list` counts it.
+            d.insert("approvals_version".into(), Value::Null);
             d.insert("turn_id".into(), Value::Null);
             d.insert("call_id".into(), json!(call_id));
             d.insert("command".into(), json!(command));
@@ -184,7 +185,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             d.insert("call_id".into(), json!(call_id));
             d.insert("approved".into(), json!(approved));
             d.insert("decision".into(), json!(decision));
-            d.insert("approvals_version".into(), json!(e.id));
+            d.insert("approvals_version".into(), Value::Null);
             "exec_approval_submitted"
         }
         EventBody::ExecApprovalResolved { call_id, approved, .. } => {
@@ -193,7 +194,7 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
             d.insert("call_id".into(), json!(call_id));
             d.insert("approved".into(), json!(approved));
             d.insert("source".into(), json!("worker"));
-            d.insert("approvals_version".into(), json!(e.id));
+            d.insert("approvals_version".into(), Value::Null);
             "exec_approval_resolved"
         }
         // A cancelled item shows as the queue_updated that follows every queue event.
@@ -850,7 +851,13 @@ async fn follow(router: Arc<Router>) {
                         Ok(e) => {
                             since = Some(e.id);
                             let translated = translate(&e, &mut router.correlation.lock().expect("not poisoned"));
-                            if let Some(ev) = translated {
+                            if let Some(mut ev) = translated {
+                                // The approvals' version, as `approvals_list` says it.
+                                if ev.event.starts_with("exec_approval_")
+                                    && let Ok(list) = router.client.get::<ApprovalList>("/api/v1/approvals").await
+                                {
+                                    ev.data["approvals_version"] = json!(list.version);
+                                }
                                 router.emit(ev);
                             }
                             // The reference follows every change of a project with the snapshot

@@ -55,7 +55,7 @@ fn too_long(what: &str, text: &str, most: usize) -> Option<String> {
 /// (its id written into the event), a resolution ends the approval it answers. `Some(reason)`:
 /// refused, and nothing changed.
 pub(crate) fn take(tx: &Transaction<'_>, event: &mut NewEvent, slot: u32) -> Result<Option<String>> {
-    let (fleet, at, injection) = (event.fleet.clone(), event.at.clone(), event.injection_id.clone());
+    let (fleet, injection) = (event.fleet.clone(), event.injection_id.clone());
     match &mut event.body {
         EventBody::ExecApprovalRequired { approval_id, call_id, command, cwd, reason } => {
             if injection.is_none() {
@@ -81,19 +81,21 @@ pub(crate) fn take(tx: &Transaction<'_>, event: &mut NewEvent, slot: u32) -> Res
             if asked.is_some() {
                 return Ok(Some(format!("call {call_id} asked for an approval already")));
             }
+            // Asked at the control plane's time, not the agent's (whose clock may be off): the
+            // timeout counts from it.
             tx.execute(
                 "INSERT INTO approvals (fleet, slot, call_id, injection_id, command, cwd, reason, status, created_at, updated_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?9)",
-                params![fleet, slot, &*call_id, injection, &*command, &*cwd, &*reason, at, next_version(tx)?],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?8)",
+                params![fleet, slot, &*call_id, injection, &*command, &*cwd, &*reason, next_version(tx)?],
             )?;
             *approval_id = Some(tx.last_insert_rowid() as u64);
             Ok(None)
         }
         EventBody::ExecApprovalResolved { call_id, .. } => {
             let n = tx.execute(
-                "UPDATE approvals SET status = 'resolved', updated_at = ?4, version = ?5
+                "UPDATE approvals SET status = 'resolved', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), version = ?4
                  WHERE fleet = ?1 AND slot = ?2 AND call_id = ?3 AND status = 'submitted'",
-                params![fleet, slot, &*call_id, at, next_version(tx)?],
+                params![fleet, slot, &*call_id, next_version(tx)?],
             )?;
             Ok((n == 0).then(|| format!("no answer was sent for call {}", call_id.chars().take(64).collect::<String>())))
         }

@@ -1018,12 +1018,15 @@ fn an_approval_is_answered_once_and_ends_when_its_agent_takes_the_answer() {
     assert_eq!(took(1, 2, "c1"), ["Some(1) exec_approval_resolved refused: no answer was sent for call c1"]);
     assert_eq!(store.approval(1).unwrap().status, ApprovalStatus::Resolved);
     // The other waited too long: a no.
-    let expired = store.expire_approvals("u", "t9", "the control plane (no answer in 300 s)").unwrap();
+    // Asked at the store's time (the agent said "t"): one asked before the year 3000 has waited.
+    assert!(store.approval(2).unwrap().created_at.starts_with("20"), "{:?}", store.approval(2).unwrap().created_at);
+    assert!(store.expire_approvals("2000-01-01T00:00:00.000Z", "t9", "x").unwrap().is_empty());
+    let expired = store.expire_approvals("3000-01-01T00:00:00.000Z", "t9", "the control plane (no answer in 300 s)").unwrap();
     assert_eq!(expired.len(), 1);
     let (a, ev) = &expired[0];
     assert_eq!((a.approval_id, a.approved, a.decision.as_deref()), (2, Some(false), Some("timeout")));
     assert!(matches!(&ev.body, EventBody::ExecApprovalSubmitted { approved: false, .. }));
-    assert!(store.expire_approvals("u", "t9", "x").unwrap().is_empty());
+    assert!(store.expire_approvals("3000-01-01T00:00:00.000Z", "t9", "x").unwrap().is_empty());
     let open: Vec<u64> = store.approvals(None, false).unwrap().approvals.iter().map(|a| a.approval_id).collect();
     assert_eq!(open, [2], "taken approvals leave the list");
     assert_eq!(store.approvals(None, true).unwrap().approvals.len(), 2);

@@ -103,6 +103,9 @@ fn an_agent_asks_before_it_runs_its_command_and_runs_it_only_when_approved() {
     stdin.write_all(command("approve_execution", "d1", deny.clone()).as_bytes()).unwrap();
     let submitted = wait_for(&rx, "exec_approval_submitted", |v| v["event"] == "exec_approval_submitted");
     assert_eq!((&submitted["data"]["request_id"], &submitted["data"]["approved"]), (&json!("d1"), &json!(false)), "{submitted}");
+    // Events count the approvals' version as approvals_list does: the answer moved it on.
+    let listed = list["data"]["approvals_version"].as_u64().unwrap();
+    assert!(submitted["data"]["approvals_version"].as_u64().unwrap() > listed, "{submitted} after {listed}");
     let resolved = wait_for(&rx, "exec_approval_resolved", |v| v["event"] == "exec_approval_resolved");
     assert_eq!((&resolved["data"]["request_id"], &resolved["data"]["call_id"]), (&json!("d1"), &b["call_id"]), "{resolved}");
     assert_eq!(ended(&plane, &second), "error: the command was not approved (cancel); it did not run");
