@@ -1002,9 +1002,13 @@ pub(crate) struct RestoreArgs {
     /// The fleet to restore into.
     #[arg(long)]
     pub into: String,
-    /// Its agent.
-    #[arg(long, default_value_t = 0)]
-    pub slot: u32,
+    /// Its agent (idle); without it, a new agent: the fleet grows by one and the new agent,
+    /// once it is idle, takes the snapshot.
+    #[arg(long)]
+    pub slot: Option<u32>,
+    /// How long a new agent may take to be idle.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -54,6 +54,29 @@ pub(crate) async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Grows `fleet` by one agent and waits until the new agent is idle; its slot.
+async fn new_agent(client: &crate::client::Client, fleet: &str, timeout: std::time::Duration) -> anyhow::Result<u32> {
+    use clawfleet_proto::api::{Fleet, FleetStatus, ScaleRequest};
+    let status: FleetStatus = client.get(&format!("/api/v1/fleets/{fleet}")).await?;
+    let slot = status.fleet.replicas;
+    let _: Fleet = client.post(&format!("/api/v1/fleets/{fleet}/scale"), &ScaleRequest { replicas: slot + 1 }).await?;
+    outln!("{fleet} grows to {} agents; waiting for {fleet}/{slot} to be idle", slot + 1);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status: FleetStatus = client.get(&format!("/api/v1/fleets/{fleet}")).await?;
+        if status.agents.iter().any(|a| a.slot == slot && a.state == "idle") {
+            return Ok(slot);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{fleet}/{slot} was not idle within {} s; nothing was restored (the fleet keeps its new agent)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Writes a new file, readable by its owner only.
 fn save(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
@@ -96,7 +119,11 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     // Verified here first: a bad file is refused before anything is sent.
     clawfleet_snapshot::read(bytes.as_slice()).with_context(|| format!("{}", args.file.display()))?;
     let client = args.client.client()?;
-    let path = format!("/api/v1/fleets/{}/agents/{}/restore", args.into, args.slot);
+    let slot = match args.slot {
+        Some(slot) => slot,
+        None => new_agent(&client, &args.into, args.timeout).await?,
+    };
+    let path = format!("/api/v1/fleets/{}/agents/{slot}/restore", args.into);
     let done: clawfleet_proto::api::RestoreResponse = client.post_bytes(&path, "application/gzip", bytes).await?;
     if args.json {
         let mut v = serde_json::to_value(&done).expect("json");

@@ -37,13 +37,14 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
     // Restored into another fleet's idle agent: it holds the three turns, and goes on.
     plane.ok(&["launch", "other", "--brain", "echo", "--wait"]);
     plane.ok(&["inject", "other", "its own turn", "--wait"]);
-    let done = plane.json(&["restore", file.to_str().unwrap(), "--into", "other", "--json"]);
+    let done = plane.json(&["restore", file.to_str().unwrap(), "--into", "other", "--slot", "0", "--json"]);
     assert_eq!(
         (&done["agent"], &done["from"], &done["turns"], &done["reloaded"], &done["conversation_messages"]),
         (&"other/0".into(), &"squad/1".into(), &3.into(), &true.into(), &6.into()),
         "{done:#}"
     );
-    let history = |p: &Plane| p.json(&["command", "other", "status-report", "--json"])["results"][0]["result"]["history_len"].clone();
+    let history =
+        |p: &Plane| p.json(&["command", "other", "status-report", "--agent", "0", "--json"])["results"][0]["result"]["history_len"].clone();
     assert_eq!(history(&plane), 6);
     plane.ok(&["inject", "other", "four", "--wait"]);
     assert_eq!(history(&plane), 8, "the restored agent goes on from the restored conversation");
@@ -51,12 +52,21 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
     let bytes = std::fs::read(&file).unwrap();
     let cut = dir.path().join("cut.cfsnap");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let err = plane.fails(&["restore", cut.to_str().unwrap(), "--into", "other"]);
+    let err = plane.fails(&["restore", cut.to_str().unwrap(), "--into", "other", "--slot", "0"]);
     assert!(err.contains("the archive is truncated or is not a clawfleet snapshot"), "{err}");
     let (status, body) = plane.http("POST", "/api/v1/fleets/other/agents/0/restore", Some(&plane.token()), None);
     assert_eq!((status, &body["code"]), (400, &"bad_request".into()), "an empty body: {body}");
     assert!(plane.fails(&["restore", file.to_str().unwrap(), "--into", "other", "--slot", "3"]).contains("fleet 'other' has no agent 3"));
     assert_eq!(history(&plane), 8, "nothing changed");
+
+    // Into a new agent: the fleet grows by one, and its new agent starts from the snapshot.
+    let text = plane.ok(&["restore", file.to_str().unwrap(), "--into", "other"]);
+    assert!(text.contains("other grows to 2 agents") && text.contains("restored squad/1 into other/1: 3 turns"), "{text}");
+    let history1 =
+        plane.json(&["command", "other", "status-report", "--agent", "1", "--json"])["results"][0]["result"]["history_len"].clone();
+    assert_eq!(history1, 6);
+    assert_eq!(history(&plane), 8, "agent 0 is as it was");
+    plane.ok(&["scale", "other", "1", "--wait"]);
 
     // As Letta's Agent File, and back: the system prompt and the turns; what it cannot hold is said.
     let af = dir.path().join("squad-1.af");
@@ -66,7 +76,7 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
     let agent = &file["agents"][0];
     assert_eq!((agent["system"].as_str(), agent["messages"].as_array().map(Vec::len)), (Some("Be terse."), Some(7)), "{agent:#}");
     assert_eq!(agent["messages"][1]["content"][0]["text"], "one");
-    let done = plane.json(&["restore", af.to_str().unwrap(), "--into", "other", "--json"]);
+    let done = plane.json(&["restore", af.to_str().unwrap(), "--into", "other", "--slot", "0", "--json"]);
     assert_eq!((&done["turns"], &done["conversation_messages"], &done["from"]), (&3.into(), &6.into(), &"squad-1/0".into()), "{done:#}");
     assert_eq!(history(&plane), 6);
     let letta = dir.path().join("letta.af");
@@ -78,12 +88,16 @@ fn an_agents_snapshot_holds_its_turns_and_never_a_secret() {
                      {"role": "assistant", "content": [{"type": "text", "text": "noted"}]}]}]}"#,
     )
     .unwrap();
-    let text = plane.ok(&["restore", letta.to_str().unwrap(), "--into", "other"]);
+    let text = plane.ok(&["restore", letta.to_str().unwrap(), "--into", "other", "--slot", "0"]);
     assert!(text.contains("restored loop/0 into other/0: 1 turns") && text.contains("not restored: 1 tools"), "{text}");
     assert!(text.contains("not restored: llm_config (endpoint type bedrock"), "{text}");
     assert_eq!(history(&plane), 2);
     std::fs::write(&letta, "{\"agents\": []}").unwrap();
-    assert!(plane.fails(&["restore", letta.to_str().unwrap(), "--into", "other"]).contains("not a Letta agent file: it has no agent"));
+    assert!(
+        plane
+            .fails(&["restore", letta.to_str().unwrap(), "--into", "other", "--slot", "0"])
+            .contains("not a Letta agent file: it has no agent")
+    );
 
     // A brain that writes its secret into the workspace: no snapshot of it.
     let value = dir.path().join("value");
