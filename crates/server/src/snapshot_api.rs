@@ -94,19 +94,10 @@ pub(super) async fn restore(
         return Err(ApiError::conflict(format!("agent {name}/{slot} is {}: a snapshot is restored into an idle agent", state.as_str())));
     }
     let m = snapshot.manifest.clone();
-    tokio::task::spawn_blocking(move || {
-        // The restored conversation is the whole of it: the agent's own older part goes.
-        if !snapshot.files.contains_key("conversation.1.jsonl") {
-            let _ = std::fs::remove_file(workspace.join("conversation.1.jsonl"));
-        }
-        if !snapshot.files.contains_key("conversation.jsonl") {
-            let _ = std::fs::write(workspace.join("conversation.jsonl"), b"");
-        }
-        clawfleet_snapshot::unpack(&snapshot, &workspace)
-    })
-    .await
-    .map_err(|e| ApiError::internal("restoring a snapshot", e))?
-    .map_err(|e| ApiError::conflict(e.to_string()))?;
+    tokio::task::spawn_blocking(move || clawfleet_snapshot::unpack(&snapshot, &workspace))
+        .await
+        .map_err(|e| ApiError::internal("restoring a snapshot", e))?
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
     let actor = caller.0.audit_name();
     let o = &m.origin;
     let detail = format!("agent {slot}: from {}/{} of {}, {} turns, {} files", o.fleet, o.slot, o.source, m.turns, m.files.len());

@@ -247,8 +247,36 @@ pub fn read(input: impl Read) -> Result<Snapshot, SnapshotError> {
     Ok(Snapshot { manifest, files })
 }
 
-/// Writes a verified snapshot's files into `workspace` (created if missing).
+/// The first link on the way from `workspace` to `path` (its own path included), if any: what
+/// an unpack must not follow (an agent may leave links in its workspace, to anywhere).
+fn link_on_the_way(workspace: &Path, path: &str) -> Option<String> {
+    let mut at = workspace.to_path_buf();
+    for part in path.split('/') {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Some(at.display().to_string()),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Writes a verified snapshot's files into `workspace` (created if missing), never through a
+/// link the workspace holds (checked before anything is written). The conversation becomes
+/// wholly the snapshot's: a log it does not have is emptied.
 pub fn unpack(snapshot: &Snapshot, workspace: &Path) -> Result<(), SnapshotError> {
+    let paths = snapshot.files.keys().map(String::as_str).chain(LOGS.iter().copied());
+    if let Some(link) = paths.into_iter().find_map(|p| link_on_the_way(workspace, p)) {
+        let error = std::io::Error::other("it is a link in the workspace, which a restore does not follow");
+        return Err(SnapshotError::Unpack { path: link, error });
+    }
+    for log in LOGS.iter().filter(|l| !snapshot.files.contains_key(**l)) {
+        let to = workspace.join(log);
+        if to.exists() {
+            std::fs::write(&to, b"").map_err(|error| SnapshotError::Unpack { path: to.display().to_string(), error })?;
+        }
+    }
     for (path, bytes) in &snapshot.files {
         let to = workspace.join(path);
         let failed = |error| SnapshotError::Unpack { path: to.display().to_string(), error };
@@ -316,6 +344,14 @@ mod tests {
         let into = tempfile::tempdir().unwrap();
         unpack(&snap, into.path()).unwrap();
         assert_eq!(std::fs::read_to_string(into.path().join("repo/src/main.rs")).unwrap(), "fn main() {}\n");
+        // A link the workspace holds is not followed: nothing is written.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let trap = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), trap.path().join("repo")).unwrap();
+        let err = unpack(&snap, trap.path()).unwrap_err().to_string();
+        assert!(err.ends_with("repo: it is a link in the workspace, which a restore does not follow"), "{err}");
+        assert!(std::fs::read_dir(elsewhere.path()).unwrap().next().is_none(), "nothing written through the link");
+        assert!(!trap.path().join("conversation.jsonl").exists(), "nothing written at all");
     }
 
     /// Rebuilds an archive with its files changed by `f` (path, content), the manifest as is.
