@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clawfleet_proto::approval::{Approval, ApprovalAnswer, ApprovalList, ApprovalStatus};
 
-use crate::args::{ApprovalAnswerArgs, ApprovalShowArgs, ApprovalsCommand, ApprovalsListArgs};
+use crate::args::{ApprovalAnswerArgs, ApprovalShowArgs, ApprovalsCommand, ListArgs};
 use crate::fleet::print_json;
 use crate::output::table;
 
@@ -46,7 +46,7 @@ fn rows(approvals: &[Approval]) -> String {
     table(&["ID", "AGENT", "STATUS", "ASKED", "COMMAND"], &rows)
 }
 
-async fn list(args: ApprovalsListArgs) -> anyhow::Result<ExitCode> {
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let path = crate::client::list_path("/api/v1/approvals", args.fleet.as_deref(), args.all);
     let list: ApprovalList = client.get(&path).await?;

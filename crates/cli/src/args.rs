@@ -929,7 +929,7 @@ pub(crate) enum QueueCommand {
     /// injected once that agent is idle and holds no other work.
     Add(QueueAddArgs),
     /// What waits, oldest first (--all: the newest items of every status).
-    List(QueueListArgs),
+    List(ListArgs),
     /// One item: where it is, and where it went.
     Show(QueueShowArgs),
     /// Cancel an item that has not been dispatched yet.
@@ -955,12 +955,13 @@ pub(crate) struct QueueAddArgs {
     pub client: ClientArgs,
 }
 
+/// A list of what waits (queued items, approvals), of one fleet or of all.
 #[derive(Debug, Args)]
-pub(crate) struct QueueListArgs {
-    /// Only this fleet's items.
+pub(crate) struct ListArgs {
+    /// Only this fleet's.
     #[arg(long)]
     pub fleet: Option<String>,
-    /// Every status, not only what waits.
+    /// Every status, not only what waits (the newest).
     #[arg(long)]
     pub all: bool,
     #[arg(long)]
@@ -1018,27 +1019,13 @@ pub(crate) struct RestoreArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApprovalsCommand {
     /// What waits for an answer, or for its agent to take it (--all: the newest of every status).
-    List(ApprovalsListArgs),
+    List(ListArgs),
     /// One approval.
     Show(ApprovalShowArgs),
     /// Let the agent run the command it asked about.
     Approve(ApprovalAnswerArgs),
     /// Refuse: the agent's turn ends without running the command.
     Deny(ApprovalAnswerArgs),
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct ApprovalsListArgs {
-    /// Only this fleet's approvals.
-    #[arg(long)]
-    pub fleet: Option<String>,
-    /// Every status, not only what waits.
-    #[arg(long)]
-    pub all: bool,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

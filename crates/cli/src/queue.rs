@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clawfleet_proto::queue::{QueueAdd, QueueItem, QueueList};
 
-use crate::args::{QueueAddArgs, QueueCommand, QueueListArgs, QueueShowArgs};
+use crate::args::{ListArgs, QueueAddArgs, QueueCommand, QueueShowArgs};
 use crate::fleet::print_json;
 use crate::output::table;
 
@@ -70,7 +70,7 @@ async fn add(args: QueueAddArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(args: QueueListArgs) -> anyhow::Result<ExitCode> {
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let client = args.client.client()?;
     let path = crate::client::list_path("/api/v1/queue", args.fleet.as_deref(), args.all);
     let list: QueueList = client.get(&path).await?;
