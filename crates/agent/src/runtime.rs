@@ -633,7 +633,7 @@ impl Agent {
                     approval_id: None,
                     call_id: call_id.clone(),
                     command: command.chars().take(clawfleet_proto::approval::MAX_COMMAND_BYTES / 4).collect(),
-                    cwd: Some(self.ws.dir().display().to_string()),
+                    cwd: Some(self.ws.dir().display().to_string().chars().take(clawfleet_proto::approval::MAX_DETAIL_BYTES / 4).collect()),
                     reason: Some(format!("fleet '{}' asks before its brain runs its command", self.config.agent.fleet)),
                 };
                 self.emit(Some(&injection_id), body);

@@ -1,8 +1,8 @@
 //! Execution approvals, a step of the work loop (`crate::project::run`): an approval pending
 //! longer than the control plane's `--approval-timeout` is refused (a timeout is a no), and
 //! every answer its agent has not taken yet is sent to it (at once, then again every
-//! [`RESEND_SECONDS`] until the agent's `exec_approval_resolved` is stored); each fleet keeps
-//! its newest [`RESOLVED_KEPT_PER_FLEET`] resolved approvals.
+//! [`RESEND_SECONDS`] until the agent's `exec_approval_resolved` is stored, or its agent is
+//! gone); each fleet keeps its newest [`RESOLVED_KEPT_PER_FLEET`] resolved approvals.
 
 use std::sync::Arc;
 
@@ -35,6 +35,14 @@ pub(crate) async fn step(app: &Arc<App>) -> Result<(), StoreError> {
     }
     let sent_before = clock::rfc3339_ago(RESEND_SECONDS);
     for a in app.db.run(move |s| s.unsent_approvals(&sent_before)).await? {
+        let f = a.fleet.clone();
+        let row = app.db.run(move |s| s.fleet(&f)).await?;
+        if row.is_none_or(|r| a.agent >= r.replicas) {
+            // Its agent is gone: no one will take the answer.
+            let id = a.approval_id;
+            app.db.run(move |s| s.abandon_approval(id)).await?;
+            continue;
+        }
         send(app, &a).await?;
     }
     Ok(())

@@ -213,6 +213,19 @@ impl Store {
         })
     }
 
+    /// Ends an answered approval whose agent is gone (its fleet deleted or scaled below it):
+    /// nothing is there to take the answer.
+    pub fn abandon_approval(&self, id: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE approvals SET status = 'resolved', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), version = ?2
+                 WHERE id = ?1 AND status = 'submitted'",
+                params![id as i64, next_version(c)?],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Notes that an approval's answer went to its agent.
     pub fn approval_sent(&self, id: u64, at: &str) -> Result<()> {
         self.with(|c| {

@@ -1030,7 +1030,11 @@ fn an_approval_is_answered_once_and_ends_when_its_agent_takes_the_answer() {
     let open: Vec<u64> = store.approvals(None, false).unwrap().approvals.iter().map(|a| a.approval_id).collect();
     assert_eq!(open, [2], "taken approvals leave the list");
     assert_eq!(store.approvals(None, true).unwrap().approvals.len(), 2);
-    // Resolved ones beyond the newest are forgotten; the one still submitted stays.
-    assert_eq!(store.prune_approvals(0).unwrap(), 1);
+    // One whose agent is gone ends (it is resolved, answered as it was).
+    store.abandon_approval(2).unwrap();
+    assert_eq!(store.approval(2).unwrap().status, ApprovalStatus::Resolved);
+    assert!(store.unsent_approvals("3000-01-01T00:00:00.000Z").unwrap().is_empty());
+    // Resolved ones beyond the newest are forgotten.
+    assert_eq!(store.prune_approvals(1).unwrap(), 1);
     assert_eq!(store.approvals(None, true).unwrap().approvals.iter().map(|a| a.approval_id).collect::<Vec<_>>(), [2]);
 }

@@ -146,4 +146,15 @@ fn an_agent_asks_before_it_runs_its_command_and_runs_it_only_when_approved() {
     let c = pending(&plane).pop().unwrap();
     plane.ok(&["approvals", "approve", &c["approval_id"].to_string()]);
     assert_eq!(ended(&plane, &brainless), "answer: ran after");
+
+    // An approval whose agent is gone ends: refused at its timeout, then no one to send it to.
+    inject(&plane, "never");
+    let d = asked(&plane, "an approval that will have no agent");
+    plane.ok(&["terminate", "ops", "--wait"]);
+    let ended = eventually(Duration::from_secs(60), "the orphaned approval to end", || {
+        let a = plane.json(&["approvals", "show", &d["approval_id"].to_string(), "--json"]);
+        (a["status"] == "resolved").then_some(a)
+    });
+    assert_eq!(ended["approved"], false, "{ended}");
+    assert_eq!(plane.ok(&["approvals", "list"]).trim(), "nothing waits for an approval");
 }
