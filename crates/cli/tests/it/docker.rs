@@ -375,14 +375,14 @@ fn the_first_docker_fleet_builds_the_default_image() {
     assert!(!built.is_empty(), "the image {tag} was built");
 }
 
-/// The agent image with a shell and the tools a `cmd:` brain probes with (the default image
-/// holds only the agent).
-fn build_with_shell(tag: &str) {
+/// The agent image with host programs beside it (each with the libraries it links) and host
+/// directories copied as they are: what a test's brains need in their containers.
+fn build_with(tag: &str, programs: &[&str], trees: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
-    let mut files = vec![std::path::PathBuf::from("/bin/sh"), "/bin/cat".into(), "/usr/bin/head".into()];
-    for program in files.clone() {
-        let ldd = Command::new("ldd").arg(&program).output().unwrap();
+    let mut files: Vec<std::path::PathBuf> = programs.iter().map(std::path::PathBuf::from).collect();
+    for program in programs {
+        let ldd = Command::new("ldd").arg(program).output().unwrap();
         let text = String::from_utf8_lossy(&ldd.stdout).into_owned();
         files.extend(text.split_whitespace().filter(|w| w.starts_with('/')).map(std::path::PathBuf::from));
     }
@@ -391,9 +391,33 @@ fn build_with_shell(tag: &str) {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(file.canonicalize().unwrap(), &to).unwrap();
     }
+    for tree in trees {
+        let to = rootfs.join(std::path::Path::new(tree).parent().unwrap().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        let out = Command::new("cp").arg("-a").arg(tree).arg(&to).output().unwrap();
+        assert!(out.status.success(), "copying {tree}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     std::fs::write(dir.path().join("Dockerfile"), format!("FROM {IMAGE}\nCOPY rootfs/ /\n")).unwrap();
     let out = Command::new("docker").args(["build", "-q", "-t", tag]).arg(dir.path()).env("DOCKER_BUILDKIT", "0").output().unwrap();
     assert!(out.status.success(), "building {tag}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The agent image with a shell, `cat` and `head`.
+fn build_with_shell(tag: &str) {
+    build_with(tag, &["/bin/sh", "/bin/cat", "/usr/bin/head"], &[]);
+}
+
+/// Removes a test's service and network when the test ends, however it ends.
+struct Cleanup {
+    service: String,
+    network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["service", "rm", &self.service]).output();
+        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
 }
 
 /// A docker agent's fleet key (a Docker secret, /run/secrets) derives every agent's bus login
@@ -407,14 +431,7 @@ fn a_docker_brain_cannot_read_its_agents_secrets() {
     let network = format!("cf-nosy-{}", std::process::id());
     let plane = Plane::with(PlaneOptions { docker: Some((host, network.clone())), ..PlaneOptions::default() });
     let fleet = "dnosy";
-    struct Guard(String);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = Command::new("docker").args(["service", "rm", "clawfleet-dnosy"]).output();
-            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
-        }
-    }
-    let _guard = Guard(network);
+    let _cleanup = Cleanup { service: "clawfleet-dnosy".into(), network };
     // Its brain gets the fleet's variables and secrets, though (a Docker secret of their own).
     let value = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(value.path(), "d0cker-s3cret").unwrap();
@@ -438,30 +455,10 @@ fn a_docker_brain_cannot_read_its_agents_secrets() {
     plane.ok(&["terminate", fleet, "--wait"]);
 }
 
-/// The agent image with git beside it (Debian's, with the libraries it links, and a shell):
-/// what a code project's workers need in their containers.
+/// The agent image with git (Debian's, its helpers as they are) and a shell: what a code
+/// project's workers need in their containers.
 fn build_with_git(tag: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("rootfs");
-    let mut files: Vec<std::path::PathBuf> = vec!["/usr/bin/git".into(), "/usr/bin/dash".into()];
-    for bin in ["/usr/bin/git", "/usr/bin/dash"] {
-        let ldd = Command::new("ldd").arg(bin).output().unwrap();
-        files.extend(String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')).map(Into::into));
-    }
-    for f in &files {
-        let to = root.join(f.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(f, &to).unwrap();
-    }
-    // git's helpers (links to git itself, mostly), kept as they are.
-    let core = root.join("usr/lib");
-    std::fs::create_dir_all(&core).unwrap();
-    let out = Command::new("cp").args(["-a", "/usr/lib/git-core"]).arg(&core).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::os::unix::fs::symlink("/usr/bin/dash", root.join("bin/sh")).unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {IMAGE}\nCOPY rootfs/ /\n")).unwrap();
-    docker(&["build", "-q", "-t", tag, dir.path().to_str().unwrap()]);
+    build_with(tag, &["/bin/sh", "/usr/bin/git"], &["/usr/lib/git-core"]);
 }
 
 /// A code project on a docker fleet: the control plane prepares each worker's clone in its
@@ -477,14 +474,7 @@ fn a_code_project_runs_on_docker_workers() {
     let network = format!("cf-proj-{}", std::process::id());
     let plane = Plane::with(PlaneOptions { heartbeat_ms: 500, docker: Some((host, network.clone())), ..PlaneOptions::default() });
     let fleet = "dcrew";
-    struct Guard(String);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = Command::new("docker").args(["service", "rm", "clawfleet-dcrew"]).output();
-            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
-        }
-    }
-    let _guard = Guard(network);
+    let _cleanup = Cleanup { service: "clawfleet-dcrew".into(), network };
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let git = |args: &[&str]| {
