@@ -277,13 +277,28 @@ pub fn unpack(snapshot: &Snapshot, workspace: &Path) -> Result<(), SnapshotError
             std::fs::write(&to, b"").map_err(|error| SnapshotError::Unpack { path: to.display().to_string(), error })?;
         }
     }
+    // What is written belongs to whoever owns the workspace (an agent may run as a user of its
+    // own while the control plane writes as root).
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(workspace).map(|m| (m.uid(), m.gid())).ok();
     for (path, bytes) in &snapshot.files {
         let to = workspace.join(path);
         let failed = |error| SnapshotError::Unpack { path: to.display().to_string(), error };
+        let mut made = Vec::new();
+        let mut dir = to.parent();
+        while let Some(d) = dir.filter(|d| *d != workspace && !d.exists()) {
+            made.push(d.to_path_buf());
+            dir = d.parent();
+        }
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(failed)?;
         }
         std::fs::write(&to, bytes).map_err(failed)?;
+        if let Some((uid, gid)) = owner {
+            for p in made.iter().chain([&to]) {
+                std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(failed)?;
+            }
+        }
     }
     Ok(())
 }
@@ -400,6 +415,23 @@ mod tests {
         assert_eq!(refused(&bare), "the archive is not a clawfleet snapshot: it has no manifest.json");
         assert!(refused(&bytes[..bytes.len() / 2]).starts_with("the archive is truncated or is not a clawfleet snapshot"));
         assert!(refused(b"PK\x03\x04 a zip").starts_with("the archive is truncated or is not a clawfleet snapshot"));
+    }
+
+    /// Run as root (as CI runs): what a restore writes belongs to the workspace's owner.
+    #[test]
+    fn what_a_restore_writes_belongs_to_the_workspaces_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let (bytes, _) = archive();
+        let snap = read(bytes.as_slice()).unwrap();
+        let into = tempfile::tempdir().unwrap();
+        if std::os::unix::fs::chown(into.path(), Some(65534), Some(65534)).is_err() {
+            eprintln!("not root: the owner of a restore's files is not tested here");
+            return;
+        }
+        unpack(&snap, into.path()).unwrap();
+        for p in ["conversation.jsonl", "repo", "repo/src", "repo/src/main.rs"] {
+            assert_eq!(std::fs::metadata(into.path().join(p)).unwrap().uid(), 65534, "{p}");
+        }
     }
 
     #[test]
