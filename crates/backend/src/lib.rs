@@ -49,6 +49,8 @@ pub struct Deployment {
     pub endpoints: Endpoints,
     /// What its brains get in their environment beyond clawfleet's own.
     pub brain_env: BrainEnvironment,
+    /// Slots whose agents moved to another rack: never started here again.
+    pub vacated: std::collections::BTreeSet<u32>,
 }
 
 /// A fleet's brains' environment: its variables, and its secrets with their values (which
@@ -309,7 +311,8 @@ pub async fn converge(backend: &dyn Backend, deployment: &Deployment, memory: &m
         Rollout::Native => Plan::default(),
         Rollout::Planned => {
             let observed = backend.observe(deployment).await?;
-            let desired: Vec<ConfigKey> = (0..deployment.replicas).map(|slot| backend.key(deployment, slot)).collect();
+            let desired: Vec<Option<ConfigKey>> =
+                (0..deployment.replicas).map(|slot| (!deployment.vacated.contains(&slot)).then(|| backend.key(deployment, slot))).collect();
             clawfleet_core::plan::plan(memory, &desired, &observed, deployment.policy, now_ms)
         }
     };

@@ -102,6 +102,8 @@ pub(crate) enum Command {
     /// Restore a snapshot into an idle agent: its conversation and workspace files become the
     /// snapshot's (its own journal goes on), and it reads them again.
     Restore(RestoreArgs),
+    /// This rack and its peer racks (other control planes): whether each answers now.
+    Racks(RacksArgs),
     /// Execution approvals: agents that ask before they run a command (approve:cmd: brains)
     /// wait for an answer; see what waits, approve or deny it.
     #[command(subcommand)]
@@ -329,6 +331,16 @@ pub(crate) struct UpArgs {
     /// command) waits for an answer before it is refused
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub approval_timeout: std::time::Duration,
+    /// This control plane's rack name (1-64 of a-z, 0-9, '-') [default: the host's name]
+    #[arg(long, value_name = "NAME")]
+    pub rack: Option<String>,
+    /// A peer rack: another control plane's API (repeatable)
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
+    /// The file holding the `peer` token a peer rack made for this one (`clawfleet token
+    /// create --role peer` there); one per --peer
+    #[arg(long = "peer-token", value_name = "NAME=FILE")]
+    pub peer_tokens: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -997,6 +1009,14 @@ pub(crate) struct SnapshotArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct RacksArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {
     /// A snapshot (`clawfleet snapshot`), or a Letta Agent File (`.af`).
     pub file: PathBuf,
@@ -1249,8 +1269,9 @@ pub(crate) enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenCreateArgs {
-    /// operator (everything), observer (read-only: status, events, audit) or agent (as an agent
-    /// of --fleet: its own fleet's status and events, other fleets as --agent-policy allows).
+    /// operator (everything), observer (read-only: status, events, audit), agent (as an agent
+    /// of --fleet: its own fleet's status and events, other fleets as --agent-policy allows) or
+    /// peer (another rack's control plane: what racks ask of each other, nothing of any fleet).
     #[arg(long)]
     pub role: clawfleet_proto::api::Role,
     /// The only fleet the token may touch.

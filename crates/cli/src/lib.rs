@@ -37,6 +37,7 @@ mod model;
 mod output;
 mod project;
 mod queue;
+mod rack;
 pub mod router;
 mod snapshot;
 mod talk;
@@ -131,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approvals(c) => approvals::run(c).await,
         Command::Snapshot(a) => snapshot::run(a).await,
         Command::Restore(a) => snapshot::restore(a).await,
+        Command::Racks(a) => rack::racks(a).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

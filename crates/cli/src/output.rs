@@ -251,6 +251,10 @@ impl EventPrinter {
             EventBody::DeployFinished { deploy, outcome, reason } => {
                 format!("deploy #{deploy} {outcome}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())
             }
+            EventBody::Migration { state, peer, detail, .. } => format!("migration to/from rack {peer}: {state}: {detail}"),
+            EventBody::InjectForwarded { rack, agent, injection_id } => {
+                format!("forwarded to {agent} on rack {rack} (injection {injection_id})")
+            }
             EventBody::FleetTerminating {} => "terminating".into(),
             EventBody::FleetTerminated {} => "terminated".into(),
         };

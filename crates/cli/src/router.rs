@@ -201,6 +201,9 @@ pub fn translate(e: &Event, c: &mut Correlation) -> Option<RouterEvent> {
         EventBody::QueueCancelled { .. }
         // Launches are answered from the launch call itself, with the request id.
         | EventBody::FleetLaunched { .. }
+        // The reference router has no racks.
+        | EventBody::Migration { .. }
+        | EventBody::InjectForwarded { .. }
         | EventBody::FleetUpdated { .. }
         | EventBody::FleetChanged { .. }
         | EventBody::LeaderChanged { .. }

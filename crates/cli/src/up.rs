@@ -101,6 +101,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             None => clawfleet_core::authz::Policy::default(),
         },
         approval_timeout: args.approval_timeout,
+        rack: crate::rack::config(&args)?,
     })
     .await
     .map_err(|e| match &docker {
@@ -114,6 +115,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     outln!("  dashboard  {http}/");
     outln!("  API token  {}", data.join("token").display());
     outln!("  agents     local agents' sandbox: {}", server.agent_isolation());
+    if !args.peers.is_empty() {
+        let peers: Vec<&str> = args.peers.iter().filter_map(|p| p.split_once('=').map(|(n, _)| n)).collect();
+        outln!("  rack       {} (peers: {})", server.rack(), peers.join(", "));
+    }
     match server.broker_addr() {
         Some(addr) => outln!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
         None => outln!("  bus        external broker; agents use {}", server.bus_url()),

@@ -2,12 +2,14 @@
 //! missing or unknown token is 401, a forbidden action 403) with clawdinators' rule that an
 //! agent never deploys itself.
 //!
-//! Three roles:
+//! Four roles:
 //! - **operator**: everything (with a fleet scope, everything on that fleet only);
 //! - **observer**: reading (status, events, injections, audit), never changing anything;
 //! - **agent** (one agent's own token): reading its own fleet and its own events, and asking
 //!   for changes to *other* fleets where the control plane's [`Policy`] allows; never
-//!   deploying, updating, scaling or terminating its own fleet ("refusing self-deploy").
+//!   deploying, updating, scaling or terminating its own fleet ("refusing self-deploy");
+//! - **peer** (another rack's control plane): what racks ask of each other ([`Action::Peer`]:
+//!   rack information, migrations into this rack), nothing of any fleet.
 
 use std::collections::BTreeSet;
 
@@ -67,6 +69,9 @@ pub enum Action {
     ManageTokens,
     /// Setting, listing (names only) and removing the secrets brains get.
     ManageSecrets,
+    /// What one rack asks of another: its rack information, and offering, completing and
+    /// aborting migrations into it.
+    Peer,
 }
 
 impl Action {
@@ -84,6 +89,7 @@ impl Action {
             Action::Command => "command",
             Action::ManageTokens => "manage-tokens",
             Action::ManageSecrets => "manage-secrets",
+            Action::Peer => "peer",
         }
     }
 
@@ -101,7 +107,7 @@ impl std::str::FromStr for Action {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Action, String> {
-        const ALL: [Action; 12] = [
+        const ALL: [Action; 13] = [
             Action::Read,
             Action::ReadAudit,
             Action::Join,
@@ -114,6 +120,7 @@ impl std::str::FromStr for Action {
             Action::Command,
             Action::ManageTokens,
             Action::ManageSecrets,
+            Action::Peer,
         ];
         ALL.into_iter()
             .find(|a| a.as_str() == s)
@@ -171,7 +178,10 @@ impl Policy {
             let mut actions = BTreeSet::new();
             for a in &r.actions {
                 let action: Action = a.parse().map_err(|e| format!("rule {}: {e}", i + 1))?;
-                if matches!(action, Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets) {
+                if matches!(
+                    action,
+                    Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets | Action::Peer
+                ) {
                     return Err(format!(
                         "rule {}: '{a}' cannot be granted to agents (only launch, scale, update, terminate, inject, approve, command)",
                         i + 1
@@ -262,6 +272,9 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
         Role::Operator => Err(role_denies()),
         Role::Observer if action.is_read() && in_scope(&who.fleet) => Ok(()),
         Role::Observer => Err(role_denies()),
+        // Another control plane: rack to rack, nothing of any fleet.
+        Role::Peer if action == Action::Peer && target == Target::All => Ok(()),
+        Role::Peer => Err(role_denies()),
         Role::Agent => {
             let Some(own) = &who.fleet else { return Err(role_denies()) };
             let own = own.as_str();
@@ -273,7 +286,9 @@ pub fn authorize(who: &Principal, action: Action, target: Target<'_>, policy: &P
                     Err(Denied::SelfDeploy { action: a.as_str(), fleet: own.to_owned() })
                 }
                 (Action::Approve, Target::Fleet(f) | Target::Agent(f, _)) if f == own => Err(Denied::SelfApprove { fleet: own.to_owned() }),
-                (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets, _) => Err(role_denies()),
+                (Action::Read | Action::ReadAudit | Action::Join | Action::ManageTokens | Action::ManageSecrets | Action::Peer, _) => {
+                    Err(role_denies())
+                }
                 // Another fleet, or its own for what does not deploy it (a command to its
                 // siblings, say): as the policy says (a rule may name the agents' own fleet).
                 (a, Target::Fleet(f) | Target::Agent(f, _)) => {
@@ -325,6 +340,8 @@ mod tests {
         let ops3 = Principal::agent(&"ops/3".parse().unwrap());
         // A token made for the agents of a fleet (`token create --role agent --fleet ops`).
         let ops_any = Principal { name: "ops-bot".into(), slot: None, ..ops3.clone() };
+        // Another rack's token (`token create --role peer`).
+        let rack = Principal { name: "rack-b".into(), role: Role::Peer, fleet: None, slot: None };
         let p = policy();
         use Action::*;
         let cases: &[(&Principal, Action, Target<'_>, Result<(), &str>)] = &[
@@ -393,6 +410,15 @@ mod tests {
                 Target::Agent("ops", 1),
                 Err("refusing self-approval: an agent token may not approve what its own fleet 'ops' runs"),
             ),
+            (&rack, Peer, Target::All, Ok(())),
+            (&rack, Read, Target::All, Err("the peer token 'rack-b' may not read everything")),
+            (&rack, Inject, Target::Fleet("web"), Err("the peer token 'rack-b' may not inject fleet 'web'")),
+            (&rack, Update, Target::Agent("web", 0), Err("the peer token 'rack-b' may not update agent web/0")),
+            (&rack, ManageTokens, Target::All, Err("the peer token 'rack-b' may not manage-tokens everything")),
+            (&operator, Peer, Target::All, Ok(())),
+            (&scoped, Peer, Target::All, Err("the operator token 'web-admin' may not peer everything")),
+            (&observer, Peer, Target::All, Err("the observer token 'grafana' may not peer everything")),
+            (&ops_any, Peer, Target::All, Err("the agent token 'ops-bot' may not peer everything")),
         ];
         for (who, action, target, expected) in cases {
             let got = authorize(who, *action, *target, &p).map_err(|e| e.to_string());
@@ -446,7 +472,7 @@ mod tests {
     #[test]
     fn names_parse() {
         assert_eq!("observer".parse::<Role>(), Ok(Role::Observer));
-        assert_eq!("root".parse::<Role>().unwrap_err(), "unknown role 'root': the roles are operator, observer and agent");
+        assert_eq!("root".parse::<Role>().unwrap_err(), "unknown role 'root': the roles are operator, observer, agent and peer");
         assert_eq!("scale".parse::<Action>(), Ok(Action::Scale));
         assert!("deploy".parse::<Action>().unwrap_err().starts_with("unknown action 'deploy': the actions are read, read-audit"));
         let p = Principal::agent(&"ops/3".parse().unwrap());

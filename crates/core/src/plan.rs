@@ -9,7 +9,9 @@
 //! - a live instance whose configuration key is not the desired one is replaced (stopped, then
 //!   started anew on a later pass), with at most `max_unavailable` wanted slots not running at
 //!   once; an outdated instance that is not running anyway is replaced at once;
-//! - a slot with two live instances (a backend mid-replacement) keeps the desired one.
+//! - a slot with two live instances (a backend mid-replacement) keeps the desired one;
+//! - a vacated slot (its agent moved to another rack) is emptied like an excess one and never
+//!   started, however many replicas are wanted.
 //!
 //! [`Memory`] is what the reconciler keeps of a fleet between passes: which live instances it
 //! saw, which it stopped on purpose, and each slot's recent crashes. An instance that ends
@@ -111,6 +113,8 @@ pub enum StopReason {
     Outdated,
     /// Its slot has another live instance, with the desired configuration.
     Duplicate,
+    /// Its slot is vacated: its agent lives on another rack now.
+    Vacated,
 }
 
 /// One step for a backend to carry out.
@@ -221,10 +225,10 @@ impl Memory {
     }
 }
 
-/// Plans one pass over a fleet: `desired[slot]` is each wanted slot's configuration key (its
-/// length is the replica count), `observed` what the backend reports, `now_ms` a monotonic
-/// clock. Updates `memory` with what it saw and what it stops.
-pub fn plan(memory: &mut Memory, desired: &[ConfigKey], observed: &[Instance], policy: Policy, now_ms: u64) -> Plan {
+/// Plans one pass over a fleet: `desired[slot]` is each wanted slot's configuration key, or
+/// `None` for a vacated one (its length is the replica count), `observed` what the backend
+/// reports, `now_ms` a monotonic clock. Updates `memory` with what it saw and what it stops.
+pub fn plan(memory: &mut Memory, desired: &[Option<ConfigKey>], observed: &[Instance], policy: Policy, now_ms: u64) -> Plan {
     let replicas = u32::try_from(desired.len()).unwrap_or(u32::MAX);
     let mut by_slot: BTreeMap<u32, Vec<&Instance>> = BTreeMap::new();
     for i in observed {
@@ -242,8 +246,10 @@ pub fn plan(memory: &mut Memory, desired: &[ConfigKey], observed: &[Instance], p
         out.actions.push(Action::Stop { slot: i.slot, instance: i.id.clone(), why });
     };
     // Wanted slots without a running instance.
-    let mut unavailable =
-        (0..replicas).filter(|s| !by_slot.get(s).is_some_and(|is| is.iter().any(|i| i.state == InstanceState::Running))).count();
+    let mut unavailable = (0..replicas)
+        .filter(|&s| desired[s as usize].is_some())
+        .filter(|s| !by_slot.get(s).is_some_and(|is| is.iter().any(|i| i.state == InstanceState::Running)))
+        .count();
     let mut outdated = Vec::new();
     for &slot in &slots {
         let instances = by_slot.get(&slot).map(Vec::as_slice).unwrap_or_default();
@@ -251,14 +257,14 @@ pub fn plan(memory: &mut Memory, desired: &[ConfigKey], observed: &[Instance], p
         let forget_dead = |out: &mut Plan| {
             out.actions.extend(dead.iter().map(|i| Action::Forget { slot, instance: i.id.clone() }));
         };
-        if slot >= replicas {
+        let Some(want) = desired.get(slot as usize).copied().flatten() else {
+            let why = if slot >= replicas { StopReason::Excess } else { StopReason::Vacated };
             for i in live.iter().filter(|i| i.state != InstanceState::Stopping) {
-                stop(memory, &mut out, i, StopReason::Excess);
+                stop(memory, &mut out, i, why);
             }
             forget_dead(&mut out);
             continue;
-        }
-        let want = desired[slot as usize];
+        };
         let active: Vec<&Instance> = live.iter().copied().filter(|i| i.state != InstanceState::Stopping).collect();
         let current: Vec<&Instance> = active.iter().copied().filter(|i| i.key.is_none_or(|k| k == want)).collect();
         if let Some(keep) = current.iter().find(|i| i.state == InstanceState::Running).or(current.first()) {
@@ -335,7 +341,8 @@ mod tests {
 
     /// Plans each pass of `passes` (`(now_ms, instances)`) in turn, with one memory.
     fn passes(desired: &[u64], max_unavailable: u32, passes: &[(u64, &[&str])]) -> String {
-        let desired: Vec<ConfigKey> = desired.iter().copied().map(ConfigKey).collect();
+        // Key 0: a vacated slot.
+        let desired: Vec<Option<ConfigKey>> = desired.iter().map(|&k| (k != 0).then_some(ConfigKey(k))).collect();
         let mut memory = Memory::default();
         let mut text = String::new();
         for (now, instances) in passes {
@@ -552,9 +559,32 @@ mod tests {
     }
 
     #[test]
+    fn a_vacated_slot_is_emptied_and_never_started() {
+        check(
+            &[1, 0, 1],
+            1,
+            &[(0, &["0:a:1:R", "1:b:1:R"]), (1, &["0:a:1:R", "1:b:1:X"]), (2, &["0:a:1:R"])],
+            expect![[r#"
+            0: stop 1 (b, Vacated), start 2
+            1: forget 1 (b), start 2
+            2: start 2
+        "#]],
+        );
+        // It counts for no budget: the outdated slots are replaced as if it were not there.
+        check(
+            &[0, 2, 2],
+            1,
+            &[(0, &["1:b:1:R", "2:c:1:R"])],
+            expect![[r#"
+            0: stop 1 (b, Outdated)
+        "#]],
+        );
+    }
+
+    #[test]
     fn memory_forgets_slots_that_are_gone() {
         let mut memory = Memory::default();
-        let key = [ConfigKey(1)];
+        let key = [Some(ConfigKey(1))];
         plan(&mut memory, &key, &[instance("0:a:1:R"), instance("3:b:1:R")], Policy::default(), 0);
         plan(&mut memory, &key, &[instance("0:a:1:R")], Policy::default(), 1);
         assert_eq!(memory.slots.keys().copied().collect::<Vec<_>>(), vec![0]);

@@ -750,6 +750,7 @@ mod tests {
             canary: None,
             policy: clawfleet_backend::Policy::default(),
             brain_env: Default::default(),
+            vacated: Default::default(),
             endpoints: Endpoints {
                 bus_host: "127.0.0.1".into(),
                 bus_port: 1883,

@@ -681,6 +681,9 @@ pub struct AgentStatus {
     /// Its Rock/Paper/Scissors score, once it played.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<i64>,
+    /// Where it came from or went to, when it moved between racks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<crate::rack::Badge>,
 }
 
 /// `POST /api/v1/fleets/{name}/scale`
@@ -850,6 +853,9 @@ pub enum Role {
     /// One agent's own token: its own fleet's status and events, and what the policy allows
     /// on other fleets.
     Agent,
+    /// Another control plane (a rack): its rack information, and offering and completing
+    /// migrations into this one; nothing else.
+    Peer,
 }
 
 impl Role {
@@ -858,6 +864,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Observer => "observer",
             Role::Agent => "agent",
+            Role::Peer => "peer",
         }
     }
 }
@@ -876,7 +883,8 @@ impl std::str::FromStr for Role {
             "operator" => Ok(Role::Operator),
             "observer" => Ok(Role::Observer),
             "agent" => Ok(Role::Agent),
-            other => Err(format!("unknown role '{other}': the roles are operator, observer and agent")),
+            "peer" => Ok(Role::Peer),
+            other => Err(format!("unknown role '{other}': the roles are operator, observer, agent and peer")),
         }
     }
 }

@@ -260,6 +260,18 @@ pub enum EventBody {
     /// The agent took the answer: it runs the command, or ends its turn refused. `waiting`:
     /// a turn of it was waiting (not, after the agent restarted).
     ExecApprovalResolved { call_id: String, approved: bool, waiting: bool },
+    /// A step of an agent's migration between racks (this event's agent: the one on this
+    /// rack), for the activity feed.
+    Migration {
+        id: String,
+        state: crate::rack::MigrationState,
+        /// The other rack.
+        peer: String,
+        detail: String,
+    },
+    /// An injection held while its agent moved went to the copy that took over, on `rack`
+    /// (its id there): its life on this rack ended.
+    InjectForwarded { rack: String, agent: String, injection_id: String },
     /// A fleet is being removed.
     FleetTerminating {},
     /// A fleet is gone: every agent stopped.
@@ -320,6 +332,8 @@ impl EventBody {
             EventBody::ExecApprovalRequired { .. } => "exec_approval_required",
             EventBody::ExecApprovalSubmitted { .. } => "exec_approval_submitted",
             EventBody::ExecApprovalResolved { .. } => "exec_approval_resolved",
+            EventBody::Migration { .. } => "migration",
+            EventBody::InjectForwarded { .. } => "inject_forwarded",
             EventBody::FleetTerminating {} => "fleet_terminating",
             EventBody::FleetTerminated {} => "fleet_terminated",
         }
@@ -353,7 +367,10 @@ impl EventBody {
 
     /// Whether this event ends an injection's life on one agent.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. })
+        matches!(
+            self,
+            EventBody::TurnComplete {} | EventBody::AgentError { .. } | EventBody::InjectFailed { .. } | EventBody::InjectForwarded { .. }
+        )
     }
 }
 

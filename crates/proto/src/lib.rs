@@ -67,6 +67,7 @@ pub mod model;
 pub mod policy;
 pub mod project;
 pub mod queue;
+pub mod rack;
 pub mod router;
 pub mod scenario;
 pub mod snapshot;

@@ -65,6 +65,8 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 pub(crate) fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/info", get(info))
+        .route("/api/v1/rack", get(rack_info))
+        .route("/api/v1/racks", get(racks))
         .route("/api/v1/fleets", get(list).post(launch))
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/deploys", get(deploy_list).post(deploy_start))
@@ -773,6 +775,7 @@ async fn status(
                 problem,
                 three_words: phrases.get(&slot).cloned(),
                 score: scores.get(&slot).copied(),
+                badge: None,
             }
         })
         .collect();
@@ -1144,6 +1147,22 @@ fn check_injection(prompt: &str, request_id: Option<&str>) -> Result<(), ApiErro
         )));
     }
     Ok(())
+}
+
+/// `GET /api/v1/rack`: what this control plane says of itself, to its peers (the `peer` role)
+/// and to whoever reads everything here.
+async fn rack_info(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<clawfleet_proto::rack::RackInfo>, ApiError> {
+    caller.may(&app, Action::Peer, Target::All).or_else(|_| caller.may(&app, Action::Read, Target::All))?;
+    Ok(Json(crate::peer::info(&app.peers.config.name)))
+}
+
+/// `GET /api/v1/racks`: this rack and its peers, each asked now whether it answers.
+async fn racks(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Result<Json<clawfleet_proto::rack::Racks>, ApiError> {
+    caller.may(&app, Action::Read, Target::All)?;
+    Ok(Json(clawfleet_proto::rack::Racks { rack: app.peers.config.name.clone(), peers: app.peers.status().await }))
 }
 
 async fn inject(
@@ -1586,6 +1605,9 @@ async fn token_create(
         req.fleet.as_deref().map(str::parse::<clawfleet_core::FleetName>).transpose().map_err(|e| ApiError::bad_request(e.to_string()))?;
     if req.role == Role::Agent && fleet.is_none() {
         return Err(ApiError::bad_request("an agent token acts as an agent of one fleet: give its fleet (--fleet)"));
+    }
+    if req.role == Role::Peer && fleet.is_some() {
+        return Err(ApiError::bad_request("a peer token is another rack's, for no fleet in particular: give no --fleet"));
     }
     let expires_at = match req.expires.as_deref() {
         None => None,

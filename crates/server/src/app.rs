@@ -61,6 +61,8 @@ pub(crate) struct App {
     pub outbound: crate::outbound::Outbound,
     /// With Mosquitto's dynamic-security plugin: the agent logins it has been given.
     pub dynsec: Option<crate::dynsec::Dynsec>,
+    /// This rack's name and its peers.
+    pub peers: crate::peer::Peers,
 }
 
 /// A fleet's condition, as its backend last reported it.
@@ -126,6 +128,7 @@ impl App {
             policy: self.policy(row),
             endpoints: self.endpoints.clone(),
             brain_env: self.brain_env(row)?,
+            vacated: Default::default(),
         })
     }
 

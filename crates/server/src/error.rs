@@ -79,6 +79,8 @@ impl From<StoreError> for ApiError {
             StoreError::QueueFull(..) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()),
             StoreError::NoApproval(_) => ApiError::new(StatusCode::NOT_FOUND, "no_approval", e.to_string()),
             StoreError::ApprovalAnswered(_) => ApiError::conflict(e.to_string()),
+            StoreError::Migrating { .. } => ApiError::new(StatusCode::CONFLICT, "migrating", e.to_string()),
+            StoreError::Defected { .. } => ApiError::new(StatusCode::CONFLICT, "defected", e.to_string()),
             other => ApiError::internal("the database failed", other),
         }
     }

@@ -34,6 +34,7 @@ mod live;
 mod mailbox;
 mod outbound;
 mod outbox;
+mod peer;
 mod project;
 mod queue;
 mod reconcile;
@@ -64,6 +65,7 @@ use crate::db::Db;
 use crate::hub::Hub;
 use crate::live::Live;
 pub use crate::mailbox::MailboxOptions;
+pub use crate::peer::{PeerConfig, RackConfig};
 pub use crate::tls::TlsFiles;
 use clawfleet_bus::{CONTROL_USER, FleetAuth};
 
@@ -117,6 +119,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The CA certificate (PEM) agents trust for the embedded broker's TLS (`None`: the system's).
     pub bus_ca: Option<String>,
+    /// This rack's name and the peer racks it knows.
+    pub rack: RackConfig,
 }
 
 /// Why the control plane did not start.
@@ -160,6 +164,11 @@ fn data_dir_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServerEr
 }
 
 impl Server {
+    /// This control plane's rack name.
+    pub fn rack(&self) -> &str {
+        &self.app.peers.config.name
+    }
+
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
@@ -312,6 +321,7 @@ impl Server {
             embedded_bus: embedded,
             metrics: Default::default(),
             dynsec: dynsec.then(|| dynsec::Dynsec::new(secret.clone())),
+            peers: peer::Peers::new(config.rack.clone()),
         });
 
         let listener =

@@ -12,6 +12,7 @@
 
 mod approval;
 mod council;
+mod migration;
 mod plan;
 mod project;
 mod queue;
@@ -25,6 +26,7 @@ use std::sync::Mutex;
 pub use approval::Answer;
 use clawfleet_proto::api::{BrainEnv, Canary, Deploy, DeployState, FleetState};
 use clawfleet_proto::event::{Event, EventBody};
+pub use migration::{Advance, Held, NewMigration, Vacated};
 pub use plan::{NewPlan, PlanEnded, PlanRow};
 pub use project::{Ended, NewProject};
 pub use queue::{Delegated, Enqueue, NewQueueItem, Queued, ReplyRoute, ReplyTo, reply_origin};
@@ -88,6 +90,10 @@ pub enum StoreError {
     QueueFull(String, usize),
     #[error("no approval {0}")]
     NoApproval(u64),
+    #[error("agent {agent} is migrating already (migration {id})")]
+    Migrating { agent: String, id: String },
+    #[error("agent {agent} moved to rack '{rack}': its slot here stays empty")]
+    Defected { agent: String, rack: String },
     #[error("approval {} is answered already ({} by {})", .0.approval_id, if .0.approved == Some(true) { "approved" } else { "refused" }, .0.answered_by.as_deref().unwrap_or("?"))]
     ApprovalAnswered(Box<clawfleet_proto::approval::Approval>),
 }
@@ -547,6 +553,7 @@ impl Store {
             let previous = previous.ok_or_else(|| StoreError::NoFleet(name.to_owned()))?;
             write_audit(tx, &Audit { detail: format!("replicas {previous} -> {replicas}"), ..audit.clone() })?;
             tx.execute("UPDATE fleets SET replicas = ?2 WHERE name = ?1", params![name, replicas])?;
+            tx.execute("DELETE FROM vacated WHERE fleet = ?1 AND slot >= ?2", params![name, replicas])?;
             let mut events = Vec::new();
             let scaled = NewEvent {
                 at: at.to_owned(),
@@ -903,7 +910,7 @@ impl Store {
             tx.execute("DELETE FROM fleets WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM outbox WHERE fleet = ?1", [name])?;
             tx.execute("DELETE FROM cursors WHERE fleet = ?1", [name])?;
-            for table in ["disarmed", "scenarios", "rps_rounds", "rps_plays", "rps_scores", "three_words", "councils"] {
+            for table in ["disarmed", "scenarios", "rps_rounds", "rps_plays", "rps_scores", "three_words", "councils", "vacated"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE fleet = ?1"), [name])?;
             }
             let ev = NewEvent {
@@ -1343,6 +1350,13 @@ pub(crate) fn insert_injection(tx: &Transaction<'_>, inj: &NewInjection<'_>) -> 
     let mut events = Vec::with_capacity(inj.targets.len());
     let mut rows = Vec::with_capacity(inj.targets.len());
     for slot in inj.targets {
+        let defected: Option<String> = tx
+            .prepare_cached("SELECT peer FROM vacated WHERE fleet = ?1 AND slot = ?2 AND defected = 1")?
+            .query_row(params![inj.fleet, slot], |r| r.get(0))
+            .optional()?;
+        if let Some(rack) = defected {
+            return Err(StoreError::Defected { agent: format!("{}/{slot}", inj.fleet), rack });
+        }
         tx.execute(
             "INSERT INTO outbox (fleet, slot, kind, ref_id, created_at) VALUES (?1, ?2, 'inject', ?3, ?4)",
             params![inj.fleet, slot, inj.id, inj.at],
@@ -1606,6 +1620,18 @@ fn fail_outbox(tx: &Transaction<'_>, fleet: &str, first_removed: u32, at: &str, 
             .collect::<rusqlite::Result<Vec<_>>>()?
     };
     tx.execute("DELETE FROM outbox WHERE fleet = ?1 AND slot >= ?2", params![fleet, first_removed])?;
+    fail_rows(tx, fleet, rows, at, why)
+}
+
+/// Fails one agent's outbox rows of one kind (`inject` or `command`).
+fn fail_rows_where(tx: &Transaction<'_>, fleet: &str, slot: u32, kind: &str, at: &str, why: &str) -> Result<Vec<Event>> {
+    let rows: Vec<(u32, String, String, Option<String>)> = {
+        let mut stmt =
+            tx.prepare("SELECT slot, kind, ref_id, label FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3 ORDER BY id")?;
+        stmt.query_map(params![fleet, slot, kind], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute("DELETE FROM outbox WHERE fleet = ?1 AND slot = ?2 AND kind = ?3", params![fleet, slot, kind])?;
     fail_rows(tx, fleet, rows, at, why)
 }
 

@@ -401,6 +401,44 @@ CREATE UNIQUE INDEX approvals_call ON approvals (fleet, slot, call_id);
 CREATE INDEX approvals_open ON approvals (status) WHERE status != 'resolved';
 CREATE INDEX approvals_version ON approvals (version);
 "#,
+    r#"
+-- Migrations between racks, each side's own row (`direction`: out on the source, in on the
+-- peer). `held_from`: the source's agent's outbox rows after it are held for the migration.
+CREATE TABLE migrations (
+    id           TEXT NOT NULL,
+    direction    TEXT NOT NULL,
+    peer         TEXT NOT NULL,
+    fleet        TEXT NOT NULL,
+    slot         INTEGER,
+    remote_fleet TEXT NOT NULL,
+    remote_slot  INTEGER,
+    state        TEXT NOT NULL,
+    error        TEXT,
+    forwarded    INTEGER NOT NULL,
+    held_from    INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (id, direction)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX migrations_one_open ON migrations (fleet, slot) WHERE direction = 'out' AND state NOT IN ('done', 'aborted');
+-- Slots never started again: their agent moved to `peer` (`defected`), or an arrival from
+-- it was aborted and was not the fleet's last slot.
+CREATE TABLE vacated (
+    fleet     TEXT NOT NULL,
+    slot      INTEGER NOT NULL,
+    peer      TEXT NOT NULL,
+    defected  INTEGER NOT NULL,
+    migration TEXT NOT NULL,
+    PRIMARY KEY (fleet, slot)
+) WITHOUT ROWID;
+-- Injections a peer forwarded, once each: the source's id, and the one made here.
+CREATE TABLE forwarded (
+    migration        TEXT NOT NULL,
+    source_injection TEXT NOT NULL,
+    injection_id     TEXT NOT NULL,
+    PRIMARY KEY (migration, source_injection)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<()> {

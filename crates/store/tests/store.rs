@@ -1038,3 +1038,94 @@ fn an_approval_is_answered_once_and_ends_when_its_agent_takes_the_answer() {
     assert_eq!(store.prune_approvals(1).unwrap(), 1);
     assert_eq!(store.approvals(None, true).unwrap().approvals.iter().map(|a| a.approval_id).collect::<Vec<_>>(), [2]);
 }
+
+/// A migration on each side: the source holds what arrives after it began, vacates its slot
+/// when it commits (and then refuses injections for it), sends held ones on once each; the
+/// peer grows its fleet when the snapshot arrives and gives the slot back when aborted.
+#[test]
+fn migrations_hold_vacate_forward_and_give_back() {
+    use clawfleet_proto::rack::{Direction, MigrationState as S};
+    use clawfleet_store::{Advance, NewMigration};
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 3), launched("squad"), &audit("launch")).unwrap();
+    inject(&store, "before", &[1]);
+    let m = NewMigration { id: "m1", peer: "rack-b", fleet: "squad", slot: 1, remote_fleet: "squad" };
+    let (started, event) = store.begin_migration(&m, "t2", &audit("migrate")).unwrap();
+    assert_eq!((started.state, started.direction, event.agent), (S::Offered, Direction::Out, Some(1)));
+    assert!(matches!(store.begin_migration(&m, "t2", &audit("migrate")), Err(StoreError::Migrating { id, .. }) if id == "m1"));
+    let (_, held_from) = store.migration("m1", Direction::Out).unwrap().unwrap();
+    assert_eq!(store.unacknowledged_before("squad", 1, held_from).unwrap(), 1);
+    inject(&store, "during", &[0, 1, 2]);
+    let held = store.held_injections("squad", 1, held_from).unwrap();
+    assert_eq!(held.iter().map(|h| h.injection_id.as_str()).collect::<Vec<_>>(), ["during"]);
+
+    // Only from the states it is in.
+    assert!(
+        store
+            .advance_migration(
+                "m1",
+                Direction::Out,
+                Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "x".into() },
+                "t3"
+            )
+            .unwrap()
+            .is_none()
+    );
+    store
+        .advance_migration(
+            "m1",
+            Direction::Out,
+            Advance { from: &[S::Offered], to: S::Transferred, error: None, detail: "sent".into() },
+            "t3",
+        )
+        .unwrap()
+        .unwrap();
+    let (m1, events) = store
+        .advance_migration(
+            "m1",
+            Direction::Out,
+            Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "go".into() },
+            "t4",
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!((m1.state, events[0].body.name()), (S::Committing, "migration"));
+    let vacated = store.vacated().unwrap();
+    assert_eq!((vacated.len(), vacated[0].slot, vacated[0].defected, vacated[0].peer.as_str()), (1, 1, true, "rack-b"));
+    let refused = store.create_injection(
+        &NewInjection { id: "after", fleet: "squad", prompt: "hi", at: "t5", caller: "test", targets: &[1], request_id: None },
+        &audit("inject"),
+    );
+    assert!(matches!(refused, Err(StoreError::Defected { rack, .. }) if rack == "rack-b"));
+    // Sent on once: the second time finds no row.
+    let e = store.injection_forwarded("m1", &held[0], "squad/3", "remote-1", "t6").unwrap().unwrap();
+    assert_eq!(e.body, EventBody::InjectForwarded { rack: "rack-b".into(), agent: "squad/3".into(), injection_id: "remote-1".into() });
+    assert!(store.injection_forwarded("m1", &held[0], "squad/3", "remote-1", "t6").unwrap().is_none());
+    assert!(store.held_injections("squad", 1, held_from).unwrap().is_empty());
+    assert_eq!(store.migrations(10).unwrap()[0].forwarded, 1);
+
+    // The peer's side: the offer again is the same migration; the arrival grows the fleet by
+    // one slot, held; an abort shrinks it back, failing what was held for it.
+    store.insert_fleet(&fleet("dest", 2), launched("dest"), &audit("launch")).unwrap();
+    let offered = store.offered_migration("m2", "rack-a", ("squad", 1), "dest", "t7").unwrap();
+    assert_eq!((offered.direction, offered.slot), (Direction::In, None));
+    assert_eq!(store.offered_migration("m2", "rack-a", ("squad", 1), "dest", "t8").unwrap().created_at, "t7");
+    let (arrived, _) = store.migration_arrived("m2", "t9", &audit("migrate")).unwrap().unwrap();
+    assert_eq!((arrived.state, arrived.slot), (S::Transferred, Some(2)));
+    assert!(store.migration_arrived("m2", "t9", &audit("migrate")).unwrap().is_none());
+    assert_eq!(store.fleet("dest").unwrap().unwrap().replicas, 3);
+    store
+        .advance_migration(
+            "m2",
+            Direction::In,
+            Advance { from: &[S::Offered, S::Transferred, S::Ready], to: S::Aborted, error: Some("no"), detail: "aborted".into() },
+            "t10",
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.fleet("dest").unwrap().unwrap().replicas, 2);
+    assert_eq!(store.live_migrations().unwrap().iter().map(|(m, _)| m.id.as_str()).collect::<Vec<_>>(), ["m1"]);
+    // Scaling below a vacated slot forgets it.
+    store.scale_fleet("squad", 1, "t11", &audit("scale")).unwrap();
+    assert!(store.vacated().unwrap().is_empty());
+}

@@ -42,6 +42,7 @@ pub fn harness(host: &str, fleet: &str, heartbeat_ms: u64, chaos: Arc<dyn Chaos>
         canary: None,
         policy: clawfleet_backend::Policy::default(),
         brain_env: Default::default(),
+        vacated: Default::default(),
         endpoints: Endpoints {
             bus_host: host.into(),
             bus_port: port,

@@ -19,6 +19,7 @@ mod mailbox;
 mod model;
 mod project;
 mod queue;
+mod racks;
 mod router;
 mod security;
 mod slurm;

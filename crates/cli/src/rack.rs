@@ -1,0 +1,91 @@
+//! Racks: `up --rack NAME --peer NAME=URL --peer-token NAME=FILE` makes this control plane
+//! one rack among peers; `clawfleet racks` shows them and whether each answers now.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clawfleet_proto::rack::{Racks, check_rack_name};
+use clawfleet_server::{PeerConfig, RackConfig};
+
+use crate::args::{RacksArgs, UpArgs};
+use crate::fleet::print_json;
+
+/// The rack and its peers from `up`'s flags: every peer a rack name and an http(s) URL, with
+/// exactly one token file (read here, owner-only); names unique and not this rack's own.
+pub(crate) fn config(args: &UpArgs) -> anyhow::Result<RackConfig> {
+    let name = match &args.rack {
+        Some(n) => n.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+            let clean: String = host.trim().to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+            let clean = clean.trim_matches('-').chars().take(64).collect::<String>();
+            if clean.is_empty() { "local".into() } else { clean }
+        }
+    };
+    check_rack_name(&name).map_err(|e| anyhow::anyhow!("--rack: {e}"))?;
+    let mut tokens = std::collections::BTreeMap::new();
+    for t in &args.peer_tokens {
+        let (peer, file) = t.split_once('=').with_context(|| format!("--peer-token '{t}': expected NAME=FILE"))?;
+        let token = read_token(std::path::Path::new(file)).with_context(|| format!("--peer-token {peer}"))?;
+        if tokens.insert(peer.to_owned(), token).is_some() {
+            bail!("--peer-token {peer} is given twice");
+        }
+    }
+    let mut peers: Vec<PeerConfig> = Vec::new();
+    for p in &args.peers {
+        let (peer, url) = p.split_once('=').with_context(|| format!("--peer '{p}': expected NAME=URL"))?;
+        check_rack_name(peer).map_err(|e| anyhow::anyhow!("--peer {p}: {e}"))?;
+        if peer == name {
+            bail!("--peer {peer}: that is this rack's own name");
+        }
+        if peers.iter().any(|q| q.name == peer) {
+            bail!("--peer {peer} is given twice");
+        }
+        let parsed = reqwest::Url::parse(url).with_context(|| format!("--peer {peer}: '{url}' is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            bail!("--peer {peer}: '{url}' must be an http:// or https:// URL with a host");
+        }
+        let token = tokens
+            .remove(peer)
+            .with_context(|| format!("--peer {peer} needs --peer-token {peer}=FILE (a peer token it made for this rack)"))?;
+        peers.push(PeerConfig { name: peer.to_owned(), url: url.trim_end_matches('/').to_owned(), token });
+    }
+    if let Some(extra) = tokens.keys().next() {
+        bail!("--peer-token {extra} names no --peer");
+    }
+    Ok(RackConfig { name, peers })
+}
+
+/// A token file: one line, which only its owner may read.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is readable by others (mode {:o}): chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.len() > 512 || token.contains(char::is_whitespace) {
+        bail!("{} does not hold one token", path.display());
+    }
+    Ok(token.to_owned())
+}
+
+pub(crate) async fn racks(args: RacksArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let racks: Racks = client.get("/api/v1/racks").await?;
+    if args.json {
+        print_json(&racks);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("rack {} ({} peers)", racks.rack, racks.peers.len());
+    for p in &racks.peers {
+        let latency = p.latency_ms.map_or(String::new(), |ms| format!(" in {ms} ms"));
+        match (&p.info, &p.problem) {
+            (Some(info), None) => outln!("  {:<16} {:<28} answers{latency} (clawfleet {})", p.name, p.url, info.clawfleet_version),
+            (Some(_), Some(problem)) => outln!("  {:<16} {:<28} answers{latency}, but cannot take agents: {problem}", p.name, p.url),
+            (None, problem) => outln!("  {:<16} {:<28} does not answer: {}", p.name, p.url, problem.as_deref().unwrap_or("?")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
