@@ -322,17 +322,18 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let web_admin = create(&["--role", "operator", "--fleet", "web", "--name", "web-admin"]);
     let doomed = create(&["--role", "operator", "--name", "doomed"]);
     let brief = create(&["--role", "operator", "--name", "brief", "--expires", "1s"]);
+    let rack = create(&["--role", "peer", "--name", "rack-z"]);
     let ops0 = plane.json_get("/api/v1/fleets/ops/join?slots=0")["agents"][0]["token"].as_str().unwrap().to_owned();
     let operator = plane.token();
     // The database keeps tokens' hashes, never the tokens.
     let db: Vec<u8> =
         ["clawfleet.db", "clawfleet.db-wal"].iter().flat_map(|f| std::fs::read(plane.data().join(f)).unwrap_or_default()).collect();
-    for token in [&observer, &web_admin, &doomed, &brief, &operator] {
+    for token in [&observer, &web_admin, &doomed, &brief, &operator, &rack] {
         assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "a token is stored as it is");
     }
     let list = plane.json(&["token", "list", "--json"]);
     let names: Vec<&str> = list["tokens"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["brief", "doomed", "operator", "watcher", "web-admin"], "{list}");
+    assert_eq!(names, ["brief", "doomed", "operator", "rack-z", "watcher", "web-admin"], "{list}");
     assert!(!list.to_string().contains(&observer), "a listing never shows a token");
     assert!(plane.ok(&["token", "revoke", "doomed"]).contains("revoked"));
     std::thread::sleep(std::time::Duration::from_millis(2100));
@@ -347,6 +348,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let apply_web = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}]}"#);
     let apply_dry = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}], "dry_run": true}"#);
     let (op, obs, adm, agent) = (Some(operator.as_str()), Some(observer.as_str()), Some(web_admin.as_str()), Some(ops0.as_str()));
+    let peer = Some(rack.as_str());
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
         // Who are you?
@@ -484,6 +486,20 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (obs, "POST", "/api/v1/fleets/web/agents/0/restore", Some("x"), 403, "the observer token 'watcher' may not update agent web/0"),
         (agent, "POST", "/api/v1/fleets/ops/agents/1/restore", Some("x"), 403, "refusing self-deploy: an agent token may not update its own fleet 'ops'"),
         (adm, "POST", "/api/v1/fleets/web/agents/0/restore", Some("not an archive"), 400, "the archive is truncated or is not a clawfleet snapshot"),
+        // Racks: a peer reads the rack and nothing of any fleet; who reads everything reads both.
+        (peer, "GET", "/api/v1/rack", None, 200, ""),
+        (op, "GET", "/api/v1/rack", None, 200, ""),
+        (obs, "GET", "/api/v1/rack", None, 200, ""),
+        (adm, "GET", "/api/v1/rack", None, 403, "the operator token 'web-admin' may not read everything"),
+        (agent, "GET", "/api/v1/rack", None, 403, "the agent token 'agent ops/0' may not read everything"),
+        (op, "GET", "/api/v1/racks", None, 200, ""),
+        (obs, "GET", "/api/v1/racks", None, 200, ""),
+        (peer, "GET", "/api/v1/racks", None, 403, "the peer token 'rack-z' may not read everything"),
+        (peer, "GET", "/api/v1/fleets/web", None, 403, "the peer token 'rack-z' may not read fleet 'web'"),
+        (peer, "POST", "/api/v1/fleets/web/inject", inject, 403, "the peer token 'rack-z' may not inject fleet 'web'"),
+        (peer, "GET", "/api/v1/fleets/web/agents/0/snapshot", None, 403, "the peer token 'rack-z' may not update agent web/0"),
+        (peer, "GET", "/api/v1/tokens", None, 403, "the peer token 'rack-z' may not manage-tokens everything"),
+        (peer, "GET", "/api/v1/bus/observer", None, 403, "the peer token 'rack-z' may not"),
         // Approvals: who reads an agent sees its approvals (answering them is tested with a
         // real one, end to end, and role by role in core).
         (obs, "GET", "/api/v1/approvals", None, 200, ""),
