@@ -14,6 +14,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<clawfleet_proto::api::LeaderRequest>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::api::ChimeRequest>(data);
     let _ = serde_json::from_slice::<clawfleet_proto::approval::ApprovalAnswer>(data);
+    // What racks send each other, and what `migrate` asks; a rack name is checked whatever it is.
+    let _ = serde_json::from_slice::<clawfleet_proto::rack::MigrateRequest>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::rack::Offer>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::rack::Forwarded>(data);
+    let _ = serde_json::from_slice::<clawfleet_proto::rack::RackInfo>(data);
+    if let Ok(name) = std::str::from_utf8(data) {
+        let _ = clawfleet_proto::rack::check_rack_name(name);
+    }
     if let Ok(s) = serde_json::from_slice::<clawfleet_proto::scenario::Scenarios>(data)
         && clawfleet_core::scenario::validate(&s).is_ok()
     {
