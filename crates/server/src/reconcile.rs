@@ -196,7 +196,9 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: FleetMemory) ->
 /// One reconcile step of a fleet, and when the next is due sooner than the loop's period.
 async fn converge(app: &App, fleet: &FleetRow, memory: &mut Memory) -> Result<(Applied, Option<Duration>), BackendError> {
     let backend = app.backend(&fleet.backend).map_err(BackendError::Permanent)?;
-    let deployment = app.deployment(fleet).map_err(BackendError::Permanent)?;
+    let mut deployment = app.deployment(fleet).map_err(BackendError::Permanent)?;
+    let name = fleet.name.clone();
+    deployment.vacated = app.db.run(move |s| s.vacated_slots(&name)).await.map_err(|e| BackendError::Transient(e.to_string()))?;
     let step = clawfleet_backend::converge(&**backend, &deployment, memory, clock::mono_ms()).await?;
     let next = match (step.plan.actions.is_empty(), step.plan.requeue_after_ms) {
         (false, _) => Some(STEP_AGAIN),

@@ -311,6 +311,15 @@ impl Store {
         })
     }
 
+    /// A fleet's vacated slots: the reconciler never starts them.
+    pub fn vacated_slots(&self, fleet: &str) -> Result<std::collections::BTreeSet<u32>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT slot FROM vacated WHERE fleet = ?1")?;
+            let slots = stmt.query_map([fleet], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            Ok(slots)
+        })
+    }
+
     /// Every vacated slot.
     pub fn vacated(&self) -> Result<Vec<Vacated>> {
         self.with(|c| {

@@ -1092,6 +1092,7 @@ fn migrations_hold_vacate_forward_and_give_back() {
     assert_eq!((m1.state, events[0].body.name()), (S::Committing, "migration"));
     let vacated = store.vacated().unwrap();
     assert_eq!((vacated.len(), vacated[0].slot, vacated[0].defected, vacated[0].peer.as_str()), (1, 1, true, "rack-b"));
+    assert_eq!(store.vacated_slots("squad").unwrap().into_iter().collect::<Vec<_>>(), [1]);
     let refused = store.create_injection(
         &NewInjection { id: "after", fleet: "squad", prompt: "hi", at: "t5", caller: "test", targets: &[1], request_id: None },
         &audit("inject"),
