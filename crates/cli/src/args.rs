@@ -104,6 +104,12 @@ pub(crate) enum Command {
     Restore(RestoreArgs),
     /// This rack and its peer racks (other control planes): whether each answers now.
     Racks(RacksArgs),
+    /// Move a running agent to a peer rack: its state snapshotted, restored there, and its
+    /// copy here stopped only once the peer's is ready; injections sent meanwhile are held and
+    /// answered once, by the copy that took over.
+    Migrate(MigrateArgs),
+    /// Migrations to and from this rack, newest first.
+    Migrations(RacksArgs),
     /// Execution approvals: agents that ask before they run a command (approve:cmd: brains)
     /// wait for an answer; see what waits, approve or deny it.
     #[command(subcommand)]
@@ -1010,6 +1016,28 @@ pub(crate) struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RacksArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The agent: FLEET/SLOT.
+    pub agent: String,
+    /// The peer rack (`clawfleet racks` lists them).
+    #[arg(long)]
+    pub to: String,
+    /// The fleet on the peer that takes it [default: one of the same name].
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Move the fleet's last available agent here too.
+    #[arg(long)]
+    pub allow_last: bool,
+    /// Return once the peer accepted, without waiting for the migration to end.
+    #[arg(long)]
+    pub no_wait: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -133,6 +133,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(a) => snapshot::run(a).await,
         Command::Restore(a) => snapshot::restore(a).await,
         Command::Racks(a) => rack::racks(a).await,
+        Command::Migrate(a) => rack::migrate(a).await,
+        Command::Migrations(a) => rack::migrations(a).await,
         Command::Project(c) => project::run(c).await,
         Command::Image(crate::args::ImageCommand::Build(a)) => docker::image_build(a).await,
         Command::Discover(a) => docker::discover(a).await,

@@ -1,13 +1,16 @@
 //! Racks: `up --rack NAME --peer NAME=URL --peer-token NAME=FILE` makes this control plane
-//! one rack among peers; `clawfleet racks` shows them and whether each answers now.
+//! one rack among peers; `clawfleet racks` shows them and whether each answers now;
+//! `clawfleet migrate FLEET/SLOT --to RACK` moves an agent to one, showing each step, and
+//! `clawfleet migrations` lists what moved.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clawfleet_proto::rack::{Racks, check_rack_name};
+use clawfleet_core::AgentRef;
+use clawfleet_proto::rack::{MigrateRequest, Migration, MigrationList, MigrationState, Racks, check_rack_name};
 use clawfleet_server::{PeerConfig, RackConfig};
 
-use crate::args::{RacksArgs, UpArgs};
+use crate::args::{MigrateArgs, RacksArgs, UpArgs};
 use crate::fleet::print_json;
 
 /// The rack and its peers from `up`'s flags: every peer a rack name and an http(s) URL, with
@@ -87,5 +90,85 @@ pub(crate) async fn racks(args: RacksArgs) -> anyhow::Result<ExitCode> {
             (None, problem) => outln!("  {:<16} {:<28} does not answer: {}", p.name, p.url, problem.as_deref().unwrap_or("?")),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How far along the source's side of a migration is, of [`STEPS`].
+fn step(state: MigrationState) -> u64 {
+    match state {
+        MigrationState::Offered => 1,
+        MigrationState::Transferred => 2,
+        MigrationState::Ready | MigrationState::Committing => 3,
+        MigrationState::Committed => 4,
+        MigrationState::Done | MigrationState::Aborting | MigrationState::Aborted => STEPS,
+    }
+}
+
+/// offered, transferred, committing, committed, done.
+const STEPS: u64 = 5;
+
+pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let agent: AgentRef = args.agent.parse()?;
+    let client = args.client.client()?;
+    let req = MigrateRequest { to: args.to.clone(), fleet: args.fleet.clone(), allow_last: args.allow_last };
+    let mut m: Migration = client.post(&format!("/api/v1/fleets/{}/agents/{}/migrate", agent.fleet, agent.slot), &req).await?;
+    if !args.no_wait {
+        let mut progress = crate::output::Progress::new(STEPS, &format!("migrating {agent} to {}", args.to));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while !m.state.is_final() && std::time::Instant::now() < deadline {
+            progress.set(step(m.state));
+            progress.note(Some(m.state.as_str()));
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            m = client.get(&format!("/api/v1/migrations/{}", m.id)).await?;
+        }
+        progress.set(step(m.state));
+        progress.finish();
+    }
+    if args.json {
+        print_json(&m);
+    } else {
+        match m.state {
+            MigrationState::Done => outln!(
+                "{agent} moved to {}: it is {}/{} there now ({} held injections sent on); DEFECTED here",
+                m.peer,
+                m.remote_fleet,
+                m.remote_slot.map_or("?".into(), |s| s.to_string()),
+                m.forwarded
+            ),
+            MigrationState::Aborted => outln!("{agent} stays here: {}", m.error.as_deref().unwrap_or("the migration was aborted")),
+            state => outln!("migration {} of {agent} to {} is {state}", m.id, m.peer),
+        }
+    }
+    Ok(match m.state {
+        MigrationState::Aborted => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+pub(crate) async fn migrations(args: RacksArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let list: MigrationList = client.get("/api/v1/migrations").await?;
+    if args.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .migrations
+        .iter()
+        .map(|m| {
+            let here = format!("{}/{}", m.fleet, m.slot.map_or("-".into(), |s| s.to_string()));
+            let there = format!("{}/{}", m.remote_fleet, m.remote_slot.map_or("-".into(), |s| s.to_string()));
+            vec![
+                m.id.clone(),
+                m.direction.to_string(),
+                m.peer.clone(),
+                here,
+                there,
+                m.state.to_string(),
+                m.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out!("{}", crate::output::table(&["ID", "WAY", "RACK", "HERE", "THERE", "STATE", "WHY"], &rows));
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,8 @@ mod approval_api;
 mod clawbucket;
 #[path = "council_api.rs"]
 mod council_api;
+#[path = "migrate_api.rs"]
+mod migrate_api;
 #[path = "project_api.rs"]
 mod project_api;
 #[path = "queue_api.rs"]
@@ -55,6 +57,7 @@ mod queue_api;
 #[path = "snapshot_api.rs"]
 mod snapshot_api;
 pub(crate) use clawbucket::agent_name;
+pub(crate) use snapshot_api::{reachable, restore_into, take_snapshot};
 
 /// How long `status` waits for a fleet's backend to say what it runs.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +88,17 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/api/v1/fleets/{name}/agents/{slot}/restore",
             post(snapshot_api::restore).layer(axum::extract::DefaultBodyLimit::max(snapshot_api::MAX_ARCHIVE_BYTES)),
         )
+        .route("/api/v1/fleets/{name}/agents/{slot}/migrate", post(migrate_api::start))
+        .route("/api/v1/migrations", get(migrate_api::list).post(migrate_api::offer))
+        .route("/api/v1/migrations/{id}", get(migrate_api::get_one))
+        .route(
+            "/api/v1/migrations/{id}/transfer",
+            post(migrate_api::transfer).layer(axum::extract::DefaultBodyLimit::max(snapshot_api::MAX_ARCHIVE_BYTES)),
+        )
+        .route("/api/v1/migrations/{id}/arrival", get(migrate_api::arrival))
+        .route("/api/v1/migrations/{id}/commit", post(migrate_api::commit))
+        .route("/api/v1/migrations/{id}/abort", post(migrate_api::abort))
+        .route("/api/v1/migrations/{id}/inject", post(migrate_api::inject))
         .route("/api/v1/fleets/{name}/scenarios", get(scenarios_get).put(scenarios_set).patch(scenarios_patch))
         .route("/api/v1/fleets/{name}/rps", get(rps))
         .route("/api/v1/fleets/{name}/haiku", get(haiku))
@@ -276,7 +290,7 @@ async fn load(app: &App, name: &str) -> Result<FleetRow, ApiError> {
     app.db.run(move |s| s.fleet(&n)).await?.ok_or_else(|| ApiError::no_fleet(name))
 }
 
-async fn load_active(app: &App, name: &str) -> Result<FleetRow, ApiError> {
+pub(crate) async fn load_active(app: &App, name: &str) -> Result<FleetRow, ApiError> {
     let row = load(app, name).await?;
     if row.state != FleetState::Active {
         return Err(ApiError::conflict(format!("fleet '{name}' is terminating")));
@@ -730,7 +744,9 @@ async fn status(
     }
     let observed = by_slot;
     let n = row.name.clone();
-    let (disarmed, phrases, scores) = app.db.run(move |s| Ok((s.disarmed(&n)?, s.phrases(&n)?, s.scoreboard(&n)?))).await?;
+    let (disarmed, phrases, scores, moves) =
+        app.db.run(move |s| Ok((s.disarmed(&n)?, s.phrases(&n)?, s.scoreboard(&n)?, (s.live_migrations()?, s.vacated()?)))).await?;
+    let badges = badges(&row.name, moves);
     let phrases: BTreeMap<u32, String> = phrases.into_iter().map(|p| (p.slot, p.text)).collect();
     let scores: BTreeMap<u32, i64> = scores.into_iter().map(|r| (r.slot, r.score)).collect();
     let slots: BTreeSet<u32> = (0..row.replicas).chain(observed.keys().copied()).filter(|s| only.is_none_or(|mine| mine == *s)).collect();
@@ -752,6 +768,10 @@ async fn status(
                 _ => None,
             };
             let hb = live.as_ref().map(|a| &a.hb);
+            let badge = badges.get(&slot).cloned();
+            if matches!(badge, Some(clawfleet_proto::rack::Badge::Defected { .. })) {
+                state = "defected".into();
+            }
             AgentStatus {
                 slot,
                 armed: !disarmed.contains(&slot),
@@ -775,13 +795,40 @@ async fn status(
                 problem,
                 three_words: phrases.get(&slot).cloned(),
                 score: scores.get(&slot).copied(),
-                badge: None,
+                badge,
             }
         })
         .collect();
     let isolation = app.backend(&row.backend).map_or(clawfleet_proto::api::Isolation::None, |b| b.isolation());
     let deploy = app.db.run(|s| s.active_deploy()).await?.filter(|d| d.fleets.iter().any(|f| f.fleet == row.name));
     Ok(Json(FleetStatus { fleet: fleet_view(&app, &row), isolation, agents, deploy }))
+}
+
+/// What each agent of `fleet` shows of migrations: `MIGRATING` while it moves (either way),
+/// `DEFECTED` where it left, `FROM <rack>` where it arrived.
+fn badges(
+    fleet: &str,
+    (live, vacated): (Vec<(clawfleet_proto::rack::Migration, i64)>, Vec<clawfleet_store::Vacated>),
+) -> BTreeMap<u32, clawfleet_proto::rack::Badge> {
+    use clawfleet_proto::rack::{Badge, Direction, MigrationState};
+    let mut badges = BTreeMap::new();
+    // Later says more: FROM, then MIGRATING (it may move on again), then DEFECTED.
+    for (m, _) in live.into_iter().filter(|(m, _)| m.fleet == fleet) {
+        let Some(slot) = m.slot else { continue };
+        match (m.direction, m.state) {
+            (Direction::In, MigrationState::Committed) => {
+                badges.entry(slot).or_insert(Badge::From { rack: m.peer });
+            }
+            (_, s) if !s.is_final() => {
+                badges.insert(slot, Badge::Migrating { rack: m.peer });
+            }
+            _ => {}
+        }
+    }
+    for v in vacated.into_iter().filter(|v| v.fleet == fleet && v.defected) {
+        badges.insert(v.slot, Badge::Defected { rack: v.peer });
+    }
+    badges
 }
 
 async fn update(
@@ -1165,6 +1212,20 @@ async fn racks(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>
     Ok(Json(clawfleet_proto::rack::Racks { rack: app.peers.config.name.clone(), peers: app.peers.status().await }))
 }
 
+/// The agents `agents` names, or (`None`) every agent of the fleet that is here: a slot its
+/// agent left for another rack has none.
+fn targets_here(app: &App, name: &str, replicas: u32, agents: Option<&[u32]>) -> Result<Vec<u32>, ApiError> {
+    let mut targets = spec::resolve_targets(name, replicas, agents)?;
+    if agents.is_none() {
+        let vacated = app.holds.vacated(name);
+        targets.retain(|t| !vacated.contains(t));
+        if targets.is_empty() && !vacated.is_empty() {
+            return Err(ApiError::conflict(format!("fleet '{name}' has no agent here: each of its agents moved to another rack")));
+        }
+    }
+    Ok(targets)
+}
+
 async fn inject(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -1181,7 +1242,7 @@ async fn inject(
             let (n, r) = (name.clone(), role.clone());
             vec![app.db.run(move |s| s.role_holder(&n, &r)).await?]
         }
-        None => spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?,
+        None => targets_here(&app, &name, row.replicas, req.agents.as_deref())?,
     };
     let id = uuid::Uuid::now_v7().to_string();
     let (iid, fleet, prompt, t, rid) = (id.clone(), name.clone(), req.prompt.clone(), targets.clone(), req.request_id.clone());
@@ -1216,7 +1277,7 @@ async fn command(
         .parse()
         .map_err(|e: clawfleet_core::command::UnknownCommand| ApiError::new(StatusCode::BAD_REQUEST, "unknown_command", e.to_string()))?;
     let row = load_active(&app, &name).await?;
-    let targets = spec::resolve_targets(&name, row.replicas, req.agents.as_deref())?;
+    let targets = targets_here(&app, &name, row.replicas, req.agents.as_deref())?;
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(10_000).min(120_000));
     Ok(Json(send_command(&app, &row, targets, cmd, actor, wait).await?))
 }

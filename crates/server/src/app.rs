@@ -63,6 +63,10 @@ pub(crate) struct App {
     pub dynsec: Option<crate::dynsec::Dynsec>,
     /// This rack's name and its peers.
     pub peers: crate::peer::Peers,
+    /// Agents whose injections wait while they move between racks.
+    pub holds: crate::migrate::Holds,
+    /// Wakes the migration loop early (a migration began or moved).
+    pub migrations_due: Notify,
 }
 
 /// A fleet's condition, as its backend last reported it.

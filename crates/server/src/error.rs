@@ -42,8 +42,19 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{context}; see the control plane's log"))
     }
 
+    /// What it says (to a loop that reports it elsewhere).
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn no_fleet(name: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_fleet", format!("no fleet named '{name}'"))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The clawfleet control plane: `clawfleet up`.
 //!
 //! [`Server::start`] opens the data directory (database, operator token), starts the embedded
-//! MQTT broker (or connects to an external one), and runs six loops on one runtime, each owning
+//! MQTT broker (or connects to an external one), and runs its loops on one runtime, each owning
 //! its own state:
 //!
 //! - **ingest** ([`ingest`]): bus and mailboxes → store, exactly once per agent event, then
@@ -9,6 +9,7 @@
 //! - **mailbox** ([`mailbox`]): follows slurm fleets' mailboxes into ingest;
 //! - **outbox** ([`outbox`]): resends directives until their agent acknowledges them;
 //! - **deploy** ([`deploy`]): gates the running deploy, reverts it when it fails;
+//! - **migrate** ([`migrate`]): drives each open migration between racks one durable step on;
 //! - **reconcile** ([`reconcile`]): drives each fleet's backend toward its desired state, and
 //!   on a tick of its own reports agents' availability changes;
 //! - **HTTP** ([`api`]): the API, the dashboard, `/healthz`, `/metrics`.
@@ -32,6 +33,7 @@ mod ingest;
 mod leader;
 mod live;
 mod mailbox;
+mod migrate;
 mod outbound;
 mod outbox;
 mod peer;
@@ -322,7 +324,12 @@ impl Server {
             metrics: Default::default(),
             dynsec: dynsec.then(|| dynsec::Dynsec::new(secret.clone())),
             peers: peer::Peers::new(config.rack.clone()),
+            holds: Default::default(),
+            migrations_due: Notify::new(),
         });
+        // Agents that were moving when the control plane stopped still are: their injections
+        // wait from the first send on.
+        migrate::refresh(&app).await?;
 
         let listener =
             tokio::net::TcpListener::bind(config.http).await.map_err(|source| ServerError::Http { addr: config.http, source })?;
@@ -338,6 +345,7 @@ impl Server {
             tokio::spawn(scenario::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(council::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(project::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(migrate::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

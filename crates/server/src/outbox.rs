@@ -36,7 +36,8 @@ pub(crate) fn expires_at(accepted: SystemTime, timeout: Option<Duration>) -> Opt
 }
 
 /// Sends a new directive to its targets right away (one fleet broadcast when it goes to every
-/// agent, else one message per agent) and notes the rows as sent.
+/// agent, else one message per agent) and notes the rows as sent. An injection for an agent
+/// that moves between racks is not sent: its row waits (see [`crate::migrate::Holds`]).
 pub(crate) async fn send_now(
     app: &App,
     fleet: &str,
@@ -46,6 +47,18 @@ pub(crate) async fn send_now(
     rows: &[i64],
     expires: Option<String>,
 ) {
+    // An injection for an agent that moves between racks waits in the outbox (commands do not).
+    let held: Vec<u32> = match pending {
+        Pending::Inject { .. } => targets.iter().copied().filter(|&t| app.holds.holds(fleet, t, None)).collect(),
+        Pending::Command { .. } => Vec::new(),
+    };
+    let kept: Vec<u32>;
+    let targets = if held.is_empty() {
+        targets
+    } else {
+        kept = targets.iter().copied().filter(|t| !held.contains(t)).collect();
+        &kept
+    };
     let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
     let d = directive(pending, None, expires);
     if whole_fleet {
@@ -109,6 +122,7 @@ async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
         sent.retain(|id, _| live.contains(id));
         rows.into_iter()
             .filter(|r| app.live.reachable(&r.fleet, r.slot, now))
+            .filter(|r| matches!(r.directive, Pending::Command { .. }) || !app.holds.holds(&r.fleet, r.slot, Some(r.id)))
             .filter(|r| sent.get(&r.id).is_none_or(|at| at.elapsed() >= backoff(r.attempts)))
             .collect()
     };

@@ -72,10 +72,18 @@ impl Peers {
 
     /// Calls a peer's API with this rack's token for it: its answer, or why not (an answer of
     /// 5xx, as no answer, worth trying again).
-    async fn call<T: DeserializeOwned>(&self, name: &str, method: reqwest::Method, path: &str) -> Result<T, PeerError> {
+    async fn call<T: DeserializeOwned>(&self, name: &str, method: reqwest::Method, path: &str, body: Body) -> Result<T, PeerError> {
         let peer = self.peer(name)?;
         let url = format!("{}{path}", peer.url.trim_end_matches('/'));
-        let req = self.http.request(method, &url).bearer_auth(&peer.token);
+        let mut req = self.http.request(method, &url).bearer_auth(&peer.token);
+        req = match body {
+            Body::None => req,
+            Body::Json(json) => req.header(reqwest::header::CONTENT_TYPE, "application/json").body(json),
+            Body::Archive(bytes) => {
+                let sum = clawfleet_snapshot::sha256_hex(&bytes);
+                req.header(reqwest::header::CONTENT_TYPE, "application/gzip").header(SHA256_HEADER, sum).body(bytes)
+            }
+        };
         let unreachable = |e: reqwest::Error| PeerError::Unreachable { peer: name.to_owned(), reason: describe(&e) };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -97,7 +105,18 @@ impl Peers {
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(&self, name: &str, path: &str) -> Result<T, PeerError> {
-        self.call(name, reqwest::Method::GET, path).await
+        self.call(name, reqwest::Method::GET, path, Body::None).await
+    }
+
+    /// POSTs `body` (JSON) to a peer.
+    pub(crate) async fn post<T: DeserializeOwned>(&self, name: &str, path: &str, body: &impl serde::Serialize) -> Result<T, PeerError> {
+        let json = serde_json::to_vec(body).expect("wire types serialize");
+        self.call(name, reqwest::Method::POST, path, Body::Json(json)).await
+    }
+
+    /// POSTs an archive to a peer, with its sha256 in [`SHA256_HEADER`].
+    pub(crate) async fn post_archive<T: DeserializeOwned>(&self, name: &str, path: &str, archive: Vec<u8>) -> Result<T, PeerError> {
+        self.call(name, reqwest::Method::POST, path, Body::Archive(archive)).await
     }
 
     /// Whether each peer answers now, and what it says of itself.
@@ -123,6 +142,16 @@ impl Peers {
         });
         futures_util::future::join_all(probes).await
     }
+}
+
+/// The header that carries a transferred archive's sha256 (lowercase hex).
+pub(crate) const SHA256_HEADER: &str = "x-clawfleet-sha256";
+
+/// What a call to a peer sends.
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Archive(Vec<u8>),
 }
 
 /// What reqwest says, with its causes.

@@ -9,7 +9,7 @@ use clawfleet_proto::snapshot::Origin;
 use super::*;
 
 /// An agent of an active fleet, and its workspace where this control plane reaches it.
-async fn reachable(app: &App, name: &str, slot: u32) -> Result<(FleetRow, std::path::PathBuf), ApiError> {
+pub(crate) async fn reachable(app: &App, name: &str, slot: u32) -> Result<(FleetRow, std::path::PathBuf), ApiError> {
     let row = load_active(app, name).await?;
     spec::resolve_targets(name, row.replicas, Some(&[slot]))?;
     let backend = app.backend(&row.backend).map_err(ApiError::bad_request)?;
@@ -32,32 +32,7 @@ pub(super) async fn take(
 ) -> Result<Response, ApiError> {
     caller.may(&app, Action::Update, Target::Agent(&name, slot))?;
     let (row, workspace) = reachable(&app, &name, slot).await?;
-    let secrets: Vec<(String, String)> = app.secrets.read().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let origin = Origin {
-        clawfleet_version: env!("CARGO_PKG_VERSION").into(),
-        created_at: clock::now_rfc3339(),
-        source: app.identity(),
-        fleet: name.clone(),
-        slot,
-        brain: row.brain.clone(),
-        system_prompt: row.prompt.clone(),
-        fleet_version: row.version.clone(),
-    };
-    let (agent, ws) = (format!("{name}/{slot}"), workspace.clone());
-    let taken = tokio::task::spawn_blocking(move || {
-        let files = clawfleet_snapshot::files_of(&ws).map_err(|e| ApiError::conflict(e.to_string()))?;
-        if let Some((secret, path)) = clawfleet_snapshot::holds_secret(&files, secrets.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            return Err(ApiError::conflict(format!(
-                "the workspace of agent {agent} holds the value of the secret '{secret}' (in {path}): a snapshot never carries a secret"
-            )));
-        }
-        let mut out = Vec::new();
-        let manifest = clawfleet_snapshot::write(&ws, origin, &mut out).map_err(|e| ApiError::conflict(e.to_string()))?;
-        Ok((manifest, out))
-    })
-    .await
-    .map_err(|e| ApiError::internal("taking a snapshot", e))??;
-    let (manifest, bytes) = taken;
+    let (manifest, bytes) = take_snapshot(&app, &row, slot, workspace).await?;
     let actor = caller.0.audit_name();
     let detail = format!("agent {slot}: {} files, {} turns, {} bytes", manifest.files.len(), manifest.turns, bytes.len());
     let n = name.clone();
@@ -71,8 +46,44 @@ pub(super) async fn take(
     Ok(resp)
 }
 
+/// The archive of agent `slot` of `row`, read from its `workspace` while it runs; refused when
+/// the workspace holds the value of a stored secret.
+pub(crate) async fn take_snapshot(
+    app: &App,
+    row: &FleetRow,
+    slot: u32,
+    workspace: std::path::PathBuf,
+) -> Result<(clawfleet_proto::snapshot::Manifest, Vec<u8>), ApiError> {
+    let name = row.name.clone();
+    let secrets: Vec<(String, String)> = app.secrets.read().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let origin = Origin {
+        clawfleet_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: clock::now_rfc3339(),
+        source: app.identity(),
+        fleet: name.clone(),
+        slot,
+        brain: row.brain.clone(),
+        system_prompt: row.prompt.clone(),
+        fleet_version: row.version.clone(),
+    };
+    let (agent, ws) = (format!("{name}/{slot}"), workspace.clone());
+    tokio::task::spawn_blocking(move || {
+        let files = clawfleet_snapshot::files_of(&ws).map_err(|e| ApiError::conflict(e.to_string()))?;
+        if let Some((secret, path)) = clawfleet_snapshot::holds_secret(&files, secrets.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            return Err(ApiError::conflict(format!(
+                "the workspace of agent {agent} holds the value of the secret '{secret}' (in {path}): a snapshot never carries a secret"
+            )));
+        }
+        let mut out = Vec::new();
+        let manifest = clawfleet_snapshot::write(&ws, origin, &mut out).map_err(|e| ApiError::conflict(e.to_string()))?;
+        Ok((manifest, out))
+    })
+    .await
+    .map_err(|e| ApiError::internal("taking a snapshot", e))?
+}
+
 /// The largest archive a restore takes (compressed).
-pub(super) const MAX_ARCHIVE_BYTES: usize = 128 * 1024 * 1024;
+pub(crate) const MAX_ARCHIVE_BYTES: usize = 128 * 1024 * 1024;
 
 /// `POST /api/v1/fleets/{name}/agents/{slot}/restore` (the archive as the body): the agent takes
 /// the snapshot's state: its files written into its workspace (the conversation replaced; its
@@ -89,6 +100,20 @@ pub(super) async fn restore(
     let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", format!("the archive: {}", e.body_text())))?;
     let snapshot = clawfleet_snapshot::read(body.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (row, workspace) = reachable(&app, &name, slot).await?;
+    Ok(Json(restore_into(&app, &row, slot, workspace, snapshot, caller.0.audit_name()).await?))
+}
+
+/// Restores `snapshot` into agent `slot` of `row`, whose workspace is `workspace`, if it is
+/// idle, and has the agent read it (`config-reload`); audited as `actor`'s.
+pub(crate) async fn restore_into(
+    app: &Arc<App>,
+    row: &FleetRow,
+    slot: u32,
+    workspace: std::path::PathBuf,
+    snapshot: clawfleet_snapshot::Snapshot,
+    actor: String,
+) -> Result<clawfleet_proto::api::RestoreResponse, ApiError> {
+    let name = row.name.clone();
     let state = app.live.state(&name, slot, clock::mono_ms());
     if state != clawfleet_core::liveness::AgentState::Idle {
         return Err(ApiError::conflict(format!("agent {name}/{slot} is {}: a snapshot is restored into an idle agent", state.as_str())));
@@ -98,15 +123,14 @@ pub(super) async fn restore(
         .await
         .map_err(|e| ApiError::internal("restoring a snapshot", e))?
         .map_err(|e| ApiError::conflict(e.to_string()))?;
-    let actor = caller.0.audit_name();
     let o = &m.origin;
     let detail = format!("agent {slot}: from {}/{} of {}, {} turns, {} files", o.fleet, o.slot, o.source, m.turns, m.files.len());
     let (n, a) = (name.clone(), actor.clone());
     app.db.run(move |s| s.audit(&audit(&clock::now_rfc3339(), &a, "restore", &n, detail))).await?;
-    let reload = super::send_command(&app, &row, vec![slot], CommandName::ConfigReload, actor, Duration::from_secs(30)).await?;
+    let reload = super::send_command(app, row, vec![slot], CommandName::ConfigReload, actor, Duration::from_secs(30)).await?;
     let reply = reload.results.into_iter().next();
     let messages = reply.as_ref().and_then(|r| r.result["conversation_messages"].as_u64());
-    Ok(Json(clawfleet_proto::api::RestoreResponse {
+    Ok(clawfleet_proto::api::RestoreResponse {
         agent: format!("{name}/{slot}"),
         from: format!("{}/{}", m.origin.fleet, m.origin.slot),
         turns: m.turns,
@@ -114,5 +138,5 @@ pub(super) async fn restore(
         reloaded: reply.as_ref().is_some_and(|r| r.ok),
         conversation_messages: messages,
         error: reply.and_then(|r| r.error),
-    }))
+    })
 }

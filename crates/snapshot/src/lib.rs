@@ -66,6 +66,12 @@ pub struct Snapshot {
 /// A workspace's files as a snapshot holds them: each path (relative, `/`-joined) and its content.
 pub type Files = BTreeMap<String, Vec<u8>>;
 
+/// The sha256 of `bytes`, lowercase hex (what a manifest holds of each file, and what racks
+/// send with an archive they transfer).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha256(bytes)
+}
+
 fn sha256(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

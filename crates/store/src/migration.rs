@@ -59,13 +59,15 @@ pub struct NewMigration<'a> {
 }
 
 /// One step of a migration on one side: from one of `from` to `to`, with what its event says
-/// (`detail`) and why, when it is aborted (`error`).
+/// (`detail`), why, when it is aborted (`error`), and the agent's slot on the other rack once
+/// it is known (`remote_slot`).
 #[derive(Debug, Clone)]
 pub struct Advance<'a> {
     pub from: &'a [MigrationState],
     pub to: MigrationState,
     pub error: Option<&'a str>,
     pub detail: String,
+    pub remote_slot: Option<u32>,
 }
 
 /// An injection held for a moving agent.
@@ -167,15 +169,16 @@ impl Store {
         step: Advance<'_>,
         at: &str,
     ) -> Result<Option<(Migration, Vec<Event>)>> {
-        let Advance { from, to, error, detail } = step;
+        let Advance { from, to, error, detail, remote_slot } = step;
         self.tx(|tx| {
             let Some((m, _)) = one(tx, id, direction)? else { return Ok(None) };
             if !from.contains(&m.state) {
                 return Ok(None);
             }
             tx.execute(
-                "UPDATE migrations SET state = ?3, error = COALESCE(?4, error), updated_at = ?5 WHERE id = ?1 AND direction = ?2",
-                params![id, direction.as_str(), to.as_str(), error, at],
+                "UPDATE migrations SET state = ?3, error = COALESCE(?4, error), updated_at = ?5, remote_slot = COALESCE(?6, remote_slot)
+                 WHERE id = ?1 AND direction = ?2",
+                params![id, direction.as_str(), to.as_str(), error, at, remote_slot],
             )?;
             let (m, _) = one(tx, id, direction)?.expect("just changed");
             let mut events = Vec::new();

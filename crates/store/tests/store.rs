@@ -1065,7 +1065,7 @@ fn migrations_hold_vacate_forward_and_give_back() {
             .advance_migration(
                 "m1",
                 Direction::Out,
-                Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "x".into() },
+                Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "x".into(), remote_slot: None },
                 "t3"
             )
             .unwrap()
@@ -1075,7 +1075,7 @@ fn migrations_hold_vacate_forward_and_give_back() {
         .advance_migration(
             "m1",
             Direction::Out,
-            Advance { from: &[S::Offered], to: S::Transferred, error: None, detail: "sent".into() },
+            Advance { from: &[S::Offered], to: S::Transferred, error: None, detail: "sent".into(), remote_slot: None },
             "t3",
         )
         .unwrap()
@@ -1084,7 +1084,7 @@ fn migrations_hold_vacate_forward_and_give_back() {
         .advance_migration(
             "m1",
             Direction::Out,
-            Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "go".into() },
+            Advance { from: &[S::Transferred], to: S::Committing, error: None, detail: "go".into(), remote_slot: None },
             "t4",
         )
         .unwrap()
@@ -1119,7 +1119,13 @@ fn migrations_hold_vacate_forward_and_give_back() {
         .advance_migration(
             "m2",
             Direction::In,
-            Advance { from: &[S::Offered, S::Transferred, S::Ready], to: S::Aborted, error: Some("no"), detail: "aborted".into() },
+            Advance {
+                from: &[S::Offered, S::Transferred, S::Ready],
+                to: S::Aborted,
+                error: Some("no"),
+                detail: "aborted".into(),
+                remote_slot: None,
+            },
             "t10",
         )
         .unwrap()

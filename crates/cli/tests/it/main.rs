@@ -16,6 +16,7 @@ mod join;
 mod leader;
 mod lifecycle;
 mod mailbox;
+mod migrate;
 mod model;
 mod project;
 mod queue;

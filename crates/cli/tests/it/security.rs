@@ -5,6 +5,13 @@ use crate::support::{Plane, PlaneOptions};
 
 /// A brain runs the operator's prompt with whatever tools it has: it must not find a clawfleet
 /// credential in its environment (hole 3: a `cmd:` brain printed `CLAWFLEET_BUS_PASSWORD`).
+/// A rack's offer of an agent, as rack `rack-y` makes it.
+const OFFER: &str = concat!(
+    r#"{"id": "0190a000-0000-7000-8000-000000000000", "from": "rack-y", "fleet": "web", "slot": 0, "clawfleet_version": ""#,
+    env!("CARGO_PKG_VERSION"),
+    r#"", "snapshot_version": 1, "target_fleet": "web"}"#
+);
+
 #[test]
 fn a_brain_sees_no_clawfleet_credential() {
     let plane = Plane::start();
@@ -349,6 +356,9 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let apply_dry = Some(r#"{"fleets": [{"name": "web", "backend": "external", "replicas": 5}], "dry_run": true}"#);
     let (op, obs, adm, agent) = (Some(operator.as_str()), Some(observer.as_str()), Some(web_admin.as_str()), Some(ops0.as_str()));
     let peer = Some(rack.as_str());
+    let offer_z = OFFER.replace("rack-y", "rack-z");
+    let (offer_bad_id, offer_nope) = (offer_z.replace("0190", "zz"), offer_z.replace("\"web\"}", "\"nope\"}"));
+    let offer_v9 = offer_z.replace("\"snapshot_version\": 1", "\"snapshot_version\": 9");
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
         // Who are you?
@@ -500,6 +510,33 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (peer, "GET", "/api/v1/fleets/web/agents/0/snapshot", None, 403, "the peer token 'rack-z' may not update agent web/0"),
         (peer, "GET", "/api/v1/tokens", None, 403, "the peer token 'rack-z' may not manage-tokens everything"),
         (peer, "GET", "/api/v1/bus/observer", None, 403, "the peer token 'rack-z' may not"),
+        // Migrations: who may update an agent moves it; who reads everything lists them; what
+        // racks ask each other takes a peer token, and a peer sees only what it offered.
+        (obs, "POST", "/api/v1/fleets/web/agents/0/migrate", Some(r#"{"to": "rack-y"}"#), 403, "the observer token 'watcher' may not update agent web/0"),
+        (agent, "POST", "/api/v1/fleets/ops/agents/1/migrate", Some(r#"{"to": "rack-y"}"#), 403, "refusing self-deploy"),
+        (peer, "POST", "/api/v1/fleets/web/agents/0/migrate", Some(r#"{"to": "rack-y"}"#), 403, "the peer token 'rack-z' may not update agent web/0"),
+        (adm, "POST", "/api/v1/fleets/web/agents/0/migrate", Some(r#"{"to": "Rack Y"}"#), 400, "rack name 'Rack Y' must be"),
+        (adm, "POST", "/api/v1/fleets/web/agents/0/migrate", Some(r#"{"to": "rack-y"}"#), 400, "no peer rack named 'rack-y'"),
+        (adm, "POST", "/api/v1/fleets/web/agents/0/migrate", Some(r#"{"to": "rack-y", "when": "now"}"#), 400, "invalid request body"),
+        (obs, "GET", "/api/v1/migrations", None, 200, ""),
+        (peer, "GET", "/api/v1/migrations", None, 403, "the peer token 'rack-z' may not read everything"),
+        (obs, "GET", "/api/v1/migrations/nope", None, 404, "no migration nope"),
+        (op, "POST", "/api/v1/migrations", Some(r#"{"id": "x"}"#), 400, "invalid request body"),
+        (op, "POST", "/api/v1/migrations", Some(OFFER), 403, "racks ask this of each other: it takes a peer token"),
+        (obs, "POST", "/api/v1/migrations", Some(OFFER), 403, "the observer token 'watcher' may not peer everything"),
+        (peer, "POST", "/api/v1/migrations", Some(OFFER), 400, "the offer says it comes from 'rack-y', but its token is rack 'rack-z'"),
+        (peer, "POST", "/api/v1/migrations", Some(offer_bad_id.as_str()), 400, "migration id: "),
+        (peer, "POST", "/api/v1/migrations", Some(offer_nope.as_str()), 404, "no fleet named 'nope'"),
+        (peer, "POST", "/api/v1/migrations", Some(offer_v9.as_str()), 409, "it reads snapshot format 9"),
+        (peer, "POST", "/api/v1/migrations", Some(offer_z.as_str()), 409, "fleet 'web' here runs on the external backend, which takes no migrated agent"),
+        (peer, "POST", "/api/v1/migrations/0190a000-0000-7000-8000-000000000000/transfer", Some("x"), 404, "no migration 0190a000-0000-7000-8000-000000000000 from rack 'rack-z'"),
+        (op, "GET", "/api/v1/migrations/x/arrival", None, 403, "racks ask this of each other: it takes a peer token"),
+        (peer, "GET", "/api/v1/migrations/x/arrival", None, 404, "no migration x from rack 'rack-z'"),
+        (peer, "POST", "/api/v1/migrations/x/commit", None, 404, "no migration x from rack 'rack-z'"),
+        (peer, "POST", "/api/v1/migrations/x/abort", None, 404, "no migration x from rack 'rack-z'"),
+        (peer, "POST", "/api/v1/migrations/x/inject", Some(r#"{"injection_id": "i", "prompt": " "}"#), 400, "prompt is empty"),
+        (peer, "POST", "/api/v1/migrations/x/inject", Some(r#"{"injection_id": "i", "prompt": "hi"}"#), 404, "no migration x from rack 'rack-z'"),
+        (agent, "POST", "/api/v1/migrations/x/inject", Some(r#"{"injection_id": "i", "prompt": "hi"}"#), 403, "the agent token 'agent ops/0' may not peer everything"),
         // Approvals: who reads an agent sees its approvals (answering them is tested with a
         // real one, end to end, and role by role in core).
         (obs, "GET", "/api/v1/approvals", None, 200, ""),

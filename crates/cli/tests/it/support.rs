@@ -70,6 +70,8 @@ pub struct PlaneOptions {
     pub slurm: bool,
     /// More arguments for `up`.
     pub up_args: Vec<String>,
+    /// More environment for `up` (`CLAWFLEET_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for PlaneOptions {
@@ -83,6 +85,7 @@ impl Default for PlaneOptions {
             docker: None,
             slurm: false,
             up_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -156,6 +159,7 @@ impl Plane {
             }
         }
         cmd.args(&self.options.up_args);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         if let Some(extra) = &self.options.extra_path {
             let path = format!("{}:{}", extra.display(), std::env::var("PATH").unwrap_or_default());
             cmd.env("PATH", path);
@@ -170,6 +174,22 @@ impl Plane {
             ok.then_some(())
         });
         let _ = url;
+    }
+
+    /// Waits (at most `within`) for the control plane to exit by itself (a failpoint);
+    /// whether it did.
+    pub fn exited(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().unwrap().is_some()
+            {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Kills the control plane abruptly (SIGKILL), as a crash would.
