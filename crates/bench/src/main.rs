@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, migrate, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -24,6 +24,7 @@ mod clawbucket;
 mod deploy;
 mod docker;
 mod leader;
+mod migrate;
 mod model;
 mod projects;
 mod security;
@@ -561,6 +562,7 @@ async fn main() -> anyhow::Result<()> {
         ("clawbucket", 9),
         ("projects", 10),
         ("snapshot", 11),
+        ("migrate", 12),
         ("docker", 4),
         ("slurm", 5),
         ("model", 3),
@@ -581,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
             9 => clawbucket::run(&a, &mut rows).await,
             10 => projects::run(&a, &mut rows).await,
             11 => snapshot::run(&a, &mut rows).await,
+            12 => migrate::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);

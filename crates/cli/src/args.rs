@@ -347,6 +347,15 @@ pub(crate) struct UpArgs {
     /// create --role peer` there); one per --peer
     #[arg(long = "peer-token", value_name = "NAME=FILE")]
     pub peer_tokens: Vec<String>,
+    /// Run this many racks in this process, peers of each other (2: this one, rack-a, and
+    /// rack-b, with its data in DATA/racks/rack-b, its API and bus on the next ports); with
+    /// --demo each gets the demo fleet, so an agent can be moved between them
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub racks: u8,
+    /// How long a migration out of this rack waits for its agent to finish its work, and then
+    /// for the peer's copy to be ready (a Slurm job may queue), before it is aborted
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub migrate_within: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

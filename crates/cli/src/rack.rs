@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clawfleet_core::AgentRef;
 use clawfleet_proto::rack::{MigrateRequest, Migration, MigrationList, MigrationState, Racks, check_rack_name};
-use clawfleet_server::{PeerConfig, RackConfig};
+use clawfleet_server::{PeerConfig, RackConfig, ServerConfig};
 
 use crate::args::{MigrateArgs, RacksArgs, UpArgs};
 use crate::fleet::print_json;
@@ -91,6 +91,46 @@ pub(crate) async fn racks(args: RacksArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `up --racks 2` keeps rack-b's data: under this rack's.
+pub(crate) fn second_dir(data: &std::path::Path) -> std::path::PathBuf {
+    data.join("racks").join("rack-b")
+}
+
+/// `up --racks 2`: rack-b's configuration beside this one's (`config`, which becomes rack-a
+/// unless named), each the other's peer with a token minted in the other's store; rack-b's
+/// API and embedded bus on the ports after this one's.
+pub(crate) fn second_rack(args: &UpArgs, config: &mut ServerConfig, scheme: &str) -> anyhow::Result<ServerConfig> {
+    let clawfleet_server::BusMode::Embedded { listen } = config.bus else {
+        bail!("--racks 2 runs each rack's own embedded broker: give no --bus");
+    };
+    if !args.peers.is_empty() {
+        bail!("--racks 2 makes each rack the other's peer: give no --peer");
+    }
+    let next = |addr: std::net::SocketAddr, flag: &str| match addr.port() {
+        0 | u16::MAX => bail!("--racks 2 puts rack-b on the port after {flag}'s: give {flag} a port below 65535, not {addr}"),
+        port => Ok(std::net::SocketAddr::new(addr.ip(), port + 1)),
+    };
+    let a = args.rack.clone().unwrap_or_else(|| "rack-a".into());
+    let b = "rack-b".to_owned();
+    if a == b {
+        bail!("--racks 2 names the second rack rack-b: give this one another --rack");
+    }
+    let mut second = config.clone();
+    second.data_dir = second_dir(&config.data_dir);
+    second.http = next(config.http, "--http")?;
+    second.bus = clawfleet_server::BusMode::Embedded { listen: next(listen, "--mqtt-listen")? };
+    let by = "clawfleet up --racks 2";
+    let for_a = clawfleet_server::mint_peer_token(&second.data_dir, &a, by)?;
+    let for_b = clawfleet_server::mint_peer_token(&config.data_dir, &b, by)?;
+    let url = |addr: std::net::SocketAddr| {
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        format!("{scheme}://{}:{}", if host.contains(':') { format!("[{host}]") } else { host }, addr.port())
+    };
+    second.rack = RackConfig { name: b.clone(), peers: vec![PeerConfig { name: a.clone(), url: url(config.http), token: for_b }] };
+    config.rack = RackConfig { name: a, peers: vec![PeerConfig { name: b, url: url(second.http), token: for_a }] };
+    Ok(second)
 }
 
 /// How far along the source's side of a migration is, of [`STEPS`].

@@ -71,7 +71,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         };
         std::sync::Arc::new(clawfleet_backend::slurm::SlurmBackend::new(config)) as std::sync::Arc<dyn clawfleet_backend::Backend>
     });
-    let server = Server::start(ServerConfig {
+    let mut config = ServerConfig {
         data_dir: data.clone(),
         http: args.http,
         bus,
@@ -102,14 +102,22 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         approval_timeout: args.approval_timeout,
         rack: crate::rack::config(&args)?,
-    })
-    .await
-    .map_err(|e| match &docker {
+        migrate_within: args.migrate_within,
+    };
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let second = match args.racks {
+        2 => Some(crate::rack::second_rack(&args, &mut config, scheme)?),
+        _ => None,
+    };
+    // rack-b first: this rack's `server.json`, which says it serves, then means both do.
+    let peer = match second {
+        Some(c) => Some(Server::start(c).await.context("starting rack-b")?),
+        None => None,
+    };
+    let server = Server::start(config).await.map_err(|e| match &docker {
         Some(d) => anyhow::anyhow!("{e} (with --docker, services listen on the Docker host address {}: --docker-host must be an address of this machine that containers reach)", d.host),
         None => e.into(),
     })?;
-
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let http = format!("{scheme}://{}", server.http_addr());
     outln!("clawfleet {} control plane is up", env!("CARGO_PKG_VERSION"));
     outln!("  dashboard  {http}/");
@@ -118,6 +126,15 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if !args.peers.is_empty() {
         let peers: Vec<&str> = args.peers.iter().filter_map(|p| p.split_once('=').map(|(n, _)| n)).collect();
         outln!("  rack       {} (peers: {})", server.rack(), peers.join(", "));
+    }
+    if let Some(p) = &peer {
+        outln!(
+            "  rack       {} here, and its peer {} at {scheme}://{} (data {})",
+            server.rack(),
+            p.rack(),
+            p.http_addr(),
+            crate::rack::second_dir(&data).display()
+        );
     }
     match server.broker_addr() {
         Some(addr) => outln!("  bus        embedded MQTT broker on {addr}; agents use {}", server.bus_url()),
@@ -149,10 +166,24 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     {
         eprintln!("warning: could not launch the demo fleet: {e:#}");
     }
+    if let Some(p) = &peer {
+        let dir = crate::rack::second_dir(&data);
+        if args.demo
+            && let Err(e) = demo(&format!("{scheme}://{}", p.http_addr()), p.token(), &dir).await
+        {
+            eprintln!("warning: could not launch rack-b's demo fleet: {e:#}");
+        }
+        outln!("Move an agent between the racks, and see it arrive:");
+        outln!("  clawfleet migrate demo/0 --to {}", p.rack());
+        outln!("  clawfleet status demo --data {}", dir.display());
+    }
     outln!("Press Ctrl-C to stop (agents of local fleets stop with it; fleets come back on the next `up`).");
 
     crate::shutdown_signal().await;
     eprintln!("Stopping…");
+    if let Some(p) = peer {
+        p.stop().await;
+    }
     server.stop().await;
     #[cfg(feature = "model")]
     if let Some(m) = model {

@@ -67,6 +67,9 @@ pub(crate) struct App {
     pub holds: crate::migrate::Holds,
     /// Wakes the migration loop early (a migration began or moved).
     pub migrations_due: Notify,
+    /// How long a migration out waits for its agent to finish its work, and then for the
+    /// peer's copy to be ready, before it is aborted.
+    pub migrate_within: std::time::Duration,
 }
 
 /// A fleet's condition, as its backend last reported it.

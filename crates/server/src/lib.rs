@@ -123,6 +123,9 @@ pub struct ServerConfig {
     pub bus_ca: Option<String>,
     /// This rack's name and the peer racks it knows.
     pub rack: RackConfig,
+    /// How long a migration out of this rack waits for its agent to finish its work, and then
+    /// for the peer's copy to be ready, before it is aborted.
+    pub migrate_within: Duration,
 }
 
 /// Why the control plane did not start.
@@ -326,6 +329,7 @@ impl Server {
             peers: peer::Peers::new(config.rack.clone()),
             holds: Default::default(),
             migrations_due: Notify::new(),
+            migrate_within: config.migrate_within,
         });
         // Agents that were moving when the control plane stopped still are: their injections
         // wait from the first send on.
@@ -464,6 +468,28 @@ fn private_file(path: &std::path::Path) -> std::io::Result<()> {
 
 fn bracket(host: &str) -> String {
     if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// Makes a `peer` token for rack `peer` in the control plane of `data_dir` (before it starts,
+/// which reads its tokens then): what `up --racks 2` hands each of its racks for the other.
+/// Only its hash is stored; a token of that name before is replaced.
+pub fn mint_peer_token(data_dir: &std::path::Path, peer: &str, by: &str) -> Result<String, ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(data_dir_error(data_dir))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(data_dir_error(data_dir))?;
+    let db_path = data_dir.join("clawfleet.db");
+    private_file(&db_path).map_err(data_dir_error(data_dir))?;
+    let store = Store::open(&db_path)?;
+    let token = auth::new_token();
+    store.put_token(&clawfleet_store::TokenRow {
+        name: peer.to_owned(),
+        role: clawfleet_core::authz::Role::Peer.as_str().into(),
+        fleet: None,
+        hash: clawfleet_bus::credentials::token_hash(&token),
+        created_at: clock::now_rfc3339(),
+        expires_at: None,
+        created_by: by.to_owned(),
+    })?;
+    Ok(token)
 }
 
 /// The dynamic-security plugin's file for a Mosquitto that serves this data directory's

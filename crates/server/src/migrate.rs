@@ -30,10 +30,6 @@ use crate::clock;
 use crate::peer::PeerError;
 
 const TICK: Duration = Duration::from_millis(300);
-/// How long the source waits for its agent to finish what it was given before the migration.
-pub(crate) const QUIET_WITHIN: Duration = Duration::from_secs(120);
-/// How long the source waits for the peer's copy to be ready.
-pub(crate) const READY_WITHIN: Duration = Duration::from_secs(120);
 /// How long the peer keeps an offer, or a snapshot it could not restore yet, before it gives
 /// the slot back (never once its copy is ready).
 pub(crate) const ARRIVAL_WITHIN: Duration = Duration::from_secs(300);
@@ -116,27 +112,58 @@ impl Holds {
     }
 }
 
-/// The failpoints named in `CLAWFLEET_FAILPOINTS` (comma-separated): the control plane dies
-/// there, as `kill -9` would, so tests can stop it after each durable step of a migration.
-fn failpoints() -> &'static HashSet<String> {
-    static POINTS: OnceLock<HashSet<String>> = OnceLock::new();
-    POINTS.get_or_init(|| {
-        std::env::var("CLAWFLEET_FAILPOINTS").unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-    })
+/// What a failpoint does when it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    /// The control plane dies, as `kill -9` would.
+    Abort,
+    /// The step waits this long before it goes on (a test cuts the network meanwhile).
+    Pause(Duration),
 }
 
-/// Dies here if the failpoint `name` is set.
-pub(crate) fn failpoint(name: &str) {
-    if failpoints().contains(name) {
-        tracing::error!(failpoint = name, "Failpoint reached: the control plane dies here");
-        std::process::abort();
+/// The failpoints named in `CLAWFLEET_FAILPOINTS` (comma-separated `NAME` to die there, or
+/// `NAME=pause:MS` to wait there), so tests can stop a control plane after each durable step
+/// of a migration, or hold it there while they cut the network.
+fn failpoints() -> &'static HashMap<String, Fail> {
+    static POINTS: OnceLock<HashMap<String, Fail>> = OnceLock::new();
+    POINTS.get_or_init(|| parse_failpoints(&std::env::var("CLAWFLEET_FAILPOINTS").unwrap_or_default()))
+}
+
+fn parse_failpoints(text: &str) -> HashMap<String, Fail> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|entry| match entry.split_once('=') {
+            None => Some((entry.to_owned(), Fail::Abort)),
+            Some((name, how)) => match how.strip_prefix("pause:").and_then(|ms| ms.parse().ok()) {
+                Some(ms) => Some((name.to_owned(), Fail::Pause(Duration::from_millis(ms)))),
+                None => {
+                    tracing::warn!(failpoint = entry, "A failpoint is NAME or NAME=pause:MS; this one is ignored");
+                    None
+                }
+            },
+        })
+        .collect()
+}
+
+/// Dies, or waits, here if the failpoint `name` is set.
+pub(crate) async fn failpoint(name: &str) {
+    match failpoints().get(name) {
+        None => {}
+        Some(Fail::Abort) => {
+            tracing::error!(failpoint = name, "Failpoint reached: the control plane dies here");
+            std::process::abort();
+        }
+        Some(Fail::Pause(wait)) => {
+            tracing::warn!(failpoint = name, ms = wait.as_millis() as u64, "Failpoint reached: waiting here");
+            tokio::time::sleep(*wait).await;
+        }
     }
 }
 
 /// The failpoint after a migration reached `state` on one side: `migrate.out.committing`.
-pub(crate) fn after(direction: Direction, state: S) {
+pub(crate) async fn after(direction: Direction, state: S) {
     if !failpoints().is_empty() {
-        failpoint(&format!("migrate.{}.{}", direction.as_str(), state.as_str()));
+        failpoint(&format!("migrate.{}.{}", direction.as_str(), state.as_str())).await;
     }
 }
 
@@ -211,7 +238,7 @@ pub(crate) async fn advance(
         tracing::info!(migration = %moved.id, direction = %moved.direction, state = %moved.state, peer = %moved.peer, "Migration step");
         refresh(app).await?;
         app.reconcile.notify_one();
-        after(moved.direction, moved.state);
+        after(moved.direction, moved.state).await;
     }
     Ok(moved)
 }
@@ -234,9 +261,10 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
     let slot = m.slot.expect("a migration out has its slot");
     match m.state {
         S::Offered => {
-            if age(&m.created_at) > QUIET_WITHIN {
-                return abort(app, m, format!("agent {}/{slot} did not finish its work within {} s", m.fleet, QUIET_WITHIN.as_secs()))
-                    .await;
+            let within = app.migrate_within;
+            if age(&m.created_at) > within {
+                let why = format!("agent {}/{slot} did not finish its work within {}", m.fleet, humantime::format_duration(within));
+                return abort(app, m, why).await;
             }
             let (fleet, f) = (m.fleet.clone(), m.fleet.clone());
             let unacknowledged = app.db.run(move |s| s.unacknowledged_before(&f, slot, held_from)).await?;
@@ -294,8 +322,9 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                 Err(PeerError::Unreachable { reason, .. }) => tracing::debug!(migration = %m.id, %reason, "The peer does not answer"),
                 Err(e) => return abort(app, m, e.to_string()).await,
             }
-            if age(&m.updated_at) > READY_WITHIN {
-                return abort(app, m, format!("the copy on {} was not ready within {} s", m.peer, READY_WITHIN.as_secs())).await;
+            if age(&m.updated_at) > app.migrate_within {
+                let within = humantime::format_duration(app.migrate_within);
+                return abort(app, m, format!("the copy on {} was not ready within {within}", m.peer)).await;
             }
         }
         S::Committing => match app.peers.post::<Migration>(&m.peer, &path(&m.id, "commit"), &serde_json::json!({})).await {
@@ -328,7 +357,7 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                         Ok(((), e.into_iter().collect()))
                     })
                     .await?;
-                failpoint("migrate.out.forwarded");
+                failpoint("migrate.out.forwarded").await;
             }
             let detail = format!("done: {agent} on {} took over", m.peer);
             advance(app, m, S::Done, None, detail, None).await?;
@@ -363,6 +392,7 @@ async fn in_step(app: &Arc<App>, m: &Migration) -> Result<(), StoreError> {
             if app.live.state(&m.fleet, slot, clock::mono_ms()) != clawfleet_core::liveness::AgentState::Idle {
                 return Ok(());
             }
+            failpoint("migrate.in.restore").await;
             let file = archive_path(app, &m.id);
             let snapshot = match std::fs::read(&file)
                 .map_err(|e| e.to_string())
@@ -420,6 +450,14 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn failpoints_die_or_wait() {
+        let points = parse_failpoints("migrate.out.offered,migrate.in.ready=pause:1500,bad=sleep,");
+        assert_eq!(points.get("migrate.out.offered"), Some(&Fail::Abort));
+        assert_eq!(points.get("migrate.in.ready"), Some(&Fail::Pause(Duration::from_millis(1500))));
+        assert_eq!(points.len(), 2, "{points:?}");
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(super) async fn start(
     let i = id.clone();
     let held_from = app.db.run(move |s| s.migration(&i, Direction::Out)).await?.map(|(_, from)| from);
     app.holds.begun(&name, slot, held_from);
-    migrate::after(Direction::Out, S::Offered);
+    migrate::after(Direction::Out, S::Offered).await;
     app.migrations_due.notify_one();
     Ok((StatusCode::ACCEPTED, Json(m)))
 }
@@ -199,7 +199,7 @@ pub(super) async fn offer(
             Ok(m)
         })
         .await?;
-    migrate::after(Direction::In, S::Offered);
+    migrate::after(Direction::In, S::Offered).await;
     Ok(Json(m))
 }
 
@@ -259,9 +259,18 @@ pub(super) async fn transfer(
             })
         })
         .await?;
-    let Some(arrived) = arrived else { return Ok(Json(arriving(&app, &rack, &id).await?)) };
+    let Some(arrived) = arrived else {
+        // It moved meanwhile (given up on): the archive is of no use.
+        let now = arriving(&app, &rack, &id).await?;
+        if !matches!(now.state, S::Transferred | S::Ready) {
+            let _ = std::fs::remove_file(migrate::archive_path(&app, &id));
+        }
+        return Ok(Json(now));
+    };
+    // Its new slot's injections wait from now on, before its agent starts.
+    migrate::refresh(&app).await?;
     app.desired_changed(&arrived.fleet);
-    migrate::after(Direction::In, S::Transferred);
+    migrate::after(Direction::In, S::Transferred).await;
     app.migrations_due.notify_one();
     Ok(Json(arrived))
 }

@@ -52,6 +52,12 @@ pub(crate) async fn send_now(
         Pending::Inject { .. } => targets.iter().copied().filter(|&t| app.holds.holds(fleet, t, None)).collect(),
         Pending::Command { .. } => Vec::new(),
     };
+    // A held row is not marked sent: once its hold ends, the outbox sends it at once. (Rows
+    // are made one a target, in the targets' order.)
+    let rows: Vec<i64> = match held.is_empty() || rows.len() != targets.len() {
+        true => rows.to_vec(),
+        false => rows.iter().zip(targets).filter(|(_, t)| !held.contains(t)).map(|(r, _)| *r).collect(),
+    };
     let kept: Vec<u32>;
     let targets = if held.is_empty() {
         targets
@@ -69,7 +75,7 @@ pub(crate) async fn send_now(
     app.metrics.directives_sent.fetch_add(if whole_fleet { 1 } else { targets.len() as u64 }, Ordering::Relaxed);
     let now = Instant::now();
     let mut sent = app.sent.lock().expect("not poisoned");
-    for &id in rows {
+    for id in rows {
         sent.insert(id, now);
     }
 }

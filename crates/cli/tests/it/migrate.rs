@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Plane, PlaneOptions, count, events, eventually};
+use crate::support::{Hosts, Plane, PlaneOptions, count, events, eventually};
 
 /// Rack `rack-a`, which knows `rack-b` as its peer with a `peer` token `rack-b` made for it.
 pub(crate) fn two_racks(a_env: Vec<(String, String)>, b_env: Vec<(String, String)>) -> (Plane, Plane, tempfile::TempDir) {
@@ -237,4 +237,150 @@ fn workspace(p: &Plane, fleet: &str, slot: u32) -> std::path::PathBuf {
     let dir =
         std::fs::read_dir(&agents).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with(&format!("{fleet}-"))).unwrap();
     dir.path().join(slot.to_string())
+}
+
+/// The two racks as hosts of their own (network namespaces), rack-a reaching rack-b over their
+/// own link, which the test can cut; `None` where namespaces cannot be made.
+fn two_hosts(a_env: &[(&str, &str)], b_env: &[(&str, &str)], a_args: &[&str]) -> Option<(Hosts, Plane, Plane, tempfile::TempDir)> {
+    let hosts = Hosts::new(2)?;
+    let env = |e: &[(&str, &str)]| e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let b = Plane::with(PlaneOptions {
+        up_args: vec!["--rack".into(), "rack-b".into()],
+        env: env(b_env),
+        netns: Some((hosts.names[1].clone(), hosts.address(1))),
+        ..PlaneOptions::default()
+    });
+    let token = b.ok(&["token", "create", "--role", "peer", "--name", "rack-a"]).trim().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rack-b.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let peer = format!("rack-b=http://{}:{}", hosts.peer_address(0, 1), b.http_port);
+    let mut up_args: Vec<String> =
+        ["--rack", "rack-a", "--peer", &peer, "--peer-token", &format!("rack-b={}", file.display())].map(String::from).to_vec();
+    up_args.extend(a_args.iter().map(|s| s.to_string()));
+    let a = Plane::with(PlaneOptions {
+        up_args,
+        env: env(a_env),
+        netns: Some((hosts.names[0].clone(), hosts.address(0))),
+        ..PlaneOptions::default()
+    });
+    Some((hosts, a, b, dir))
+}
+
+/// Waits for migration `id` on rack-a to be in `state`.
+fn reaches(a: &Plane, id: &str, state: &str) -> Value {
+    eventually(Duration::from_secs(60), state, || {
+        let m = migration(a, id);
+        (m["state"] == state).then_some(m)
+    })
+}
+
+/// Whether injection `held` (sent to rack-a while its agent moved) was answered exactly once,
+/// on either rack; panics if twice.
+fn answered_once(a: &Plane, b: &Plane, slot: u32, held: &str) -> bool {
+    let a_events = events(a, "squad");
+    let here = count(&a_events, "turn_complete", slot, held);
+    let there = a_events.iter().find(|e| e["event"] == "inject_forwarded" && e["injection_id"] == held).map_or(0, |f| {
+        let remote = f["data"]["injection_id"].as_str().unwrap();
+        events(b, "squad").iter().filter(|e| e["event"] == "turn_complete" && e["injection_id"] == remote).count()
+    });
+    assert!(here + there <= 1, "{held} answered twice");
+    here + there == 1
+}
+
+#[test]
+fn a_partition_between_the_racks_ends_with_exactly_one_copy() {
+    // rack-a holds each commit a moment, so the link can be cut between its decision and the
+    // peer hearing it; rack-b takes a moment before it restores, so the link can be cut
+    // before its copy is ready.
+    let a_env = [("CLAWFLEET_FAILPOINTS", "migrate.out.committing=pause:1500")];
+    let b_env = [("CLAWFLEET_FAILPOINTS", "migrate.in.restore=pause:2500")];
+    let Some((hosts, a, b, _dir)) = two_hosts(&a_env, &b_env, &["--migrate-within", "8s"]) else { return };
+    b.ok(&["launch", "squad", "--brain", "echo", "--wait"]);
+    a.ok(&["launch", "squad", "--replicas", "4", "--brain", "echo", "--wait"]);
+    assert_eq!(a.json(&["racks", "--json"])["peers"][0]["answers"], true, "rack-a reaches rack-b over their link");
+
+    // 1. Cut before the snapshot goes: it waits, and goes once the link heals.
+    a.ok(&["inject", "squad", "one", "--agent", "1", "--wait"]);
+    hosts.link_up(0, 1, false);
+    let err = a.fails(&["migrate", "squad/1", "--to", "rack-b"]);
+    assert!(err.contains("rack 'rack-b' does not answer"), "a cut link is a peer that does not answer: {err}");
+    hosts.link_up(0, 1, true);
+    let id = a.json(&["migrate", "squad/1", "--to", "rack-b", "--no-wait", "--json"])["id"].as_str().unwrap().to_owned();
+    hosts.link_up(0, 1, false);
+    let held = a.json(&["inject", "squad", "while cut off", "--agent", "1", "--json"])["injection_id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(migration(&a, &id)["state"], "offered", "no snapshot crosses a cut link");
+    assert_eq!(agent(&a, "squad", 1)["state"], "idle", "the agent is still here, and the only copy");
+    hosts.link_up(0, 1, true);
+    let end = reaches(&a, &id, "done");
+    assert_eq!(history(&b, "squad", end["remote_slot"].as_u64().unwrap() as u32), 4, "it moved with its turn, and the held one");
+    eventually(Duration::from_secs(60), "the held injection answered", || answered_once(&a, &b, 1, &held).then_some(()));
+
+    // 2. Cut between the decision and the peer hearing it: no copy answers until the link
+    // heals (the source's is stopped, the peer's held), then the peer's does.
+    let id = a.json(&["migrate", "squad/2", "--to", "rack-b", "--no-wait", "--json"])["id"].as_str().unwrap().to_owned();
+    let held = a.json(&["inject", "squad", "across the cut", "--agent", "2", "--json"])["injection_id"].as_str().unwrap().to_owned();
+    reaches(&a, &id, "committing");
+    hosts.link_up(0, 1, false);
+    std::thread::sleep(Duration::from_secs(10));
+    let m = migration(&a, &id);
+    assert_eq!(m["state"], "committing", "the decision stands, however long the peer is away (past --migrate-within): {m:#}");
+    assert_eq!(agent(&a, "squad", 2)["badge"]["kind"], "defected");
+    let there: Vec<Value> =
+        b.json(&["migrations", "--json"])["migrations"].as_array().unwrap().iter().filter(|m| m["id"] == id).cloned().collect();
+    assert_eq!(there[0]["state"], "ready", "the peer's copy waits, held: {there:?}");
+    hosts.link_up(0, 1, true);
+    reaches(&a, &id, "done");
+    eventually(Duration::from_secs(60), "the held injection answered", || answered_once(&a, &b, 2, &held).then_some(()));
+
+    // 3. Cut while the peer's copy is getting ready: rack-a gives up after --migrate-within,
+    // its agent answers again at once, and the peer gives its slot back once it hears.
+    let id = a.json(&["migrate", "squad/3", "--to", "rack-b", "--no-wait", "--json"])["id"].as_str().unwrap().to_owned();
+    reaches(&a, &id, "transferred");
+    hosts.link_up(0, 1, false);
+    let m = reaches(&a, &id, "aborting");
+    assert!(m["error"].as_str().unwrap().contains("was not ready within 8s"), "{m:#}");
+    a.ok(&["inject", "squad", "back already?", "--agent", "3", "--wait"]);
+    hosts.link_up(0, 1, true);
+    reaches(&a, &id, "aborted");
+    let there = eventually(Duration::from_secs(30), "the peer to give the slot back", || {
+        b.json(&["migrations", "--json"])["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id && m["state"] == "aborted")
+            .cloned()
+    });
+    let slot = there["slot"].as_u64().unwrap() as u32;
+    assert_ne!(agent(&b, "squad", slot)["badge"]["kind"], "from", "{there:#}");
+    assert_ne!(agent(&a, "squad", 3)["badge"]["kind"], "defected");
+}
+
+#[test]
+fn up_demo_with_two_racks_moves_an_agent_between_them() {
+    let a = Plane::with(PlaneOptions { up_args: ["--demo", "--racks", "2"].map(String::from).to_vec(), ..PlaneOptions::default() });
+    let b_data = a.data().join("racks").join("rack-b");
+    let on_b = |args: &[&str]| {
+        let out = a.cli_with(args, &[("CLAWFLEET_DATA", b_data.to_str().unwrap())]);
+        assert!(out.status.success(), "clawfleet {args:?} on rack-b: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let racks = a.json(&["racks", "--json"]);
+    assert_eq!(
+        (&racks["rack"], &racks["peers"][0]["name"], &racks["peers"][0]["answers"]),
+        (&"rack-a".into(), &"rack-b".into(), &true.into()),
+        "{racks:#}"
+    );
+    assert_eq!(on_b(&["racks", "--json"])["peers"][0]["name"], "rack-a");
+    eventually(Duration::from_secs(60), "both demo fleets ready", || {
+        let here = a.json(&["ls", "--json"])["fleets"][0]["ready"] == 3;
+        let there = on_b(&["ls", "--json"])["fleets"][0]["ready"] == 3;
+        (here && there).then_some(())
+    });
+    let text = a.ok(&["migrate", "demo/0", "--to", "rack-b"]);
+    assert!(text.contains("demo/0 moved to rack-b: it is demo/3 there now"), "{text}");
+    let there = on_b(&["status", "demo", "--json"]);
+    assert_eq!(there["agents"][3]["badge"], serde_json::json!({"kind": "from", "rack": "rack-a"}), "{there:#}");
 }

@@ -72,6 +72,9 @@ pub struct PlaneOptions {
     pub up_args: Vec<String>,
     /// More environment for `up` (`CLAWFLEET_FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// Run `up` in this network namespace (a host of its own, see [`Hosts`]), its API on every
+    /// address there and reached by the tests at `address`.
+    pub netns: Option<(String, String)>,
 }
 
 impl Default for PlaneOptions {
@@ -86,6 +89,7 @@ impl Default for PlaneOptions {
             slurm: false,
             up_args: Vec::new(),
             env: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -120,17 +124,30 @@ impl Plane {
         self.dir.path()
     }
 
+    /// The address the tests reach the API at.
+    fn host(&self) -> &str {
+        self.options.netns.as_ref().map_or("127.0.0.1", |(_, address)| address.as_str())
+    }
+
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}:{}", self.host(), self.http_port)
     }
 
     /// Starts (again) the `up` process on the same data directory and ports.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.options.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let listen = if self.options.netns.is_some() { "0.0.0.0" } else { "127.0.0.1" };
         cmd.arg("up")
             .args(["--data", self.data().to_str().unwrap()])
-            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--http", &format!("{listen}:{}", self.http_port)])
             .args(["--mqtt-listen", &format!("{}:{}", self.options.docker.as_ref().map_or("127.0.0.1", |d| d.0.as_str()), self.mqtt_port)])
             .args(["--heartbeat-ms", &self.options.heartbeat_ms.to_string()])
             .env_remove("CLAWFLEET_TOKEN")
@@ -170,7 +187,7 @@ impl Plane {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("clawfleet up exited with {status}; log:\n{}", self.log());
             }
-            let ok = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() && self.data().join("server.json").exists();
+            let ok = std::net::TcpStream::connect((self.host(), self.http_port)).is_ok() && self.data().join("server.json").exists();
             ok.then_some(())
         });
         let _ = url;
@@ -233,6 +250,9 @@ impl Plane {
     pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env("CLAWFLEET_DATA", self.data()).env_remove("CLAWFLEET_TOKEN").env_remove("CLAWFLEET_SERVER").stdin(Stdio::null());
+        if self.options.netns.is_some() {
+            cmd.env("CLAWFLEET_SERVER", self.url());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -373,4 +393,89 @@ pub fn leaders_and_led(events: &[Value]) -> (SlotEpochs, SlotEpochs) {
 /// Events of one kind, for one agent, of one injection.
 pub fn count(events: &[Value], kind: &str, agent: u32, injection: &str) -> usize {
     events.iter().filter(|e| e["event"] == kind && e["agent"] == agent && e["injection_id"] == injection).count()
+}
+
+/// Hosts of their own on this machine (as root): network namespaces, each reached by the tests
+/// over a veth pair of its own (`10.<net>.<i>.2`, this side `.1`), and linked to each other
+/// pairwise by another veth pair (`10.<net>.<100 + i*10 + j>.{1,2}`), so traffic between them
+/// crosses no bridge and no firewall of this machine, and a link between two of them can be cut
+/// while the tests still reach both. Removed when dropped.
+pub struct Hosts {
+    pub names: Vec<String>,
+    net: u8,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Hosts {
+    /// `n` hosts, or `None` where namespaces cannot be made (not root).
+    pub fn new(n: usize) -> Option<Hosts> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return None;
+        }
+        let id = std::process::id() % 100_000;
+        let net = 100 + (id % 100) as u8;
+        let names: Vec<String> = (0..n).map(|i| format!("cf{id}h{i}")).collect();
+        let hosts = Hosts { names, net };
+        for (i, ns) in hosts.names.iter().enumerate() {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            let (here, there) = (format!("cf{id}t{i}"), format!("cf{id}m{i}"));
+            ip(&["link", "add", &here, "type", "veth", "peer", "name", &there, "netns", ns]);
+            ip(&["addr", "add", &format!("10.{net}.{i}.1/24"), "dev", &here]);
+            ip(&["link", "set", &here, "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("10.{net}.{i}.2/24"), "dev", &there]);
+            ip(&["-n", ns, "link", "set", &there, "up"]);
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                let (a, b) = (&hosts.names[i], &hosts.names[j]);
+                let (la, lb) = (hosts.link(i, j, i), hosts.link(i, j, j));
+                ip(&["link", "add", &la, "netns", a, "type", "veth", "peer", "name", &lb, "netns", b]);
+                let subnet = 100 + i * 10 + j;
+                ip(&["-n", a, "addr", "add", &format!("10.{net}.{subnet}.1/24"), "dev", &la]);
+                ip(&["-n", b, "addr", "add", &format!("10.{net}.{subnet}.2/24"), "dev", &lb]);
+                ip(&["-n", a, "link", "set", &la, "up"]);
+                ip(&["-n", b, "link", "set", &lb, "up"]);
+            }
+        }
+        Some(hosts)
+    }
+
+    /// The name of host `end`'s side of the link between hosts `i` and `j`.
+    fn link(&self, i: usize, j: usize, end: usize) -> String {
+        format!("cf{}l{i}{j}{end}", std::process::id() % 100_000)
+    }
+
+    /// Where the tests reach host `i`.
+    pub fn address(&self, i: usize) -> String {
+        format!("10.{}.{i}.2", self.net)
+    }
+
+    /// Where host `i` reaches host `j` (over their own link).
+    pub fn peer_address(&self, i: usize, j: usize) -> String {
+        let (lo, hi) = (i.min(j), i.max(j));
+        format!("10.{}.{}.{}", self.net, 100 + lo * 10 + hi, if j == lo { 1 } else { 2 })
+    }
+
+    /// Cuts (`false`) or heals (`true`) the link between hosts `i` and `j`.
+    pub fn link_up(&self, i: usize, j: usize, up: bool) {
+        let (lo, hi) = (i.min(j), i.max(j));
+        for end in [lo, hi] {
+            ip(&["-n", &self.names[end], "link", "set", &self.link(lo, hi, end), if up { "up" } else { "down" }]);
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            // Its veth pairs go with it.
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+    }
 }
