@@ -179,23 +179,45 @@ pub(crate) fn archive_path(app: &App, id: &str) -> PathBuf {
     app.data_dir.join("migrations").join(format!("{id}.cfsnap"))
 }
 
+/// How long after a peer did not hear a step it is tried again: 300 ms doubling to 10 s.
+fn retry_after(failures: u32) -> Duration {
+    (TICK * 2u32.saturating_pow(failures.saturating_sub(1).min(6))).min(Duration::from_secs(10))
+}
+
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut quiet_since: HashMap<String, u64> = HashMap::new();
+    // By migration: the state whose step the peer did not hear, how many times in a row, and
+    // when to try again.
+    let mut retries: HashMap<String, (S, u32, u64)> = HashMap::new();
     loop {
         match app.db.run(|s| Ok((s.live_migrations()?, s.vacated()?))).await {
             Ok((live, vacated)) => {
                 app.holds.refresh(&live, &vacated);
                 quiet_since.retain(|id, _| live.iter().any(|(m, _)| &m.id == id && m.state == S::Offered));
+                retries.retain(|id, (state, ..)| live.iter().any(|(m, _)| &m.id == id && m.state == *state));
                 for (m, held_from) in live {
-                    if m.state.is_final() {
+                    let now = clock::mono_ms();
+                    if m.state.is_final() || retries.get(&m.id).is_some_and(|(_, _, not_before)| now < *not_before) {
                         continue;
                     }
                     let result = match m.direction {
                         Direction::Out => out_step(&app, &m, held_from, &mut quiet_since).await,
-                        Direction::In => in_step(&app, &m).await,
+                        Direction::In => in_step(&app, &m).await.map(|()| None),
                     };
-                    if let Err(e) = result {
-                        tracing::warn!(migration = %m.id, state = %m.state, error = %e, "Migration step failed; trying again");
+                    match result {
+                        Ok(None) => {
+                            retries.remove(&m.id);
+                        }
+                        Ok(Some(unheard)) => {
+                            let (_, failures, not_before) = retries.entry(m.id.clone()).or_insert((m.state, 0, 0));
+                            *failures += 1;
+                            *not_before = clock::mono_ms() + retry_after(*failures).as_millis() as u64;
+                            // Said once, then at each doubling: a long partition is not a flood.
+                            if failures.is_power_of_two() {
+                                tracing::warn!(migration = %m.id, state = %m.state, failures = *failures, error = %unheard, "The peer did not hear this step; trying again");
+                            }
+                        }
+                        Err(e) => tracing::warn!(migration = %m.id, state = %m.state, error = %e, "Migration step failed; trying again"),
                     }
                 }
             }
@@ -257,34 +279,37 @@ fn path(id: &str, what: &str) -> String {
     format!("/api/v1/migrations/{id}/{what}")
 }
 
-async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &mut HashMap<String, u64>) -> Result<(), StoreError> {
+/// What a step says beside its move: `Some` when the peer did not hear it (tried again later).
+type Stepped = Result<Option<PeerError>, StoreError>;
+
+async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &mut HashMap<String, u64>) -> Stepped {
     let slot = m.slot.expect("a migration out has its slot");
     match m.state {
         S::Offered => {
             let within = app.migrate_within;
             if age(&m.created_at) > within {
                 let why = format!("agent {}/{slot} did not finish its work within {}", m.fleet, humantime::format_duration(within));
-                return abort(app, m, why).await;
+                return abort(app, m, why).await.map(|()| None);
             }
             let (fleet, f) = (m.fleet.clone(), m.fleet.clone());
             let unacknowledged = app.db.run(move |s| s.unacknowledged_before(&f, slot, held_from)).await?;
             let now = clock::mono_ms();
-            let Some(agent) = app.live.get(&fleet, slot) else { return Ok(()) };
+            let Some(agent) = app.live.get(&fleet, slot) else { return Ok(None) };
             let idle = agent.state(now) == clawfleet_core::liveness::AgentState::Idle
                 && agent.hb.queued == 0
                 && agent.hb.current_injection.is_none();
             if unacknowledged > 0 || !idle {
                 quiet_since.remove(&m.id);
-                return Ok(());
+                return Ok(None);
             }
             // Idle as a heartbeat sent after the last acknowledgement says, not an older one.
             let since = *quiet_since.entry(m.id.clone()).or_insert(now);
             if agent.received_ms <= since {
-                return Ok(());
+                return Ok(None);
             }
             let row = match crate::api::load_active(app, &fleet).await {
                 Ok(row) => row,
-                Err(e) => return abort(app, m, e.to_string()).await,
+                Err(e) => return abort(app, m, e.to_string()).await.map(|()| None),
             };
             let taken = match crate::api::reachable(app, &fleet, slot).await {
                 Ok((_, workspace)) => crate::api::take_snapshot(app, &row, slot, workspace).await,
@@ -292,7 +317,7 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
             };
             let (manifest, archive) = match taken {
                 Ok(t) => t,
-                Err(e) => return abort(app, m, format!("its snapshot: {}", e.message())).await,
+                Err(e) => return abort(app, m, format!("its snapshot: {}", e.message())).await.map(|()| None),
             };
             let bytes = archive.len();
             match app.peers.post_archive::<Migration>(&m.peer, &path(&m.id, "transfer"), archive).await {
@@ -301,8 +326,8 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                     advance(app, m, S::Transferred, None, detail, None).await?;
                     app.migrations_due.notify_one();
                 }
-                Err(PeerError::Unreachable { reason, .. }) => tracing::warn!(migration = %m.id, %reason, "The peer took no snapshot yet"),
-                Err(e) => return abort(app, m, e.to_string()).await,
+                Err(e @ PeerError::Unreachable { .. }) => return Ok(Some(e)),
+                Err(e) => return abort(app, m, e.to_string()).await.map(|()| None),
             }
         }
         S::Transferred => {
@@ -312,30 +337,38 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                     let detail = format!("the copy {agent} on {} is ready: this agent stops for good (DEFECTED)", m.peer);
                     advance(app, m, S::Committing, None, detail, there.slot).await?;
                     app.migrations_due.notify_one();
-                    return Ok(());
+                    return Ok(None);
                 }
                 Ok(there) if there.state == S::Aborted => {
                     let why = there.error.unwrap_or_else(|| "it gave the slot back".into());
-                    return abort(app, m, format!("{} aborted it: {why}", m.peer)).await;
+                    return abort(app, m, format!("{} aborted it: {why}", m.peer)).await.map(|()| None);
                 }
                 Ok(_) => {}
-                Err(PeerError::Unreachable { reason, .. }) => tracing::debug!(migration = %m.id, %reason, "The peer does not answer"),
-                Err(e) => return abort(app, m, e.to_string()).await,
+                Err(e @ PeerError::Unreachable { .. }) => {
+                    if age(&m.updated_at) <= app.migrate_within {
+                        return Ok(Some(e));
+                    }
+                }
+                Err(e) => return abort(app, m, e.to_string()).await.map(|()| None),
             }
             if age(&m.updated_at) > app.migrate_within {
                 let within = humantime::format_duration(app.migrate_within);
-                return abort(app, m, format!("the copy on {} was not ready within {within}", m.peer)).await;
+                return abort(app, m, format!("the copy on {} was not ready within {within}", m.peer)).await.map(|()| None);
             }
         }
         S::Committing => match app.peers.post::<Migration>(&m.peer, &path(&m.id, "commit"), &serde_json::json!({})).await {
-            Ok(there) => {
+            Ok(there) if there.state == S::Committed => {
                 let agent = format!("{}/{}", there.fleet, there.slot.unwrap_or(0));
                 let detail = format!("{} committed: {agent} answers for it now", m.peer);
                 advance(app, m, S::Committed, None, detail, there.slot).await?;
                 app.migrations_due.notify_one();
             }
+            Ok(there) => {
+                let message = format!("it answered the commit, but is {} there", there.state);
+                return Ok(Some(PeerError::Refused { peer: m.peer.clone(), status: 200, message }));
+            }
             // The decision is made: the peer is told until it hears.
-            Err(e) => tracing::warn!(migration = %m.id, error = %e, "The peer has not taken the commit yet"),
+            Err(e) => return Ok(Some(e)),
         },
         S::Committed => {
             let (f, from) = (m.fleet.clone(), held_from);
@@ -345,10 +378,7 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                 let body = Forwarded { injection_id: h.injection_id.clone(), prompt: h.prompt.clone() };
                 let answer: ForwardedAnswer = match app.peers.post(&m.peer, &path(&m.id, "inject"), &body).await {
                     Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(migration = %m.id, error = %e, "A held injection is not forwarded yet");
-                        return Ok(());
-                    }
+                    Err(e) => return Ok(Some(e)),
                 };
                 let (id, a) = (m.id.clone(), agent.clone());
                 app.hub
@@ -366,11 +396,11 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
             Ok(_) | Err(PeerError::Refused { status: 404, .. }) => {
                 advance(app, m, S::Aborted, None, "aborted on both racks; the agent stayed here".into(), None).await?;
             }
-            Err(e) => tracing::warn!(migration = %m.id, error = %e, "The peer has not taken the abort yet"),
+            Err(e) => return Ok(Some(e)),
         },
         S::Ready | S::Done | S::Aborted => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn in_step(app: &Arc<App>, m: &Migration) -> Result<(), StoreError> {
@@ -450,6 +480,12 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn a_peer_that_does_not_hear_is_asked_again_less_and_less_often() {
+        let waits: Vec<u64> = [1, 2, 3, 6, 7, 20].map(|n| retry_after(n).as_millis() as u64).to_vec();
+        assert_eq!(waits, [300, 600, 1200, 9600, 10_000, 10_000]);
     }
 
     #[test]

@@ -312,15 +312,24 @@ pub(super) async fn commit(
         S::Ready => {
             let agent = format!("{}/{}", m.fleet, m.slot.unwrap_or(0));
             let detail = format!("{agent} took over from {}/{} of {rack} (FROM {rack})", m.remote_fleet, m.remote_slot.unwrap_or(0));
-            let moved = migrate::advance(&app, &m, S::Committed, None, detail, None).await?;
-            let _ = std::fs::remove_file(migrate::archive_path(&app, &id));
-            match moved {
-                Some(m) => Ok(Json(m)),
-                None => Ok(Json(arriving(&app, &rack, &id).await?)),
-            }
+            settle(&app, &rack, &m, S::Committed, None, detail).await
         }
         other => Err(ApiError::conflict(format!("migration {id} is {other} here: only a ready copy is committed"))),
     }
+}
+
+/// Ends an arrival as its source says (`to`: committed or aborted), its archive no longer
+/// needed; 409 if it moved otherwise meanwhile.
+async fn settle(app: &App, rack: &str, m: &Migration, to: S, error: Option<String>, detail: String) -> Result<Json<Migration>, ApiError> {
+    let moved = match migrate::advance(app, m, to, error, detail, None).await? {
+        Some(moved) => moved,
+        None => arriving(app, rack, &m.id).await?,
+    };
+    let _ = std::fs::remove_file(migrate::archive_path(app, &m.id));
+    if moved.state != to {
+        return Err(ApiError::conflict(format!("migration {} is {} here, not {to}", m.id, moved.state)));
+    }
+    Ok(Json(moved))
 }
 
 /// `POST /api/v1/migrations/{id}/abort` (peer): the slot given back, unless its copy took
@@ -337,12 +346,8 @@ pub(super) async fn abort(
         S::Committed => Err(ApiError::conflict(format!("migration {id} is committed here: its copy answers for the agent now"))),
         _ => {
             let why = format!("{rack} aborted it");
-            let moved = migrate::advance(&app, &m, S::Aborted, Some(why.clone()), format!("gave the slot back: {why}"), None).await?;
-            let _ = std::fs::remove_file(migrate::archive_path(&app, &id));
-            match moved {
-                Some(m) => Ok(Json(m)),
-                None => Ok(Json(arriving(&app, &rack, &id).await?)),
-            }
+            let detail = format!("gave the slot back: {why}");
+            settle(&app, &rack, &m, S::Aborted, Some(why), detail).await
         }
     }
 }
