@@ -383,4 +383,18 @@ fn up_demo_with_two_racks_moves_an_agent_between_them() {
     assert!(text.contains("demo/0 moved to rack-b: it is demo/3 there now"), "{text}");
     let there = on_b(&["status", "demo", "--json"]);
     assert_eq!(there["agents"][3]["badge"], serde_json::json!({"kind": "from", "rack": "rack-a"}), "{there:#}");
+
+    // Each rack's dashboard says it on the tile.
+    let browser = crate::webdriver::Driver::start(1280, 900);
+    let b_token = std::fs::read_to_string(b_data.join("token")).unwrap();
+    for (url, token, agent, badge) in [
+        (format!("http://127.0.0.1:{}", a.http_port + 1), b_token.trim().to_owned(), "demo/3", "FROM rack-a"),
+        (a.url(), a.token(), "demo/0", "DEFECTED"),
+    ] {
+        browser.go(&format!("{url}/#token={token}"));
+        eventually(Duration::from_secs(30), badge, || {
+            browser.text(&format!(".tile[data-agent=\"{agent}\"] .badge")).filter(|t| t.contains(badge))
+        });
+    }
+    assert!(browser.text(".tile[data-agent=\"demo/0\"][data-state=\"defected\"]").is_some());
 }
