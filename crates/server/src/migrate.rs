@@ -29,7 +29,10 @@ use crate::app::App;
 use crate::clock;
 use crate::peer::PeerError;
 
-const TICK: Duration = Duration::from_millis(300);
+/// How often open migrations are looked at (woken early by each step), and how often the
+/// store is asked whether there is one.
+const TICK: Duration = Duration::from_millis(100);
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How long the peer keeps an offer, or a snapshot it could not restore yet, before it gives
 /// the slot back (never once its copy is ready).
 pub(crate) const ARRIVAL_WITHIN: Duration = Duration::from_secs(300);
@@ -81,6 +84,12 @@ impl Holds {
         if let Some(from) = from {
             h.stored.insert(key, Some(from));
         }
+    }
+
+    /// Whether any agent's injections are held (a migration is open).
+    pub(crate) fn any(&self) -> bool {
+        let h = self.inner.lock().expect("not poisoned");
+        !h.stored.is_empty() || !h.beginning.is_empty()
     }
 
     /// The fleet's slots vacated by migrations.
@@ -181,11 +190,10 @@ pub(crate) fn archive_path(app: &App, id: &str) -> PathBuf {
 
 /// How long after a peer did not hear a step it is tried again: 300 ms doubling to 10 s.
 fn retry_after(failures: u32) -> Duration {
-    (TICK * 2u32.saturating_pow(failures.saturating_sub(1).min(6))).min(Duration::from_secs(10))
+    (Duration::from_millis(300) * 2u32.saturating_pow(failures.saturating_sub(1).min(6))).min(Duration::from_secs(10))
 }
 
 pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
-    let mut quiet_since: HashMap<String, u64> = HashMap::new();
     // By migration: the state whose step the peer did not hear, how many times in a row, and
     // when to try again.
     let mut retries: HashMap<String, (S, u32, u64)> = HashMap::new();
@@ -193,7 +201,6 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         match app.db.run(|s| Ok((s.live_migrations()?, s.vacated()?))).await {
             Ok((live, vacated)) => {
                 app.holds.refresh(&live, &vacated);
-                quiet_since.retain(|id, _| live.iter().any(|(m, _)| &m.id == id && m.state == S::Offered));
                 retries.retain(|id, (state, ..)| live.iter().any(|(m, _)| &m.id == id && m.state == *state));
                 for (m, held_from) in live {
                     let now = clock::mono_ms();
@@ -201,7 +208,7 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                         continue;
                     }
                     let result = match m.direction {
-                        Direction::Out => out_step(&app, &m, held_from, &mut quiet_since).await,
+                        Direction::Out => out_step(&app, &m, held_from).await,
                         Direction::In => in_step(&app, &m).await.map(|()| None),
                     };
                     match result {
@@ -223,9 +230,10 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => tracing::error!(error = %e, "Could not read the open migrations"),
         }
+        let tick = if retries.is_empty() && !app.holds.any() { IDLE_TICK } else { TICK };
         tokio::select! {
             () = app.migrations_due.notified() => {}
-            () = tokio::time::sleep(TICK) => {}
+            () = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -282,7 +290,7 @@ fn path(id: &str, what: &str) -> String {
 /// What a step says beside its move: `Some` when the peer did not hear it (tried again later).
 type Stepped = Result<Option<PeerError>, StoreError>;
 
-async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &mut HashMap<String, u64>) -> Stepped {
+async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64) -> Stepped {
     let slot = m.slot.expect("a migration out has its slot");
     match m.state {
         S::Offered => {
@@ -292,19 +300,16 @@ async fn out_step(app: &Arc<App>, m: &Migration, held_from: i64, quiet_since: &m
                 return abort(app, m, why).await.map(|()| None);
             }
             let (fleet, f) = (m.fleet.clone(), m.fleet.clone());
-            let unacknowledged = app.db.run(move |s| s.unacknowledged_before(&f, slot, held_from)).await?;
-            let now = clock::mono_ms();
+            let (unacknowledged, cursor) =
+                app.db.run(move |s| Ok((s.unacknowledged_before(&f, slot, held_from)?, s.cursor(&f, slot)?))).await?;
             let Some(agent) = app.live.get(&fleet, slot) else { return Ok(None) };
-            let idle = agent.state(now) == clawfleet_core::liveness::AgentState::Idle
+            // Idle as a heartbeat says that was sent after everything the agent journaled
+            // (its taking of each injection among it), so not one from before a delivery.
+            let current = cursor.is_none_or(|c| c.epoch != agent.hb.epoch || agent.hb.seq >= c.seq);
+            let idle = agent.state(clock::mono_ms()) == clawfleet_core::liveness::AgentState::Idle
                 && agent.hb.queued == 0
                 && agent.hb.current_injection.is_none();
-            if unacknowledged > 0 || !idle {
-                quiet_since.remove(&m.id);
-                return Ok(None);
-            }
-            // Idle as a heartbeat sent after the last acknowledgement says, not an older one.
-            let since = *quiet_since.entry(m.id.clone()).or_insert(now);
-            if agent.received_ms <= since {
+            if unacknowledged > 0 || !idle || !current {
                 return Ok(None);
             }
             let row = match crate::api::load_active(app, &fleet).await {
