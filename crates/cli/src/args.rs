@@ -15,6 +15,17 @@ use clap::{Args, Parser, Subcommand};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines look on stderr: text, or json (one object a line, the event's fields at
+    /// its top level beside timestamp, level and message)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CLAWFLEET_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the control plane is and how to log in to it.
@@ -356,6 +367,10 @@ pub(crate) struct UpArgs {
     /// for the peer's copy to be ready (a Slurm job may queue), before it is aborted
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub migrate_within: std::time::Duration,
+    /// Export each agent's heartbeat (uptime, resident memory, load) on /metrics, labelled by
+    /// fleet and slot: three series an agent, so 30,000 for 10,000 agents (off: none)
+    #[arg(long)]
+    pub agent_metrics: bool,
 }
 
 #[derive(Debug, Args)]

@@ -79,7 +79,11 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        args::LogFormat::Text => logs.with_ansi(ansi).init(),
+        args::LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
 
     let runtime = if single_thread {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

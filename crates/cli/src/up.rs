@@ -103,6 +103,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         approval_timeout: args.approval_timeout,
         rack: crate::rack::config(&args)?,
         migrate_within: args.migrate_within,
+        agent_metrics: args.agent_metrics,
     };
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let second = match args.racks {

@@ -29,6 +29,16 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    pub const ALL: [AgentState; 7] = [
+        AgentState::Pending,
+        AgentState::Starting,
+        AgentState::Idle,
+        AgentState::Busy,
+        AgentState::Stopping,
+        AgentState::Stopped,
+        AgentState::Lost,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::Pending => "pending",

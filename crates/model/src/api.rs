@@ -5,12 +5,11 @@
 //! A client that disconnects cancels its request.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -406,29 +405,40 @@ async fn ollama_tags(State(service): State<Arc<ModelService>>) -> Json<OllamaTag
     })
 }
 
-async fn metrics(State(service): State<Arc<ModelService>>) -> Response {
-    let s = service.engine.stats();
+/// `GET /metrics`: the engine's counters, its queue and slots, and time to first token, in
+/// OpenMetrics for a scraper that asks for it (Prometheus), else the classic text format.
+/// Tokens per second are `rate(clawfleet_model_completion_tokens_total[1m])`.
+async fn metrics(State(service): State<Arc<ModelService>>, headers: HeaderMap) -> Response {
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Unit;
+    let s = service.engine.stats().clone();
     let info = service.engine.info();
-    let mut out = String::new();
-    let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    let mut r = prometheus_client::registry::Registry::with_prefix("clawfleet_model");
+    r.register("requests", "Generation requests accepted.", s.requests);
+    r.register("refused", "Requests refused because the service was busy.", s.refused);
+    r.register("cancelled", "Requests whose client went away.", s.cancelled);
+    r.register("prompt_tokens", "Prompt tokens computed.", s.prompt_tokens);
+    r.register("prompt_cached_tokens", "Prompt tokens found in a slot's cache, not computed again.", s.cached_tokens);
+    r.register("completion_tokens", "Tokens generated.", s.completion_tokens);
+    r.register("steps", "Forward passes.", s.steps);
+    r.register("active", "Sequences being generated: slots busy.", s.active);
+    r.register("waiting", "Requests waiting for a sequence slot: the queue.", s.waiting);
+    r.register_with_unit("time_to_first_token", "From a request's arrival to its first token, its wait included.", Unit::Seconds, s.ttft);
+    r.register_with_unit("queue_wait", "A request's wait for a sequence slot.", Unit::Seconds, s.queued);
+    let constant = |v: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(v as i64);
+        g
     };
-    line("clawfleet_model_requests_total", "counter", "Generation requests accepted.", s.requests.load(Ordering::Relaxed));
-    line("clawfleet_model_refused_total", "counter", "Requests refused because the service was busy.", s.refused.load(Ordering::Relaxed));
-    line("clawfleet_model_cancelled_total", "counter", "Requests whose client went away.", s.cancelled.load(Ordering::Relaxed));
-    line("clawfleet_model_prompt_tokens_total", "counter", "Prompt tokens computed.", s.prompt_tokens.load(Ordering::Relaxed));
-    line(
-        "clawfleet_model_prompt_cached_tokens_total",
-        "counter",
-        "Prompt tokens found in a slot's cache, not computed again.",
-        s.cached_tokens.load(Ordering::Relaxed),
-    );
-    line("clawfleet_model_completion_tokens_total", "counter", "Tokens generated.", s.completion_tokens.load(Ordering::Relaxed));
-    line("clawfleet_model_steps_total", "counter", "Forward passes.", s.steps.load(Ordering::Relaxed));
-    line("clawfleet_model_active", "gauge", "Sequences being generated.", s.active.load(Ordering::Relaxed) as u64);
-    line("clawfleet_model_waiting", "gauge", "Requests waiting for a sequence slot.", s.waiting.load(Ordering::Relaxed) as u64);
-    line("clawfleet_model_slots", "gauge", "Sequences generated together at most.", u64::from(info.slots));
-    line("clawfleet_model_slot_context_tokens", "gauge", "Context of each slot: the longest request.", u64::from(info.max_request_tokens));
-    line("clawfleet_model_kv_cache_bytes", "gauge", "Memory of the KV cache, allocated up front.", info.kv_bytes());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    r.register("slots", "Sequences generated together at most.", constant(u64::from(info.slots)));
+    r.register("slot_context_tokens", "Context of each slot: the longest request.", constant(u64::from(info.max_request_tokens)));
+    r.register("kv_cache_bytes", "Memory of the KV cache, allocated up front.", constant(info.kv_bytes()));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
+    let openmetrics = clawfleet_proto::exposition::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let (kind, body) = match openmetrics {
+        true => (clawfleet_proto::exposition::OPENMETRICS, out),
+        false => (clawfleet_proto::exposition::TEXT, clawfleet_proto::exposition::classic(&out)),
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
 }

@@ -16,10 +16,13 @@
 //! shares the longest start with its prompt and reads only the rest: an agent sends its whole
 //! conversation every turn, so its next turn costs only the new message.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -179,20 +182,45 @@ pub enum EngineError {
     Context { tokens: u32, slots: u32, reason: String },
 }
 
-/// Counters of the engine, for `/metrics`.
-#[derive(Debug, Default)]
+/// What the engine counts, for `/metrics` (`prometheus-client`'s metrics: atomics, shared
+/// with the registry the service answers from).
+#[derive(Debug, Clone)]
 pub struct Stats {
-    pub active: AtomicUsize,
-    pub waiting: AtomicUsize,
-    pub requests: AtomicU64,
-    pub refused: AtomicU64,
-    pub cancelled: AtomicU64,
+    pub active: Gauge,
+    pub waiting: Gauge,
+    pub requests: Counter,
+    pub refused: Counter,
+    pub cancelled: Counter,
     /// Prompt tokens computed.
-    pub prompt_tokens: AtomicU64,
+    pub prompt_tokens: Counter,
     /// Prompt tokens found in a slot's cache.
-    pub cached_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-    pub steps: AtomicU64,
+    pub cached_tokens: Counter,
+    pub completion_tokens: Counter,
+    pub steps: Counter,
+    /// From a request's arrival to its first generated token (its wait for a slot included).
+    pub ttft: Histogram,
+    /// A request's wait for a slot.
+    pub queued: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        // 5 ms to about 80 s.
+        let seconds = || Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15));
+        Stats {
+            active: Gauge::default(),
+            waiting: Gauge::default(),
+            requests: Counter::default(),
+            refused: Counter::default(),
+            cancelled: Counter::default(),
+            prompt_tokens: Counter::default(),
+            cached_tokens: Counter::default(),
+            completion_tokens: Counter::default(),
+            steps: Counter::default(),
+            ttft: seconds(),
+            queued: seconds(),
+        }
+    }
 }
 
 struct Job {
@@ -286,7 +314,7 @@ impl Engine {
         }
         let taken = self.outstanding.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.capacity).then_some(n + 1));
         if let Err(n) = taken {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            self.stats.refused.inc();
             return Err(Refused::Busy { outstanding: n, capacity: self.capacity });
         }
         let (out, rx) = mpsc::unbounded_channel();
@@ -296,7 +324,7 @@ impl Engine {
             self.outstanding.fetch_sub(1, Ordering::SeqCst);
             return Err(Refused::Stopped("the engine is shutting down".into()));
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.inc();
         Ok(rx)
     }
 }
@@ -484,7 +512,7 @@ fn run(
         waiting.retain(|j| !j.out.is_closed());
         let gone = (before - waiting.len()) as u32;
         if gone > 0 {
-            stats.cancelled.fetch_add(u64::from(gone), Ordering::Relaxed);
+            stats.cancelled.inc_by(u64::from(gone));
             release(gone);
         }
 
@@ -519,8 +547,8 @@ fn run(
             caches[free].tokens.clear();
             let room = max_request - n;
             let max_new = job.sampling.max_tokens.or(config.default_max_tokens).map_or(room, |m| m.min(room)).max(1);
-            stats.prompt_tokens.fetch_add(u64::from(n) - kept as u64, Ordering::Relaxed);
-            stats.cached_tokens.fetch_add(kept as u64, Ordering::Relaxed);
+            stats.prompt_tokens.inc_by(u64::from(n) - kept as u64);
+            stats.cached_tokens.inc_by(kept as u64);
             let _ = job.out.send(Output::Started { prompt_tokens: n });
             let sampler = sampler(&job.sampling, &prompt, model.n_vocab(), max_request, config.seed);
             slots[free] = Some(Seq {
@@ -542,8 +570,8 @@ fn run(
                 finished: None,
             });
         }
-        stats.waiting.store(waiting.len(), Ordering::Relaxed);
-        stats.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
+        stats.waiting.set(waiting.len() as i64);
+        stats.active.set(slots.iter().filter(|s| s.is_some()).count() as i64);
 
         // One batch: the next token of every generating sequence, then prompt chunks.
         batch.clear();
@@ -591,7 +619,7 @@ fn run(
             }
             tracing::error!(error = %e, "A forward pass failed");
         }
-        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats.steps.inc();
 
         // Sample each sequence's next token.
         for &(i, idx) in &logits {
@@ -600,7 +628,11 @@ fn run(
                 continue;
             }
             let now = Instant::now();
-            s.first_token.get_or_insert(now);
+            if s.first_token.is_none() {
+                s.first_token = Some(now);
+                stats.ttft.observe((now - s.submitted).as_secs_f64());
+                stats.queued.observe((s.admitted - s.submitted).as_secs_f64());
+            }
             // llama_sampler_sample accepts the token itself (the penalties count it once).
             let token = s.sampler.sample(&ctx, idx);
             if vocab.is_eog(token) {
@@ -632,7 +664,7 @@ fn run(
             let Some(finish) = s.finished.or(abandoned.then_some(Finish::Stop)) else { continue };
             let mut s = slot.take().expect("checked");
             if abandoned {
-                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                stats.cancelled.inc();
             } else if !s.kv_lost {
                 // Text still held (an incomplete character, a possible stop sequence) ends here.
                 let (mut rest, stopped) = s.stops.push(&s.utf8.finish());
@@ -654,7 +686,7 @@ fn run(
                     generation_time: end - first,
                 }));
             }
-            stats.completion_tokens.fetch_add(u64::from(s.generated), Ordering::Relaxed);
+            stats.completion_tokens.inc_by(u64::from(s.generated));
             clock += 1;
             if s.kv_lost {
                 let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);

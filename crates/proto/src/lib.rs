@@ -61,6 +61,7 @@ pub mod bus;
 pub mod cluster;
 pub mod council;
 pub mod event;
+pub mod exposition;
 pub mod fleetfile;
 pub mod mailbox;
 pub mod model;

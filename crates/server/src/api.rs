@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -145,12 +144,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // Every route timed, by its pattern (what matches none is refused before it is).
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /api/v1") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
 }
 
@@ -179,9 +179,14 @@ impl Caller {
     }
 }
 
+/// Times each request, by its route's pattern (an unknown path is `other`).
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
-    next.run(req).await
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("other", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    app.metrics.http(crate::metrics::RouteLabel { route, method }, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
@@ -1256,7 +1261,7 @@ async fn inject(
             s.create_injection(&inj, &audit(&at, &actor, "inject", &fleet, detail))
         })
         .await?;
-    app.metrics.injections.fetch_add(1, Ordering::Relaxed);
+    app.metrics.injection(crate::metrics::InjectOutcome::Accepted, 1);
     let pending = Pending::Inject { injection_id: id.clone(), prompt: req.prompt.clone() };
     let expires = outbox::expires_at(std::time::SystemTime::now(), app.inject_timeout(&row));
     outbox::send_now(&app, &name, row.replicas, &targets, &pending, &rows, expires).await;
@@ -1717,41 +1722,51 @@ async fn token_revoke(
     Ok(Json(Ack { ok: true, message: format!("token '{name}' revoked") }))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    use std::fmt::Write;
-    let m = &app.metrics;
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus), else the classic
+/// text format. Open to anyone who reaches the API's address, as scrapers are: counts and
+/// latencies only, no fleet's name unless `--agent-metrics`.
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    let now = clock::mono_ms();
+    let counts = app.live.counts(now);
+    let agents: Vec<(&'static str, u64)> =
+        clawfleet_core::liveness::AgentState::ALL.iter().map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0))).collect();
+    let (depth, open) = app
+        .db
+        .run(|s| {
+            Ok((
+                s.outbox_depth()?,
+                s.live_migrations()?
+                    .iter()
+                    .filter(|(m, _)| !m.state.is_final() && m.state != clawfleet_proto::rack::MigrationState::Committed)
+                    .count(),
+            ))
+        })
+        .await?;
+    let samples = app.live.samples();
+    let per_agent: Vec<crate::metrics::AgentSample> = samples
+        .iter()
+        .map(|(fleet, slot, hb)| crate::metrics::AgentSample {
+            fleet: fleet.clone(),
+            slot: *slot,
+            uptime_s: hb.uptime_s,
+            rss_bytes: hb.rss_bytes,
+            load1: hb.load1,
+        })
+        .collect();
+    let queued = samples.iter().map(|(_, _, hb)| u64::from(hb.queued)).sum();
+    let in_flight = app.sent.lock().expect("not poisoned").len() as u64;
+    let openmetrics = clawfleet_proto::exposition::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let gauges = crate::metrics::Now {
+        agents: &agents,
+        outbox_depth: depth,
+        in_flight,
+        queued,
+        migrations_open: open as u64,
+        per_agent: &per_agent,
     };
-    counter("clawfleet_bus_messages_total", "Bus messages read by the control plane.", m.bus_messages.load(Ordering::Relaxed));
-    counter("clawfleet_bus_rejected_total", "Bus messages refused as malformed or forbidden.", m.bus_rejected.load(Ordering::Relaxed));
-    counter("clawfleet_events_ingested_total", "Agent events stored.", m.events_ingested.load(Ordering::Relaxed));
-    counter("clawfleet_duplicate_events_total", "Agent events received again and ignored.", m.duplicates.load(Ordering::Relaxed));
-    counter(
-        "clawfleet_replays_requested_total",
-        "Replays asked of agents after a journal gap.",
-        m.replays_requested.load(Ordering::Relaxed),
-    );
-    counter(
-        "clawfleet_directives_sent_total",
-        "Directives published (first sends and resends).",
-        m.directives_sent.load(Ordering::Relaxed),
-    );
-    counter("clawfleet_injections_total", "Injections accepted.", m.injections.load(Ordering::Relaxed));
-    counter("clawfleet_http_requests_total", "HTTP requests served.", m.http_requests.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP clawfleet_agents Agents by state.\n# TYPE clawfleet_agents gauge");
-    let mut counts: Vec<_> = app.live.counts(clock::mono_ms()).into_iter().collect();
-    counts.sort();
-    for (state, n) in counts {
-        let _ = writeln!(out, "clawfleet_agents{{state=\"{state}\"}} {n}");
-    }
-    let pending = app.sent.lock().expect("not poisoned").len();
-    let _ = writeln!(
-        out,
-        "# HELP clawfleet_outbox_in_flight Directives sent and not yet acknowledged.\n# TYPE clawfleet_outbox_in_flight gauge\nclawfleet_outbox_in_flight {pending}"
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let body = app.metrics.render(gauges, openmetrics);
+    let kind = if openmetrics { clawfleet_proto::exposition::OPENMETRICS } else { clawfleet_proto::exposition::TEXT };
+    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use clawfleet_backend::{Backend, Deployment, Endpoints};
@@ -55,7 +54,7 @@ pub(crate) struct App {
     pub data_dir: PathBuf,
     pub bus_url: String,
     pub embedded_bus: bool,
-    pub metrics: Metrics,
+    pub metrics: crate::metrics::Metrics,
     /// Mailbox fleets and their agents' current jobs.
     /// Where directives leave: the bus, and mailbox agents' inboxes.
     pub outbound: crate::outbound::Outbound,
@@ -104,19 +103,6 @@ impl App {
         self.conditions.lock().expect("not poisoned").remove(fleet);
         self.reconcile.notify_one();
     }
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub bus_messages: AtomicU64,
-    pub bus_rejected: AtomicU64,
-    pub events_ingested: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub replays_requested: AtomicU64,
-    pub directives_sent: AtomicU64,
-    pub injections: AtomicU64,
-    pub http_requests: AtomicU64,
 }
 
 impl App {

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clawfleet_bus::BusEvent;
@@ -17,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::clock;
+use crate::metrics::{BusKind, BusRefusal, InjectOutcome};
 
 const BATCH: usize = 512;
 /// A heartbeat ahead of the stored events is normal while events are in flight.
@@ -54,16 +54,14 @@ pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mai
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
             n = mail.recv_many(&mut mailed, BATCH), if mail_open => if n == 0 { mail_open = false },
         }
+        let arrived = Instant::now();
         let mut inbound = Vec::with_capacity(batch.len() + mailed.len());
         for ev in batch.drain(..) {
             match ev {
                 BusEvent::Connected { session_present } => tracing::info!(session_present, "Control plane connected to the bus"),
                 BusEvent::Disconnected { reason } => tracing::warn!(%reason, "Control plane lost the bus; reconnecting"),
                 BusEvent::Closed => tracing::info!("Control plane disconnected from the bus"),
-                BusEvent::Message { topic, payload } => {
-                    app.metrics.bus_messages.fetch_add(1, Ordering::Relaxed);
-                    inbound.extend(decode(&app, &topic, &payload));
-                }
+                BusEvent::Message { topic, payload } => inbound.extend(decode(&app, &topic, &payload)),
             }
         }
         inbound.append(&mut mailed);
@@ -77,7 +75,7 @@ pub(crate) async fn run(app: Arc<App>, mut rx: mpsc::Receiver<BusEvent>, mut mai
             }
         }
         if !events.is_empty() {
-            store(&app, &mut tracks, events).await;
+            store(&app, &mut tracks, events, arrived).await;
         }
         // After the events of the same batch are stored, so a heartbeat that only ran ahead
         // of them does not look like a gap.
@@ -94,7 +92,10 @@ enum Accepted {
 
 async fn heartbeat(app: &App, tracks: &mut HashMap<Key, AgentTrack>, key: Key, hb: Heartbeat) {
     let (epoch, seq) = (hb.epoch.clone(), hb.seq);
-    app.live.heartbeat(&key.0, key.1, hb, clock::mono_ms());
+    let now = clock::mono_ms();
+    if let Some(previous) = app.live.heartbeat(&key.0, key.1, hb, now) {
+        app.metrics.heartbeat_age.observe(now.saturating_sub(previous) as f64 / 1000.0);
+    }
     let track = tracks.entry(key.clone()).or_default();
     if track.cursor.is_none() {
         let (f, s) = key.clone();
@@ -112,12 +113,19 @@ async fn heartbeat(app: &App, tracks: &mut HashMap<Key, AgentTrack>, key: Key, h
 /// Decodes one bus message from an agent.
 fn decode(app: &App, topic: &str, payload: &[u8]) -> Option<Inbound> {
     if topic == clawfleet_bus::dynsec::RESPONSE_TOPIC {
+        app.metrics.bus_message(BusKind::Other);
         crate::dynsec::response(payload);
         return None;
     }
     let Some(t) = topic::parse_agent(topic) else {
-        return reject(app, topic, "not an agent topic");
+        app.metrics.bus_message(BusKind::Other);
+        return reject(app, topic, BusRefusal::Malformed, "not an agent topic");
     };
+    app.metrics.bus_message(match t.channel {
+        Channel::Heartbeat => BusKind::Heartbeat,
+        Channel::Events => BusKind::Event,
+        Channel::Cmd => BusKind::Other,
+    });
     if payload.is_empty() || !app.auth.knows(t.fleet) {
         // An empty retained message, or a leftover agent of a fleet that no longer exists.
         return None;
@@ -126,11 +134,11 @@ fn decode(app: &App, topic: &str, payload: &[u8]) -> Option<Inbound> {
     match t.channel {
         Channel::Heartbeat => match wire::decode_heartbeat(payload) {
             Ok(heartbeat) => Some(Inbound::Heartbeat { fleet, slot, heartbeat }),
-            Err(e) => reject(app, topic, &e.to_string()),
+            Err(e) => reject(app, topic, BusRefusal::Malformed, &e.to_string()),
         },
         Channel::Events => match wire::decode_envelope(payload) {
             Ok(envelope) => Some(Inbound::Event { fleet, slot, envelope }),
-            Err(e) => reject(app, topic, &e.to_string()),
+            Err(e) => reject(app, topic, BusRefusal::Malformed, &e.to_string()),
         },
         Channel::Cmd => None,
     }
@@ -146,7 +154,7 @@ fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, item: Inbound) -> Op
             }
             if !envelope.body.is_agent_reportable() {
                 let topic = topic::agent(&fleet, slot, Channel::Events);
-                return reject(app, &topic, &format!("an agent may not report '{}' events", envelope.body.name()));
+                return reject(app, &topic, BusRefusal::Forbidden, &format!("an agent may not report '{}' events", envelope.body.name()));
             }
             tracks.entry((fleet.clone(), slot)).or_default().last_event = Some(Instant::now());
             let mut body = envelope.body;
@@ -163,8 +171,8 @@ fn accept(app: &App, tracks: &mut HashMap<Key, AgentTrack>, item: Inbound) -> Op
     }
 }
 
-fn reject<T>(app: &App, topic: &str, why: &str) -> Option<T> {
-    app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+fn reject<T>(app: &App, topic: &str, reason: BusRefusal, why: &str) -> Option<T> {
+    app.metrics.bus_refused(reason);
     tracing::warn!(%topic, reason = why, "Refused a bus message");
     None
 }
@@ -195,12 +203,12 @@ async fn request_replay(app: &App, track: &mut AgentTrack, key: &Key, epoch: &st
         return;
     }
     track.replays += 1;
-    app.metrics.replays_requested.fetch_add(1, Ordering::Relaxed);
+    app.metrics.replays_requested.inc();
     tracing::info!(fleet = %key.0, slot = key.1, after, upto, "Asking an agent to replay its journal");
     app.outbound.to_agents(&key.0, &[key.1], &Directive::Replay { after_seq: after }).await;
 }
 
-async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<AgentEvent>) {
+async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<AgentEvent>, arrived: Instant) {
     let positions: Vec<(Key, String, u64)> =
         events.iter().map(|e| ((e.event.fleet.clone(), e.event.agent.unwrap_or(0)), e.epoch.clone(), e.seq)).collect();
     let result = app
@@ -228,19 +236,28 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
     for ((key, epoch, seq), r) in positions.into_iter().zip(results) {
         let track = tracks.entry(key.clone()).or_default();
         match r {
-            Ingested::Stored(_) => {
-                app.metrics.events_ingested.fetch_add(1, Ordering::Relaxed);
+            Ingested::Stored(e) => {
+                app.metrics.events_ingested.inc();
+                app.metrics.ingest_lag.observe(arrived.elapsed().as_secs_f64());
+                if let Some(id) = &e.injection_id {
+                    match &e.body {
+                        EventBody::InjectDelivered {} => app.metrics.delivered(id),
+                        EventBody::TurnComplete {} => app.metrics.ended(id, InjectOutcome::Completed),
+                        EventBody::InjectFailed { .. } => app.metrics.ended(id, InjectOutcome::Failed),
+                        _ => {}
+                    }
+                }
                 track.cursor = Some(Cursor { epoch, seq });
                 track.replays = 0;
                 gaps.remove(&key);
             }
             Ingested::Duplicate => {
-                app.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                app.metrics.duplicates.inc();
             }
             Ingested::Refused { injection_id } => {
                 // The agent's journal moved past it all the same.
                 track.cursor = Some(Cursor { epoch, seq });
-                app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+                app.metrics.bus_refused(BusRefusal::Forbidden);
                 tracing::warn!(fleet = %key.0, slot = key.1, %injection_id, "Refused an agent event for an injection that was not sent to it");
             }
             Ingested::Gap { after_seq } => {
@@ -273,7 +290,7 @@ async fn scenario_event(app: &App, e: &clawfleet_proto::event::Event) {
             app.projects_due.notify_one()
         }
         (EventBody::PlayRefused { play, reason }, slot) => {
-            app.metrics.bus_rejected.fetch_add(1, Ordering::Relaxed);
+            app.metrics.bus_refused(BusRefusal::Play);
             tracing::warn!(fleet = %e.fleet, slot, %play, %reason, "Refused an agent's play");
         }
         _ => {}

@@ -33,6 +33,7 @@ mod ingest;
 mod leader;
 mod live;
 mod mailbox;
+mod metrics;
 mod migrate;
 mod outbound;
 mod outbox;
@@ -126,6 +127,9 @@ pub struct ServerConfig {
     /// How long a migration out of this rack waits for its agent to finish its work, and then
     /// for the peer's copy to be ready, before it is aborted.
     pub migrate_within: Duration,
+    /// Export each agent's heartbeat (uptime, memory, load) as metrics of its own: three
+    /// series an agent.
+    pub agent_metrics: bool,
 }
 
 /// Why the control plane did not start.
@@ -324,7 +328,7 @@ impl Server {
             data_dir: dir.clone(),
             bus_url,
             embedded_bus: embedded,
-            metrics: Default::default(),
+            metrics: metrics::Metrics::new(config.agent_metrics),
             dynsec: dynsec.then(|| dynsec::Dynsec::new(secret.clone())),
             peers: peer::Peers::new(config.rack.clone()),
             holds: Default::default(),

@@ -39,15 +39,17 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    pub(crate) fn heartbeat(&self, fleet: &str, slot: u32, hb: Heartbeat, now_ms: u64) {
+    /// An agent's heartbeat arrived; returns when its previous one did.
+    pub(crate) fn heartbeat(&self, fleet: &str, slot: u32, hb: Heartbeat, now_ms: u64) -> Option<u64> {
         let mut agents = self.agents.lock().expect("not poisoned");
         match agents.get_mut(&(fleet.to_owned(), slot)) {
             Some(a) => {
                 a.hb = hb;
-                a.received_ms = now_ms;
+                Some(std::mem::replace(&mut a.received_ms, now_ms))
             }
             None => {
                 agents.insert((fleet.to_owned(), slot), LiveAgent { hb, received_ms: now_ms, reported: None });
+                None
             }
         }
     }
@@ -88,6 +90,11 @@ impl Live {
 
     pub(crate) fn forget_fleet(&self, fleet: &str) {
         self.agents.lock().expect("not poisoned").retain(|(f, _), _| f != fleet);
+    }
+
+    /// Every agent's last heartbeat, for metrics.
+    pub(crate) fn samples(&self) -> Vec<(String, u32, Heartbeat)> {
+        self.agents.lock().expect("not poisoned").iter().map(|((f, s), a)| (f.clone(), *s, a.hb.clone())).collect()
     }
 
     /// Counts of agents by state, for metrics.

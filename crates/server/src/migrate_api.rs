@@ -389,7 +389,7 @@ pub(super) async fn inject(
             s.take_forwarded(&mid, &source, &inj, &audit(&at, &actor, "inject", &fleet, detail))
         })
         .await?;
-    app.metrics.injections.fetch_add(1, Ordering::Relaxed);
+    app.metrics.injection(crate::metrics::InjectOutcome::Accepted, 1);
     let pending = Pending::Inject { injection_id: new_id.clone(), prompt: req.prompt };
     let expires = outbox::expires_at(std::time::SystemTime::now(), app.inject_timeout(&row));
     outbox::send_now(&app, &m.fleet, row.replicas, &[slot], &pending, &rows, expires).await;

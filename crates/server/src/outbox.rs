@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use clawfleet_proto::bus::Directive;
@@ -72,7 +71,10 @@ pub(crate) async fn send_now(
     } else {
         app.outbound.to_agents(fleet, targets, &d).await;
     }
-    app.metrics.directives_sent.fetch_add(if whole_fleet { 1 } else { targets.len() as u64 }, Ordering::Relaxed);
+    app.metrics.directives_sent.inc_by(if whole_fleet { 1 } else { targets.len() as u64 });
+    if let Pending::Inject { injection_id, .. } = pending {
+        app.metrics.sent(injection_id);
+    }
     let now = Instant::now();
     let mut sent = app.sent.lock().expect("not poisoned");
     for id in rows {
@@ -89,6 +91,7 @@ pub(crate) async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = resend(&app).await {
             tracing::error!(error = %e, "Outbox pass failed");
         }
+        app.metrics.sweep();
     }
 }
 
@@ -113,6 +116,7 @@ async fn expire(app: &App, rows: Vec<OutboxRow>) -> Result<(Vec<OutboxRow>, Hash
     if !expired.is_empty() {
         let ids: Vec<i64> = expired.iter().map(|r| r.id).collect();
         tracing::warn!(count = ids.len(), "Injections not taken by their agents in time");
+        app.metrics.injection(crate::metrics::InjectOutcome::Timeout, ids.len() as u64);
         app.hub.write(move |s| Ok(((), s.expire_outbox(&ids, &clock::now_rfc3339(), "timeout")?))).await?;
     }
     Ok((waiting, timeouts))
@@ -140,7 +144,10 @@ async fn resend(app: &App) -> Result<(), clawfleet_store::StoreError> {
         let accepted = humantime::parse_rfc3339_weak(&row.created_at).unwrap_or_else(|_| SystemTime::now());
         let d = directive(&row.directive, None, expires_at(accepted, timeouts.get(&row.fleet).copied()));
         if app.outbound.to_agents(&row.fleet, &[row.slot], &d).await {
-            app.metrics.directives_sent.fetch_add(1, Ordering::Relaxed);
+            app.metrics.directives_sent.inc();
+            if let Pending::Inject { injection_id, .. } = &row.directive {
+                app.metrics.sent(injection_id);
+            }
             app.sent.lock().expect("not poisoned").insert(row.id, Instant::now());
             ids.push(row.id);
         }

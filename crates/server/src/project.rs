@@ -254,7 +254,7 @@ async fn dispatch(app: &App, p: &ProjectView, busy: &mut HashSet<(String, u32)>)
             refresh_mirror(app, p, &row.name, *slot).await;
         }
         busy.insert((row.name.clone(), *slot));
-        app.metrics.injections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.metrics.injection(crate::metrics::InjectOutcome::Accepted, 1);
         let pending = Pending::Inject { injection_id: id, prompt };
         let expires = outbox::expires_at(SystemTime::now(), app.inject_timeout(row));
         outbox::send_now(app, &row.name, row.replicas, &[*slot], &pending, &rows, expires).await;

@@ -83,7 +83,7 @@ pub(crate) async fn step(app: &Arc<App>) -> Result<(), StoreError> {
                 })
                 .await?;
             let Some(rows) = dispatched else { continue };
-            app.metrics.injections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.metrics.injection(crate::metrics::InjectOutcome::Accepted, 1);
             let pending = Pending::Inject { injection_id: id, prompt: item.prompt.clone() };
             let expires = outbox::expires_at(SystemTime::now(), app.inject_timeout(&row));
             outbox::send_now(app, &fleet, row.replicas, &[slot], &pending, &rows, expires).await;

@@ -124,7 +124,10 @@ async fn reconcile_fleet(app: &App, fleet: FleetRow, mut memory: FleetMemory) ->
             FleetState::Active => converge(app, &fleet, &mut memory.plan).await,
         }
     };
-    let (outcome, next) = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
+    let started = std::time::Instant::now();
+    let timed = tokio::time::timeout(PASS_TIMEOUT, pass).await;
+    app.metrics.reconciled(&fleet.backend, started.elapsed());
+    let (outcome, next) = match timed {
         Ok(Ok((applied, next))) => (Ok(applied), next),
         Ok(Err(e)) => (Err(e), None),
         Err(_) => (

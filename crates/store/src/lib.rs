@@ -1045,6 +1045,11 @@ impl Store {
     // ---- outbox ----
 
     /// Every directive still waiting for its agent, oldest first.
+    /// How many directives wait for their agents.
+    pub fn outbox_depth(&self) -> Result<u64> {
+        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?))
+    }
+
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(

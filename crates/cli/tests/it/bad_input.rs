@@ -237,9 +237,11 @@ fn malformed_bus_messages_are_refused_and_counted() {
     });
     let metrics = plane.http("GET", "/metrics", None, None).1;
     let metrics = metrics.as_str().unwrap();
-    let rejected: u64 =
-        metrics.lines().find(|l| l.starts_with("clawfleet_bus_rejected_total")).unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(rejected >= 4, "{metrics}");
+    let rejected = |reason: &str| -> u64 {
+        let line = format!("clawfleet_bus_rejected_total{{reason=\"{reason}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |v| v.parse().unwrap())
+    };
+    assert!(rejected("malformed") >= 3 && rejected("forbidden") >= 1, "{metrics}");
     // The forged fleet_terminated was not stored, and the fleet still works.
     assert!(crate::support::events(&plane, "squad").iter().all(|e| e["event"] != "fleet_terminated"));
     crate::support::eventually(Duration::from_secs(20), "the kicked agent to come back", || {

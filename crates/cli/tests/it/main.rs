@@ -18,6 +18,7 @@ mod lifecycle;
 mod mailbox;
 mod migrate;
 mod model;
+mod observability;
 mod project;
 mod queue;
 mod racks;

@@ -68,7 +68,7 @@ fn an_agent_cannot_answer_for_another_fleets_injection() {
     publish_as_agent(&plane, "evil", 0, &[("clawfleet/v1/fleets/evil/agents/0/events".into(), forged.to_string().into_bytes())]);
     crate::support::eventually(std::time::Duration::from_secs(10), "the forged event to be refused", || {
         let metrics = plane.http("GET", "/metrics", None, None).1;
-        metrics.as_str().unwrap().lines().any(|l| l == "clawfleet_bus_rejected_total 1").then_some(())
+        metrics.as_str().unwrap().lines().any(|l| l == "clawfleet_bus_rejected_total{reason=\"forbidden\"} 1").then_some(())
     });
     let status = plane.json_get(&format!("/api/v1/injections/{injection}"));
     let answers: Vec<_> = status["agents"].as_array().unwrap().iter().map(|a| a["answer"].as_str().unwrap().to_owned()).collect();
