@@ -371,6 +371,13 @@ pub(crate) struct UpArgs {
     /// fleet and slot: three series an agent, so 30,000 for 10,000 agents (off: none)
     #[arg(long)]
     pub agent_metrics: bool,
+    /// Drop events older than this (7d, 12h) [default: keep them all]; never one of an
+    /// injection an agent has not taken or whose turn has not ended
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retain_events: Option<std::time::Duration>,
+    /// Keep at most about this many events (the newest), with the same exception
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_events_rows: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -104,6 +104,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         rack: crate::rack::config(&args)?,
         migrate_within: args.migrate_within,
         agent_metrics: args.agent_metrics,
+        retention: clawfleet_server::Retention { max_age: args.retain_events, max_rows: args.retain_events_rows },
     };
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let second = match args.racks {

@@ -1730,16 +1730,15 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     let counts = app.live.counts(now);
     let agents: Vec<(&'static str, u64)> =
         clawfleet_core::liveness::AgentState::ALL.iter().map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0))).collect();
-    let (depth, open) = app
+    let (depth, open, newest) = app
         .db
         .run(|s| {
-            Ok((
-                s.outbox_depth()?,
-                s.live_migrations()?
-                    .iter()
-                    .filter(|(m, _)| !m.state.is_final() && m.state != clawfleet_proto::rack::MigrationState::Committed)
-                    .count(),
-            ))
+            let open = s
+                .live_migrations()?
+                .iter()
+                .filter(|(m, _)| !m.state.is_final() && m.state != clawfleet_proto::rack::MigrationState::Committed)
+                .count();
+            Ok((s.outbox_depth()?, open, s.newest_event_id()?))
         })
         .await?;
     let samples = app.live.samples();
@@ -1762,6 +1761,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         in_flight,
         queued,
         migrations_open: open as u64,
+        newest_event: newest,
         per_agent: &per_agent,
     };
     let body = app.metrics.render(gauges, openmetrics);

@@ -69,6 +69,8 @@ pub(crate) struct App {
     /// How long a migration out waits for its agent to finish its work, and then for the
     /// peer's copy to be ready, before it is aborted.
     pub migrate_within: std::time::Duration,
+    /// What the events table keeps.
+    pub retention: crate::retention::Retention,
 }
 
 /// A fleet's condition, as its backend last reported it.

@@ -10,6 +10,7 @@
 //! - **outbox** ([`outbox`]): resends directives until their agent acknowledges them;
 //! - **deploy** ([`deploy`]): gates the running deploy, reverts it when it fails;
 //! - **migrate** ([`migrate`]): drives each open migration between racks one durable step on;
+//! - **retention** ([`retention`]): drops events past their retention, never an open turn's;
 //! - **reconcile** ([`reconcile`]): drives each fleet's backend toward its desired state, and
 //!   on a tick of its own reports agents' availability changes;
 //! - **HTTP** ([`api`]): the API, the dashboard, `/healthz`, `/metrics`.
@@ -41,6 +42,7 @@ mod peer;
 mod project;
 mod queue;
 mod reconcile;
+mod retention;
 mod scenario;
 mod tls;
 
@@ -69,6 +71,7 @@ use crate::hub::Hub;
 use crate::live::Live;
 pub use crate::mailbox::MailboxOptions;
 pub use crate::peer::{PeerConfig, RackConfig};
+pub use crate::retention::Retention;
 pub use crate::tls::TlsFiles;
 use clawfleet_bus::{CONTROL_USER, FleetAuth};
 
@@ -130,6 +133,8 @@ pub struct ServerConfig {
     /// Export each agent's heartbeat (uptime, memory, load) as metrics of its own: three
     /// series an agent.
     pub agent_metrics: bool,
+    /// What the events table keeps.
+    pub retention: Retention,
 }
 
 /// Why the control plane did not start.
@@ -334,6 +339,7 @@ impl Server {
             holds: Default::default(),
             migrations_due: Notify::new(),
             migrate_within: config.migrate_within,
+            retention: config.retention,
         });
         // Agents that were moving when the control plane stopped still are: their injections
         // wait from the first send on.
@@ -354,6 +360,7 @@ impl Server {
             tokio::spawn(council::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(project::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(migrate::run(app.clone(), shutdown_rx.clone())),
+            tokio::spawn(retention::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::run(app.clone(), shutdown_rx.clone())),
             tokio::spawn(reconcile::watch_liveness(app.clone(), shutdown_rx.clone())),
         ];

@@ -172,6 +172,10 @@ pub(crate) struct Metrics {
     outbox_in_flight: Gauge,
     queued: Gauge,
     migrations_open: Gauge,
+    pub events_dropped: Counter,
+    pub retention_cutoff: Gauge,
+    pub retention_pass: Histogram,
+    newest_event: Gauge,
     /// When each injection was first sent, for its latencies.
     sent_at: Mutex<HashMap<String, Instant>>,
     /// Per-agent heartbeat metrics, when asked for.
@@ -245,8 +249,24 @@ impl Metrics {
         r.register("queued_injections", "Injections agents hold queued, as their heartbeats say.", queued.clone());
         let migrations_open = Gauge::default();
         r.register("migrations_open", "Migrations between racks not ended on this rack.", migrations_open.clone());
+        let events_dropped = Counter::default();
+        r.register("events_dropped", "Events dropped by retention.", events_dropped.clone());
+        let retention_cutoff = Gauge::default();
+        r.register(
+            "events_retention_cutoff",
+            "The event id at and below which retention drops what no open injection needs.",
+            retention_cutoff.clone(),
+        );
+        let newest_event = Gauge::default();
+        r.register("events_newest_id", "The newest event's id.", newest_event.clone());
+        let retention_pass = latency();
+        r.register_with_unit("retention_pass_duration", "One retention pass over the events table.", Unit::Seconds, retention_pass.clone());
         Metrics {
             registry: r,
+            events_dropped,
+            retention_cutoff,
+            retention_pass,
+            newest_event,
             bus_messages,
             bus_refused,
             events_ingested,
@@ -338,6 +358,7 @@ impl Metrics {
         self.outbox_in_flight.set(now.in_flight as i64);
         self.queued.set(now.queued as i64);
         self.migrations_open.set(now.migrations_open as i64);
+        self.newest_event.set(now.newest_event);
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).expect("writing to a String");
         if self.per_agent {
@@ -367,6 +388,7 @@ pub(crate) struct Now<'a> {
     pub in_flight: u64,
     pub queued: u64,
     pub migrations_open: u64,
+    pub newest_event: i64,
     pub per_agent: &'a [AgentSample],
 }
 
@@ -384,7 +406,7 @@ mod tests {
     use super::*;
 
     fn now<'a>(agents: &'a [(&'static str, u64)], per_agent: &'a [AgentSample]) -> Now<'a> {
-        Now { agents, outbox_depth: 2, in_flight: 1, queued: 3, migrations_open: 0, per_agent }
+        Now { agents, outbox_depth: 2, in_flight: 1, queued: 3, migrations_open: 0, newest_event: 7, per_agent }
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod migration;
 mod plan;
 mod project;
 mod queue;
+mod retention;
 mod scenario;
 mod schema;
 
@@ -436,7 +437,15 @@ fn insert_event(tx: &Transaction<'_>, e: &NewEvent, journal: Option<(&str, u64)>
         journal.map(|j| j.0),
         journal.map(|j| j.1)
     ])?;
-    Ok(tx.last_insert_rowid() as u64)
+    let id = tx.last_insert_rowid() as u64;
+    // An agent's turn for an injection ended: its events may go once they are old enough.
+    if matches!(e.body, EventBody::TurnComplete {} | EventBody::InjectFailed { .. })
+        && let (Some(injection), Some(slot)) = (&e.injection_id, e.agent)
+    {
+        tx.prepare_cached("UPDATE injection_targets SET ended = 1 WHERE injection_id = ?1 AND fleet = ?2 AND slot = ?3")?
+            .execute(params![injection, e.fleet, slot])?;
+    }
+    Ok(id)
 }
 
 impl Store {

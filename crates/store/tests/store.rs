@@ -1136,3 +1136,58 @@ fn migrations_hold_vacate_forward_and_give_back() {
     store.scale_fleet("squad", 1, "t11", &audit("scale")).unwrap();
     assert!(store.vacated().unwrap().is_empty());
 }
+
+#[test]
+fn retention_drops_old_events_but_never_an_open_injections() {
+    let store = Store::in_memory().unwrap();
+    store.insert_fleet(&fleet("squad", 2), launched("squad"), &audit("launch")).unwrap();
+    inject(&store, "done", &[0]);
+    let turn =
+        vec![agent_event(0, "e1", 1, "done", EventBody::InjectDelivered {}), agent_event(0, "e1", 2, "done", EventBody::TurnComplete {})];
+    store.ingest(turn).unwrap();
+    // Open: agent 1 never took it (its outbox row waits), agent 0's turn has not ended.
+    inject(&store, "open", &[0, 1]);
+    store.ingest(vec![agent_event(0, "e1", 3, "open", EventBody::InjectDelivered {})]).unwrap();
+    let names = |s: &Store| -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        for id in ["done", "open"] {
+            all.extend(s.injection_events("squad", id).unwrap().iter().map(|e| (id.to_owned(), e.body.name().to_owned())));
+        }
+        all
+    };
+    let newest = store.newest_event_id().unwrap();
+
+    // By age: marks by the control plane's clock say what the table had when.
+    store.mark_events(1_000, 0).unwrap();
+    assert_eq!(store.retention_cutoff(Some(999), None).unwrap(), None, "nothing is older than the first mark");
+    assert_eq!(store.retention_cutoff(Some(1_000), None).unwrap(), Some(newest));
+    // By rows: all but the newest 2; the larger cutoff wins.
+    assert_eq!(store.retention_cutoff(None, Some(2)).unwrap(), Some(newest - 2));
+    assert_eq!(store.retention_cutoff(Some(1_000), Some(2)).unwrap(), Some(newest));
+    assert_eq!(store.retention_cutoff(None, Some(1_000)).unwrap(), None);
+
+    // In batches: the launch and the ended injection go, the open one stays whole.
+    let cutoff = newest;
+    let (mut after, mut dropped) = (0, 0);
+    while let (n, Some(last)) = store.drop_events(after, cutoff, 2).unwrap() {
+        dropped += n;
+        after = last;
+    }
+    assert_eq!(dropped, 4, "fleet_launched, and done's inject_ack, inject_delivered, turn_complete");
+    let kept = names(&store);
+    assert!(kept.iter().all(|(id, _)| id == "open") && kept.len() == 3, "{kept:?}");
+
+    // Once its every turn ended, the open one goes too.
+    store.ingest(vec![agent_event(0, "e1", 4, "open", EventBody::TurnComplete {})]).unwrap();
+    store.ingest(vec![agent_event(1, "e9", 1, "open", EventBody::InjectDelivered {})]).unwrap();
+    let (n, _) = store.drop_events(0, cutoff, 100).unwrap();
+    assert_eq!(n, 0, "agent 1's turn is still open");
+    store.ingest(vec![agent_event(1, "e9", 2, "open", EventBody::InjectFailed { error: "x".into() })]).unwrap();
+    let (n, _) = store.drop_events(0, cutoff, 100).unwrap();
+    assert_eq!(n, 3, "the events at or below the cutoff; the newer ones wait for a later one");
+    // Marks before the horizon go, but the one that is the cutoff stays.
+    store.mark_events(2_000, 1_500).unwrap();
+    store.mark_events(3_000, 2_500).unwrap();
+    assert_eq!(store.retention_cutoff(Some(2_600), None).unwrap(), Some(store.newest_event_id().unwrap()));
+    assert_eq!(store.retention_cutoff(Some(1_000), None).unwrap(), None, "the mark at 1000 is forgotten");
+}

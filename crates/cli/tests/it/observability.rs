@@ -144,3 +144,34 @@ fn json_logs_are_one_object_a_line() {
     assert!(serving["http"].as_str().unwrap().starts_with("127.0.0.1:"), "fields at the top level: {serving}");
     assert!(serving["timestamp"].is_string());
 }
+
+/// A metric's value in the classic text format.
+fn metric(text: &str, line: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn retention_drops_old_events_but_not_what_an_agent_still_owes() {
+    let plane = Plane::with(PlaneOptions { up_args: vec!["--retain-events-rows".into(), "20".into()], ..PlaneOptions::default() });
+    plane.ok(&["launch", "squad", "--brain", "echo", "--wait"]);
+    // An injection no agent takes (an external fleet whose agent never joins): it waits.
+    plane.ok(&["launch", "stuck", "--backend", "external", "--replicas", "1"]);
+    let waiting = plane.json(&["inject", "stuck", "anyone?", "--json"])["injection_id"].as_str().unwrap().to_owned();
+    for i in 0..15 {
+        plane.ok(&["inject", "squad", &format!("turn {i}"), "--wait"]);
+    }
+    let metrics = eventually(Duration::from_secs(60), "events dropped", || {
+        let text = get(&format!("{}/metrics", plane.url()));
+        (metric(&text, "clawfleet_events_dropped_total").unwrap_or(0.0) > 0.0).then_some(text)
+    });
+    assert!(metric(&metrics, "clawfleet_events_retention_cutoff").unwrap() > 0.0, "{metrics}");
+    eventually(Duration::from_secs(60), "the table down to its cap, and what waits kept", || {
+        let squad = crate::support::events(&plane, "squad");
+        let stuck = crate::support::events(&plane, "stuck");
+        let kept = stuck.iter().any(|e| e["event"] == "inject_ack" && e["injection_id"] == waiting.as_str());
+        assert!(kept, "the waiting injection's ack is never dropped: {stuck:?}");
+        (squad.len() <= 25 && squad.iter().all(|e| e["event"] != "fleet_launched")).then_some(())
+    });
+    // And everything still works.
+    plane.ok(&["inject", "squad", "still here", "--wait"]);
+}
