@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, migrate, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, migrate, faults, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 mod clawbucket;
 mod deploy;
 mod docker;
+mod faults;
 mod leader;
 mod migrate;
 mod model;
@@ -563,6 +564,7 @@ async fn main() -> anyhow::Result<()> {
         ("projects", 10),
         ("snapshot", 11),
         ("migrate", 12),
+        ("faults", 13),
         ("docker", 4),
         ("slurm", 5),
         ("model", 3),
@@ -584,6 +586,7 @@ async fn main() -> anyhow::Result<()> {
             10 => projects::run(&a, &mut rows).await,
             11 => snapshot::run(&a, &mut rows).await,
             12 => migrate::run(&a, &mut rows).await,
+            13 => faults::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);
