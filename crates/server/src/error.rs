@@ -92,6 +92,14 @@ impl From<StoreError> for ApiError {
             StoreError::ApprovalAnswered(_) => ApiError::conflict(e.to_string()),
             StoreError::Migrating { .. } => ApiError::new(StatusCode::CONFLICT, "migrating", e.to_string()),
             StoreError::Defected { .. } => ApiError::new(StatusCode::CONFLICT, "defected", e.to_string()),
+            full if full.is_disk_full() => {
+                tracing::error!(error = %full, "The data directory's disk is full: refusing new work until there is room");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    "the control plane's data directory is out of space: nothing was stored, and new work is refused until there is room",
+                )
+            }
             other => ApiError::internal("the database failed", other),
         }
     }

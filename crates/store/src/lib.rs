@@ -101,6 +101,17 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the database's disk is full (SQLite's `SQLITE_FULL`, or the OS's `ENOSPC`):
+    /// nothing was written, and the same write succeeds once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+}
+
 /// An API token, as stored: its hash, never the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {

@@ -1,5 +1,6 @@
-//! Faults: a frozen agent, a crashed agent, a killed control plane. Nothing accepted is lost,
-//! nothing runs twice, lost agents are seen as lost and as back.
+//! Faults: a frozen agent, a crashed agent, a killed control plane, a full disk. Nothing
+//! accepted is lost, nothing runs twice, lost agents are seen as lost and as back, and what
+//! cannot be stored is refused clearly.
 
 use std::time::Duration;
 
@@ -119,4 +120,78 @@ fn a_stopped_control_plane_brings_its_fleets_back() {
     eventually(Duration::from_secs(30), "the fleet back", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 2).then_some(()));
     assert_ne!(plane.agent_pid("squad", 0), Some(before), "a new agent process");
     plane.ok(&["inject", "squad", "hello again", "--wait"]);
+}
+
+/// A tmpfs of `mb` MiB mounted on a new directory (as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(mb: u32) -> Option<SmallDisk> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a small filesystem needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Some(SmallDisk { dir })
+    }
+
+    /// Fills it up; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_work_clearly_and_recovers_when_space_returns() {
+    let Some(disk) = SmallDisk::new(64) else { return };
+    let mut plane = Plane::in_dir(tempfile::tempdir_in(disk.dir.path()).unwrap(), crate::support::PlaneOptions::default());
+    plane.ok(&["launch", "squad", "--brain", "echo", "--wait"]);
+    plane.ok(&["inject", "squad", "before", "--wait"]);
+    let filler = disk.fill();
+
+    // New work is refused, saying why; what is stored is still read.
+    let refused = eventually(Duration::from_secs(30), "an injection refused for want of space", || {
+        let out = plane.cli(&["inject", "squad", "while full"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && err.contains("out of space")).then_some(err)
+    });
+    assert!(refused.contains("the control plane's data directory is out of space: nothing was stored"), "{refused}");
+    assert_eq!(plane.json(&["ls", "--json"])["fleets"][0]["name"], "squad");
+    let (status, body) = plane.http("POST", "/api/v1/fleets/squad/inject", Some(&plane.token()), Some(r#"{"prompt": "full?"}"#));
+    assert_eq!((status, &body["code"]), (507, &"disk_full".into()), "{body}");
+
+    // Room again: it takes work, and the store is whole after a restart.
+    std::fs::remove_file(filler).unwrap();
+    eventually(Duration::from_secs(60), "an injection answered once there is room", || {
+        plane.cli(&["inject", "squad", "after", "--wait", "--timeout", "10"]).status.success().then_some(())
+    });
+    plane.stop();
+    plane.spawn();
+    let answered: Vec<String> = events(&plane, "squad")
+        .iter()
+        .filter(|e| e["event"] == "assistant")
+        .map(|e| e["data"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(answered.contains(&"before".to_owned()) && answered.contains(&"after".to_owned()), "{answered:?}");
+    assert!(!answered.iter().any(|a| a == "while full" || a == "full?"), "what was refused never ran: {answered:?}");
 }
