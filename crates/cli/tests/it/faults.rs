@@ -195,3 +195,55 @@ fn a_full_disk_refuses_new_work_clearly_and_recovers_when_space_returns() {
     assert!(answered.contains(&"before".to_owned()) && answered.contains(&"after".to_owned()), "{answered:?}");
     assert!(!answered.iter().any(|a| a == "while full" || a == "full?"), "what was refused never ran: {answered:?}");
 }
+
+#[test]
+fn agents_cut_off_are_lost_within_three_heartbeats_and_get_what_was_queued_once_they_are_back() {
+    // The control plane on one host, its agents on another, joined over a link of their own.
+    let Some(hosts) = crate::support::Hosts::new(2) else { return };
+    let to_plane = hosts.peer_address(1, 0);
+    let plane = Plane::with(crate::support::PlaneOptions {
+        heartbeat_ms: 300,
+        netns: Some((hosts.names[0].clone(), hosts.address(0))),
+        up_args: vec!["--agent-bus-host".into(), to_plane.clone()],
+        ..crate::support::PlaneOptions::default()
+    });
+    plane.ok(&["launch", "far", "--replicas", "3", "--backend", "external"]);
+    let mut agents = std::process::Command::new("ip")
+        .args(["netns", "exec", &hosts.names[1], crate::support::BIN, "agent", "--join", "far", "--count", "3"])
+        .env("CLAWFLEET_DATA", plane.data())
+        .env("CLAWFLEET_SERVER", format!("http://{to_plane}:{}", plane.http_port))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "3 agents on the other host ready", || {
+        (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 3).then_some(())
+    });
+    plane.ok(&["inject", "far", "hello across", "--wait"]);
+
+    // Cut: each is lost within three heartbeats (with a liveness bound generous for CI).
+    hosts.link_up(0, 1, false);
+    let cut = std::time::Instant::now();
+    for agent in 0..3 {
+        eventually(Duration::from_secs(30), "the agent seen lost", || {
+            (states(&plane, "far", agent).last().map(String::as_str) == Some("lost")).then_some(())
+        });
+    }
+    eprintln!("all three lost {} ms after the cut", cut.elapsed().as_millis());
+    let id = plane.ok(&["inject", "far", "while you were away"]).trim().to_owned();
+
+    // Healed: they come back, and what was queued for them runs once each.
+    hosts.link_up(0, 1, true);
+    eventually(Duration::from_secs(60), "the queued injection answered by all three", || {
+        let evs = events(&plane, "far");
+        (0..3).all(|a| count(&evs, "turn_complete", a, &id) == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let evs = events(&plane, "far");
+    for agent in 0..3 {
+        assert_eq!(count(&evs, "turn_started", agent, &id), 1, "agent {agent} ran it once");
+        assert!(states(&plane, "far", agent).ends_with(&["lost".to_owned(), "online".to_owned()]), "{:?}", states(&plane, "far", agent));
+    }
+    let _ = agents.kill();
+    let _ = agents.wait();
+}

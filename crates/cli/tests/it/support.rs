@@ -148,7 +148,7 @@ impl Plane {
         cmd.arg("up")
             .args(["--data", self.data().to_str().unwrap()])
             .args(["--http", &format!("{listen}:{}", self.http_port)])
-            .args(["--mqtt-listen", &format!("{}:{}", self.options.docker.as_ref().map_or("127.0.0.1", |d| d.0.as_str()), self.mqtt_port)])
+            .args(["--mqtt-listen", &format!("{}:{}", self.options.docker.as_ref().map_or(listen, |d| d.0.as_str()), self.mqtt_port)])
             .args(["--heartbeat-ms", &self.options.heartbeat_ms.to_string()])
             .env_remove("CLAWFLEET_TOKEN")
             .env_remove("CLAWFLEET_SERVER")
