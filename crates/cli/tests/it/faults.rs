@@ -247,3 +247,30 @@ fn agents_cut_off_are_lost_within_three_heartbeats_and_get_what_was_queued_once_
     let _ = agents.kill();
     let _ = agents.wait();
 }
+
+#[test]
+fn a_mosquitto_restart_mid_stream_loses_nothing_and_agents_come_back() {
+    let mut broker = crate::support::Mosquitto::start();
+    let plane = Plane::with(crate::support::PlaneOptions { bus: Some(format!("mqtt://127.0.0.1:{}", broker.port)), ..Default::default() });
+    plane.ok(&["launch", "stream", "--replicas", "2", "--brain", "echo", "--wait"]);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(plane.ok(&["inject", "stream", &format!("before {i}")]).trim().to_owned());
+    }
+    broker.restart();
+    // The API takes work while the bus comes back; the outbox sends it once agents are there.
+    for i in 0..10 {
+        ids.push(plane.ok(&["inject", "stream", &format!("after {i}")]).trim().to_owned());
+    }
+    eventually(Duration::from_secs(90), "every injection answered by both agents", || {
+        let evs = events(&plane, "stream");
+        ids.iter().all(|id| (0..2).all(|a| count(&evs, "turn_complete", a, id) == 1)).then_some(())
+    });
+    let evs = events(&plane, "stream");
+    for id in &ids {
+        for agent in 0..2 {
+            assert_eq!(count(&evs, "turn_started", agent, id), 1, "agent {agent} ran {id} once");
+        }
+    }
+    plane.ok(&["inject", "stream", "still there?", "--wait"]);
+}

@@ -36,7 +36,17 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
-        let port = free_port();
+        Mosquitto::on(free_port())
+    }
+
+    /// Kills it (as a crash or a service restart would) and starts it again on its port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Mosquitto::on(self.port);
+    }
+
+    fn on(port: u16) -> Mosquitto {
         let child = Command::new("mosquitto")
             .args(["-p", &port.to_string()])
             .stdout(Stdio::null())
