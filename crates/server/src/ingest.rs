@@ -243,7 +243,7 @@ async fn store(app: &App, tracks: &mut HashMap<Key, AgentTrack>, events: Vec<Age
                     match &e.body {
                         EventBody::InjectDelivered {} => app.metrics.delivered(id),
                         EventBody::TurnComplete {} => app.metrics.ended(id, InjectOutcome::Completed),
-                        EventBody::InjectFailed { .. } => app.metrics.ended(id, InjectOutcome::Failed),
+                        EventBody::InjectFailed { .. } | EventBody::AgentError { .. } => app.metrics.ended(id, InjectOutcome::Failed),
                         _ => {}
                     }
                 }

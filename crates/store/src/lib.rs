@@ -449,8 +449,9 @@ fn insert_event(tx: &Transaction<'_>, e: &NewEvent, journal: Option<(&str, u64)>
         journal.map(|j| j.1)
     ])?;
     let id = tx.last_insert_rowid() as u64;
-    // An agent's turn for an injection ended: its events may go once they are old enough.
-    if matches!(e.body, EventBody::TurnComplete {} | EventBody::InjectFailed { .. })
+    // An agent's turn for an injection ended (an agent's error naming one ends its turn): its
+    // events may go once they are old enough.
+    if matches!(e.body, EventBody::TurnComplete {} | EventBody::InjectFailed { .. } | EventBody::AgentError { .. })
         && let (Some(injection), Some(slot)) = (&e.injection_id, e.agent)
     {
         tx.prepare_cached("UPDATE injection_targets SET ended = 1 WHERE injection_id = ?1 AND fleet = ?2 AND slot = ?3")?

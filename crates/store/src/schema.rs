@@ -440,12 +440,13 @@ CREATE TABLE forwarded (
 ) WITHOUT ROWID;
 "#,
     r#"
--- Whether each target's turn for an injection ended (turn_complete or inject_failed): the
+-- Whether each target's turn for an injection ended (turn_complete, inject_failed, or an
+-- agent_error naming it): the
 -- events of an injection with a turn still open are never dropped by retention.
 ALTER TABLE injection_targets ADD COLUMN ended INTEGER NOT NULL DEFAULT 0;
 UPDATE injection_targets SET ended = 1 WHERE EXISTS (
     SELECT 1 FROM events d WHERE d.injection_id = injection_targets.injection_id AND d.fleet = injection_targets.fleet
-        AND d.agent = injection_targets.slot AND d.event IN ('turn_complete', 'inject_failed'));
+        AND d.agent = injection_targets.slot AND d.event IN ('turn_complete', 'inject_failed', 'agent_error'));
 CREATE INDEX injection_targets_open ON injection_targets (injection_id) WHERE ended = 0;
 -- How far the events table reached when, by the control plane's own clock (agents' clocks
 -- may be off): what retention by age drops below.

@@ -324,6 +324,39 @@ impl ProcessBrain {
     }
 }
 
+/// The longest output line a parser is given (the rest of the line is dropped).
+const MAX_LINE: usize = 1 << 20;
+/// The most a brain may write to its stdout in one turn.
+const MAX_OUTPUT: usize = 16 << 20;
+
+/// Reads one line into `line` (its newline left out), keeping at most `max` bytes of it;
+/// returns the bytes it consumed (0 at the end).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, line: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+    line.clear();
+    let mut consumed = 0;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(consumed);
+        }
+        let (chunk, ended) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = ended.unwrap_or(available.len());
+        r.consume(used);
+        consumed += used;
+        if ended.is_some() {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(consumed);
+        }
+    }
+}
+
 /// Kills a brain's whole process group when the turn ends or is cancelled.
 struct GroupGuard(Option<i32>);
 
@@ -366,9 +399,25 @@ impl Brain for ProcessBrain {
             }
             String::from_utf8_lossy(&tail.into_iter().collect::<Vec<_>>()).into_owned()
         });
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        while let Some(line) = lines.next_line().await.map_err(|e| BrainError(format!("reading {}'s output: {e}", self.name())))? {
-            for p in parser.line(&line) {
+        let mut out = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let (mut line, mut written) = (Vec::new(), 0usize);
+        loop {
+            let n =
+                read_line(&mut out, &mut line, MAX_LINE).await.map_err(|e| BrainError(format!("reading {}'s output: {e}", self.name())))?;
+            if n == 0 {
+                break;
+            }
+            written += n;
+            if written > MAX_OUTPUT {
+                // The guard kills it with its whole group.
+                return Err(BrainError(format!(
+                    "{} wrote more than {} MiB to its output in one turn: it was stopped, and the turn failed",
+                    self.name(),
+                    MAX_OUTPUT >> 20
+                )));
+            }
+            // Bytes that are not UTF-8 (a brain printing garbage) become U+FFFD.
+            for p in parser.line(&String::from_utf8_lossy(&line)) {
                 let _ = progress.send(p).await;
             }
         }
@@ -412,6 +461,20 @@ mod tests {
     }
 
     const OK: i32 = 0;
+
+    #[tokio::test]
+    async fn output_lines_are_bounded_and_read_whole() {
+        let text = format!("short\r\n{}\nlast", "x".repeat(100));
+        let mut r = tokio::io::BufReader::with_capacity(8, text.as_bytes());
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut r, &mut line, 10).await.unwrap(), 7);
+        assert_eq!(line, b"short");
+        assert_eq!(read_line(&mut r, &mut line, 10).await.unwrap(), 101, "a long line is consumed whole");
+        assert_eq!(line, b"xxxxxxxxxx", "and kept to its bound");
+        assert_eq!(read_line(&mut r, &mut line, 10).await.unwrap(), 4);
+        assert_eq!(line, b"last", "the last line needs no newline");
+        assert_eq!(read_line(&mut r, &mut line, 10).await.unwrap(), 0);
+    }
 
     #[test]
     fn a_brain_inherits_no_clawfleet_credential() {

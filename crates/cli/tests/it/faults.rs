@@ -274,3 +274,27 @@ fn a_mosquitto_restart_mid_stream_loses_nothing_and_agents_come_back() {
     }
     plane.ok(&["inject", "stream", "still there?", "--wait"]);
 }
+
+#[test]
+fn brains_that_print_garbage_or_gigabytes_fail_their_turn_clearly_and_the_agent_goes_on() {
+    let plane = Plane::start();
+    // Bytes that are not UTF-8 are kept as U+FFFD; the turn completes.
+    plane.ok(&["launch", "noise", "--brain", "cmd:printf 'ok \\377\\376 done\\n'", "--wait"]);
+    let id = plane.ok(&["inject", "noise", "speak", "--wait"]);
+    assert!(id.contains("ok \u{fffd}\u{fffd} done"), "{id}");
+    // 200 MB on one line: stopped at 16 MiB, the turn failed, saying why.
+    plane.ok(&["launch", "flood", "--brain", "cmd:head -c 200000000 /dev/zero | tr '\\0' x; echo; echo after", "--wait"]);
+    let sent = plane.json(&["inject", "flood", "flood", "--json"]);
+    let id = sent["injection_id"].as_str().unwrap().to_owned();
+    let failed = eventually(Duration::from_secs(60), "the flooding turn to fail", || {
+        events(&plane, "flood").into_iter().find(|e| e["event"] == "agent_error" && e["injection_id"] == id.as_str())
+    });
+    assert!(failed["data"]["message"].as_str().unwrap().contains("wrote more than 16 MiB to its output in one turn"), "{failed}");
+    let stored: usize = events(&plane, "flood").iter().map(|e| e.to_string().len()).sum();
+    assert!(stored < 40 << 20, "what was stored of it is bounded: {stored} bytes");
+    // Only its brain was stopped: the agent runs on, idle, never restarted.
+    eventually(Duration::from_secs(30), "the agent idle again", || {
+        let status = plane.json(&["status", "flood", "--json"]);
+        (status["agents"][0]["state"] == "idle" && status["agents"][0]["restarts"] == 0).then_some(())
+    });
+}
