@@ -4,7 +4,7 @@
 //! measured is clawfleet itself.
 //!
 //! Usage: `clawfleet-bench [--bin PATH] [--quick] [--only NAME]... [--llama-cpp DIR --model GGUF]`
-//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, migrate, faults, docker, slurm, model; `model` needs the reference
+//! (`--only`: launch, thousand, brokers, security, deploy, leader, clawbucket, projects, snapshot, migrate, faults, scale, docker, slurm, model; `model` needs the reference
 //! llama.cpp tools, `docker` a Docker Engine in Swarm mode, `slurm` a running Slurm.)
 //! (`scripts/bench` builds in release mode, runs it, and writes the table into BENCHMARKS.md.)
 
@@ -28,6 +28,7 @@ mod leader;
 mod migrate;
 mod model;
 mod projects;
+mod scale;
 mod security;
 mod slurm;
 mod snapshot;
@@ -565,6 +566,7 @@ async fn main() -> anyhow::Result<()> {
         ("snapshot", 11),
         ("migrate", 12),
         ("faults", 13),
+        ("scale", 14),
         ("docker", 4),
         ("slurm", 5),
         ("model", 3),
@@ -587,6 +589,7 @@ async fn main() -> anyhow::Result<()> {
             11 => snapshot::run(&a, &mut rows).await,
             12 => migrate::run(&a, &mut rows).await,
             13 => faults::run(&a, &mut rows).await,
+            14 => scale::run(&a, &mut rows).await,
             _ => match (&a.llama_cpp, &a.model) {
                 (Some(dir), Some(gguf)) => {
                     let reference = model::Reference::in_dir(dir);
