@@ -1097,7 +1097,7 @@ async fn chime(
         }
     };
     let directive = crate::scenario::play(Play::Chime { prompt }, crate::scenario::WRITE_WITHIN);
-    app.outbound.to_fleet(&name, &targets, &directive).await;
+    app.outbound.to_fleet(&name, &targets, false, &directive).await;
     let message = format!("asked {} agent{} of {name} to chime in", targets.len(), if targets.len() == 1 { "" } else { "s" });
     Ok((StatusCode::ACCEPTED, Json(Ack { ok: true, message })))
 }

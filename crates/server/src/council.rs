@@ -108,7 +108,7 @@ async fn offer_to(app: &App, council: &CouncilView, agents: &[u32]) {
         .and_then(|d| d.duration_since(SystemTime::now()).ok())
         .unwrap_or(Duration::from_secs(1));
     let play = Play::Council { council: council.id, roles, brief: council.brief.clone() };
-    app.outbound.to_fleet(&council.fleet, agents, &crate::scenario::play(play, within)).await;
+    app.outbound.to_fleet(&council.fleet, agents, false, &crate::scenario::play(play, within)).await;
 }
 
 /// A claim was stored: the one that made its council active is followed by the council's

@@ -192,75 +192,75 @@ impl Metrics {
     pub(crate) fn new(per_agent: bool) -> Metrics {
         let mut r = Registry::with_prefix("clawfleet");
         let bus_messages = Family::default();
-        r.register("bus_messages", "Bus messages read by the control plane, by kind.", bus_messages.clone());
+        r.register("bus_messages", "Bus messages read by the control plane, by kind", bus_messages.clone());
         let bus_refused = Family::default();
-        r.register("bus_rejected", "Bus messages refused, by reason.", bus_refused.clone());
+        r.register("bus_rejected", "Bus messages refused, by reason", bus_refused.clone());
         let events_ingested = Counter::default();
-        r.register("events_ingested", "Agent events stored.", events_ingested.clone());
+        r.register("events_ingested", "Agent events stored", events_ingested.clone());
         let duplicates = Counter::default();
-        r.register("duplicate_events", "Agent events received again and ignored.", duplicates.clone());
+        r.register("duplicate_events", "Agent events received again and ignored", duplicates.clone());
         let replays_requested = Counter::default();
-        r.register("replays_requested", "Replays asked of agents after a journal gap.", replays_requested.clone());
+        r.register("replays_requested", "Replays asked of agents after a journal gap", replays_requested.clone());
         let directives_sent = Counter::default();
-        r.register("directives_sent", "Directives published (first sends and resends).", directives_sent.clone());
+        r.register("directives_sent", "Directives published (first sends and resends)", directives_sent.clone());
         let injections = Family::default();
-        r.register("injections", "Injections accepted (once each), and how each agent's ended.", injections.clone());
+        r.register("injections", "Injections accepted (once each), and how each agent's ended", injections.clone());
         let refusals = Family::default();
-        r.register("refusals", "API requests refused, by reason.", refusals.clone());
+        r.register("refusals", "API requests refused, by reason", refusals.clone());
         let http: Histograms<RouteLabel> = Family::new_with_constructor(latency);
-        r.register_with_unit("http_request_duration", "HTTP requests served, by route and method.", Unit::Seconds, http.clone());
+        r.register_with_unit("http_request_duration", "HTTP requests served, by route and method", Unit::Seconds, http.clone());
         let inject_delivered = latency();
         r.register_with_unit(
             "inject_delivered",
-            "From an injection's first send to its agent taking it.",
+            "From an injection's first send to its agent taking it",
             Unit::Seconds,
             inject_delivered.clone(),
         );
         let inject_completed = latency();
         r.register_with_unit(
             "inject_turn_complete",
-            "From an injection's first send to its agent's turn_complete.",
+            "From an injection's first send to its agent's turn_complete",
             Unit::Seconds,
             inject_completed.clone(),
         );
         let ingest_lag = latency();
         r.register_with_unit(
             "event_ingest_lag",
-            "From an agent event's arrival to its being stored and broadcast.",
+            "From an agent event's arrival to its being stored and broadcast",
             Unit::Seconds,
             ingest_lag.clone(),
         );
         let heartbeat_age = latency();
         r.register_with_unit(
             "heartbeat_age",
-            "How old an agent's last heartbeat was when its next one arrived.",
+            "How old an agent's last heartbeat was when its next one arrived",
             Unit::Seconds,
             heartbeat_age.clone(),
         );
         let reconcile: Histograms<BackendLabel> = Family::new_with_constructor(latency);
-        r.register_with_unit("reconcile_duration", "One fleet's reconcile pass, by backend.", Unit::Seconds, reconcile.clone());
+        r.register_with_unit("reconcile_duration", "One fleet's reconcile pass, by backend", Unit::Seconds, reconcile.clone());
         let agents = Family::default();
-        r.register("agents", "Agents by state.", agents.clone());
+        r.register("agents", "Agents by state", agents.clone());
         let outbox_depth = Gauge::default();
-        r.register("outbox_depth", "Directives stored and not yet acknowledged by their agents.", outbox_depth.clone());
+        r.register("outbox_depth", "Directives stored and not yet acknowledged by their agents", outbox_depth.clone());
         let outbox_in_flight = Gauge::default();
-        r.register("outbox_in_flight", "Of those, sent at least once.", outbox_in_flight.clone());
+        r.register("outbox_in_flight", "Of those, sent at least once", outbox_in_flight.clone());
         let queued = Gauge::default();
-        r.register("queued_injections", "Injections agents hold queued, as their heartbeats say.", queued.clone());
+        r.register("queued_injections", "Injections agents hold queued, as their heartbeats say", queued.clone());
         let migrations_open = Gauge::default();
-        r.register("migrations_open", "Migrations between racks not ended on this rack.", migrations_open.clone());
+        r.register("migrations_open", "Migrations between racks not ended on this rack", migrations_open.clone());
         let events_dropped = Counter::default();
-        r.register("events_dropped", "Events dropped by retention.", events_dropped.clone());
+        r.register("events_dropped", "Events dropped by retention", events_dropped.clone());
         let retention_cutoff = Gauge::default();
         r.register(
             "events_retention_cutoff",
-            "The event id at and below which retention drops what no open injection needs.",
+            "The event id at and below which retention drops what no open injection needs",
             retention_cutoff.clone(),
         );
         let newest_event = Gauge::default();
-        r.register("events_newest_id", "The newest event's id.", newest_event.clone());
+        r.register("events_newest_id", "The newest event's id", newest_event.clone());
         let retention_pass = latency();
-        r.register_with_unit("retention_pass_duration", "One retention pass over the events table.", Unit::Seconds, retention_pass.clone());
+        r.register_with_unit("retention_pass_duration", "One retention pass over the events table", Unit::Seconds, retention_pass.clone());
         Metrics {
             registry: r,
             events_dropped,
@@ -365,9 +365,9 @@ impl Metrics {
             let mut r = Registry::with_prefix("clawfleet_agent");
             let (uptime, rss): (Family<AgentLabel, Gauge>, Family<AgentLabel, Gauge>) = Default::default();
             let load: Family<AgentLabel, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
-            r.register_with_unit("uptime", "An agent's uptime, as its last heartbeat says.", Unit::Seconds, uptime.clone());
-            r.register_with_unit("rss", "An agent's resident memory, as its last heartbeat says.", Unit::Bytes, rss.clone());
-            r.register("load1", "The one-minute load of an agent's host, as its last heartbeat says.", load.clone());
+            r.register_with_unit("uptime", "An agent's uptime, as its last heartbeat says", Unit::Seconds, uptime.clone());
+            r.register_with_unit("rss", "An agent's resident memory, as its last heartbeat says", Unit::Bytes, rss.clone());
+            r.register("load1", "The one-minute load of an agent's host, as its last heartbeat says", load.clone());
             for a in now.per_agent {
                 let label = AgentLabel { fleet: a.fleet.clone(), slot: a.slot };
                 uptime.get_or_create(&label).set(a.uptime_s as i64);

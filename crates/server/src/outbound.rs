@@ -38,15 +38,16 @@ impl Outbound {
         all
     }
 
-    /// Sends `directive` to `targets`, every agent of the fleet, in one bus message on the
-    /// fleet's topic (naming its targets); inboxes get it one by one.
-    pub(crate) async fn to_fleet(&self, fleet: &str, targets: &[u32], directive: &Directive) {
+    /// Sends `directive` to `targets` in one bus message on the fleet's topic, naming its
+    /// targets unless they are every agent of the fleet (`everyone`: a broadcast to 10,000
+    /// agents carries no list of 10,000 slots to each); inboxes get it one by one.
+    pub(crate) async fn to_fleet(&self, fleet: &str, targets: &[u32], everyone: bool, directive: &Directive) {
         self.to_inboxes(fleet, targets, directive);
         let mut broadcast = directive.clone();
         if let Directive::Inject { targets: t, .. } | Directive::Command { targets: t, .. } | Directive::Play { targets: t, .. } =
             &mut broadcast
         {
-            *t = Some(targets.to_vec());
+            *t = (!everyone).then(|| targets.to_vec());
         }
         let _ = self.bus.publish(topic::fleet_cmd(fleet), wire::encode(&broadcast), false).await;
     }

@@ -67,7 +67,7 @@ pub(crate) async fn send_now(
     let whole_fleet = targets.len() as u32 == replicas && targets.len() > 1;
     let d = directive(pending, None, expires);
     if whole_fleet {
-        app.outbound.to_fleet(fleet, targets, &d).await;
+        app.outbound.to_fleet(fleet, targets, true, &d).await;
     } else {
         app.outbound.to_agents(fleet, targets, &d).await;
     }

@@ -118,7 +118,7 @@ async fn step(app: &App, timers: &mut HashMap<String, Timers>) -> Result<(), Sto
                 for s in &ready {
                     t.words.insert(*s, now);
                 }
-                app.outbound.to_fleet(&fleet, &ready, &play(Play::ThreeWords {}, WRITE_WITHIN)).await;
+                app.outbound.to_fleet(&fleet, &ready, false, &play(Play::ThreeWords {}, WRITE_WITHIN)).await;
             }
         } else {
             t.words.clear();
@@ -143,5 +143,5 @@ pub(crate) async fn round_led(app: &App, fleet: &str, round: u64, leader: u32) {
         return;
     }
     let every = Duration::from_secs(rps.interval_seconds.into());
-    app.outbound.to_fleet(fleet, &players, &play(Play::Rps { round, brain: rps.brain }, every)).await;
+    app.outbound.to_fleet(fleet, &players, false, &play(Play::Rps { round, brain: rps.brain }, every)).await;
 }
