@@ -72,7 +72,7 @@ struct Outcome {
 }
 
 /// Agent processes, killed when dropped (a failed run leaves none behind).
-struct Agents(Vec<Child>);
+pub(crate) struct Agents(pub Vec<Child>);
 
 impl Drop for Agents {
     fn drop(&mut self) {

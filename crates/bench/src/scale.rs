@@ -3,24 +3,14 @@
 //! and memory in that steady state, a broadcast to all of them until every one has taken it,
 //! and inject → turn_complete to one local agent while that load runs.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::projects::Agents;
 use crate::{Args, Plane, Row, ack_to_delivered, cpu_seconds, median, round_trips, rss_mib};
 
 const AGENTS: u32 = 10_000;
 const PROCESSES: u32 = 4;
-
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 pub(crate) async fn run(a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let n = if a.quick { 2_000 } else { AGENTS };

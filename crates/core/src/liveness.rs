@@ -115,16 +115,7 @@ mod tests {
 
     #[test]
     fn availability_is_what_events_report() {
-        let all = [
-            AgentState::Pending,
-            AgentState::Starting,
-            AgentState::Idle,
-            AgentState::Busy,
-            AgentState::Stopping,
-            AgentState::Stopped,
-            AgentState::Lost,
-        ];
-        let shown: Vec<Option<&str>> = all.iter().map(|s| s.availability().map(Availability::as_str)).collect();
+        let shown: Vec<Option<&str>> = AgentState::ALL.iter().map(|s| s.availability().map(Availability::as_str)).collect();
         assert_eq!(shown, [None, Some("starting"), Some("online"), Some("online"), Some("stopping"), Some("stopped"), Some("lost")]);
     }
 
