@@ -16,12 +16,21 @@ pub struct FleetName(String);
 pub enum NameError {
     #[error("fleet name is empty")]
     Empty,
+    /// The name's start (an error never echoes more of what it was given).
     #[error("fleet name '{0}' is longer than {MAX_FLEET_NAME} characters")]
     TooLong(String),
     #[error("fleet name '{0}' may only contain a-z, 0-9, '-' and '_', and must start with a letter or digit")]
     BadChar(String),
     #[error("agent '{0}' is not of the form FLEET/SLOT (e.g. squad/3)")]
     BadAgentRef(String),
+}
+
+/// At most the first 48 characters of `s`, with `…` when there were more.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(48) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
 
 impl FleetName {
@@ -38,7 +47,7 @@ impl FromStr for FleetName {
             return Err(NameError::Empty);
         }
         if s.len() > MAX_FLEET_NAME {
-            return Err(NameError::TooLong(s.to_owned()));
+            return Err(NameError::TooLong(clip(s)));
         }
         let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
         let first_ok = s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -66,8 +75,8 @@ impl FromStr for AgentRef {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, NameError> {
-        let (fleet, slot) = s.split_once('/').ok_or_else(|| NameError::BadAgentRef(s.to_owned()))?;
-        let slot = slot.parse().map_err(|_| NameError::BadAgentRef(s.to_owned()))?;
+        let (fleet, slot) = s.split_once('/').ok_or_else(|| NameError::BadAgentRef(clip(s)))?;
+        let slot = slot.parse().map_err(|_| NameError::BadAgentRef(clip(s)))?;
         Ok(AgentRef { fleet: fleet.parse()?, slot })
     }
 }
@@ -92,6 +101,8 @@ mod tests {
             assert!(matches!(bad.parse::<FleetName>(), Err(NameError::BadChar(_))), "{bad}");
         }
         assert!(matches!("a".repeat(49).parse::<FleetName>(), Err(NameError::TooLong(_))));
+        let long = "a".repeat(10_000).parse::<FleetName>().unwrap_err().to_string();
+        assert!(long.len() < 120 && long.contains("…"), "an error echoes a bounded part of the name: {long}");
     }
 
     #[test]

@@ -171,6 +171,7 @@ pub(super) async fn offer(
     }
     uuid::Uuid::parse_str(&offer.id).map_err(|e| ApiError::bad_request(format!("migration id: {e}")))?;
     offer.fleet.parse::<clawfleet_core::FleetName>().map_err(|e| ApiError::bad_request(format!("the source fleet: {e}")))?;
+    offer.target_fleet.parse::<clawfleet_core::FleetName>().map_err(|e| ApiError::bad_request(format!("the target fleet: {e}")))?;
     let theirs =
         RackInfo { rack: rack.clone(), clawfleet_version: offer.clawfleet_version.clone(), snapshot_version: offer.snapshot_version };
     if offer.clawfleet_version.len() > 64 {

@@ -359,6 +359,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let offer_z = OFFER.replace("rack-y", "rack-z");
     let (offer_bad_id, offer_nope) = (offer_z.replace("0190", "zz"), offer_z.replace("\"web\"}", "\"nope\"}"));
     let offer_v9 = offer_z.replace("\"snapshot_version\": 1", "\"snapshot_version\": 9");
+    let offer_long = offer_z.replace("\"web\"}", &format!("\"{}\"}}", "w".repeat(10_000)));
     #[rustfmt::skip]
     let cases: Vec<Case<'_>> = vec![
         // Who are you?
@@ -527,6 +528,7 @@ fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (peer, "POST", "/api/v1/migrations", Some(OFFER), 400, "the offer says it comes from 'rack-y', but its token is rack 'rack-z'"),
         (peer, "POST", "/api/v1/migrations", Some(offer_bad_id.as_str()), 400, "migration id: "),
         (peer, "POST", "/api/v1/migrations", Some(offer_nope.as_str()), 404, "no fleet named 'nope'"),
+        (peer, "POST", "/api/v1/migrations", Some(offer_long.as_str()), 400, "the target fleet: "),
         (peer, "POST", "/api/v1/migrations", Some(offer_v9.as_str()), 409, "it reads snapshot format 9"),
         (peer, "POST", "/api/v1/migrations", Some(offer_z.as_str()), 409, "fleet 'web' here runs on the external backend, which takes no migrated agent"),
         (peer, "POST", "/api/v1/migrations/0190a000-0000-7000-8000-000000000000/transfer", Some("x"), 404, "no migration 0190a000-0000-7000-8000-000000000000 from rack 'rack-z'"),
