@@ -19,6 +19,8 @@ use crate::peer::PeerError;
 
 /// How many migrations `GET /api/v1/migrations` lists.
 const LIST_MOST: usize = 200;
+/// How many migrations into this rack one peer may have open at once.
+const MAX_OPEN_FROM_A_RACK: usize = 64;
 
 fn peer_error(e: PeerError) -> ApiError {
     match e {
@@ -188,6 +190,23 @@ pub(super) async fn offer(
     }
     if row.replicas >= spec::MAX_REPLICAS {
         return Err(ApiError::conflict(format!("fleet '{}' here has no room: {} replicas", row.name, row.replicas)));
+    }
+    let (r, i) = (rack.clone(), offer.id.clone());
+    let open = app
+        .db
+        .run(move |s| {
+            Ok(s.live_migrations()?
+                .iter()
+                .filter(|(m, _)| m.direction == Direction::In && m.peer == r && m.id != i && !m.state.is_final() && m.state != S::Committed)
+                .count())
+        })
+        .await?;
+    if open >= MAX_OPEN_FROM_A_RACK {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_migrations",
+            format!("rack '{rack}' has {open} migrations into this rack open, the most it may: let some end first"),
+        ));
     }
     let (id, fleet, source, at) = (offer.id.clone(), row.name.clone(), offer.fleet.clone(), clock::now_rfc3339());
     let actor = caller.0.audit_name();

@@ -298,7 +298,8 @@ fn a_partition_between_the_racks_ends_with_exactly_one_copy() {
     let b_env = [("CLAWFLEET_FAILPOINTS", "migrate.in.restore=pause:2500")];
     let Some((hosts, a, b, _dir)) = two_hosts(&a_env, &b_env, &["--migrate-within", "8s"]) else { return };
     b.ok(&["launch", "squad", "--brain", "echo", "--wait"]);
-    a.ok(&["launch", "squad", "--replicas", "4", "--brain", "echo", "--wait"]);
+    // Each turn takes a moment, so a migration can be made to wait for one.
+    a.ok(&["launch", "squad", "--replicas", "4", "--brain", "cmd:sleep 1; cat", "--wait"]);
     assert_eq!(a.json(&["racks", "--json"])["peers"][0]["answers"], true, "rack-a reaches rack-b over their link");
 
     // 1. Cut before the snapshot goes: it waits, and goes once the link heals.
@@ -307,15 +308,17 @@ fn a_partition_between_the_racks_ends_with_exactly_one_copy() {
     let err = a.fails(&["migrate", "squad/1", "--to", "rack-b"]);
     assert!(err.contains("rack 'rack-b' does not answer"), "a cut link is a peer that does not answer: {err}");
     hosts.link_up(0, 1, true);
+    // The agent busy with a turn: the migration waits for it, and the link is cut meanwhile.
+    a.ok(&["inject", "squad", "two", "--agent", "1"]);
     let id = a.json(&["migrate", "squad/1", "--to", "rack-b", "--no-wait", "--json"])["id"].as_str().unwrap().to_owned();
     hosts.link_up(0, 1, false);
     let held = a.json(&["inject", "squad", "while cut off", "--agent", "1", "--json"])["injection_id"].as_str().unwrap().to_owned();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(migration(&a, &id)["state"], "offered", "no snapshot crosses a cut link");
     assert_eq!(agent(&a, "squad", 1)["state"], "idle", "the agent is still here, and the only copy");
     hosts.link_up(0, 1, true);
     let end = reaches(&a, &id, "done");
-    assert_eq!(history(&b, "squad", end["remote_slot"].as_u64().unwrap() as u32), 4, "it moved with its turn, and the held one");
+    assert_eq!(history(&b, "squad", end["remote_slot"].as_u64().unwrap() as u32), 6, "it moved with its turns, and the held one");
     eventually(Duration::from_secs(60), "the held injection answered", || answered_once(&a, &b, 1, &held).then_some(()));
 
     // 2. Cut between the decision and the peer hearing it: no copy answers until the link
