@@ -46,11 +46,12 @@ fn migration(p: &Plane, id: &str) -> Value {
 fn an_agent_moves_with_its_conversation_and_what_was_sent_to_it_meanwhile() {
     let (a, b, _dir) = two_racks(Vec::new(), Vec::new());
     b.ok(&["launch", "squad", "--brain", "echo", "--wait"]);
-    a.ok(&["launch", "squad", "--replicas", "2", "--brain", "echo", "--wait"]);
-    for prompt in ["one", "two", "three"] {
+    // Each turn takes a moment, so the migration can be made to wait for one.
+    a.ok(&["launch", "squad", "--replicas", "2", "--brain", "cmd:sleep 1; cat", "--wait"]);
+    for prompt in ["one", "two"] {
         a.ok(&["inject", "squad", prompt, "--agent", "1", "--wait"]);
     }
-    assert_eq!(history(&a, "squad", 1), 6);
+    assert_eq!(history(&a, "squad", 1), 4);
 
     // Every precondition is checked first; nothing changes when one fails.
     assert!(a.fails(&["migrate", "squad/1", "--to", "rack-c"]).contains("no peer rack named 'rack-c'"));
@@ -59,7 +60,8 @@ fn an_agent_moves_with_its_conversation_and_what_was_sent_to_it_meanwhile() {
     assert!(err.contains("rack 'rack-b' refused: no fleet named 'nope'"), "{err}");
     assert!(a.json(&["migrations", "--json"])["migrations"].as_array().unwrap().is_empty());
 
-    // Moved, with an injection sent to it while it moves.
+    // Moved once its turn is over, with an injection sent to it while it moves.
+    a.ok(&["inject", "squad", "three", "--agent", "1"]);
     let m = a.json(&["migrate", "squad/1", "--to", "rack-b", "--no-wait", "--json"]);
     let id = m["id"].as_str().unwrap().to_owned();
     assert_eq!(m["state"], "offered", "{m:#}");
