@@ -59,6 +59,9 @@ impl Holds {
     /// Whether outbox row `row` (`None`: one just made) for `fleet/slot` must wait.
     pub(crate) fn holds(&self, fleet: &str, slot: u32, row: Option<i64>) -> bool {
         let h = self.inner.lock().expect("not poisoned");
+        if h.stored.is_empty() && h.beginning.is_empty() {
+            return false;
+        }
         let key = (fleet.to_owned(), slot);
         if h.beginning.contains(&key) {
             return true;
