@@ -298,3 +298,41 @@ fn brains_that_print_garbage_or_gigabytes_fail_their_turn_clearly_and_the_agent_
         (status["agents"][0]["state"] == "idle" && status["agents"][0]["restarts"] == 0).then_some(())
     });
 }
+
+#[test]
+fn agents_whose_clocks_are_off_by_minutes_are_seen_as_they_are() {
+    // libfaketime (Debian's faketime) moves each agent process's clock: one ten minutes ahead,
+    // one ten minutes behind. Liveness reads only the control plane's own monotonic clock.
+    let plane = Plane::with(crate::support::PlaneOptions { heartbeat_ms: 300, ..Default::default() });
+    plane.ok(&["launch", "skew", "--replicas", "2", "--backend", "external"]);
+    let mut agents: Vec<std::process::Child> = [("0", "+10m"), ("1", "-10m")]
+        .iter()
+        .map(|(slot, offset)| {
+            std::process::Command::new("faketime")
+                .args(["-f", offset, crate::support::BIN, "agent", "--join", "skew", "--slot", slot])
+                .env("CLAWFLEET_DATA", plane.data())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("faketime (apt-get install faketime)")
+        })
+        .collect();
+    eventually(Duration::from_secs(30), "both agents ready", || (plane.json(&["ls", "--json"])["fleets"][0]["ready"] == 2).then_some(()));
+    let answers = plane.ok(&["inject", "skew", "what time is it?", "--wait"]);
+    assert_eq!(answers.lines().count(), 2, "{answers}");
+    // Their heartbeats say times minutes away, and they are neither lost nor stale.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = plane.json(&["status", "skew", "--json"]);
+    for a in status["agents"].as_array().unwrap() {
+        assert_eq!(a["state"], "idle", "{a}");
+        assert!(a["heartbeat_age_ms"].as_u64().unwrap() < 5_000, "{a}");
+    }
+    let at = |slot: usize| humantime::parse_rfc3339_weak(status["agents"][slot]["last_heartbeat"].as_str().unwrap()).unwrap();
+    let apart = at(0).duration_since(at(1)).unwrap();
+    assert!(apart > Duration::from_secs(15 * 60), "the agents' own clocks are 20 minutes apart: {apart:?}");
+    assert!(states(&plane, "skew", 0).iter().all(|s| s != "lost") && states(&plane, "skew", 1).iter().all(|s| s != "lost"));
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}
