@@ -334,7 +334,7 @@ impl Metrics {
         }
     }
 
-    /// An agent's turn for injection `id` ended (`ok`: with `turn_complete`).
+    /// An agent's turn for injection `id` ended, as `outcome` says (its latency kept when completed).
     pub(crate) fn ended(&self, id: &str, outcome: InjectOutcome) {
         if outcome == InjectOutcome::Completed
             && let Some(t) = self.sent_at.lock().expect("not poisoned").get(id)
